@@ -1,0 +1,82 @@
+"""What every runtime adapter offers, in our own types.
+
+One adapter per wire protocol (Ollama, OpenAI-compatible), not per product. Adapters are
+the HTTP edge: they translate httpx errors and the runtime's own error bodies into
+`InferbusError` codes, so nothing above them sees `httpx.*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from services.wire import Message, Params, Usage
+
+RuntimeKind = Literal["ollama", "openai", "vllm", "llamacpp", "lmstudio"]
+RUNTIME_KINDS: tuple[RuntimeKind, ...] = ("ollama", "openai", "vllm", "llamacpp", "lmstudio")
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat completion to run on a runtime."""
+
+    model: str
+    messages: list[Message]
+    params: Params = field(default_factory=Params)
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    finish_reason: str | None
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of generated text, as the runtime produced it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last event of a stream: why it stopped and what it cost."""
+
+    finish_reason: str | None
+    usage: Usage
+
+
+StreamEvent = StreamDelta | StreamEnd
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the runtime lists it; fields the runtime does not report stay None."""
+
+    name: str
+    size_bytes: int | None = None
+    running: bool | None = None
+    context_window: int | None = None
+    family: str | None = None
+    capabilities: tuple[str, ...] = ()
+
+
+class Runtime(Protocol):
+    """An inference runtime reached over HTTP."""
+
+    kind: RuntimeKind
+    url: str
+
+    async def health(self) -> float:
+        """Probe the runtime; returns the probe's latency in ms or raises InferbusError."""
+        ...
+
+    async def list_models(self) -> list[ModelInfo]: ...
+
+    async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply: ...
+
+    def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
+        """Yield StreamDelta events as tokens arrive, then exactly one StreamEnd."""
+        ...

@@ -1,0 +1,52 @@
+"""Subject names (DESIGN §2), built in one place, with an optional fleet prefix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from services.wire import JobType
+
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WORKER_QUEUE_GROUP = "node_worker"
+
+
+def validate_node_id(node_id: str) -> str:
+    """A node id must be one subject-safe token; anything else is refused at start."""
+    if not NODE_ID_PATTERN.fullmatch(node_id):
+        raise ValueError(
+            f"node id {node_id!r} is not a subject-safe token: use 1-64 of [A-Za-z0-9_-]"
+        )
+    return node_id
+
+
+def validate_prefix(prefix: str) -> str:
+    """A prefix is empty or dot-separated subject-safe tokens, e.g. `prod`."""
+    if prefix and not all(NODE_ID_PATTERN.fullmatch(token) for token in prefix.split(".")):
+        raise ValueError(f"subject prefix {prefix!r} must be dot-separated [A-Za-z0-9_-] tokens")
+    return prefix
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = ""
+
+    def _p(self, subject: str) -> str:
+        return f"{self.prefix}.{subject}" if self.prefix else subject
+
+    def job(self, node_id: str, job_type: JobType) -> str:
+        """Where node `node_id` takes jobs of a type; code jobs ride the llm subject."""
+        kind = "vision" if job_type == "vision" else "llm"
+        return self._p(f"node.{node_id}.{kind}.request")
+
+    def caps(self, node_id: str) -> str:
+        return self._p(f"node.{node_id}.caps")
+
+    def capabilities(self, node_id: str) -> str:
+        return self._p(f"ncs.capabilities.{node_id}")
+
+    def all_capabilities(self) -> str:
+        return self._p("ncs.capabilities.*")
+
+    def discover(self) -> str:
+        return self._p("ncs.discover")
