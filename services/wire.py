@@ -205,7 +205,7 @@ def decode_response(data: bytes) -> JobResponse:
 
 
 class _JobIdOnly(_Lenient):
-    job_id: str
+    job_id: Annotated[str, Field(min_length=1, max_length=200)]
 
 
 def _job_id_of(data: bytes) -> str:

@@ -1,0 +1,42 @@
+"""`python -m node_worker --config worker.toml`: run one node worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from node_worker.config import ConfigError, load_worker_settings
+from node_worker.worker import Worker
+from services.loop import run
+from services.telemetry import configure_logging
+
+
+async def serve(config: Path | None) -> int:
+    try:
+        settings = load_worker_settings(config)
+    except ConfigError as error:
+        print(f"inferbus worker: {error}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with Worker(settings):
+        await stop.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferbus worker", description=__doc__)
+    parser.add_argument("--config", type=Path, help="worker TOML file")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run(serve(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Backpressure: a fixed number of job slots per job type, refused at once when full.
+
+Never a queue: a job that finds no free slot is answered BUSY immediately, so the caller
+(a router, or an operator) can go to another node instead of waiting behind this one.
+Code jobs share the llm slots: they run on the same runtimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.wire import JobType
+
+
+def slot_kind(job_type: JobType) -> str:
+    return "vision" if job_type == "vision" else "llm"
+
+
+@dataclass
+class Load:
+    inflight: int
+    capacity: int
+
+
+class Admission:
+    def __init__(self, *, llm_capacity: int, vision_capacity: int) -> None:
+        self._load = {
+            "llm": Load(inflight=0, capacity=llm_capacity),
+            "vision": Load(inflight=0, capacity=vision_capacity),
+        }
+
+    def try_acquire(self, job_type: JobType) -> bool:
+        """Take a slot if one is free; never waits."""
+        load = self._load[slot_kind(job_type)]
+        if load.inflight >= load.capacity:
+            return False
+        load.inflight += 1
+        return True
+
+    def release(self, job_type: JobType) -> None:
+        load = self._load[slot_kind(job_type)]
+        load.inflight = max(0, load.inflight - 1)
+
+    def load(self) -> dict[str, Load]:
+        """A copy of the load per slot kind, for capabilities and metrics."""
+        return {kind: Load(load.inflight, load.capacity) for kind, load in self._load.items()}
+
+    @property
+    def total_inflight(self) -> int:
+        return sum(load.inflight for load in self._load.values())

@@ -1,0 +1,107 @@
+"""What this node serves: model name → the runtime that serves it, and the model's type.
+
+Pure: built from what the runtimes listed. When one model is served by several runtimes
+on the node, the best runtime by priority wins (vllm > llamacpp > lmstudio > ollama >
+openai-compatible remote), ties broken by configuration order, so the choice is stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from services.errors import ErrorCode, InferbusError
+from services.runtimes.base import ModelInfo, Runtime, RuntimeKind
+from services.wire import JobType
+
+ModelType = Literal["llm", "vision", "code", "embed"]
+
+RUNTIME_PRIORITY: dict[RuntimeKind, int] = {
+    "vllm": 0,
+    "llamacpp": 1,
+    "lmstudio": 2,
+    "ollama": 3,
+    "openai": 4,
+}
+
+_VISION_HINTS = ("llava", "vision", "-vl", "vl-", "moondream", "bakllava", "minicpm-v", "pixtral")
+_CODE_HINTS = ("coder", "code", "starcoder", "codestral", "deepseek-coder")
+_EMBED_HINTS = ("embed", "bge-", "e5-", "minilm", "nomic-embed")
+
+
+def classify_model(info: ModelInfo) -> ModelType:
+    """The model's type: the runtime's own capabilities first, the name only otherwise."""
+    capabilities = set(info.capabilities)
+    if "vision" in capabilities:
+        return "vision"
+    if "embedding" in capabilities and "completion" not in capabilities:
+        return "embed"
+    name = info.name.lower()
+    if any(hint in name for hint in _EMBED_HINTS):
+        return "embed"
+    if not capabilities and any(hint in name for hint in _VISION_HINTS):
+        return "vision"
+    if any(hint in name for hint in _CODE_HINTS):
+        return "code"
+    return "llm"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    type: ModelType
+    runtime: Runtime
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class RuntimeListing:
+    """One runtime's answer to discovery, after the configured allow-list."""
+
+    runtime: Runtime
+    models: Sequence[ModelInfo]
+
+
+def _wanted_types(job_type: JobType) -> tuple[ModelType, ...]:
+    """Model types that can take a job type, best first (code and llm stand in)."""
+    if job_type == "vision":
+        return ("vision",)
+    if job_type == "code":
+        return ("code", "llm")
+    return ("llm", "code")
+
+
+class Catalog:
+    def __init__(self, listings: Iterable[RuntimeListing]) -> None:
+        ranked = sorted(
+            enumerate(listings), key=lambda it: (RUNTIME_PRIORITY[it[1].runtime.kind], it[0])
+        )
+        self.models: dict[str, ServedModel] = {}
+        for _, listing in ranked:
+            for info in listing.models:
+                if info.name not in self.models:
+                    self.models[info.name] = ServedModel(
+                        info.name, classify_model(info), listing.runtime, info
+                    )
+        self.runtime_count = len(ranked)
+
+    def resolve(self, model: str | None, job_type: JobType) -> ServedModel:
+        """The model a job runs on: the one it names, else this node's default for its type."""
+        if model is not None:
+            served = self.models.get(model)
+            if served is None:
+                raise self._missing(f"model {model!r} is not served on this node")
+            return served
+        for wanted in _wanted_types(job_type):
+            candidates = [m for m in self.models.values() if m.type == wanted]
+            if candidates:
+                return min(candidates, key=lambda m: (m.info.running is not True, m.name))
+        raise self._missing(f"no {job_type} model is served on this node")
+
+    def _missing(self, message: str) -> InferbusError:
+        if self.runtime_count == 0:
+            return InferbusError(
+                ErrorCode.BACKEND_UNAVAILABLE, "no runtime on this node is reachable"
+            )
+        return InferbusError(ErrorCode.MODEL_NOT_FOUND, message)

@@ -1,0 +1,87 @@
+"""Idempotency: a repeated job key gets the first job's answer, never a second runtime call.
+
+Two layers: jobs still running (in this process: duplicates wait on the same future) and
+completed answers (aiocache, in memory by default, kept `ttl_s` and at most `max_entries`).
+Only answers that would be the same next time are kept: `ok`, and errors that are the
+request's own fault. BUSY, deadline and runtime failures are not, so a retry really runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiocache import SimpleMemoryCache
+from aiocache.base import BaseCache
+
+from services.errors import ErrorCode
+from services.wire import JobResponse
+
+_CACHEABLE_ERRORS = frozenset(
+    {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
+)
+
+
+def is_cacheable(response: JobResponse) -> bool:
+    """Whether replaying this answer for the same key is what the caller would get anyway."""
+    if response.status == "ok":
+        return True
+    return response.error is not None and response.error.code in _CACHEABLE_ERRORS
+
+
+@dataclass(frozen=True)
+class Running:
+    fingerprint: str
+    outcome: asyncio.Future[JobResponse]
+
+
+@dataclass(frozen=True)
+class Completed:
+    fingerprint: str
+    response: JobResponse
+
+
+class IdempotencyStore:
+    def __init__(self, *, ttl_s: float, max_entries: int, cache: BaseCache | None = None) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        # timeout=None: aiocache would otherwise wrap every call in asyncio.wait_for.
+        self._cache: BaseCache = cache or SimpleMemoryCache(timeout=None)
+        self._running: dict[str, Running] = {}
+        self._stored_keys: dict[str, None] = {}  # insertion order, for the entry bound
+
+    def running(self, key: str) -> Running | None:
+        return self._running.get(key)
+
+    async def completed(self, key: str) -> Completed | None:
+        found: Completed | None = await self._cache.get(key)
+        return found
+
+    def begin(self, key: str, fingerprint: str) -> Running:
+        """Mark a job as running so duplicates arriving meanwhile wait for it."""
+        running = Running(fingerprint, asyncio.get_running_loop().create_future())
+        self._running[key] = running
+        return running
+
+    async def finish(self, key: str, response: JobResponse) -> None:
+        """Release the waiters and keep the answer if it may be replayed."""
+        running = self._running.pop(key, None)
+        if running is None:
+            return
+        if not running.outcome.done():
+            running.outcome.set_result(response)
+        if is_cacheable(response):
+            await self._remember(key, Completed(running.fingerprint, response))
+
+    async def _remember(self, key: str, completed: Completed) -> None:
+        await self._cache.set(key, completed, ttl=self._ttl_s)
+        self._stored_keys.pop(key, None)
+        self._stored_keys[key] = None
+        while len(self._stored_keys) > self._max_entries:
+            oldest = next(iter(self._stored_keys))
+            del self._stored_keys[oldest]
+            await self._cache.delete(oldest)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)

@@ -1,0 +1,262 @@
+"""One job's way through the worker: parse → admit → dedupe → run (DESIGN §4).
+
+`admit` decides, without waiting on anything slow, what happens to a message: an answer
+right away (bad request, expired, busy, replay, unknown model) or a job to run (or to
+join, when the same key is already running). `run` and `join` produce the one final
+answer. The NATS wiring around this lives in `worker.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node_worker.admission import Admission
+from node_worker.catalog import Catalog, ServedModel
+from node_worker.idempotency import IdempotencyStore, Running
+from node_worker.metrics import WorkerMetrics
+from services.deadlines import left_ms, remaining_budget_ms
+from services.errors import ErrorCode, InferbusError
+from services.runtimes.base import ChatCall
+from services.wire import (
+    JobRequest,
+    JobResponse,
+    JobType,
+    Result,
+    Timings,
+    decode_request,
+    new_job_id,
+)
+
+log = logging.getLogger("inferbus.worker.jobs")
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    default_timeout_ms: int
+    max_request_bytes: int
+    retry_after_ms: int
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A job that holds a slot and must be run, then released."""
+
+    request: JobRequest
+    job_type: JobType
+    served: ServedModel
+    received_s: float
+    deadline_s: float
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A duplicate of a job that is running now: it waits for that job's answer."""
+
+    request: JobRequest
+    running: Running
+    received_s: float
+    deadline_s: float
+
+
+Decision = JobResponse | Admitted | Joined
+
+
+class JobPipeline:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        limits: JobLimits,
+        admission: Admission,
+        idempotency: IdempotencyStore,
+        catalog: Callable[[], Catalog],
+        metrics: WorkerMetrics,
+        monotonic: Callable[[], float] = time.monotonic,
+        unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+    ) -> None:
+        self._node_id = node_id
+        self._limits = limits
+        self._admission = admission
+        self._idempotency = idempotency
+        self._catalog = catalog
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self._unix_ms = unix_ms
+
+    async def admit(self, data: bytes, subject_type: JobType, received_s: float) -> Decision:
+        """Decide a message's fate; never raises, never waits on a runtime."""
+        if len(data) > self._limits.max_request_bytes:
+            return self._refuse(
+                new_job_id(),
+                subject_type,
+                InferbusError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"job is {len(data)} bytes; this node takes at most "
+                    f"{self._limits.max_request_bytes}",
+                ),
+            )
+        decoded = decode_request(data, default_type=subject_type)
+        if isinstance(decoded, JobResponse):
+            self._metrics.job_finished(subject_type, None, decoded, 0.0)
+            return decoded.model_copy(update={"node_id": self._node_id})
+        request = decoded
+        job_type = request.type or subject_type
+
+        budget_ms = remaining_budget_ms(
+            timeout_ms=request.timeout_ms,
+            deadline_unix_ms=request.deadline_unix_ms,
+            default_timeout_ms=self._limits.default_timeout_ms,
+            now_unix_ms=self._unix_ms(),
+        )
+        if budget_ms <= 0:
+            return self._refuse(
+                request.job_id,
+                job_type,
+                InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the job's budget was spent on arrival"),
+            )
+        deadline_s = received_s + budget_ms / 1000.0
+
+        if job_type == "vision" and not request.has_images():
+            return self._refuse(
+                request.job_id,
+                job_type,
+                InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image"),
+            )
+
+        fingerprint = request.fingerprint()
+        running = self._idempotency.running(request.key)
+        if running is not None:
+            if running.fingerprint != fingerprint:
+                return self._refuse(request.job_id, job_type, _mismatch(request.key))
+            self._metrics.idempotency_hit("running")
+            return Joined(request, running, received_s, deadline_s)
+        completed = await self._idempotency.completed(request.key)
+        if completed is not None:
+            if completed.fingerprint != fingerprint:
+                return self._refuse(request.job_id, job_type, _mismatch(request.key))
+            self._metrics.idempotency_hit("completed")
+            return completed.response.model_copy(update={"job_id": request.job_id, "cached": True})
+
+        try:
+            served = self._catalog().resolve(request.model, job_type)
+        except InferbusError as error:
+            return self._refuse(request.job_id, job_type, error)
+
+        if not self._admission.try_acquire(job_type):
+            return self._refuse(
+                request.job_id,
+                job_type,
+                InferbusError(
+                    ErrorCode.BUSY,
+                    f"all {job_type} slots on {self._node_id} are taken",
+                    retry_after_ms=self._limits.retry_after_ms,
+                ),
+                model=served.name,
+            )
+        self._idempotency.begin(request.key, fingerprint)
+        return Admitted(request, job_type, served, received_s, deadline_s)
+
+    async def run(self, job: Admitted) -> JobResponse:
+        """Run an admitted job on its runtime within its deadline; always releases its slot."""
+        started_s = self._monotonic()
+        response: JobResponse | None = None
+        try:
+            response = await self._call_runtime(job, started_s)
+            return response
+        finally:
+            self._admission.release(job.job_type)
+            if response is None:  # cancelled: the worker is stopping
+                response = self._stopped(job.request.job_id)
+            await self._idempotency.finish(job.request.key, response)
+            self._metrics.job_finished(
+                job.job_type, job.served.name, response, self._monotonic() - job.received_s
+            )
+
+    async def _call_runtime(self, job: Admitted, started_s: float) -> JobResponse:
+        served, request = job.served, job.request
+        call = ChatCall(served.name, request.chat_messages(), request.params)
+        remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
+        done = True if request.stream else None
+        fields = {
+            "node_id": self._node_id,
+            "model": served.name,
+            "runtime": served.runtime.kind,
+            "done": done,
+        }
+        try:
+            if remaining_s <= 0:
+                raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent while queued")
+            async with asyncio.timeout(remaining_s):
+                reply = await served.runtime.chat(call, timeout_s=remaining_s)
+        except TimeoutError:
+            error = InferbusError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"the runtime did not answer within the job's budget ({remaining_s * 1000:.0f} ms)",
+            )
+            return JobResponse.failure(
+                request.job_id, error, **fields, timings=self._timings(job, started_s)
+            )
+        except InferbusError as error:
+            return JobResponse.failure(
+                request.job_id, error, **fields, timings=self._timings(job, started_s)
+            )
+        except Exception as exc:
+            log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
+            error = InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            return JobResponse.failure(
+                request.job_id, error, **fields, timings=self._timings(job, started_s)
+            )
+        result = Result(text=reply.text, finish_reason=reply.finish_reason, usage=reply.usage)
+        return JobResponse(
+            job_id=request.job_id,
+            status="ok",
+            result=result,
+            timings=self._timings(job, started_s),
+            **fields,
+        )
+
+    async def join(self, job: Joined) -> JobResponse:
+        """Wait for the running job with the same key; its answer, marked as a replay."""
+        remaining_s = left_ms(job.deadline_s, self._monotonic()) / 1000.0
+        try:
+            async with asyncio.timeout(max(remaining_s, 0.0)):
+                first = await asyncio.shield(job.running.outcome)
+        except TimeoutError:
+            return self._refuse(
+                job.request.job_id,
+                job.request.type or "llm",
+                InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same job"),
+            )
+        return first.model_copy(update={"job_id": job.request.job_id, "cached": True})
+
+    def _timings(self, job: Admitted, started_s: float) -> Timings:
+        now = self._monotonic()
+        return Timings(
+            queue_ms=round((started_s - job.received_s) * 1000.0, 3),
+            backend_ms=round((now - started_s) * 1000.0, 3),
+            total_ms=round((now - job.received_s) * 1000.0, 3),
+        )
+
+    def _refuse(
+        self, job_id: str, job_type: JobType, error: InferbusError, model: str | None = None
+    ) -> JobResponse:
+        response = JobResponse.failure(job_id, error, node_id=self._node_id, model=model)
+        self._metrics.job_finished(job_type, model, response, 0.0)
+        return response
+
+    def _stopped(self, job_id: str) -> JobResponse:
+        error = InferbusError(
+            ErrorCode.BACKEND_UNAVAILABLE, "the worker stopped before the job finished"
+        )
+        return JobResponse.failure(job_id, error, node_id=self._node_id)
+
+
+def _mismatch(key: str) -> InferbusError:
+    return InferbusError(
+        ErrorCode.IDEMPOTENCY_MISMATCH,
+        f"idempotency key {key!r} was used for a different job",
+    )

@@ -1,0 +1,256 @@
+"""The node worker process: NATS wiring around the job pipeline.
+
+Subscribes `node.<id>.llm.request` and `node.<id>.vision.request` in queue group
+`node_worker`, hands every admitted job to a task of its own (so the subscription keeps
+draining while jobs run), and sends exactly one final reply per message. `drain()` stops
+taking jobs, lets running ones finish within a grace period, then disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any
+
+import httpx
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from node_worker.admission import Admission
+from node_worker.catalog import Catalog
+from node_worker.config import WorkerSettings
+from node_worker.discovery import ConfiguredRuntime, discover
+from node_worker.idempotency import IdempotencyStore
+from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined
+from node_worker.metrics import WorkerMetrics
+from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.metrics_http import MetricsServer
+from services.runtimes import make_runtime, new_http_client
+from services.subjects import WORKER_QUEUE_GROUP, Subjects
+from services.wire import JobResponse, JobType, encode
+
+log = logging.getLogger("inferbus.worker")
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, *, http_client: httpx.AsyncClient | None = None):
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.subjects = Subjects(settings.subject_prefix)
+        self.metrics = WorkerMetrics()
+        self.admission = Admission(
+            llm_capacity=settings.limits.llm_concurrency,
+            vision_capacity=settings.limits.vision_concurrency,
+        )
+        for kind in ("llm", "vision"):
+            self.metrics.track_inflight(kind, lambda k=kind: self.admission.load()[k].inflight)
+        self._own_http = http_client is None
+        self._http = http_client or new_http_client()
+        self.backends = [
+            ConfiguredRuntime(
+                backend,
+                make_runtime(
+                    backend.kind,
+                    backend.url,
+                    self._http,
+                    api_key=os.environ.get(backend.api_key_env) if backend.api_key_env else None,
+                ),
+            )
+            for backend in settings.backends
+        ]
+        self.catalog = Catalog([])
+        self.pipeline = JobPipeline(
+            node_id=self.node_id,
+            limits=JobLimits(
+                default_timeout_ms=settings.default_timeout_ms,
+                max_request_bytes=settings.limits.max_request_bytes,
+                retry_after_ms=settings.limits.retry_after_ms,
+            ),
+            admission=self.admission,
+            idempotency=IdempotencyStore(
+                ttl_s=settings.idempotency.ttl_s, max_entries=settings.idempotency.max_entries
+            ),
+            catalog=lambda: self.catalog,
+            metrics=self.metrics,
+        )
+        self._nc: NatsClient | None = None
+        self._subscriptions: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rediscovery: asyncio.Task[None] | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._stopped = False
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.port if self._metrics_server else None
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "worker not started"
+        return self._nc
+
+    async def start(self) -> None:
+        await self.rediscover()
+        self._nc = await nats.connect(
+            servers=list(self.settings.nats_url),
+            name=f"inferbus-worker-{self.node_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            retry_on_failed_connect=True,
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        for job_type in ("llm", "vision"):
+            subject = self.subjects.job(self.node_id, job_type)
+            self._subscriptions.append(
+                await self.nc.subscribe(
+                    subject, queue=WORKER_QUEUE_GROUP, cb=self._handler_for(job_type)
+                )
+            )
+        await self.nc.flush()
+        self._rediscovery = asyncio.create_task(self._rediscover_forever())
+        if self.settings.metrics_port is not None:
+            self._metrics_server = MetricsServer(
+                self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port
+            )
+            await self._metrics_server.start()
+        log.info(
+            "worker %s serving %d models from %d runtimes",
+            self.node_id,
+            len(self.catalog.models),
+            self.catalog.runtime_count,
+            extra={"node_id": self.node_id},
+        )
+
+    async def rediscover(self) -> None:
+        self.catalog = await discover(self.backends)
+
+    async def _rediscover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rediscover_s)
+            with contextlib.suppress(Exception):
+                await self.rediscover()
+
+    def _handler_for(self, subject_type: JobType) -> Any:
+        async def on_message(msg: Msg) -> None:
+            received_s = time.monotonic()
+            if not msg.reply:
+                log.warning(
+                    "message without a reply subject dropped", extra={"subject": msg.subject}
+                )
+                return
+            decision = await self.pipeline.admit(msg.data, subject_type, received_s)
+            if isinstance(decision, JobResponse):
+                await self._reply(msg.reply, decision)
+            elif isinstance(decision, Admitted):
+                self._spawn(self._run_and_reply(msg.reply, decision))
+            else:
+                self._spawn(self._join_and_reply(msg.reply, decision))
+
+        return on_message
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_and_reply(self, reply_to: str, job: Admitted) -> None:
+        try:
+            response = await self.pipeline.run(job)
+        except asyncio.CancelledError:
+            await self._reply(reply_to, self._stopping(job.request.job_id))
+            raise
+        await self._reply(reply_to, response)
+
+    async def _join_and_reply(self, reply_to: str, job: Joined) -> None:
+        try:
+            response = await self.pipeline.join(job)
+        except asyncio.CancelledError:
+            await self._reply(reply_to, self._stopping(job.request.job_id))
+            raise
+        await self._reply(reply_to, response)
+
+    def _stopping(self, job_id: str) -> JobResponse:
+        error = InferbusError(
+            ErrorCode.BACKEND_UNAVAILABLE, "the worker stopped before the job finished"
+        )
+        return JobResponse.failure(job_id, error, node_id=self.node_id)
+
+    async def _reply(self, reply_to: str, response: JobResponse) -> None:
+        payload = encode(response)
+        if len(payload) > self.nc.max_payload:
+            error = InferbusError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"the answer is {len(payload)} bytes, over the bus limit of {self.nc.max_payload}",
+            )
+            response = JobResponse.failure(response.job_id, error, node_id=self.node_id)
+            payload = encode(response)
+        headers = None
+        if response.error is not None:
+            headers = {
+                "Nats-Service-Error-Code": str(HTTP_STATUS[response.error.code]),
+                "Nats-Service-Error": f"{response.error.code.value}: {response.error.message}"[:512]
+                .replace("\r", " ")
+                .replace("\n", " "),
+            }
+        try:
+            await self.nc.publish(reply_to, payload, headers=headers)
+        except Exception:
+            log.exception("reply could not be sent", extra={"job_id": response.job_id})
+
+    async def drain(self) -> None:
+        """Stop taking jobs, finish running ones within the grace period, disconnect."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._rediscovery is not None:
+            self._rediscovery.cancel()
+            await asyncio.gather(self._rediscovery, return_exceptions=True)
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=2)
+            await self._nc.close()
+        if self._own_http:
+            await self._http.aclose()
+        log.info("worker %s stopped", self.node_id, extra={"node_id": self.node_id})
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        log.warning("nats: %s", error, extra={"node_id": self.node_id})
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from nats; reconnecting", extra={"node_id": self.node_id})
+
+    async def _on_reconnected(self) -> None:
+        url = self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?"
+        log.info("reconnected to nats at %s", url, extra={"node_id": self.node_id})
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.drain()

@@ -1,0 +1,76 @@
+"""The `inferbus` command: one entry point for every process and tool of the project.
+
+Processes are started by module (`python -m node_worker`), never imported here: `services`
+does not depend on `node_worker` or `router`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from services.loop import run
+
+
+def _exec_module(module: str, argv: list[str]) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferbus", description="One inference fabric over NATS.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="embedded NATS + a worker (+ simulator if no runtime)")
+    up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--node-id", default="local")
+    up.add_argument("--data-dir", type=Path, default=None)
+
+    commands.add_parser("worker", help="run a node worker (python -m node_worker)", add_help=False)
+    commands.add_parser("simulate", help="run the runtime simulator", add_help=False)
+
+    req = commands.add_parser("req", help="send one job and print the reply")
+    req.add_argument("target", help="a node id (gpu-a) or a full subject")
+    req.add_argument("job", help="JSON job, or plain text used as the prompt")
+    req.add_argument("--type", choices=["llm", "vision", "code"], default="llm")
+    req.add_argument(
+        "--server", default=os.environ.get("INFERBUS_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    req.add_argument("--prefix", default="", help="subject prefix of the fleet")
+    req.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    req.add_argument("--raw", action="store_true", help="print the JSON reply")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        return _exec_module("node_worker", argv[1:])
+    if argv and argv[0] == "simulate":
+        from services.simulator.__main__ import run_cli
+
+        return run_cli(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from services.up import UpOptions, default_data_dir, up
+
+        data_dir = args.data_dir or default_data_dir()
+        return run(up(UpOptions(nats_port=args.nats_port, node_id=args.node_id, data_dir=data_dir)))
+    from services.req import job_payload, job_subject, send
+    from services.subjects import Subjects
+
+    subject = job_subject(args.target, args.type, Subjects(args.prefix))
+    return run(
+        send(
+            nats_url=args.server,
+            subject=subject,
+            payload=job_payload(args.job),
+            timeout_s=args.timeout,
+            raw=args.raw,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Runtime failures become `InferbusError` here, and only here (CONVENTIONS §2).
+
+    httpx.TransportError, TimeoutError ── classify_transport_error ─┬─ DEADLINE_EXCEEDED
+                                                                    └─ BACKEND_UNAVAILABLE
+    HTTP status + error body ──────────── classify_http_error ──────┬─ MODEL_NOT_FOUND
+    {"error": ...} inside a 200 stream ── classify_stream_error ────┼─ CONTEXT_EXCEEDED
+                                                                    ├─ PAYLOAD_TOO_LARGE
+                                                                    ├─ BACKEND_UNAVAILABLE
+                                                                    └─ BACKEND_ERROR
+
+Error bodies seen in the wild (checked against the runtimes' sources):
+- Ollama: `{"error": "model \"x\" not found, try pulling it first"}` (404); context
+  overflow says "... exceeds the context length" / "longer than the context length".
+- OpenAI: `{"error": {"message", "type", "param", "code"}}`, code `context_length_exceeded`
+  or `model_not_found`; `retry-after-ms` / `retry-after` headers on 429.
+- llama.cpp server: `{"error": {"code": 400, "message": "request (9412 tokens) exceeds the
+  available context size (8192 tokens)...", "type": "exceed_context_size_error"}}`;
+  503 `{"error": {"message": "Loading model", "type": "unavailable_error"}}`.
+- vLLM: `{"error": {...}}` or, in older releases, the same fields at top level with
+  `"object": "error"`; "This model's maximum context length is N tokens" or "...is longer
+  than the maximum model length".
+
+Beware of the transport: httpx-aiohttp 0.2 maps *every* `aiohttp.ClientConnectionError`
+(connection refused, server disconnected) to `httpx.ConnectTimeout`. A connect "timeout"
+therefore means "unreachable", never "the job's budget is spent".
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+
+from services.errors import ErrorCode, InferbusError
+
+MAX_MESSAGE_CHARS = 300
+
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+_CONTEXT_PHRASES = (
+    "context length",  # Ollama, vLLM "maximum context length", OpenAI
+    "context size",  # llama.cpp "exceeds the available context size"
+    "context window",
+    "maximum model length",  # vLLM V1 "is longer than the maximum model length"
+)
+_MODEL_MISSING = re.compile(
+    r"model\b.{0,200}?\b(not found|does not exist|not exist)|no models? (is )?loaded", re.I
+)
+_MODEL_MISSING_CODES = frozenset({"model_not_found"})
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)bearer\s+\S+"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@"),  # user:password@ in URLs
+)
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    """What a runtime said about its failure, whatever shape it used."""
+
+    message: str
+    type: str = ""
+    code: str = ""
+
+
+def parse_error_body(body: bytes) -> ErrorDetail:
+    """Read an error body: JSON in any of the known shapes, else its text."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return ErrorDetail(body.decode("utf-8", "replace").strip())
+    return error_detail_of(payload)
+
+
+def error_detail_of(payload: Any) -> ErrorDetail:
+    """`{"error": "..."}`, `{"error": {...}}`, top-level OpenAI fields, `{"detail": ...}`."""
+    if not isinstance(payload, dict):
+        return ErrorDetail(json.dumps(payload))
+    error = payload.get("error", payload)
+    if isinstance(error, str):
+        return ErrorDetail(error)
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("detail") or payload.get("detail")
+        if message is None:
+            message = json.dumps(error)
+        return ErrorDetail(str(message), str(error.get("type") or ""), str(error.get("code") or ""))
+    return ErrorDetail(json.dumps(payload))
+
+
+def classify_http_error(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    now_unix_s: float | None = None,
+    secrets: Iterable[str] = (),
+) -> InferbusError:
+    """Map a runtime's HTTP error answer to our code.
+
+    Args:
+        status: the HTTP status (>= 400).
+        body: the raw response body.
+        headers: response headers (case-insensitive mapping); Retry-After is read from them.
+        now_unix_s: the current time, only needed to read an HTTP-date Retry-After.
+        secrets: strings (API keys) to blank out of the message.
+    """
+    return _classify(status, parse_error_body(body), headers, now_unix_s, secrets)
+
+
+def classify_stream_error(payload: Any, *, secrets: Iterable[str] = ()) -> InferbusError:
+    """An error object that arrived inside a stream whose status was already 200."""
+    return _classify(None, error_detail_of(payload), {}, None, secrets)
+
+
+def _classify(
+    status: int | None,
+    detail: ErrorDetail,
+    headers: Mapping[str, str],
+    now_unix_s: float | None,
+    secrets: Iterable[str],
+) -> InferbusError:
+    text = redact(detail.message, secrets)[:MAX_MESSAGE_CHARS]
+    message = f"HTTP {status}: {text}" if status is not None else f"runtime error: {text}"
+    if status == 429:
+        # Checked first: rate-limit texts talk about tokens too ("tokens per minute").
+        retry = retry_after_ms(headers, now_unix_s=now_unix_s)
+        return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message, retry_after_ms=retry)
+    if _says_context_exceeded(detail):
+        return InferbusError(ErrorCode.CONTEXT_EXCEEDED, message)
+    if status == 404 or _says_model_missing(detail):
+        return InferbusError(ErrorCode.MODEL_NOT_FOUND, message)
+    if status in (502, 503, 504):
+        retry = retry_after_ms(headers, now_unix_s=now_unix_s)
+        return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message, retry_after_ms=retry)
+    if status == 413:
+        return InferbusError(ErrorCode.PAYLOAD_TOO_LARGE, message)
+    if status in (400, 422):
+        # The runtime rejected this request's content: another runtime would too.
+        return InferbusError(ErrorCode.BACKEND_ERROR, message, retryable=False)
+    return InferbusError(ErrorCode.BACKEND_ERROR, message)
+
+
+def _says_context_exceeded(detail: ErrorDetail) -> bool:
+    if detail.code.lower() in _CONTEXT_CODES or detail.type.lower() in _CONTEXT_CODES:
+        return True
+    text = detail.message.lower()
+    return any(phrase in text for phrase in _CONTEXT_PHRASES)
+
+
+def _says_model_missing(detail: ErrorDetail) -> bool:
+    return detail.code.lower() in _MODEL_MISSING_CODES or bool(
+        _MODEL_MISSING.search(detail.message)
+    )
+
+
+def retry_after_ms(headers: Mapping[str, str], *, now_unix_s: float | None = None) -> int | None:
+    """`retry-after-ms` (OpenAI), else `Retry-After` in seconds or as an HTTP date."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0, int(float(raw_ms)))
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0, int(float(raw) * 1000))
+    except ValueError:
+        pass
+    if now_unix_s is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0, int((when.timestamp() - now_unix_s) * 1000))
+
+
+def classify_transport_error(
+    exc: BaseException, *, mid_stream: bool = False, secrets: Iterable[str] = ()
+) -> InferbusError:
+    """Map a failure to get (or keep reading) an answer: deadline, or unreachable runtime.
+
+    `TimeoutError` is our own deadline (`asyncio.timeout`) running out.
+    """
+    if _is_deadline(exc):
+        return InferbusError(
+            ErrorCode.DEADLINE_EXCEEDED, "the runtime did not answer within the deadline"
+        )
+    what = "connection to the runtime lost mid-stream" if mid_stream else "runtime unreachable"
+    detail = redact(f"{type(exc).__name__}: {exc}", secrets)[:MAX_MESSAGE_CHARS]
+    return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"{what}: {detail}")
+
+
+def _is_deadline(exc: BaseException) -> bool:
+    for link in _cause_chain(exc):
+        if isinstance(link, aiohttp.ConnectionTimeoutError):
+            return False  # could not even connect: the runtime is unreachable
+        if isinstance(link, aiohttp.ServerTimeoutError):
+            return True  # connected, but the answer did not come in time
+    if isinstance(exc, httpx.ConnectTimeout):
+        return False  # see the module docstring: mostly "refused" or "disconnected"
+    return isinstance(exc, httpx.TimeoutException | TimeoutError)
+
+
+def _cause_chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Blank out API keys, bearer tokens and URL passwords from a message."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("***", text)
+    return text
+
+
+def invalid_response(what: str) -> InferbusError:
+    """The runtime answered 2xx with something we cannot read."""
+    return InferbusError(ErrorCode.BACKEND_ERROR, f"unreadable runtime response: {what}")

@@ -1,0 +1,137 @@
+"""The HTTP edge shared by all runtime adapters of a process: one client, two call shapes.
+
+`new_http_client` keeps httpx's API on the `httpx_aiohttp.AiohttpTransport`: at 32-64
+concurrent requests httpx's own pool stalls on contention, aiohttp's does not (DESIGN §4,
+ops/bench). Adapters then use `request_json` (one JSON answer) and `stream_lines` (NDJSON
+or SSE), which enforce the job's deadline with `asyncio.timeout` and translate every
+failure through `services.runtimes.errors`.
+
+The deadline is ours, not httpx's: the transport only gets a connect timeout, and the
+whole call (or, for a stream, each wait for the next line) runs under the job's remaining
+budget, so a runtime that trickles bytes cannot keep a job past its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import Any, cast
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from services.runtimes.errors import (
+    classify_http_error,
+    classify_transport_error,
+    invalid_response,
+)
+
+# Below uvicorn's 5 s keep-alive (vLLM, many OpenAI-compatible servers): a connection the
+# server is about to close is not reused for a POST, which aiohttp would not retry.
+KEEPALIVE_EXPIRY_S = 4.0
+USER_AGENT = "inferbus/0.1"
+
+
+def new_http_client(
+    *,
+    max_connections: int = 512,
+    connect_timeout_s: float = 5.0,
+    keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+) -> httpx.AsyncClient:
+    """The process's one HTTP client for runtimes; close it with `aclose()` / `async with`.
+
+    Safe to call outside an event loop: the aiohttp session is created on first use.
+    `trust_env=False` everywhere: HTTP(S)_PROXY from the environment must never send a
+    loopback runtime through a proxy, nor `.netrc` add credentials.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_expiry_s,
+    )
+    transport = AiohttpTransport(limits=limits, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport,
+        limits=limits,
+        timeout=httpx.Timeout(None, connect=connect_timeout_s),
+        trust_env=False,
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    *,
+    timeout_s: float,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+) -> Any:
+    """Send one request and return its parsed JSON body, or raise InferbusError."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await client.request(method, url, json=body, headers=headers)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise classify_transport_error(exc, secrets=secrets) from exc
+    if response.status_code >= 400:
+        raise classify_http_error(
+            response.status_code, response.content, response.headers, secrets=secrets
+        )
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        raise invalid_response(f"not JSON: {response.content[:80]!r}") from exc
+
+
+async def stream_lines(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    *,
+    body: Any,
+    deadline: float,
+    headers: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+) -> AsyncGenerator[str, None]:
+    """POST and yield the answer's non-empty lines as they arrive.
+
+    `deadline` is on the running loop's clock. Closing this generator (`aclose()`, or the
+    consumer being cancelled) closes the HTTP response, and with it the connection when the
+    body was not read to its end, so the runtime stops generating.
+    """
+    request = client.build_request("POST", url, json=body, headers=headers)
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await client.send(request, stream=True)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise classify_transport_error(exc, secrets=secrets) from exc
+    try:
+        if response.status_code >= 400:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    error_body = await response.aread()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise classify_transport_error(exc, secrets=secrets) from exc
+            raise classify_http_error(
+                response.status_code, error_body, response.headers, secrets=secrets
+            )
+        # An async generator underneath, closed explicitly rather than left to the GC.
+        lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    return
+                except (httpx.HTTPError, TimeoutError) as exc:
+                    raise classify_transport_error(exc, mid_stream=True, secrets=secrets) from exc
+                if line:
+                    yield line
+        finally:
+            await lines.aclose()
+    finally:
+        await response.aclose()

@@ -1,0 +1,303 @@
+"""The Ollama adapter: `/api/chat`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`.
+
+Wire format checked against ollama/ollama `docs/api.md`, `docs/api/streaming.mdx`,
+`docs/api/errors.mdx` and `api/types.go` (ChatResponse, Metrics, Options,
+ListModelResponse, ProcessModelResponse with `context_length`, ShowResponse with
+`model_info` and `capabilities`), snapshot of 2026-08:
+- `/api/chat` streams NDJSON *by default*; `"stream": false` gives one object. The last
+  object has `"done": true`, `done_reason`, `prompt_eval_count`, `eval_count` (both
+  `omitempty`: a fully cached prompt reports no `prompt_eval_count`).
+- An error after the stream started is one more NDJSON line `{"error": "..."}`.
+- Images are raw base64 strings in a message's `images`; Ollama does not fetch URLs.
+- Sampling parameters go in `options`: temperature, top_p, num_predict, stop (a list), seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from services.errors import ErrorCode, InferbusError
+from services.runtimes.base import (
+    ChatCall,
+    ChatReply,
+    ModelInfo,
+    RuntimeKind,
+    StreamDelta,
+    StreamEnd,
+    StreamEvent,
+)
+from services.runtimes.errors import classify_stream_error, invalid_response
+from services.runtimes.http import request_json, stream_lines
+from services.wire import Message, Params, Usage
+
+HEALTH_TIMEOUT_S = 2.0
+LIST_TIMEOUT_S = 10.0
+
+
+class OllamaRuntime:
+    """One Ollama server. Stateless apart from its URLs; share the httpx client."""
+
+    kind: RuntimeKind
+
+    def __init__(self, url: str, client: httpx.AsyncClient, *, api_key: str | None = None):
+        self.kind = "ollama"
+        self.url = url.rstrip("/")
+        self._client = client
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._secrets = (api_key,) if api_key else ()
+        self._chat_url = httpx.URL(f"{self.url}/api/chat")
+        self._version_url = httpx.URL(f"{self.url}/api/version")
+        self._tags_url = httpx.URL(f"{self.url}/api/tags")
+        self._ps_url = httpx.URL(f"{self.url}/api/ps")
+        self._show_url = httpx.URL(f"{self.url}/api/show")
+
+    def __repr__(self) -> str:
+        return f"OllamaRuntime({self.url!r})"
+
+    async def health(self) -> float:
+        """`GET /api/version`: the cheapest call that proves the server answers."""
+        started = time.perf_counter()
+        await self._get(self._version_url, HEALTH_TIMEOUT_S)
+        return (time.perf_counter() - started) * 1000.0
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Installed models (`/api/tags`), marked running when `/api/ps` lists them.
+
+        A failing `/api/ps` (very old Ollama) leaves `running` unknown rather than failing
+        discovery. Capabilities and context length come from `show_model`, one call per
+        model, so discovery can ask for them lazily.
+        """
+        tags: Any
+        ps: Any
+        tags, ps = await asyncio.gather(
+            self._get(self._tags_url, LIST_TIMEOUT_S),
+            self._get(self._ps_url, LIST_TIMEOUT_S),
+            return_exceptions=True,
+        )
+        if isinstance(tags, BaseException):
+            raise tags
+        return models_from_listing(tags, None if isinstance(ps, BaseException) else ps)
+
+    async def show_model(self, name: str) -> ModelInfo:
+        """`POST /api/show`: family, capabilities and the model's trained context length."""
+        body = await request_json(
+            self._client,
+            "POST",
+            self._show_url,
+            body={"model": name},
+            timeout_s=LIST_TIMEOUT_S,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+        return model_from_show(name, body)
+
+    async def _get(self, url: httpx.URL, timeout_s: float) -> Any:
+        return await request_json(
+            self._client,
+            "GET",
+            url,
+            timeout_s=timeout_s,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+
+    async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
+        data = await request_json(
+            self._client,
+            "POST",
+            self._chat_url,
+            body=chat_body(call, stream=False),
+            timeout_s=timeout_s,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+        if not isinstance(data, dict):
+            raise invalid_response("chat answer is not an object")
+        if "error" in data:
+            raise classify_stream_error(data, secrets=self._secrets)
+        message = data.get("message")
+        if not isinstance(message, dict):
+            raise invalid_response("chat answer has no message")
+        return ChatReply(
+            text=message.get("content") or "",
+            finish_reason=data.get("done_reason"),
+            usage=usage_of(data),
+        )
+
+    async def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
+        """NDJSON lines → StreamDelta per non-empty piece, then one StreamEnd.
+
+        The line with `"done": true` ends the stream; reaching the end of the body without
+        it raises BACKEND_ERROR. Use `contextlib.aclosing` so stopping early closes the
+        connection at once.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        end: StreamEnd | None = None
+        lines = stream_lines(
+            self._client,
+            self._chat_url,
+            body=chat_body(call, stream=True),
+            deadline=deadline,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+        try:
+            async for line in lines:
+                if end is not None:
+                    continue  # drain to the end of the body so the connection is reused
+                event = _parse_line(line, self._secrets)
+                if isinstance(event, StreamEnd):
+                    end = event
+                elif event.text:
+                    yield event
+        finally:
+            await lines.aclose()
+        if end is None:
+            raise InferbusError(
+                ErrorCode.BACKEND_ERROR, "Ollama stream ended without its final `done` line"
+            )
+        yield end
+
+
+def _parse_line(line: str, secrets: tuple[str, ...]) -> StreamEvent:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise invalid_response(f"stream line is not JSON: {line[:80]!r}") from exc
+    if not isinstance(data, dict):
+        raise invalid_response("stream line is not an object")
+    if "error" in data:
+        raise classify_stream_error(data, secrets=secrets)
+    if data.get("done"):
+        return StreamEnd(finish_reason=data.get("done_reason"), usage=usage_of(data))
+    message = data.get("message") or {}
+    return StreamDelta(text=message.get("content") or "")
+
+
+def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """The `/api/chat` request for a call; options only for parameters that are set."""
+    body: dict[str, Any] = {
+        "model": call.model,
+        "messages": [ollama_message(message) for message in call.messages],
+        "stream": stream,
+    }
+    options = ollama_options(call.params)
+    if options:
+        body["options"] = options
+    return body
+
+
+def ollama_message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.text}
+    images = message.all_images
+    if images:
+        out["images"] = [ollama_image(image) for image in images]
+    return out
+
+
+def ollama_image(image: str) -> str:
+    """Raw base64, as Ollama wants it: a `data:...;base64,` prefix is stripped.
+
+    Ollama cannot fetch URLs and we do not fetch them for it (a worker that downloads
+    whatever a job names is an SSRF hole): an http(s) image is a BAD_REQUEST here.
+    """
+    if image.startswith("data:"):
+        header, sep, payload = image.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise InferbusError(ErrorCode.BAD_REQUEST, "image data URI must be base64")
+        return payload
+    if image.startswith(("http://", "https://")):
+        raise InferbusError(
+            ErrorCode.BAD_REQUEST, "Ollama takes images inline as base64, not as URLs"
+        )
+    return image
+
+
+def ollama_options(params: Params) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if params.temperature is not None:
+        options["temperature"] = params.temperature
+    if params.top_p is not None:
+        options["top_p"] = params.top_p
+    if params.max_tokens is not None:
+        options["num_predict"] = params.max_tokens
+    if params.stop is not None:
+        options["stop"] = [params.stop] if isinstance(params.stop, str) else params.stop
+    if params.seed is not None:
+        options["seed"] = params.seed
+    return options
+
+
+def usage_of(data: dict[str, Any]) -> Usage:
+    return Usage(
+        prompt_tokens=data.get("prompt_eval_count") or 0,
+        completion_tokens=data.get("eval_count") or 0,
+    )
+
+
+def models_from_listing(tags: Any, ps: Any | None) -> list[ModelInfo]:
+    """ModelInfo per model of `/api/tags`, plus loaded ones `/api/tags` does not list.
+
+    `ps` None means "unknown", so `running` stays None. `/api/ps`'s `context_length` is
+    the window the loaded model really has; `details.context_length` (newer servers)
+    is the fallback.
+    """
+    if not isinstance(tags, dict) or not isinstance(tags.get("models"), list):
+        raise invalid_response("/api/tags has no `models` list")
+    loaded: dict[str, dict[str, Any]] = {}
+    if isinstance(ps, dict):
+        for entry in ps.get("models") or []:
+            if isinstance(entry, dict) and _name(entry):
+                loaded[_name(entry)] = entry
+    installed = [e for e in tags["models"] if isinstance(e, dict) and _name(e)]
+    listed = {_name(entry) for entry in installed}
+    extra = [entry for name, entry in loaded.items() if name not in listed]
+    return [_model_info(entry, loaded, ps_known=ps is not None) for entry in installed + extra]
+
+
+def _model_info(
+    entry: dict[str, Any], loaded: dict[str, dict[str, Any]], *, ps_known: bool
+) -> ModelInfo:
+    name = _name(entry)
+    details = entry.get("details") or {}
+    running_entry = loaded.get(name)
+    context = (running_entry or {}).get("context_length") or details.get("context_length")
+    return ModelInfo(
+        name=name,
+        size_bytes=entry.get("size"),
+        running=running_entry is not None if ps_known else None,
+        context_window=context or None,
+        family=details.get("family") or None,
+        capabilities=tuple(entry.get("capabilities") or ()),
+    )
+
+
+def _name(entry: dict[str, Any]) -> str:
+    return str(entry.get("name") or entry.get("model") or "")
+
+
+def model_from_show(name: str, show: Any) -> ModelInfo:
+    """`/api/show`: context length is `model_info["<architecture>.context_length"]`."""
+    if not isinstance(show, dict):
+        raise invalid_response("/api/show answer is not an object")
+    details = show.get("details") or {}
+    info = show.get("model_info") or {}
+    arch = info.get("general.architecture")
+    context = info.get(f"{arch}.context_length") if arch else None
+    if context is None:
+        context = next(
+            (v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)),
+            None,
+        )
+    return ModelInfo(
+        name=name,
+        context_window=context,
+        family=details.get("family") or arch or None,
+        capabilities=tuple(show.get("capabilities") or ()),
+    )

@@ -1,0 +1,316 @@
+"""The OpenAI-compatible adapter: vLLM, llama.cpp server, LM Studio, OpenAI and the like.
+
+Wire format checked against openai/openai-openapi `openapi.yaml` (2026-08 snapshot:
+CreateChatCompletionResponse, CreateChatCompletionStreamResponse, ChatCompletionStreamOptions,
+ChatCompletionRequestMessageContentPartImage, Error/ErrorResponse, Model), llama.cpp
+`tools/server/server-common.cpp` / `server-http.cpp` (error objects, `format_sse`,
+`/health`, "Loading model" 503, `data:image/...;base64,` image parts) and vLLM's
+`entrypoints/openai/protocol.py` (`ModelCard.max_model_len`, ErrorResponse):
+- Request: `messages` whose content is a string, or parts `{"type": "text"}` and
+  `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..." | "https://..."}}`;
+  `temperature`, `top_p`, `max_tokens`, `stop`, `seed` at top level.
+- Stream: SSE `data: {chunk}` lines, `choices[0].delta.content`, `finish_reason` on the
+  last content chunk, with `stream_options.include_usage` one more chunk with `usage` and
+  empty `choices`, then `data: [DONE]`. A mid-stream error is a `data: {"error": {...}}`
+  chunk (older llama.cpp: an `error: {...}` line).
+- `/v1/models`: `data[].id`; vLLM adds `max_model_len`. llama.cpp's `/v1/models` answers
+  200 while the model is still loading, so its health probe is `/health` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from services.errors import ErrorCode, InferbusError
+from services.runtimes.base import (
+    ChatCall,
+    ChatReply,
+    ModelInfo,
+    RuntimeKind,
+    StreamDelta,
+    StreamEnd,
+    StreamEvent,
+)
+from services.runtimes.errors import classify_stream_error, invalid_response
+from services.runtimes.http import request_json, stream_lines
+from services.wire import Message, Params, Usage
+
+HEALTH_TIMEOUT_S = 2.0
+LIST_TIMEOUT_S = 10.0
+# Runtimes that list only what they have loaded: every listed model is running.
+_LISTS_LOADED_ONLY: frozenset[RuntimeKind] = frozenset({"vllm", "llamacpp"})
+_CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length")
+
+
+class OpenAICompatRuntime:
+    """One OpenAI-compatible server; `kind` says which product, the protocol is the same."""
+
+    kind: RuntimeKind
+
+    def __init__(
+        self,
+        kind: RuntimeKind,
+        url: str,
+        client: httpx.AsyncClient,
+        *,
+        api_key: str | None = None,
+    ):
+        self.kind = kind
+        self.url = url.rstrip("/")
+        self._client = client
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._secrets = (api_key,) if api_key else ()
+        base = api_base(self.url)
+        self._chat_url = httpx.URL(f"{base}/chat/completions")
+        self._models_url = httpx.URL(f"{base}/models")
+        root = base.removesuffix("/v1")
+        self._health_url = httpx.URL(f"{root}/health") if kind == "llamacpp" else self._models_url
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatRuntime({self.kind!r}, {self.url!r})"
+
+    async def health(self) -> float:
+        """`GET /v1/models` (llama.cpp: `/health`, which is 503 until the model is loaded)."""
+        started = time.perf_counter()
+        await self._get(self._health_url, HEALTH_TIMEOUT_S)
+        return (time.perf_counter() - started) * 1000.0
+
+    async def list_models(self) -> list[ModelInfo]:
+        return models_from_listing(await self._get(self._models_url, LIST_TIMEOUT_S), self.kind)
+
+    async def _get(self, url: httpx.URL, timeout_s: float) -> Any:
+        return await request_json(
+            self._client,
+            "GET",
+            url,
+            timeout_s=timeout_s,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+
+    async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
+        data = await request_json(
+            self._client,
+            "POST",
+            self._chat_url,
+            body=chat_body(call, stream=False),
+            timeout_s=timeout_s,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+        if not isinstance(data, dict):
+            raise invalid_response("chat answer is not an object")
+        if "error" in data or data.get("object") == "error":
+            raise classify_stream_error(data, secrets=self._secrets)
+        choices = data.get("choices")
+        if not choices or not isinstance(choices[0], dict):
+            raise invalid_response("chat answer has no choices")
+        choice = choices[0]
+        message = choice.get("message") or {}
+        return ChatReply(
+            text=message.get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            usage=usage_of(data.get("usage")),
+        )
+
+    async def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
+        """SSE chunks → StreamDelta per non-empty content piece, then one StreamEnd.
+
+        `data: [DONE]` ends the stream; a body that ends without it raises BACKEND_ERROR.
+        Each `data:` line is taken as one event: no LLM server splits a chunk over several
+        lines. Use `contextlib.aclosing` so stopping early closes the connection at once.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        reader = _SseChunks(self._secrets)
+        lines = stream_lines(
+            self._client,
+            self._chat_url,
+            body=chat_body(call, stream=True),
+            deadline=deadline,
+            headers=self._headers,
+            secrets=self._secrets,
+        )
+        try:
+            async for line in lines:
+                if reader.done:
+                    continue  # drain to the end of the body so the connection is reused
+                text = reader.feed(line)
+                if text:
+                    yield StreamDelta(text)
+        finally:
+            await lines.aclose()
+        if not reader.done:
+            raise InferbusError(
+                ErrorCode.BACKEND_ERROR, "stream ended without its final `data: [DONE]`"
+            )
+        yield StreamEnd(finish_reason=reader.finish_reason, usage=usage_of(reader.usage))
+
+
+class _SseChunks:
+    """Reads SSE lines of a chat completion stream; remembers finish reason and usage."""
+
+    def __init__(self, secrets: tuple[str, ...]):
+        self._secrets = secrets
+        self._error_event = False
+        self.done = False
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+
+    def feed(self, line: str) -> str:
+        """One SSE line in; the content text it carries out (often "")."""
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            if value == "[DONE]":
+                self.done = True
+                return ""
+            chunk = _json_or_text(value)
+            if self._error_event or "error" in chunk:
+                raise classify_stream_error(chunk, secrets=self._secrets)
+            return self._chunk(chunk)
+        if field == "error":  # older llama.cpp: `error: {...}`
+            raise classify_stream_error(_json_or_text(value), secrets=self._secrets)
+        if field == "event":
+            self._error_event = value == "error"
+        return ""  # comments (`: keep-alive`), `id:`, `retry:`
+
+    def _chunk(self, chunk: dict[str, Any]) -> str:
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            return ""
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return ""
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        return content if isinstance(content, str) else ""
+
+
+def _json_or_text(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise invalid_response(f"SSE data is not JSON: {value[:80]!r}") from exc
+    if not isinstance(parsed, dict):
+        raise invalid_response("SSE data is not an object")
+    return parsed
+
+
+def api_base(url: str) -> str:
+    """The API root: a bare `http://host:port` gains `/v1`; any other path is kept as is
+    (`https://api.groq.com/openai/v1`, `.../v1beta/openai`)."""
+    url = url.rstrip("/")
+    return url if httpx.URL(url).path not in ("", "/") else f"{url}/v1"
+
+
+def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """The `/v1/chat/completions` request; parameters only when set."""
+    body: dict[str, Any] = {
+        "model": call.model,
+        "messages": [openai_message(message) for message in call.messages],
+    }
+    body.update(openai_params(call.params))
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    images = message.all_images
+    if not images:
+        return {"role": message.role, "content": message.text}
+    parts: list[dict[str, Any]] = []
+    text = message.text
+    if text:
+        parts.append({"type": "text", "text": text})
+    parts.extend(
+        {"type": "image_url", "image_url": {"url": openai_image_url(image)}} for image in images
+    )
+    return {"role": message.role, "content": parts}
+
+
+def openai_image_url(image: str) -> str:
+    """Data URIs and http(s) URLs pass through; raw base64 becomes a data URI."""
+    if image.startswith(("data:", "http://", "https://")):
+        return image
+    return f"data:{sniff_image_mime(image)};base64,{image}"
+
+
+def sniff_image_mime(image_base64: str) -> str:
+    """The image type from its first bytes; PNG when unknown (servers decode by content)."""
+    head_b64 = image_base64[:16].strip()
+    head_b64 += "=" * (-len(head_b64) % 4)
+    try:
+        head = base64.b64decode(head_b64)
+    except (binascii.Error, ValueError):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
+
+
+def openai_params(params: Params) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if params.temperature is not None:
+        out["temperature"] = params.temperature
+    if params.top_p is not None:
+        out["top_p"] = params.top_p
+    if params.max_tokens is not None:
+        out["max_tokens"] = params.max_tokens
+    if params.stop is not None:
+        out["stop"] = params.stop
+    if params.seed is not None:
+        out["seed"] = params.seed
+    return out
+
+
+def usage_of(usage: Any) -> Usage:
+    if not isinstance(usage, dict):
+        return Usage()
+    return Usage(
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+    )
+
+
+def models_from_listing(listing: Any, kind: RuntimeKind) -> list[ModelInfo]:
+    """`/v1/models` entries; context window from vLLM's `max_model_len` and look-alikes."""
+    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+        raise invalid_response("/v1/models has no `data` list")
+    running = True if kind in _LISTS_LOADED_ONLY else None
+    found: list[ModelInfo] = []
+    for entry in listing["data"]:
+        if not isinstance(entry, dict) or not entry.get("id"):
+            continue
+        context = next(
+            (entry[key] for key in _CONTEXT_KEYS if isinstance(entry.get(key), int)), None
+        )
+        meta = entry.get("meta")
+        size = meta.get("size") if isinstance(meta, dict) else None
+        found.append(
+            ModelInfo(
+                name=str(entry["id"]),
+                size_bytes=size if isinstance(size, int) else None,
+                running=running,
+                context_window=context,
+            )
+        )
+    return found

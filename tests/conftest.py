@@ -1,0 +1,66 @@
+"""Shared fixtures: a real nats-server per test session, unique node ids per test, and
+helpers to start workers in front of real HTTP runtimes on loopback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from node_worker.config import WorkerSettings
+from node_worker.worker import Worker
+from services.nats_server import NatsServer
+from services.simulator import SimModel, Simulator
+
+DEFAULT_MODELS = (SimModel("llama3:8b"), SimModel("llava:7b", vision=True))
+
+
+@pytest.fixture(scope="session")
+async def nats_server() -> AsyncIterator[NatsServer]:
+    async with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def node_id() -> str:
+    """A node id no other test uses, so subjects never cross between tests."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    async with Simulator(models=list(DEFAULT_MODELS), tokens=8) as sim:
+        yield sim
+
+
+WorkerFactory = Callable[..., AbstractAsyncContextManager[Worker]]
+
+
+@pytest.fixture
+def start_worker(nats_server: NatsServer, node_id: str) -> WorkerFactory:
+    """`async with start_worker(backends=[...], **settings) as worker:` — a real worker."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[Worker]:
+        values: dict[str, Any] = {"node_id": node_id, "nats_url": [nats_server.url]}
+        values.update(overrides)
+        async with Worker(WorkerSettings(**values)) as worker:
+            yield worker
+
+    return start
+
+
+def backend(url: str, kind: str = "ollama", **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "url": url, **extra}
