@@ -20,7 +20,7 @@ from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall
+from services.runtimes.base import ChatCall, ChatReply
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -188,25 +188,8 @@ class JobPipeline:
             "done": done,
         }
         try:
-            if remaining_s <= 0:
-                raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent while queued")
-            async with asyncio.timeout(remaining_s):
-                reply = await served.runtime.chat(call, timeout_s=remaining_s)
-        except TimeoutError:
-            error = InferbusError(
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"the runtime did not answer within the job's budget ({remaining_s * 1000:.0f} ms)",
-            )
-            return JobResponse.failure(
-                request.job_id, error, **fields, timings=self._timings(job, started_s)
-            )
+            reply = await self._chat(served, call, remaining_s, request.job_id)
         except InferbusError as error:
-            return JobResponse.failure(
-                request.job_id, error, **fields, timings=self._timings(job, started_s)
-            )
-        except Exception as exc:
-            log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
-            error = InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
             )
@@ -218,6 +201,27 @@ class JobPipeline:
             timings=self._timings(job, started_s),
             **fields,
         )
+
+    @staticmethod
+    async def _chat(
+        served: ServedModel, call: ChatCall, remaining_s: float, job_id: str
+    ) -> ChatReply:
+        """The runtime call, cut off at the deadline; every failure is an InferbusError."""
+        if remaining_s <= 0:
+            raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent while queued")
+        try:
+            async with asyncio.timeout(remaining_s):
+                return await served.runtime.chat(call, timeout_s=remaining_s)
+        except TimeoutError:
+            raise InferbusError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"the runtime did not answer within the job's budget ({remaining_s * 1000:.0f} ms)",
+            ) from None
+        except InferbusError:
+            raise
+        except Exception as exc:
+            log.exception("job failed unexpectedly", extra={"job_id": job_id})
+            raise InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
 
     async def join(self, job: Joined) -> JobResponse:
         """Wait for the running job with the same key; its answer, marked as a replay."""

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +30,7 @@ from node_worker.discovery import ConfiguredRuntime, discover
 from node_worker.idempotency import IdempotencyStore
 from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined
 from node_worker.metrics import WorkerMetrics
+from services.bus import flush_interest
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.metrics_http import MetricsServer
 from services.runtimes import make_runtime, new_http_client
@@ -37,6 +38,11 @@ from services.subjects import WORKER_QUEUE_GROUP, Subjects
 from services.wire import JobResponse, JobType, encode
 
 log = logging.getLogger("inferbus.worker")
+
+
+def header_safe(text: str, limit: int = 256) -> str:
+    """Printable ASCII only: a header value with a control byte breaks the connection."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
 class Worker:
@@ -50,7 +56,7 @@ class Worker:
             vision_capacity=settings.limits.vision_concurrency,
         )
         for kind in ("llm", "vision"):
-            self.metrics.track_inflight(kind, lambda k=kind: self.admission.load()[k].inflight)
+            self.metrics.track_inflight(kind, self._inflight_reader(kind))
         self._own_http = http_client is None
         self._http = http_client or new_http_client()
         self.backends = [
@@ -87,6 +93,9 @@ class Worker:
         self._metrics_server: MetricsServer | None = None
         self._stopped = False
 
+    def _inflight_reader(self, kind: str) -> Callable[[], int]:
+        return lambda: self.admission.load()[kind].inflight
+
     @property
     def metrics_port(self) -> int | None:
         return self._metrics_server.port if self._metrics_server else None
@@ -98,17 +107,7 @@ class Worker:
 
     async def start(self) -> None:
         await self.rediscover()
-        self._nc = await nats.connect(
-            servers=list(self.settings.nats_url),
-            name=f"inferbus-worker-{self.node_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=2,
-            retry_on_failed_connect=True,
-            error_cb=self._on_nats_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
+        self._nc = await self._connect()
         for job_type in ("llm", "vision"):
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
@@ -116,7 +115,7 @@ class Worker:
                     subject, queue=WORKER_QUEUE_GROUP, cb=self._handler_for(job_type)
                 )
             )
-        await self.nc.flush()
+        await flush_interest(self.nc)
         self._rediscovery = asyncio.create_task(self._rediscover_forever())
         if self.settings.metrics_port is not None:
             self._metrics_server = MetricsServer(
@@ -130,6 +129,29 @@ class Worker:
             self.catalog.runtime_count,
             extra={"node_id": self.node_id},
         )
+
+    async def _connect(self) -> NatsClient:
+        """Connect, waiting for NATS if it is not up yet: start order must not matter."""
+        while True:
+            try:
+                return await nats.connect(
+                    servers=list(self.settings.nats_url),
+                    name=f"inferbus-worker-{self.node_id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except (OSError, nats.errors.Error) as error:
+                log.warning(
+                    "nats at %s not reachable (%s); retrying",
+                    ", ".join(self.settings.nats_url),
+                    error or type(error).__name__,
+                    extra={"node_id": self.node_id},
+                )
+                await asyncio.sleep(1.0)
 
     async def rediscover(self) -> None:
         self.catalog = await discover(self.backends)
@@ -198,9 +220,9 @@ class Worker:
         if response.error is not None:
             headers = {
                 "Nats-Service-Error-Code": str(HTTP_STATUS[response.error.code]),
-                "Nats-Service-Error": f"{response.error.code.value}: {response.error.message}"[:512]
-                .replace("\r", " ")
-                .replace("\n", " "),
+                "Nats-Service-Error": header_safe(
+                    f"{response.error.code.value}: {response.error.message}"
+                ),
             }
         try:
             await self.nc.publish(reply_to, payload, headers=headers)
@@ -237,6 +259,8 @@ class Worker:
         log.warning("nats: %s", error, extra={"node_id": self.node_id})
 
     async def _on_disconnected(self) -> None:
+        if self._stopped:
+            return
         log.warning("disconnected from nats; reconnecting", extra={"node_id": self.node_id})
 
     async def _on_reconnected(self) -> None:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "worker":
         return _exec_module("node_worker", argv[1:])
     if argv and argv[0] == "simulate":
-        from services.simulator.__main__ import run_cli
+        from services.simulator.cli import run_cli
 
         return run_cli(argv[1:])
     args = _parser().parse_args(argv)

@@ -16,6 +16,9 @@ from node_worker.config import WorkerSettings
 from node_worker.worker import Worker
 from services.nats_server import NatsServer
 from services.simulator import SimModel, Simulator
+from tests.llamacpp import llama_server
+
+__all__ = ["llama_server"]  # a session fixture, shared by every test module
 
 DEFAULT_MODELS = (SimModel("llama3:8b"), SimModel("llava:7b", vision=True))
 

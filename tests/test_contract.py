@@ -14,7 +14,11 @@ from services.wire import JobRequest, JobResponse, decode_request
     [
         (b'{"prompt": "hi"}', "hi"),
         (b'{"messages": [{"role": "user", "content": "hi"}]}', "hi"),
-        (b'{"messages": [{"content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}]}', "hi"),
+        (
+            b'{"messages": [{"content": [{"type": "text", "text": "h"},'
+            b' {"type": "text", "text": "i"}]}]}',
+            "hi",
+        ),
         (b'{"prompt": "hi", "unknown_field": {"x": 1}}', "hi"),
     ],
 )

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
+import httpx
 import pytest
 
 from node_worker.admission import Admission
 from node_worker.catalog import Catalog, RuntimeListing, classify_model
 from node_worker.idempotency import is_cacheable
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, ChatReply, ModelInfo, RuntimeKind, StreamEvent
+from services.runtimes import make_runtime
+from services.runtimes.base import ModelInfo, Runtime, RuntimeKind
 from services.wire import JobResponse, Result, Usage
 
 
-class Listed:
-    """A runtime that is only ever listed here; catalogs never call it."""
-
-    def __init__(self, kind: RuntimeKind, url: str = "http://x") -> None:
-        self.kind: RuntimeKind = kind
-        self.url = url
-
-    async def health(self) -> float:
-        raise NotImplementedError
-
-    async def list_models(self) -> list[ModelInfo]:
-        raise NotImplementedError
-
-    async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
-        raise NotImplementedError
-
-    def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
-        raise NotImplementedError
+def listed(kind: RuntimeKind, url: str = "http://127.0.0.1:9") -> Runtime:
+    """A real adapter that catalogs only list; nothing here ever calls it."""
+    return make_runtime(kind, url, httpx.AsyncClient())
 
 
 @pytest.mark.parametrize(
@@ -53,7 +38,7 @@ def test_model_type_from_metadata_first_then_name(info: ModelInfo, expected: str
 
 
 def test_model_on_two_runtimes_is_served_by_the_better_one() -> None:
-    ollama, vllm, lmstudio = Listed("ollama"), Listed("vllm"), Listed("lmstudio")
+    ollama, vllm, lmstudio = listed("ollama"), listed("vllm"), listed("lmstudio")
     catalog = Catalog(
         [
             RuntimeListing(ollama, [ModelInfo("m"), ModelInfo("only-ollama")]),
@@ -66,7 +51,7 @@ def test_model_on_two_runtimes_is_served_by_the_better_one() -> None:
 
 
 def test_same_kind_twice_keeps_the_first_configured() -> None:
-    first, second = Listed("ollama", "http://a"), Listed("ollama", "http://b")
+    first, second = listed("ollama", "http://a"), listed("ollama", "http://b")
     catalog = Catalog(
         [RuntimeListing(first, [ModelInfo("m")]), RuntimeListing(second, [ModelInfo("m")])]
     )
@@ -85,12 +70,12 @@ def test_same_kind_twice_keeps_the_first_configured() -> None:
     ],
 )
 def test_default_model_per_job_type(job_type: str, models: list[ModelInfo], expected: str) -> None:
-    catalog = Catalog([RuntimeListing(Listed("ollama"), models)])
+    catalog = Catalog([RuntimeListing(listed("ollama"), models)])
     assert catalog.resolve(None, job_type).name == expected  # type: ignore[arg-type]
 
 
 def test_missing_models_are_model_not_found_or_unavailable() -> None:
-    catalog = Catalog([RuntimeListing(Listed("ollama"), [ModelInfo("llama")])])
+    catalog = Catalog([RuntimeListing(listed("ollama"), [ModelInfo("llama")])])
     with pytest.raises(InferbusError) as missing:
         catalog.resolve("gpt-x", "llm")
     assert missing.value.code == ErrorCode.MODEL_NOT_FOUND

@@ -4,7 +4,8 @@ Integration tests need a real llama.cpp server, and a real server needs a model 
 cannot download one, and even the smallest published models are hundreds of megabytes, so
 we write a ~0.5 MB llama-architecture model with the `gguf` package: 2 layers, 64-wide,
 a byte-level SentencePiece-style vocabulary (`<unk>`, `<s>`, `</s>` and the 256 byte tokens
-`<0x00>`..`<0xFF>`), random weights from a fixed seed.
+`<0x00>`..`<0xFF>`), random weights from a fixed seed. Every byte of a prompt is one token,
+except that SentencePiece prefixes words with "▁" (3 bytes, so 3 tokens) and `<s>` is added.
 
 Two things are rigged so that tests get predictable, readable output from random weights:
 
@@ -53,11 +54,6 @@ _UNPRINTABLE_BIAS = -2.0
 _EOS_BIAS = -4.0
 
 
-def byte_token_id(value: int) -> int:
-    """The token id of the byte `value`; tests use it to reason about token counts."""
-    return FIRST_BYTE_ID + value
-
-
 def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{value:02X}>" for value in range(256)]
     scores = [0.0] * N_VOCAB
@@ -69,7 +65,7 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
 def _logit_bias() -> np.ndarray:
     """Column 0 of the output projection: which tokens the model is steered towards."""
     bias = np.full(N_VOCAB, _UNPRINTABLE_BIAS, dtype=np.float32)
-    bias[byte_token_id(0x20) : byte_token_id(0x7E) + 1] = _PRINTABLE_BIAS
+    bias[FIRST_BYTE_ID + 0x20 : FIRST_BYTE_ID + 0x7E + 1] = _PRINTABLE_BIAS
     bias[EOS_ID] = _EOS_BIAS
     return bias
 
@@ -83,7 +79,7 @@ def _tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
     token_embd = weights(N_VOCAB, N_EMBD, 0.1)
     token_embd[:, 0] = 1.0
-    output = weights(N_VOCAB, N_EMBD, 0.5)
+    output = weights(N_VOCAB, N_EMBD, 0.2)
     output[:, 0] = _logit_bias()
 
     tensors = {"token_embd.weight": token_embd}

@@ -7,7 +7,7 @@ the HTTP edge: they translate httpx errors and the runtime's own error bodies in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -77,6 +77,10 @@ class Runtime(Protocol):
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply: ...
 
-    def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
-        """Yield StreamDelta events as tokens arrive, then exactly one StreamEnd."""
+    def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncGenerator[StreamEvent, None]:
+        """Yield StreamDelta events as tokens arrive, then exactly one StreamEnd.
+
+        An async generator, so a caller that stops early can `aclose()` it (or use
+        `contextlib.aclosing`) and the HTTP connection is closed at once.
+        """
         ...

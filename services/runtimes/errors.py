@@ -194,7 +194,9 @@ def classify_transport_error(
             ErrorCode.DEADLINE_EXCEEDED, "the runtime did not answer within the deadline"
         )
     what = "connection to the runtime lost mid-stream" if mid_stream else "runtime unreachable"
-    detail = redact(f"{type(exc).__name__}: {exc}", secrets)[:MAX_MESSAGE_CHARS]
+    # Name the transport's own exception: httpx-aiohttp's class names are misleading.
+    cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
+    detail = redact(f"{type(cause).__name__}: {cause}", secrets)[:MAX_MESSAGE_CHARS]
     return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"{what}: {detail}")
 
 

@@ -42,8 +42,11 @@ def new_http_client(
     """The process's one HTTP client for runtimes; close it with `aclose()` / `async with`.
 
     Safe to call outside an event loop: the aiohttp session is created on first use.
-    `trust_env=False` everywhere: HTTP(S)_PROXY from the environment must never send a
-    loopback runtime through a proxy, nor `.netrc` add credentials.
+    No environment is trusted: HTTP(S)_PROXY must never send a loopback runtime through a
+    proxy, nor `.netrc` add credentials. (httpx ignores env proxies once a transport is
+    given, and the transport's aiohttp session keeps aiohttp's `trust_env=False`; the
+    flags below say so explicitly. `HttpxAiohttpClient()` would *not* be safe: it trusts
+    the environment by default and mounts proxy transports.)
     """
     limits = httpx.Limits(
         max_connections=max_connections,

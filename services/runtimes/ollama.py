@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -130,7 +130,9 @@ class OllamaRuntime:
             usage=usage_of(data),
         )
 
-    async def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, call: ChatCall, *, timeout_s: float
+    ) -> AsyncGenerator[StreamEvent, None]:
         """NDJSON lines → StreamDelta per non-empty piece, then one StreamEnd.
 
         The line with `"done": true` ends the stream; reaching the end of the body without

@@ -24,7 +24,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -80,7 +80,13 @@ class OpenAICompatRuntime:
     async def health(self) -> float:
         """`GET /v1/models` (llama.cpp: `/health`, which is 503 until the model is loaded)."""
         started = time.perf_counter()
-        await self._get(self._health_url, HEALTH_TIMEOUT_S)
+        try:
+            await self._get(self._health_url, HEALTH_TIMEOUT_S)
+        except InferbusError as error:
+            # llama-cpp-python's server has no /health (404): its model list is the probe.
+            if self._health_url == self._models_url or error.code != ErrorCode.MODEL_NOT_FOUND:
+                raise
+            await self._get(self._models_url, HEALTH_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000.0
 
     async def list_models(self) -> list[ModelInfo]:
@@ -121,7 +127,9 @@ class OpenAICompatRuntime:
             usage=usage_of(data.get("usage")),
         )
 
-    async def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, call: ChatCall, *, timeout_s: float
+    ) -> AsyncGenerator[StreamEvent, None]:
         """SSE chunks → StreamDelta per non-empty content piece, then one StreamEnd.
 
         `data: [DONE]` ends the stream; a body that ends without it raises BACKEND_ERROR.

@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from services.simulator.faults import Fault
-from services.simulator.plan import GenRequest, Plan, Rejection, plan_generation, rejection_for_fault
+from services.simulator.plan import (
+    GenRequest,
+    Plan,
+    Rejection,
+    plan_generation,
+    rejection_for_fault,
+)
 from services.simulator.state import SimState
 
 STATE_KEY: web.AppKey[SimState] = web.AppKey("simulator_state", SimState)

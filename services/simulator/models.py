@@ -13,17 +13,17 @@ import hashlib
 from dataclasses import dataclass
 
 # Plain lowercase words keep generated text easy to read in logs and safe in any JSON.
-_VOCABULARY: tuple[str, ...] = tuple(
-    """
-    amber anchor apple arrow aspen atlas autumn badge bamboo beacon birch blossom breeze
-    bridge cactus candle canyon cedar cherry cinder cloud clover comet coral cotton crystal
-    delta desert dune ember falcon feather fern fjord forest galaxy garden glacier granite
-    harbor hazel horizon island ivory jasmine juniper kettle lagoon lantern lemon lotus
-    maple meadow meteor mist nectar oasis ocean olive orbit orchid pebble pepper pine
-    planet prairie quartz quill raven reef river saffron sage shadow silver spruce summit
-    thunder tide timber topaz tulip tundra valley velvet violet walnut willow zephyr
-    """.split()
+_WORDS = (
+    "amber anchor apple arrow aspen atlas autumn badge bamboo beacon birch blossom "
+    "breeze bridge cactus candle canyon cedar cherry cinder cloud clover comet coral "
+    "cotton crystal delta desert dune ember falcon feather fern fjord forest galaxy "
+    "garden glacier granite harbor hazel horizon island ivory jasmine juniper kettle "
+    "lagoon lantern lemon lotus maple meadow meteor mist nectar oasis ocean olive orbit "
+    "orchid pebble pepper pine planet prairie quartz quill raven reef river saffron sage "
+    "shadow silver spruce summit thunder tide timber topaz tulip tundra valley velvet "
+    "violet walnut willow zephyr"
 )
+_VOCABULARY: tuple[str, ...] = tuple(_WORDS.split())
 
 
 @dataclass(frozen=True, slots=True)

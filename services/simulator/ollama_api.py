@@ -27,6 +27,7 @@ from services.simulator.plan import GenRequest, Plan, Rejection
 
 OLLAMA_VERSION = "0.12.6"
 _KEEP_ALIVE = timedelta(minutes=5)
+_RUNNER_CRASHED = "llama runner process has terminated: exit status 2"
 # Bytes per parameter of a Q4_K_M GGUF: turns a size into Ollama's "parameter_size".
 _Q4_BYTES_PER_PARAMETER = 4.85 / 8
 
@@ -53,7 +54,9 @@ class _OllamaWire:
         if rejection.kind == "context_exceeded":
             return json_response(400, {"error": "the input length exceeds the context length"})
         if rejection.kind == "error":
-            return json_response(500, {"error": "llama runner process has terminated: exit status 2"})
+            return json_response(
+                500, {"error": "llama runner process has terminated: exit status 2"}
+            )
         return json_response(400, {"error": rejection.message or "invalid request"})
 
     @staticmethod
@@ -84,7 +87,7 @@ def _stream_flag(payload: dict[str, Any]) -> bool | Rejection:
     return stream
 
 
-def _num_predict(payload: dict[str, Any]) -> int | None | Rejection:
+def _num_predict(payload: dict[str, Any]) -> int | Rejection | None:
     options = payload.get("options")
     if options is None:
         return None
@@ -178,14 +181,17 @@ class _ChatEncoder:
         return b""
 
     def piece(self, text: str) -> bytes:
-        return json_bytes(
-            {
-                "model": self._model,
-                "created_at": rfc3339_now(),
-                "message": {"role": "assistant", "content": text},
-                "done": False,
-            }
-        ) + b"\n"
+        return (
+            json_bytes(
+                {
+                    "model": self._model,
+                    "created_at": rfc3339_now(),
+                    "message": {"role": "assistant", "content": text},
+                    "done": False,
+                }
+            )
+            + b"\n"
+        )
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
         final = {
@@ -241,9 +247,12 @@ class OllamaGenerate(_OllamaWire):
 
 class _GenerateEncoder(_ChatEncoder):
     def piece(self, text: str) -> bytes:
-        return json_bytes(
-            {"model": self._model, "created_at": rfc3339_now(), "response": text, "done": False}
-        ) + b"\n"
+        return (
+            json_bytes(
+                {"model": self._model, "created_at": rfc3339_now(), "response": text, "done": False}
+            )
+            + b"\n"
+        )
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
         final = {

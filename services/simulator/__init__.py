@@ -1,0 +1,24 @@
+"""A fake inference runtime that speaks Ollama's and OpenAI's wire formats on one port.
+
+Used by tests, benchmarks and demos in place of a GPU runtime: deterministic answers
+(`expected_text`), configurable latency, and injectable faults (`Fault`) that a client
+observes exactly as it would from a failing Ollama, vLLM or llama.cpp server.
+
+    async with Simulator(models=[SimModel("llama3:8b")]) as sim:
+        sim.set_fault("llama3:8b", Fault("error", count=2))
+        ...  # talk to sim.url with any HTTP client
+"""
+
+from services.simulator.faults import FAULT_KINDS, Fault
+from services.simulator.models import DEFAULT_MODELS, SimModel, expected_text, expected_tokens
+from services.simulator.server import Simulator
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "FAULT_KINDS",
+    "Fault",
+    "SimModel",
+    "Simulator",
+    "expected_text",
+    "expected_tokens",
+]

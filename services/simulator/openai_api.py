@@ -1,0 +1,261 @@
+"""The OpenAI-compatible API, as vLLM, llama.cpp server and LM Studio serve it.
+
+Shapes follow openai-python's ChatCompletion / ChatCompletionChunk types and OpenAI's error
+envelope ``{"error": {"message", "type", "param", "code"}}``; streams are SSE ``data:``
+events ending with ``data: [DONE]``. ``GET /health`` answers like llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from services.simulator.flow import (
+    JSON_HEADERS,
+    STATE_KEY,
+    Timings,
+    json_bytes,
+    json_response,
+    serve_generation,
+)
+from services.simulator.models import count_words
+from services.simulator.plan import GenRequest, Plan, Rejection
+
+SYSTEM_FINGERPRINT = "fp_inferbus_sim"
+_ID_PREFIX = "chatcmpl-" + secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
+def _error(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return json_response(status, body)
+
+
+def _usage(plan: Plan) -> dict[str, int]:
+    return {
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": plan.completion_tokens,
+        "total_tokens": plan.prompt_tokens + plan.completion_tokens,
+    }
+
+
+def _content_text(content: Any) -> tuple[str, bool] | Rejection:
+    """A message's text and whether it carries images; content is a string or parts."""
+    if content is None:
+        return "", False
+    if isinstance(content, str):
+        return content, False
+    if not isinstance(content, list):
+        return Rejection("bad_request", "message content must be a string or an array of parts")
+    texts: list[str] = []
+    with_images = False
+    for part in content:
+        if not isinstance(part, dict):
+            return Rejection("bad_request", "each content part must be an object")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                return Rejection("bad_request", "a text part needs a string 'text'")
+            texts.append(text)
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url:
+                return Rejection("bad_request", "an image_url part needs 'image_url.url'")
+            with_images = True
+    return "\n".join(texts), with_images
+
+
+def _token_limit(payload: dict[str, Any]) -> int | Rejection | None:
+    """``max_completion_tokens`` (current) or ``max_tokens`` (legacy), at least 1."""
+    for param in ("max_completion_tokens", "max_tokens"):
+        limit = payload.get(param)
+        if limit is None:
+            continue
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            return Rejection("bad_request", f"{param} must be an integer >= 1")
+        return limit
+    return None
+
+
+class OpenAIChat:
+    """POST /v1/chat/completions."""
+
+    stream_headers: dict[str, str] = {  # noqa: RUF012
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+    }
+
+    def parse(self, payload: dict[str, Any]) -> GenRequest | Rejection:
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            return Rejection("bad_request", "you must provide a model parameter")
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return Rejection("bad_request", "messages must be a non-empty array")
+        words, last_user, with_images = 0, "", False
+        for message in messages:
+            if not isinstance(message, dict):
+                return Rejection("bad_request", "each message must be an object")
+            content = _content_text(message.get("content"))
+            if isinstance(content, Rejection):
+                return content
+            text, images = content
+            words += count_words(text)
+            with_images = with_images or images
+            if message.get("role") == "user":
+                last_user = text
+        stream = payload.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            return Rejection("bad_request", "stream must be a boolean")
+        options = payload.get("stream_options")
+        if options is not None and (not stream or not isinstance(options, dict)):
+            return Rejection(
+                "bad_request",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            )
+        limit = _token_limit(payload)
+        if isinstance(limit, Rejection):
+            return limit
+        return GenRequest(
+            model=model,
+            prompt_text=last_user,
+            prompt_tokens=max(1, words),
+            has_images=with_images,
+            max_tokens=limit,
+            stream=bool(stream),
+            include_usage=bool(options and options.get("include_usage")),
+        )
+
+    def reject(self, rejection: Rejection, model: str) -> web.Response:
+        if rejection.kind == "not_found":
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return _error(404, message, "invalid_request_error", code="model_not_found")
+        if rejection.kind == "no_vision":
+            message = f"model '{model}' does not support image input"
+            return _error(400, message, "invalid_request_error", param="messages")
+        if rejection.kind == "context_exceeded":
+            message = (
+                f"This model's maximum context length is {rejection.context_window} tokens. "
+                f"However, your messages resulted in {rejection.prompt_tokens} tokens. "
+                "Please reduce the length of the messages."
+            )
+            return _error(
+                400, message, "invalid_request_error", "messages", "context_length_exceeded"
+            )
+        if rejection.kind == "error":
+            return _error(500, _SERVER_ERROR, "server_error")
+        return _error(400, rejection.message or "invalid request", "invalid_request_error")
+
+    def complete(self, request: GenRequest, plan: Plan, timings: Timings) -> web.Response:
+        body = {
+            "id": f"{_ID_PREFIX}{next(_id_counter)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": plan.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": plan.finish_reason,
+                }
+            ],
+            "usage": _usage(plan),
+        }
+        return json_response(200, body)
+
+    def encoder(self, request: GenRequest) -> _ChunkEncoder:
+        return _ChunkEncoder(request)
+
+
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+
+
+class _ChunkEncoder:
+    """SSE ``chat.completion.chunk`` events sharing one id and creation time."""
+
+    def __init__(self, request: GenRequest) -> None:
+        self._id = f"{_ID_PREFIX}{next(_id_counter)}"
+        self._created = int(time.time())
+        self._model = request.model
+        self._include_usage = request.include_usage
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+        if self._include_usage:
+            # With include_usage every chunk carries "usage": null but the last one.
+            chunk["usage"] = usage
+        return b"data: " + json_bytes(chunk) + b"\n\n"
+
+    @staticmethod
+    def _choice(delta: dict[str, str], finish_reason: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+    def open(self) -> bytes:
+        return self._event(self._choice({"role": "assistant", "content": ""}))
+
+    def piece(self, text: str) -> bytes:
+        return self._event(self._choice({"content": text}))
+
+    def close(self, plan: Plan, timings: Timings) -> bytes:
+        tail = self._event(self._choice({}, plan.finish_reason))
+        if self._include_usage:
+            tail += self._event([], _usage(plan))
+        return tail + b"data: [DONE]\n\n"
+
+    def error(self) -> bytes:
+        body = {
+            "error": {"message": _SERVER_ERROR, "type": "server_error", "param": None, "code": None}
+        }
+        return b"data: " + json_bytes(body) + b"\n\n"
+
+
+def add_openai_routes(app: web.Application, started_unix: int) -> None:
+    """Register the OpenAI-compatible endpoints and ``/health`` on ``app``."""
+    models = app[STATE_KEY].models
+    models_body = json_bytes(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": started_unix,
+                    "owned_by": "inferbus-simulator",
+                    "max_model_len": model.context_window,
+                }
+                for model in models.values()
+            ],
+        }
+    )
+    health_body = json_bytes({"status": "ok"})
+    chat = OpenAIChat()
+
+    async def list_models(request: web.Request) -> web.Response:
+        return web.Response(body=models_body, headers=JSON_HEADERS)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(body=health_body, headers=JSON_HEADERS)
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        return await serve_generation(request, chat)
+
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat_completions)
