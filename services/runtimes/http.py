@@ -138,3 +138,41 @@ async def stream_lines(
             await lines.aclose()
     finally:
         await response.aclose()
+
+
+class RuntimeSession:
+    """One runtime's view of the shared client: its bearer key (if any) on every call,
+    and that key kept out of every error message."""
+
+    def __init__(self, client: httpx.AsyncClient, api_key: str | None = None) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self.secrets: tuple[str, ...] = (api_key,) if api_key else ()
+
+    async def get_json(self, url: httpx.URL, *, timeout_s: float) -> Any:
+        return await request_json(
+            self.client, "GET", url, timeout_s=timeout_s, headers=self.headers, secrets=self.secrets
+        )
+
+    async def post_json(self, url: httpx.URL, body: Any, *, timeout_s: float) -> Any:
+        return await request_json(
+            self.client,
+            "POST",
+            url,
+            body=body,
+            timeout_s=timeout_s,
+            headers=self.headers,
+            secrets=self.secrets,
+        )
+
+    def stream_lines(
+        self, url: httpx.URL, body: Any, *, deadline: float
+    ) -> AsyncGenerator[str, None]:
+        return stream_lines(
+            self.client,
+            url,
+            body=body,
+            deadline=deadline,
+            headers=self.headers,
+            secrets=self.secrets,
+        )

@@ -33,7 +33,7 @@ from services.runtimes.base import (
     StreamEvent,
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
-from services.runtimes.http import request_json, stream_lines
+from services.runtimes.http import RuntimeSession
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -48,9 +48,8 @@ class OllamaRuntime:
     def __init__(self, url: str, client: httpx.AsyncClient, *, api_key: str | None = None):
         self.kind = "ollama"
         self.url = url.rstrip("/")
-        self._client = client
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._secrets = (api_key,) if api_key else ()
+        self._http = RuntimeSession(client, api_key)
+        self._secrets = self._http.secrets
         self._chat_url = httpx.URL(f"{self.url}/api/chat")
         self._version_url = httpx.URL(f"{self.url}/api/version")
         self._tags_url = httpx.URL(f"{self.url}/api/tags")
@@ -63,7 +62,7 @@ class OllamaRuntime:
     async def health(self) -> float:
         """`GET /api/version`: the cheapest call that proves the server answers."""
         started = time.perf_counter()
-        await self._get(self._version_url, HEALTH_TIMEOUT_S)
+        await self._http.get_json(self._version_url, timeout_s=HEALTH_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000.0
 
     async def list_models(self) -> list[ModelInfo]:
@@ -76,8 +75,8 @@ class OllamaRuntime:
         tags: Any
         ps: Any
         tags, ps = await asyncio.gather(
-            self._get(self._tags_url, LIST_TIMEOUT_S),
-            self._get(self._ps_url, LIST_TIMEOUT_S),
+            self._http.get_json(self._tags_url, timeout_s=LIST_TIMEOUT_S),
+            self._http.get_json(self._ps_url, timeout_s=LIST_TIMEOUT_S),
             return_exceptions=True,
         )
         if isinstance(tags, BaseException):
@@ -86,36 +85,12 @@ class OllamaRuntime:
 
     async def show_model(self, name: str) -> ModelInfo:
         """`POST /api/show`: family, capabilities and the model's trained context length."""
-        body = await request_json(
-            self._client,
-            "POST",
-            self._show_url,
-            body={"model": name},
-            timeout_s=LIST_TIMEOUT_S,
-            headers=self._headers,
-            secrets=self._secrets,
-        )
+        body = await self._http.post_json(self._show_url, {"model": name}, timeout_s=LIST_TIMEOUT_S)
         return model_from_show(name, body)
 
-    async def _get(self, url: httpx.URL, timeout_s: float) -> Any:
-        return await request_json(
-            self._client,
-            "GET",
-            url,
-            timeout_s=timeout_s,
-            headers=self._headers,
-            secrets=self._secrets,
-        )
-
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
-        data = await request_json(
-            self._client,
-            "POST",
-            self._chat_url,
-            body=chat_body(call, stream=False),
-            timeout_s=timeout_s,
-            headers=self._headers,
-            secrets=self._secrets,
+        data = await self._http.post_json(
+            self._chat_url, chat_body(call, stream=False), timeout_s=timeout_s
         )
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
@@ -141,13 +116,8 @@ class OllamaRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         end: StreamEnd | None = None
-        lines = stream_lines(
-            self._client,
-            self._chat_url,
-            body=chat_body(call, stream=True),
-            deadline=deadline,
-            headers=self._headers,
-            secrets=self._secrets,
+        lines = self._http.stream_lines(
+            self._chat_url, chat_body(call, stream=True), deadline=deadline
         )
         try:
             async for line in lines:

@@ -40,7 +40,7 @@ from services.runtimes.base import (
     StreamEvent,
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
-from services.runtimes.http import request_json, stream_lines
+from services.runtimes.http import RuntimeSession
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -65,9 +65,8 @@ class OpenAICompatRuntime:
     ):
         self.kind = kind
         self.url = url.rstrip("/")
-        self._client = client
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._secrets = (api_key,) if api_key else ()
+        self._http = RuntimeSession(client, api_key)
+        self._secrets = self._http.secrets
         base = api_base(self.url)
         self._chat_url = httpx.URL(f"{base}/chat/completions")
         self._models_url = httpx.URL(f"{base}/models")
@@ -81,36 +80,22 @@ class OpenAICompatRuntime:
         """`GET /v1/models` (llama.cpp: `/health`, which is 503 until the model is loaded)."""
         started = time.perf_counter()
         try:
-            await self._get(self._health_url, HEALTH_TIMEOUT_S)
+            await self._http.get_json(self._health_url, timeout_s=HEALTH_TIMEOUT_S)
         except InferbusError as error:
             # llama-cpp-python's server has no /health (404): its model list is the probe.
             if self._health_url == self._models_url or error.code != ErrorCode.MODEL_NOT_FOUND:
                 raise
-            await self._get(self._models_url, HEALTH_TIMEOUT_S)
+            await self._http.get_json(self._models_url, timeout_s=HEALTH_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000.0
 
     async def list_models(self) -> list[ModelInfo]:
-        return models_from_listing(await self._get(self._models_url, LIST_TIMEOUT_S), self.kind)
-
-    async def _get(self, url: httpx.URL, timeout_s: float) -> Any:
-        return await request_json(
-            self._client,
-            "GET",
-            url,
-            timeout_s=timeout_s,
-            headers=self._headers,
-            secrets=self._secrets,
+        return models_from_listing(
+            await self._http.get_json(self._models_url, timeout_s=LIST_TIMEOUT_S), self.kind
         )
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
-        data = await request_json(
-            self._client,
-            "POST",
-            self._chat_url,
-            body=chat_body(call, stream=False),
-            timeout_s=timeout_s,
-            headers=self._headers,
-            secrets=self._secrets,
+        data = await self._http.post_json(
+            self._chat_url, chat_body(call, stream=False), timeout_s=timeout_s
         )
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
@@ -138,13 +123,8 @@ class OpenAICompatRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         reader = _SseChunks(self._secrets)
-        lines = stream_lines(
-            self._client,
-            self._chat_url,
-            body=chat_body(call, stream=True),
-            deadline=deadline,
-            headers=self._headers,
-            secrets=self._secrets,
+        lines = self._http.stream_lines(
+            self._chat_url, chat_body(call, stream=True), deadline=deadline
         )
         try:
             async for line in lines:
