@@ -224,6 +224,12 @@ class Worker:
                     f"{response.error.code.value}: {response.error.message}"
                 ),
             }
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "job answered: %s",
+                response.error.code.value if response.error else "ok",
+                extra={"job_id": response.job_id, "model": response.model},
+            )
         try:
             await self.nc.publish(reply_to, payload, headers=headers)
         except Exception:
