@@ -9,6 +9,7 @@ request's own fault. BUSY, deadline and runtime failures are not, so a retry rea
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from aiocache import SimpleMemoryCache
@@ -16,6 +17,8 @@ from aiocache.base import BaseCache
 
 from services.errors import ErrorCode
 from services.wire import JobResponse
+
+log = logging.getLogger("inferbus.worker.idempotency")
 
 _CACHEABLE_ERRORS = frozenset(
     {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
@@ -64,14 +67,22 @@ class IdempotencyStore:
         return running
 
     async def finish(self, key: str, response: JobResponse) -> None:
-        """Release the waiters and keep the answer if it may be replayed."""
-        running = self._running.pop(key, None)
+        """Keep the answer if it may be replayed, then release the waiters. Never raises.
+
+        The answer is stored before the job leaves the running table, so a duplicate
+        arriving in between (a remote cache awaits for real) joins instead of running again.
+        """
+        running = self._running.get(key)
         if running is None:
             return
+        if is_cacheable(response):
+            try:
+                await self._remember(key, Completed(running.fingerprint, response))
+            except Exception:
+                log.exception("idempotency cache write failed; answer not kept")
+        self._running.pop(key, None)
         if not running.outcome.done():
             running.outcome.set_result(response)
-        if is_cacheable(response):
-            await self._remember(key, Completed(running.fingerprint, response))
 
     async def _remember(self, key: str, completed: Completed) -> None:
         await self._cache.set(key, completed, ttl=self._ttl_s)

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from node_worker.admission import Admission
+from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, ServedModel
-from node_worker.idempotency import IdempotencyStore, Running
+from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
@@ -128,18 +128,19 @@ class JobPipeline:
             )
 
         fingerprint = request.fingerprint()
-        running = self._idempotency.running(request.key)
-        if running is not None:
-            if running.fingerprint != fingerprint:
-                return self._refuse(request.job_id, job_type, _mismatch(request.key))
-            self._metrics.idempotency_hit("running")
-            return Joined(request, running, received_s, deadline_s)
         completed = await self._idempotency.completed(request.key)
         if completed is not None:
             if completed.fingerprint != fingerprint:
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("completed")
             return completed.response.model_copy(update={"job_id": request.job_id, "cached": True})
+        # No await from here to begin(): nothing can start the same key in between.
+        running = self._idempotency.running(request.key)
+        if running is not None:
+            if running.fingerprint != fingerprint:
+                return self._refuse(request.job_id, job_type, _mismatch(request.key))
+            self._metrics.idempotency_hit("running")
+            return Joined(request, running, received_s, deadline_s)
 
         try:
             served = self._catalog().resolve(request.model, job_type)
@@ -152,7 +153,8 @@ class JobPipeline:
                 job_type,
                 InferbusError(
                     ErrorCode.BUSY,
-                    f"all {job_type} slots on {self._node_id} are taken",
+                    f"all {job_type} slots on {self._node_id} are taken "
+                    f"({self._admission.load()[slot_kind(job_type)].inflight} in flight)",
                     retry_after_ms=self._limits.retry_after_ms,
                 ),
                 model=served.name,
@@ -161,20 +163,27 @@ class JobPipeline:
         return Admitted(request, job_type, served, received_s, deadline_s)
 
     async def run(self, job: Admitted) -> JobResponse:
-        """Run an admitted job on its runtime within its deadline; always releases its slot."""
+        """Run an admitted job within its deadline. Never raises but for cancellation, and
+        always releases its slot and the duplicates waiting on it."""
         started_s = self._monotonic()
-        response: JobResponse | None = None
+        response = self._stopped(job.request.job_id)  # what waiters get if we are cancelled
         try:
             response = await self._call_runtime(job, started_s)
-            return response
+        except Exception as exc:
+            log.exception("job failed unexpectedly", extra={"job_id": job.request.job_id})
+            response = JobResponse.failure(
+                job.request.job_id,
+                InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"),
+                node_id=self._node_id,
+                model=job.served.name,
+            )
         finally:
             self._admission.release(job.job_type)
-            if response is None:  # cancelled: the worker is stopping
-                response = self._stopped(job.request.job_id)
             await self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
             )
+        return response
 
     async def _call_runtime(self, job: Admitted, started_s: float) -> JobResponse:
         served, request = job.served, job.request
@@ -188,12 +197,14 @@ class JobPipeline:
             "done": done,
         }
         try:
-            reply = await self._chat(served, call, remaining_s, request.job_id)
+            reply = await self._chat(served, call, remaining_s)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
             )
-        result = Result(text=reply.text, finish_reason=reply.finish_reason, usage=reply.usage)
+        # A lone surrogate from a runtime would make the answer unencodable (and cached so).
+        text = reply.text.encode("utf-8", "replace").decode("utf-8")
+        result = Result(text=text, finish_reason=reply.finish_reason, usage=reply.usage)
         return JobResponse(
             job_id=request.job_id,
             status="ok",
@@ -203,9 +214,7 @@ class JobPipeline:
         )
 
     @staticmethod
-    async def _chat(
-        served: ServedModel, call: ChatCall, remaining_s: float, job_id: str
-    ) -> ChatReply:
+    async def _chat(served: ServedModel, call: ChatCall, remaining_s: float) -> ChatReply:
         """The runtime call, cut off at the deadline; every failure is an InferbusError."""
         if remaining_s <= 0:
             raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent while queued")
@@ -217,14 +226,13 @@ class JobPipeline:
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"the runtime did not answer within the job's budget ({remaining_s * 1000:.0f} ms)",
             ) from None
-        except InferbusError:
-            raise
-        except Exception as exc:
-            log.exception("job failed unexpectedly", extra={"job_id": job_id})
-            raise InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
 
     async def join(self, job: Joined) -> JobResponse:
-        """Wait for the running job with the same key; its answer, marked as a replay."""
+        """Wait for the running job with the same key and take its answer.
+
+        Only an answer that would be cached is a replay (`cached: true`); a failure of the
+        first job (busy runtime, its shorter deadline) is passed on as what it is.
+        """
         remaining_s = left_ms(job.deadline_s, self._monotonic()) / 1000.0
         try:
             async with asyncio.timeout(max(remaining_s, 0.0)):
@@ -235,7 +243,9 @@ class JobPipeline:
                 job.request.type or "llm",
                 InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same job"),
             )
-        return first.model_copy(update={"job_id": job.request.job_id, "cached": True})
+        return first.model_copy(
+            update={"job_id": job.request.job_id, "cached": is_cacheable(first)}
+        )
 
     def _timings(self, job: Admitted, started_s: float) -> Timings:
         now = self._monotonic()

@@ -35,7 +35,7 @@ from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.metrics_http import MetricsServer
 from services.runtimes import make_runtime, new_http_client
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import JobResponse, JobType, encode
+from services.wire import JobResponse, JobType, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
 
@@ -170,7 +170,11 @@ class Worker:
                     "message without a reply subject dropped", extra={"subject": msg.subject}
                 )
                 return
-            decision = await self.pipeline.admit(msg.data, subject_type, received_s)
+            try:
+                decision = await self.pipeline.admit(msg.data, subject_type, received_s)
+            except Exception as exc:
+                log.exception("admission failed")
+                decision = self._internal(new_job_id(), exc)
             if isinstance(decision, JobResponse):
                 await self._reply(msg.reply, decision)
             elif isinstance(decision, Admitted):
@@ -199,6 +203,9 @@ class Worker:
         except asyncio.CancelledError:
             await self._reply(reply_to, self._stopping(job.request.job_id))
             raise
+        except Exception as exc:
+            log.exception("waiting for a duplicate failed", extra={"job_id": job.request.job_id})
+            response = self._internal(job.request.job_id, exc)
         await self._reply(reply_to, response)
 
     def _stopping(self, job_id: str) -> JobResponse:
@@ -207,8 +214,17 @@ class Worker:
         )
         return JobResponse.failure(job_id, error, node_id=self.node_id)
 
+    def _internal(self, job_id: str, exc: Exception) -> JobResponse:
+        error = InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return JobResponse.failure(job_id, error, node_id=self.node_id)
+
     async def _reply(self, reply_to: str, response: JobResponse) -> None:
-        payload = encode(response)
+        try:
+            payload = encode(response)
+        except Exception as exc:
+            log.exception("answer could not be encoded", extra={"job_id": response.job_id})
+            response = self._internal(response.job_id, exc)
+            payload = encode(response)
         if len(payload) > self.nc.max_payload:
             error = InferbusError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
@@ -240,9 +256,11 @@ class Worker:
         if self._stopped:
             return
         self._stopped = True
+        # drain(), not unsubscribe(): jobs already delivered to this process are still
+        # admitted and answered; unsubscribe() would drop them unanswered.
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await asyncio.wait_for(subscription.drain(), 5)  # type: ignore[no-untyped-call]
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_grace_s)
             for task in pending:
@@ -256,7 +274,8 @@ class Worker:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
-            await self._nc.close()
+            with contextlib.suppress(Exception):  # the server may be gone already
+                await self._nc.close()
         if self._own_http:
             await self._http.aclose()
         log.info("worker %s stopped", self.node_id, extra={"node_id": self.node_id})

@@ -75,9 +75,16 @@ class Params(_Lenient):
     seed: int | None = None
 
 
+# Generous, but finite: larger numbers would overflow deadline arithmetic.
+_BOUNDED_MS = Field(ge=-(2**53), le=2**53)
+# A hand-typed `"job_id": 42` is meant as the string "42".
+_ID = Field(min_length=1, max_length=200, coerce_numbers_to_str=True)
+_PARAM_NAMES = frozenset(Params.model_fields)
+
+
 class JobRequest(_Lenient):
-    job_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(default_factory=new_job_id)
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    job_id: Annotated[str, _ID] = Field(default_factory=new_job_id)
+    idempotency_key: Annotated[str, _ID] | None = None
     type: JobType | None = None
     model: Annotated[str, Field(min_length=1)] | None = None
     messages: list[Message] | None = None
@@ -85,9 +92,20 @@ class JobRequest(_Lenient):
     images: list[str] = Field(default_factory=list)
     params: Params = Field(default_factory=Params)
     stream: bool = False
-    timeout_ms: int | None = None
-    deadline_unix_ms: int | None = None
+    timeout_ms: Annotated[int, _BOUNDED_MS] | None = None
+    deadline_unix_ms: Annotated[int, _BOUNDED_MS] | None = None
     trace: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_top_level_params(cls, data: Any) -> Any:
+        """OpenAI callers put `max_tokens` & co. at the top level; `params` wins if both."""
+        if isinstance(data, dict) and not _PARAM_NAMES.isdisjoint(data):
+            lifted = {name: data[name] for name in _PARAM_NAMES if name in data}
+            given = data.get("params")
+            if given is None or isinstance(given, dict):
+                data = {**data, "params": {**lifted, **(given or {})}}
+        return data
 
     @model_validator(mode="after")
     def _has_input(self) -> JobRequest:
@@ -205,7 +223,7 @@ def decode_response(data: bytes) -> JobResponse:
 
 
 class _JobIdOnly(_Lenient):
-    job_id: Annotated[str, Field(min_length=1, max_length=200)]
+    job_id: Annotated[str, _ID]
 
 
 def _job_id_of(data: bytes) -> str:

@@ -126,3 +126,25 @@ def test_subjects_with_and_without_prefix() -> None:
     assert validate_prefix("prod.eu") == "prod.eu"
     with pytest.raises(ValueError, match="prefix"):
         validate_prefix("prod.*")
+
+
+def test_hand_typed_conveniences_are_understood() -> None:
+    request = decode_request(
+        b'{"job_id": 42, "prompt": "hi", "max_tokens": 5, "params": {"temperature": 0.5}}',
+        default_type="llm",
+    )
+    assert isinstance(request, JobRequest)
+    assert request.job_id == "42"
+    assert request.params.max_tokens == 5
+    assert request.params.temperature == 0.5
+
+
+@pytest.mark.parametrize("field", ["timeout_ms", "deadline_unix_ms"])
+def test_absurd_budgets_are_bad_requests_not_crashes(field: str) -> None:
+    response = decode_request(
+        b'{"prompt": "x", "' + field.encode() + b'": ' + b"9" * 400 + b"}", default_type="llm"
+    )
+    assert isinstance(response, JobResponse)
+    assert response.error is not None
+    assert response.error.code == "BAD_REQUEST"
+    assert field in response.error.message

@@ -8,7 +8,7 @@ from nats.aio.client import Client as NatsClient
 
 from services.simulator import Fault, Simulator
 from tests.conftest import WorkerFactory, backend
-from tests.jobs import ask, llm
+from tests.jobs import ask, llm, until
 
 
 async def test_concurrent_duplicates_share_one_runtime_call(
@@ -53,14 +53,15 @@ async def test_same_key_with_different_payload_is_a_mismatch(
 async def test_mismatch_is_detected_while_the_first_job_is_still_running(
     nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
 ) -> None:
-    simulator.latency_ms = 300
+    simulator.set_fault("llama3:8b", Fault("hang"))
     async with start_worker(backends=[backend(simulator.url)]):
         first = asyncio.create_task(
-            ask(nc, llm(node_id), {"idempotency_key": "k", "prompt": "one"})
+            ask(nc, llm(node_id), {"idempotency_key": "k", "prompt": "one", "timeout_ms": 1000})
         )
-        await asyncio.sleep(0.1)
+        await until(lambda: simulator.open_connections > 0)
         other = await ask(nc, llm(node_id), {"idempotency_key": "k", "prompt": "two"})
-        assert (await first).status == "ok"
+        assert not first.done()
+        await first
     assert other.error is not None
     assert other.error.code == "IDEMPOTENCY_MISMATCH"
 
@@ -85,7 +86,7 @@ async def test_busy_answers_are_not_cached(
     simulator.latency_ms = 300
     async with start_worker(backends=[backend(simulator.url)], limits={"llm_concurrency": 1}):
         holder = asyncio.create_task(ask(nc, llm(node_id), {"prompt": "hold the slot"}))
-        await asyncio.sleep(0.1)
+        await until(lambda: simulator.open_connections > 0)
         busy = await ask(nc, llm(node_id), {"job_id": "later", "prompt": "hi"})
         await holder
         simulator.latency_ms = 0
@@ -122,3 +123,20 @@ async def test_cached_entries_expire_after_ttl(
         again = await ask(nc, llm(node_id), {"job_id": "short-lived", "prompt": "hi"})
     assert again.cached is False
     assert simulator.calls["llama3:8b"] == 2
+
+
+async def test_duplicate_with_more_budget_is_not_handed_a_replayed_failure(
+    nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    simulator.set_fault("llama3:8b", Fault("hang", count=1))
+    job = {"idempotency_key": "k", "prompt": "hi"}
+    async with start_worker(backends=[backend(simulator.url)]):
+        short = asyncio.create_task(ask(nc, llm(node_id), {**job, "timeout_ms": 300}))
+        await until(lambda: simulator.open_connections > 0)
+        long = await ask(nc, llm(node_id), {**job, "timeout_ms": 5_000})
+        retried = await ask(nc, llm(node_id), job)
+    assert (await short).error is not None
+    assert long.error is not None
+    assert long.error.code == "DEADLINE_EXCEEDED"
+    assert long.cached is False  # a failure is not presented as the key's answer
+    assert retried.status == "ok"  # and it was not kept: the retry really runs

@@ -8,6 +8,7 @@ import time
 
 import httpx
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from services.simulator import Fault, SimModel, Simulator, expected_text
 from services.wire import decode_response
@@ -155,7 +156,8 @@ async def test_hanging_runtime_is_cut_off_at_the_deadline_and_the_slot_freed(
     async with start_worker(
         backends=[backend(simulator.url)], limits={"llm_concurrency": 1}
     ) as worker:
-        hung = await ask(nc, llm(node_id), {"prompt": "hi", "timeout_ms": 300})
+        # Without the cut-off this ask would wait for its own 5 s limit and fail.
+        hung = await ask(nc, llm(node_id), {"prompt": "hi", "timeout_ms": 300}, timeout_s=5)
         assert worker.admission.load()["llm"].inflight == 0
         after = await ask(nc, llm(node_id), {"prompt": "hi again"})
     assert hung.error is not None
@@ -186,12 +188,11 @@ async def test_jobs_run_concurrently_up_to_capacity(
     simulator.set_fault("llama3:8b", Fault("hang"))
     async with start_worker(backends=[backend(simulator.url)], limits={"llm_concurrency": 4}):
         jobs = [
-            asyncio.create_task(ask(nc, llm(node_id), {"prompt": f"{i}", "timeout_ms": 5_000}))
+            asyncio.create_task(ask(nc, llm(node_id), {"prompt": f"{i}", "timeout_ms": 1_000}))
             for i in range(4)
         ]
         await until(lambda: simulator.open_connections >= 4)
         assert simulator.open_connections == 4  # all four are at the runtime together
-        simulator.clear_faults()
         answers = await asyncio.gather(*jobs)
     assert all(a.error and a.error.code == "DEADLINE_EXCEEDED" for a in answers)
 
@@ -255,3 +256,29 @@ async def test_metrics_endpoint_counts_jobs_by_outcome(
     assert 'inferbus_worker_jobs_total{model="llama3:8b",status="ok",type="llm"} 1.0' in text
     assert 'status="DEADLINE_EXCEEDED",type="llm"} 1.0' in text
     assert 'inferbus_worker_inflight{kind="llm"} 0.0' in text
+
+
+async def test_drain_answers_every_job_already_delivered(
+    nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    replies: list[bytes] = []
+    inbox = nc.new_inbox()
+
+    async def collect(msg: Msg) -> None:
+        replies.append(msg.data)
+
+    await nc.subscribe(inbox, cb=collect)
+    simulator.latency_ms = 50
+    async with start_worker(
+        backends=[backend(simulator.url)], limits={"llm_concurrency": 8}
+    ) as worker:
+        for i in range(200):
+            await nc.publish(llm(node_id), f'{{"prompt": "job {i}"}}'.encode(), reply=inbox)
+        await nc.flush()
+        await worker.drain()
+    await until(lambda: len(replies) >= 200)
+    answers = [decode_response(data) for data in replies]
+    assert len(answers) == 200
+    outcomes = {a.error.code if a.error else a.status for a in answers}
+    assert outcomes <= {"ok", "BUSY"}
+    assert "ok" in outcomes
