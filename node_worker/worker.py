@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -32,6 +31,7 @@ from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined
 from node_worker.metrics import WorkerMetrics
 from services.bus import flush_interest
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.runtimes import make_runtime, new_http_client
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
@@ -45,7 +45,7 @@ def header_safe(text: str, limit: int = 256) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
-class Worker:
+class Worker(AsyncService):
     def __init__(self, settings: WorkerSettings, *, http_client: httpx.AsyncClient | None = None):
         self.settings = settings
         self.node_id = settings.node_id
@@ -251,6 +251,9 @@ class Worker:
         except Exception:
             log.exception("reply could not be sent", extra={"job_id": response.job_id})
 
+    async def stop(self) -> None:
+        await self.drain()
+
     async def drain(self) -> None:
         """Stop taking jobs, finish running ones within the grace period, disconnect."""
         if self._stopped:
@@ -291,15 +294,3 @@ class Worker:
     async def _on_reconnected(self) -> None:
         url = self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?"
         log.info("reconnected to nats at %s", url, extra={"node_id": self.node_id})
-
-    async def __aenter__(self) -> Worker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.drain()

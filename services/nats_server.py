@@ -13,7 +13,8 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from types import TracebackType
+
+from services.lifecycle import AsyncService
 
 _LISTENING = re.compile(rb"Listening for client connections on [^\s]+:(\d+)")
 _READY = b"Server is ready"
@@ -34,7 +35,7 @@ def find_nats_server() -> Path:
     return Path(found)
 
 
-class NatsServer:
+class NatsServer(AsyncService):
     """A nats-server child process; `async with NatsServer() as server: server.url`."""
 
     def __init__(
@@ -129,15 +130,3 @@ class NatsServer:
         """SIGKILL at once, for chaos tests."""
         if self._process is not None and self._process.returncode is None:
             os.kill(self._process.pid, signal.SIGKILL)
-
-    async def __aenter__(self) -> NatsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -28,12 +28,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import pytest
 
+from services.lifecycle import AsyncService
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 __all__ = ["LlamaCppServer", "LlamaCppServerError", "llama_server"]
@@ -49,7 +49,7 @@ class LlamaCppServerError(RuntimeError):
     """The server failed to start; the message carries the tail of its output."""
 
 
-class LlamaCppServer:
+class LlamaCppServer(AsyncService):
     """`async with LlamaCppServer(path) as server:` a started server at `server.url`.
 
     Args:
@@ -117,18 +117,6 @@ class LlamaCppServer:
     def output_tail(self) -> str:
         """The last lines the server printed (stdout and stderr), for failure messages."""
         return "\n".join(self._output_tail)
-
-    async def __aenter__(self) -> LlamaCppServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Spawn the server and return once `/v1/models` answers.

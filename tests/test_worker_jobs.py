@@ -10,6 +10,7 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from services.bus import flush_interest
 from services.simulator import Fault, SimModel, Simulator, expected_text
 from services.wire import decode_response
 from tests.conftest import WorkerFactory, backend
@@ -274,7 +275,7 @@ async def test_drain_answers_every_job_already_delivered(
     ) as worker:
         for i in range(200):
             await nc.publish(llm(node_id), f'{{"prompt": "job {i}"}}'.encode(), reply=inbox)
-        await nc.flush()
+        await flush_interest(nc)  # every job has reached the server (and so the worker)
         await worker.drain()
     await until(lambda: len(replies) >= 200)
     answers = [decode_response(data) for data in replies]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from types import TracebackType
 
 from aiohttp import web
 
+from services.lifecycle import AsyncService
 from services.simulator.app import build_app
 from services.simulator.faults import Fault
 from services.simulator.models import DEFAULT_MODELS, SimModel
@@ -22,7 +22,7 @@ from services.simulator.state import SimState
 _SHUTDOWN_TIMEOUT_S = 1.0
 
 
-class Simulator:
+class Simulator(AsyncService):
     """An Ollama + OpenAI-compatible inference runtime on a real socket.
 
     Args:
@@ -53,18 +53,6 @@ class Simulator:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
-
-    async def __aenter__(self) -> Simulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Listen and serve. A stopped simulator can start again, on the same port."""
