@@ -44,7 +44,3 @@ class Admission:
     def load(self) -> dict[str, Load]:
         """A copy of the load per slot kind, for capabilities and metrics."""
         return {kind: Load(load.inflight, load.capacity) for kind, load in self._load.items()}
-
-    @property
-    def total_inflight(self) -> int:
-        return sum(load.inflight for load in self._load.values())

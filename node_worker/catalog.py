@@ -13,7 +13,7 @@ from typing import Literal
 
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import ModelInfo, Runtime, RuntimeKind
-from services.wire import JobType
+from services.wire import JOB_TYPES, JobType
 
 ModelType = Literal["llm", "vision", "code", "embed"]
 
@@ -85,18 +85,26 @@ class Catalog:
                         info.name, classify_model(info), listing.runtime, info
                     )
         self.runtime_count = len(ranked)
+        # Decided once per discovery, not per job: the default model for each job type.
+        self.defaults: dict[JobType, ServedModel | None] = {
+            job_type: self._best_for(job_type) for job_type in JOB_TYPES
+        }
 
-    def resolve(self, model: str | None, job_type: JobType) -> ServedModel:
-        """The model a job runs on: the one it names, else this node's default for its type."""
-        if model is not None:
-            served = self.models.get(model)
-            if served is None:
-                raise self._missing(f"model {model!r} is not served on this node")
-            return served
+    def _best_for(self, job_type: JobType) -> ServedModel | None:
+        """Running before installed, then by name; code and llm stand in for each other."""
         for wanted in _wanted_types(job_type):
             candidates = [m for m in self.models.values() if m.type == wanted]
             if candidates:
                 return min(candidates, key=lambda m: (m.info.running is not True, m.name))
+        return None
+
+    def resolve(self, model: str | None, job_type: JobType) -> ServedModel:
+        """The model a job runs on: the one it names, else this node's default for its type."""
+        served = self.models.get(model) if model is not None else self.defaults[job_type]
+        if served is not None:
+            return served
+        if model is not None:
+            raise self._missing(f"model {model!r} is not served on this node")
         raise self._missing(f"no {job_type} model is served on this node")
 
     def _missing(self, message: str) -> InferbusError:

@@ -92,7 +92,3 @@ class IdempotencyStore:
             oldest = next(iter(self._stored_keys))
             del self._stored_keys[oldest]
             await self._cache.delete(oldest)
-
-    @property
-    def running_count(self) -> int:
-        return len(self._running)

@@ -166,17 +166,13 @@ class JobPipeline:
         """Run an admitted job within its deadline. Never raises but for cancellation, and
         always releases its slot and the duplicates waiting on it."""
         started_s = self._monotonic()
-        response = self._stopped(job.request.job_id)  # what waiters get if we are cancelled
+        job_id = job.request.job_id
+        response = stopped(job_id, self._node_id)  # what waiters get if we are cancelled
         try:
             response = await self._call_runtime(job, started_s)
         except Exception as exc:
-            log.exception("job failed unexpectedly", extra={"job_id": job.request.job_id})
-            response = JobResponse.failure(
-                job.request.job_id,
-                InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"),
-                node_id=self._node_id,
-                model=job.served.name,
-            )
+            log.exception("job failed unexpectedly", extra={"job_id": job_id})
+            response = internal(job_id, self._node_id, exc)
         finally:
             self._admission.release(job.job_type)
             await self._idempotency.finish(job.request.key, response)
@@ -262,11 +258,19 @@ class JobPipeline:
         self._metrics.job_finished(job_type, model, response, 0.0)
         return response
 
-    def _stopped(self, job_id: str) -> JobResponse:
-        error = InferbusError(
-            ErrorCode.BACKEND_UNAVAILABLE, "the worker stopped before the job finished"
-        )
-        return JobResponse.failure(job_id, error, node_id=self._node_id)
+
+def stopped(job_id: str, node_id: str) -> JobResponse:
+    """The answer to a job cut short because the worker is stopping: retry elsewhere."""
+    error = InferbusError(
+        ErrorCode.BACKEND_UNAVAILABLE, "the worker stopped before the job finished"
+    )
+    return JobResponse.failure(job_id, error, node_id=node_id)
+
+
+def internal(job_id: str, node_id: str, exc: Exception) -> JobResponse:
+    """The answer when our own code failed: the job still gets one."""
+    error = InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    return JobResponse.failure(job_id, error, node_id=node_id)
 
 
 def _mismatch(key: str) -> InferbusError:

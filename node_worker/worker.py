@@ -27,7 +27,7 @@ from node_worker.catalog import Catalog
 from node_worker.config import WorkerSettings
 from node_worker.discovery import ConfiguredRuntime, discover
 from node_worker.idempotency import IdempotencyStore
-from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined
+from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal, stopped
 from node_worker.metrics import WorkerMetrics
 from services.bus import flush_interest
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
@@ -159,8 +159,10 @@ class Worker(AsyncService):
     async def _rediscover_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.rediscover_s)
-            with contextlib.suppress(Exception):
+            try:
                 await self.rediscover()
+            except Exception:
+                log.exception("rediscovery failed; keeping the last catalog")
 
     def _handler_for(self, subject_type: JobType) -> Any:
         async def on_message(msg: Msg) -> None:
@@ -174,7 +176,7 @@ class Worker(AsyncService):
                 decision = await self.pipeline.admit(msg.data, subject_type, received_s)
             except Exception as exc:
                 log.exception("admission failed")
-                decision = self._internal(new_job_id(), exc)
+                decision = internal(new_job_id(), self.node_id, exc)
             if isinstance(decision, JobResponse):
                 await self._reply(msg.reply, decision)
             elif isinstance(decision, Admitted):
@@ -193,7 +195,7 @@ class Worker(AsyncService):
         try:
             response = await self.pipeline.run(job)
         except asyncio.CancelledError:
-            await self._reply(reply_to, self._stopping(job.request.job_id))
+            await self._reply(reply_to, stopped(job.request.job_id, self.node_id))
             raise
         await self._reply(reply_to, response)
 
@@ -201,29 +203,19 @@ class Worker(AsyncService):
         try:
             response = await self.pipeline.join(job)
         except asyncio.CancelledError:
-            await self._reply(reply_to, self._stopping(job.request.job_id))
+            await self._reply(reply_to, stopped(job.request.job_id, self.node_id))
             raise
         except Exception as exc:
             log.exception("waiting for a duplicate failed", extra={"job_id": job.request.job_id})
-            response = self._internal(job.request.job_id, exc)
+            response = internal(job.request.job_id, self.node_id, exc)
         await self._reply(reply_to, response)
-
-    def _stopping(self, job_id: str) -> JobResponse:
-        error = InferbusError(
-            ErrorCode.BACKEND_UNAVAILABLE, "the worker stopped before the job finished"
-        )
-        return JobResponse.failure(job_id, error, node_id=self.node_id)
-
-    def _internal(self, job_id: str, exc: Exception) -> JobResponse:
-        error = InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        return JobResponse.failure(job_id, error, node_id=self.node_id)
 
     async def _reply(self, reply_to: str, response: JobResponse) -> None:
         try:
             payload = encode(response)
         except Exception as exc:
             log.exception("answer could not be encoded", extra={"job_id": response.job_id})
-            response = self._internal(response.job_id, exc)
+            response = internal(response.job_id, self.node_id, exc)
             payload = encode(response)
         if len(payload) > self.nc.max_payload:
             error = InferbusError(

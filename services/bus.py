@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import nats
 from nats.aio.client import Client as NatsClient
 
 
@@ -15,3 +18,14 @@ async def flush_interest(nc: NatsClient, timeout_s: float = 10) -> None:
     """
     await nc.flush(timeout=int(timeout_s))
     await nc.flush(timeout=int(timeout_s))
+
+
+async def wait_for_worker(nc: NatsClient, subject: str, timeout_s: float = 30) -> None:
+    """Return once a worker answers on `subject` (an empty job gets BAD_REQUEST back)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                await nc.request(subject, b"{}", timeout=0.5)
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)

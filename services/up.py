@@ -11,14 +11,15 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 
+from services.bus import wait_for_worker
 from services.errors import InferbusError
+from services.localnet import free_port, port_open
 from services.nats_server import NatsServer
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.base import RuntimeKind
@@ -42,19 +43,6 @@ class UpOptions:
 
 def say(line: str = "") -> None:
     print(line, flush=True)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def find_local_runtimes() -> list[tuple[RuntimeKind, str]]:
@@ -87,16 +75,9 @@ async def _wait_for_line(process: asyncio.subprocess.Process, marker: str) -> st
 
 
 async def _wait_for_worker(nats_url: str, subject: str) -> None:
-    """A worker is serving once it answers a job (an empty one gets BAD_REQUEST)."""
     nc = await nats.connect(nats_url)
     try:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    await nc.request(subject, b"{}", timeout=0.5)
-                    return
-                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                    await asyncio.sleep(0.1)
+        await wait_for_worker(nc, subject)
     finally:
         await nc.close()
 
@@ -130,7 +111,7 @@ async def up(options: UpOptions) -> int:
     nats_server: NatsServer | None = None
     nats_url = f"nats://127.0.0.1:{options.nats_port}"
     try:
-        if _port_open(options.nats_port):
+        if port_open(options.nats_port):
             say(f"nats: reusing the server already listening on {nats_url}")
         else:
             nats_server = NatsServer(port=options.nats_port, jetstream_dir=data_dir / "jetstream")
@@ -142,7 +123,7 @@ async def up(options: UpOptions) -> int:
             for kind, url in backends:
                 say(f"runtime: found {kind} at {url}")
         else:
-            port = _free_port()
+            port = free_port()
             simulator = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",

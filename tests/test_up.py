@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.test_worker_lifecycle import free_port
+from services.localnet import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -13,19 +12,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from services.bus import wait_for_worker
+from services.localnet import free_port
 from services.nats_server import NatsServer
 from services.simulator import Simulator
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def start_worker_process(config: Path, **env: str) -> asyncio.subprocess.Process:
@@ -43,14 +37,7 @@ async def start_worker_process(config: Path, **env: str) -> asyncio.subprocess.P
 
 
 async def wait_until_serving(nc: NatsClient, node_id: str) -> None:
-    """Poll with bad jobs (answered without a runtime) until the worker subscribes."""
-    async with asyncio.timeout(15):
-        while True:
-            try:
-                await nc.request(llm(node_id), b"{}", timeout=0.2)
-                return
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                await asyncio.sleep(0.05)
+    await wait_for_worker(nc, llm(node_id), timeout_s=15)
 
 
 def write_config(tmp_path: Path, body: str) -> Path:

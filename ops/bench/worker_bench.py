@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -27,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats
-from nats.aio.client import Client as NatsClient
+
+from services.bus import wait_for_worker
+from services.localnet import free_port
+from services.loop import run
+from services.nats_server import NatsServer
+from services.runtimes import new_http_client
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from services.loop import run  # noqa: E402
-from services.nats_server import NatsServer  # noqa: E402
-from services.runtimes import new_http_client  # noqa: E402
 
 ECHO_RESPONDER = """
 import asyncio, sys, nats, uvloop
@@ -85,13 +84,6 @@ async def measure(call: Callable[[], Awaitable[bool]], concurrency: int, seconds
     return Sample(latencies, errors, time.perf_counter() - started)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def spawn(*argv: str, ready: str) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
@@ -102,16 +94,6 @@ async def spawn(*argv: str, ready: str) -> asyncio.subprocess.Process:
             if process.returncode is not None:
                 raise RuntimeError(f"{argv} exited early")
     return process
-
-
-async def wait_for_worker(nc: NatsClient, subject: str) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await nc.request(subject, b"{}", timeout=0.5)
-                return
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                await asyncio.sleep(0.1)
 
 
 def report(name: str, c1: Sample, c64: Sample) -> None:
