@@ -7,6 +7,7 @@ Code jobs share the llm slots: they run on the same runtimes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.wire import JobType
@@ -23,7 +24,15 @@ class Load:
 
 
 class Admission:
-    def __init__(self, *, llm_capacity: int, vision_capacity: int) -> None:
+    def __init__(
+        self,
+        *,
+        llm_capacity: int,
+        vision_capacity: int,
+        on_saturation_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        # Called when a kind becomes full or stops being full: the registry re-announces.
+        self._on_saturation_change = on_saturation_change
         self._load = {
             "llm": Load(inflight=0, capacity=llm_capacity),
             "vision": Load(inflight=0, capacity=vision_capacity),
@@ -35,11 +44,16 @@ class Admission:
         if load.inflight >= load.capacity:
             return False
         load.inflight += 1
+        if load.inflight == load.capacity:
+            self._on_saturation_change()
         return True
 
     def release(self, job_type: JobType) -> None:
         load = self._load[slot_kind(job_type)]
+        was_full = load.inflight >= load.capacity
         load.inflight = max(0, load.inflight - 1)
+        if was_full and load.inflight < load.capacity:
+            self._on_saturation_change()
 
     def load(self) -> dict[str, Load]:
         """A copy of the load per slot kind, for capabilities and metrics."""

@@ -7,15 +7,13 @@ openai-compatible remote), ties broken by configuration order, so the choice is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from services.capabilities import ModelType, Pricing
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import ModelInfo, Runtime, RuntimeKind
 from services.wire import JOB_TYPES, JobType
-
-ModelType = Literal["llm", "vision", "code", "embed"]
 
 RUNTIME_PRIORITY: dict[RuntimeKind, int] = {
     "vllm": 0,
@@ -53,6 +51,7 @@ class ServedModel:
     type: ModelType
     runtime: Runtime
     info: ModelInfo
+    pricing: Pricing | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,7 @@ class RuntimeListing:
 
     runtime: Runtime
     models: Sequence[ModelInfo]
+    price_of: Callable[[str], Pricing | None] = lambda _model: None
 
 
 def _wanted_types(job_type: JobType) -> tuple[ModelType, ...]:
@@ -82,7 +82,11 @@ class Catalog:
             for info in listing.models:
                 if info.name not in self.models:
                     self.models[info.name] = ServedModel(
-                        info.name, classify_model(info), listing.runtime, info
+                        info.name,
+                        classify_model(info),
+                        listing.runtime,
+                        info,
+                        listing.price_of(info.name),
                     )
         self.runtime_count = len(ranked)
         # Decided once per discovery, not per job: the default model for each job type.

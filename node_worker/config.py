@@ -19,6 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from services.capabilities import Pricing
 from services.runtimes.base import RuntimeKind
 from services.subjects import validate_node_id, validate_prefix
 
@@ -50,6 +51,19 @@ class Backend(_Section):
     url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
     models: list[str] | None = None
     api_key_env: str | None = None
+    enabled: bool = True
+    # model name (or "default") -> price per million tokens; a job's answer carries its cost
+    pricing: dict[str, Pricing] = {}
+
+    def price_of(self, model: str) -> Pricing | None:
+        return self.pricing.get(model) or self.pricing.get("default")
+
+
+class Health(_Section):
+    """When a runtime that answers counts as degraded, and when as unhealthy."""
+
+    degraded_latency_ms: Annotated[float, Field(gt=0)] = 1000
+    unhealthy_errors: Annotated[int, Field(ge=1)] = 5
 
 
 class WorkerSettings(BaseSettings):
@@ -60,11 +74,13 @@ class WorkerSettings(BaseSettings):
     subject_prefix: str = ""
     default_timeout_ms: Annotated[int, Field(gt=0)] = 120_000
     rediscover_s: Annotated[float, Field(gt=0)] = 300
+    heartbeat_s: Annotated[float, Field(gt=0)] = 10
     drain_grace_s: Annotated[float, Field(ge=0)] = 30
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     metrics_host: str = "127.0.0.1"
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
+    health: Health = Health()
     backends: list[Backend] = []
 
     @field_validator("node_id")

@@ -1,52 +1,64 @@
-"""Discovery: ask each configured runtime what it serves right now.
+"""Discovery: probe each configured runtime and ask what it serves right now.
 
-A runtime that does not answer is left out (with a warning naming it) and comes back by
-itself at the next discovery; the worker keeps serving what the others have.
+Every heartbeat each runtime is probed (cheap); its models are listed at start, every
+`rediscover_s`, and whenever it comes back. A runtime that stops answering leaves the
+catalog at the next probe and returns by itself when it answers again; the worker keeps
+serving what the others have.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 
+from node_worker.backends import Backend
 from node_worker.catalog import Catalog, RuntimeListing
-from node_worker.config import Backend
+from node_worker.config import Health
 from services.errors import InferbusError
-from services.runtimes.base import Runtime
 
 log = logging.getLogger("inferbus.worker.discovery")
 
 
-@dataclass(frozen=True)
-class ConfiguredRuntime:
-    config: Backend
-    runtime: Runtime
-
-
-def allowed(listing: RuntimeListing, allow: list[str] | None) -> RuntimeListing:
-    """Keep only the models an operator allowed, when the backend names any."""
-    if allow is None:
-        return listing
-    return RuntimeListing(listing.runtime, [m for m in listing.models if m.name in allow])
-
-
-async def _list(backend: ConfiguredRuntime) -> RuntimeListing | None:
+async def refresh(backend: Backend, policy: Health, *, relist: bool) -> None:
+    """Probe one runtime; list its models when asked to or when it (re)appears."""
+    if backend.runtime is None:
+        return
+    was_serving = backend.serving
     try:
-        await backend.runtime.health()
-        models = await backend.runtime.list_models()
+        latency_ms = await backend.runtime.health()
+        backend.probed(latency_ms, None, policy)
+        if backend.serving and (relist or not was_serving):
+            backend.listed(await backend.runtime.list_models())
     except InferbusError as error:
+        backend.probed(None, error, policy)
+    if was_serving and not backend.serving:
         log.warning(
-            "backend %s at %s left out: %s",
+            "backend %s at %s is %s: %s",
             backend.config.kind,
             backend.config.url,
-            error.message,
-            extra={"code": error.code.value},
+            backend.state,
+            backend.last_error,
         )
-        return None
-    return allowed(RuntimeListing(backend.runtime, models), backend.config.models)
+    elif backend.serving and not was_serving:
+        log.info(
+            "backend %s at %s is %s with %d models",
+            backend.config.kind,
+            backend.config.url,
+            backend.state,
+            len(backend.models),
+        )
 
 
-async def discover(backends: list[ConfiguredRuntime]) -> Catalog:
-    listings = await asyncio.gather(*(_list(backend) for backend in backends))
-    return Catalog(listing for listing in listings if listing is not None)
+def catalog_of(backends: Sequence[Backend]) -> Catalog:
+    """What the node serves: the models of the runtimes that are healthy or degraded."""
+    return Catalog(
+        RuntimeListing(backend.runtime, backend.models, backend.config.price_of)
+        for backend in backends
+        if backend.serving and backend.runtime is not None
+    )
+
+
+async def discover(backends: Sequence[Backend], policy: Health, *, relist: bool) -> Catalog:
+    await asyncio.gather(*(refresh(backend, policy, relist=relist) for backend in backends))
+    return catalog_of(backends)

@@ -20,7 +20,7 @@ from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, ChatReply
+from services.runtimes.base import ChatCall, ChatReply, Runtime
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -75,6 +75,7 @@ class JobPipeline:
         idempotency: IdempotencyStore,
         catalog: Callable[[], Catalog],
         metrics: WorkerMetrics,
+        on_runtime_done: Callable[[Runtime, JobResponse], None] = lambda _runtime, _answer: None,
         monotonic: Callable[[], float] = time.monotonic,
         unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
@@ -84,6 +85,7 @@ class JobPipeline:
         self._idempotency = idempotency
         self._catalog = catalog
         self._metrics = metrics
+        self._on_runtime_done = on_runtime_done
         self._monotonic = monotonic
         self._unix_ms = unix_ms
 
@@ -175,6 +177,7 @@ class JobPipeline:
             response = internal(job_id, self._node_id, exc)
         finally:
             self._admission.release(job.job_type)
+            self._on_runtime_done(job.served.runtime, response)
             await self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
@@ -200,7 +203,13 @@ class JobPipeline:
             )
         # A lone surrogate from a runtime would make the answer unencodable (and cached so).
         text = reply.text.encode("utf-8", "replace").decode("utf-8")
-        result = Result(text=text, finish_reason=reply.finish_reason, usage=reply.usage)
+        pricing = served.pricing
+        cost = (
+            pricing.cost(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+            if pricing is not None
+            else None
+        )
+        result = Result(text=text, finish_reason=reply.finish_reason, usage=reply.usage, cost=cost)
         return JobResponse(
             job_id=request.job_id,
             status="ok",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,22 +22,31 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Admission
+from node_worker.admission import Admission, slot_kind
+from node_worker.backends import build_backend
 from node_worker.catalog import Catalog
 from node_worker.config import WorkerSettings
-from node_worker.discovery import ConfiguredRuntime, discover
+from node_worker.discovery import discover
+from node_worker.hardware import read_hardware
 from node_worker.idempotency import IdempotencyStore
 from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal, stopped
 from node_worker.metrics import WorkerMetrics
+from node_worker.registry import Announcer, build_capabilities
+from node_worker.service_api import Endpoint, ServiceApi
+from services import __version__
 from services.bus import flush_interest
+from services.capabilities import Capabilities, Hardware
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
-from services.runtimes import make_runtime, new_http_client
+from services.runtimes import new_http_client
+from services.runtimes.base import Runtime
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
 from services.wire import JobResponse, JobType, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
+
+SERVICE_NAME = "inferbus-node"
 
 
 def header_safe(text: str, limit: int = 256) -> str:
@@ -54,24 +63,19 @@ class Worker(AsyncService):
         self.admission = Admission(
             llm_capacity=settings.limits.llm_concurrency,
             vision_capacity=settings.limits.vision_concurrency,
+            on_saturation_change=self._announce_now,
         )
         for kind in ("llm", "vision"):
             self.metrics.track_inflight(kind, self._inflight_reader(kind))
         self._own_http = http_client is None
         self._http = http_client or new_http_client()
-        self.backends = [
-            ConfiguredRuntime(
-                backend,
-                make_runtime(
-                    backend.kind,
-                    backend.url,
-                    self._http,
-                    api_key=os.environ.get(backend.api_key_env) if backend.api_key_env else None,
-                ),
-            )
-            for backend in settings.backends
-        ]
+        self.backends = [build_backend(backend, self._http) for backend in settings.backends]
+        self._backend_of = {
+            id(backend.runtime): backend for backend in self.backends if backend.runtime
+        }
         self.catalog = Catalog([])
+        self.hardware: Hardware | None = None
+        self._listed_at = -math.inf
         self.pipeline = JobPipeline(
             node_id=self.node_id,
             limits=JobLimits(
@@ -85,11 +89,23 @@ class Worker(AsyncService):
             ),
             catalog=lambda: self.catalog,
             metrics=self.metrics,
+            on_runtime_done=self._runtime_done,
         )
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._rediscovery: asyncio.Task[None] | None = None
+        self._announcer: Announcer | None = None
+        self.service = ServiceApi(
+            name=SERVICE_NAME,
+            version=__version__,
+            description=f"inferbus node worker {self.node_id}",
+            metadata={"node_id": self.node_id},
+            endpoints=[
+                Endpoint("llm", self.subjects.job(self.node_id, "llm"), WORKER_QUEUE_GROUP),
+                Endpoint("vision", self.subjects.job(self.node_id, "vision"), WORKER_QUEUE_GROUP),
+                Endpoint("caps", self.subjects.caps(self.node_id), WORKER_QUEUE_GROUP),
+            ],
+        )
         self._metrics_server: MetricsServer | None = None
         self._stopped = False
 
@@ -106,7 +122,7 @@ class Worker(AsyncService):
         return self._nc
 
     async def start(self) -> None:
-        await self.rediscover()
+        await self.refresh()
         self._nc = await self._connect()
         for job_type in ("llm", "vision"):
             subject = self.subjects.job(self.node_id, job_type)
@@ -116,7 +132,17 @@ class Worker(AsyncService):
                 )
             )
         await flush_interest(self.nc)
-        self._rediscovery = asyncio.create_task(self._rediscover_forever())
+        self._announcer = Announcer(
+            self.nc,
+            self.subjects,
+            self.node_id,
+            heartbeat_s=self.settings.heartbeat_s,
+            refresh=self.refresh,
+            record=self.capabilities,
+            caps_answered=lambda elapsed_s: self.service.record("caps", elapsed_s=elapsed_s),
+        )
+        await self._announcer.start()
+        await self.service.start(self.nc)
         if self.settings.metrics_port is not None:
             self._metrics_server = MetricsServer(
                 self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port
@@ -153,18 +179,40 @@ class Worker(AsyncService):
                 )
                 await asyncio.sleep(1.0)
 
-    async def rediscover(self) -> None:
-        self.catalog = await discover(self.backends)
+    async def refresh(self) -> None:
+        """Probe every runtime; list models (and read the GPUs) every `rediscover_s`."""
+        relist = time.monotonic() - self._listed_at >= self.settings.rediscover_s
+        if relist:
+            self._listed_at = time.monotonic()
+            self.hardware = await read_hardware()
+        self.catalog = await discover(self.backends, self.settings.health, relist=relist)
 
-    async def _rediscover_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.rediscover_s)
-            try:
-                await self.rediscover()
-            except Exception:
-                log.exception("rediscovery failed; keeping the last catalog")
+    def capabilities(self, seq: int) -> Capabilities:
+        """This node's record now."""
+        return build_capabilities(
+            node_id=self.node_id,
+            version=__version__,
+            seq=seq,
+            now_unix=time.time(),
+            ttl_s=3 * self.settings.heartbeat_s,
+            backends=self.backends,
+            catalog=self.catalog,
+            load=self.admission.load(),
+            hardware=self.hardware,
+        )
+
+    def _announce_now(self) -> None:
+        if self._announcer is not None:
+            self._announcer.changed()
+
+    def _runtime_done(self, runtime: Runtime, response: JobResponse) -> None:
+        backend = self._backend_of.get(id(runtime))
+        if backend is not None:
+            backend.record_job(response)
 
     def _handler_for(self, subject_type: JobType) -> Any:
+        endpoint = slot_kind(subject_type)
+
         async def on_message(msg: Msg) -> None:
             received_s = time.monotonic()
             if not msg.reply:
@@ -178,11 +226,11 @@ class Worker(AsyncService):
                 log.exception("admission failed")
                 decision = internal(new_job_id(), self.node_id, exc)
             if isinstance(decision, JobResponse):
-                await self._reply(msg.reply, decision)
+                await self._reply(msg.reply, decision, endpoint, received_s)
             elif isinstance(decision, Admitted):
-                self._spawn(self._run_and_reply(msg.reply, decision))
+                self._spawn(self._run_and_reply(msg.reply, decision, endpoint, received_s))
             else:
-                self._spawn(self._join_and_reply(msg.reply, decision))
+                self._spawn(self._join_and_reply(msg.reply, decision, endpoint, received_s))
 
         return on_message
 
@@ -191,26 +239,37 @@ class Worker(AsyncService):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_and_reply(self, reply_to: str, job: Admitted) -> None:
+    async def _run_and_reply(
+        self, reply_to: str, job: Admitted, endpoint: str, received_s: float
+    ) -> None:
         try:
             response = await self.pipeline.run(job)
         except asyncio.CancelledError:
-            await self._reply(reply_to, stopped(job.request.job_id, self.node_id))
+            await self._reply(
+                reply_to, stopped(job.request.job_id, self.node_id), endpoint, received_s
+            )
             raise
-        await self._reply(reply_to, response)
+        await self._reply(reply_to, response, endpoint, received_s)
 
-    async def _join_and_reply(self, reply_to: str, job: Joined) -> None:
+    async def _join_and_reply(
+        self, reply_to: str, job: Joined, endpoint: str, received_s: float
+    ) -> None:
         try:
             response = await self.pipeline.join(job)
         except asyncio.CancelledError:
-            await self._reply(reply_to, stopped(job.request.job_id, self.node_id))
+            await self._reply(
+                reply_to, stopped(job.request.job_id, self.node_id), endpoint, received_s
+            )
             raise
         except Exception as exc:
             log.exception("waiting for a duplicate failed", extra={"job_id": job.request.job_id})
             response = internal(job.request.job_id, self.node_id, exc)
-        await self._reply(reply_to, response)
+        await self._reply(reply_to, response, endpoint, received_s)
 
-    async def _reply(self, reply_to: str, response: JobResponse) -> None:
+    async def _reply(
+        self, reply_to: str, response: JobResponse, endpoint: str, received_s: float
+    ) -> None:
+        """Send the one final answer, and count it in the endpoint's service stats."""
         try:
             payload = encode(response)
         except Exception as exc:
@@ -238,6 +297,11 @@ class Worker(AsyncService):
                 response.error.code.value if response.error else "ok",
                 extra={"job_id": response.job_id, "model": response.model},
             )
+        self.service.record(
+            endpoint,
+            elapsed_s=time.monotonic() - received_s,
+            error=headers["Nats-Service-Error"] if headers else None,
+        )
         try:
             await self.nc.publish(reply_to, payload, headers=headers)
         except Exception:
@@ -256,14 +320,14 @@ class Worker(AsyncService):
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(subscription.drain(), 5)  # type: ignore[no-untyped-call]
+        if self._announcer is not None:  # routers stop choosing a node that stops announcing
+            await self._announcer.stop()
+        await self.service.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_grace_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._rediscovery is not None:
-            self._rediscovery.cancel()
-            await asyncio.gather(self._rediscovery, return_exceptions=True)
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         if self._nc is not None:

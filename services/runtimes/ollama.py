@@ -15,6 +15,7 @@ ListModelResponse, ProcessModelResponse with `context_length`, ShowResponse with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -69,8 +70,9 @@ class OllamaRuntime:
         """Installed models (`/api/tags`), marked running when `/api/ps` lists them.
 
         A failing `/api/ps` (very old Ollama) leaves `running` unknown rather than failing
-        discovery. Capabilities and context length come from `show_model`, one call per
-        model, so discovery can ask for them lazily.
+        discovery. Capabilities (vision, completion, tools...), family and the trained
+        context length come from `/api/show`, one call per model, all at once; a model
+        whose show fails keeps what the listing said.
         """
         tags: Any
         ps: Any
@@ -81,7 +83,14 @@ class OllamaRuntime:
         )
         if isinstance(tags, BaseException):
             raise tags
-        return models_from_listing(tags, None if isinstance(ps, BaseException) else ps)
+        listed = models_from_listing(tags, None if isinstance(ps, BaseException) else ps)
+        shown = await asyncio.gather(
+            *(self.show_model(model.name) for model in listed), return_exceptions=True
+        )
+        return [
+            with_show(model, show) if isinstance(show, ModelInfo) else model
+            for model, show in zip(listed, shown, strict=True)
+        ]
 
     async def show_model(self, name: str) -> ModelInfo:
         """`POST /api/show`: family, capabilities and the model's trained context length."""
@@ -252,6 +261,16 @@ def _model_info(
 
 def _name(entry: dict[str, Any]) -> str:
     return str(entry.get("name") or entry.get("model") or "")
+
+
+def with_show(listed: ModelInfo, shown: ModelInfo) -> ModelInfo:
+    """The listing's facts (size, running, the loaded window) plus what `/api/show` adds."""
+    return dataclasses.replace(
+        listed,
+        context_window=listed.context_window or shown.context_window,
+        family=listed.family or shown.family,
+        capabilities=shown.capabilities or listed.capabilities,
+    )
 
 
 def model_from_show(name: str, show: Any) -> ModelInfo:

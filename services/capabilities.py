@@ -1,0 +1,108 @@
+"""The capabilities record (DESIGN §4): what one node serves right now.
+
+Workers publish it on `ncs.capabilities.<id>` every heartbeat and at once on change,
+reply with it on `node.<id>.caps` and to `ncs.discover`; routers and `inferbus nodes`
+read it. Lenient on input (unknown fields ignored) so mixed versions interoperate.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+HealthState = Literal["unknown", "healthy", "degraded", "unhealthy", "disabled"]
+ModelType = Literal["llm", "vision", "code", "embed"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Pricing(_Record):
+    """Price per million tokens, in whatever currency the operator bills in."""
+
+    input_per_1m: float = Field(default=0.0, ge=0)
+    output_per_1m: float = Field(default=0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return round(
+            (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6, 8
+        )
+
+
+class BackendStats(_Record):
+    invocations: int = 0
+    errors: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+
+class RuntimeStatus(_Record):
+    """One configured runtime (backend) of the node, as the worker sees it now."""
+
+    kind: str
+    url: str
+    state: HealthState
+    latency_ms: float | None = None
+    models: int = 0
+    last_error: str | None = None
+    stats: BackendStats = BackendStats()
+
+
+class ServedModel(_Record):
+    name: str
+    type: ModelType
+    runtime: str
+    size_gb: float | None = None
+    running: bool | None = None
+    context_window: int | None = None
+    family: str | None = None
+    capabilities: tuple[str, ...] = ()
+    pricing: Pricing | None = None
+
+
+class Load(_Record):
+    inflight: int
+    capacity: int
+
+    @property
+    def saturated(self) -> bool:
+        return self.inflight >= self.capacity
+
+
+class Gpu(_Record):
+    name: str
+    memory_total_mb: int | None = None
+    memory_used_mb: int | None = None
+    utilization_pct: int | None = None
+
+
+class Hardware(_Record):
+    gpus: tuple[Gpu, ...] = ()
+
+
+class Capabilities(_Record):
+    node_id: str
+    version: str
+    seq: int
+    ts: float = Field(description="unix seconds when the record was built")
+    ttl_s: float
+    runtimes: tuple[RuntimeStatus, ...] = ()
+    served_models: tuple[ServedModel, ...] = ()
+    load: dict[str, Load] = Field(default_factory=dict)
+    hardware: Hardware | None = None
+
+
+def encode_capabilities(record: Capabilities) -> bytes:
+    return record.model_dump_json(exclude_none=True).encode()
+
+
+def decode_capabilities(data: bytes) -> Capabilities | None:
+    """A record, or None for bytes that are not one (never raises)."""
+    try:
+        return Capabilities.model_validate_json(data)
+    except pydantic.ValidationError:
+        return None
