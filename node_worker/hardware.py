@@ -70,12 +70,12 @@ async def read_hardware(timeout_s: float = 2.0) -> Hardware | None:
         return None
     try:
         output = await _run(executable, timeout_s)
-    except (OSError, TimeoutError) as error:
+        hardware = None if output is None else parse_nvidia_smi(output)
+    except Exception as error:  # best effort by design: any failure means "not known"
         log.debug("nvidia-smi unreadable: %r", error)
         return None
-    if output is None:
+    if hardware is None:
         return None
-    hardware = parse_nvidia_smi(output)
     if not hardware.gpus:
         log.debug("nvidia-smi reported no GPU rows")
         return None

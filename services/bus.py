@@ -29,3 +29,37 @@ async def wait_for_worker(nc: NatsClient, subject: str, timeout_s: float = 30) -
                 return
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 await asyncio.sleep(0.1)
+
+
+class BusUnreachable(Exception):
+    """A one-shot command could not reach NATS; the message says why."""
+
+
+async def connect_once(nats_url: str) -> NatsClient:
+    """Connect for a one-shot command (`inferbus req`, `inferbus nodes`): fail fast, clearly.
+
+    nats-py 2.16 reads max_reconnect_attempts=0 as "retry forever" in its server pool;
+    1 gives up after two quick attempts. The real cause only reaches `error_cb`.
+    """
+    causes: list[Exception] = []
+
+    async def remember(error: Exception) -> None:
+        causes.append(error)
+
+    try:
+        return await nats.connect(
+            nats_url,
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            error_cb=remember,
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as error:
+        cause = causes[-1] if causes else error
+        raise BusUnreachable(f"cannot reach NATS at {nats_url}: {describe(cause)}") from error
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

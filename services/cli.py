@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--prefix", default="", help="subject prefix of the fleet")
     req.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     req.add_argument("--raw", action="store_true", help="print the JSON reply")
+
+    from services.nodes import prefix_arg, seconds_arg
+
+    nodes = commands.add_parser("nodes", help="ask every node what it serves now")
+    nodes.add_argument(
+        "--server", default=os.environ.get("INFERBUS_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    nodes.add_argument("--prefix", type=prefix_arg, default="", help="subject prefix of the fleet")
+    nodes.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    nodes.add_argument(
+        "--wait", type=seconds_arg, default=1.0, help="seconds to wait for answers at most"
+    )
     return parser
 
 
@@ -57,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
 
         data_dir = args.data_dir or default_data_dir()
         return run(up(UpOptions(nats_port=args.nats_port, node_id=args.node_id, data_dir=data_dir)))
+    if args.command == "nodes":
+        from services.nodes import show_nodes
+
+        return run(
+            show_nodes(
+                nats_url=args.server, prefix=args.prefix, wait_s=args.wait, as_json=args.json
+            )
+        )
     from services.req import job_payload, job_subject, send
     from services.subjects import Subjects
 

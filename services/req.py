@@ -11,6 +11,7 @@ import sys
 
 import nats
 
+from services.bus import BusUnreachable, connect_once
 from services.subjects import NODE_ID_PATTERN, Subjects
 from services.wire import JobType, decode_response
 
@@ -32,7 +33,11 @@ def job_payload(text: str) -> bytes:
 
 
 async def send(*, nats_url: str, subject: str, payload: bytes, timeout_s: float, raw: bool) -> int:
-    nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=0)
+    try:
+        nc = await connect_once(nats_url)
+    except BusUnreachable as error:
+        print(error, file=sys.stderr)
+        return 2
     try:
         try:
             msg = await nc.request(subject, payload, timeout=timeout_s)

@@ -14,7 +14,9 @@ from node_worker.backends import next_state
 from node_worker.config import Health
 from services.bus import flush_interest
 from services.capabilities import Capabilities, Pricing, decode_capabilities
+from services.nodes import collect_fleet
 from services.simulator import Fault, SimModel, Simulator
+from services.subjects import Subjects
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
 
@@ -182,3 +184,18 @@ def test_health_state_after_a_probe(
         probe_ok=probe_ok, latency_ms=latency_ms, recent_errors=recent_errors, policy=policy
     )
     assert state == expected
+
+
+async def test_discover_collects_the_whole_fleet_in_one_round_trip(
+    nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    prefix = f"fleet{node_id.replace('-', '')}"  # no other test's worker answers here
+    nodes = [f"{node_id}-{i}" for i in range(3)]
+    async with (
+        start_worker(node_id=nodes[0], subject_prefix=prefix, backends=[backend(simulator.url)]),
+        start_worker(node_id=nodes[1], subject_prefix=prefix, backends=[backend(simulator.url)]),
+        start_worker(node_id=nodes[2], subject_prefix=prefix, backends=[]),
+    ):
+        fleet = await collect_fleet(nc, Subjects(prefix))
+    assert [record.node_id for record in fleet] == sorted(nodes)
+    assert [len(record.served_models) for record in fleet] == [2, 2, 0]

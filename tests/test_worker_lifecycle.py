@@ -132,3 +132,22 @@ async def test_worker_survives_a_nats_server_restart(
         finally:
             await client.close()
             await server.stop()
+
+
+async def test_req_without_nats_fails_fast_with_a_clear_message() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "req",
+        "gpu-a",
+        "hi",
+        "--server",
+        f"nats://127.0.0.1:{free_port()}",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "cannot reach NATS" in stderr.decode()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
 from node_worker.admission import Admission
 from node_worker.catalog import Catalog, RuntimeListing, classify_model
+from node_worker.config import load_worker_settings
 from node_worker.idempotency import is_cacheable
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
@@ -119,3 +122,10 @@ def _error(code: ErrorCode) -> JobResponse:
 )
 def test_only_answers_that_would_repeat_are_cached(response: JobResponse, kept: bool) -> None:
     assert is_cacheable(response) is kept
+
+
+def test_the_example_config_an_operator_copies_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "ops" / "worker.example.toml"
+    settings = load_worker_settings(example)
+    assert settings.node_id == "gpu-a"
+    assert settings.backends[0].kind == "ollama"
