@@ -8,9 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
-from node_worker.config import ConfigError, load_worker_settings
+from node_worker.config import load_worker_settings
 from node_worker.worker import Worker
 from services.loop import run
+from services.settings import ConfigError
 from services.telemetry import configure_logging
 
 

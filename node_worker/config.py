@@ -6,26 +6,16 @@ operator finds the typo before a job does.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import SettingsConfigDict
 
 from services.capabilities import Pricing
 from services.runtimes.base import RuntimeKind
+from services.settings import FileSettings, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the field."""
 
 
 class _Section(BaseModel):
@@ -66,11 +56,11 @@ class Health(_Section):
     unhealthy_errors: Annotated[int, Field(ge=1)] = 5
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="INFERBUS_", extra="forbid", frozen=True)
 
     node_id: str
-    nats_url: Annotated[list[str], NoDecode] = ["nats://127.0.0.1:4222"]
+    nats_url: NatsUrls = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     subject_prefix: str = ""
     default_timeout_ms: Annotated[int, Field(gt=0)] = 120_000
     rediscover_s: Annotated[float, Field(gt=0)] = 300
@@ -81,7 +71,7 @@ class WorkerSettings(BaseSettings):
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
     health: Health = Health()
-    backends: list[Backend] = []
+    backends: list[Backend] = Field(default_factory=list)
 
     @field_validator("node_id")
     @classmethod
@@ -93,47 +83,7 @@ class WorkerSettings(BaseSettings):
     def _prefix_is_tokens(cls, prefix: str) -> str:
         return validate_prefix(prefix)
 
-    @field_validator("nats_url", mode="before")
-    @classmethod
-    def _url_list(cls, value: Any) -> Any:
-        """One URL, a comma-separated list (handy in env vars), or a TOML list."""
-        if isinstance(value, str):
-            return [url.strip() for url in value.split(",") if url.strip()]
-        return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over the file, which arrives as init arguments.
-        return (env_settings, init_settings)
-
 
 def load_worker_settings(path: Path | None, **overrides: Any) -> WorkerSettings:
     """Read the TOML file (if any), apply env and `overrides`; raise ConfigError."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
-    values.update(overrides)
-    try:
-        return WorkerSettings(**values)
-    except pydantic.ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source=str(path or "settings"))) from exc
-
-
-def describe_validation_error(exc: pydantic.ValidationError, *, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or "(root)"
-        lines.append(f"  {field}: {error['msg']}")
-    return "\n".join(lines)
+    return load_settings(WorkerSettings, path, **overrides)

@@ -20,7 +20,8 @@ from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, ChatReply, Runtime
+from services.runtimes.base import ChatCall, Runtime
+from services.runtimes.calls import chat_within, clean_text
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -196,13 +197,12 @@ class JobPipeline:
             "done": done,
         }
         try:
-            reply = await self._chat(served, call, remaining_s)
+            reply = await chat_within(served.runtime, call, remaining_s)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
             )
-        # A lone surrogate from a runtime would make the answer unencodable (and cached so).
-        text = reply.text.encode("utf-8", "replace").decode("utf-8")
+        text = clean_text(reply.text)
         pricing = served.pricing
         cost = (
             pricing.cost(reply.usage.prompt_tokens, reply.usage.completion_tokens)
@@ -217,20 +217,6 @@ class JobPipeline:
             timings=self._timings(job, started_s),
             **fields,
         )
-
-    @staticmethod
-    async def _chat(served: ServedModel, call: ChatCall, remaining_s: float) -> ChatReply:
-        """The runtime call, cut off at the deadline; every failure is an InferbusError."""
-        if remaining_s <= 0:
-            raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent while queued")
-        try:
-            async with asyncio.timeout(remaining_s):
-                return await served.runtime.chat(call, timeout_s=remaining_s)
-        except TimeoutError:
-            raise InferbusError(
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"the runtime did not answer within the job's budget ({remaining_s * 1000:.0f} ms)",
-            ) from None
 
     async def join(self, job: Joined) -> JobResponse:
         """Wait for the running job with the same key and take its answer.

@@ -24,10 +24,12 @@ def _parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="embedded NATS + a worker (+ simulator if no runtime)")
     up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--http-port", type=int, default=8090, help="the router's HTTP port")
     up.add_argument("--node-id", default="local")
     up.add_argument("--data-dir", type=Path, default=None)
 
     commands.add_parser("worker", help="run a node worker (python -m node_worker)", add_help=False)
+    commands.add_parser("router", help="run the router (python -m router)", add_help=False)
     commands.add_parser("simulate", help="run the runtime simulator", add_help=False)
 
     req = commands.add_parser("req", help="send one job and print the reply")
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
         return _exec_module("node_worker", argv[1:])
+    if argv and argv[0] == "router":
+        return _exec_module("router", argv[1:])
     if argv and argv[0] == "simulate":
         from services.simulator.cli import run_cli
 
@@ -68,7 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         from services.up import UpOptions, default_data_dir, up
 
         data_dir = args.data_dir or default_data_dir()
-        return run(up(UpOptions(nats_port=args.nats_port, node_id=args.node_id, data_dir=data_dir)))
+        return run(
+            up(
+                UpOptions(
+                    nats_port=args.nats_port,
+                    http_port=args.http_port,
+                    node_id=args.node_id,
+                    data_dir=data_dir,
+                )
+            )
+        )
     if args.command == "nodes":
         from services.nodes import show_nodes
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import nats
 
 from services.bus import wait_for_worker
@@ -37,6 +38,7 @@ LOCAL_RUNTIMES: tuple[tuple[RuntimeKind, str], ...] = (
 @dataclass(frozen=True)
 class UpOptions:
     nats_port: int = 4222
+    http_port: int = 8090
     node_id: str = "local"
     data_dir: Path = Path(".inferbus")
 
@@ -87,6 +89,30 @@ def _worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind
     for kind, url in backends:
         lines += ["[[backends]]", f'kind = "{kind}"', f'url = "{url}"', ""]
     return "\n".join(lines)
+
+
+def _router_config(
+    node_id: str, nats_url: str, http_port: int, local: tuple[RuntimeKind, str]
+) -> str:
+    kind, url = local
+    return (
+        f"nats_url: {nats_url}\n"
+        f"http: {{host: 127.0.0.1, port: {http_port}}}\n"
+        f"local_node: {node_id}\n"
+        f"local_runtime: {{kind: {kind}, url: '{url}'}}\n"
+    )
+
+
+async def _wait_for_http(url: str) -> None:
+    """Until the URL answers 200 (the router is ready), at most 30 s."""
+    async with new_http_client() as client, asyncio.timeout(30):
+        while True:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -151,8 +177,20 @@ async def up(options: UpOptions) -> int:
         subject = Subjects().job(options.node_id, "llm")
         await _wait_for_worker(nats_url, subject)
         say(f"worker: node {options.node_id!r} serving on {subject} (config {config})")
+        router_config = data_dir / "router.yml"
+        router_config.write_text(
+            _router_config(options.node_id, nats_url, options.http_port, backends[0])
+        )
+        children.append(await _spawn("-m", "router", "--config", str(router_config)))
+        router_url = f"http://127.0.0.1:{options.http_port}"
+        await _wait_for_http(f"{router_url}/ready")
+        say(f"router: {router_url} (OpenAI-compatible at {router_url}/v1, config {router_config})")
         say("")
         say("Send a job:")
+        say(
+            f"  curl -s {router_url}/v1/chat/completions -H 'Content-Type: application/json' "
+            '-d \'{"messages":[{"role":"user","content":"Say hello"}]}\''
+        )
         say(f"  inferbus req {options.node_id} 'Say hello'")
         say(f'  nats req {subject} \'{{"prompt":"Say hello"}}\' --server {nats_url}')
         say("")

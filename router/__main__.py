@@ -1,0 +1,48 @@
+"""`python -m router --config router.yml`: run the router until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from router.config import load_router_settings
+from router.service import RouterService
+from services.loop import run
+from services.settings import ConfigError
+from services.telemetry import configure_logging
+
+
+async def serve(config: Path | None, port: int | None) -> int:
+    try:
+        settings = load_router_settings(config)
+    except ConfigError as error:
+        print(f"inferbus router: {error}", file=sys.stderr)
+        return 2
+    if port is not None:
+        settings = settings.model_copy(
+            update={"http": settings.http.model_copy(update={"port": port})}
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with RouterService(settings):
+        await stop.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferbus router", description=__doc__)
+    parser.add_argument("--config", type=Path, help="router YAML file")
+    parser.add_argument("--port", type=int, help="HTTP port (overrides http.port)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run(serve(args.config, args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The router's HTTP API (Starlette): native `/infer`, OpenAI-compatible chat, the fleet.
+
+Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses;
+the OpenAI route wraps them in OpenAI's error body so official clients raise the right
+exception class.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as Path
+
+from router.metrics import RouterMetrics
+from router.routing import Route, Router
+from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.wire import JobRequest, JobResponse, decode_request
+
+_OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def status_of(response: JobResponse) -> int:
+    return 200 if response.error is None else HTTP_STATUS[response.error.code]
+
+
+def openai_completion(
+    response: JobResponse, route: Route, requested_model: str | None
+) -> dict[str, Any]:
+    result = response.result
+    usage = result.usage if result else None
+    return {
+        "id": f"chatcmpl-{response.job_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": response.model or requested_model or "",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text if result else ""},
+                "finish_reason": (result.finish_reason if result else None) or "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "total_tokens": (usage.prompt_tokens + usage.completion_tokens) if usage else 0,
+        },
+        "route": route.model_dump(),
+    }
+
+
+def openai_error(code: ErrorCode, message: str, status: int) -> JSONResponse:
+    kind = _OPENAI_ERROR_TYPES.get(status, "api_error")
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code.value, "param": None}},
+        status_code=status,
+    )
+
+
+def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
+    settings = router.settings
+
+    async def read_job(request: Request) -> tuple[JobRequest, dict[str, Any]] | InferbusError:
+        """The body as a job, plus its raw fields; the Idempotency-Key header applied."""
+        body = await request.body()
+        if len(body) > settings.http.max_body_bytes:
+            return InferbusError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"body is {len(body)} bytes; the limit is {settings.http.max_body_bytes}",
+            )
+        try:
+            raw = json.loads(body)
+        except ValueError:
+            return InferbusError(ErrorCode.BAD_REQUEST, "the body is not JSON")
+        if not isinstance(raw, dict):
+            return InferbusError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+        decoded = decode_request(body, default_type="llm")
+        if isinstance(decoded, JobResponse):
+            assert decoded.error is not None
+            return InferbusError(decoded.error.code, decoded.error.message)
+        key = request.headers.get("idempotency-key")
+        if key:
+            decoded = decoded.model_copy(update={"idempotency_key": key})
+        return decoded, raw
+
+    async def infer(request: Request) -> Response:
+        started = time.perf_counter()
+        parsed = await read_job(request)
+        if isinstance(parsed, InferbusError):
+            failed = JobResponse.failure("", parsed)
+            metrics.answered("infer", Route(), parsed.code.value, time.perf_counter() - started)
+            return JSONResponse(
+                failed.model_dump(mode="json", exclude_none=True), status_of(failed)
+            )
+        job, raw = parsed
+        agent = raw.get("agent_id")
+        response, route = await router.infer(
+            job, agent_id=agent if isinstance(agent, str) else None
+        )
+        body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
+        status = response.error.code.value if response.error else "ok"
+        metrics.answered("infer", route, status, time.perf_counter() - started)
+        return JSONResponse(body, status_of(response))
+
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        parsed = await read_job(request)
+        if isinstance(parsed, InferbusError):
+            metrics.answered("openai", Route(), parsed.code.value, time.perf_counter() - started)
+            return openai_error(parsed.code, parsed.message, HTTP_STATUS[parsed.code])
+        job, raw = parsed
+        if raw.get("stream"):
+            error = InferbusError(ErrorCode.BAD_REQUEST, "stream: true is not supported yet")
+            return openai_error(error.code, error.message, 400)
+        agent = raw.get("user") or request.headers.get("x-agent-id")
+        response, route = await router.infer(
+            job, agent_id=agent if isinstance(agent, str) else None
+        )
+        status = response.error.code.value if response.error else "ok"
+        metrics.answered("openai", route, status, time.perf_counter() - started)
+        if response.error is not None:
+            message = response.error.message
+            return openai_error(response.error.code, message, HTTP_STATUS[response.error.code])
+        return JSONResponse(openai_completion(response, route, job.model))
+
+    async def models(_: Request) -> Response:
+        owners: dict[str, set[str]] = {}
+        for candidate in router.fleet.candidates():
+            owners.setdefault(candidate.name, set()).add(candidate.node)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": ",".join(sorted(nodes))}
+            for name, nodes in sorted(owners.items())
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def nodes(_: Request) -> Response:
+        now = router.fleet.clock()
+        breakers = router.breakers.snapshot(now)
+        view = [
+            {
+                "node_id": node_id,
+                "age_s": round(node.age_s(now), 3),
+                "stale": node.stale(now),
+                "local": node_id == settings.local_node,
+                "breakers": breakers.get(node_id, {}),
+                "router_inflight": {
+                    kind: count
+                    for (nid, kind), count in router.fleet.inflight.items()
+                    if nid == node_id
+                },
+                "record": node.record.model_dump(mode="json", exclude_none=True),
+            }
+            for node_id, node in sorted(router.fleet.nodes.items())
+        ]
+        return JSONResponse({"nodes": view, "local_node": settings.local_node})
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(_: Request) -> Response:
+        connected = router.nc.is_connected
+        routes = bool(router.fleet.candidates()) or router.local_runtime is not None
+        body = {"nats_connected": connected, "route_possible": routes}
+        return JSONResponse(body, 200 if connected and routes else 503)
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Path("/infer", infer, methods=["POST"]),
+            Path("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Path("/v1/models", models, methods=["GET"]),
+            Path("/nodes", nodes, methods=["GET"]),
+            Path("/health", health, methods=["GET"]),
+            Path("/ready", ready, methods=["GET"]),
+            Path("/metrics", prometheus, methods=["GET"]),
+        ]
+    )

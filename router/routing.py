@@ -1,0 +1,354 @@
+"""One request's way through the router: select → offload → (next node | local | static).
+
+Remote attempts go to the selected node over NATS with what is left of the budget; a
+failure counts against that node's breaker and excludes it for this request; BUSY moves
+on at once; an answer that is final (the request's own fault, or its budget spent) is
+returned as is. After the remote attempts: the router node's own runtime over HTTP (works
+without NATS), then the profile's static config or the hard default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+import httpx
+from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel
+
+from router.breakers import BreakerBoard, breaker_kind, outcome_of
+from router.config import RouterSettings
+from router.fleet import FleetView
+from router.offload import Offloaded, offload
+from router.selection import Selection, select
+from services.errors import ErrorCode, InferbusError
+from services.runtimes import make_runtime
+from services.runtimes.base import ChatCall, Runtime, RuntimeKind
+from services.runtimes.calls import chat_within, clean_text
+from services.subjects import Subjects
+from services.wire import JobRequest, JobResponse, JobType, Result, Timings
+
+log = logging.getLogger("inferbus.router")
+
+Via = Literal["remote", "local", "static"]
+
+# How often a job waiting on a node checks that the node is still alive.
+NODE_CHECK_S = 0.25
+
+# Answers that would be the same anywhere: return them, do not try elsewhere.
+FINAL_CODES = frozenset(
+    {
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.IDEMPOTENCY_MISMATCH,
+        ErrorCode.CONTEXT_EXCEEDED,
+        ErrorCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+class Attempt(BaseModel):
+    via: Via
+    node: str | None
+    model: str | None
+    outcome: str  # "ok" or an error code
+    ms: float
+
+
+class Route(BaseModel):
+    """How a request was served, returned with every answer."""
+
+    via: Via | Literal["none"] = "none"
+    node: str | None = None
+    model: str | None = None
+    profile: str | None = None
+    attempts: list[Attempt] = []
+    fallback_reason: str = ""
+    caps_age_s: float | None = None
+
+
+def job_type_of(job: JobRequest) -> JobType:
+    return job.type or ("vision" if job.has_images() else "llm")
+
+
+class Router:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        nc: NatsClient,
+        fleet: FleetView,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.fleet = fleet
+        self.breakers = BreakerBoard(settings.breakers)
+        self._subjects = Subjects(settings.subject_prefix)
+        self._http = http
+        self._clock = clock
+        self._remote_slots = asyncio.Semaphore(settings.offload.remote_concurrency)
+        local = settings.local_runtime
+        self.local_runtime: Runtime | None = (
+            make_runtime(local.kind, local.url, http, api_key=_env(local.api_key_env))
+            if local is not None
+            else None
+        )
+
+    async def infer(
+        self, job: JobRequest, *, agent_id: str | None = None
+    ) -> tuple[JobResponse, Route]:
+        """Serve one request; always returns one answer, by its deadline."""
+        budget_ms = (
+            job.timeout_ms
+            if job.timeout_ms is not None
+            else self.settings.offload.default_budget_ms
+        )
+        deadline = self._clock() + budget_ms / 1000.0
+        job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
+        route = Route()
+        if budget_ms <= 0:
+            return _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival"), route
+        answer = await self._remote(job, agent_id, deadline, route)
+        if answer is not None:
+            return answer, route
+        answer = await self._local(job, agent_id, deadline, route)
+        if answer is not None:
+            return answer, route
+        answer = await self._static(job, agent_id, deadline, route)
+        if answer is not None:
+            return answer, route
+        if self._left_s(deadline) <= 0:
+            return _fail(
+                job, ErrorCode.DEADLINE_EXCEEDED, "the budget ran out before an answer"
+            ), route
+        last = route.attempts[-1].outcome if route.attempts else None
+        reason = f"nothing could serve it (last attempt: {last})" if last else "nothing serves it"
+        return _fail(job, ErrorCode.NO_ROUTE, f"{job.model or job.type} — {reason}"), route
+
+    async def _remote(
+        self, job: JobRequest, agent_id: str | None, deadline: float, route: Route
+    ) -> JobResponse | None:
+        kind = breaker_kind(job.type or "llm")
+        tried: set[str] = set()
+        for _ in range(self.settings.offload.attempts):
+            now = self._clock()
+            if self._left_s(deadline) <= 0:
+                return None
+            excluded = frozenset(tried | self.breakers.open_nodes(kind, now))
+            selection = select(
+                self.settings.selection,
+                self.fleet.candidates(),
+                agent_id=agent_id,
+                request_model=job.model,
+                exclude_nodes=excluded,
+            )
+            if selection is None or selection.source != "fleet" or selection.node is None:
+                route.fallback_reason = route.fallback_reason or (
+                    selection.fallback_reason if selection else "no node serves it"
+                )
+                return None
+            node = selection.node
+            tried.add(node)
+            if not self.breakers.allows(node, kind, now):
+                continue
+            _describe(route, selection)
+            answer = await self._offload_to(node, selection, job, deadline, route)
+            if answer is not None:
+                return answer
+        return None
+
+    async def _offload_to(
+        self, node: str, selection: Selection, job: JobRequest, deadline: float, route: Route
+    ) -> JobResponse | None:
+        """One remote try; the answer if it ends the request, None to go on."""
+        kind = breaker_kind(job.type or "llm")
+        left_s = self._left_s(deadline)
+        timeout_s = min(left_s, self.settings.offload.attempt_timeout_ms / 1000.0)
+        try:
+            async with asyncio.timeout(left_s):
+                await self._remote_slots.acquire()
+        except TimeoutError:
+            return None
+        try:
+            with self.fleet.job_on(node, selection.type):
+                sent = await self._while_node_lives(
+                    node,
+                    kind,
+                    offload(
+                        self.nc,
+                        self._subjects.job(node, job.type or "llm"),
+                        job.model_copy(update={"model": selection.model}),
+                        timeout_s=timeout_s,
+                        budget_ms=self._left_s(deadline) * 1000.0,
+                    ),
+                    job,
+                )
+        finally:
+            self._remote_slots.release()
+        response = sent.response
+        code = response.error.code if response.error else None
+        self.breakers.record(
+            node,
+            kind,
+            outcome_of(code, no_responders=sent.no_responders, timed_out=sent.timed_out),
+            self._clock(),
+        )
+        route.attempts.append(
+            Attempt(
+                via="remote",
+                node=node,
+                model=selection.model,
+                outcome=code or "ok",
+                ms=sent.elapsed_ms,
+            )
+        )
+        if code is None:
+            route.via, route.node, route.model = "remote", node, selection.model
+            return response
+        if code in FINAL_CODES and not sent.timed_out:
+            route.via, route.node, route.model = "remote", node, selection.model
+            return response
+        return None
+
+    async def _while_node_lives(
+        self, node: str, kind: str, request: Coroutine[Any, Any, Offloaded], job: JobRequest
+    ) -> Offloaded:
+        """Await a remote answer, but give up on a node that died meanwhile.
+
+        A worker killed after taking a job never answers; NATS cannot tell the requester.
+        Its breaker opening (other requests saw no responders) or its heartbeat going
+        stale says so, and the job moves on within `NODE_CHECK_S` instead of waiting out
+        its timeout.
+        """
+        started = time.perf_counter()
+        pending = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=NODE_CHECK_S)
+                if done:
+                    return pending.result()
+                if self._node_lost(node, kind):
+                    message = f"node {node} was lost while the job ran there"
+                    return Offloaded(
+                        JobResponse.failure(
+                            job.job_id, InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message)
+                        ),
+                        _ms(started),
+                        timed_out=True,
+                    )
+        finally:
+            pending.cancel()
+
+    def _node_lost(self, node: str, kind: str) -> bool:
+        now = self._clock()
+        view = self.fleet.nodes.get(node)
+        return view is None or view.stale(now) or node in self.breakers.open_nodes(kind, now)
+
+    async def _local(
+        self, job: JobRequest, agent_id: str | None, deadline: float, route: Route
+    ) -> JobResponse | None:
+        """The router node's own runtime, over HTTP, whatever the bus is doing."""
+        runtime = self.local_runtime
+        if runtime is None or self._left_s(deadline) <= 0:
+            return None
+        selection = select(
+            self.settings.selection,
+            self.fleet.candidates(),
+            agent_id=agent_id,
+            request_model=job.model,
+            force_local=True,
+        )
+        model = selection.model if selection is not None else job.model
+        if model is None:
+            return None
+        reason = (
+            "remote attempts failed; local runtime"
+            if route.attempts
+            else "no remote node; local runtime"
+        )
+        return await self._direct("local", runtime, model, job, deadline, route, reason)
+
+    async def _static(
+        self, job: JobRequest, agent_id: str | None, deadline: float, route: Route
+    ) -> JobResponse | None:
+        """The profile's static config, its fallback profiles, or the hard default."""
+        if self._left_s(deadline) <= 0:
+            return None
+        selection = select(self.settings.selection, [], agent_id=agent_id, request_model=job.model)
+        if selection is None or selection.base_url is None:
+            return None
+        kind: RuntimeKind = "ollama" if selection.provider == "ollama" else "openai"
+        runtime = make_runtime(
+            kind, selection.base_url, self._http, api_key=_env(selection.api_key_env)
+        )
+        route.profile = selection.profile
+        return await self._direct(
+            "static", runtime, selection.model, job, deadline, route, selection.fallback_reason
+        )
+
+    async def _direct(
+        self,
+        via: Via,
+        runtime: Runtime,
+        model: str,
+        job: JobRequest,
+        deadline: float,
+        route: Route,
+        reason: str,
+    ) -> JobResponse | None:
+        started = time.perf_counter()
+        call = ChatCall(model, job.chat_messages(), job.params)
+        try:
+            reply = await chat_within(runtime, call, self._left_s(deadline))
+        except InferbusError as error:
+            route.attempts.append(
+                Attempt(via=via, node=None, model=model, outcome=error.code, ms=_ms(started))
+            )
+            if error.code in FINAL_CODES:
+                route.via, route.model = via, model
+                return JobResponse.failure(job.job_id, error, model=model, runtime=runtime.kind)
+            return None
+        elapsed = _ms(started)
+        route.attempts.append(Attempt(via=via, node=None, model=model, outcome="ok", ms=elapsed))
+        route.via, route.model = via, model
+        route.node = self.settings.local_node if via == "local" else None
+        route.fallback_reason = route.fallback_reason or reason
+        return JobResponse(
+            job_id=job.job_id,
+            status="ok",
+            node_id=route.node,
+            model=model,
+            runtime=runtime.kind,
+            result=Result(
+                text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
+            ),
+            timings=Timings(backend_ms=elapsed, total_ms=elapsed),
+        )
+
+    def _left_s(self, deadline: float) -> float:
+        return deadline - self._clock()
+
+
+def _describe(route: Route, selection: Selection) -> None:
+    route.profile = selection.profile
+    route.caps_age_s = selection.caps_age_s
+    if selection.fallback_reason:
+        route.fallback_reason = selection.fallback_reason
+
+
+def _fail(job: JobRequest, code: ErrorCode, message: str) -> JobResponse:
+    return JobResponse.failure(job.job_id, InferbusError(code, message))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
+def _env(name: str | None) -> str | None:
+    return os.environ.get(name) if name else None
