@@ -20,7 +20,7 @@ setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
 
 run: setup
-	$(VENV)/bin/inferbus up
+	$(VENV)/bin/inferbus up $(ARGS)
 
 test: setup-dev
 	$(PY) -m pytest

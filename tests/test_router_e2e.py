@@ -218,3 +218,38 @@ async def test_killing_a_node_under_load_loses_no_request(
     assert served_after == {survivor}
     breakers = {node["node_id"]: node["breakers"] for node in nodes}
     assert breakers[victim].get("llm") in {"open", "half_open"}
+
+
+async def test_nodes_ready_and_metrics_show_the_fleet_and_the_traffic(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        start_worker(backends=[backend(simulator.url)]),
+        start_router(local_node=node_id) as router,
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        await http.post("/infer", json={"prompt": "hi"})
+        nodes = (await http.get("/nodes")).json()
+        ready = await http.get("/ready")
+        health = await http.get("/health")
+        metrics = (await http.get("/metrics")).text
+    [node] = [n for n in nodes["nodes"] if n["node_id"] == node_id]
+    assert node["local"] is True
+    assert node["stale"] is False
+    assert node["breakers"] == {"llm": "closed"}
+    assert {m["name"] for m in node["record"]["served_models"]} == {"llama3:8b", "llava:7b"}
+    assert ready.status_code == 200
+    assert health.json() == {"status": "ok"}
+    assert 'inferbus_router_requests_total{api="infer",status="ok",via="remote"} 1.0' in metrics
+    assert f'inferbus_router_attempts_total{{node="{node_id}",outcome="ok"}} 1.0' in metrics
+    assert f'inferbus_router_breaker_state{{kind="llm",node="{node_id}"}} 0.0' in metrics
+
+
+async def test_ready_is_503_when_nothing_could_serve(start_router: RouterFactory) -> None:
+    async with (
+        start_router(subject_prefix="nobodyhome") as router,
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        ready = await http.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json() == {"nats_connected": True, "route_possible": False}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -41,7 +42,7 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-async def test_up_serves_the_printed_example_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+async def test_up_serves_the_printed_examples_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     nats_port = free_port()
     up = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -50,6 +51,8 @@ async def test_up_serves_the_printed_example_and_ctrl_c_stops_everything(tmp_pat
         "up",
         "--nats-port",
         str(nats_port),
+        "--http-port",
+        str(free_port()),
         "--node-id",
         "demo",
         "--data-dir",
@@ -66,7 +69,7 @@ async def test_up_serves_the_printed_example_and_ctrl_c_stops_everything(tmp_pat
             printed.append(line)
     example = next(line.strip() for line in printed if line.strip().startswith("inferbus req"))
     children = children_of(up.pid)
-    assert len(children) >= 2  # nats-server and the worker (and the simulator here)
+    assert len(children) >= 3  # nats-server, the worker, the router (and the simulator here)
 
     _, job = example.split(" req ", 1)
     target, text = job.split(" ", 1)
@@ -87,6 +90,16 @@ async def test_up_serves_the_printed_example_and_ctrl_c_stops_everything(tmp_pat
     assert req.returncode == 0, err.decode()
     assert out.strip()
     assert "demo" in err.decode()
+
+    curl = next(line.strip() for line in printed if line.strip().startswith("curl "))
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-c", curl, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    curl_out, _ = await asyncio.wait_for(shell.communicate(), 30)
+    completion = json.loads(curl_out)
+    assert completion["choices"][0]["message"]["content"]
+    assert completion["route"]["via"] == "remote"
+    assert completion["route"]["node"] == "demo"
 
     up.send_signal(signal.SIGINT)
     await asyncio.wait_for(up.wait(), 30)
