@@ -82,7 +82,8 @@ class SelectionConfig(_Frozen):
     selection_policies: dict[str, SelectionPolicy] = {}
     agents: dict[str, AgentConfig] = {}
     default_profile: str | None = None
-    hard_default: HardDefault | None = HardDefault()
+    # Off unless configured: a caller naming a model must not silently get another one.
+    hard_default: HardDefault | None = None
     cloud_providers: frozenset[str] = DEFAULT_CLOUD_PROVIDERS
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from router.config import RouterSettings
 from router.fleet import FleetView
 from router.offload import Offloaded, offload
 from router.selection import Selection, select
+from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatCall, Runtime, RuntimeKind
@@ -104,10 +105,11 @@ class Router:
         self, job: JobRequest, *, agent_id: str | None = None
     ) -> tuple[JobResponse, Route]:
         """Serve one request; always returns one answer, by its deadline."""
-        budget_ms = (
-            job.timeout_ms
-            if job.timeout_ms is not None
-            else self.settings.offload.default_budget_ms
+        budget_ms = remaining_budget_ms(
+            timeout_ms=job.timeout_ms,
+            deadline_unix_ms=job.deadline_unix_ms,
+            default_timeout_ms=self.settings.offload.default_budget_ms,
+            now_unix_ms=time.time() * 1000.0,
         )
         deadline = self._clock() + budget_ms / 1000.0
         job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})

@@ -35,7 +35,6 @@ def start_router(nats_server: NatsServer) -> RouterFactory:
         values: dict[str, Any] = {
             "nats_url": [nats_server.url],
             "http": {"host": "127.0.0.1", "port": 0},
-            "hard_default": None,
         }
         values.update(overrides)
         async with RouterService(RouterSettings(**values)) as service:

@@ -42,7 +42,7 @@ CONFIG = SelectionConfig.model_validate(
         "default_profile": "chat",
     }
 )
-BARE = SelectionConfig()  # no profiles: request models name served models directly
+BARE = SelectionConfig(hard_default=HardDefault())  # no profiles, a hard default
 NO_ROUTE = SelectionConfig(hard_default=None)
 
 
@@ -545,6 +545,7 @@ CYCLE = SelectionConfig.model_validate(
             "b": {"required_type": "cloud_llm", "fallback_profile": "a"},
         },
         "default_profile": "a",
+        "hard_default": {"provider": "ollama", "model": "llama3.2:3b"},
     }
 )
 
@@ -662,7 +663,8 @@ def test_bad_config_fails_naming_the_field(data: dict[str, Any], field: str) -> 
 
 def test_config_defaults_and_frozenness() -> None:
     config = SelectionConfig()
-    assert config.hard_default == HardDefault(provider="ollama", model="llama3.2:3b")
+    assert config.hard_default is None  # opt-in: a named model is never silently swapped
+    assert HardDefault() == HardDefault(provider="ollama", model="llama3.2:3b")
     assert {"openai", "anthropic", "groq", "together"} <= config.cloud_providers
     with pytest.raises(ValidationError):
         config.default_profile = "x"  # type: ignore[misc]
