@@ -90,6 +90,8 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
         if isinstance(decoded, JobResponse):
             assert decoded.error is not None
             return InferbusError(decoded.error.code, decoded.error.message)
+        if "type" not in raw:  # the router decides: images make it a vision job
+            decoded = decoded.model_copy(update={"type": None})
         key = request.headers.get("idempotency-key")
         if key:
             decoded = decoded.model_copy(update={"idempotency_key": key})

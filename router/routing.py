@@ -149,6 +149,7 @@ class Router:
                 agent_id=agent_id,
                 request_model=job.model,
                 exclude_nodes=excluded,
+                job_type=job.type,
             )
             if selection is None or selection.source != "fleet" or selection.node is None:
                 route.fallback_reason = route.fallback_reason or (
@@ -265,6 +266,7 @@ class Router:
             agent_id=agent_id,
             request_model=job.model,
             force_local=True,
+            job_type=job.type,
         )
         model = selection.model if selection is not None else job.model
         if model is None:
@@ -282,7 +284,13 @@ class Router:
         """The profile's static config, its fallback profiles, or the hard default."""
         if self._left_s(deadline) <= 0:
             return None
-        selection = select(self.settings.selection, [], agent_id=agent_id, request_model=job.model)
+        selection = select(
+            self.settings.selection,
+            [],
+            agent_id=agent_id,
+            request_model=job.model,
+            job_type=job.type,
+        )
         if selection is None or selection.base_url is None:
             return None
         kind: RuntimeKind = "ollama" if selection.provider == "ollama" else "openai"

@@ -111,15 +111,20 @@ def requirements(
     *,
     agent_id: str | None,
     request_model: str | None,
+    job_type: str | None = None,
 ) -> Requirements:
     """Requirements from the profile's policy, else its provider, else the names involved.
 
-    The fallback profile is the policy's, else the agent's `fallback_llm`.
+    The fallback profile is the policy's, else the agent's `fallback_llm`. Where names
+    decide the type, the job's own type wins when it says more than "llm" (a job with
+    images is a vision job whatever the names say).
     """
     agent_fallback = _agent(config, agent_id).fallback_llm
+    stated = job_type if job_type not in (None, "llm") else None
     if profile is None:
         named = (request_model,) if request_model else ()
-        return Requirements(None, _type_from_names(*named), named, None, agent_fallback)
+        required = stated or _type_from_names(*named)
+        return Requirements(None, required, named, None, agent_fallback)
     if profile not in config.llm_profiles:
         raise ValueError(f"unknown profile {profile!r}")
     llm = config.llm_profiles[profile]
@@ -135,7 +140,7 @@ def requirements(
         )
     if config.is_cloud(llm):
         return Requirements(profile, "cloud_llm", (), llm.provider, agent_fallback)
-    required_type = _type_from_names(profile, llm.model)
+    required_type = stated or _type_from_names(profile, llm.model)
     return Requirements(profile, required_type, (llm.model,), llm.provider, agent_fallback)
 
 
@@ -147,18 +152,23 @@ def select(
     request_model: str | None = None,
     exclude_nodes: frozenset[str] = frozenset(),
     force_local: bool = False,
+    job_type: str | None = None,
 ) -> Selection | None:
     """Choose a model for one request; `None` means no route (no hard default configured)."""
     pool = _eligible(candidates, exclude_nodes, force_local)
     profile = resolve_profile(config, agent_id=agent_id, request_model=request_model)
     reasons: list[str] = []
     if request_model and profile is not None and not _names(config, profile, request_model):
-        direct = requirements(config, None, agent_id=agent_id, request_model=request_model)
+        direct = requirements(
+            config, None, agent_id=agent_id, request_model=request_model, job_type=job_type
+        )
         picked, why = _from_fleet(direct, pool)
         if picked is not None:
             return _fleet_selection(picked, direct, why)
         reasons.append(f"{_label(direct)}: {why}; using profile {profile!r}")
-    reqs = requirements(config, profile, agent_id=agent_id, request_model=request_model)
+    reqs = requirements(
+        config, profile, agent_id=agent_id, request_model=request_model, job_type=job_type
+    )
     visited: set[str | None] = set()
     while True:
         visited.add(reqs.profile)
@@ -186,7 +196,9 @@ def select(
             reasons.append(f"fallback profile {fallback!r} already tried")
             break
         reasons.append(f"fallback profile {fallback!r}")
-        reqs = requirements(config, fallback, agent_id=agent_id, request_model=None)
+        reqs = requirements(
+            config, fallback, agent_id=agent_id, request_model=None, job_type=job_type
+        )
     hard = config.hard_default
     if hard is None:
         return None

@@ -22,6 +22,7 @@ from services.nats_server import NatsServer
 from services.simulator import Fault, SimModel, Simulator
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import llm, until
+from tests.test_worker_jobs import TINY_PNG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -252,3 +253,19 @@ async def test_ready_is_503_when_nothing_could_serve(start_router: RouterFactory
         ready = await http.get("/ready")
     assert ready.status_code == 503
     assert ready.json() == {"nats_connected": True, "route_possible": False}
+
+
+async def test_an_openai_image_message_is_routed_as_a_vision_job(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{TINY_PNG}"}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]}
+    async with (
+        start_worker(backends=[backend(simulator.url)]),
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        answer = await http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == "llava:7b"
+    assert simulator.calls["llava:7b"] == 1

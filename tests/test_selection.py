@@ -670,3 +670,10 @@ def test_config_defaults_and_frozenness() -> None:
         config.default_profile = "x"  # type: ignore[misc]
     with pytest.raises(ValidationError):
         LlmProfile(model="x").model = "y"  # type: ignore[misc]
+
+
+def test_a_job_with_images_asks_for_a_vision_model_whatever_the_names_say() -> None:
+    candidates = [cand("llama3:8b", "n1"), cand("llava:7b", "n1", type="vision")]
+    got = select(BARE, candidates, job_type="vision")
+    assert got is not None
+    assert (got.model, got.type) == ("llava:7b", "vision")
