@@ -34,8 +34,10 @@ format: setup-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# LITELLM_BIN=/path/to/litellm adds LiteLLM's proxy to the router bench (never a dependency).
 bench: setup-dev
 	$(PY) ops/bench/worker_bench.py
+	$(PY) ops/bench/router_bench.py
 
 clean:
 	rm -rf $(VENV) .inferbus .pytest_cache .mypy_cache .ruff_cache
