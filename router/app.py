@@ -20,7 +20,7 @@ from starlette.routing import Route as Path
 from router.metrics import RouterMetrics
 from router.routing import Route, Router
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
-from services.wire import JobRequest, JobResponse, decode_request
+from services.wire import JobRequest, JobResponse, request_from_fields
 
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -86,15 +86,12 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
             return InferbusError(ErrorCode.BAD_REQUEST, "the body is not JSON")
         if not isinstance(raw, dict):
             return InferbusError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
-        decoded = decode_request(body, default_type="llm")
-        if isinstance(decoded, JobResponse):
-            assert decoded.error is not None
-            return InferbusError(decoded.error.code, decoded.error.message)
-        if "type" not in raw:  # the router decides: images make it a vision job
-            decoded = decoded.model_copy(update={"type": None})
         key = request.headers.get("idempotency-key")
         if key:
-            decoded = decoded.model_copy(update={"idempotency_key": key})
+            raw["idempotency_key"] = key
+        decoded = request_from_fields(raw)  # no `type`: the router decides (images → vision)
+        if isinstance(decoded, InferbusError):
+            return decoded
         return decoded, raw
 
     async def infer(request: Request) -> Response:

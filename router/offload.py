@@ -25,11 +25,17 @@ class Offloaded:
 
 
 async def offload(
-    nc: NatsClient, subject: str, job: JobRequest, *, timeout_s: float, budget_ms: float
+    nc: NatsClient,
+    subject: str,
+    job: JobRequest,
+    *,
+    model: str,
+    timeout_s: float,
+    budget_ms: float,
 ) -> Offloaded:
-    """Send `job` with `budget_ms` left as its `timeout_ms`; wait at most `timeout_s`."""
+    """Send `job` for `model`, `budget_ms` left as its `timeout_ms`; wait at most `timeout_s`."""
     started = time.perf_counter()
-    payload = encode(job.model_copy(update={"timeout_ms": max(1, int(budget_ms))}))
+    payload = encode(job.model_copy(update={"model": model, "timeout_ms": max(1, int(budget_ms))}))
     try:
         msg = await nc.request(subject, payload, timeout=timeout_s)
     except nats.errors.NoRespondersError:

@@ -186,7 +186,8 @@ class Router:
                     offload(
                         self.nc,
                         self._subjects.job(node, job.type or "llm"),
-                        job.model_copy(update={"model": selection.model}),
+                        job,
+                        model=selection.model,
                         timeout_s=timeout_s,
                         budget_ms=self._left_s(deadline) * 1000.0,
                     ),

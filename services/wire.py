@@ -213,6 +213,14 @@ def decode_request(data: bytes, *, default_type: JobType) -> JobRequest | JobRes
     return request
 
 
+def request_from_fields(fields: dict[str, Any]) -> JobRequest | InferbusError:
+    """A job from already-parsed JSON (an HTTP body); its type stays as the caller sent it."""
+    try:
+        return JobRequest.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        return InferbusError(ErrorCode.BAD_REQUEST, _describe(exc))
+
+
 def decode_response(data: bytes) -> JobResponse:
     """Parse a reply; a reply that is not a JobResponse is reported as INTERNAL."""
     try:
