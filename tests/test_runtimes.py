@@ -808,8 +808,8 @@ async def test_api_key_goes_as_bearer_and_never_into_errors(sim: Simulator) -> N
     async def record(request: httpx.Request) -> None:
         seen.append(request.headers.get("authorization"))
 
-    async with new_http_client() as client:
-        client.event_hooks["request"].append(record)
+    # A plain httpx client: ours skips event hooks (see RuntimeClient).
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as client:
         for kind in PROTOCOLS:
             runtime = make_runtime(kind, sim.url, client, api_key=API_KEY)
             await runtime.chat(ask("hi"), timeout_s=5)
