@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from node_worker.admission import Admission, slot_kind
@@ -21,7 +21,7 @@ from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import ChatCall, Runtime
-from services.runtimes.calls import chat_within, clean_text
+from services.runtimes.calls import chat_within, clean_text, stream_within
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -33,6 +33,8 @@ from services.wire import (
 )
 
 log = logging.getLogger("inferbus.worker.jobs")
+
+DeltaSink = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -165,14 +167,18 @@ class JobPipeline:
         self._idempotency.begin(request.key, fingerprint)
         return Admitted(request, job_type, served, received_s, deadline_s)
 
-    async def run(self, job: Admitted) -> JobResponse:
+    async def run(self, job: Admitted, on_delta: DeltaSink | None = None) -> JobResponse:
         """Run an admitted job within its deadline. Never raises but for cancellation, and
-        always releases its slot and the duplicates waiting on it."""
+        always releases its slot and the duplicates waiting on it.
+
+        A `stream: true` job hands each piece of text to `on_delta` as the runtime produces
+        it; the answer then carries the whole text too (and is what duplicates replay).
+        """
         started_s = self._monotonic()
         job_id = job.request.job_id
         response = stopped(job_id, self._node_id)  # what waiters get if we are cancelled
         try:
-            response = await self._call_runtime(job, started_s)
+            response = await self._call_runtime(job, started_s, on_delta)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
@@ -185,7 +191,9 @@ class JobPipeline:
             )
         return response
 
-    async def _call_runtime(self, job: Admitted, started_s: float) -> JobResponse:
+    async def _call_runtime(
+        self, job: Admitted, started_s: float, on_delta: DeltaSink | None
+    ) -> JobResponse:
         served, request = job.served, job.request
         call = ChatCall(served.name, request.chat_messages(), request.params)
         remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
@@ -197,7 +205,10 @@ class JobPipeline:
             "done": done,
         }
         try:
-            reply = await chat_within(served.runtime, call, remaining_s)
+            if request.stream and on_delta is not None:
+                reply = await stream_within(served.runtime, call, remaining_s, on_delta)
+            else:
+                reply = await chat_within(served.runtime, call, remaining_s)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -42,7 +42,7 @@ from services.metrics_http import MetricsServer
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import JobResponse, JobType, encode, new_job_id
+from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
 
@@ -94,6 +94,8 @@ class Worker(AsyncService):
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._running: dict[str, asyncio.Task[Any]] = {}  # job id -> task, for cancellation
+        self._cancelled: set[str] = set()
         self._announcer: Announcer | None = None
         self.service = ServiceApi(
             name=SERVICE_NAME,
@@ -131,6 +133,9 @@ class Worker(AsyncService):
                     subject, queue=WORKER_QUEUE_GROUP, cb=self._handler_for(job_type)
                 )
             )
+        self._subscriptions.append(
+            await self.nc.subscribe(self.subjects.cancel(self.node_id), cb=self._on_cancel)
+        )
         await flush_interest(self.nc)
         self._announcer = Announcer(
             self.nc,
@@ -242,14 +247,42 @@ class Worker(AsyncService):
     async def _run_and_reply(
         self, reply_to: str, job: Admitted, endpoint: str, received_s: float
     ) -> None:
+        job_id = job.request.job_id
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[job_id] = task
         try:
-            response = await self.pipeline.run(job)
+            response = await self.pipeline.run(job, self._chunk_sender(reply_to, job_id))
         except asyncio.CancelledError:
-            await self._reply(
-                reply_to, stopped(job.request.job_id, self.node_id), endpoint, received_s
-            )
-            raise
+            if job_id not in self._cancelled:
+                await self._reply(reply_to, stopped(job_id, self.node_id), endpoint, received_s)
+                raise
+            error = InferbusError(ErrorCode.CANCELLED, "the caller cancelled the job")
+            response = JobResponse.failure(job_id, error, node_id=self.node_id, done=True)
+        finally:
+            self._running.pop(job_id, None)
+            self._cancelled.discard(job_id)
         await self._reply(reply_to, response, endpoint, received_s)
+
+    def _chunk_sender(self, reply_to: str, job_id: str) -> Callable[[str], Awaitable[None]]:
+        """Publish each piece of a streamed answer to the caller's inbox, numbered."""
+        seq = 0
+
+        async def send(delta: str) -> None:
+            nonlocal seq
+            seq += 1
+            await self.nc.publish(reply_to, encode(Chunk(job_id=job_id, seq=seq, delta=delta)))
+
+        return send
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""
+        job_id = cancel_target(msg.data)
+        task = self._running.get(job_id) if job_id else None
+        if job_id and task is not None and not task.done():
+            self._cancelled.add(job_id)
+            task.cancel()
+            log.info("job cancelled by its caller", extra={"job_id": job_id})
 
     async def _join_and_reply(
         self, reply_to: str, job: Joined, endpoint: str, received_s: float

@@ -65,6 +65,7 @@ _OUTCOME_OF_CODE: dict[ErrorCode, Outcome] = {
     ErrorCode.MODEL_NOT_FOUND: "neutral",
     ErrorCode.DEADLINE_EXCEEDED: "neutral",  # the caller's budget, not the node's health
     ErrorCode.NO_ROUTE: "neutral",  # the router's own verdict, never a node's
+    ErrorCode.CANCELLED: "neutral",  # the caller went away
 }
 
 

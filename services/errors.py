@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "BACKEND_ERROR"
     NO_ROUTE = "NO_ROUTE"
     INTERNAL = "INTERNAL"
+    # Not in DESIGN §3's table: the caller cancelled the job (a client that went away).
+    CANCELLED = "CANCELLED"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -39,6 +41,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BACKEND_ERROR: 502,
     ErrorCode.NO_ROUTE: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.CANCELLED: 499,  # nginx's "client closed request"
 }
 
 # A caller may try the same job again (elsewhere, or later) after these.

@@ -39,6 +39,10 @@ class Subjects:
         kind = "vision" if job_type == "vision" else "llm"
         return self._p(f"node.{node_id}.{kind}.request")
 
+    def cancel(self, node_id: str) -> str:
+        """Where a caller says it no longer wants a job: `{"job_id": ...}`."""
+        return self._p(f"node.{node_id}.cancel")
+
     def caps(self, node_id: str) -> str:
         return self._p(f"node.{node_id}.caps")
 

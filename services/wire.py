@@ -221,6 +221,18 @@ def request_from_fields(fields: dict[str, Any]) -> JobRequest | InferbusError:
         return InferbusError(ErrorCode.BAD_REQUEST, _describe(exc))
 
 
+class _Cancel(_Lenient):
+    job_id: Annotated[str, _ID]
+
+
+def cancel_target(data: bytes) -> str | None:
+    """The job id of a cancel message `{"job_id": ...}`, None when it names none."""
+    try:
+        return _Cancel.model_validate_json(data).job_id
+    except pydantic.ValidationError:
+        return None
+
+
 def decode_response(data: bytes) -> JobResponse:
     """Parse a reply; a reply that is not a JobResponse is reported as INTERNAL."""
     try:

@@ -9,7 +9,8 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
-from services.wire import JobResponse, decode_response
+from services.streaming import StreamLimits, request_stream
+from services.wire import Chunk, JobRequest, JobResponse, decode_response
 
 
 async def ask(
@@ -35,3 +36,18 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
             if condition():
                 return
             await asyncio.sleep(0.01)
+
+
+async def stream(
+    nc: NatsClient, subject: str, job: dict[str, Any], *, first_s: float = 10, idle_s: float = 10
+) -> tuple[list[Chunk], JobResponse]:
+    """Send a streamed job by hand; its chunks in order and its final answer."""
+    deadline = asyncio.get_running_loop().time() + 30
+    chunks: list[Chunk] = []
+    async for event, _ in request_stream(
+        nc, subject, JobRequest.model_validate(job), StreamLimits(first_s, idle_s, deadline)
+    ):
+        if isinstance(event, JobResponse):
+            return chunks, event
+        chunks.append(event)
+    raise AssertionError("the stream ended without a final answer")
