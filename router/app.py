@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,6 +20,7 @@ from starlette.routing import Route as Path
 
 from router.metrics import RouterMetrics
 from router.routing import Route, Router
+from router.streams import NdjsonLines, OpenAIChunks, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, request_from_fields
 
@@ -69,6 +71,21 @@ def openai_error(code: ErrorCode, message: str, status: int) -> JSONResponse:
     )
 
 
+def native_error(response: JobResponse, route: Route) -> JSONResponse:
+    body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
+    return JSONResponse(body, status_of(response))
+
+
+def openai_error_of(response: JobResponse) -> JSONResponse:
+    assert response.error is not None
+    error = response.error
+    return openai_error(error.code, error.message, HTTP_STATUS[error.code])
+
+
+def _agent(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
     settings = router.settings
 
@@ -100,17 +117,19 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
         if isinstance(parsed, InferbusError):
             failed = JobResponse.failure("", parsed)
             metrics.answered("infer", Route(), parsed.code.value, time.perf_counter() - started)
-            return JSONResponse(
-                failed.model_dump(mode="json", exclude_none=True), status_of(failed)
-            )
+            return native_error(failed, Route())
         job, raw = parsed
-        agent = raw.get("agent_id")
-        response, route = await router.infer(
-            job, agent_id=agent if isinstance(agent, str) else None
-        )
+        agent_id = _agent(raw.get("agent_id"))
+        if job.stream:
+            return await stream_response(
+                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
+                NdjsonLines(job.job_id),
+                on_error_before_first_token=native_error,
+                on_finished=finished("infer", started),
+            )
+        response, route = await router.infer(job, agent_id=agent_id)
+        finished("infer", started)(response, route)
         body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
-        status = response.error.code.value if response.error else "ok"
-        metrics.answered("infer", route, status, time.perf_counter() - started)
         return JSONResponse(body, status_of(response))
 
     async def chat_completions(request: Request) -> Response:
@@ -120,19 +139,28 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
             metrics.answered("openai", Route(), parsed.code.value, time.perf_counter() - started)
             return openai_error(parsed.code, parsed.message, HTTP_STATUS[parsed.code])
         job, raw = parsed
-        if raw.get("stream"):
-            error = InferbusError(ErrorCode.BAD_REQUEST, "stream: true is not supported yet")
-            return openai_error(error.code, error.message, 400)
-        agent = raw.get("user") or request.headers.get("x-agent-id")
-        response, route = await router.infer(
-            job, agent_id=agent if isinstance(agent, str) else None
-        )
-        status = response.error.code.value if response.error else "ok"
-        metrics.answered("openai", route, status, time.perf_counter() - started)
+        agent_id = _agent(raw.get("user") or request.headers.get("x-agent-id"))
+        if job.stream:
+            options = raw.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            return await stream_response(
+                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
+                OpenAIChunks(job.job_id, job.model, include_usage),
+                on_error_before_first_token=lambda answer, _route: openai_error_of(answer),
+                on_finished=finished("openai", started),
+            )
+        response, route = await router.infer(job, agent_id=agent_id)
+        finished("openai", started)(response, route)
         if response.error is not None:
-            message = response.error.message
-            return openai_error(response.error.code, message, HTTP_STATUS[response.error.code])
+            return openai_error_of(response)
         return JSONResponse(openai_completion(response, route, job.model))
+
+    def finished(api: str, started: float) -> Callable[[JobResponse, Route], None]:
+        def count(response: JobResponse, route: Route) -> None:
+            status = response.error.code.value if response.error else "ok"
+            metrics.answered(api, route, status, time.perf_counter() - started)
+
+        return count
 
     async def models(_: Request) -> Response:
         owners: dict[str, set[str]] = {}

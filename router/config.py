@@ -52,6 +52,10 @@ class OffloadSettings(_Section):
     attempt_timeout_ms: Annotated[int, Field(gt=0)] = 120_000  # cap per remote try
     remote_concurrency: Annotated[int, Field(ge=1)] = 512
     default_budget_ms: Annotated[int, Field(gt=0)] = 120_000  # when a request sends none
+    # Streams: a node that sends no first token in time is left for the next one (before
+    # the first token only: after it, switching nodes would repeat text).
+    first_token_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
+    idle_timeout_ms: Annotated[int, Field(gt=0)] = 30_000  # between two tokens
 
 
 class RouterSettings(FileSettings):

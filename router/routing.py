@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal
 
 import httpx
@@ -23,17 +23,20 @@ from pydantic import BaseModel
 from router.breakers import BreakerBoard, breaker_kind, outcome_of
 from router.config import RouterSettings
 from router.fleet import FleetView
-from router.offload import Offloaded, offload
+from router.offload import Offloaded, offload, stream_offload
 from router.selection import Selection, select
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatCall, Runtime, RuntimeKind
-from services.runtimes.calls import chat_within, clean_text
+from services.runtimes.calls import chat_within, clean_text, stream_within
+from services.streaming import StreamLimits
 from services.subjects import Subjects
 from services.wire import JobRequest, JobResponse, JobType, Result, Timings
 
 log = logging.getLogger("inferbus.router")
+
+DeltaSink = Callable[[str], Awaitable[None]]
 
 Via = Literal["remote", "local", "static"]
 
@@ -102,9 +105,15 @@ class Router:
         )
 
     async def infer(
-        self, job: JobRequest, *, agent_id: str | None = None
+        self, job: JobRequest, *, agent_id: str | None = None, on_delta: DeltaSink | None = None
     ) -> tuple[JobResponse, Route]:
-        """Serve one request; always returns one answer, by its deadline."""
+        """Serve one request; always returns one answer, by its deadline.
+
+        With `on_delta`, the answer is streamed: each piece of text goes to `on_delta` as
+        the node produces it, and the returned answer ends the stream. Until the first
+        piece, a failing node is left for the next one; after it, the stream ends with
+        the error instead (switching would repeat text).
+        """
         budget_ms = remaining_budget_ms(
             timeout_ms=job.timeout_ms,
             deadline_unix_ms=job.deadline_unix_ms,
@@ -116,13 +125,13 @@ class Router:
         route = Route()
         if budget_ms <= 0:
             return _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival"), route
-        answer = await self._remote(job, agent_id, deadline, route)
+        answer = await self._remote(job, agent_id, deadline, route, on_delta)
         if answer is not None:
             return answer, route
-        answer = await self._local(job, agent_id, deadline, route)
+        answer = await self._local(job, agent_id, deadline, route, on_delta)
         if answer is not None:
             return answer, route
-        answer = await self._static(job, agent_id, deadline, route)
+        answer = await self._static(job, agent_id, deadline, route, on_delta)
         if answer is not None:
             return answer, route
         if self._left_s(deadline) <= 0:
@@ -134,7 +143,12 @@ class Router:
         return _fail(job, ErrorCode.NO_ROUTE, f"{job.model or job.type} — {reason}"), route
 
     async def _remote(
-        self, job: JobRequest, agent_id: str | None, deadline: float, route: Route
+        self,
+        job: JobRequest,
+        agent_id: str | None,
+        deadline: float,
+        route: Route,
+        on_delta: DeltaSink | None,
     ) -> JobResponse | None:
         kind = breaker_kind(job.type or "llm")
         tried: set[str] = set()
@@ -161,13 +175,19 @@ class Router:
             if not self.breakers.allows(node, kind, now):
                 continue
             _describe(route, selection)
-            answer = await self._offload_to(node, selection, job, deadline, route)
+            answer = await self._offload_to(node, selection, job, deadline, route, on_delta)
             if answer is not None:
                 return answer
         return None
 
     async def _offload_to(
-        self, node: str, selection: Selection, job: JobRequest, deadline: float, route: Route
+        self,
+        node: str,
+        selection: Selection,
+        job: JobRequest,
+        deadline: float,
+        route: Route,
+        on_delta: DeltaSink | None,
     ) -> JobResponse | None:
         """One remote try; the answer if it ends the request, None to go on."""
         kind = breaker_kind(job.type or "llm")
@@ -180,19 +200,34 @@ class Router:
             return None
         try:
             with self.fleet.job_on(node, selection.type):
-                sent = await self._while_node_lives(
-                    node,
-                    kind,
-                    offload(
+                subject = self._subjects.job(node, job.type or "llm")
+                budget_ms = self._left_s(deadline) * 1000.0
+                delivered = 0
+                if on_delta is None:
+                    sent = await self._while_node_lives(
+                        node,
+                        kind,
+                        offload(
+                            self.nc,
+                            subject,
+                            job,
+                            model=selection.model,
+                            timeout_s=timeout_s,
+                            budget_ms=budget_ms,
+                        ),
+                        job,
+                    )
+                else:
+                    sent, delivered = await stream_offload(
                         self.nc,
-                        self._subjects.job(node, job.type or "llm"),
+                        subject,
+                        self._subjects.cancel(node),
                         job,
                         model=selection.model,
-                        timeout_s=timeout_s,
-                        budget_ms=self._left_s(deadline) * 1000.0,
-                    ),
-                    job,
-                )
+                        budget_ms=budget_ms,
+                        limits=self._stream_limits(deadline),
+                        on_delta=on_delta,
+                    )
         finally:
             self._remote_slots.release()
         response = sent.response
@@ -212,7 +247,7 @@ class Router:
                 ms=sent.elapsed_ms,
             )
         )
-        if code is None:
+        if code is None or delivered > 0:
             route.via, route.node, route.model = "remote", node, selection.model
             return response
         if code in FINAL_CODES and not sent.timed_out:
@@ -249,13 +284,27 @@ class Router:
         finally:
             pending.cancel()
 
+    def _stream_limits(self, deadline: float) -> StreamLimits:
+        left_s = self._left_s(deadline)
+        offload = self.settings.offload
+        return StreamLimits(
+            first_token_s=min(left_s, offload.first_token_timeout_ms / 1000.0),
+            idle_s=offload.idle_timeout_ms / 1000.0,
+            deadline_s=asyncio.get_running_loop().time() + left_s,
+        )
+
     def _node_lost(self, node: str, kind: str) -> bool:
         now = self._clock()
         view = self.fleet.nodes.get(node)
         return view is None or view.stale(now) or node in self.breakers.open_nodes(kind, now)
 
     async def _local(
-        self, job: JobRequest, agent_id: str | None, deadline: float, route: Route
+        self,
+        job: JobRequest,
+        agent_id: str | None,
+        deadline: float,
+        route: Route,
+        on_delta: DeltaSink | None,
     ) -> JobResponse | None:
         """The router node's own runtime, over HTTP, whatever the bus is doing."""
         runtime = self.local_runtime
@@ -277,10 +326,15 @@ class Router:
             if route.attempts
             else "no remote node; local runtime"
         )
-        return await self._direct("local", runtime, model, job, deadline, route, reason)
+        return await self._direct("local", runtime, model, job, deadline, route, reason, on_delta)
 
     async def _static(
-        self, job: JobRequest, agent_id: str | None, deadline: float, route: Route
+        self,
+        job: JobRequest,
+        agent_id: str | None,
+        deadline: float,
+        route: Route,
+        on_delta: DeltaSink | None,
     ) -> JobResponse | None:
         """The profile's static config, its fallback profiles, or the hard default."""
         if self._left_s(deadline) <= 0:
@@ -300,7 +354,14 @@ class Router:
         )
         route.profile = selection.profile
         return await self._direct(
-            "static", runtime, selection.model, job, deadline, route, selection.fallback_reason
+            "static",
+            runtime,
+            selection.model,
+            job,
+            deadline,
+            route,
+            selection.fallback_reason,
+            on_delta,
         )
 
     async def _direct(
@@ -312,18 +373,32 @@ class Router:
         deadline: float,
         route: Route,
         reason: str,
+        on_delta: DeltaSink | None,
     ) -> JobResponse | None:
         started = time.perf_counter()
         call = ChatCall(model, job.chat_messages(), job.params)
+        delivered = 0
+
+        async def counted(delta: str) -> None:
+            nonlocal delivered
+            delivered += 1
+            assert on_delta is not None
+            await on_delta(delta)
+
         try:
-            reply = await chat_within(runtime, call, self._left_s(deadline))
+            if on_delta is None:
+                reply = await chat_within(runtime, call, self._left_s(deadline))
+            else:
+                reply = await stream_within(runtime, call, self._left_s(deadline), counted)
         except InferbusError as error:
             route.attempts.append(
                 Attempt(via=via, node=None, model=model, outcome=error.code, ms=_ms(started))
             )
-            if error.code in FINAL_CODES:
+            if error.code in FINAL_CODES or delivered > 0:
                 route.via, route.model = via, model
-                return JobResponse.failure(job.job_id, error, model=model, runtime=runtime.kind)
+                return JobResponse.failure(
+                    job.job_id, error, model=model, runtime=runtime.kind, done=_done(on_delta)
+                )
             return None
         elapsed = _ms(started)
         route.attempts.append(Attempt(via=via, node=None, model=model, outcome="ok", ms=elapsed))
@@ -340,6 +415,7 @@ class Router:
                 text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
             ),
             timings=Timings(backend_ms=elapsed, total_ms=elapsed),
+            done=_done(on_delta),
         )
 
     def _left_s(self, deadline: float) -> float:
@@ -351,6 +427,11 @@ def _describe(route: Route, selection: Selection) -> None:
     route.caps_age_s = selection.caps_age_s
     if selection.fallback_reason:
         route.fallback_reason = selection.fallback_reason
+
+
+def _done(on_delta: DeltaSink | None) -> bool | None:
+    """Streamed answers end with `done: true`, as a worker's do."""
+    return True if on_delta is not None else None
 
 
 def _fail(job: JobRequest, code: ErrorCode, message: str) -> JobResponse:

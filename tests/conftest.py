@@ -14,6 +14,8 @@ from nats.aio.client import Client as NatsClient
 
 from node_worker.config import WorkerSettings
 from node_worker.worker import Worker
+from router.config import RouterSettings
+from router.service import RouterService
 from services.nats_server import NatsServer
 from services.simulator import SimModel, Simulator
 from tests.llamacpp import llama_server
@@ -67,3 +69,21 @@ def start_worker(nats_server: NatsServer, node_id: str) -> WorkerFactory:
 
 def backend(url: str, kind: str = "ollama", **extra: Any) -> dict[str, Any]:
     return {"kind": kind, "url": url, **extra}
+
+
+RouterFactory = Callable[..., AbstractAsyncContextManager[RouterService]]
+
+
+@pytest.fixture
+def start_router(nats_server: NatsServer) -> RouterFactory:
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RouterService]:
+        values: dict[str, Any] = {
+            "nats_url": [nats_server.url],
+            "http": {"host": "127.0.0.1", "port": 0},
+        }
+        values.update(overrides)
+        async with RouterService(RouterSettings(**values)) as service:
+            yield service
+
+    return start

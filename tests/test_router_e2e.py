@@ -6,42 +6,20 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
-from router.config import RouterSettings
-from router.service import RouterService
 from services.bus import wait_for_worker
 from services.nats_server import NatsServer
 from services.simulator import Fault, SimModel, Simulator
-from tests.conftest import WorkerFactory, backend
+from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import llm, until
 from tests.test_worker_jobs import TINY_PNG
 
 ROOT = Path(__file__).resolve().parent.parent
-
-RouterFactory = Callable[..., AbstractAsyncContextManager[RouterService]]
-
-
-@pytest.fixture
-def start_router(nats_server: NatsServer) -> RouterFactory:
-    @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[RouterService]:
-        values: dict[str, Any] = {
-            "nats_url": [nats_server.url],
-            "http": {"host": "127.0.0.1", "port": 0},
-        }
-        values.update(overrides)
-        async with RouterService(RouterSettings(**values)) as service:
-            yield service
-
-    return start
 
 
 def chat(content: str, **extra: Any) -> dict[str, Any]:

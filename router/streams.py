@@ -1,0 +1,180 @@
+"""Streaming answers over HTTP: OpenAI's SSE chunks and native NDJSON.
+
+The router's `infer` hands each delta to a queue the moment it arrives; the response
+relays the queue without buffering. The HTTP status is decided by the first event: an
+error before any token is a plain JSON error (the caller never sees a broken stream),
+after the first token the stream ends with an error event. A client that goes away
+cancels `infer`, which cancels the job on the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from starlette.responses import Response, StreamingResponse
+
+from router.routing import Route
+from services.wire import JobResponse
+
+Infer = Callable[[Callable[[str], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]]
+
+
+class StreamFormat(Protocol):
+    media_type: str
+
+    def delta(self, text: str) -> bytes: ...
+
+    def final(self, response: JobResponse, route: Route) -> bytes: ...
+
+
+class OpenAIChunks:
+    """`data: {chat.completion.chunk}` lines, a finish chunk, usage if asked, `[DONE]`."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
+        self._id = f"chatcmpl-{job_id}"
+        self._model = model or ""
+        self._created = int(time.time())
+        self._include_usage = include_usage
+        self._first = True
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    def delta(self, text: str) -> bytes:
+        delta: dict[str, str] = {"content": text}
+        if self._first:
+            delta = {"role": "assistant", **delta}
+            self._first = False
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def final(self, response: JobResponse, route: Route) -> bytes:
+        if response.model:
+            self._model = response.model
+        if response.error is not None:
+            error = {
+                "message": response.error.message,
+                "type": "api_error",
+                "code": response.error.code.value,
+            }
+            return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        result = response.result
+        finish = (result.finish_reason if result else None) or "stop"
+        out = self._chunk(
+            [{"index": 0, "delta": {}, "finish_reason": finish}], route=route.model_dump()
+        )
+        if self._include_usage and result is not None:
+            usage = result.usage
+            out += self._chunk(
+                [],
+                usage={
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                },
+            )
+        return out + b"data: [DONE]\n\n"
+
+
+class NdjsonLines:
+    """One `{"job_id", "seq", "delta"}` line per delta, then the final answer with `route`."""
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, job_id: str) -> None:
+        self._job_id = job_id
+        self._seq = 0
+
+    def delta(self, text: str) -> bytes:
+        self._seq += 1
+        line = {"job_id": self._job_id, "seq": self._seq, "delta": text}
+        return json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+    def final(self, response: JobResponse, route: Route) -> bytes:
+        body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+async def stream_response(
+    infer: Infer,
+    form: StreamFormat,
+    on_error_before_first_token: Callable[[JobResponse, Route], Response],
+    on_finished: Callable[[JobResponse, Route], None],
+) -> Response:
+    """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
+    deltas: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.create_task(infer(_put(deltas)))
+    first = await _next_delta(deltas, task)
+    if first is None:
+        response, route = task.result()
+        on_finished(response, route)
+        if response.error is not None:
+            return on_error_before_first_token(response, route)
+        return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
+    return StreamingResponse(
+        _relay(first, deltas, task, form, on_finished), media_type=form.media_type
+    )
+
+
+def _put(queue: asyncio.Queue[str]) -> Callable[[str], Awaitable[None]]:
+    async def put(delta: str) -> None:
+        queue.put_nowait(delta)
+
+    return put
+
+
+async def _next_delta(
+    queue: asyncio.Queue[str], task: asyncio.Task[tuple[JobResponse, Route]]
+) -> str | None:
+    """The next delta, or None once `infer` has finished and every delta was taken."""
+    if not queue.empty():
+        return queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        getter.cancel()
+        raise
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    return queue.get_nowait() if not queue.empty() else None
+
+
+async def _relay(
+    first: str,
+    queue: asyncio.Queue[str],
+    task: asyncio.Task[tuple[JobResponse, Route]],
+    form: StreamFormat,
+    on_finished: Callable[[JobResponse, Route], None],
+) -> AsyncIterator[bytes]:
+    try:
+        yield form.delta(first)
+        while (delta := await _next_delta(queue, task)) is not None:
+            yield form.delta(delta)
+        response, route = task.result()
+        on_finished(response, route)
+        yield form.final(response, route)
+    finally:
+        if not task.done():  # the client went away: stop the job on the node
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
