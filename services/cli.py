@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--prefix", default="", help="subject prefix of the fleet")
     req.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     req.add_argument("--raw", action="store_true", help="print the JSON reply")
+    req.add_argument("--stream", action="store_true", help="print tokens as they come")
 
     from services.nodes import prefix_arg, seconds_arg
 
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             payload=job_payload(args.job),
             timeout_s=args.timeout,
             raw=args.raw,
+            stream=args.stream,
         )
     )
 

@@ -6,14 +6,25 @@ Lenient: a bare node id means its llm subject, and text that is not JSON becomes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
 import nats
+from nats.aio.client import Client as NatsClient
 
 from services.bus import BusUnreachable, connect_once
+from services.errors import InferbusError
+from services.streaming import StreamLimits, request_stream
 from services.subjects import NODE_ID_PATTERN, Subjects
-from services.wire import JobType, decode_response
+from services.wire import (
+    Chunk,
+    JobResponse,
+    JobType,
+    decode_response,
+    encode,
+    request_from_fields,
+)
 
 
 def job_subject(target: str, job_type: JobType, subjects: Subjects) -> str:
@@ -32,12 +43,25 @@ def job_payload(text: str) -> bytes:
     return json.dumps({"prompt": text}).encode()
 
 
-async def send(*, nats_url: str, subject: str, payload: bytes, timeout_s: float, raw: bool) -> int:
+async def send(
+    *,
+    nats_url: str,
+    subject: str,
+    payload: bytes,
+    timeout_s: float,
+    raw: bool,
+    stream: bool = False,
+) -> int:
     try:
         nc = await connect_once(nats_url)
     except BusUnreachable as error:
         print(error, file=sys.stderr)
         return 2
+    if stream:
+        try:
+            return await _print_stream(nc, subject, payload, timeout_s)
+        finally:
+            await nc.close()
     try:
         try:
             msg = await nc.request(subject, payload, timeout=timeout_s)
@@ -50,10 +74,15 @@ async def send(*, nats_url: str, subject: str, payload: bytes, timeout_s: float,
     finally:
         await nc.close()
     response = decode_response(msg.data)
+    return _report(response, raw=raw, msg_data=msg.data)
+
+
+def _report(response: JobResponse, *, raw: bool, msg_data: bytes | None = None) -> int:
     if raw or response.result is None:
-        print(msg.data.decode(errors="replace"))
+        print(msg_data.decode(errors="replace") if msg_data else encode(response).decode())
     else:
         print(response.result.text)
+    if response.result is not None:
         print(
             f"-- {response.node_id} {response.runtime}/{response.model} "
             f"{response.timings.total_ms:.0f} ms"
@@ -61,3 +90,26 @@ async def send(*, nats_url: str, subject: str, payload: bytes, timeout_s: float,
             file=sys.stderr,
         )
     return 0 if response.status == "ok" else 1
+
+
+async def _print_stream(nc: NatsClient, subject: str, payload: bytes, timeout_s: float) -> int:
+    """Print tokens as they come; the final answer's error (if any) on stderr."""
+    job = request_from_fields(json.loads(payload))
+    if isinstance(job, InferbusError):
+        print(f"{job.code}: {job.message}", file=sys.stderr)
+        return 1
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    limits = StreamLimits(first_token_s=timeout_s, idle_s=timeout_s, deadline_s=deadline)
+    async for event, failure in request_stream(nc, subject, job, limits):
+        if isinstance(event, Chunk):
+            print(event.delta, end="", flush=True)
+            continue
+        print()
+        if failure is not None and failure.no_responders:
+            print(f"no worker listens on {subject}", file=sys.stderr)
+            return 3
+        if event.error is not None:
+            print(f"{event.error.code}: {event.error.message}", file=sys.stderr)
+            return 1
+        return 0
+    return 1

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
+from services.nats_server import NatsServer
 from services.simulator import Fault, Simulator, expected_text, expected_tokens
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import llm, stream, until
 from tests.llamacpp import LlamaCppServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_stream_delivers_every_token_in_order_then_one_final_answer(
@@ -104,3 +109,26 @@ async def test_llamacpp_streams_real_tokens_over_nats(
     assert final.result is not None
     assert "".join(chunk.delta for chunk in chunks) == final.result.text
     assert final.result.finish_reason == "length"
+
+
+async def test_inferbus_req_stream_prints_the_tokens(
+    nats_server: NatsServer, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    async with start_worker(backends=[backend(simulator.url)]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "req",
+            node_id,
+            "tell me",
+            "--stream",
+            "--server",
+            nats_server.url,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert out.decode() == expected_text("llama3:8b", "tell me", 8) + "\n"
