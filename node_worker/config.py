@@ -14,7 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.capabilities import Pricing
 from services.runtimes.base import RuntimeKind
-from services.settings import FileSettings, NatsUrls, load_settings
+from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
 
 
@@ -57,10 +57,13 @@ class Health(_Section):
 
 
 class WorkerSettings(FileSettings):
-    model_config = SettingsConfigDict(env_prefix="INFERBUS_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="INFERBUS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     node_id: str
     nats_url: NatsUrls = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    nats: NatsAuth = NatsAuth()
     subject_prefix: str = ""
     default_timeout_ms: Annotated[int, Field(gt=0)] = 120_000
     rediscover_s: Annotated[float, Field(gt=0)] = 300

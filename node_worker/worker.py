@@ -168,6 +168,7 @@ class Worker(AsyncService):
                 return await nats.connect(
                     servers=list(self.settings.nats_url),
                     name=f"inferbus-worker-{self.node_id}",
+                    **self.settings.nats.connect_options(),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     connect_timeout=2,

@@ -16,7 +16,7 @@ from pydantic_settings import SettingsConfigDict
 from router.breakers import BreakerSettings
 from router.profiles import SelectionConfig
 from services.runtimes.base import RuntimeKind
-from services.settings import FileSettings, NatsUrls, load_settings
+from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
 
 SELECTION_KEYS = (
@@ -59,9 +59,12 @@ class OffloadSettings(_Section):
 
 
 class RouterSettings(FileSettings):
-    model_config = SettingsConfigDict(env_prefix="INFERBUS_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="INFERBUS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     nats_url: NatsUrls = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    nats: NatsAuth = NatsAuth()
     subject_prefix: str = ""
     http: HttpSettings = HttpSettings()
     local_node: str | None = None

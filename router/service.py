@@ -38,6 +38,7 @@ class RouterService(AsyncService):
         self._nc = await nats.connect(
             servers=list(self.settings.nats_url),
             name="inferbus-router",
+            **self.settings.nats.connect_options(),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=2,

@@ -3,13 +3,14 @@ environment overrides, validated at start with the failing field named."""
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 
@@ -79,3 +80,51 @@ def describe_validation_error(exc: pydantic.ValidationError, *, source: str) -> 
         field = ".".join(str(part) for part in error["loc"]) or "(root)"
         lines.append(f"  {field}: {error['msg']}")
     return "\n".join(lines)
+
+
+class NatsAuth(BaseModel):
+    """How a process proves who it is to NATS, and TLS. All optional; set at most one of
+    user/password, token, nkey seed file, creds file. Secrets can come from the
+    environment: INFERBUS_NATS__PASSWORD, INFERBUS_NATS__TOKEN."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    nkey_seed_file: Path | None = None
+    creds_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> NatsAuth:
+        ways = [self.user is not None, self.token is not None, self.nkey_seed_file, self.creds_file]
+        if sum(bool(way) for way in ways) > 1:
+            raise ValueError("set only one of user/password, token, nkey_seed_file, creds_file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for `nats.connect`."""
+        options: dict[str, Any] = {}
+        if self.user is not None:
+            options["user"] = self.user
+            if self.password is not None:
+                options["password"] = self.password.get_secret_value()
+        if self.token is not None:
+            options["token"] = self.token.get_secret_value()
+        if self.nkey_seed_file is not None:
+            options["nkeys_seed"] = str(self.nkey_seed_file)
+        if self.creds_file is not None:
+            options["user_credentials"] = str(self.creds_file)
+        if self.tls_ca_file or self.tls_cert_file:
+            context = ssl.create_default_context(
+                cafile=str(self.tls_ca_file) if self.tls_ca_file else None
+            )
+            if self.tls_cert_file and self.tls_key_file:
+                context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file))
+            options["tls"] = context
+        return options
