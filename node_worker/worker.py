@@ -41,6 +41,7 @@ from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
+from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
 from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
 
@@ -179,7 +180,7 @@ class Worker(AsyncService):
             except (OSError, nats.errors.Error) as error:
                 log.warning(
                     "nats at %s not reachable (%s); retrying",
-                    ", ".join(self.settings.nats_url),
+                    redact(", ".join(self.settings.nats_url)),
                     error or type(error).__name__,
                     extra={"node_id": self.node_id},
                 )

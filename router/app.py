@@ -17,7 +17,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as Path
+from starlette.types import ASGIApp
 
+from router.auth import RequireApiKey
 from router.metrics import RouterMetrics
 from router.routing import Route, Router
 from router.streams import NdjsonLines, OpenAIChunks, stream_response
@@ -82,11 +84,23 @@ def openai_error_of(response: JobResponse) -> JSONResponse:
     return openai_error(error.code, error.message, HTTP_STATUS[error.code])
 
 
+def largest_image_bytes(job: JobRequest) -> int:
+    """The decoded size of the job's largest inline image (URLs count as nothing)."""
+    largest = 0
+    for message in job.chat_messages():
+        for image in message.all_images:
+            if image.startswith(("http://", "https://")):
+                continue
+            encoded = image.partition("base64,")[2] or image
+            largest = max(largest, len(encoded) * 3 // 4)
+    return largest
+
+
 def _agent(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
+def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
     settings = router.settings
 
     async def read_job(request: Request) -> tuple[JobRequest, dict[str, Any]] | InferbusError:
@@ -109,6 +123,12 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
         decoded = request_from_fields(raw)  # no `type`: the router decides (images → vision)
         if isinstance(decoded, InferbusError):
             return decoded
+        too_big = largest_image_bytes(decoded)
+        if too_big > settings.http.max_image_bytes:
+            return InferbusError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"an image is {too_big} bytes; the limit is {settings.http.max_image_bytes}",
+            )
         return decoded, raw
 
     async def infer(request: Request) -> Response:
@@ -205,7 +225,7 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Path("/infer", infer, methods=["POST"]),
             Path("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -216,3 +236,5 @@ def build_app(router: Router, metrics: RouterMetrics) -> Starlette:
             Path("/metrics", prometheus, methods=["GET"]),
         ]
     )
+    keys = [key.get_secret_value() for key in settings.http.api_keys]
+    return RequireApiKey(app, keys) if keys else app

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from router.breakers import BreakerSettings
@@ -37,6 +37,9 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8090
     max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    max_image_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024  # each, decoded
+    # Bearer keys; none = open. Also INFERBUS_HTTP__API_KEYS='["k1","k2"]'.
+    api_keys: list[SecretStr] = Field(default_factory=list)
 
 
 class LocalRuntime(_Section):
