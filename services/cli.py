@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="embedded NATS + a worker (+ simulator if no runtime)")
     up.add_argument("--nats-port", type=int, default=4222)
     up.add_argument("--http-port", type=int, default=8090, help="the router's HTTP port")
+    up.add_argument(
+        "--workers", type=int, default=1, help="nodes to start; extra ones are simulated"
+    )
     up.add_argument("--node-id", default="local")
     up.add_argument("--data-dir", type=Path, default=None)
 
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 UpOptions(
                     nats_port=args.nats_port,
                     http_port=args.http_port,
+                    workers=max(1, args.workers),
                     node_id=args.node_id,
                     data_dir=data_dir,
                 )

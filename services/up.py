@@ -39,6 +39,7 @@ LOCAL_RUNTIMES: tuple[tuple[RuntimeKind, str], ...] = (
 class UpOptions:
     nats_port: int = 4222
     http_port: int = 8090
+    workers: int = 1
     node_id: str = "local"
     data_dir: Path = Path(".inferbus")
 
@@ -89,6 +90,24 @@ def _worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind
     for kind, url in backends:
         lines += ["[[backends]]", f'kind = "{kind}"', f'url = "{url}"', ""]
     return "\n".join(lines)
+
+
+async def _start_simulator(children: list[asyncio.subprocess.Process]) -> str:
+    """A runtime simulator on a free port; its URL."""
+    port = free_port()
+    simulator = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.simulator",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    children.append(simulator)
+    await _wait_for_line(simulator, "listening on")
+    return f"http://127.0.0.1:{port}"
 
 
 def _router_config(
@@ -149,34 +168,29 @@ async def up(options: UpOptions) -> int:
             for kind, url in backends:
                 say(f"runtime: found {kind} at {url}")
         else:
-            port = free_port()
-            simulator = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.simulator",
-                "--port",
-                str(port),
-                stdout=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            children.append(simulator)
-            await _wait_for_line(simulator, "listening on")
-            backends = [("ollama", f"http://127.0.0.1:{port}")]
+            simulator_url = await _start_simulator(children)
+            backends = [("ollama", simulator_url)]
             say("")
             say("!" * 78)
             say("!! NO LOCAL RUNTIME FOUND (ollama :11434, vllm :8000, llama.cpp :8080,")
             say("!! lmstudio :1234). Serving the built-in SIMULATOR instead: answers are")
-            say(f"!! generated text, not a model. Simulator at http://127.0.0.1:{port}")
+            say(f"!! generated text, not a model. Simulator at {simulator_url}")
             say("!" * 78)
             say("")
 
-        config = data_dir / f"worker-{options.node_id}.toml"
-        config.write_text(_worker_config(options.node_id, nats_url, backends))
-        children.append(await _spawn("-m", "node_worker", "--config", str(config)))
+        nodes = [(options.node_id, backends)]
+        for n in range(2, options.workers + 1):  # extra simulated nodes, to try failover
+            nodes.append((f"{options.node_id}-{n}", [("ollama", await _start_simulator(children))]))
+        for node_id, node_backends in nodes:
+            config = data_dir / f"worker-{node_id}.toml"
+            config.write_text(_worker_config(node_id, nats_url, node_backends))
+            children.append(await _spawn("-m", "node_worker", "--config", str(config)))
+        for node_id, node_backends in nodes:
+            subject = Subjects().job(node_id, "llm")
+            await _wait_for_worker(nats_url, subject)
+            runtimes = ", ".join(f"{kind} {url}" for kind, url in node_backends)
+            say(f"worker: node {node_id!r} on {subject} ({runtimes})")
         subject = Subjects().job(options.node_id, "llm")
-        await _wait_for_worker(nats_url, subject)
-        say(f"worker: node {options.node_id!r} serving on {subject} (config {config})")
         router_config = data_dir / "router.yml"
         router_config.write_text(
             _router_config(options.node_id, nats_url, options.http_port, backends[0])

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
+
 from services.localnet import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +55,8 @@ async def test_up_serves_the_printed_examples_and_ctrl_c_stops_everything(tmp_pa
         str(nats_port),
         "--http-port",
         str(free_port()),
+        "--workers",
+        "2",
         "--node-id",
         "demo",
         "--data-dir",
@@ -100,6 +104,11 @@ async def test_up_serves_the_printed_examples_and_ctrl_c_stops_everything(tmp_pa
     assert completion["choices"][0]["message"]["content"]
     assert completion["route"]["via"] == "remote"
     assert completion["route"]["node"] == "demo"
+
+    router_url = curl.split()[2].rsplit("/v1/", 1)[0]
+    async with httpx.AsyncClient() as http:
+        nodes = (await http.get(f"{router_url}/nodes")).json()["nodes"]
+    assert sorted(node["node_id"] for node in nodes) == ["demo", "demo-2"]
 
     up.send_signal(signal.SIGINT)
     await asyncio.wait_for(up.wait(), 30)
