@@ -21,7 +21,8 @@ from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
 from router.metrics import RouterMetrics
-from router.routing import Route, Router
+from router.route import Route
+from router.routing import Router
 from router.streams import NdjsonLines, OpenAIChunks, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, request_from_fields

@@ -14,65 +14,32 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
-from pydantic import BaseModel
 
 from router.breakers import BreakerBoard, breaker_kind, outcome_of
 from router.config import RouterSettings
+from router.direct import Direct, serve_directly
 from router.fleet import FleetView
 from router.offload import Offloaded, offload, stream_offload
+from router.route import FINAL_CODES, Attempt, Route, Via
 from router.selection import Selection, select
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
-from services.runtimes.base import ChatCall, Runtime, RuntimeKind
-from services.runtimes.calls import chat_within, clean_text, stream_within
+from services.runtimes.base import Runtime, RuntimeKind
 from services.streaming import StreamLimits
 from services.subjects import Subjects
-from services.wire import JobRequest, JobResponse, JobType, Result, Timings
+from services.wire import JobRequest, JobResponse, JobType
 
 log = logging.getLogger("inferbus.router")
-
-DeltaSink = Callable[[str], Awaitable[None]]
-
-Via = Literal["remote", "local", "static"]
 
 # How often a job waiting on a node checks that the node is still alive.
 NODE_CHECK_S = 0.25
 
-# Answers that would be the same anywhere: return them, do not try elsewhere.
-FINAL_CODES = frozenset(
-    {
-        ErrorCode.BAD_REQUEST,
-        ErrorCode.PAYLOAD_TOO_LARGE,
-        ErrorCode.IDEMPOTENCY_MISMATCH,
-        ErrorCode.CONTEXT_EXCEEDED,
-        ErrorCode.DEADLINE_EXCEEDED,
-    }
-)
-
-
-class Attempt(BaseModel):
-    via: Via
-    node: str | None
-    model: str | None
-    outcome: str  # "ok" or an error code
-    ms: float
-
-
-class Route(BaseModel):
-    """How a request was served, returned with every answer."""
-
-    via: Via | Literal["none"] = "none"
-    node: str | None = None
-    model: str | None = None
-    profile: str | None = None
-    attempts: list[Attempt] = []
-    fallback_reason: str = ""
-    caps_age_s: float | None = None
+DeltaSink = Callable[[str], Awaitable[None]]
 
 
 def job_type_of(job: JobRequest) -> JobType:
@@ -375,47 +342,9 @@ class Router:
         reason: str,
         on_delta: DeltaSink | None,
     ) -> JobResponse | None:
-        started = time.perf_counter()
-        call = ChatCall(model, job.chat_messages(), job.params)
-        delivered = 0
-
-        async def counted(delta: str) -> None:
-            nonlocal delivered
-            delivered += 1
-            assert on_delta is not None
-            await on_delta(delta)
-
-        try:
-            if on_delta is None:
-                reply = await chat_within(runtime, call, self._left_s(deadline))
-            else:
-                reply = await stream_within(runtime, call, self._left_s(deadline), counted)
-        except InferbusError as error:
-            route.attempts.append(
-                Attempt(via=via, node=None, model=model, outcome=error.code, ms=_ms(started))
-            )
-            if error.code in FINAL_CODES or delivered > 0:
-                route.via, route.model = via, model
-                return JobResponse.failure(
-                    job.job_id, error, model=model, runtime=runtime.kind, done=_done(on_delta)
-                )
-            return None
-        elapsed = _ms(started)
-        route.attempts.append(Attempt(via=via, node=None, model=model, outcome="ok", ms=elapsed))
-        route.via, route.model = via, model
-        route.node = self.settings.local_node if via == "local" else None
-        route.fallback_reason = route.fallback_reason or reason
-        return JobResponse(
-            job_id=job.job_id,
-            status="ok",
-            node_id=route.node,
-            model=model,
-            runtime=runtime.kind,
-            result=Result(
-                text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
-            ),
-            timings=Timings(backend_ms=elapsed, total_ms=elapsed),
-            done=_done(on_delta),
+        node = self.settings.local_node if via == "local" else None
+        return await serve_directly(
+            Direct(via, runtime, model, node, reason), job, self._left_s(deadline), route, on_delta
         )
 
     def _left_s(self, deadline: float) -> float:
@@ -427,11 +356,6 @@ def _describe(route: Route, selection: Selection) -> None:
     route.caps_age_s = selection.caps_age_s
     if selection.fallback_reason:
         route.fallback_reason = selection.fallback_reason
-
-
-def _done(on_delta: DeltaSink | None) -> bool | None:
-    """Streamed answers end with `done: true`, as a worker's do."""
-    return True if on_delta is not None else None
 
 
 def _fail(job: JobRequest, code: ErrorCode, message: str) -> JobResponse:

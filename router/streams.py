@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from starlette.responses import Response, StreamingResponse
 
-from router.routing import Route
+from router.route import Route
 from services.wire import JobResponse
 
 Infer = Callable[[Callable[[str], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]]
