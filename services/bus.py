@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import nats
 from nats.aio.client import Client as NatsClient
+
+from services.settings import NatsAuth
 
 
 async def flush_interest(nc: NatsClient, timeout_s: float = 10) -> None:
@@ -38,6 +41,9 @@ class BusUnreachable(Exception):
 async def connect_once(nats_url: str) -> NatsClient:
     """Connect for a one-shot command (`inferbus req`, `inferbus nodes`): fail fast, clearly.
 
+    Credentials and TLS come from `INFERBUS_NATS__USER`, `__PASSWORD`, `__TOKEN`,
+    `__CREDS_FILE`, `__NKEY_SEED_FILE`, `__TLS_CA_FILE`...
+
     nats-py 2.16 reads max_reconnect_attempts=0 as "retry forever" in its server pool;
     1 gives up after two quick attempts. The real cause only reaches `error_cb`.
     """
@@ -49,6 +55,7 @@ async def connect_once(nats_url: str) -> NatsClient:
     try:
         return await nats.connect(
             nats_url,
+            **NatsAuth.from_env(os.environ).connect_options(),
             connect_timeout=3,
             allow_reconnect=False,
             max_reconnect_attempts=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -106,6 +107,18 @@ class NatsAuth(BaseModel):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> NatsAuth:
+        """The `INFERBUS_NATS__*` variables, for one-shot commands (`inferbus req`, `nodes`)."""
+        prefix = "INFERBUS_NATS__"
+        return cls.model_validate(
+            {
+                name[len(prefix) :].lower(): value
+                for name, value in environ.items()
+                if name.startswith(prefix) and name[len(prefix) :].lower() in cls.model_fields
+            }
+        )
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect`."""

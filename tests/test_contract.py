@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.deadlines import remaining_budget_ms
+from services.settings import NatsAuth
 from services.subjects import Subjects, validate_node_id, validate_prefix
 from services.wire import JobRequest, JobResponse, decode_request
 
@@ -148,3 +149,12 @@ def test_absurd_budgets_are_bad_requests_not_crashes(field: str) -> None:
     assert response.error is not None
     assert response.error.code == "BAD_REQUEST"
     assert field in response.error.message
+
+
+def test_nats_credentials_from_the_environment_for_one_shot_commands() -> None:
+    auth = NatsAuth.from_env({"INFERBUS_NATS__USER": "gpu-a", "INFERBUS_NATS__PASSWORD": "pw"})
+    assert auth.connect_options() == {"user": "gpu-a", "password": "pw"}
+    assert "pw" not in repr(auth)
+    assert NatsAuth.from_env({"PATH": "/bin"}).connect_options() == {}
+    with pytest.raises(ValueError, match="only one of"):
+        NatsAuth.from_env({"INFERBUS_NATS__USER": "a", "INFERBUS_NATS__TOKEN": "t"})
