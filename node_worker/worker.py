@@ -274,6 +274,10 @@ class Worker(AsyncService):
             nonlocal seq
             seq += 1
             await self.nc.publish(reply_to, encode(Chunk(job_id=job_id, seq=seq, delta=delta)))
+            if seq == 1:
+                # Let the NATS flusher send the first token now, not after the rest of a
+                # burst the runtime delivered in the same read: time to first token.
+                await asyncio.sleep(0)
 
         return send
 

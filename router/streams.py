@@ -116,11 +116,15 @@ async def stream_response(
     on_finished: Callable[[JobResponse, Route], None],
 ) -> Response:
     """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
-    deltas: asyncio.Queue[str] = asyncio.Queue()
-    task = asyncio.create_task(infer(_put(deltas)))
-    first = await _next_delta(deltas, task)
+    deltas: asyncio.Queue[str | None] = asyncio.Queue()
+    task = asyncio.create_task(_infer_then_end(infer, deltas))
+    try:
+        first = await deltas.get()
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
     if first is None:
-        response, route = task.result()
+        response, route = await task
         on_finished(response, route)
         if response.error is not None:
             return on_error_before_first_token(response, route)
@@ -130,45 +134,49 @@ async def stream_response(
     )
 
 
-def _put(queue: asyncio.Queue[str]) -> Callable[[str], Awaitable[None]]:
+async def _infer_then_end(
+    infer: Infer, queue: asyncio.Queue[str | None]
+) -> tuple[JobResponse, Route]:
+    """Run `infer`, feeding its deltas to `queue`; None goes in after the last one."""
+
     async def put(delta: str) -> None:
         queue.put_nowait(delta)
 
-    return put
-
-
-async def _next_delta(
-    queue: asyncio.Queue[str], task: asyncio.Task[tuple[JobResponse, Route]]
-) -> str | None:
-    """The next delta, or None once `infer` has finished and every delta was taken."""
-    if not queue.empty():
-        return queue.get_nowait()
-    getter = asyncio.ensure_future(queue.get())
     try:
-        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        getter.cancel()
-        raise
-    if getter.done():
-        return getter.result()
-    getter.cancel()
-    return queue.get_nowait() if not queue.empty() else None
+        return await infer(put)
+    finally:
+        queue.put_nowait(None)
 
 
 async def _relay(
     first: str,
-    queue: asyncio.Queue[str],
+    queue: asyncio.Queue[str | None],
     task: asyncio.Task[tuple[JobResponse, Route]],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],
 ) -> AsyncIterator[bytes]:
+    """Relay deltas as they come; what is already queued goes out in one write."""
     try:
-        yield form.delta(first)
-        while (delta := await _next_delta(queue, task)) is not None:
-            yield form.delta(delta)
-        response, route = task.result()
-        on_finished(response, route)
-        yield form.final(response, route)
+        out = form.delta(first)
+        while True:
+            ended = False
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    ended = True
+                    break
+                out += form.delta(item)
+            if not ended:
+                yield out
+                item = await queue.get()
+                if item is not None:
+                    out = form.delta(item)
+                    continue
+                out = b""
+            response, route = await task
+            on_finished(response, route)
+            yield out + form.final(response, route)
+            return
     finally:
         if not task.done():  # the client went away: stop the job on the node
             task.cancel()

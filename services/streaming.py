@@ -65,7 +65,11 @@ async def request_stream(
             try:
                 if wait <= 0:
                     raise TimeoutError
-                msg = await asyncio.wait_for(queue.get(), wait)
+                if queue.empty():
+                    async with asyncio.timeout(wait):  # no task per message, unlike wait_for
+                        msg = await queue.get()
+                else:
+                    msg = queue.get_nowait()
             except TimeoutError:
                 what = "first token" if first else "next token"
                 failure = StreamFailure(timed_out=True, before_first_token=first)

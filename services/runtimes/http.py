@@ -152,21 +152,26 @@ async def stream_lines(
             raise classify_http_error(
                 response.status_code, error_body, response.headers, secrets=secrets
             )
-        # An async generator underneath, closed explicitly rather than left to the GC.
-        lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+        # One timer per network read, not per line: a burst of tokens is one read.
+        pieces = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+        pending = b""
         try:
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        line = await anext(lines)
+                        piece = await anext(pieces)
                 except StopAsyncIteration:
-                    return
+                    break
                 except (httpx.HTTPError, TimeoutError) as exc:
                     raise classify_transport_error(exc, mid_stream=True, secrets=secrets) from exc
-                if line:
-                    yield line
+                *complete, pending = (pending + piece).split(b"\n")
+                for line in complete:
+                    if line.strip():
+                        yield line.decode("utf-8", "replace").rstrip("\r")
+            if pending.strip():
+                yield pending.decode("utf-8", "replace").rstrip("\r")
         finally:
-            await lines.aclose()
+            await pieces.aclose()
     finally:
         await response.aclose()
 
