@@ -58,6 +58,15 @@ async def offload(
             _ms_since(started),
             timed_out=True,
         )
+    except nats.errors.MaxPayloadError:
+        return Offloaded(
+            _failure(
+                job,
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"the job is over the bus limit of {nc.max_payload} bytes",
+            ),
+            _ms_since(started),
+        )
     except (nats.errors.Error, OSError) as exc:  # connection closed, draining, ...
         return Offloaded(
             _failure(job, ErrorCode.BACKEND_UNAVAILABLE, f"bus error: {type(exc).__name__}"),

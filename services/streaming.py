@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -56,8 +57,20 @@ async def request_stream(
 
     subscription = await nc.subscribe(inbox, cb=enqueue)
     try:
-        payload = job.model_copy(update={"stream": True})
-        await nc.publish(subject, encode(payload), reply=inbox)
+        payload = encode(job.model_copy(update={"stream": True}))
+        try:
+            await nc.publish(subject, payload, reply=inbox)
+        except nats.errors.MaxPayloadError:
+            error = InferbusError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"the job is over the bus limit of {nc.max_payload} bytes",
+            )
+            yield _final(job, error), StreamFailure()
+            return
+        except (nats.errors.Error, OSError) as exc:
+            error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"bus error: {type(exc).__name__}")
+            yield _final(job, error), StreamFailure(no_responders=True)
+            return
         next_seq, early, first = 1, dict[int, Chunk](), True
         while True:
             wait = limits.first_token_s if first else limits.idle_s

@@ -159,7 +159,14 @@ async def up(options: UpOptions) -> int:
         if port_open(options.nats_port):
             say(f"nats: reusing the server already listening on {nats_url}")
         else:
-            nats_server = NatsServer(port=options.nats_port, jetstream_dir=data_dir / "jetstream")
+            # 8 MB messages, as ops/nats/single.conf: images travel inside the jobs.
+            limits = data_dir / "nats.conf"
+            limits.write_text("max_payload: 8MB\n")
+            nats_server = NatsServer(
+                port=options.nats_port,
+                jetstream_dir=data_dir / "jetstream",
+                config_file=limits,
+            )
             await nats_server.start()
             say(f"nats: embedded nats-server on {nats_url} (JetStream in {data_dir / 'jetstream'})")
 

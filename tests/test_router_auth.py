@@ -71,3 +71,21 @@ async def test_oversized_bodies_and_images_get_a_clear_413(
     assert "an image is" in picture.json()["error"]["message"]
     assert openai_route.status_code == 413
     assert openai_route.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_a_job_over_the_bus_limit_is_413_and_no_node_is_blamed(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    prompt = "x" * 1_500_000  # under the router's body limit, over NATS's default 1 MB
+    async with (
+        start_worker(backends=[backend(simulator.url)]),
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=10) as http,
+    ):
+        whole = await http.post("/infer", json={"prompt": prompt})
+        streamed = await http.post("/infer", json={"prompt": prompt, "stream": True})
+        breakers = {n["node_id"]: n["breakers"] for n in (await http.get("/nodes")).json()["nodes"]}
+    for answer in (whole, streamed):
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert breakers[node_id].get("llm", "closed") == "closed"
