@@ -141,6 +141,20 @@ def record(
     return state
 
 
+def heard_from(state: BreakerState, now: float) -> BreakerState:
+    """An open breaker whose node has just announced itself healthy may try once now.
+
+    A node that failed while reconnecting to another NATS server (no responders for a
+    moment) would otherwise stay shut out for `open_s` although its next heartbeat proves
+    it is back. A dead node sends no heartbeat, and one whose runtimes fail reports them
+    unhealthy, so neither is let back early: the caller only calls this for a record with
+    every runtime healthy, received after the breaker opened.
+    """
+    if state.status == "open" and state.opened_at is not None and now > state.opened_at:
+        return replace(state, status="half_open", trial_in_flight=False, trial_started_at=None)
+    return state
+
+
 class BreakerBoard:
     """Every breaker the router keeps, keyed by (node_id, slot kind); mutable, clock-free."""
 
@@ -179,6 +193,12 @@ class BreakerBoard:
         for (node, kind), state in sorted(self._states.items()):
             view.setdefault(node, {})[kind] = current(state, now, self.settings).status
         return view
+
+    def heard_from(self, node: str, now: float) -> None:
+        """The node announced itself with every runtime healthy (see `heard_from`)."""
+        for key, state in list(self._states.items()):
+            if key[0] == node:
+                self._states[key] = heard_from(state, now)
 
     def forget(self, node: str) -> None:
         """Drop a node's breakers, when the fleet view drops the node."""

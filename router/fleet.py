@@ -96,6 +96,7 @@ class FleetView(AsyncService):
         self._subjects = subjects
         self.clock = clock
         self.local_node = local_node
+        self._listeners: list[Callable[[Capabilities], None]] = []
         self._drop_after_ttls = drop_after_ttls
         self.nodes: dict[str, NodeView] = {}
         self.inflight: Counter[tuple[str, str]] = Counter()
@@ -118,6 +119,10 @@ class FleetView(AsyncService):
         if record is not None:
             self.take(record)
 
+    def on_record(self, listener: Callable[[Capabilities], None]) -> None:
+        """Call `listener` with every record the view takes."""
+        self._listeners.append(listener)
+
     def take(self, record: Capabilities) -> None:
         """Keep a record unless a newer one from the same node is here already.
 
@@ -127,6 +132,8 @@ class FleetView(AsyncService):
         if known is not None and known.record.ts > record.ts:
             return
         self.nodes[record.node_id] = NodeView(record, self.clock())
+        for listener in self._listeners:
+            listener(record)
         self._forget_gone()
 
     def _forget_gone(self) -> None:

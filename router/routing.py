@@ -26,6 +26,7 @@ from router.fleet import FleetView
 from router.offload import Offloaded, offload, stream_offload
 from router.route import FINAL_CODES, Attempt, Route, Via
 from router.selection import Selection, select
+from services.capabilities import Capabilities
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
@@ -60,6 +61,7 @@ class Router:
         self.nc = nc
         self.fleet = fleet
         self.breakers = BreakerBoard(settings.breakers)
+        fleet.on_record(self._heard_from)
         self._subjects = Subjects(settings.subject_prefix)
         self._http = http
         self._clock = clock
@@ -250,6 +252,12 @@ class Router:
                     )
         finally:
             pending.cancel()
+
+    def _heard_from(self, record: Capabilities) -> None:
+        """A node announcing every runtime healthy gets a trial past an open breaker."""
+        runtimes = [runtime for runtime in record.runtimes if runtime.state != "disabled"]
+        if runtimes and all(runtime.state == "healthy" for runtime in runtimes):
+            self.breakers.heard_from(record.node_id, self._clock())
 
     def _stream_limits(self, deadline: float) -> StreamLimits:
         left_s = self._left_s(deadline)

@@ -172,3 +172,24 @@ def test_custom_settings() -> None:
 def test_settings_reject_nonsense(bad: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
         BreakerSettings(**bad)
+
+
+def test_a_healthy_announcement_after_opening_allows_one_trial() -> None:
+    board = BreakerBoard(BreakerSettings(failures_to_open=1, window_s=60, open_s=120))
+    board.record("n1", "llm", "failure", now=10.0)
+    assert board.status("n1", "llm", now=11.0) == "open"
+    board.heard_from("n1", now=12.0)
+    assert board.status("n1", "llm", now=12.0) == "half_open"
+    assert board.allows("n1", "llm", now=12.0)
+    assert not board.allows("n1", "llm", now=12.5)  # one trial only
+    board.record("n1", "llm", "success", now=13.0)
+    assert board.status("n1", "llm", now=13.0) == "closed"
+
+
+def test_an_announcement_leaves_closed_breakers_and_other_nodes_alone() -> None:
+    board = BreakerBoard(BreakerSettings(failures_to_open=1, window_s=60, open_s=120))
+    board.record("n1", "llm", "failure", now=10.0)
+    board.record("n2", "llm", "failure", now=10.0)
+    board.heard_from("n2", now=11.0)
+    assert board.status("n1", "llm", now=11.0) == "open"
+    assert board.status("n2", "llm", now=11.0) == "half_open"

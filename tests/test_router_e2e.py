@@ -247,3 +247,23 @@ async def test_an_openai_image_message_is_routed_as_a_vision_job(
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "llava:7b"
     assert simulator.calls["llava:7b"] == 1
+
+
+async def test_a_restarted_node_is_not_shut_out_until_its_breaker_times_out(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    job = {"prompt": "hi", "model": "llama3:8b"}
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        async with start_worker(backends=[backend(simulator.url)]):
+            await until(lambda: node_id in (router.fleet.nodes if router.fleet else {}))
+        for _ in range(3):  # the node's worker is gone: no responders, three times
+            assert (await http.post("/infer", json=job)).status_code == 503
+        breakers = {n["node_id"]: n["breakers"] for n in (await http.get("/nodes")).json()["nodes"]}
+        assert breakers[node_id]["llm"] == "open"
+        async with start_worker(backends=[backend(simulator.url)]):  # back, announcing itself
+            answer = await http.post("/infer", json=job)
+            breakers = {
+                n["node_id"]: n["breakers"] for n in (await http.get("/nodes")).json()["nodes"]
+            }
+    assert answer.status_code == 200
+    assert breakers[node_id]["llm"] == "closed"
