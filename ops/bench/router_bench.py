@@ -24,159 +24,35 @@ Usage: python ops/bench/router_bench.py [--seconds 5] [--litellm PATH] [--py-spy
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import harness
+from harness import Children, Fleet, Sample, measure
 
 from services.localnet import free_port
-from services.loop import run
-from services.nats_server import NatsServer
-
-ROOT = Path(__file__).resolve().parents[2]
 
 MODEL = "llama3.2:3b"  # one of the simulator's default models
 BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16}
 ).encode()
-HEADERS = {"Content-Type": "application/json"}
 
 TARGET_ADDED_P50_MS = 2.0
 TARGET_RATE = 1000.0
 CONCURRENCY = 64
 PY_SPY_RATE = 500
-# The router's and shared code, minus the entry points every sample passes through.
-PROJECT_CODE = ("router/", "services/", "node_worker/")
+# Entry points every sample passes through, left out of the project functions.
 ENTRY_POINTS = ("router/__main__.py", "services/loop.py")
 
 FLOOR_ROW = "floor: client → simulator"
 PATH_ROW = "path: router → NATS → worker → sim"
 LITELLM_ROW = "LiteLLM: proxy → simulator"
-
-# Process groups started and not yet reaped: killed on the way out even if the orderly
-# stop in `finally` was itself interrupted (a second Ctrl-C).
-_LIVE_GROUPS: set[int] = set()
-
-
-@dataclass
-class Sample:
-    latencies_ms: list[float]
-    errors: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        """Successful answers per second."""
-        return (len(self.latencies_ms) - self.errors) / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def measure(call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float) -> Sample:
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        nonlocal errors
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            try:
-                ok = await call()
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
-            latencies.append((time.perf_counter() - started) * 1000)
-            errors += not ok
-
-    started = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return Sample(latencies, errors, time.perf_counter() - started)
-
-
-class Children:
-    """The benchmark's child processes, each in its own session; all stopped on exit."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.processes: list[asyncio.subprocess.Process] = []
-
-    async def spawn(
-        self, name: str, *argv: str, env: dict[str, str] | None = None
-    ) -> asyncio.subprocess.Process:
-        log = self.logs / f"{name}.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=ROOT,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us; we stop them in order
-            )
-        self.processes.append(process)
-        _LIVE_GROUPS.add(process.pid)
-        return process
-
-    def tail(self, name: str, lines: int = 15) -> str:
-        log = self.logs / f"{name}.log"
-        if not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-    async def wait_ready(
-        self,
-        name: str,
-        process: asyncio.subprocess.Process,
-        ready: Callable[[], Awaitable[bool]],
-        timeout_s: float,
-    ) -> None:
-        """Poll `ready` until it holds; fail with the child's log if it exits or times out."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(
-                    f"{name} exited early ({process.returncode}):\n{self.tail(name)}"
-                )
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                if await ready():
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {timeout_s:g} s:\n{self.tail(name)}")
-            await asyncio.sleep(0.1)
-
-    async def stop_all(self) -> None:
-        """SIGTERM every child's process group, newest first; SIGKILL what lingers."""
-        for process in reversed(self.processes):
-            if process.returncode is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-            with contextlib.suppress(ProcessLookupError):  # the group's stragglers
-                os.killpg(process.pid, signal.SIGKILL)
-            _LIVE_GROUPS.discard(process.pid)
-        self.processes.clear()
 
 
 def find_litellm(option: str | None) -> tuple[list[str] | None, str]:
@@ -213,29 +89,6 @@ def litellm_env() -> dict[str, str]:
     return env
 
 
-@contextlib.asynccontextmanager
-async def profiling(router_pid: int, out: Path | None, seconds: float) -> AsyncIterator[None]:
-    """py-spy records the router for `seconds` while the body runs, when asked to."""
-    if out is None:
-        yield
-        return
-    spy = Path(sys.executable).parent / "py-spy"
-    argv = [str(spy), "record", "--pid", str(router_pid), "--duration", f"{seconds:.0f}"]
-    argv += ["--rate", str(PY_SPY_RATE), "--format", "raw", "--output", str(out), "--nonblocking"]
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        await asyncio.sleep(0.3)  # let it attach before the timed phase starts
-        yield
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), seconds + 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 def summarize_profile(raw: Path, c1: Sample, top: int = 10) -> None:
     """Where the router's CPU went during the c1 path phase, from py-spy's raw stacks.
 
@@ -245,25 +98,16 @@ def summarize_profile(raw: Path, c1: Sample, top: int = 10) -> None:
     if not raw.exists():
         print(f"\npy-spy wrote no profile to {raw}")
         return
+    stacks = harness.read_stacks(raw)
     by_package: dict[str, int] = {}
-    project: dict[str, int] = {}
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for frames, count in stacks:
         total += count
-        frames = stack.split(";")
-        function, path = _frame(frames[-1])
+        function, path = frames[-1]
         package = path.split("/", 1)[0]
         if function == "Runner.run":
             package = "uvloop (C: socket I/O, callbacks)"
         by_package[package] = by_package.get(package, 0) + count
-        for function, path in {_frame(frame) for frame in frames}:
-            if path.startswith(PROJECT_CODE) and path not in ENTRY_POINTS:
-                name = f"{function} ({path})"
-                project[name] = project.get(name, 0) + count
     if not total:
         print("\npy-spy recorded no busy samples")
         return
@@ -274,42 +118,17 @@ def summarize_profile(raw: Path, c1: Sample, top: int = 10) -> None:
         f" {total} busy samples ≈ {busy_s:.2f} s over {answered} requests"
         f" ≈ {1000 * busy_s / max(answered, 1):.3f} ms per request"
     )
-    print("  self %  where (innermost frame's package)")
-    for package, count in sorted(by_package.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {100 * count / total:6.1f}  {package}")
-    print("  incl %  project function")
-    for name, count in sorted(project.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {100 * count / total:6.1f}  {name}")
-
-
-def _frame(frame: str) -> tuple[str, str]:
-    """`fn (pkg/mod.py:12)` → (`fn`, `pkg/mod.py`)."""
-    function, _, where = frame.rpartition(" (")
-    return function, where.rstrip(")").rsplit(":", 1)[0]
+    harness.print_table("self %  where (innermost frame's package)", by_package, total, top)
+    project = harness.project_functions(stacks, ENTRY_POINTS)
+    harness.print_table("incl %  project function", project, total, top)
 
 
 async def main(seconds: float, litellm: str | None, py_spy: Path | None) -> None:
     litellm_argv, litellm_note = find_litellm(litellm)
     results: dict[str, tuple[Sample, Sample]] = {}
-    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        children = Children(tmp)
-        nats_group: int | None = None
-        try:
-            async with NatsServer() as server:
-                nats_group = server.pid
-                if nats_group is not None:
-                    _LIVE_GROUPS.add(nats_group)
-                try:
-                    skipped = await run_bench(
-                        server.url, tmp, children, litellm_argv, seconds, results, py_spy
-                    )
-                    litellm_note = skipped or litellm_note
-                finally:
-                    await children.stop_all()
-        finally:
-            if nats_group is not None:  # stopped by NatsServer's exit
-                _LIVE_GROUPS.discard(nats_group)
+    async with harness.fleet("router-bench-") as fleet:
+        skipped = await run_bench(fleet, litellm_argv, seconds, results, py_spy)
+        litellm_note = skipped or litellm_note
 
     print(f"\nrouter benchmark, {seconds:g} s per measurement, {os.cpu_count()} cores")
     print(f"body: {BODY.decode()}\n")
@@ -347,82 +166,21 @@ async def main(seconds: float, litellm: str | None, py_spy: Path | None) -> None
 
 
 async def run_bench(
-    nats_url: str,
-    tmp: Path,
-    children: Children,
+    fleet: Fleet,
     litellm_argv: list[str] | None,
     seconds: float,
     results: dict[str, tuple[Sample, Sample]],
     py_spy: Path | None,
 ) -> str | None:
     """Fill `results`; returns why the LiteLLM rows were skipped after all, if they were."""
-    sim_port, router_port = free_port(), free_port()
-    simulator = await children.spawn(
-        "simulator",
-        sys.executable,
-        "-m",
-        "services.simulator",
-        "--port",
-        str(sim_port),
-        "--latency-ms",
-        "0",
-        "--tokens",
-        "16",
-    )
-    worker_toml = tmp / "worker.toml"
-    worker_toml.write_text(
-        f'node_id = "bench"\nnats_url = "{nats_url}"\n'
-        "[limits]\nllm_concurrency = 256\n"
-        f'[[backends]]\nkind = "ollama"\nurl = "http://127.0.0.1:{sim_port}"\n'
-    )
-    router_yml = tmp / "router.yml"
-    router_yml.write_text(
-        f"nats_url: {nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {router_port}\n"
-    )
-    connector = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False, headers=HEADERS
-    ) as http:
+    children = fleet.children
+    async with harness.http_session() as http:
+        sim_url = await fleet.simulator(http, "/api/tags", "--tokens", "16")
+        worker = await fleet.worker(sim_url, "ollama", llm_concurrency=256)
+        router, router_url = await fleet.router(http, worker)
 
         async def answers(url: str) -> bool:
-            async with http.get(url) as response:
-                await response.read()
-                return response.status == 200
-
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        await children.wait_ready(
-            "simulator", simulator, lambda: answers(f"{sim_url}/api/tags"), 30
-        )
-        worker = await children.spawn(
-            "worker",
-            sys.executable,
-            "-m",
-            "node_worker",
-            "--config",
-            str(worker_toml),
-            "--log-level",
-            "WARNING",
-        )
-        router = await children.spawn(
-            "router",
-            sys.executable,
-            "-m",
-            "router",
-            "--config",
-            str(router_yml),
-            "--log-level",
-            "WARNING",
-        )
-        router_url = f"http://127.0.0.1:{router_port}"
-
-        async def routable() -> bool:
-            """/ready: NATS connected and a route possible (the worker's record arrived)."""
-            if worker.returncode is not None:
-                raise RuntimeError(f"worker exited early:\n{children.tail('worker')}")
-            return await answers(f"{router_url}/ready")
-
-        await children.wait_ready("router", router, routable, 60)
+            return await harness.answers(http, url)
 
         targets = {
             FLOOR_ROW: f"{sim_url}/v1/chat/completions",
@@ -431,7 +189,9 @@ async def run_bench(
         litellm_skipped: str | None = None
         if litellm_argv is not None:
             try:
-                litellm_url = await start_litellm(children, litellm_argv, tmp, sim_url, answers)
+                litellm_url = await start_litellm(
+                    children, litellm_argv, fleet.tmp, sim_url, answers
+                )
                 targets[LITELLM_ROW] = f"{litellm_url}/v1/chat/completions"
             except RuntimeError as error:
                 print(f"LiteLLM proxy failed: {error}", file=sys.stderr)
@@ -463,10 +223,8 @@ async def run_bench(
             await measure(call, 1, 0.5)
             await measure(call, CONCURRENCY, 1.0)
         for name, call in calls.items():
-            if name == PATH_ROW:
-                async with profiling(router.pid, py_spy, seconds):
-                    c1 = await measure(call, 1, seconds)
-            else:
+            spied = {"router": (router.pid, py_spy)} if name == PATH_ROW and py_spy else {}
+            async with harness.profiling(children, spied, seconds, PY_SPY_RATE):
                 c1 = await measure(call, 1, seconds)
             results[name] = (c1, await measure(call, CONCURRENCY, seconds))
     return litellm_skipped
@@ -536,22 +294,7 @@ def cli() -> None:
         help="record the router with py-spy during the c1 path phase; raw stacks to FILE",
     )
     args = parser.parse_args()
-    try:
-        run(with_sigterm(main(args.seconds, args.litellm, args.py_spy)))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\nrouter bench interrupted; its processes are stopped", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        for group in _LIVE_GROUPS:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, signal.SIGKILL)
-
-
-async def with_sigterm(coroutine: Awaitable[None]) -> None:
-    """SIGTERM cancels the run like Ctrl-C does, so `finally` stops every child."""
-    task = asyncio.ensure_future(coroutine)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    await task
+    harness.run_cli(main(args.seconds, args.litellm, args.py_spy), "router bench")
 
 
 if __name__ == "__main__":

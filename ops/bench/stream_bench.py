@@ -34,56 +34,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import math
 import os
-import signal
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import harness
 import nats
+from harness import Fleet
 from nats.aio.client import Client as NatsClient
 
 from services.bus import wait_for_worker
-from services.localnet import free_port
-from services.loop import run
-from services.nats_server import NatsServer
 from services.simulator import expected_text
 from services.streaming import StreamLimits, request_stream
 from services.subjects import Subjects
 from services.wire import Chunk, JobRequest, Message, Params
-
-ROOT = Path(__file__).resolve().parents[2]
 
 MODEL = "llama3.2:3b"  # one of the simulator's default models
 PROMPT = "hello there"
 TTFT_TOKENS = 64
 SHORT_TOKENS = 1
 RELAY_TOKENS = 256  # the simulator's setting; TTFT bodies cap it with max_tokens
-HEADERS = {"Content-Type": "application/json"}
 
 TARGET_ADDED_TTFT_P50_MS = 3.0
 TARGET_CHUNKS_PER_S = 20_000.0
 CONCURRENCY = 32
 NODE_ID = "bench"
 PY_SPY_RATE = 200
-# The project's code, minus the entry points every sample passes through.
-PROJECT_CODE = ("router/", "services/", "node_worker/")
+# Entry points every sample passes through, left out of the project functions.
 ENTRY_POINTS = ("router/__main__.py", "node_worker/__main__.py", "services/loop.py")
 
 DIRECT_ROW = "direct: client → simulator"
 NATS_ROW = "NATS: request_stream → worker → sim"
 ROUTER_ROW = "router: router → NATS → worker → sim"
-
-# Process groups started and not yet reaped: killed on the way out even if the orderly
-# stop in `finally` was itself interrupted (a second Ctrl-C).
-_LIVE_GROUPS: set[int] = set()
 
 
 def body(tokens: int) -> bytes:
@@ -127,10 +113,7 @@ class Sample:
         return len(self.streams) / self.seconds
 
     def ttft(self, q: float) -> float:
-        ordered = sorted(s.ttft_ms for s in self.streams if s.ttft_ms is not None)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return harness.percentile((s.ttft_ms for s in self.streams if s.ttft_ms is not None), q)
 
 
 @dataclass
@@ -150,18 +133,14 @@ Call = Callable[[int], Awaitable[Received]]
 
 async def measure(call: Call, tokens: int, concurrency: int, seconds: float) -> Sample:
     streams: list[Received] = []
-    stop_at = time.perf_counter() + seconds
 
-    async def loop() -> None:
-        while time.perf_counter() < stop_at:
-            try:
-                streams.append(await call(tokens))
-            except (aiohttp.ClientError, nats.errors.Error, TimeoutError, ValueError):
-                streams.append(FAILED)
+    async def step() -> None:
+        try:
+            streams.append(await call(tokens))
+        except (aiohttp.ClientError, nats.errors.Error, TimeoutError, ValueError):
+            streams.append(FAILED)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return Sample(streams, time.perf_counter() - started)
+    return Sample(streams, await harness.for_seconds(step, concurrency, seconds))
 
 
 async def read_sse(response: aiohttp.ClientResponse, started: float, tokens: int) -> Received:
@@ -246,105 +225,11 @@ def nats_caller(nc: NatsClient, subject: str) -> Call:
     return call
 
 
-class Children:
-    """The benchmark's child processes, each in its own session; all stopped on exit."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.processes: list[asyncio.subprocess.Process] = []
-
-    async def spawn(self, name: str, *argv: str) -> asyncio.subprocess.Process:
-        log = self.logs / f"{name}.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=ROOT,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us; we stop them in order
-            )
-        self.processes.append(process)
-        _LIVE_GROUPS.add(process.pid)
-        return process
-
-    def tail(self, name: str, lines: int = 15) -> str:
-        log = self.logs / f"{name}.log"
-        if not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-    async def wait_ready(
-        self,
-        name: str,
-        process: asyncio.subprocess.Process,
-        ready: Callable[[], Awaitable[bool]],
-        timeout_s: float,
-    ) -> None:
-        """Poll `ready` until it holds; fail with the child's log if it exits or times out."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(
-                    f"{name} exited early ({process.returncode}):\n{self.tail(name)}"
-                )
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                if await ready():
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {timeout_s:g} s:\n{self.tail(name)}")
-            await asyncio.sleep(0.1)
-
-    async def stop_all(self) -> None:
-        """SIGTERM every child's process group, newest first; SIGKILL what lingers."""
-        for process in reversed(self.processes):
-            if process.returncode is not None:
-                _LIVE_GROUPS.discard(process.pid)
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-            with contextlib.suppress(ProcessLookupError):  # the group's stragglers
-                os.killpg(process.pid, signal.SIGKILL)
-            _LIVE_GROUPS.discard(process.pid)
-        self.processes.clear()
-
-
 @dataclass
 class Profiles:
     """py-spy's raw stacks per profiled process, once recorded."""
 
     files: dict[str, Path] = field(default_factory=dict)
-
-
-@contextlib.asynccontextmanager
-async def profiling(
-    children: Children, pids: dict[str, int], out: Path | None, seconds: float, into: Profiles
-) -> AsyncIterator[None]:
-    """py-spy records each process for about `seconds` while the body runs, when asked to."""
-    if out is None:
-        yield
-        return
-    spy = str(Path(sys.executable).parent / "py-spy")
-    spies: list[asyncio.subprocess.Process] = []
-    for name, pid in pids.items():
-        raw = out / f"{name}.raw"
-        argv = [spy, "record", "--nonblocking", "-f", "raw", "-d", f"{math.ceil(seconds)}"]
-        argv += ["-r", str(PY_SPY_RATE), "-p", str(pid), "-o", str(raw)]
-        spies.append(await children.spawn(f"py-spy-{name}", *argv))
-        into.files[name] = raw
-    await asyncio.sleep(0.5)  # let them attach before the timed phase starts
-    yield  # on an error or Ctrl-C, `Children.stop_all` stops them with the rest
-    for name, process in zip(pids, spies, strict=True):
-        try:
-            await asyncio.wait_for(process.wait(), seconds + 20)
-        except TimeoutError:
-            print(f"py-spy for {name} did not finish:\n{children.tail(f'py-spy-{name}')}")
 
 
 def summarize_profile(name: str, raw: Path, chunks: int, top: int = 8) -> None:
@@ -356,18 +241,13 @@ def summarize_profile(name: str, raw: Path, chunks: int, top: int = 8) -> None:
     if not raw.exists():
         print(f"\npy-spy wrote no profile for the {name} to {raw}")
         return
+    stacks = harness.read_stacks(raw)
     by_package: dict[str, int] = {}
     by_function: dict[str, int] = {}
-    project: dict[str, int] = {}
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for frames, count in stacks:
         total += count
-        frames = stack.split(";")
-        function, path = _frame(frames[-1])
+        function, path = frames[-1]
         package = path.split("/", 1)[0]
         if function.endswith("run") and path.endswith("asyncio/runners.py"):
             package = function = "uvloop (C: socket I/O, callbacks)"
@@ -375,10 +255,6 @@ def summarize_profile(name: str, raw: Path, chunks: int, top: int = 8) -> None:
             function = f"{function} ({path})"
         by_package[package] = by_package.get(package, 0) + count
         by_function[function] = by_function.get(function, 0) + count
-        for function, path in {_frame(frame) for frame in frames}:
-            if path.startswith(PROJECT_CODE) and path not in ENTRY_POINTS:
-                where = f"{function} ({path})"
-                project[where] = project.get(where, 0) + count
     if not total:
         print(f"\npy-spy recorded no busy samples in the {name}")
         return
@@ -388,41 +264,17 @@ def summarize_profile(name: str, raw: Path, chunks: int, top: int = 8) -> None:
         f" {total} busy samples ≈ {busy_s:.2f} s"
         f" ≈ {1e6 * busy_s / max(chunks, 1):.1f} µs per relayed chunk"
     )
-    for title, table in (
-        ("self %  innermost frame's package", by_package),
-        ("self %  innermost function", by_function),
-        ("incl %  project function", project),
-    ):
-        print(f"  {title}")
-        for where, count in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
-            print(f"  {100 * count / total:6.1f}  {where}")
-
-
-def _frame(frame: str) -> tuple[str, str]:
-    """`fn (pkg/mod.py:12)` → (`fn`, `pkg/mod.py`)."""
-    function, _, where = frame.rpartition(" (")
-    return function, where.rstrip(")").rsplit(":", 1)[0]
+    harness.print_table("self %  innermost frame's package", by_package, total, top)
+    harness.print_table("self %  innermost function", by_function, total, top)
+    project = harness.project_functions(stacks, ENTRY_POINTS)
+    harness.print_table("incl %  project function", project, total, top)
 
 
 async def main(seconds: float, py_spy: Path | None) -> None:
     results: dict[str, Row] = {}
     profiles = Profiles()
-    with tempfile.TemporaryDirectory(prefix="stream-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        children = Children(tmp)
-        nats_group: int | None = None
-        try:
-            async with NatsServer() as server:
-                nats_group = server.pid
-                if nats_group is not None:
-                    _LIVE_GROUPS.add(nats_group)
-                try:
-                    await run_bench(server.url, tmp, children, seconds, results, py_spy, profiles)
-                finally:
-                    await children.stop_all()
-        finally:
-            if nats_group is not None:  # stopped by NatsServer's exit
-                _LIVE_GROUPS.discard(nats_group)
+    async with harness.fleet("stream-bench-") as fleet:
+        await run_bench(fleet, seconds, results, py_spy, profiles)
     report(seconds, results)
     for name, raw in profiles.files.items():
         router_c32 = results[ROUTER_ROW].c32
@@ -483,85 +335,21 @@ def report(seconds: float, results: dict[str, Row]) -> None:
 
 
 async def run_bench(
-    nats_url: str,
-    tmp: Path,
-    children: Children,
+    fleet: Fleet,
     seconds: float,
     results: dict[str, Row],
     py_spy: Path | None,
     profiles: Profiles,
 ) -> None:
-    sim_port, router_port = free_port(), free_port()
-    simulator = await children.spawn(
-        "simulator",
-        sys.executable,
-        "-m",
-        "services.simulator",
-        "--port",
-        str(sim_port),
-        "--latency-ms",
-        "0",
-        "--tokens",
-        str(RELAY_TOKENS),
-        "--token-interval-ms",
-        "0",
-    )
-    worker_toml = tmp / "worker.toml"
-    worker_toml.write_text(
-        f'node_id = "{NODE_ID}"\nnats_url = "{nats_url}"\n'
-        "[limits]\nllm_concurrency = 256\n"
-        f'[[backends]]\nkind = "openai"\nurl = "http://127.0.0.1:{sim_port}"\n'
-    )
-    router_yml = tmp / "router.yml"
-    router_yml.write_text(
-        f"nats_url: {nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {router_port}\n"
-    )
-    connector = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False, headers=HEADERS
-    ) as http:
-
-        async def answers(url: str) -> bool:
-            async with http.get(url) as response:
-                await response.read()
-                return response.status == 200
-
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        await children.wait_ready(
-            "simulator", simulator, lambda: answers(f"{sim_url}/v1/models"), 30
+    children = fleet.children
+    async with harness.http_session() as http:
+        sim_url = await fleet.simulator(
+            http, "/v1/models", "--tokens", str(RELAY_TOKENS), "--token-interval-ms", "0"
         )
-        worker = await children.spawn(
-            "worker",
-            sys.executable,
-            "-m",
-            "node_worker",
-            "--config",
-            str(worker_toml),
-            "--log-level",
-            "WARNING",
-        )
-        router = await children.spawn(
-            "router",
-            sys.executable,
-            "-m",
-            "router",
-            "--config",
-            str(router_yml),
-            "--log-level",
-            "WARNING",
-        )
-        router_url = f"http://127.0.0.1:{router_port}"
+        worker = await fleet.worker(sim_url, "openai", llm_concurrency=256, node_id=NODE_ID)
+        router, router_url = await fleet.router(http, worker)
 
-        async def routable() -> bool:
-            """/ready: NATS connected and a route possible (the worker's record arrived)."""
-            if worker.returncode is not None:
-                raise RuntimeError(f"worker exited early:\n{children.tail('worker')}")
-            return await answers(f"{router_url}/ready")
-
-        await children.wait_ready("router", router, routable, 60)
-
-        nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
+        nc = await nats.connect(fleet.nats_url, pending_size=64 * 1024 * 1024)
         try:
             subject = Subjects().job(NODE_ID, "llm")
             await wait_for_worker(nc, subject)
@@ -586,11 +374,12 @@ async def run_bench(
                 ttft = await measure(call, TTFT_TOKENS, 1, seconds)
                 ttft_short = await measure(call, SHORT_TOKENS, 1, seconds)
                 c1 = await measure(call, RELAY_TOKENS, 1, seconds)
-                if name == ROUTER_ROW:
+                spied: dict[str, tuple[int, Path]] = {}
+                if name == ROUTER_ROW and py_spy is not None:
                     pids = {"router": router.pid, "worker": worker.pid}
-                    async with profiling(children, pids, py_spy, seconds, profiles):
-                        c32 = await measure(call, RELAY_TOKENS, CONCURRENCY, seconds)
-                else:
+                    spied = {who: (pid, py_spy / f"{who}.raw") for who, pid in pids.items()}
+                    profiles.files |= {who: raw for who, (_, raw) in spied.items()}
+                async with harness.profiling(children, spied, seconds, PY_SPY_RATE):
                     c32 = await measure(call, RELAY_TOKENS, CONCURRENCY, seconds)
                 results[name] = Row(ttft, ttft_short, c1, c32)
         finally:
@@ -612,22 +401,7 @@ def cli() -> None:
     args = parser.parse_args()
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
-    try:
-        run(with_sigterm(main(args.seconds, args.py_spy)))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\nstream bench interrupted; its processes are stopped", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        for group in _LIVE_GROUPS:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, signal.SIGKILL)
-
-
-async def with_sigterm(coroutine: Awaitable[None]) -> None:
-    """SIGTERM cancels the run like Ctrl-C does, so `finally` stops every child."""
-    task = asyncio.ensure_future(coroutine)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    await task
+    harness.run_cli(main(args.seconds, args.py_spy), "stream bench")
 
 
 if __name__ == "__main__":

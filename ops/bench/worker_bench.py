@@ -15,25 +15,16 @@ not absolute numbers. Usage: python ops/bench/worker_bench.py [--seconds 5]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
+import harness
 import nats
+from harness import Fleet, Sample, measure
 
 from services.bus import wait_for_worker
-from services.localnet import free_port
-from services.loop import run
-from services.nats_server import NatsServer
 from services.runtimes import new_http_client
-
-ROOT = Path(__file__).resolve().parents[2]
 
 ECHO_RESPONDER = """
 import asyncio, sys, nats, uvloop
@@ -51,51 +42,6 @@ uvloop.run(main())
 JOB = json.dumps({"prompt": "hello there, how are you", "params": {"max_tokens": 16}}).encode()
 
 
-@dataclass
-class Sample:
-    latencies_ms: list[float]
-    errors: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies_ms) / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def measure(call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float) -> Sample:
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        nonlocal errors
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            ok = await call()
-            latencies.append((time.perf_counter() - started) * 1000)
-            errors += not ok
-
-    started = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return Sample(latencies, errors, time.perf_counter() - started)
-
-
-async def spawn(*argv: str, ready: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        while ready not in (await process.stdout.readline()).decode():
-            if process.returncode is not None:
-                raise RuntimeError(f"{argv} exited early")
-    return process
-
-
 def report(name: str, c1: Sample, c64: Sample) -> None:
     print(
         f"{name:<34} c1 p50 {c1.pct(0.5):7.3f} ms  p99 {c1.pct(0.99):7.3f} ms  "
@@ -104,86 +50,8 @@ def report(name: str, c1: Sample, c64: Sample) -> None:
 
 
 async def main(seconds: float) -> None:
-    processes: list[asyncio.subprocess.Process] = []
-    async with NatsServer() as server:
-        try:
-            sim_port = free_port()
-            processes.append(
-                await spawn(
-                    sys.executable,
-                    "-m",
-                    "services.simulator",
-                    "--port",
-                    str(sim_port),
-                    "--latency-ms",
-                    "0",
-                    "--tokens",
-                    "16",
-                    ready="listening on",
-                )
-            )
-            processes.append(
-                await spawn(sys.executable, "-c", ECHO_RESPONDER, server.url, ready="ready")
-            )
-            with tempfile.TemporaryDirectory() as tmp:
-                config = Path(tmp) / "worker.toml"
-                config.write_text(
-                    f'node_id = "bench"\nnats_url = "{server.url}"\n'
-                    "[limits]\nllm_concurrency = 128\n"
-                    f'[[backends]]\nkind = "ollama"\nurl = "http://127.0.0.1:{sim_port}"\n'
-                )
-                worker = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "node_worker",
-                    "--config",
-                    str(config),
-                    "--log-level",
-                    "WARNING",
-                    cwd=ROOT,
-                )
-                processes.append(worker)
-                nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
-                await wait_for_worker(nc, "node.bench.llm.request")
-
-                async def echo() -> bool:
-                    await nc.request("bench.echo", JOB, timeout=5)
-                    return True
-
-                async def job() -> bool:
-                    msg = await nc.request("node.bench.llm.request", JOB, timeout=5)
-                    return b'"status":"ok"' in msg.data
-
-                async with new_http_client() as http:
-                    body = {
-                        "model": "llama3.2:3b",
-                        "stream": False,
-                        "messages": [{"role": "user", "content": "hello there, how are you"}],
-                    }
-                    url = f"http://127.0.0.1:{sim_port}/api/chat"
-
-                    async def direct() -> bool:
-                        response = await http.post(url, json=body)
-                        return response.status_code == 200
-
-                    for call in (echo, direct, job):  # warm-up
-                        await measure(call, 8, 0.5)
-                    results = {}
-                    for name, call in (
-                        ("floor: nats echo", echo),
-                        ("floor: http → simulator", direct),
-                        ("worker: nats → worker → simulator", job),
-                    ):
-                        results[name] = (
-                            await measure(call, 1, seconds),
-                            await measure(call, 64, seconds),
-                        )
-                await nc.close()
-        finally:
-            for process in processes:
-                if process.returncode is None:
-                    process.terminate()
-                    await process.wait()
+    async with harness.fleet("worker-bench-") as fleet:
+        results = await run_bench(fleet, seconds)
 
     print(f"\nworker benchmark, {seconds:g} s per measurement, {os.cpu_count()} cores\n")
     for name, (c1, c64) in results.items():
@@ -202,7 +70,60 @@ async def main(seconds: float) -> None:
     )
 
 
+async def run_bench(fleet: Fleet, seconds: float) -> dict[str, tuple[Sample, Sample]]:
+    async with harness.http_session() as probe:  # only to see the simulator answer
+        sim_url = await fleet.simulator(probe, "/api/tags", "--tokens", "16")
+    echo_responder = await fleet.children.spawn(
+        "echo", sys.executable, "-c", ECHO_RESPONDER, fleet.nats_url
+    )
+
+    async def echo_ready() -> bool:
+        return "ready" in fleet.children.tail("echo")
+
+    await fleet.children.wait_ready("echo", echo_responder, echo_ready, 30)
+    await fleet.worker(sim_url, "ollama", llm_concurrency=128)
+    nc = await nats.connect(fleet.nats_url, pending_size=64 * 1024 * 1024)
+    try:
+        await wait_for_worker(nc, "node.bench.llm.request")
+
+        async def echo() -> bool:
+            await nc.request("bench.echo", JOB, timeout=5)
+            return True
+
+        async def job() -> bool:
+            msg = await nc.request("node.bench.llm.request", JOB, timeout=5)
+            return b'"status":"ok"' in msg.data
+
+        async with new_http_client() as http:
+            body = {
+                "model": "llama3.2:3b",
+                "stream": False,
+                "messages": [{"role": "user", "content": "hello there, how are you"}],
+            }
+            url = f"{sim_url}/api/chat"
+
+            async def direct() -> bool:
+                response = await http.post(url, json=body)
+                return response.status_code == 200
+
+            for call in (echo, direct, job):  # warm-up
+                await measure(call, 8, 0.5)
+            results = {}
+            for name, call in (
+                ("floor: nats echo", echo),
+                ("floor: http → simulator", direct),
+                ("worker: nats → worker → simulator", job),
+            ):
+                results[name] = (
+                    await measure(call, 1, seconds),
+                    await measure(call, 64, seconds),
+                )
+    finally:
+        await nc.close()
+    return results
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
-    run(main(parser.parse_args().seconds))
+    harness.run_cli(main(parser.parse_args().seconds), "worker bench")
