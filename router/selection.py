@@ -239,9 +239,12 @@ def _from_fleet(reqs: Requirements, pool: _Pool) -> tuple[Candidate | None, str]
     typed = [c for c in pool.candidates if c.type in wanted]
     if not typed:
         return None, _why_no_candidate(reqs.required_type, wanted, pool)
+    # Best-candidate picks take the wanted type itself when it exists; a stand-in (code
+    # for llm, llm for code) only when it does not. Prefer lists match by name in both.
+    best_pool = [c for c in typed if c.type == wanted[0]] or typed
     for pref in reqs.prefer:
         if pref == "*":
-            return _pick(typed, _best_rank), ""
+            return _pick(best_pool, _best_rank), ""
         matches = [c for c in typed if pref in c.name]
         if matches:
             return _pick(matches, _prefer_rank(pref)), ""
@@ -249,7 +252,7 @@ def _from_fleet(reqs: Requirements, pool: _Pool) -> tuple[Candidate | None, str]
         return None, "no eligible node serves it"
     missed = f"nothing matches prefer {list(reqs.prefer)}; " if reqs.prefer else ""
     reason = f"{missed}best {reqs.required_type} candidate" if missed else ""
-    return _pick(typed, _best_rank), reason
+    return _pick(best_pool, _best_rank), reason
 
 
 def _why_no_candidate(required_type: str, wanted: tuple[str, ...], pool: _Pool) -> str:

@@ -677,3 +677,19 @@ def test_a_job_with_images_asks_for_a_vision_model_whatever_the_names_say() -> N
     got = select(BARE, candidates, job_type="vision")
     assert got is not None
     assert (got.model, got.type) == ("llava:7b", "vision")
+
+
+def test_best_candidate_takes_the_wanted_type_before_a_bigger_stand_in() -> None:
+    candidates = [
+        cand("qwen2.5-coder:7b", "n1", type="code", size=4.7, running=True),
+        cand("llama3.2:3b", "n1", size=2.0, running=True),
+    ]
+    got = select(BARE, candidates)
+    assert got is not None
+    assert got.model == "llama3.2:3b"
+    coder = select(BARE, candidates, job_type="code")
+    assert coder is not None
+    assert coder.model == "qwen2.5-coder:7b"
+    only_code = select(BARE, candidates[:1])
+    assert only_code is not None
+    assert only_code.model == "qwen2.5-coder:7b"  # a stand-in when nothing else serves
