@@ -176,13 +176,15 @@ class JobPipeline:
         """
         started_s = self._monotonic()
         job_id = job.request.job_id
-        response = stopped(job_id, self._node_id)  # what waiters get if we are cancelled
+        response: JobResponse | None = None
         try:
             response = await self._call_runtime(job, started_s, on_delta)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
         finally:
+            if response is None:  # cancelled: what the waiters get
+                response = stopped(job_id, self._node_id)
             self._admission.release(job.job_type)
             self._on_runtime_done(job.served.runtime, response)
             await self._idempotency.finish(job.request.key, response)

@@ -254,7 +254,8 @@ class Worker(AsyncService):
         assert task is not None
         self._running[job_id] = task
         try:
-            response = await self.pipeline.run(job, self._chunk_sender(reply_to, job_id))
+            sender = self._chunk_sender(reply_to, job_id) if job.request.stream else None
+            response = await self.pipeline.run(job, sender)
         except asyncio.CancelledError:
             if job_id not in self._cancelled:
                 await self._reply(reply_to, stopped(job_id, self.node_id), endpoint, received_s)
