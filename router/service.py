@@ -39,6 +39,9 @@ class RouterService(AsyncService):
             servers=list(self.settings.nats_url),
             name="inferbus-router",
             **self.settings.nats.connect_options(),
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=2,
@@ -77,6 +80,16 @@ class RouterService(AsyncService):
             self.port,
             len(self.fleet.nodes),
         )
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        log.warning("nats: %s", error)
+
+    async def _on_disconnected(self) -> None:
+        if self._server is not None and not self._server.should_exit:
+            log.warning("disconnected from nats; reconnecting (local runtime still serves)")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to nats")
 
     @property
     def url(self) -> str:
