@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ from router.config import RouterSettings
 from router.direct import Direct, serve_directly
 from router.fleet import FleetView
 from router.offload import Offloaded, offload, stream_offload
-from router.route import FINAL_CODES, Attempt, Route, Via
+from router.route import FINAL_CODES, Attempt, Route
 from router.selection import Selection, select
 from services.capabilities import Capabilities
 from services.deadlines import remaining_budget_ms
@@ -41,6 +42,17 @@ log = logging.getLogger("inferbus.router")
 NODE_CHECK_S = 0.25
 
 DeltaSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One request on its way through the steps: what each of them needs."""
+
+    job: JobRequest
+    agent_id: str | None
+    deadline: float  # on the router's clock
+    route: Route
+    on_delta: DeltaSink | None
 
 
 def job_type_of(job: JobRequest) -> JobType:
@@ -94,15 +106,11 @@ class Router:
         route = Route()
         if budget_ms <= 0:
             return _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival"), route
-        answer = await self._remote(job, agent_id, deadline, route, on_delta)
-        if answer is not None:
-            return answer, route
-        answer = await self._local(job, agent_id, deadline, route, on_delta)
-        if answer is not None:
-            return answer, route
-        answer = await self._static(job, agent_id, deadline, route, on_delta)
-        if answer is not None:
-            return answer, route
+        serving = Serving(job, agent_id, deadline, route, on_delta)
+        for step in (self._remote, self._local, self._static):
+            answer = await step(serving)
+            if answer is not None:
+                return answer, route
         if self._left_s(deadline) <= 0:
             return _fail(
                 job, ErrorCode.DEADLINE_EXCEEDED, "the budget ran out before an answer"
@@ -111,14 +119,8 @@ class Router:
         reason = f"nothing could serve it (last attempt: {last})" if last else "nothing serves it"
         return _fail(job, ErrorCode.NO_ROUTE, f"{job.model or job.type} — {reason}"), route
 
-    async def _remote(
-        self,
-        job: JobRequest,
-        agent_id: str | None,
-        deadline: float,
-        route: Route,
-        on_delta: DeltaSink | None,
-    ) -> JobResponse | None:
+    async def _remote(self, s: Serving) -> JobResponse | None:
+        job, agent_id, deadline, route = s.job, s.agent_id, s.deadline, s.route
         kind = breaker_kind(job.type or "llm")
         tried: set[str] = set()
         for _ in range(self.settings.offload.attempts):
@@ -144,21 +146,14 @@ class Router:
             if not self.breakers.allows(node, kind, now):
                 continue
             _describe(route, selection)
-            answer = await self._offload_to(node, selection, job, deadline, route, on_delta)
+            answer = await self._offload_to(node, selection, s)
             if answer is not None:
                 return answer
         return None
 
-    async def _offload_to(
-        self,
-        node: str,
-        selection: Selection,
-        job: JobRequest,
-        deadline: float,
-        route: Route,
-        on_delta: DeltaSink | None,
-    ) -> JobResponse | None:
+    async def _offload_to(self, node: str, selection: Selection, s: Serving) -> JobResponse | None:
         """One remote try; the answer if it ends the request, None to go on."""
+        job, deadline, route, on_delta = s.job, s.deadline, s.route, s.on_delta
         kind = breaker_kind(job.type or "llm")
         left_s = self._left_s(deadline)
         timeout_s = min(left_s, self.settings.offload.attempt_timeout_ms / 1000.0)
@@ -273,15 +268,9 @@ class Router:
         view = self.fleet.nodes.get(node)
         return view is None or view.stale(now) or node in self.breakers.open_nodes(kind, now)
 
-    async def _local(
-        self,
-        job: JobRequest,
-        agent_id: str | None,
-        deadline: float,
-        route: Route,
-        on_delta: DeltaSink | None,
-    ) -> JobResponse | None:
+    async def _local(self, s: Serving) -> JobResponse | None:
         """The router node's own runtime, over HTTP, whatever the bus is doing."""
+        job, agent_id, deadline = s.job, s.agent_id, s.deadline
         runtime = self.local_runtime
         if runtime is None or self._left_s(deadline) <= 0:
             return None
@@ -298,20 +287,16 @@ class Router:
             return None
         reason = (
             "remote attempts failed; local runtime"
-            if route.attempts
+            if s.route.attempts
             else "no remote node; local runtime"
         )
-        return await self._direct("local", runtime, model, job, deadline, route, reason, on_delta)
+        return await self._direct(
+            s, Direct("local", runtime, model, self.settings.local_node, reason)
+        )
 
-    async def _static(
-        self,
-        job: JobRequest,
-        agent_id: str | None,
-        deadline: float,
-        route: Route,
-        on_delta: DeltaSink | None,
-    ) -> JobResponse | None:
+    async def _static(self, s: Serving) -> JobResponse | None:
         """The profile's static config, its fallback profiles, or the hard default."""
+        job, agent_id, deadline = s.job, s.agent_id, s.deadline
         if self._left_s(deadline) <= 0:
             return None
         selection = select(
@@ -327,33 +312,12 @@ class Router:
         runtime = make_runtime(
             kind, selection.base_url, self._http, api_key=_env(selection.api_key_env)
         )
-        route.profile = selection.profile
-        return await self._direct(
-            "static",
-            runtime,
-            selection.model,
-            job,
-            deadline,
-            route,
-            selection.fallback_reason,
-            on_delta,
-        )
+        s.route.profile = selection.profile
+        target = Direct("static", runtime, selection.model, None, selection.fallback_reason)
+        return await self._direct(s, target)
 
-    async def _direct(
-        self,
-        via: Via,
-        runtime: Runtime,
-        model: str,
-        job: JobRequest,
-        deadline: float,
-        route: Route,
-        reason: str,
-        on_delta: DeltaSink | None,
-    ) -> JobResponse | None:
-        node = self.settings.local_node if via == "local" else None
-        return await serve_directly(
-            Direct(via, runtime, model, node, reason), job, self._left_s(deadline), route, on_delta
-        )
+    async def _direct(self, s: Serving, target: Direct) -> JobResponse | None:
+        return await serve_directly(target, s.job, self._left_s(s.deadline), s.route, s.on_delta)
 
     def _left_s(self, deadline: float) -> float:
         return deadline - self._clock()
