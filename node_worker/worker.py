@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,7 +33,7 @@ from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.service_api import Endpoint, ServiceApi
 from services import __version__
-from services.bus import flush_interest
+from services.bus import connect_until_stopped, flush_interest
 from services.capabilities import Capabilities, Hardware
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.lifecycle import AsyncService
@@ -56,8 +55,17 @@ def header_safe(text: str, limit: int = 256) -> str:
 
 
 class Worker(AsyncService):
-    def __init__(self, settings: WorkerSettings, *, http_client: httpx.AsyncClient | None = None):
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        stop: asyncio.Event | None = None,
+    ):
+        """`stop`, when given, is the process's signal: setting it while the worker still
+        waits for NATS makes `start()` return at once, unconnected."""
         self.settings = settings
+        self._stop_requested = stop or asyncio.Event()
         self.node_id = settings.node_id
         self.subjects = Subjects(settings.subject_prefix)
         self.metrics = WorkerMetrics()
@@ -127,6 +135,8 @@ class Worker(AsyncService):
     async def start(self) -> None:
         await self.refresh()
         self._nc = await self._connect()
+        if self._nc is None:
+            return  # stopped while waiting for NATS: nothing was started
         for job_type in ("llm", "vision"):
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
@@ -162,29 +172,26 @@ class Worker(AsyncService):
             extra={"node_id": self.node_id},
         )
 
-    async def _connect(self) -> NatsClient:
-        """Connect, waiting for NATS if it is not up yet: start order must not matter."""
-        while True:
-            try:
-                return await nats.connect(
-                    servers=list(self.settings.nats_url),
-                    name=f"inferbus-worker-{self.node_id}",
-                    **self.settings.nats.connect_options(),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    error_cb=self._on_nats_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-            except (OSError, nats.errors.Error) as error:
-                log.warning(
-                    "nats at %s not reachable (%s); retrying",
-                    redact(", ".join(self.settings.nats_url)),
-                    error or type(error).__name__,
-                    extra={"node_id": self.node_id},
-                )
-                await asyncio.sleep(1.0)
+    async def _connect(self) -> NatsClient | None:
+        """Connect, waiting for NATS if it is not up yet: start order must not matter.
+
+        None when the process was told to stop meanwhile; `BusAuthRefused` when the server
+        refuses the credentials (the process exits 2 with the cause).
+        """
+        servers = list(self.settings.nats_url)
+        log.info("connecting to nats at %s", redact(", ".join(servers)))
+        return await connect_until_stopped(
+            self._stop_requested,
+            servers=servers,
+            name=f"inferbus-worker-{self.node_id}",
+            **self.settings.nats.connect_options(),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
 
     async def refresh(self) -> None:
         """Probe every runtime; list models (and read the GPUs) every `rediscover_s`."""

@@ -151,3 +151,40 @@ async def test_req_without_nats_fails_fast_with_a_clear_message() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert "cannot reach NATS" in stderr.decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_worker_waiting_for_nats_stops_on_a_signal(
+    tmp_path: Path, simulator: Simulator, node_id: str, signum: signal.Signals
+) -> None:
+    config = write_config(
+        tmp_path,
+        f'node_id = "{node_id}"\nnats_url = "nats://127.0.0.1:{free_port()}"\n'
+        f'[[backends]]\nkind = "ollama"\nurl = "{simulator.url}"\n',
+    )
+    process = await start_worker_process(config)
+    assert process.stderr is not None
+    async with asyncio.timeout(30):  # it says it is connecting before it waits
+        while b"connecting to nats" not in await process.stderr.readline():
+            pass
+    process.send_signal(signum)
+    _, stderr = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0, stderr.decode()
+
+
+async def test_worker_with_a_wrong_password_exits_2_naming_the_cause(
+    tmp_path: Path, simulator: Simulator, node_id: str
+) -> None:
+    auth = tmp_path / "auth.conf"
+    auth.write_text('authorization { user: "worker", password: "right" }\n')
+    async with NatsServer(config_file=auth) as server:
+        config = write_config(
+            tmp_path,
+            f'node_id = "{node_id}"\nnats_url = "{server.url}"\n'
+            '[nats]\nuser = "worker"\npassword = "wrong"\n'
+            f'[[backends]]\nkind = "ollama"\nurl = "{simulator.url}"\n',
+        )
+        process = await start_worker_process(config)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "Authorization Violation" in stderr.decode()
