@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.simulator import Fault, SimModel, Simulator, expected_text, expected_tokens
-from services.simulator.cli import parse_models
-from services.simulator.faults import FaultTable
-from services.simulator.plan import GenRequest, Plan, Rejection, plan_generation
+from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_tokens
+from tools.simulator.cli import parse_models
+from tools.simulator.faults import FaultTable
+from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation
 
 LLM = "llama3:8b"
 VISION = "llava:7b"
@@ -680,7 +680,7 @@ async def test_cli_process_announces_its_url_serves_and_exits_cleanly_on_sigterm
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.simulator",
+        "tools.simulator",
         "--port",
         "0",
         "--models",

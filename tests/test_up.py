@@ -49,7 +49,7 @@ async def test_up_serves_the_printed_examples_and_ctrl_c_stops_everything(tmp_pa
     up = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "tools.cli",
         "up",
         "--nats-port",
         str(nats_port),
@@ -80,7 +80,7 @@ async def test_up_serves_the_printed_examples_and_ctrl_c_stops_everything(tmp_pa
     req = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "tools.cli",
         "req",
         target,
         text.strip("'"),

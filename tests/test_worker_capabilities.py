@@ -14,11 +14,11 @@ from node_worker.backends import next_state
 from node_worker.config import Health
 from services.bus import flush_interest
 from services.capabilities import Capabilities, Pricing, decode_capabilities
-from services.nodes import collect_fleet
-from services.simulator import Fault, SimModel, Simulator
+from services.fleet_scan import collect_fleet
 from services.subjects import Subjects
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Fault, SimModel, Simulator
 
 
 @asynccontextmanager

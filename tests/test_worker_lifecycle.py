@@ -15,9 +15,9 @@ from nats.aio.client import Client as NatsClient
 from services.bus import wait_for_worker
 from services.localnet import free_port
 from services.nats_server import NatsServer
-from services.simulator import Simulator
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +138,7 @@ async def test_req_without_nats_fails_fast_with_a_clear_message() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "tools.cli",
         "req",
         "gpu-a",
         "hi",

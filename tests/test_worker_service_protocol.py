@@ -8,9 +8,9 @@ import json
 from nats.aio.client import Client as NatsClient
 from nats.micro.service import ServiceInfo, ServiceStats
 
-from services.simulator import Simulator
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Simulator
 
 
 async def test_info_names_the_node_and_its_endpoints(

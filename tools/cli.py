@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--raw", action="store_true", help="print the JSON reply")
     req.add_argument("--stream", action="store_true", help="print tokens as they come")
 
-    from services.nodes import prefix_arg, seconds_arg
+    from tools.nodes import prefix_arg, seconds_arg
 
     nodes = commands.add_parser("nodes", help="ask every node what it serves now")
     nodes.add_argument(
@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "router":
         return _exec_module("router", argv[1:])
     if argv and argv[0] == "simulate":
-        from services.simulator.cli import run_cli
+        from tools.simulator.cli import run_cli
 
         return run_cli(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "up":
-        from services.up import UpOptions, default_data_dir, up
+        from tools.up import UpOptions, default_data_dir, up
 
         data_dir = args.data_dir or default_data_dir()
         return run(
@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if args.command == "nodes":
-        from services.nodes import show_nodes
+        from tools.nodes import show_nodes
 
         return run(
             show_nodes(
                 nats_url=args.server, prefix=args.prefix, wait_s=args.wait, as_json=args.json
             )
         )
-    from services.req import job_payload, job_subject, send
     from services.subjects import Subjects
+    from tools.req import job_payload, job_subject, send
 
     subject = job_subject(args.target, args.type, Subjects(args.prefix))
     return run(

@@ -98,7 +98,7 @@ async def _start_simulator(children: list[asyncio.subprocess.Process]) -> str:
     simulator = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.simulator",
+        "tools.simulator",
         "--port",
         str(port),
         stdout=asyncio.subprocess.PIPE,

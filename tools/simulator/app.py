@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from services.simulator.control_api import add_control_routes
-from services.simulator.flow import STATE_KEY
-from services.simulator.ollama_api import add_ollama_routes
-from services.simulator.openai_api import add_openai_routes
-from services.simulator.state import SimState
+from tools.simulator.control_api import add_control_routes
+from tools.simulator.flow import STATE_KEY
+from tools.simulator.ollama_api import add_ollama_routes
+from tools.simulator.openai_api import add_openai_routes
+from tools.simulator.state import SimState
 
 # Base64 images make vision requests large; aiohttp's default cap is 1 MiB.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""``python -m services.simulator``: the simulator as its own process.
+"""``python -m tools.simulator``: the simulator as its own process.
 
 Prints ``simulator listening on http://HOST:PORT`` once it accepts connections, so a
 parent process (a benchmark, ``inferbus up``, a chaos test) can wait for that line, and
@@ -13,8 +13,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from services.simulator.models import DEFAULT_MODELS, SimModel
-from services.simulator.server import Simulator
+from tools.simulator.models import DEFAULT_MODELS, SimModel
+from tools.simulator.server import Simulator
 
 _VISION_SUFFIX = ":vision"
 
@@ -40,7 +40,7 @@ def parse_models(spec: str) -> list[SimModel]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.simulator",
+        prog="python -m tools.simulator",
         description="A fake inference runtime speaking the Ollama and OpenAI APIs.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")

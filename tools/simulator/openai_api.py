@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.simulator.flow import (
+from tools.simulator.flow import (
     JSON_HEADERS,
     STATE_KEY,
     Timings,
@@ -22,8 +22,8 @@ from services.simulator.flow import (
     json_response,
     serve_generation,
 )
-from services.simulator.models import count_words
-from services.simulator.plan import GenRequest, Plan, Rejection
+from tools.simulator.models import count_words
+from tools.simulator.plan import GenRequest, Plan, Rejection
 
 SYSTEM_FINGERPRINT = "fp_inferbus_sim"
 _ID_PREFIX = "chatcmpl-" + secrets.token_hex(6)

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from services.lifecycle import AsyncService
-from services.simulator.app import build_app
-from services.simulator.faults import Fault
-from services.simulator.models import DEFAULT_MODELS, SimModel
-from services.simulator.state import SimState
+from tools.simulator.app import build_app
+from tools.simulator.faults import Fault
+from tools.simulator.models import DEFAULT_MODELS, SimModel
+from tools.simulator.state import SimState
 
 # Backstop for stop(): requests still running after this are cancelled. Delays and hangs
 # already end at once on stop, so this only bounds a handler stuck in a socket write.

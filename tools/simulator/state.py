@@ -11,8 +11,8 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterable
 
-from services.simulator.faults import FaultTable
-from services.simulator.models import SimModel
+from tools.simulator.faults import FaultTable
+from tools.simulator.models import SimModel
 
 
 class SimState:
