@@ -32,7 +32,11 @@ async def flush_interest(nc: NatsClient, timeout_s: float = 10) -> None:
 
 
 async def wait_for_worker(nc: NatsClient, subject: str, timeout_s: float = 30) -> None:
-    """Return once a worker answers on `subject` (an empty job gets BAD_REQUEST back)."""
+    """Return once a worker answers on `subject`.
+
+    On a job subject the empty job gets BAD_REQUEST back, which the worker's `$SRV` stats
+    count as an error; probe `node.<id>.caps` where that matters (`inferbus up` does).
+    """
     async with asyncio.timeout(timeout_s):
         while True:
             try:

@@ -1,23 +1,34 @@
 """`inferbus up`: the whole system on one machine, for trying it and for demos.
 
 Composes processes, not imports: an embedded nats-server (JetStream on), the runtime
-simulator when no local runtime answers, and one node worker in front of whatever was
-found. Ctrl-C stops everything it started, in reverse order.
+simulator when no local runtime answers, one node worker in front of whatever was found
+(more, simulated, with --workers), and the router. Config files are written from the
+worker's and router's settings models. Each child's PID is printed; a worker that dies
+is reported with its cause while the rest keeps running (the failover demo), a router
+that dies (its port taken, say) stops everything at once with its cause. Ctrl-C stops
+everything it started, in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import nats
+import yaml
 
+from node_worker.config import Backend, WorkerSettings
+from router.config import HttpSettings, LocalRuntime, RouterSettings
 from services.bus import wait_for_worker
 from services.errors import InferbusError
 from services.localnet import free_port, port_open
@@ -25,6 +36,8 @@ from services.nats_server import NatsServer
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.base import RuntimeKind
 from services.subjects import Subjects
+
+T = TypeVar("T")
 
 # Where runtimes listen by default on a GPU box.
 LOCAL_RUNTIMES: tuple[tuple[RuntimeKind, str], ...] = (
@@ -63,10 +76,102 @@ async def find_local_runtimes() -> list[tuple[RuntimeKind, str]]:
     return [runtime for runtime, up in zip(LOCAL_RUNTIMES, answers, strict=True) if up]
 
 
-async def _spawn(*argv: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
-    )
+@dataclass
+class Child:
+    """A process `up` started: what to call it, and what it last said on stderr."""
+
+    role: str  # "simulator", "worker 'local-2'", "router"
+    process: asyncio.subprocess.Process
+    restart: str | None = None  # the command that starts it again by hand
+    last_words: deque[str] = field(default_factory=lambda: deque(maxlen=3))
+
+    def cause(self) -> str:
+        """Its exit code and last stderr line, for a one-line report."""
+        code = self.process.returncode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        said = self.last_words[-1] if self.last_words else ""
+        return f"{how}: {said}" if said else how
+
+
+class ChildExited(Exception):
+    """A child `up` waits for exited first; its role and cause are in the message."""
+
+    def __init__(self, child: Child) -> None:
+        super().__init__(f"{child.role} (pid {child.process.pid}) exited, {child.cause()}")
+        self.child = child
+
+
+class Children:
+    """Every process `up` started, with their stderr relayed to ours line by line (so the
+    last words of one that dies can be quoted), stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.all: list[Child] = []
+        self._relays: list[asyncio.Task[None]] = []
+
+    async def spawn(
+        self, role: str, *argv: str, restart: str | None = None, stdout: int | None = None
+    ) -> Child:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        child = Child(role, process, restart)
+        self.all.append(child)
+        self._relays.append(asyncio.create_task(self._relay(child)))
+        return child
+
+    @staticmethod
+    async def _relay(child: Child) -> None:
+        assert child.process.stderr is not None
+        while line := await child.process.stderr.readline():
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+            text = line.decode(errors="replace").strip()
+            if text:
+                child.last_words.append(_message_of(text))
+
+    async def until(self, child: Child, ready: Coroutine[Any, Any, T]) -> T:
+        """`ready`'s result, or ChildExited the moment `child` exits first."""
+        waiting = asyncio.ensure_future(ready)
+        exited = asyncio.ensure_future(child.process.wait())
+        await asyncio.wait({waiting, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            exited.cancel()
+            return waiting.result()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await self.settled(child)
+        raise ChildExited(child)
+
+    async def settled(self, child: Child) -> None:
+        """Wait (briefly) for the relay to read the last stderr lines of an exited child."""
+        relay = self._relays[self.all.index(child)]
+        await asyncio.wait({relay}, timeout=1)
+
+    async def stop_all(self) -> None:
+        for child in reversed(self.all):
+            await _stop(child.process)
+        for relay in self._relays:
+            relay.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+
+
+def _message_of(line: str) -> str:
+    """The `msg` of a JSON log line, else the line."""
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line
+        message = record.get("msg") if isinstance(record, dict) else None
+        if isinstance(message, str):
+            return message
+    return line
 
 
 async def _wait_for_line(process: asyncio.subprocess.Process, marker: str) -> str:
@@ -77,54 +182,77 @@ async def _wait_for_line(process: asyncio.subprocess.Process, marker: str) -> st
     raise RuntimeError(f"process {process.pid} exited before saying {marker!r}")
 
 
-async def _wait_for_worker(nats_url: str, subject: str) -> None:
+async def _wait_for_node(nats_url: str, node_id: str) -> None:
+    """Until the node answers its caps subject: a probe that is no job, so the worker's
+    `$SRV` stats do not count it as a bad request."""
     nc = await nats.connect(nats_url)
     try:
-        await wait_for_worker(nc, subject)
+        await wait_for_worker(nc, Subjects().caps(node_id))
     finally:
         await nc.close()
 
 
-def _worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind, str]]) -> str:
-    lines = [f'node_id = "{node_id}"', f'nats_url = "{nats_url}"', ""]
-    for kind, url in backends:
-        lines += ["[[backends]]", f'kind = "{kind}"', f'url = "{url}"', ""]
-    return "\n".join(lines)
+async def _node_answers(nats_url: str, node_id: str) -> bool:
+    """Whether a worker with this node id already runs on that NATS server."""
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.request(Subjects().caps(node_id), b"", timeout=1)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return False
+    finally:
+        await nc.close()
+    return True
 
 
-async def _start_simulator(children: list[asyncio.subprocess.Process]) -> str:
+def worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind, str]]) -> str:
+    """The worker's config file, from its settings model (validated, so a bad value fails
+    here and not in the child)."""
+    settings = WorkerSettings(
+        node_id=node_id,
+        nats_url=[nats_url],
+        backends=[Backend(kind=kind, url=url) for kind, url in backends],
+    )
+    return _yaml(settings.model_dump(mode="json", exclude_defaults=True))
+
+
+def router_config(
+    node_id: str, nats_url: str, http_port: int, local: tuple[RuntimeKind, str]
+) -> str:
+    """The router's config file, from its settings model."""
+    kind, url = local
+    settings = RouterSettings(
+        nats_url=[nats_url],
+        http=HttpSettings(host="127.0.0.1", port=http_port),
+        local_node=node_id,
+        local_runtime=LocalRuntime(kind=kind, url=url),
+    )
+    dumped = settings.model_dump(mode="json", exclude_defaults=True)
+    dumped["http"]["host"] = "127.0.0.1"  # said explicitly, although it is the default
+    return _yaml(dumped)
+
+
+def _yaml(values: dict[str, Any]) -> str:
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+async def _start_simulator(children: Children) -> str:
     """A runtime simulator on a free port; its URL."""
     port = free_port()
-    simulator = await asyncio.create_subprocess_exec(
-        sys.executable,
+    simulator = await children.spawn(
+        "simulator",
         "-m",
         "tools.simulator",
         "--port",
         str(port),
         stdout=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
     )
-    children.append(simulator)
-    await _wait_for_line(simulator, "listening on")
+    await children.until(simulator, _wait_for_line(simulator.process, "listening on"))
     return f"http://127.0.0.1:{port}"
 
 
-def _router_config(
-    node_id: str, nats_url: str, http_port: int, local: tuple[RuntimeKind, str]
-) -> str:
-    kind, url = local
-    return (
-        f"nats_url: {nats_url}\n"
-        f"http: {{host: 127.0.0.1, port: {http_port}}}\n"
-        f"local_node: {node_id}\n"
-        f"local_runtime: {{kind: {kind}, url: '{url}'}}\n"
-    )
-
-
 async def _wait_for_http(url: str) -> None:
-    """Until the URL answers 200 (the router is ready), at most 30 s."""
-    async with new_http_client() as client, asyncio.timeout(30):
+    """Until the URL answers 200 (the router is ready)."""
+    async with new_http_client() as client:
         while True:
             try:
                 if (await client.get(url)).status_code == 200:
@@ -145,19 +273,66 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
+def inferbus_command() -> str:
+    """How to run `inferbus` as pasted: the venv's script, relative when under the cwd."""
+    script = Path(sys.executable).parent / "inferbus"
+    if not script.exists():
+        return f"{sys.executable} -m tools.cli"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+class UpRefused(Exception):
+    """`up` cannot start as asked (a port taken, a node id already running): exit 2."""
+
+
+def _claim(data_dir: Path) -> Path:
+    """`data_dir/up.pid`, refusing when another live `up` holds it (it would overwrite
+    that run's configs)."""
+    lock = data_dir / "up.pid"
+    with contextlib.suppress(OSError, ValueError):
+        other = int(lock.read_text())
+        if other != os.getpid() and Path(f"/proc/{other}").exists():
+            raise UpRefused(
+                f"another `inferbus up` (pid {other}) uses {data_dir}: "
+                "stop it, or give this one --data-dir"
+            )
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
 async def up(options: UpOptions) -> int:
+    try:
+        return await _up(options)
+    except UpRefused as refusal:
+        say(f"inferbus up: {refusal}")
+        return 2
+
+
+async def _up(options: UpOptions) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    children: list[asyncio.subprocess.Process] = []
+    if port_open(options.http_port):
+        raise UpRefused(f"port {options.http_port} is in use: pick another with --http-port")
+    lock = _claim(data_dir)
+    children = Children()
     nats_server: NatsServer | None = None
     nats_url = f"nats://127.0.0.1:{options.nats_port}"
+    node_ids = [options.node_id] + [f"{options.node_id}-{n}" for n in range(2, options.workers + 1)]
     try:
         if port_open(options.nats_port):
             say(f"nats: reusing the server already listening on {nats_url}")
+            for node_id in node_ids:
+                if await _node_answers(nats_url, node_id):
+                    raise UpRefused(
+                        f"a worker with node id {node_id!r} already runs on {nats_url} "
+                        "(another `inferbus up`?): give this one --node-id or --nats-port"
+                    )
         else:
             # 8 MB messages, as ops/nats/single.conf: images travel inside the jobs.
             limits = data_dir / "nats.conf"
@@ -185,53 +360,91 @@ async def up(options: UpOptions) -> int:
             say("!" * 78)
             say("")
 
-        nodes = [(options.node_id, backends)]
-        for n in range(2, options.workers + 1):  # extra simulated nodes, to try failover
-            nodes.append((f"{options.node_id}-{n}", [("ollama", await _start_simulator(children))]))
+        nodes: list[tuple[str, list[tuple[RuntimeKind, str]]]] = [(options.node_id, backends)]
+        for node_id in node_ids[1:]:  # extra simulated nodes, to try failover
+            nodes.append((node_id, [("ollama", await _start_simulator(children))]))
+        inferbus = inferbus_command()
+        workers: list[tuple[Child, str, list[tuple[RuntimeKind, str]]]] = []
         for node_id, node_backends in nodes:
-            config = data_dir / f"worker-{node_id}.toml"
-            config.write_text(_worker_config(node_id, nats_url, node_backends))
-            children.append(await _spawn("-m", "node_worker", "--config", str(config)))
-        for node_id, node_backends in nodes:
-            subject = Subjects().job(node_id, "llm")
-            await _wait_for_worker(nats_url, subject)
+            config = data_dir / f"worker-{node_id}.yml"
+            config.write_text(worker_config(node_id, nats_url, node_backends))
+            worker = await children.spawn(
+                f"worker {node_id!r}",
+                "-m",
+                "node_worker",
+                "--config",
+                str(config),
+                restart=f"{inferbus} worker --config {config}",
+            )
+            workers.append((worker, node_id, node_backends))
+        for worker, node_id, node_backends in workers:
+            await children.until(worker, _wait_for_node(nats_url, node_id))
             runtimes = ", ".join(f"{kind} {url}" for kind, url in node_backends)
-            say(f"worker: node {node_id!r} on {subject} ({runtimes})")
+            subject = Subjects().job(node_id, "llm")
+            say(f"worker: node {node_id!r} pid {worker.process.pid} on {subject} ({runtimes})")
         subject = Subjects().job(options.node_id, "llm")
-        router_config = data_dir / "router.yml"
-        router_config.write_text(
-            _router_config(options.node_id, nats_url, options.http_port, backends[0])
+        router_file = data_dir / "router.yml"
+        router_file.write_text(
+            router_config(options.node_id, nats_url, options.http_port, backends[0])
         )
-        children.append(await _spawn("-m", "router", "--config", str(router_config)))
+        router = await children.spawn("router", "-m", "router", "--config", str(router_file))
         router_url = f"http://127.0.0.1:{options.http_port}"
-        await _wait_for_http(f"{router_url}/ready")
-        say(f"router: {router_url} (OpenAI-compatible at {router_url}/v1, config {router_config})")
+        await children.until(router, _wait_for_http(f"{router_url}/ready"))
+        say(
+            f"router: {router_url} pid {router.process.pid} "
+            f"(OpenAI-compatible at {router_url}/v1, config {router_file})"
+        )
+        if nats_server is not None and nats_server.pid is not None:
+            say(f"nats: pid {nats_server.pid}")
         say("")
         say("Send a job:")
         say(
             f"  curl -s {router_url}/v1/chat/completions -H 'Content-Type: application/json' "
             '-d \'{"messages":[{"role":"user","content":"Say hello"}]}\''
         )
-        say(f"  inferbus req {options.node_id} 'Say hello'")
+        say(f"  {inferbus} req {options.node_id} 'Say hello' --server {nats_url}")
         say(f'  nats req {subject} \'{{"prompt":"Say hello"}}\' --server {nats_url}')
+        say(f"  curl -s {router_url}/nodes        # the fleet as the router sees it")
         say("")
         say("Ctrl-C stops everything.")
-        waiters = [asyncio.create_task(stop.wait())] + [
-            asyncio.create_task(child.wait()) for child in children
-        ]
-        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if not stop.is_set():
-            say("a child process exited; stopping everything")
-            return 1
-        return 0
+        return await _watch(children, router, stop)
+    except ChildExited as exited:
+        say(f"inferbus up: {exited}; stopping everything")
+        return 2 if exited.child.process.returncode == 2 else 1
     finally:
-        for child in reversed(children):
-            await _stop(child)
+        await children.stop_all()
         if nats_server is not None:
             await nats_server.stop()
+        with contextlib.suppress(OSError):
+            lock.unlink()
         say("stopped")
+
+
+async def _watch(children: Children, router: Child, stop: asyncio.Event) -> int:
+    """Until Ctrl-C or the router exits. A worker or simulator that exits is reported with
+    its cause and the command that restarts it; the rest keeps running (the failover demo:
+    kill one worker and watch the router route around it)."""
+    stopping = asyncio.create_task(stop.wait())
+    exits = {asyncio.create_task(child.process.wait()): child for child in children.all}
+    try:
+        while True:
+            done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                return 0
+            for task in done:
+                child = exits.pop(task)
+                await children.settled(child)
+                if child is router:
+                    raise ChildExited(child)
+                say(f"{child.role} (pid {child.process.pid}) exited, {child.cause()}.")
+                say(
+                    "  The rest keeps running."
+                    + (f" To restart it: {child.restart}" if child.restart else "")
+                )
+    finally:
+        stopping.cancel()
+        for task in exits:
+            task.cancel()
 
 
 def default_data_dir() -> Path:
