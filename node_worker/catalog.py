@@ -53,6 +53,15 @@ class ServedModel:
     info: ModelInfo
     pricing: Pricing | None = None
 
+    @property
+    def runtime_id(self) -> str:
+        """The name to send the runtime (llama.cpp: its own id, the path, when it was one)."""
+        return self.info.runtime_id or self.name
+
+    def answers_as(self, model: str) -> bool:
+        """Whether a runtime answer naming `model` is this model."""
+        return model in (self.name, self.runtime_id, *self.info.aliases)
+
 
 @dataclass(frozen=True)
 class RuntimeListing:
@@ -88,6 +97,13 @@ class Catalog:
                         info,
                         listing.price_of(info.name),
                     )
+        # Other names a job may use: llama.cpp's GGUF path for its readable name.
+        self.aliases: dict[str, str] = {
+            alias: served.name
+            for served in self.models.values()
+            for alias in served.info.aliases
+            if alias not in self.models
+        }
         self.runtime_count = len(ranked)
         # Decided once per discovery, not per job: the default model for each job type.
         self.defaults: dict[JobType, ServedModel | None] = {
@@ -104,6 +120,8 @@ class Catalog:
 
     def resolve(self, model: str | None, job_type: JobType) -> ServedModel:
         """The model a job runs on: the one it names, else this node's default for its type."""
+        if model is not None:
+            model = self.aliases.get(model, model)
         served = self.models.get(model) if model is not None else self.defaults[job_type]
         if served is not None:
             return served
