@@ -75,6 +75,9 @@ class WorkerSettings(FileSettings):
     idempotency: Idempotency = Idempotency()
     health: Health = Health()
     backends: list[Backend] = Field(default_factory=list)
+    # Several workers sharing this node id on purpose (replicas in the queue group): no
+    # warning when another instance announces the same id.
+    replicas: bool = False
 
     @field_validator("node_id")
     @classmethod

@@ -46,6 +46,7 @@ def build_capabilities(
     catalog: Catalog,
     load: Mapping[str, SlotLoad],
     hardware: Hardware | None,
+    instance: str | None = None,
 ) -> Capabilities:
     served = tuple(
         ServedModel(
@@ -73,6 +74,7 @@ def build_capabilities(
         served_models=served,
         load={kind: Load(inflight=s.inflight, capacity=s.capacity) for kind, s in load.items()},
         hardware=hardware,
+        instance=instance,
     )
 
 

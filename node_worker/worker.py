@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -33,6 +34,7 @@ from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal,
 from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.service_api import Endpoint, ServiceApi
+from node_worker.twins import TwinWatch
 from services import __version__
 from services.bus import connect_until_stopped, flush_interest
 from services.capabilities import Capabilities, Hardware
@@ -121,6 +123,8 @@ class Worker(AsyncService):
         )
         self._metrics_server: MetricsServer | None = None
         self._relisting: set[int] = set()  # ids of backends being listed again now
+        self.instance = uuid.uuid4().hex[:12]
+        self.twins: TwinWatch | None = None
         self._stopped = False
 
     def _inflight_reader(self, kind: str) -> Callable[[], int]:
@@ -160,6 +164,9 @@ class Worker(AsyncService):
             record=self.capabilities,
             caps_answered=lambda elapsed_s: self.service.record("caps", elapsed_s=elapsed_s),
         )
+        if not self.settings.replicas:
+            self.twins = TwinWatch(self.nc, self.subjects, self.node_id, self.instance)
+            await self.twins.start()
         await self._announcer.start()
         await self.service.start(self.nc)
         if self.settings.metrics_port is not None:
@@ -261,6 +268,7 @@ class Worker(AsyncService):
             catalog=self.catalog,
             load=self.admission.load(),
             hardware=self.hardware,
+            instance=self.instance,
         )
 
     def _announce_now(self) -> None:
@@ -417,6 +425,8 @@ class Worker(AsyncService):
                 await asyncio.wait_for(subscription.drain(), 5)  # type: ignore[no-untyped-call]
         if self._announcer is not None:  # routers stop choosing a node that stops announcing
             await self._announcer.stop()
+        if self.twins is not None:
+            await self.twins.stop()
         await self.service.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_grace_s)

@@ -96,6 +96,8 @@ class Capabilities(_Record):
     served_models: tuple[ServedModel, ...] = ()
     load: dict[str, Load] = Field(default_factory=dict)
     hardware: Hardware | None = None
+    # Random per worker process: two processes announcing one node id can be told apart.
+    instance: str | None = None
 
 
 def encode_capabilities(record: Capabilities) -> bytes:

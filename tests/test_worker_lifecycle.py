@@ -188,3 +188,23 @@ async def test_worker_with_a_wrong_password_exits_2_naming_the_cause(
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert "Authorization Violation" in stderr.decode()
+
+
+@pytest.mark.parametrize("replicas", [False, True])
+async def test_two_workers_with_one_node_id_are_named_unless_they_are_replicas(
+    simulator: Simulator, start_worker: WorkerFactory, replicas: bool
+) -> None:
+    settings = {"backends": [backend(simulator.url)], "heartbeat_s": 0.2, "replicas": replicas}
+    async with start_worker(**settings) as first, start_worker(**settings) as second:
+        if not replicas:
+            await until(lambda: bool(first.twins and first.twins.twins), timeout_s=10)
+            await until(lambda: bool(second.twins and second.twins.twins), timeout_s=10)
+    if replicas:
+        assert (first.twins, second.twins) == (None, None)
+    else:
+        assert first.twins is not None
+        assert second.twins is not None
+        assert (first.twins.twins, second.twins.twins) == (
+            {second.instance},
+            {first.instance},
+        )
