@@ -204,7 +204,5 @@ async def test_two_workers_with_one_node_id_are_named_unless_they_are_replicas(
     else:
         assert first.twins is not None
         assert second.twins is not None
-        assert (first.twins.twins, second.twins.twins) == (
-            {second.instance},
-            {first.instance},
-        )
+        assert first.twins.twins == frozenset({second.instance})
+        assert second.twins.twins == frozenset({first.instance})
