@@ -203,3 +203,14 @@ async def test_up_with_the_http_port_taken_says_so_at_once_and_exits_2(tmp_path:
     assert process.returncode == 2
     assert f"port {port} is in use" in out.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_up_help_names_every_process_it_starts() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.cli", "up", "--help", cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    text = out.decode()
+    assert process.returncode == 0
+    for part in ("nats-server", "worker", "simulator", "router", "--http-port"):
+        assert part in text
