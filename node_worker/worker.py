@@ -22,17 +22,17 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Admission, node_capacity, slot_kind
-from node_worker.backends import Backend, build_backend
-from node_worker.catalog import Catalog, ServedModel
+from node_worker.admission import Admission, slot_kind
+from node_worker.backends import build_backend
+from node_worker.catalog import Catalog
 from node_worker.config import WorkerSettings
-from node_worker.discovery import catalog_of, discover
-from node_worker.discovery import refresh as refresh_backend
+from node_worker.discovery import discover
 from node_worker.hardware import read_hardware
 from node_worker.idempotency import IdempotencyStore
 from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal, stopped
 from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
+from node_worker.runtime_follow import RuntimeFollower
 from node_worker.service_api import Endpoint, ServiceApi
 from node_worker.twins import TwinWatch
 from services import __version__
@@ -102,7 +102,7 @@ class Worker(AsyncService):
             catalog=lambda: self.catalog,
             metrics=self.metrics,
             on_runtime_done=self._runtime_done,
-            on_other_model=self._answered_by_other_model,
+            on_other_model=lambda served, named: self.follower.answered_as(served, named),
         )
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []
@@ -122,7 +122,14 @@ class Worker(AsyncService):
             ],
         )
         self._metrics_server: MetricsServer | None = None
-        self._relisting: set[int] = set()  # ids of backends being listed again now
+        self.follower = RuntimeFollower(
+            backends=self.backends,
+            admission=self.admission,
+            limits=settings.limits,
+            health=settings.health,
+            relisted=self._relisted,
+            spawn=self._spawn,
+        )
         self.instance = uuid.uuid4().hex[:12]
         self.twins: TwinWatch | None = None
         self._stopped = False
@@ -210,51 +217,11 @@ class Worker(AsyncService):
             self._listed_at = time.monotonic()
             self.hardware = await read_hardware()
         self.catalog = await discover(self.backends, self.settings.health, relist=relist)
-        self._follow_runtime_slots()
+        self.follower.follow_slots(self.catalog)
 
-    def _follow_runtime_slots(self) -> None:
-        """Slots per kind from what the serving runtimes say they run at once."""
-        runtimes: dict[str, dict[int, Runtime]] = {"llm": {}, "vision": {}}
-        for model in self.catalog.models.values():
-            if model.type != "embed":
-                kind = "vision" if model.type == "vision" else "llm"
-                runtimes[kind][id(model.runtime)] = model.runtime
-        limits = self.settings.limits
-        for kind, configured in (
-            ("llm", limits.llm_concurrency),
-            ("vision", limits.vision_concurrency),
-        ):
-            slots = [
-                self._backend_of[key].slots for key in runtimes[kind] if key in self._backend_of
-            ]
-            self.admission.resize(kind, node_capacity(configured, slots))
-
-    def _answered_by_other_model(self, served: ServedModel, named: str) -> None:
-        """A llama.cpp server answered as another model than it was listed with: it was
-        restarted with another GGUF. List it again now, not at the next rediscovery."""
-        backend = self._backend_of.get(id(served.runtime))
-        if backend is None or backend.config.kind != "llamacpp" or len(backend.models) != 1:
-            return
-        if id(backend) in self._relisting:
-            return
-        log.warning(
-            "runtime %s answered as model %r, listed as %r: listing it again",
-            backend.config.url,
-            named,
-            served.name,
-            extra={"node_id": self.node_id},
-        )
-        self._relisting.add(id(backend))
-        self._spawn(self._relist(backend))
-
-    async def _relist(self, backend: Backend) -> None:
-        try:
-            await refresh_backend(backend, self.settings.health, relist=True)
-            self.catalog = catalog_of(self.backends)
-            self._follow_runtime_slots()
-            self._announce_now()
-        finally:
-            self._relisting.discard(id(backend))
+    def _relisted(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._announce_now()
 
     def capabilities(self, seq: int) -> Capabilities:
         """This node's record now."""
