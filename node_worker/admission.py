@@ -21,7 +21,7 @@ def slot_kind(job_type: JobType) -> str:
 
 
 @dataclass
-class Load:
+class SlotLoad:
     inflight: int
     capacity: int
 
@@ -46,8 +46,8 @@ class Admission:
         # Called when a kind becomes full or stops being full: the registry re-announces.
         self._on_saturation_change = on_saturation_change
         self._load = {
-            "llm": Load(inflight=0, capacity=llm_capacity),
-            "vision": Load(inflight=0, capacity=vision_capacity),
+            "llm": SlotLoad(inflight=0, capacity=llm_capacity),
+            "vision": SlotLoad(inflight=0, capacity=vision_capacity),
         }
 
     def try_acquire(self, job_type: JobType) -> bool:
@@ -77,6 +77,6 @@ class Admission:
         if was_full != (load.inflight >= load.capacity):
             self._on_saturation_change()
 
-    def load(self) -> dict[str, Load]:
+    def load(self) -> dict[str, SlotLoad]:
         """A copy of the load per slot kind, for capabilities and metrics."""
-        return {kind: Load(load.inflight, load.capacity) for kind, load in self._load.items()}
+        return {kind: SlotLoad(load.inflight, load.capacity) for kind, load in self._load.items()}

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from node_worker.config import Backend as BackendConfig
-from node_worker.config import Health
+from node_worker.config import BackendConfig, Health
 from services.capabilities import BackendStats, HealthState, RuntimeStatus
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime

@@ -46,7 +46,7 @@ def classify_model(info: ModelInfo) -> ModelType:
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class CatalogModel:
     name: str
     type: ModelType
     runtime: Runtime
@@ -86,11 +86,11 @@ class Catalog:
         ranked = sorted(
             enumerate(listings), key=lambda it: (RUNTIME_PRIORITY[it[1].runtime.kind], it[0])
         )
-        self.models: dict[str, ServedModel] = {}
+        self.models: dict[str, CatalogModel] = {}
         for _, listing in ranked:
             for info in listing.models:
                 if info.name not in self.models:
-                    self.models[info.name] = ServedModel(
+                    self.models[info.name] = CatalogModel(
                         info.name,
                         classify_model(info),
                         listing.runtime,
@@ -106,11 +106,11 @@ class Catalog:
         }
         self.runtime_count = len(ranked)
         # Decided once per discovery, not per job: the default model for each job type.
-        self.defaults: dict[JobType, ServedModel | None] = {
+        self.defaults: dict[JobType, CatalogModel | None] = {
             job_type: self._best_for(job_type) for job_type in JOB_TYPES
         }
 
-    def _best_for(self, job_type: JobType) -> ServedModel | None:
+    def _best_for(self, job_type: JobType) -> CatalogModel | None:
         """Running before installed, then by name; code and llm stand in for each other."""
         for wanted in _wanted_types(job_type):
             candidates = [m for m in self.models.values() if m.type == wanted]
@@ -118,7 +118,7 @@ class Catalog:
                 return min(candidates, key=lambda m: (m.info.running is not True, m.name))
         return None
 
-    def resolve(self, model: str | None, job_type: JobType) -> ServedModel:
+    def resolve(self, model: str | None, job_type: JobType) -> CatalogModel:
         """The model a job runs on: the one it names, else this node's default for its type."""
         if model is not None:
             model = self.aliases.get(model, model)

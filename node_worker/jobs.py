@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from node_worker.admission import Admission, slot_kind
-from node_worker.catalog import Catalog, ServedModel
+from node_worker.catalog import Catalog, CatalogModel
 from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
@@ -50,7 +50,7 @@ class Admitted:
 
     request: JobRequest
     job_type: JobType
-    served: ServedModel
+    served: CatalogModel
     received_s: float
     deadline_s: float
 
@@ -79,7 +79,7 @@ class JobPipeline:
         catalog: Callable[[], Catalog],
         metrics: WorkerMetrics,
         on_runtime_done: Callable[[Runtime, JobResponse], None] = lambda _runtime, _answer: None,
-        on_other_model: Callable[[ServedModel, str], None] = lambda _served, _named: None,
+        on_other_model: Callable[[CatalogModel, str], None] = lambda _served, _named: None,
         monotonic: Callable[[], float] = time.monotonic,
         unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:

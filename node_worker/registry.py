@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Load as SlotLoad
+from node_worker.admission import SlotLoad
 from node_worker.backends import Backend
 from node_worker.catalog import Catalog
 from services.bus import flush_interest

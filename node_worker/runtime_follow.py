@@ -16,7 +16,7 @@ from typing import Any
 
 from node_worker.admission import Admission, node_capacity
 from node_worker.backends import Backend
-from node_worker.catalog import Catalog, ServedModel
+from node_worker.catalog import Catalog, CatalogModel
 from node_worker.config import Health, Limits
 from node_worker.discovery import catalog_of, refresh
 
@@ -55,7 +55,7 @@ class RuntimeFollower:
             slots = [self._backend_of[key].slots for key in runtimes if key in self._backend_of]
             self._admission.resize(kind, node_capacity(self._configured[kind], slots))
 
-    def answered_as(self, served: ServedModel, named: str) -> None:
+    def answered_as(self, served: CatalogModel, named: str) -> None:
         """A runtime answered a job for `served` naming the model `named` (not it)."""
         backend = self._backend_of.get(id(served.runtime))
         if backend is None or backend.config.kind != "llamacpp" or len(backend.models) != 1:

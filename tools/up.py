@@ -24,7 +24,7 @@ import httpx
 import nats
 import yaml
 
-from node_worker.config import Backend, WorkerSettings
+from node_worker.config import BackendConfig, WorkerSettings
 from router.config import HttpSettings, LocalRuntime, RouterSettings
 from services.bus import wait_for_worker
 from services.errors import InferbusError
@@ -108,7 +108,7 @@ def worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind,
     settings = WorkerSettings(
         node_id=node_id,
         nats_url=[nats_url],
-        backends=[Backend(kind=kind, url=url) for kind, url in backends],
+        backends=[BackendConfig(kind=kind, url=url) for kind, url in backends],
     )
     return _yaml(settings.model_dump(mode="json", exclude_defaults=True))
 
