@@ -29,6 +29,7 @@ from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm
 from tests.test_worker_llama_server import caps, caps_until
 from tests.tiny_gguf import write_tiny_llama_gguf
+from tools.children import stop_process
 
 BINARY = os.environ.get("LLAMA_SERVER_BIN", "")
 
@@ -76,13 +77,7 @@ async def llama_server(
             await _wait_healthy(url, process)
         yield url
     finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_process(process)
 
 
 def llama(url: str, **extra: Any) -> dict[str, Any]:

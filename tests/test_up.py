@@ -76,6 +76,16 @@ async def start_up(*argv: str) -> tuple[asyncio.subprocess.Process, list[str]]:
     return up, printed
 
 
+async def run_to_the_end(*argv: str) -> tuple[int, str, str]:
+    """A command that is expected to exit by itself: its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def shell(line: str) -> tuple[int, str, str]:
     """A printed command line, run as pasted into a shell in the project directory."""
     process = await asyncio.create_subprocess_exec(
@@ -173,15 +183,9 @@ async def test_a_second_up_on_the_same_nats_refuses_to_start_the_same_node_id(
     nats_port = free_port()
     first, _ = await start_up(*up_command(nats_port, free_port(), tmp_path / "one"))
     try:
-        second = await asyncio.create_subprocess_exec(
-            *up_command(nats_port, free_port(), tmp_path / "two"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        out, _ = await asyncio.wait_for(second.communicate(), 30)
-        assert second.returncode == 2
-        assert "node id 'local' already runs" in out.decode()
+        code, out, _ = await run_to_the_end(*up_command(nats_port, free_port(), tmp_path / "two"))
+        assert code == 2
+        assert "node id 'local' already runs" in out
         assert first.returncode is None
     finally:
         first.send_signal(signal.SIGINT)
@@ -193,24 +197,14 @@ async def test_up_with_the_http_port_taken_says_so_at_once_and_exits_2(tmp_path:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            *up_command(free_port(), port, tmp_path / "data"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert f"port {port} is in use" in out.decode()
-    assert "Traceback" not in err.decode()
+        code, out, err = await run_to_the_end(*up_command(free_port(), port, tmp_path / "data"))
+    assert code == 2
+    assert f"port {port} is in use" in out
+    assert "Traceback" not in err
 
 
 async def test_up_help_names_every_process_it_starts() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.cli", "up", "--help", cwd=ROOT, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    text = out.decode()
-    assert process.returncode == 0
+    code, text, _ = await run_to_the_end(sys.executable, "-m", "tools.cli", "up", "--help")
+    assert code == 0
     for part in ("nats-server", "worker", "simulator", "router", "--http-port"):
         assert part in text

@@ -95,7 +95,7 @@ class Children:
 
     async def stop_all(self) -> None:
         for child in reversed(self.all):
-            await _stop(child.process)
+            await stop_process(child.process)
         for relay in self._relays:
             relay.cancel()
         await asyncio.gather(*self._relays, return_exceptions=True)
@@ -114,7 +114,8 @@ def _message_of(line: str) -> str:
     return line
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, 10 s to exit, then SIGKILL."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
