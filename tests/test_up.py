@@ -208,3 +208,11 @@ async def test_up_help_names_every_process_it_starts() -> None:
     assert code == 0
     for part in ("nats-server", "worker", "simulator", "router", "--http-port"):
         assert part in text
+
+
+async def test_up_with_a_bad_node_id_says_so_and_exits_2(tmp_path: Path) -> None:
+    argv = up_command(free_port(), free_port(), tmp_path / "data", "--node-id", "gpu a")
+    code, out, err = await run_to_the_end(*argv)
+    assert code == 2
+    assert "not a subject-safe token" in out
+    assert "Traceback" not in err

@@ -32,7 +32,7 @@ from services.localnet import free_port, port_open
 from services.nats_server import NatsServer
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.base import RuntimeKind
-from services.subjects import Subjects
+from services.subjects import Subjects, validate_node_id
 from tools.children import Child, ChildExited, Children
 
 # Where runtimes listen by default on a GPU box.
@@ -202,6 +202,10 @@ async def _up(options: UpOptions) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        validate_node_id(options.node_id)
+    except ValueError as error:
+        raise UpRefused(f"--node-id: {error}") from None
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if port_open(options.http_port):
