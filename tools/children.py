@@ -41,11 +41,17 @@ class ChildExited(Exception):
         self.child = child
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while `up` was still starting its children."""
+
+
 class Children:
     """Every process `up` started, with their stderr relayed to ours line by line (so the
     last words of one that dies can be quoted), stopped in reverse order."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: asyncio.Event) -> None:
+        """`stop` is the signal: waiting for a child to be ready ends when it is set."""
+        self._stop = stop
         self.all: list[Child] = []
         self._relays: list[asyncio.Task[None]] = []
 
@@ -76,15 +82,20 @@ class Children:
                 child.last_words.append(_message_of(text))
 
     async def until(self, child: Child, ready: Coroutine[Any, Any, T]) -> T:
-        """`ready`'s result, or ChildExited the moment `child` exits first."""
+        """`ready`'s result; ChildExited the moment `child` exits first, Interrupted the
+        moment the stop signal comes first."""
         waiting = asyncio.ensure_future(ready)
         exited = asyncio.ensure_future(child.process.wait())
-        await asyncio.wait({waiting, exited}, return_when=asyncio.FIRST_COMPLETED)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({waiting, exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        exited.cancel()
+        stopping.cancel()
         if waiting.done():
-            exited.cancel()
             return waiting.result()
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
+        if self._stop.is_set():
+            raise Interrupted
         await self.settled(child)
         raise ChildExited(child)
 

@@ -33,7 +33,11 @@ from services.nats_server import NatsServer
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.base import RuntimeKind
 from services.subjects import Subjects, validate_node_id
-from tools.children import Child, ChildExited, Children
+from tools.children import Child, ChildExited, Children, Interrupted
+
+# The router is ready (NATS connected, a route possible) within seconds; past this,
+# something is wrong and its own log says what.
+ROUTER_READY_S = 60.0
 
 # Where runtimes listen by default on a GPU box.
 LOCAL_RUNTIMES: tuple[tuple[RuntimeKind, str], ...] = (
@@ -148,9 +152,9 @@ async def _start_simulator(children: Children) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def _wait_for_http(url: str) -> None:
-    """Until the URL answers 200 (the router is ready)."""
-    async with new_http_client() as client:
+async def _wait_for_http(url: str, timeout_s: float) -> None:
+    """Until the URL answers 200 (the router is ready); TimeoutError after `timeout_s`."""
+    async with new_http_client() as client, asyncio.timeout(timeout_s):
         while True:
             try:
                 if (await client.get(url)).status_code == 200:
@@ -211,9 +215,10 @@ async def _up(options: UpOptions) -> int:
     if port_open(options.http_port):
         raise UpRefused(f"port {options.http_port} is in use: pick another with --http-port")
     lock = _claim(data_dir)
-    children = Children()
+    children = Children(stop)
     nats_server: NatsServer | None = None
     nats_url = f"nats://127.0.0.1:{options.nats_port}"
+    waiting_for = "a child"
     node_ids = [options.node_id] + [f"{options.node_id}-{n}" for n in range(2, options.workers + 1)]
     try:
         if port_open(options.nats_port):
@@ -269,6 +274,7 @@ async def _up(options: UpOptions) -> int:
             )
             workers.append((worker, node_id, node_backends))
         for worker, node_id, node_backends in workers:
+            waiting_for = worker.role
             await children.until(worker, _wait_for_node(nats_url, node_id))
             runtimes = ", ".join(f"{kind} {url}" for kind, url in node_backends)
             subject = Subjects().job(node_id, "llm")
@@ -280,7 +286,8 @@ async def _up(options: UpOptions) -> int:
         )
         router = await children.spawn("router", "-m", "router", "--config", str(router_file))
         router_url = f"http://127.0.0.1:{options.http_port}"
-        await children.until(router, _wait_for_http(f"{router_url}/ready"))
+        waiting_for = "the router"
+        await children.until(router, _wait_for_http(f"{router_url}/ready", ROUTER_READY_S))
         say(
             f"router: {router_url} pid {router.process.pid} "
             f"(OpenAI-compatible at {router_url}/v1, config {router_file})"
@@ -302,6 +309,11 @@ async def _up(options: UpOptions) -> int:
     except ChildExited as exited:
         say(f"inferbus up: {exited}; stopping everything")
         return 2 if exited.child.process.returncode == 2 else 1
+    except Interrupted:
+        return 0
+    except TimeoutError:
+        say(f"inferbus up: {waiting_for} did not get ready in time (its log is above)")
+        return 1
     finally:
         await children.stop_all()
         if nats_server is not None:
