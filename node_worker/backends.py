@@ -21,7 +21,7 @@ from services.capabilities import BackendStats, HealthState, RuntimeStatus
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import ModelInfo, Runtime
-from services.runtimes.errors import RuntimeLoading, is_auth_refusal
+from services.runtimes.errors import RuntimeLoading, refused_our_key
 from services.wire import JobResponse
 
 log = logging.getLogger("inferbus.worker.backends")
@@ -66,7 +66,7 @@ class Backend:
             self.state = "loading"
             return
         if error is not None:
-            label = "auth: " if is_auth_refusal(error) else ""
+            label = "auth: " if refused_our_key(error) else ""
             self.last_error = f"{label}{error.code.value}: {error.message}"
         self.state = next_state(
             probe_ok=error is None,

@@ -48,7 +48,7 @@ class RuntimeLoading(InferbusError):
     """The runtime is up but still loading its model: not routable, and not a fault."""
 
 
-def is_auth_refusal(error: InferbusError) -> bool:
+def refused_our_key(error: InferbusError) -> bool:
     """The runtime refused our key (HTTP 401/403): a configuration fault of this node."""
     return error.message.startswith(("HTTP 401:", "HTTP 403:"))
 
