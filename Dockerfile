@@ -13,6 +13,7 @@ WORKDIR /src
 # What the distribution is built from: pyproject.toml, the readme it names, the packages.
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY tools ./tools
 COPY router ./router
 COPY node_worker ./node_worker
 RUN /opt/inferbus/.venv/bin/pip install /src

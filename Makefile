@@ -11,9 +11,14 @@ $(VENV)/.runtime: pyproject.toml
 	$(PIP) install -e .
 	touch $@
 
-# The dev tools include llama-cpp-python, built from source once (about 5 minutes on 2 cores).
+# The dev tools include llama-cpp-python, built from source once (about 5 minutes on 2 idle
+# cores, far longer on a busy machine): say so before, and show cmake's progress lines.
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PIP) install -e '.[dev]'
+	@echo "Installing the dev tools into $(VENV). The first time, pip builds llama-cpp-python"
+	@echo "from source: about 5 minutes on 2 idle cores, much longer on a busy machine."
+	@echo "Progress of that build follows ([ NN%] lines); later runs take seconds."
+	@bash -o pipefail -c "$(PY) -m pip --disable-pip-version-check install -v -e '.[dev]' 2>&1 \
+		| { grep --line-buffered -E '^ *\[ *[0-9]+%\]|^Successfully installed|^ERROR|error:' || true; }"
 	touch $@
 
 setup: $(VENV)/.runtime

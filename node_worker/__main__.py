@@ -10,6 +10,7 @@ from pathlib import Path
 
 from node_worker.config import load_worker_settings
 from node_worker.worker import Worker
+from services.bus import BusAuthRefused
 from services.loop import run
 from services.settings import ConfigError
 from services.telemetry import configure_logging
@@ -25,8 +26,14 @@ async def serve(config: Path | None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with Worker(settings):
-        await stop.wait()
+    try:
+        async with Worker(settings, stop=stop):
+            await stop.wait()
+    except BusAuthRefused as error:
+        # A wrong password never gets better by retrying: exit 2, which the systemd units
+        # treat as "do not restart".
+        print(f"inferbus worker: NATS refused the credentials: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Backpressure: a fixed number of job slots per job type, refused at once when full.
+"""Backpressure: a number of job slots per job type, refused at once when full.
+
+The number follows what the runtimes say they run at once (`node_capacity`), capped by
+configuration.
 
 Never a queue: a job that finds no free slot is answered BUSY immediately, so the caller
 (a router, or an operator) can go to another node instead of waiting behind this one.
@@ -7,7 +10,7 @@ Code jobs share the llm slots: they run on the same runtimes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from services.wire import JobType
@@ -18,9 +21,18 @@ def slot_kind(job_type: JobType) -> str:
 
 
 @dataclass
-class Load:
+class SlotLoad:
     inflight: int
     capacity: int
+
+
+def node_capacity(configured: int, runtime_slots: Iterable[int | None]) -> int:
+    """The jobs of one kind the node takes at once: the sum of what each runtime serving
+    that kind says it runs at once (llama.cpp's `total_slots`), the configured number for
+    a runtime that does not say (Ollama's OLLAMA_NUM_PARALLEL is not visible), capped by
+    the configured number. With no runtime serving it: the configured number."""
+    slots = [configured if each is None else each for each in runtime_slots]
+    return min(configured, sum(slots)) if slots else configured
 
 
 class Admission:
@@ -34,8 +46,8 @@ class Admission:
         # Called when a kind becomes full or stops being full: the registry re-announces.
         self._on_saturation_change = on_saturation_change
         self._load = {
-            "llm": Load(inflight=0, capacity=llm_capacity),
-            "vision": Load(inflight=0, capacity=vision_capacity),
+            "llm": SlotLoad(inflight=0, capacity=llm_capacity),
+            "vision": SlotLoad(inflight=0, capacity=vision_capacity),
         }
 
     def try_acquire(self, job_type: JobType) -> bool:
@@ -55,6 +67,16 @@ class Admission:
         if was_full and load.inflight < load.capacity:
             self._on_saturation_change()
 
-    def load(self) -> dict[str, Load]:
+    def resize(self, kind: str, capacity: int) -> None:
+        """A new capacity for a slot kind; jobs already in flight keep their slots."""
+        load = self._load[kind]
+        if capacity == load.capacity:
+            return
+        was_full = load.inflight >= load.capacity
+        load.capacity = max(1, capacity)
+        if was_full != (load.inflight >= load.capacity):
+            self._on_saturation_change()
+
+    def load(self) -> dict[str, SlotLoad]:
         """A copy of the load per slot kind, for capabilities and metrics."""
-        return {kind: Load(load.inflight, load.capacity) for kind, load in self._load.items()}
+        return {kind: SlotLoad(load.inflight, load.capacity) for kind, load in self._load.items()}

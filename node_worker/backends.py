@@ -1,9 +1,10 @@
 """Each configured runtime of the node, with its health and what it has done.
 
 States: unknown (not probed yet) → healthy | degraded (answers, but slowly or with recent
-job errors below the unhealthy bar) | unhealthy (the probe failed, or too many recent
-errors); disabled by configuration or when it cannot be used as configured (an API key
-variable that is not set). Only healthy and degraded runtimes serve models.
+job errors below the unhealthy bar) | loading (answers "loading model") | unhealthy (the
+probe failed, the runtime refused our key, or too many recent errors); disabled by
+configuration or when it cannot be used as configured (an API key variable that is not
+set). Only healthy and degraded runtimes serve models.
 `next_state` is the pure decision; `Backend` holds the mutable facts around it.
 """
 
@@ -15,12 +16,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from node_worker.config import Backend as BackendConfig
-from node_worker.config import Health
+from node_worker.config import BackendConfig, Health
 from services.capabilities import BackendStats, HealthState, RuntimeStatus
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import ModelInfo, Runtime
+from services.runtimes.errors import RuntimeLoading, refused_our_key
 from services.wire import JobResponse
 
 log = logging.getLogger("inferbus.worker.backends")
@@ -54,17 +55,34 @@ class Backend:
         return self.state in SERVING_STATES
 
     def probed(self, latency_ms: float | None, error: InferbusError | None, policy: Health) -> None:
-        """Take a probe's outcome; job errors counted since the last probe weigh in once."""
+        """Take a probe's outcome; job errors counted since the last probe weigh in once.
+
+        A runtime still loading its model is `loading`: not serving, and no error. One
+        that refuses our key is unhealthy with an `auth:` error. A healthy one carries no
+        error: an old one beside a healthy state would only mislead.
+        """
         self.latency_ms = latency_ms
+        if isinstance(error, RuntimeLoading):
+            self.state = "loading"
+            return
         if error is not None:
-            self.last_error = f"{error.code.value}: {error.message}"
+            label = "auth: " if refused_our_key(error) else ""
+            self.last_error = f"{label}{error.code.value}: {error.message}"
         self.state = next_state(
             probe_ok=error is None,
             latency_ms=latency_ms,
             recent_errors=self.recent_errors,
             policy=policy,
         )
+        if self.state == "healthy":
+            self.last_error = None
         self.recent_errors = 0
+
+    @property
+    def slots(self) -> int | None:
+        """Jobs this runtime runs at once, when it says (llama.cpp's total_slots)."""
+        known = [model.parallel for model in self.models if model.parallel is not None]
+        return max(known) if known else None
 
     def listed(self, models: list[ModelInfo]) -> None:
         """Keep what the runtime lists, less what the operator did not allow."""

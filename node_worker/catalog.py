@@ -46,12 +46,21 @@ def classify_model(info: ModelInfo) -> ModelType:
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class CatalogModel:
     name: str
     type: ModelType
     runtime: Runtime
     info: ModelInfo
     pricing: Pricing | None = None
+
+    @property
+    def runtime_id(self) -> str:
+        """The name to send the runtime (llama.cpp: its own id, the path, when it was one)."""
+        return self.info.runtime_id or self.name
+
+    def answers_as(self, model: str) -> bool:
+        """Whether a runtime answer naming `model` is this model."""
+        return model in (self.name, self.runtime_id, *self.info.aliases)
 
 
 @dataclass(frozen=True)
@@ -77,24 +86,31 @@ class Catalog:
         ranked = sorted(
             enumerate(listings), key=lambda it: (RUNTIME_PRIORITY[it[1].runtime.kind], it[0])
         )
-        self.models: dict[str, ServedModel] = {}
+        self.models: dict[str, CatalogModel] = {}
         for _, listing in ranked:
             for info in listing.models:
                 if info.name not in self.models:
-                    self.models[info.name] = ServedModel(
+                    self.models[info.name] = CatalogModel(
                         info.name,
                         classify_model(info),
                         listing.runtime,
                         info,
                         listing.price_of(info.name),
                     )
+        # Other names a job may use: llama.cpp's GGUF path for its readable name.
+        self.aliases: dict[str, str] = {
+            alias: served.name
+            for served in self.models.values()
+            for alias in served.info.aliases
+            if alias not in self.models
+        }
         self.runtime_count = len(ranked)
         # Decided once per discovery, not per job: the default model for each job type.
-        self.defaults: dict[JobType, ServedModel | None] = {
+        self.defaults: dict[JobType, CatalogModel | None] = {
             job_type: self._best_for(job_type) for job_type in JOB_TYPES
         }
 
-    def _best_for(self, job_type: JobType) -> ServedModel | None:
+    def _best_for(self, job_type: JobType) -> CatalogModel | None:
         """Running before installed, then by name; code and llm stand in for each other."""
         for wanted in _wanted_types(job_type):
             candidates = [m for m in self.models.values() if m.type == wanted]
@@ -102,8 +118,10 @@ class Catalog:
                 return min(candidates, key=lambda m: (m.info.running is not True, m.name))
         return None
 
-    def resolve(self, model: str | None, job_type: JobType) -> ServedModel:
+    def resolve(self, model: str | None, job_type: JobType) -> CatalogModel:
         """The model a job runs on: the one it names, else this node's default for its type."""
+        if model is not None:
+            model = self.aliases.get(model, model)
         served = self.models.get(model) if model is not None else self.defaults[job_type]
         if served is not None:
             return served

@@ -36,7 +36,7 @@ class Idempotency(_Section):
     max_entries: Annotated[int, Field(ge=1)] = 10_000
 
 
-class Backend(_Section):
+class BackendConfig(_Section):
     kind: RuntimeKind
     url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
     models: list[str] | None = None
@@ -74,7 +74,10 @@ class WorkerSettings(FileSettings):
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
     health: Health = Health()
-    backends: list[Backend] = Field(default_factory=list)
+    backends: list[BackendConfig] = Field(default_factory=list)
+    # Several workers sharing this node id on purpose (replicas in the queue group): no
+    # warning when another instance announces the same id.
+    replicas: bool = False
 
     @field_validator("node_id")
     @classmethod

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from node_worker.admission import Admission, slot_kind
-from node_worker.catalog import Catalog, ServedModel
+from node_worker.catalog import Catalog, CatalogModel
 from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
@@ -50,7 +50,7 @@ class Admitted:
 
     request: JobRequest
     job_type: JobType
-    served: ServedModel
+    served: CatalogModel
     received_s: float
     deadline_s: float
 
@@ -79,6 +79,7 @@ class JobPipeline:
         catalog: Callable[[], Catalog],
         metrics: WorkerMetrics,
         on_runtime_done: Callable[[Runtime, JobResponse], None] = lambda _runtime, _answer: None,
+        on_other_model: Callable[[CatalogModel, str], None] = lambda _served, _named: None,
         monotonic: Callable[[], float] = time.monotonic,
         unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
@@ -89,6 +90,9 @@ class JobPipeline:
         self._catalog = catalog
         self._metrics = metrics
         self._on_runtime_done = on_runtime_done
+        # A runtime answered under another model's name than the one it was listed with:
+        # it was restarted with another model since discovery.
+        self._on_other_model = on_other_model
         self._monotonic = monotonic
         self._unix_ms = unix_ms
 
@@ -197,7 +201,7 @@ class JobPipeline:
         self, job: Admitted, started_s: float, on_delta: DeltaSink | None
     ) -> JobResponse:
         served, request = job.served, job.request
-        call = ChatCall(served.name, request.chat_messages(), request.params)
+        call = ChatCall(served.runtime_id, request.chat_messages(), request.params)
         remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
         done = True if request.stream else None
         fields = {
@@ -215,6 +219,8 @@ class JobPipeline:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
             )
+        if reply.model is not None and not served.answers_as(reply.model):
+            self._on_other_model(served, reply.model)
         text = clean_text(reply.text)
         pricing = served.pricing
         cost = (

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Load as SlotLoad
+from node_worker.admission import SlotLoad
 from node_worker.backends import Backend
 from node_worker.catalog import Catalog
 from services.bus import flush_interest
@@ -46,6 +46,7 @@ def build_capabilities(
     catalog: Catalog,
     load: Mapping[str, SlotLoad],
     hardware: Hardware | None,
+    instance: str | None = None,
 ) -> Capabilities:
     served = tuple(
         ServedModel(
@@ -73,6 +74,7 @@ def build_capabilities(
         served_models=served,
         load={kind: Load(inflight=s.inflight, capacity=s.capacity) for kind, s in load.items()},
         hardware=hardware,
+        instance=instance,
     )
 
 

@@ -71,6 +71,16 @@ class _Counters:
     last_error: str | None = None
 
 
+def wire_form(reply: dict[str, Any]) -> dict[str, Any]:
+    """nats-py writes `"data": null` for an endpoint without data; the Go `micro` library
+    omits the field and the jsm.go schema requires an object when it is there. `{}`, not
+    omission: nats-py's own `EndpointStats.from_dict` needs the key."""
+    for endpoint in reply.get("endpoints") or ():
+        if isinstance(endpoint, dict) and "data" in endpoint and endpoint["data"] is None:
+            endpoint["data"] = {}
+    return reply
+
+
 class ServiceApi:
     """Answers ADR-32 control requests for one service instance; `record()` feeds its stats.
 
@@ -209,7 +219,7 @@ class ServiceApi:
             if not msg.reply or self._nc is None:
                 return
             try:
-                payload = json.dumps(snapshot().to_dict()).encode()
+                payload = json.dumps(wire_form(snapshot().to_dict())).encode()
                 await self._nc.publish(msg.reply, payload)
             except Exception:
                 log.warning("could not answer %s on %s", verb.value, msg.subject, exc_info=True)

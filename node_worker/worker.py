@@ -13,11 +13,11 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -32,9 +32,11 @@ from node_worker.idempotency import IdempotencyStore
 from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal, stopped
 from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
+from node_worker.runtime_follow import RuntimeFollower
 from node_worker.service_api import Endpoint, ServiceApi
+from node_worker.twins import TwinWatch
 from services import __version__
-from services.bus import flush_interest
+from services.bus import connect_until_stopped, flush_interest
 from services.capabilities import Capabilities, Hardware
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.lifecycle import AsyncService
@@ -56,8 +58,17 @@ def header_safe(text: str, limit: int = 256) -> str:
 
 
 class Worker(AsyncService):
-    def __init__(self, settings: WorkerSettings, *, http_client: httpx.AsyncClient | None = None):
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        stop: asyncio.Event | None = None,
+    ):
+        """`stop`, when given, is the process's signal: setting it while the worker still
+        waits for NATS makes `start()` return at once, unconnected."""
         self.settings = settings
+        self._stop_requested = stop or asyncio.Event()
         self.node_id = settings.node_id
         self.subjects = Subjects(settings.subject_prefix)
         self.metrics = WorkerMetrics()
@@ -91,6 +102,7 @@ class Worker(AsyncService):
             catalog=lambda: self.catalog,
             metrics=self.metrics,
             on_runtime_done=self._runtime_done,
+            on_other_model=lambda served, named: self.follower.answered_as(served, named),
         )
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []
@@ -110,6 +122,16 @@ class Worker(AsyncService):
             ],
         )
         self._metrics_server: MetricsServer | None = None
+        self.follower = RuntimeFollower(
+            backends=self.backends,
+            admission=self.admission,
+            limits=settings.limits,
+            health=settings.health,
+            relisted=self._relisted,
+            spawn=self._spawn,
+        )
+        self.instance = uuid.uuid4().hex[:12]
+        self.twins: TwinWatch | None = None
         self._stopped = False
 
     def _inflight_reader(self, kind: str) -> Callable[[], int]:
@@ -127,6 +149,8 @@ class Worker(AsyncService):
     async def start(self) -> None:
         await self.refresh()
         self._nc = await self._connect()
+        if self._nc is None:
+            return  # stopped while waiting for NATS: nothing was started
         for job_type in ("llm", "vision"):
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
@@ -147,6 +171,9 @@ class Worker(AsyncService):
             record=self.capabilities,
             caps_answered=lambda elapsed_s: self.service.record("caps", elapsed_s=elapsed_s),
         )
+        if not self.settings.replicas:
+            self.twins = TwinWatch(self.nc, self.subjects, self.node_id, self.instance)
+            await self.twins.start()
         await self._announcer.start()
         await self.service.start(self.nc)
         if self.settings.metrics_port is not None:
@@ -162,29 +189,26 @@ class Worker(AsyncService):
             extra={"node_id": self.node_id},
         )
 
-    async def _connect(self) -> NatsClient:
-        """Connect, waiting for NATS if it is not up yet: start order must not matter."""
-        while True:
-            try:
-                return await nats.connect(
-                    servers=list(self.settings.nats_url),
-                    name=f"inferbus-worker-{self.node_id}",
-                    **self.settings.nats.connect_options(),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    error_cb=self._on_nats_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-            except (OSError, nats.errors.Error) as error:
-                log.warning(
-                    "nats at %s not reachable (%s); retrying",
-                    redact(", ".join(self.settings.nats_url)),
-                    error or type(error).__name__,
-                    extra={"node_id": self.node_id},
-                )
-                await asyncio.sleep(1.0)
+    async def _connect(self) -> NatsClient | None:
+        """Connect, waiting for NATS if it is not up yet: start order must not matter.
+
+        None when the process was told to stop meanwhile; `BusAuthRefused` when the server
+        refuses the credentials (the process exits 2 with the cause).
+        """
+        servers = list(self.settings.nats_url)
+        log.info("connecting to nats at %s", redact(", ".join(servers)))
+        return await connect_until_stopped(
+            self._stop_requested,
+            servers=servers,
+            name=f"inferbus-worker-{self.node_id}",
+            **self.settings.nats.connect_options(),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
 
     async def refresh(self) -> None:
         """Probe every runtime; list models (and read the GPUs) every `rediscover_s`."""
@@ -193,6 +217,11 @@ class Worker(AsyncService):
             self._listed_at = time.monotonic()
             self.hardware = await read_hardware()
         self.catalog = await discover(self.backends, self.settings.health, relist=relist)
+        self.follower.follow_slots(self.catalog)
+
+    def _relisted(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._announce_now()
 
     def capabilities(self, seq: int) -> Capabilities:
         """This node's record now."""
@@ -206,6 +235,7 @@ class Worker(AsyncService):
             catalog=self.catalog,
             load=self.admission.load(),
             hardware=self.hardware,
+            instance=self.instance,
         )
 
     def _announce_now(self) -> None:
@@ -362,6 +392,8 @@ class Worker(AsyncService):
                 await asyncio.wait_for(subscription.drain(), 5)  # type: ignore[no-untyped-call]
         if self._announcer is not None:  # routers stop choosing a node that stops announcing
             await self._announcer.stop()
+        if self.twins is not None:
+            await self.twins.stop()
         await self.service.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_grace_s)

@@ -21,8 +21,8 @@ from nats.aio.subscription import Subscription
 from router.candidates import Candidate
 from services.bus import flush_interest
 from services.capabilities import Capabilities, decode_capabilities
+from services.fleet_scan import collect_fleet
 from services.lifecycle import AsyncService
-from services.nodes import collect_fleet
 from services.subjects import Subjects
 
 log = logging.getLogger("inferbus.router.fleet")

@@ -1,9 +1,17 @@
-"""Small NATS helpers shared by every process."""
+"""Small NATS helpers shared by every process.
+
+Errors raised here, for the process edge to turn into an exit code:
+
+    BusUnreachable   a one-shot command could not reach NATS (exit 2 in the CLI)
+    BusAuthRefused   the server refused our credentials: retrying cannot help (exit 2)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -24,7 +32,11 @@ async def flush_interest(nc: NatsClient, timeout_s: float = 10) -> None:
 
 
 async def wait_for_worker(nc: NatsClient, subject: str, timeout_s: float = 30) -> None:
-    """Return once a worker answers on `subject` (an empty job gets BAD_REQUEST back)."""
+    """Return once a worker answers on `subject`.
+
+    On a job subject the empty job gets BAD_REQUEST back, which the worker's `$SRV` stats
+    count as an error; probe `node.<id>.caps` where that matters (`inferbus up` does).
+    """
     async with asyncio.timeout(timeout_s):
         while True:
             try:
@@ -32,6 +44,81 @@ async def wait_for_worker(nc: NatsClient, subject: str, timeout_s: float = 30) -
                 return
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 await asyncio.sleep(0.1)
+
+
+# What nats-server says when it refuses a connection's identity. nats-py hands these over
+# as plain `nats.errors.Error("nats: 'Authorization Violation'")` during the first connect
+# and as `AuthorizationError` later, and keeps retrying either way.
+_AUTH_REFUSALS = (
+    "authorization violation",
+    "authentication timeout",
+    "authentication expired",
+    "user authentication revoked",
+    "account authentication expired",
+)
+
+
+def is_auth_refusal(error: BaseException) -> bool:
+    """True when NATS refused our credentials (a config error), not a network fault."""
+    if isinstance(error, nats.errors.AuthorizationError):
+        return True
+    text = str(error).lower()
+    return any(refusal in text for refusal in _AUTH_REFUSALS)
+
+
+class BusAuthRefused(Exception):
+    """NATS refused the configured credentials; the message carries the server's words."""
+
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+async def connect_until_stopped(
+    stop: asyncio.Event, *, error_cb: ErrorCallback | None = None, **options: Any
+) -> NatsClient | None:
+    """`nats.connect(**options)` that waits for NATS as long as it takes, but not longer
+    than the process wants to live.
+
+    With `max_reconnect_attempts=-1` nats-py retries the first connect forever inside
+    `connect()`, deaf to signals; this races it against `stop` (None when stop wins) and
+    against an auth refusal seen by the error callback (`BusAuthRefused`: under systemd,
+    exit 2 ends the restart loop that a wrong password would otherwise be).
+    """
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[BaseException] = loop.create_future()
+    connected = False
+
+    async def on_error(error: Exception) -> None:
+        if not connected and is_auth_refusal(error):
+            if not refused.done():
+                refused.set_result(error)
+            return
+        if error_cb is not None:
+            await error_cb(error)
+
+    connecting = asyncio.create_task(nats.connect(error_cb=on_error, **options))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        contenders: set[asyncio.Future[Any]] = {connecting, stopping, refused}
+        await asyncio.wait(contenders, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        connected = True  # later refusals (a reload with new credentials) go to error_cb
+        return connecting.result()
+    connecting.cancel()
+    # nats-py may swallow a cancellation between two attempts; do not hang on it.
+    await asyncio.wait({connecting}, timeout=2)
+    if refused.done():
+        raise BusAuthRefused(describe(refused.result()))
+    if not stop.is_set():
+        # nats.connect gave up by itself (a setting without retries): its own error.
+        error = None
+        if connecting.done() and not connecting.cancelled():
+            error = connecting.exception()
+        if error is not None:
+            raise error
+    return None
 
 
 class BusUnreachable(Exception):

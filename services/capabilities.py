@@ -12,7 +12,9 @@ from typing import Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-HealthState = Literal["unknown", "healthy", "degraded", "unhealthy", "disabled"]
+# loading: the runtime answers but is still loading its model (llama.cpp's 503): not
+# routable, and not an error.
+HealthState = Literal["unknown", "healthy", "degraded", "loading", "unhealthy", "disabled"]
 ModelType = Literal["llm", "vision", "code", "embed"]
 
 
@@ -94,6 +96,8 @@ class Capabilities(_Record):
     served_models: tuple[ServedModel, ...] = ()
     load: dict[str, Load] = Field(default_factory=dict)
     hardware: Hardware | None = None
+    # Random per worker process: two processes announcing one node id can be told apart.
+    instance: str | None = None
 
 
 def encode_capabilities(record: Capabilities) -> bytes:

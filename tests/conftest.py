@@ -17,8 +17,8 @@ from node_worker.worker import Worker
 from router.config import RouterSettings
 from router.service import RouterService
 from services.nats_server import NatsServer
-from services.simulator import SimModel, Simulator
 from tests.llamacpp import llama_server
+from tools.simulator import SimModel, Simulator
 
 __all__ = ["llama_server"]  # a session fixture, shared by every test module
 

@@ -441,6 +441,21 @@ def test_compose_router_port_is_published_and_probed(monkeypatch: pytest.MonkeyP
     assert f"127.0.0.1:{port}/ready" in healthcheck_text(services()[name])
 
 
+def test_compose_router_without_api_keys_is_published_on_loopback_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (name,) = routers()
+    settings = router_settings(name, monkeypatch)
+    if settings.http.api_keys:
+        return
+    for mapping in services()[name].get("ports", []):
+        host_ip = mapping.get("host_ip") if isinstance(mapping, dict) else None
+        if host_ip is None and not isinstance(mapping, dict):
+            parts = str(mapping).split(":")
+            host_ip = parts[0] if len(parts) == 3 else None
+        assert host_ip == "127.0.0.1", f"an open router published beyond loopback: {mapping}"
+
+
 def test_compose_worker_healthchecks_probe_the_metrics_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -28,10 +28,10 @@ from node_worker.config import Limits
 from services.capabilities import decode_capabilities
 from services.nats_server import NatsServer
 from services.settings import NatsAuth
-from services.simulator import Simulator
 from services.wire import JobResponse
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import ask, llm, stream, until, vision
+from tools.simulator import Simulator
 
 OPS_NATS = Path(__file__).resolve().parent.parent / "ops" / "nats"
 

@@ -31,10 +31,11 @@ from services.capabilities import (
     ServedModel,
     encode_capabilities,
 )
+from services.fleet_scan import collect_fleet, newest_records
 from services.localnet import free_port
 from services.nats_server import NatsServer
-from services.nodes import collect_fleet, format_age, newest_records, render_table
 from services.subjects import Subjects
+from tools.nodes import format_age, render_table
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
@@ -337,7 +338,7 @@ async def inferbus(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "tools.cli",
         *args,
         cwd=ROOT,
         stdin=asyncio.subprocess.DEVNULL,

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from services.simulator import Simulator
 from tests.conftest import RouterFactory, WorkerFactory, backend
+from tools.simulator import Simulator
 
 KEY = "sk-router-0123456789"
 

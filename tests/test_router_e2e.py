@@ -14,10 +14,10 @@ import openai
 
 from services.bus import wait_for_worker
 from services.nats_server import NatsServer
-from services.simulator import Fault, SimModel, Simulator
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import llm, until
 from tests.test_worker_jobs import TINY_PNG
+from tools.simulator import Fault, SimModel, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,10 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from services.simulator import Fault, SimModel, Simulator, expected_text
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import until
 from tests.llamacpp import LlamaCppServer
+from tools.simulator import Fault, SimModel, Simulator, expected_text
 
 
 def messages(content: str) -> list[ChatCompletionMessageParam]:

@@ -34,8 +34,8 @@ from services.runtimes.errors import (
     classify_transport_error,
     retry_after_ms,
 )
-from services.simulator import Fault, SimModel, Simulator, expected_text
 from services.wire import Message, Params
+from tools.simulator import Fault, SimModel, Simulator, expected_text
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"

@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from services.simulator import Fault, SimModel, Simulator, expected_text, expected_tokens
-from services.simulator.cli import parse_models
-from services.simulator.faults import FaultTable
-from services.simulator.plan import GenRequest, Plan, Rejection, plan_generation
+from tools.children import stop_process
+from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_tokens
+from tools.simulator.cli import parse_models
+from tools.simulator.faults import FaultTable
+from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation
 
 LLM = "llama3:8b"
 VISION = "llava:7b"
@@ -680,7 +681,7 @@ async def test_cli_process_announces_its_url_serves_and_exits_cleanly_on_sigterm
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.simulator",
+        "tools.simulator",
         "--port",
         "0",
         "--models",
@@ -710,3 +711,33 @@ async def test_cli_process_announces_its_url_serves_and_exits_cleanly_on_sigterm
     assert "vision" in show["capabilities"]
     assert answer["choices"][0]["message"]["content"] == expected_text("tiny:1b", PROMPT, 3)
     assert exit_code == 0
+
+
+async def test_cli_plays_llama_server_with_its_slots_and_api_key() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "tools.simulator", "--port", "0", "--models", "/srv/tiny.gguf"),
+        *("--llama-server", "2", "--api-key", "sesame"),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
+        url = line.removeprefix("simulator listening on ")
+        key = {"Authorization": "Bearer sesame"}
+        async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+            health = await http.get("/health")
+            refused = await http.get("/v1/models")
+            props = (await http.get("/props", headers=key)).json()
+            listed = (await http.get("/v1/models", headers=key)).json()
+            answer = await http.post(
+                "/v1/chat/completions", json=openai_chat("any-name"), headers=key
+            )
+    finally:
+        await stop_process(process)
+    assert (health.status_code, refused.status_code) == (200, 401)
+    assert props["total_slots"] == 2
+    assert listed["data"][0]["id"] == "/srv/tiny.gguf"
+    assert listed["data"][0]["meta"]["n_ctx"] == props["default_generation_settings"]["n_ctx"]
+    assert answer.json()["model"] == "/srv/tiny.gguf"  # whatever was asked: its one model

@@ -14,11 +14,11 @@ from node_worker.backends import next_state
 from node_worker.config import Health
 from services.bus import flush_interest
 from services.capabilities import Capabilities, Pricing, decode_capabilities
-from services.nodes import collect_fleet
-from services.simulator import Fault, SimModel, Simulator
+from services.fleet_scan import collect_fleet
 from services.subjects import Subjects
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Fault, SimModel, Simulator
 
 
 @asynccontextmanager
@@ -199,3 +199,21 @@ async def test_discover_collects_the_whole_fleet_in_one_round_trip(
         fleet = await collect_fleet(nc, Subjects(prefix))
     assert [record.node_id for record in fleet] == sorted(nodes)
     assert [len(record.served_models) for record in fleet] == [2, 2, 0]
+
+
+async def test_a_runtime_healthy_again_carries_no_old_error(
+    nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    simulator.set_fault("llama3:8b", Fault("error", count=1))
+    async with (
+        records(nc, node_id) as seen,
+        start_worker(backends=[backend(simulator.url)], heartbeat_s=0.2),
+    ):
+        failed = await ask(nc, llm(node_id), {"model": "llama3:8b", "prompt": "fail once"})
+        marked = await next_record(seen, lambda r: r.runtimes[0].state == "degraded")
+        healthy = await next_record(
+            seen, lambda r: r.seq > marked.seq and r.runtimes[0].state == "healthy"
+        )
+    assert failed.status == "error"
+    assert marked.runtimes[0].last_error is not None
+    assert healthy.runtimes[0].last_error is None

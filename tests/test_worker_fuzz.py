@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from services.simulator import Simulator
 from services.wire import JobResponse
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import llm, until, vision
+from tools.simulator import Simulator
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

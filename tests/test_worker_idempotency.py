@@ -6,9 +6,9 @@ import asyncio
 
 from nats.aio.client import Client as NatsClient
 
-from services.simulator import Fault, Simulator
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Fault, Simulator
 
 
 async def test_concurrent_duplicates_share_one_runtime_call(

@@ -11,10 +11,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from services.bus import flush_interest
-from services.simulator import Fault, SimModel, Simulator, expected_text
 from services.wire import decode_response
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until, vision
+from tools.simulator import Fault, SimModel, Simulator, expected_text
 
 TINY_PNG = base64.b64encode(
     bytes.fromhex(

@@ -15,9 +15,9 @@ from nats.aio.client import Client as NatsClient
 from services.bus import wait_for_worker
 from services.localnet import free_port
 from services.nats_server import NatsServer
-from services.simulator import Simulator
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +138,7 @@ async def test_req_without_nats_fails_fast_with_a_clear_message() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "tools.cli",
         "req",
         "gpu-a",
         "hi",
@@ -151,3 +151,58 @@ async def test_req_without_nats_fails_fast_with_a_clear_message() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert "cannot reach NATS" in stderr.decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_worker_waiting_for_nats_stops_on_a_signal(
+    tmp_path: Path, simulator: Simulator, node_id: str, signum: signal.Signals
+) -> None:
+    config = write_config(
+        tmp_path,
+        f'node_id = "{node_id}"\nnats_url = "nats://127.0.0.1:{free_port()}"\n'
+        f'[[backends]]\nkind = "ollama"\nurl = "{simulator.url}"\n',
+    )
+    process = await start_worker_process(config)
+    assert process.stderr is not None
+    async with asyncio.timeout(30):  # it says it is connecting before it waits
+        while b"connecting to nats" not in await process.stderr.readline():
+            pass
+    process.send_signal(signum)
+    _, stderr = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0, stderr.decode()
+
+
+async def test_worker_with_a_wrong_password_exits_2_naming_the_cause(
+    tmp_path: Path, simulator: Simulator, node_id: str
+) -> None:
+    auth = tmp_path / "auth.conf"
+    auth.write_text('authorization { user: "worker", password: "right" }\n')
+    async with NatsServer(config_file=auth) as server:
+        config = write_config(
+            tmp_path,
+            f'node_id = "{node_id}"\nnats_url = "{server.url}"\n'
+            '[nats]\nuser = "worker"\npassword = "wrong"\n'
+            f'[[backends]]\nkind = "ollama"\nurl = "{simulator.url}"\n',
+        )
+        process = await start_worker_process(config)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "Authorization Violation" in stderr.decode()
+
+
+@pytest.mark.parametrize("replicas", [False, True])
+async def test_two_workers_with_one_node_id_are_named_unless_they_are_replicas(
+    simulator: Simulator, start_worker: WorkerFactory, replicas: bool
+) -> None:
+    settings = {"backends": [backend(simulator.url)], "heartbeat_s": 0.2, "replicas": replicas}
+    async with start_worker(**settings) as first, start_worker(**settings) as second:
+        if not replicas:
+            await until(lambda: bool(first.twins and first.twins.twins), timeout_s=10)
+            await until(lambda: bool(second.twins and second.twins.twins), timeout_s=10)
+    if replicas:
+        assert (first.twins, second.twins) == (None, None)
+    else:
+        assert first.twins is not None
+        assert second.twins is not None
+        assert first.twins.twins == frozenset({second.instance})
+        assert second.twins.twins == frozenset({first.instance})

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
+import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.micro.service import ServiceInfo, ServiceStats
 
-from services.simulator import Simulator
+from services.nats_server import NatsServer
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, until
+from tools.simulator import Simulator
 
 
 async def test_info_names_the_node_and_its_endpoints(
@@ -71,3 +77,57 @@ async def test_slow_jobs_still_run_side_by_side_with_the_service_protocol_on(
     assert json.loads(pinged.data)["type"] == "io.nats.micro.v1.ping_response"
     assert all(answer.status == "ok" for answer in answers)
     assert next(e for e in stats.endpoints if e.name == "llm").num_requests == 6
+
+
+JS_CHECKS = Path(__file__).resolve().parent / "js"
+
+
+@pytest.fixture(scope="session")
+def js_client() -> Path:
+    """tests/js with @nats-io/services installed by `npm install`; skip without node."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    if not (JS_CHECKS / "node_modules" / "@nats-io" / "services").is_dir():
+        installed = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent"],
+            cwd=JS_CHECKS,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if installed.returncode != 0:
+            pytest.skip(f"npm install failed: {installed.stderr.strip()[-300:]}")
+    return JS_CHECKS / "srv_stats.mjs"
+
+
+async def test_stats_read_by_the_js_services_client_carry_an_object_not_null_as_data(
+    nats_server: NatsServer,
+    simulator: Simulator,
+    start_worker: WorkerFactory,
+    node_id: str,
+    js_client: Path,
+) -> None:
+    async with start_worker(backends=[backend(simulator.url)]) as worker:
+        # The raw reply first: no endpoint says "data": null (jsm.go's schema wants an object).
+        nc = await nats.connect(nats_server.url)
+        try:
+            subject = f"$SRV.STATS.inferbus-node.{worker.service.id}"
+            raw = json.loads((await nc.request(subject, b"", timeout=5)).data)
+        finally:
+            await nc.close()
+        node = await asyncio.create_subprocess_exec(
+            "node",
+            str(js_client),
+            nats_server.url,
+            "inferbus-node",
+            cwd=js_client.parent,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(node.communicate(), 60)
+    assert node.returncode == 0, err.decode()
+    assert [endpoint.get("data", {}) for endpoint in raw["endpoints"]] == [{}, {}, {}]
+    seen = [endpoint for endpoint in json.loads(out) if endpoint["name"] in ("llm", "caps")]
+    assert seen
+    assert all(endpoint["data"] == {} for endpoint in seen)

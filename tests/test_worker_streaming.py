@@ -10,10 +10,10 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 
 from services.nats_server import NatsServer
-from services.simulator import Fault, Simulator, expected_text, expected_tokens
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import llm, stream, until
 from tests.llamacpp import LlamaCppServer
+from tools.simulator import Fault, Simulator, expected_text, expected_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ async def test_inferbus_req_stream_prints_the_tokens(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.cli",
+            "tools.cli",
             "req",
             node_id,
             "tell me",

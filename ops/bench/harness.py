@@ -208,7 +208,7 @@ class Fleet:
             "simulator",
             sys.executable,
             "-m",
-            "services.simulator",
+            "tools.simulator",
             "--port",
             str(port),
             "--latency-ms",

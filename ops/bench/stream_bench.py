@@ -48,10 +48,10 @@ from harness import Fleet
 from nats.aio.client import Client as NatsClient
 
 from services.bus import wait_for_worker
-from services.simulator import expected_text
 from services.streaming import StreamLimits, request_stream
 from services.subjects import Subjects
 from services.wire import Chunk, JobRequest, Message, Params
+from tools.simulator import expected_text
 
 MODEL = "llama3.2:3b"  # one of the simulator's default models
 PROMPT = "hello there"

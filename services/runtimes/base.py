@@ -31,6 +31,9 @@ class ChatReply:
     text: str
     finish_reason: str | None
     usage: Usage
+    # The model the runtime says answered, when it says: a single-model server
+    # (llama.cpp's) answers with whatever it has loaded, whatever was asked.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class StreamEnd:
 
     finish_reason: str | None
     usage: Usage
+    model: str | None = None
 
 
 StreamEvent = StreamDelta | StreamEnd
@@ -61,6 +65,12 @@ class ModelInfo:
     context_window: int | None = None
     family: str | None = None
     capabilities: tuple[str, ...] = ()
+    # Other names jobs may use for it (llama.cpp: the GGUF path its id was made from).
+    aliases: tuple[str, ...] = ()
+    # The id to send the runtime when it differs from `name`.
+    runtime_id: str | None = None
+    # Jobs its server runs at once, when the server says (llama.cpp: `/props` total_slots).
+    parallel: int | None = None
 
 
 class Runtime(Protocol):

@@ -53,7 +53,9 @@ async def stream_within(
             async with contextlib.aclosing(runtime.stream(call, timeout_s=remaining_s)) as events:
                 async for event in events:
                     if isinstance(event, StreamEnd):
-                        return ChatReply("".join(pieces), event.finish_reason, event.usage)
+                        return ChatReply(
+                            "".join(pieces), event.finish_reason, event.usage, event.model
+                        )
                     text = clean_text(event.text)
                     pieces.append(text)
                     await on_delta(text)

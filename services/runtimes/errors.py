@@ -2,7 +2,8 @@
 
     httpx.TransportError, TimeoutError ── classify_transport_error ─┬─ DEADLINE_EXCEEDED
                                                                     └─ BACKEND_UNAVAILABLE
-    HTTP status + error body ──────────── classify_http_error ──────┬─ MODEL_NOT_FOUND
+    HTTP status + error body ──────────── classify_http_error ──────┬─ RuntimeLoading (503 loading)
+                                                                    ├─ MODEL_NOT_FOUND
     {"error": ...} inside a 200 stream ── classify_stream_error ────┼─ CONTEXT_EXCEEDED
                                                                     ├─ PAYLOAD_TOO_LARGE
                                                                     ├─ BACKEND_UNAVAILABLE
@@ -40,6 +41,17 @@ import httpx
 from services.errors import ErrorCode, InferbusError
 
 MAX_MESSAGE_CHARS = 300
+LOADING_MESSAGE = "Loading model"  # llama.cpp server's 503 while it loads the GGUF
+
+
+class RuntimeLoading(InferbusError):
+    """The runtime is up but still loading its model: not routable, and not a fault."""
+
+
+def refused_our_key(error: InferbusError) -> bool:
+    """The runtime refused our key (HTTP 401/403): a configuration fault of this node."""
+    return error.message.startswith(("HTTP 401:", "HTTP 403:"))
+
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
 _CONTEXT_PHRASES = (
@@ -130,6 +142,8 @@ def _classify(
         # Checked first: rate-limit texts talk about tokens too ("tokens per minute").
         retry = retry_after_ms(headers, now_unix_s=now_unix_s)
         return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message, retry_after_ms=retry)
+    if status == 503 and detail.message == LOADING_MESSAGE:
+        return RuntimeLoading(ErrorCode.BACKEND_UNAVAILABLE, message)
     if _says_context_exceeded(detail):
         return InferbusError(ErrorCode.CONTEXT_EXCEEDED, message)
     if status == 404 or _says_model_missing(detail):

@@ -13,8 +13,10 @@ ChatCompletionRequestMessageContentPartImage, Error/ErrorResponse, Model), llama
   last content chunk, with `stream_options.include_usage` one more chunk with `usage` and
   empty `choices`, then `data: [DONE]`. A mid-stream error is a `data: {"error": {...}}`
   chunk (older llama.cpp: an `error: {...}` line).
-- `/v1/models`: `data[].id`; vLLM adds `max_model_len`. llama.cpp's `/v1/models` answers
-  200 while the model is still loading, so its health probe is `/health` instead.
+- `/v1/models`: `data[].id`; vLLM adds `max_model_len`. llama.cpp's health probe is
+  `/health` (503 "Loading model" while it loads: `RuntimeLoading`) and then `/v1/models`,
+  because `/health` needs no API key and a wrong key must show at the probe, not in every
+  job; its names, context window and slots are read by `services.runtimes.llamacpp`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from services.runtimes.base import (
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
 from services.runtimes.http import RuntimeSession
+from services.runtimes.llamacpp import context_of_entry, llamacpp_models
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -72,26 +75,41 @@ class OpenAICompatRuntime:
         self._models_url = httpx.URL(f"{base}/models")
         root = base.removesuffix("/v1")
         self._health_url = httpx.URL(f"{root}/health") if kind == "llamacpp" else self._models_url
+        self._props_url = httpx.URL(f"{root}/props")
 
     def __repr__(self) -> str:
         return f"OpenAICompatRuntime({self.kind!r}, {self.url!r})"
 
     async def health(self) -> float:
-        """`GET /v1/models` (llama.cpp: `/health`, which is 503 until the model is loaded)."""
+        """`GET /v1/models` (llama.cpp: `/health` first, which is 503 until the model is
+        loaded, then `/v1/models`, which needs the API key when one is set)."""
         started = time.perf_counter()
-        try:
-            await self._http.get_json(self._health_url, timeout_s=HEALTH_TIMEOUT_S)
-        except InferbusError as error:
-            # llama-cpp-python's server has no /health (404): its model list is the probe.
-            if self._health_url == self._models_url or error.code != ErrorCode.MODEL_NOT_FOUND:
-                raise
-            await self._http.get_json(self._models_url, timeout_s=HEALTH_TIMEOUT_S)
+        if self._health_url != self._models_url:
+            try:
+                await self._http.get_json(self._health_url, timeout_s=HEALTH_TIMEOUT_S)
+            except InferbusError as error:
+                # llama-cpp-python's server has no /health (404): its model list is the probe.
+                if error.code != ErrorCode.MODEL_NOT_FOUND:
+                    raise
+        await self._http.get_json(self._models_url, timeout_s=HEALTH_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000.0
 
     async def list_models(self) -> list[ModelInfo]:
-        return models_from_listing(
+        models = models_from_listing(
             await self._http.get_json(self._models_url, timeout_s=LIST_TIMEOUT_S), self.kind
         )
+        if self.kind != "llamacpp":
+            return models
+        return llamacpp_models(models, await self._props())
+
+    async def _props(self) -> Any:
+        """llama.cpp's `/props`; None where the server has none (llama-cpp-python)."""
+        try:
+            return await self._http.get_json(self._props_url, timeout_s=LIST_TIMEOUT_S)
+        except InferbusError as error:
+            if error.code == ErrorCode.MODEL_NOT_FOUND:
+                return None
+            raise
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
         data = await self._http.post_json(
@@ -110,6 +128,7 @@ class OpenAICompatRuntime:
             text=message.get("content") or "",
             finish_reason=choice.get("finish_reason"),
             usage=usage_of(data.get("usage")),
+            model=answer_model(data),
         )
 
     async def stream(
@@ -139,7 +158,9 @@ class OpenAICompatRuntime:
             raise InferbusError(
                 ErrorCode.BACKEND_ERROR, "stream ended without its final `data: [DONE]`"
             )
-        yield StreamEnd(finish_reason=reader.finish_reason, usage=usage_of(reader.usage))
+        yield StreamEnd(
+            finish_reason=reader.finish_reason, usage=usage_of(reader.usage), model=reader.model
+        )
 
 
 class _SseChunks:
@@ -151,6 +172,7 @@ class _SseChunks:
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Any = None
+        self.model: str | None = None
 
     def feed(self, line: str) -> str:
         """One SSE line in; the content text it carries out (often "")."""
@@ -171,6 +193,7 @@ class _SseChunks:
         return ""  # comments (`: keep-alive`), `id:`, `retry:`
 
     def _chunk(self, chunk: dict[str, Any]) -> str:
+        self.model = answer_model(chunk) or self.model
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
@@ -195,6 +218,12 @@ def _json_or_text(value: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise invalid_response("SSE data is not an object")
     return parsed
+
+
+def answer_model(data: dict[str, Any]) -> str | None:
+    """The model an answer (or chunk) names, when it names one."""
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def api_base(url: str) -> str:
@@ -290,7 +319,7 @@ def models_from_listing(listing: Any, kind: RuntimeKind) -> list[ModelInfo]:
             continue
         context = next(
             (entry[key] for key in _CONTEXT_KEYS if isinstance(entry.get(key), int)), None
-        )
+        ) or context_of_entry(entry)
         meta = entry.get("meta")
         size = meta.get("size") if isinstance(meta, dict) else None
         found.append(

@@ -1,7 +1,8 @@
 """The `inferbus` command: one entry point for every process and tool of the project.
 
-Processes are started by module (`python -m node_worker`), never imported here: `services`
-does not depend on `node_worker` or `router`.
+`inferbus worker` and `inferbus router` run those processes' own `main` in this process
+(tools may depend on them; `services` may not). `inferbus up` starts each as a process of
+its own.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from pathlib import Path
 from services.loop import run
 
 
-def _exec_module(module: str, argv: list[str]) -> int:
-    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferbus", description="One inference fabric over NATS.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="embedded NATS + a worker (+ simulator if no runtime)")
+    up = commands.add_parser(
+        "up",
+        help="embedded NATS, a worker (the simulator if no runtime answers) and the router",
+        description="Start the whole system on this machine: an embedded nats-server, one "
+        "node worker in front of the local runtimes it finds (the built-in simulator when "
+        "none answers), extra simulated workers with --workers, and the router's HTTP API "
+        "on --http-port. Prints each process's PID and jobs to paste; Ctrl-C stops all.",
+    )
     up.add_argument("--nats-port", type=int, default=4222)
     up.add_argument("--http-port", type=int, default=8090, help="the router's HTTP port")
     up.add_argument(
@@ -47,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--raw", action="store_true", help="print the JSON reply")
     req.add_argument("--stream", action="store_true", help="print tokens as they come")
 
-    from services.nodes import prefix_arg, seconds_arg
+    from tools.nodes import prefix_arg, seconds_arg
 
     nodes = commands.add_parser("nodes", help="ask every node what it serves now")
     nodes.add_argument(
@@ -64,16 +68,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
-        return _exec_module("node_worker", argv[1:])
+        from node_worker.__main__ import main as worker_main
+
+        return worker_main(argv[1:])
     if argv and argv[0] == "router":
-        return _exec_module("router", argv[1:])
+        from router.__main__ import main as router_main
+
+        return router_main(argv[1:])
     if argv and argv[0] == "simulate":
-        from services.simulator.cli import run_cli
+        from tools.simulator.cli import run_cli
 
         return run_cli(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "up":
-        from services.up import UpOptions, default_data_dir, up
+        from tools.up import UpOptions, default_data_dir, up
 
         data_dir = args.data_dir or default_data_dir()
         return run(
@@ -88,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if args.command == "nodes":
-        from services.nodes import show_nodes
+        from tools.nodes import show_nodes
 
         return run(
             show_nodes(
                 nats_url=args.server, prefix=args.prefix, wait_s=args.wait, as_json=args.json
             )
         )
-    from services.req import job_payload, job_subject, send
     from services.subjects import Subjects
+    from tools.req import job_payload, job_subject, send
 
     subject = job_subject(args.target, args.type, Subjects(args.prefix))
     return run(

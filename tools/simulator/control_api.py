@@ -1,6 +1,6 @@
 """``/_sim/*``: the Python control API over HTTP, for a simulator in another process.
 
-Benchmarks and chaos tests start the simulator with ``python -m services.simulator`` and
+Benchmarks and chaos tests start the simulator with ``python -m tools.simulator`` and
 still need to arm faults, change latency and read call counts; these endpoints are the
 same operations as `Simulator.set_fault`, `Simulator.latency_ms` and `Simulator.calls`.
 """
@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from services.simulator.faults import Fault
-from services.simulator.flow import STATE_KEY, json_response, read_json_object
-from services.simulator.plan import Rejection
-from services.simulator.state import SimState
+from tools.simulator.faults import Fault
+from tools.simulator.flow import STATE_KEY, json_response, read_json_object
+from tools.simulator.plan import Rejection
+from tools.simulator.state import SimState
 
 
 def _config(state: SimState) -> dict[str, Any]:

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from services.simulator.faults import FaultTable
-from services.simulator.models import SimModel
+from tools.simulator.faults import FaultTable
+from tools.simulator.models import SimModel
+
+if TYPE_CHECKING:
+    from tools.simulator.llama_server import LlamaServerTraits
 
 
 class SimState:
@@ -25,12 +29,13 @@ class SimState:
         latency_ms: float = 0.0,
         tokens: int = 16,
         token_interval_ms: float = 0.0,
+        llama_server: LlamaServerTraits | None = None,
     ) -> None:
         self.models: dict[str, SimModel] = {}
-        for model in models:
-            if model.name in self.models:
-                raise ValueError(f"model {model.name!r} is listed twice")
-            self.models[model.name] = model
+        self.replace_models(models)
+        if llama_server is not None and len(self.models) != 1:
+            raise ValueError("a simulated llama-server serves exactly one model")
+        self.llama_server = llama_server
         self.latency_ms = 0.0
         self.tokens = 0
         self.token_interval_ms = 0.0
@@ -39,6 +44,16 @@ class SimState:
         self.calls: Counter[str] = Counter()
         self.open_connections = 0
         self.stopping = asyncio.Event()
+
+    def replace_models(self, models: Iterable[SimModel]) -> None:
+        """Serve these models from now on (a runtime restarted with other models)."""
+        served: dict[str, SimModel] = {}
+        for model in models:
+            if model.name in served:
+                raise ValueError(f"model {model.name!r} is listed twice")
+            served[model.name] = model
+        self.models.clear()  # in place: the route handlers hold this dict
+        self.models.update(served)
 
     def configure(
         self,

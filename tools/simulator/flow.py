@@ -14,15 +14,15 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from services.simulator.faults import Fault
-from services.simulator.plan import (
+from tools.simulator.faults import Fault
+from tools.simulator.plan import (
     GenRequest,
     Plan,
     Rejection,
     plan_generation,
     rejection_for_fault,
 )
-from services.simulator.state import SimState
+from tools.simulator.state import SimState
 
 STATE_KEY: web.AppKey[SimState] = web.AppKey("simulator_state", SimState)
 JSON_HEADERS: dict[str, str] = {"Content-Type": "application/json; charset=utf-8"}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from services.simulator.flow import (
+from tools.simulator.flow import (
     JSON_HEADERS,
     STATE_KEY,
     Timings,
@@ -22,8 +23,9 @@ from services.simulator.flow import (
     json_response,
     serve_generation,
 )
-from services.simulator.models import count_words
-from services.simulator.plan import GenRequest, Plan, Rejection
+from tools.simulator.llama_server import model_entry
+from tools.simulator.models import count_words
+from tools.simulator.plan import GenRequest, Plan, Rejection
 
 SYSTEM_FINGERPRINT = "fp_inferbus_sim"
 _ID_PREFIX = "chatcmpl-" + secrets.token_hex(6)
@@ -86,7 +88,14 @@ def _token_limit(payload: dict[str, Any]) -> int | Rejection | None:
 
 
 class OpenAIChat:
-    """POST /v1/chat/completions."""
+    """POST /v1/chat/completions.
+
+    `served_as`, when it names a model, is llama-server's single model: every request runs
+    on it and the answer names it, whatever model the request asked for.
+    """
+
+    def __init__(self, served_as: Callable[[], str | None] = lambda: None) -> None:
+        self._served_as = served_as
 
     stream_headers: dict[str, str] = {  # noqa: RUF012
         "Content-Type": "text/event-stream; charset=utf-8",
@@ -94,7 +103,7 @@ class OpenAIChat:
     }
 
     def parse(self, payload: dict[str, Any]) -> GenRequest | Rejection:
-        model = payload.get("model")
+        model = self._served_as() or payload.get("model")
         if not isinstance(model, str) or not model:
             return Rejection("bad_request", "you must provide a model parameter")
         messages = payload.get("messages")
@@ -228,7 +237,8 @@ class _ChunkEncoder:
 
 def add_openai_routes(app: web.Application, started_unix: int) -> None:
     """Register the OpenAI-compatible endpoints and ``/health`` on ``app``."""
-    models = app[STATE_KEY].models
+    state = app[STATE_KEY]
+    models = state.models
     models_body = json_bytes(
         {
             "object": "list",
@@ -245,9 +255,19 @@ def add_openai_routes(app: web.Application, started_unix: int) -> None:
         }
     )
     health_body = json_bytes({"status": "ok"})
-    chat = OpenAIChat()
+
+    def single_model() -> str | None:
+        if state.llama_server is None:
+            return None
+        return next(iter(models))
+
+    chat = OpenAIChat(single_model)
 
     async def list_models(request: web.Request) -> web.Response:
+        traits = state.llama_server
+        if traits is not None:  # llama-server's shape; its one model may have been swapped
+            data = [model_entry(model, traits, started_unix) for model in models.values()]
+            return json_response(200, {"object": "list", "data": data})
         return web.Response(body=models_body, headers=JSON_HEADERS)
 
     async def health(request: web.Request) -> web.Response:

@@ -55,7 +55,7 @@ class SimModel:
             raise ValueError(f"SimModel.context_window must be >= 1, got {self.context_window}")
 
 
-# What `python -m services.simulator` serves when no models are given: one of each type
+# What `python -m tools.simulator` serves when no models are given: one of each type
 # the router selects between (llm, code, vision).
 DEFAULT_MODELS: tuple[SimModel, ...] = (
     SimModel("llama3.2:3b", family="llama", size_bytes=2_019_393_189, context_window=8192),

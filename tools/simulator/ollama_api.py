@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.simulator.flow import (
+from tools.simulator.flow import (
     JSON_HEADERS,
     STATE_KEY,
     Timings,
@@ -22,8 +22,8 @@ from services.simulator.flow import (
     json_response,
     serve_generation,
 )
-from services.simulator.models import SimModel, count_words
-from services.simulator.plan import GenRequest, Plan, Rejection
+from tools.simulator.models import SimModel, count_words
+from tools.simulator.plan import GenRequest, Plan, Rejection
 
 OLLAMA_VERSION = "0.12.6"
 _KEEP_ALIVE = timedelta(minutes=5)

@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from services.lifecycle import AsyncService
-from services.simulator.app import build_app
-from services.simulator.faults import Fault
-from services.simulator.models import DEFAULT_MODELS, SimModel
-from services.simulator.state import SimState
+from tools.simulator.app import build_app
+from tools.simulator.faults import Fault
+from tools.simulator.llama_server import LlamaServerTraits
+from tools.simulator.models import DEFAULT_MODELS, SimModel
+from tools.simulator.state import SimState
 
 # Backstop for stop(): requests still running after this are cancelled. Delays and hangs
 # already end at once on stop, so this only bounds a handler stuck in a socket write.
@@ -32,6 +33,8 @@ class Simulator(AsyncService):
         token_interval_ms: delay between streamed tokens.
         host: interface to listen on.
         port: TCP port; 0 picks a free one (kept across a stop/start restart).
+        llama_server: play llama.cpp's `llama-server` (one model, `/props`, API key,
+            loading, slots); its traits can be changed while the simulator runs.
     """
 
     def __init__(
@@ -43,12 +46,14 @@ class Simulator(AsyncService):
         token_interval_ms: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        llama_server: LlamaServerTraits | None = None,
     ) -> None:
         self._state = SimState(
             DEFAULT_MODELS if models is None else models,
             latency_ms=latency_ms,
             tokens=tokens,
             token_interval_ms=token_interval_ms,
+            llama_server=llama_server,
         )
         self._host = host
         self._port = port
@@ -107,6 +112,14 @@ class Simulator(AsyncService):
     @property
     def models(self) -> tuple[SimModel, ...]:
         return tuple(self._state.models.values())
+
+    @property
+    def llama_server(self) -> LlamaServerTraits | None:
+        return self._state.llama_server
+
+    def replace_models(self, models: Iterable[SimModel]) -> None:
+        """Serve other models from now on, as a runtime restarted with another model."""
+        self._state.replace_models(models)
 
     @property
     def calls(self) -> dict[str, int]:

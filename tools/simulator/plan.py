@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from services.simulator.models import SimModel, token_pieces
+from tools.simulator.models import SimModel, token_pieces
 
 RejectionKind = Literal["bad_request", "not_found", "no_vision", "context_exceeded", "error"]
 FinishReason = Literal["stop", "length", "load"]

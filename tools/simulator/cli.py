@@ -1,4 +1,4 @@
-"""``python -m services.simulator``: the simulator as its own process.
+"""``python -m tools.simulator``: the simulator as its own process.
 
 Prints ``simulator listening on http://HOST:PORT`` once it accepts connections, so a
 parent process (a benchmark, ``inferbus up``, a chaos test) can wait for that line, and
@@ -13,8 +13,9 @@ import signal
 import sys
 from collections.abc import Callable
 
-from services.simulator.models import DEFAULT_MODELS, SimModel
-from services.simulator.server import Simulator
+from tools.simulator.llama_server import LlamaServerTraits
+from tools.simulator.models import DEFAULT_MODELS, SimModel
+from tools.simulator.server import Simulator
 
 _VISION_SUFFIX = ":vision"
 
@@ -40,7 +41,7 @@ def parse_models(spec: str) -> list[SimModel]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.simulator",
+        prog="python -m tools.simulator",
         description="A fake inference runtime speaking the Ollama and OpenAI APIs.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-interval-ms", type=float, default=0.0, help="delay between streamed tokens"
     )
+    parser.add_argument(
+        "--llama-server",
+        type=int,
+        metavar="SLOTS",
+        help="play llama.cpp's llama-server with SLOTS slots: exactly one model (a path "
+        "name works), /props, /v1/models meta, answers naming its model",
+    )
+    parser.add_argument("--api-key", help="with --llama-server: the key its --api-key would be")
     return parser
 
 
@@ -83,6 +92,13 @@ def run_cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         models = None if args.models is None else parse_models(args.models)
+        if args.api_key is not None and args.llama_server is None:
+            raise ValueError("--api-key needs --llama-server")
+        traits = None
+        if args.llama_server is not None:
+            if args.llama_server < 1:
+                raise ValueError("--llama-server SLOTS must be at least 1")
+            traits = LlamaServerTraits(total_slots=args.llama_server, api_key=args.api_key)
         simulator = Simulator(
             models,
             latency_ms=args.latency_ms,
@@ -90,6 +106,7 @@ def run_cli(argv: list[str] | None = None) -> int:
             token_interval_ms=args.token_interval_ms,
             host=args.host,
             port=args.port,
+            llama_server=traits,
         )
     except ValueError as exc:
         parser.error(str(exc))

