@@ -1,6 +1,6 @@
 """The node worker process: NATS wiring around the job pipeline.
 
-Subscribes `node.<id>.llm.request` and `node.<id>.vision.request` in queue group
+Subscribes `node.<id>.llm.request`, `.vision.request` and `.embed.request` in queue group
 `node_worker`, hands every admitted job to a task of its own (so the subscription keeps
 draining while jobs run), and sends exactly one final reply per message. `drain()` stops
 taking jobs, lets running ones finish within a grace period, then disconnects.
@@ -41,13 +41,17 @@ from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
+from services.runtimes.calls import ToolDeltaSink
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
 from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
+from services.wire_features import ToolCallDelta
 
 log = logging.getLogger("inferbus.worker")
 
 SERVICE_NAME = "inferbus-node"
+# One subscription (and slot kind) each; code jobs ride the llm subject.
+JOB_SUBJECT_TYPES: tuple[JobType, ...] = ("llm", "vision", "embed")
 
 
 def header_safe(text: str, limit: int = 256) -> str:
@@ -64,9 +68,10 @@ class Worker(AsyncService):
         self.admission = Admission(
             llm_capacity=settings.limits.llm_concurrency,
             vision_capacity=settings.limits.vision_concurrency,
+            embed_capacity=settings.limits.embed_concurrency,
             on_saturation_change=self._announce_now,
         )
-        for kind in ("llm", "vision"):
+        for kind in JOB_SUBJECT_TYPES:
             self.metrics.track_inflight(kind, self._inflight_reader(kind))
         self._own_http = http_client is None
         self._http = http_client or new_http_client()
@@ -106,6 +111,7 @@ class Worker(AsyncService):
             endpoints=[
                 Endpoint("llm", self.subjects.job(self.node_id, "llm"), WORKER_QUEUE_GROUP),
                 Endpoint("vision", self.subjects.job(self.node_id, "vision"), WORKER_QUEUE_GROUP),
+                Endpoint("embed", self.subjects.job(self.node_id, "embed"), WORKER_QUEUE_GROUP),
                 Endpoint("caps", self.subjects.caps(self.node_id), WORKER_QUEUE_GROUP),
             ],
         )
@@ -127,7 +133,7 @@ class Worker(AsyncService):
     async def start(self) -> None:
         await self.refresh()
         self._nc = await self._connect()
-        for job_type in ("llm", "vision"):
+        for job_type in JOB_SUBJECT_TYPES:
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
                 await self.nc.subscribe(
@@ -254,8 +260,11 @@ class Worker(AsyncService):
         assert task is not None
         self._running[job_id] = task
         try:
-            sender = self._chunk_sender(reply_to, job_id) if job.request.stream else None
-            response = await self.pipeline.run(job, sender)
+            if job.request.stream:
+                send_text, send_calls = self._chunk_senders(reply_to, job_id)
+                response = await self.pipeline.run(job, send_text, send_calls)
+            else:
+                response = await self.pipeline.run(job)
         except asyncio.CancelledError:
             if job_id not in self._cancelled:
                 await self._reply(reply_to, stopped(job_id, self.node_id), endpoint, received_s)
@@ -267,20 +276,30 @@ class Worker(AsyncService):
             self._cancelled.discard(job_id)
         await self._reply(reply_to, response, endpoint, received_s)
 
-    def _chunk_sender(self, reply_to: str, job_id: str) -> Callable[[str], Awaitable[None]]:
-        """Publish each piece of a streamed answer to the caller's inbox, numbered."""
+    def _chunk_senders(
+        self, reply_to: str, job_id: str
+    ) -> tuple[Callable[[str], Awaitable[None]], ToolDeltaSink]:
+        """Publish each piece of a streamed answer (text, or tool-call deltas) to the
+        caller's inbox, numbered in one sequence."""
         seq = 0
 
-        async def send(delta: str) -> None:
+        async def send(chunk: Chunk) -> None:
             nonlocal seq
             seq += 1
-            await self.nc.publish(reply_to, encode(Chunk(job_id=job_id, seq=seq, delta=delta)))
+            chunk.seq = seq
+            await self.nc.publish(reply_to, encode(chunk))
             if seq == 1:
                 # Let the NATS flusher send the first token now, not after the rest of a
                 # burst the runtime delivered in the same read: time to first token.
                 await asyncio.sleep(0)
 
-        return send
+        async def send_text(delta: str) -> None:
+            await send(Chunk(job_id=job_id, seq=0, delta=delta))
+
+        async def send_calls(deltas: list[ToolCallDelta]) -> None:
+            await send(Chunk(job_id=job_id, seq=0, tool_calls=deltas))
+
+        return send_text, send_calls
 
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""

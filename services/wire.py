@@ -16,9 +16,10 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.errors import ErrorCode, InferbusError
+from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
 
-JobType = Literal["llm", "vision", "code"]
-JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code")
+JobType = Literal["llm", "vision", "code", "embed"]
+JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code", "embed")
 
 
 def new_job_id() -> str:
@@ -42,9 +43,14 @@ class ContentPart(_Lenient):
 
 
 class Message(_Lenient):
+    """One chat message; `tool_calls` on an assistant's, `tool_call_id`/`name` on a tool's."""
+
     role: str = "user"
     content: str | list[ContentPart] | None = None
     images: list[str] = Field(default_factory=list)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     @property
     def text(self) -> str:
@@ -67,12 +73,39 @@ class Message(_Lenient):
         return found
 
 
+_PENALTY = Field(ge=-2, le=2)
+
+
 class Params(_Lenient):
+    """Sampling and answer-shape parameters, OpenAI's names and ranges.
+
+    `max_completion_tokens` is OpenAI's newer name for `max_tokens`: the smaller of the two
+    is the cap, kept in `max_tokens` (what every adapter reads). `n` above 1 and `logprobs`
+    change what the answer means, so they are honoured or refused, never ignored.
+    """
+
     temperature: Annotated[float, Field(ge=0)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    presence_penalty: Annotated[float, _PENALTY] | None = None
+    frequency_penalty: Annotated[float, _PENALTY] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    user: str | None = None
+    dimensions: Annotated[int, Field(gt=0)] | None = None  # embeddings only
+
+    @model_validator(mode="after")
+    def _one_token_cap(self) -> Params:
+        if self.max_completion_tokens is not None:
+            caps = [c for c in (self.max_tokens, self.max_completion_tokens) if c is not None]
+            self.max_tokens = min(caps)
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 # Generous, but finite: larger numbers would overflow deadline arithmetic.
@@ -90,7 +123,15 @@ class JobRequest(_Lenient):
     messages: list[Message] | None = None
     prompt: str | None = None
     images: list[str] = Field(default_factory=list)
+    input: str | list[str] | None = None  # what an embed job embeds
     params: Params = Field(default_factory=Params)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    # Other OpenAI fields (top_k, min_p, guided_json...), passed verbatim to
+    # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
+    extra: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
     timeout_ms: Annotated[int, _BOUNDED_MS] | None = None
     deadline_unix_ms: Annotated[int, _BOUNDED_MS] | None = None
@@ -109,9 +150,17 @@ class JobRequest(_Lenient):
 
     @model_validator(mode="after")
     def _has_input(self) -> JobRequest:
-        if not self.messages and self.prompt is None:
-            raise ValueError("a job needs `messages` (non-empty) or `prompt`")
+        if not self.messages and self.prompt is None and self.input is None:
+            raise ValueError("a job needs `messages` (non-empty), `prompt` or `input`")
         return self
+
+    def embed_inputs(self) -> list[str]:
+        """What an embed job embeds: `input` (a string or a list), else the prompt."""
+        if isinstance(self.input, list):
+            return self.input
+        if self.input is not None:
+            return [self.input]
+        return [self.prompt] if self.prompt is not None else []
 
     @property
     def key(self) -> str:
@@ -134,7 +183,21 @@ class JobRequest(_Lenient):
     def fingerprint(self) -> str:
         """What must match for a repeated idempotency key to be the same job."""
         payload = self.model_dump_json(
-            include={"type", "model", "messages", "prompt", "images", "params", "stream"}
+            include={
+                "type",
+                "model",
+                "messages",
+                "prompt",
+                "input",
+                "images",
+                "params",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "response_format",
+                "extra",
+                "stream",
+            }
         )
         return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
@@ -145,10 +208,17 @@ class Usage(BaseModel):
 
 
 class Result(BaseModel):
-    text: str
+    """The answer: text and/or `tool_calls` (then `finish_reason: tool_calls`); an embed
+    job's `embeddings`, one vector per input in input order; `logprobs` when asked, in
+    OpenAI's shape (`{"content": [{token, logprob, bytes, top_logprobs}]}`)."""
+
+    text: str = ""
     finish_reason: str | None = None
     usage: Usage = Field(default_factory=Usage)
     cost: float | None = None
+    tool_calls: list[ToolCall] | None = None
+    logprobs: dict[str, Any] | None = None
+    embeddings: list[list[float]] | None = None
 
 
 class ErrorInfo(BaseModel):
@@ -191,9 +261,12 @@ class JobResponse(BaseModel):
 
 
 class Chunk(BaseModel):
+    """A piece of a streamed answer: text, or tool-call pieces (`delta` is then "")."""
+
     job_id: str
     seq: int
-    delta: str
+    delta: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 def encode(message: BaseModel) -> bytes:

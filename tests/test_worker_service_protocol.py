@@ -25,6 +25,7 @@ async def test_info_names_the_node_and_its_endpoints(
     assert subjects == {
         "llm": f"node.{node_id}.llm.request",
         "vision": f"node.{node_id}.vision.request",
+        "embed": f"node.{node_id}.embed.request",
         "caps": f"node.{node_id}.caps",
     }
     assert {endpoint.queue_group for endpoint in info.endpoints} == {"node_worker"}
@@ -41,8 +42,13 @@ async def test_stats_count_real_jobs_and_errors(
         await nc.request(f"node.{node_id}.caps", b"", timeout=5)
         after = ServiceStats.from_dict(json.loads((await nc.request(subject, b"")).data))
     counts = {e.name: (e.num_requests, e.num_errors) for e in after.endpoints}
-    assert {e.name: e.num_requests for e in before.endpoints} == {"llm": 0, "vision": 0, "caps": 0}
-    assert counts == {"llm": (2, 1), "vision": (0, 0), "caps": (1, 0)}
+    assert {e.name: e.num_requests for e in before.endpoints} == {
+        "llm": 0,
+        "vision": 0,
+        "embed": 0,
+        "caps": 0,
+    }
+    assert counts == {"llm": (2, 1), "vision": (0, 0), "embed": (0, 0), "caps": (1, 0)}
     llm_stats = next(e for e in after.endpoints if e.name == "llm")
     assert "MODEL_NOT_FOUND" in (llm_stats.last_error or "")
     assert llm_stats.processing_time > 0

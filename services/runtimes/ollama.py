@@ -27,6 +27,8 @@ from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import (
     ChatCall,
     ChatReply,
+    EmbedCall,
+    EmbedReply,
     ModelInfo,
     RuntimeKind,
     StreamDelta,
@@ -35,6 +37,16 @@ from services.runtimes.base import (
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
 from services.runtimes.http import RuntimeSession
+from services.runtimes.ollama_features import (
+    as_deltas,
+    embed_body,
+    feature_fields,
+    finish_reason_of,
+    logprob_entries,
+    ollama_messages,
+    tool_calls_of,
+    vectors_of,
+)
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -56,6 +68,7 @@ class OllamaRuntime:
         self._tags_url = httpx.URL(f"{self.url}/api/tags")
         self._ps_url = httpx.URL(f"{self.url}/api/ps")
         self._show_url = httpx.URL(f"{self.url}/api/show")
+        self._embed_url = httpx.URL(f"{self.url}/api/embed")
 
     def __repr__(self) -> str:
         return f"OllamaRuntime({self.url!r})"
@@ -108,11 +121,22 @@ class OllamaRuntime:
         message = data.get("message")
         if not isinstance(message, dict):
             raise invalid_response("chat answer has no message")
+        calls = tool_calls_of(message)
+        logprobs = logprob_entries(data)
         return ChatReply(
             text=message.get("content") or "",
-            finish_reason=data.get("done_reason"),
+            finish_reason=finish_reason_of(data.get("done_reason"), bool(calls)),
             usage=usage_of(data),
+            tool_calls=calls or None,
+            logprobs={"content": logprobs} if logprobs else None,
         )
+
+    async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply:
+        """`POST /api/embed`; `prompt_eval_count` is the tokens embedded."""
+        data = await self._http.post_json(self._embed_url, embed_body(call), timeout_s=timeout_s)
+        if isinstance(data, dict) and "error" in data:
+            raise classify_stream_error(data, secrets=self._secrets)
+        return EmbedReply(vectors=vectors_of(data), usage=usage_of(data))
 
     async def stream(
         self, call: ChatCall, *, timeout_s: float
@@ -125,6 +149,7 @@ class OllamaRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         end: StreamEnd | None = None
+        calls_seen = 0
         lines = self._http.stream_lines(
             self._chat_url, chat_body(call, stream=True), deadline=deadline
         )
@@ -132,21 +157,23 @@ class OllamaRuntime:
             async for line in lines:
                 if end is not None:
                     continue  # drain to the end of the body so the connection is reused
-                event = _parse_line(line, self._secrets)
-                if isinstance(event, StreamEnd):
-                    end = event
-                elif event.text:
-                    yield event
+                delta, end = _parse_line(line, self._secrets, calls_seen)
+                if delta.text or delta.tool_calls or delta.logprobs:
+                    calls_seen += len(delta.tool_calls or ())
+                    yield delta
         finally:
             await lines.aclose()
         if end is None:
             raise InferbusError(
                 ErrorCode.BACKEND_ERROR, "Ollama stream ended without its final `done` line"
             )
-        yield end
+        yield StreamEnd(finish_reason_of(end.finish_reason, calls_seen > 0), end.usage)
 
 
-def _parse_line(line: str, secrets: tuple[str, ...]) -> StreamEvent:
+def _parse_line(
+    line: str, secrets: tuple[str, ...], calls_seen: int = 0
+) -> tuple[StreamDelta, StreamEnd | None]:
+    """One NDJSON line: what it adds to the answer, and the end when it is the last."""
     try:
         data = json.loads(line)
     except ValueError as exc:
@@ -155,20 +182,29 @@ def _parse_line(line: str, secrets: tuple[str, ...]) -> StreamEvent:
         raise invalid_response("stream line is not an object")
     if "error" in data:
         raise classify_stream_error(data, secrets=secrets)
+    message = data.get("message")
+    message = message if isinstance(message, dict) else {}
+    calls = tool_calls_of(message, calls_seen)
+    delta = StreamDelta(
+        text=message.get("content") or "",
+        tool_calls=as_deltas(calls, calls_seen) or None,
+        logprobs=logprob_entries(data) or None,
+    )
     if data.get("done"):
-        return StreamEnd(finish_reason=data.get("done_reason"), usage=usage_of(data))
-    message = data.get("message") or {}
-    return StreamDelta(text=message.get("content") or "")
+        return delta, StreamEnd(finish_reason=data.get("done_reason"), usage=usage_of(data))
+    return delta, None
 
 
 def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
     """The `/api/chat` request for a call; options only for parameters that are set."""
+    features, extra_options = feature_fields(call)
     body: dict[str, Any] = {
         "model": call.model,
-        "messages": [ollama_message(message) for message in call.messages],
+        "messages": ollama_messages(call.messages, ollama_message),
         "stream": stream,
+        **features,
     }
-    options = ollama_options(call.params)
+    options = {**ollama_options(call.params), **extra_options}
     if options:
         body["options"] = options
     return body

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -33,6 +34,8 @@ from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import (
     ChatCall,
     ChatReply,
+    EmbedCall,
+    EmbedReply,
     ModelInfo,
     RuntimeKind,
     StreamDelta,
@@ -41,6 +44,17 @@ from services.runtimes.base import (
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
 from services.runtimes.http import RuntimeSession
+from services.runtimes.openai_features import (
+    capabilities_from_props,
+    embed_body,
+    feature_fields,
+    logprobs_of,
+    message_fields,
+    sampling_fields,
+    tool_calls_of,
+    tool_deltas_of,
+    vectors_of,
+)
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -70,7 +84,9 @@ class OpenAICompatRuntime:
         base = api_base(self.url)
         self._chat_url = httpx.URL(f"{base}/chat/completions")
         self._models_url = httpx.URL(f"{base}/models")
+        self._embeddings_url = httpx.URL(f"{base}/embeddings")
         root = base.removesuffix("/v1")
+        self._props_url = httpx.URL(f"{root}/props") if kind == "llamacpp" else None
         self._health_url = httpx.URL(f"{root}/health") if kind == "llamacpp" else self._models_url
 
     def __repr__(self) -> str:
@@ -89,9 +105,30 @@ class OpenAICompatRuntime:
         return (time.perf_counter() - started) * 1000.0
 
     async def list_models(self) -> list[ModelInfo]:
-        return models_from_listing(
+        """`/v1/models`; for llama.cpp also `/props` (tools in the chat template, vision),
+        which a server without it (llama-cpp-python) answers 404: then nothing is added."""
+        models = models_from_listing(
             await self._http.get_json(self._models_url, timeout_s=LIST_TIMEOUT_S), self.kind
         )
+        if self._props_url is None or len(models) != 1:
+            return models
+        try:
+            props = await self._http.get_json(self._props_url, timeout_s=LIST_TIMEOUT_S)
+        except InferbusError:
+            return models
+        capabilities = capabilities_from_props(props)
+        return (
+            [dataclasses.replace(models[0], capabilities=capabilities)] if capabilities else models
+        )
+
+    async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply:
+        """`POST /v1/embeddings`, floats, vectors back in input order."""
+        data = await self._http.post_json(
+            self._embeddings_url, embed_body(call), timeout_s=timeout_s
+        )
+        if isinstance(data, dict) and ("error" in data or data.get("object") == "error"):
+            raise classify_stream_error(data, secrets=self._secrets)
+        return EmbedReply(vectors=vectors_of(data), usage=usage_of(data.get("usage")))
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
         data = await self._http.post_json(
@@ -110,6 +147,8 @@ class OpenAICompatRuntime:
             text=message.get("content") or "",
             finish_reason=choice.get("finish_reason"),
             usage=usage_of(data.get("usage")),
+            tool_calls=tool_calls_of(message) or None,
+            logprobs=logprobs_of(choice),
         )
 
     async def stream(
@@ -130,9 +169,9 @@ class OpenAICompatRuntime:
             async for line in lines:
                 if reader.done:
                     continue  # drain to the end of the body so the connection is reused
-                text = reader.feed(line)
-                if text:
-                    yield StreamDelta(text)
+                delta = reader.feed(line)
+                if delta is not None:
+                    yield delta
         finally:
             await lines.aclose()
         if not reader.done:
@@ -152,14 +191,14 @@ class _SseChunks:
         self.finish_reason: str | None = None
         self.usage: Any = None
 
-    def feed(self, line: str) -> str:
-        """One SSE line in; the content text it carries out (often "")."""
+    def feed(self, line: str) -> StreamDelta | None:
+        """One SSE line in; the text and tool-call pieces it carries out (often None)."""
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "data":
             if value == "[DONE]":
                 self.done = True
-                return ""
+                return None
             chunk = _json_or_text(value)
             if self._error_event or "error" in chunk:
                 raise classify_stream_error(chunk, secrets=self._secrets)
@@ -168,23 +207,32 @@ class _SseChunks:
             raise classify_stream_error(_json_or_text(value), secrets=self._secrets)
         if field == "event":
             self._error_event = value == "error"
-        return ""  # comments (`: keep-alive`), `id:`, `retry:`
+        return None  # comments (`: keep-alive`), `id:`, `retry:`
 
-    def _chunk(self, chunk: dict[str, Any]) -> str:
+    def _chunk(self, chunk: dict[str, Any]) -> StreamDelta | None:
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
         choices = chunk.get("choices")
         if not choices:
-            return ""
+            return None
         choice = choices[0]
         if not isinstance(choice, dict):
-            return ""
+            return None
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         delta = choice.get("delta") or {}
         content = delta.get("content")
-        return content if isinstance(content, str) else ""
+        text = content if isinstance(content, str) else ""
+        tool_calls = tool_deltas_of(delta)
+        logprobs = logprobs_of(choice)
+        if not text and not tool_calls and logprobs is None:
+            return None
+        return StreamDelta(
+            text,
+            tool_calls=tool_calls or None,
+            logprobs=logprobs["content"] if logprobs is not None else None,
+        )
 
 
 def _json_or_text(value: str) -> dict[str, Any]:
@@ -211,6 +259,8 @@ def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
         "messages": [openai_message(message) for message in call.messages],
     }
     body.update(openai_params(call.params))
+    body.update(sampling_fields(call.params))
+    body.update(feature_fields(call))
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -220,7 +270,9 @@ def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
 def openai_message(message: Message) -> dict[str, Any]:
     images = message.all_images
     if not images:
-        return {"role": message.role, "content": message.text}
+        # An assistant message that only calls tools has no content (`null`, as OpenAI's).
+        content = None if message.tool_calls and not message.text else message.text
+        return {"role": message.role, "content": content, **message_fields(message)}
     parts: list[dict[str, Any]] = []
     text = message.text
     if text:
