@@ -96,8 +96,11 @@ def tool_deltas_of(delta: dict[str, Any]) -> list[ToolCallDelta]:
 
 
 def logprobs_of(choice: dict[str, Any]) -> dict[str, Any] | None:
+    """`choice.logprobs` as our Result carries it: `{"content": [...]}` only."""
     logprobs = choice.get("logprobs")
-    return logprobs if isinstance(logprobs, dict) and logprobs.get("content") else None
+    if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+        return {"content": logprobs["content"]}
+    return None
 
 
 def embed_body(call: EmbedCall) -> dict[str, Any]:

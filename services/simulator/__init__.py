@@ -10,6 +10,7 @@ observes exactly as it would from a failing Ollama, vLLM or llama.cpp server.
 """
 
 from services.simulator.faults import FAULT_KINDS, Fault
+from services.simulator.features import embedding as expected_embedding
 from services.simulator.models import DEFAULT_MODELS, SimModel, expected_text, expected_tokens
 from services.simulator.server import Simulator
 
@@ -19,6 +20,7 @@ __all__ = [
     "Fault",
     "SimModel",
     "Simulator",
+    "expected_embedding",
     "expected_text",
     "expected_tokens",
 ]

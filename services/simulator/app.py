@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from services.simulator.control_api import add_control_routes
+from services.simulator.embed_api import add_embed_routes
 from services.simulator.flow import STATE_KEY
 from services.simulator.ollama_api import add_ollama_routes
 from services.simulator.openai_api import add_openai_routes
@@ -27,5 +28,6 @@ def build_app(state: SimState) -> web.Application:
     started = datetime.now(UTC)
     add_ollama_routes(app, started)
     add_openai_routes(app, int(started.timestamp()))
+    add_embed_routes(app)
     add_control_routes(app)
     return app

@@ -37,6 +37,10 @@ class SimModel:
         vision: whether requests with images are accepted.
         context_window: prompt words above this are rejected as context exceeded.
         running: whether ``/api/ps`` lists the model as loaded.
+        tools: whether requests with ``tools`` are accepted (else 400, as from a runtime
+            whose model or chat template has no tool support).
+        embedding: whether ``/api/embed`` and ``/v1/embeddings`` answer for it.
+        chat: whether it generates at all (an embedding-only model does not).
     """
 
     name: str
@@ -45,6 +49,9 @@ class SimModel:
     vision: bool = False
     context_window: int = 8192
     running: bool = True
+    tools: bool = True
+    embedding: bool = False
+    chat: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
