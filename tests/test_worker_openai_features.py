@@ -90,7 +90,8 @@ async def test_tool_call_loop_ends_in_a_text_answer(
         assert call.id.startswith("call_")
         arguments = json.loads(call.function.arguments)
         jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])  # type: ignore[index]
-        assert again.result is not None and again.result.tool_calls == first.result.tool_calls
+        assert again.result is not None
+        assert again.result.tool_calls == first.result.tool_calls
 
         tool_result = {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'}
         assistant = {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]}
@@ -119,7 +120,8 @@ async def test_streamed_tool_call_deltas_reassemble_into_the_same_calls(
         assert chunk.tool_calls, "a tool-calling answer streams tool-call pieces only"
         assembler.add(chunk.tool_calls)
     assert [chunk.seq for chunk in chunks] == list(range(1, len(chunks) + 1))
-    assert whole.result is not None and final.result is not None
+    assert whole.result is not None
+    assert final.result is not None
     assert assembler.calls() == whole.result.tool_calls == final.result.tool_calls
     assert final.result.finish_reason == "tool_calls"
 
@@ -164,7 +166,8 @@ async def test_embeddings_of_a_list_are_the_inputs_vectors_in_order(
         )
     assert listed.status == "ok", listed.error
     assert listed.model == EMBED_MODEL  # the node's default embed model
-    assert listed.result is not None and listed.result.embeddings is not None
+    assert listed.result is not None
+    assert listed.result.embeddings is not None
     assert listed.result.embeddings == [expected_embedding(EMBED_MODEL, t) for t in texts]
     assert listed.result.embeddings[0] == listed.result.embeddings[2]
     assert listed.result.usage.prompt_tokens == 9
@@ -184,7 +187,8 @@ async def test_logprobs_come_back_one_per_generated_token(
     assert response.result.logprobs is not None
     tokens = [entry["token"] for entry in response.result.logprobs["content"]]
     assert "".join(tokens) == response.result.text == expected_text(TOOL_MODEL, "hi", 8)
-    assert streamed.result is not None and streamed.result.logprobs == response.result.logprobs
+    assert streamed.result is not None
+    assert streamed.result.logprobs == response.result.logprobs
 
 
 @KINDS
@@ -219,8 +223,10 @@ async def test_ollama_refuses_what_its_api_cannot_promise(
         forced = await ask(nc, llm(node_id), tool_job(tool_choice="required"))
         unknown = await ask(nc, llm(node_id), {"prompt": "hi", "extra": {"best_of": 3}})
         mapped = await ask(nc, llm(node_id), {"prompt": "hi", "extra": {"top_k": 5, "user": "u1"}})
-    assert forced.error is not None and forced.error.message.startswith("tool_choice: ")
-    assert unknown.error is not None and unknown.error.message.startswith("extra.best_of: ")
+    assert forced.error is not None
+    assert forced.error.message.startswith("tool_choice: ")
+    assert unknown.error is not None
+    assert unknown.error.message.startswith("extra.best_of: ")
     assert forced.error.code == unknown.error.code == "BAD_REQUEST"
     assert mapped.status == "ok", mapped.error
 
