@@ -202,7 +202,9 @@ def embed_body(call: EmbedCall) -> dict[str, Any]:
 def vectors_of(data: Any) -> list[list[float]]:
     """`/api/embed`'s `embeddings`, checked to be lists of numbers."""
     vectors = data.get("embeddings") if isinstance(data, dict) else None
-    if not isinstance(vectors, list) or not all(isinstance(v, list) for v in vectors):
+    if not isinstance(vectors, list) or not all(
+        isinstance(v, list) and all(isinstance(x, int | float) for x in v) for v in vectors
+    ):
         raise InferbusError(
             ErrorCode.BACKEND_ERROR, "unreadable runtime response: /api/embed has no embeddings"
         )

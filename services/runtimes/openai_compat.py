@@ -132,7 +132,7 @@ class OpenAICompatRuntime:
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
         data = await self._http.post_json(
-            self._chat_url, chat_body(call, stream=False), timeout_s=timeout_s
+            self._chat_url, chat_body(call, stream=False, kind=self.kind), timeout_s=timeout_s
         )
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
@@ -163,7 +163,7 @@ class OpenAICompatRuntime:
         deadline = asyncio.get_running_loop().time() + timeout_s
         reader = _SseChunks(self._secrets)
         lines = self._http.stream_lines(
-            self._chat_url, chat_body(call, stream=True), deadline=deadline
+            self._chat_url, chat_body(call, stream=True, kind=self.kind), deadline=deadline
         )
         try:
             async for line in lines:
@@ -252,7 +252,7 @@ def api_base(url: str) -> str:
     return url if httpx.URL(url).path not in ("", "/") else f"{url}/v1"
 
 
-def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+def chat_body(call: ChatCall, *, stream: bool, kind: RuntimeKind = "openai") -> dict[str, Any]:
     """The `/v1/chat/completions` request; parameters only when set."""
     body: dict[str, Any] = {
         "model": call.model,
@@ -260,7 +260,7 @@ def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
     }
     body.update(openai_params(call.params))
     body.update(sampling_fields(call.params))
-    body.update(feature_fields(call))
+    body.update(feature_fields(call, kind))
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

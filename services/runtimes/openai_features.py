@@ -11,6 +11,10 @@ and vLLM's `protocol.py` (extra sampling fields such as `top_k`, `min_p`,
 - Tool calls come back whole (`message.tool_calls`) or as stream deltas
   (`delta.tool_calls[]` with `index`, the first piece of each call carrying `id`/`name`).
 - `/v1/embeddings` answers `data[]` with `index`; we put the vectors back in input order.
+- llama.cpp: a `json_schema` format goes as `{"type": "json_object", "schema": ...}`, the
+  form both llama-server (`server-common.cpp` reads either) and llama-cpp-python's server
+  (which knows only `text | json_object`, and answers 422 to `json_schema`) enforce with
+  a grammar.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import pydantic
 
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, EmbedCall
+from services.runtimes.base import ChatCall, EmbedCall, RuntimeKind
 from services.runtimes.errors import invalid_response
 from services.wire import Message, Params
 from services.wire_features import ToolCall, ToolCallDelta
@@ -28,8 +32,8 @@ from services.wire_features import ToolCall, ToolCallDelta
 _JOB_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input"})
 
 
-def feature_fields(call: ChatCall) -> dict[str, Any]:
-    """Top-level request fields for the call's tools, format, logprobs and extras."""
+def feature_fields(call: ChatCall, kind: RuntimeKind = "openai") -> dict[str, Any]:
+    """Top-level request fields for the call's tools, format and extras."""
     body: dict[str, Any] = {}
     if call.tools:
         body["tools"] = [tool.model_dump(exclude_none=True) for tool in call.tools]
@@ -38,8 +42,13 @@ def feature_fields(call: ChatCall) -> dict[str, Any]:
         body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
     if call.parallel_tool_calls is not None and call.tools:
         body["parallel_tool_calls"] = call.parallel_tool_calls
-    if call.response_format is not None:
-        body["response_format"] = call.response_format.model_dump(exclude_none=True, by_alias=True)
+    response_format = call.response_format
+    if response_format is not None:
+        schema = response_format.schema_
+        if kind == "llamacpp" and schema is not None:
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        else:
+            body["response_format"] = response_format.model_dump(exclude_none=True, by_alias=True)
     body.update(_extra(call.extra, set(body)))
     return body
 
@@ -122,10 +131,15 @@ def vectors_of(data: Any) -> list[list[float]]:
     vectors: list[list[float]] = []
     for entry in ordered:
         vector = entry.get("embedding")
-        if not isinstance(vector, list):
-            raise invalid_response("an embedding is not a list of numbers (base64?)")
+        if not isinstance(vector, list) or not all(_is_number(x) for x in vector):
+            # base64, or one vector per token (a llama.cpp model without pooling)
+            raise invalid_response("an embedding is not one list of numbers")
         vectors.append([float(x) for x in vector])
     return vectors
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def capabilities_from_props(props: Any) -> tuple[str, ...]:
