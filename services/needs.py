@@ -30,6 +30,18 @@ CAPABILITIES: tuple[Capability, ...] = (
     "insert",
 )
 
+# The job fields beyond DESIGN §3's first version that this worker honours or refuses by
+# name; published in the record as `wire_features` so routers know who understands them.
+WIRE_FEATURES: tuple[str, ...] = (
+    "tools",  # tools, tool_choice, parallel_tool_calls, message tool_calls / tool_call_id
+    "response_format",
+    "logprobs",
+    "penalties",  # presence_penalty, frequency_penalty
+    "n",  # refused above 1
+    "extra",
+    "embed",  # embed jobs on node.<id>.embed.request
+)
+
 
 @dataclass(frozen=True)
 class Need:

@@ -260,6 +260,7 @@ async def test_the_record_says_what_each_model_can_do(
         ollama_caps = {m.name: m.capabilities for m in from_ollama.capabilities(1).served_models}
         named = {m.name: m.capabilities for m in from_names.capabilities(1).served_models}
         types = {m.name: m.type for m in from_names.capabilities(1).served_models}
+        features = from_ollama.capabilities(1).wire_features
     assert ollama_caps == {
         TOOL_MODEL: ("completion", "tools"),
         PLAIN_MODEL: ("completion",),
@@ -271,3 +272,4 @@ async def test_the_record_says_what_each_model_can_do(
         EMBED_MODEL: ("embedding",),
     }
     assert types[EMBED_MODEL] == "embed"
+    assert {"tools", "response_format", "embed", "extra"} <= set(features)
