@@ -40,6 +40,7 @@ WIRE_FEATURES: tuple[str, ...] = (
     "n",  # refused above 1
     "extra",
     "embed",  # embed jobs on node.<id>.embed.request
+    "raw",  # raw prompts (legacy completions) and suffix (fill-in-the-middle)
 )
 
 
@@ -61,6 +62,8 @@ def needed_capabilities(request: JobRequest, job_type: JobType) -> list[Need]:
     if job_type == "embed":
         return [Need("embedding", "input")]
     needs = [Need("completion", "messages" if request.messages else "prompt")]
+    if request.suffix is not None:
+        needs.append(Need("insert", "suffix"))
     if wants_tools(request):
         needs.append(Need("tools", "tools"))
     if request.has_images():
@@ -85,6 +88,9 @@ def shape_problem(request: JobRequest, job_type: JobType) -> InferbusError | Non
         return None
     if not request.messages and request.prompt is None:
         return _bad("input", f"only embed jobs take `input`; a {job_type} job needs messages")
+    completion = _completion_problem(request)
+    if completion is not None:
+        return completion
     if request.params.n is not None and request.params.n > 1:
         return _bad("params.n", "a job answers one choice; send n jobs for n choices")
     choice = request.tool_choice
@@ -94,6 +100,25 @@ def shape_problem(request: JobRequest, job_type: JobType) -> InferbusError | Non
         offered = {tool.function.name for tool in request.tools or ()}
         if choice.function.name not in offered:
             return _bad("tool_choice", f"function {choice.function.name!r} is not in `tools`")
+    return None
+
+
+def _completion_problem(request: JobRequest) -> InferbusError | None:
+    """A raw or fill-in-the-middle job completes one prompt: nothing chat-shaped fits."""
+    if not request.raw and request.suffix is None:
+        return None
+    field = "raw" if request.raw else "suffix"
+    if request.prompt is None or request.messages:
+        return _bad(field, "a completion job sends `prompt`, not `messages`")
+    unsupported = {
+        "tools": bool(request.tools),
+        "images": bool(request.images),
+        "logprobs": bool(request.params.logprobs),
+        "response_format": request.response_format is not None,
+    }
+    for what, given in unsupported.items():
+        if given:
+            return _bad(field, f"a completion job takes no {what}")
     return None
 
 

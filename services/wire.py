@@ -124,6 +124,11 @@ class JobRequest(_Lenient):
     prompt: str | None = None
     images: list[str] = Field(default_factory=list)
     input: str | list[str] | None = None  # what an embed job embeds
+    # `prompt` goes to the model as is, without the chat template: OpenAI's legacy
+    # /v1/completions, Ollama's /api/generate with `raw`. `suffix` (text after the
+    # insertion point, fill-in-the-middle) needs a model with the `insert` capability.
+    raw: bool = False
+    suffix: str | None = None
     params: Params = Field(default_factory=Params)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
@@ -189,6 +194,8 @@ class JobRequest(_Lenient):
                 "messages",
                 "prompt",
                 "input",
+                "raw",
+                "suffix",
                 "images",
                 "params",
                 "tools",

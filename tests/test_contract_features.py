@@ -148,6 +148,7 @@ def test_a_hand_typed_job_still_parses_as_before() -> None:
         "images",
         "params",
         "extra",
+        "raw",
         "stream",
     }
 
@@ -536,3 +537,24 @@ def test_capabilities_come_from_override_then_runtime_then_name(
 ) -> None:
     info = ModelInfo(name=name, capabilities=reported)
     assert model_capabilities(info, kind, overrides) == expected  # type: ignore[arg-type]
+
+
+def test_a_raw_prompt_is_a_completion_request_for_each_runtime() -> None:
+    raw = ChatCall.of("m", job(raw=True, max_tokens=3))
+    fill_in = ChatCall.of("m", job(suffix="):"))
+    assert openai_compat.completion_body(raw, stream=False) == {
+        "model": "m",
+        "prompt": "hi",
+        "max_tokens": 3,
+    }
+    assert openai_compat.completion_body(fill_in, stream=True)["suffix"] == "):"
+    assert ollama.generate_body(raw, stream=False) == {
+        "model": "m",
+        "prompt": "hi",
+        "stream": False,
+        "raw": True,
+        "options": {"num_predict": 3},
+    }
+    assert ollama.generate_body(fill_in, stream=False)["suffix"] == "):"
+    assert "raw" not in ollama.generate_body(fill_in, stream=False)  # the template places the gap
+    assert ChatCall.of("m", job()).raw_prompt is None

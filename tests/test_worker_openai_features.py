@@ -273,3 +273,27 @@ async def test_the_record_says_what_each_model_can_do(
     }
     assert types[EMBED_MODEL] == "embed"
     assert {"tools", "response_format", "embed", "extra"} <= set(features)
+
+
+@KINDS
+async def test_a_raw_prompt_is_a_legacy_completion(
+    nc: NatsClient, sim: Simulator, start_worker: WorkerFactory, node_id: str, kind: str
+) -> None:
+    job = {"model": TOOL_MODEL, "prompt": "Once upon a time", "raw": True, "max_tokens": 5}
+    async with start_worker(backends=[backend(sim.url, kind=kind)]):
+        whole = await ask(nc, llm(node_id), job)
+        chunks, streamed = await stream(nc, llm(node_id), {**job, "stream": True})
+        fill_in = await ask(nc, llm(node_id), {"prompt": "def f(", "suffix": "):"})
+        chatty = await ask(
+            nc, llm(node_id), {**job, "prompt": None, "messages": [{"content": "x"}]}
+        )
+    assert whole.result is not None, whole.error
+    assert whole.result.text == expected_text(TOOL_MODEL, "Once upon a time", 5)
+    assert whole.result.finish_reason == "length"
+    assert streamed.result is not None
+    assert "".join(chunk.delta for chunk in chunks) == streamed.result.text == whole.result.text
+    assert fill_in.error is not None
+    assert fill_in.error.message.startswith("suffix: ")
+    assert "does not support insert" in fill_in.error.message
+    assert chatty.error is not None
+    assert chatty.error.message.startswith("raw: a completion job sends `prompt`")

@@ -30,10 +30,15 @@ class ChatCall:
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # A completion of `raw_prompt` (no chat template; `messages` is then ignored) and,
+    # for fill-in-the-middle, the text that follows the gap.
+    raw_prompt: str | None = None
+    suffix: str | None = None
 
     @classmethod
     def of(cls, model: str, request: JobRequest) -> ChatCall:
         """Everything of a job that the runtime must see."""
+        completion = request.raw or request.suffix is not None
         return cls(
             model,
             request.chat_messages(),
@@ -43,6 +48,8 @@ class ChatCall:
             parallel_tool_calls=request.parallel_tool_calls,
             response_format=request.response_format,
             extra=request.extra,
+            raw_prompt=request.prompt if completion else None,
+            suffix=request.suffix,
         )
 
 

@@ -1,4 +1,5 @@
-"""The Ollama adapter: `/api/chat`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`.
+"""The Ollama adapter: `/api/chat`, `/api/generate` (raw prompts), `/api/embed`,
+`/api/tags`, `/api/ps`, `/api/show`, `/api/version`.
 
 Wire format checked against ollama/ollama `docs/api.md`, `docs/api/streaming.mdx`,
 `docs/api/errors.mdx` and `api/types.go` (ChatResponse, Metrics, Options,
@@ -64,6 +65,7 @@ class OllamaRuntime:
         self._http = RuntimeSession(client, api_key)
         self._secrets = self._http.secrets
         self._chat_url = httpx.URL(f"{self.url}/api/chat")
+        self._generate_url = httpx.URL(f"{self.url}/api/generate")
         self._version_url = httpx.URL(f"{self.url}/api/version")
         self._tags_url = httpx.URL(f"{self.url}/api/tags")
         self._ps_url = httpx.URL(f"{self.url}/api/ps")
@@ -110,15 +112,22 @@ class OllamaRuntime:
         body = await self._http.post_json(self._show_url, {"model": name}, timeout_s=LIST_TIMEOUT_S)
         return model_from_show(name, body)
 
+    def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
+        """A raw prompt goes to `/api/generate`, everything else to `/api/chat`."""
+        if call.raw_prompt is not None:
+            return self._generate_url, generate_body(call, stream=stream)
+        return self._chat_url, chat_body(call, stream=stream)
+
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
-        data = await self._http.post_json(
-            self._chat_url, chat_body(call, stream=False), timeout_s=timeout_s
-        )
+        url, body = self._request(call, stream=False)
+        data = await self._http.post_json(url, body, timeout_s=timeout_s)
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
         if "error" in data:
             raise classify_stream_error(data, secrets=self._secrets)
         message = data.get("message")
+        if "response" in data and message is None:  # /api/generate
+            message = {"content": data["response"]}
         if not isinstance(message, dict):
             raise invalid_response("chat answer has no message")
         calls = tool_calls_of(message)
@@ -150,9 +159,8 @@ class OllamaRuntime:
         deadline = asyncio.get_running_loop().time() + timeout_s
         end: StreamEnd | None = None
         calls_seen = 0
-        lines = self._http.stream_lines(
-            self._chat_url, chat_body(call, stream=True), deadline=deadline
-        )
+        url, body = self._request(call, stream=True)
+        lines = self._http.stream_lines(url, body, deadline=deadline)
         try:
             async for line in lines:
                 if end is not None:
@@ -183,6 +191,8 @@ def _parse_line(
     if "error" in data:
         raise classify_stream_error(data, secrets=secrets)
     message = data.get("message")
+    if message is None and "response" in data:  # /api/generate
+        message = {"content": data["response"]}
     message = message if isinstance(message, dict) else {}
     calls = tool_calls_of(message, calls_seen)
     delta = StreamDelta(
@@ -204,6 +214,26 @@ def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
         "stream": stream,
         **features,
     }
+    options = {**ollama_options(call.params), **extra_options}
+    if options:
+        body["options"] = options
+    return body
+
+
+def generate_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """`/api/generate` for a raw prompt. With a suffix the model's template must run (it
+    is what places prompt and suffix around the gap), so only a suffix-less job is `raw`."""
+    features, extra_options = feature_fields(call)
+    body: dict[str, Any] = {
+        "model": call.model,
+        "prompt": call.raw_prompt or "",
+        "stream": stream,
+        **features,
+    }
+    if call.suffix is not None:
+        body["suffix"] = call.suffix
+    else:
+        body["raw"] = True
     options = {**ollama_options(call.params), **extra_options}
     if options:
         body["options"] = options

@@ -1,5 +1,8 @@
 """The OpenAI-compatible adapter: vLLM, llama.cpp server, LM Studio, OpenAI and the like.
 
+A raw prompt (a legacy completion) goes to `/v1/completions` instead of chat completions:
+the same SSE framing, `choices[].text` in place of `message`/`delta` content.
+
 Wire format checked against openai/openai-openapi `openapi.yaml` (2026-08 snapshot:
 CreateChatCompletionResponse, CreateChatCompletionStreamResponse, ChatCompletionStreamOptions,
 ChatCompletionRequestMessageContentPartImage, Error/ErrorResponse, Model), llama.cpp
@@ -85,6 +88,7 @@ class OpenAICompatRuntime:
         self._chat_url = httpx.URL(f"{base}/chat/completions")
         self._models_url = httpx.URL(f"{base}/models")
         self._embeddings_url = httpx.URL(f"{base}/embeddings")
+        self._completions_url = httpx.URL(f"{base}/completions")
         root = base.removesuffix("/v1")
         self._props_url = httpx.URL(f"{root}/props") if kind == "llamacpp" else None
         self._health_url = httpx.URL(f"{root}/health") if kind == "llamacpp" else self._models_url
@@ -130,10 +134,15 @@ class OpenAICompatRuntime:
             raise classify_stream_error(data, secrets=self._secrets)
         return EmbedReply(vectors=vectors_of(data), usage=usage_of(data.get("usage")))
 
+    def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
+        """A raw prompt goes to `/v1/completions`, everything else to chat completions."""
+        if call.raw_prompt is not None:
+            return self._completions_url, completion_body(call, stream=stream)
+        return self._chat_url, chat_body(call, stream=stream, kind=self.kind)
+
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
-        data = await self._http.post_json(
-            self._chat_url, chat_body(call, stream=False, kind=self.kind), timeout_s=timeout_s
-        )
+        url, body = self._request(call, stream=False)
+        data = await self._http.post_json(url, body, timeout_s=timeout_s)
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
         if "error" in data or data.get("object") == "error":
@@ -143,8 +152,9 @@ class OpenAICompatRuntime:
             raise invalid_response("chat answer has no choices")
         choice = choices[0]
         message = choice.get("message") or {}
+        text = choice.get("text") if "text" in choice else message.get("content")
         return ChatReply(
-            text=message.get("content") or "",
+            text=text or "",
             finish_reason=choice.get("finish_reason"),
             usage=usage_of(data.get("usage")),
             tool_calls=tool_calls_of(message) or None,
@@ -162,9 +172,8 @@ class OpenAICompatRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         reader = _SseChunks(self._secrets)
-        lines = self._http.stream_lines(
-            self._chat_url, chat_body(call, stream=True, kind=self.kind), deadline=deadline
-        )
+        url, body = self._request(call, stream=True)
+        lines = self._http.stream_lines(url, body, deadline=deadline)
         try:
             async for line in lines:
                 if reader.done:
@@ -222,7 +231,7 @@ class _SseChunks:
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         delta = choice.get("delta") or {}
-        content = delta.get("content")
+        content = choice["text"] if "text" in choice else delta.get("content")  # completions
         text = content if isinstance(content, str) else ""
         tool_calls = tool_deltas_of(delta)
         logprobs = logprobs_of(choice)
@@ -261,6 +270,20 @@ def chat_body(call: ChatCall, *, stream: bool, kind: RuntimeKind = "openai") -> 
     body.update(openai_params(call.params))
     body.update(sampling_fields(call.params))
     body.update(feature_fields(call, kind))
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def completion_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """The legacy `/v1/completions` request for a raw prompt (and a suffix, if any)."""
+    body: dict[str, Any] = {"model": call.model, "prompt": call.raw_prompt or ""}
+    if call.suffix is not None:
+        body["suffix"] = call.suffix
+    body.update(openai_params(call.params))
+    body.update(sampling_fields(call.params))
+    body.update(feature_fields(call))
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from services.simulator.completions_api import add_completions_routes
 from services.simulator.control_api import add_control_routes
 from services.simulator.embed_api import add_embed_routes
 from services.simulator.flow import STATE_KEY
@@ -29,5 +30,6 @@ def build_app(state: SimState) -> web.Application:
     add_ollama_routes(app, started)
     add_openai_routes(app, int(started.timestamp()))
     add_embed_routes(app)
+    add_completions_routes(app)
     add_control_routes(app)
     return app
