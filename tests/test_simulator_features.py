@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from services.simulator import SimModel, Simulator, expected_embedding, expected_text
+from services.simulator.cli import parse_models
 
 TOOLS: list[Any] = [
     {
@@ -162,3 +163,12 @@ async def test_ollama_shapes_for_tools_format_and_embed(sim: Simulator) -> None:
     assert "does not support tools" in refused.json()["error"]
     assert embedded.json()["embeddings"] == [expected_embedding("embedder", "hello")]
     assert embedded.json()["prompt_eval_count"] == 1
+
+
+def test_model_name_suffixes_switch_abilities() -> None:
+    models = parse_models("a, e:embed, c:notools")
+    assert [(m.name, m.chat, m.embedding, m.tools) for m in models] == [
+        ("a", True, False, True),
+        ("e", False, True, True),
+        ("c", True, False, False),
+    ]
