@@ -63,12 +63,20 @@ class SimModel:
 
 
 # What `python -m services.simulator` serves when no models are given: one of each type
-# the router selects between (llm, code, vision).
+# the router selects between (llm, code, vision), and one embedding model.
 DEFAULT_MODELS: tuple[SimModel, ...] = (
     SimModel("llama3.2:3b", family="llama", size_bytes=2_019_393_189, context_window=8192),
     SimModel("qwen2.5-coder:7b", family="qwen2", size_bytes=4_683_087_332, context_window=32768),
     SimModel(
         "llava:7b", family="llama", size_bytes=4_733_363_377, vision=True, context_window=4096
+    ),
+    SimModel(
+        "nomic-embed-text",
+        family="nomic-bert",
+        size_bytes=274_302_450,
+        context_window=8192,
+        embedding=True,
+        chat=False,
     ),
 )
 
