@@ -113,10 +113,13 @@ async def stream_within(
                         )
                     if event.logprobs:
                         logprobs.extend(event.logprobs)
-                    if event.tool_calls:
-                        calls.add(event.tool_calls)
+                    deltas = event.tool_calls
+                    if deltas and call.parallel_tool_calls is False:
+                        deltas = [delta for delta in deltas if delta.index == 0]
+                    if deltas:
+                        calls.add(deltas)
                         if on_tool_calls is not None:
-                            await on_tool_calls(event.tool_calls)
+                            await on_tool_calls(deltas)
                     if event.text:
                         text = clean_text(event.text)
                         pieces.append(text)

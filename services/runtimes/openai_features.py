@@ -19,7 +19,7 @@ and vLLM's `protocol.py` (extra sampling fields such as `top_k`, `min_p`,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 
@@ -29,6 +29,7 @@ from services.runtimes.errors import invalid_response
 from services.wire import Message, Params
 from services.wire_features import ToolCall, ToolCallDelta
 
+_Call = TypeVar("_Call", ToolCall, ToolCallDelta)
 _JOB_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input"})
 
 
@@ -84,24 +85,24 @@ def message_fields(message: Message) -> dict[str, Any]:
     return out
 
 
-def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
-    raw = message.get("tool_calls")
+def _tool_calls(holder: dict[str, Any], shape: type[_Call]) -> list[_Call]:
+    raw = holder.get("tool_calls")
     if not raw:
         return []
     try:
-        return [ToolCall.model_validate(call) for call in raw]
+        return [shape.model_validate(item) for item in raw]
     except pydantic.ValidationError as exc:
         raise invalid_response(f"tool_calls: {exc.errors(include_url=False)[0]['msg']}") from exc
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
+    """A message's whole tool calls."""
+    return _tool_calls(message, ToolCall)
 
 
 def tool_deltas_of(delta: dict[str, Any]) -> list[ToolCallDelta]:
-    raw = delta.get("tool_calls")
-    if not raw:
-        return []
-    try:
-        return [ToolCallDelta.model_validate(piece) for piece in raw]
-    except pydantic.ValidationError as exc:
-        raise invalid_response(f"tool_calls: {exc.errors(include_url=False)[0]['msg']}") from exc
+    """A stream delta's tool-call pieces."""
+    return _tool_calls(delta, ToolCallDelta)
 
 
 def logprobs_of(choice: dict[str, Any]) -> dict[str, Any] | None:

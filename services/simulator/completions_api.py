@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from services.simulator.flow import Timings, json_bytes, json_response, serve_generation
+from services.simulator.flow import Timings, json_response, serve_generation
 from services.simulator.models import count_words
 from services.simulator.openai_api import (
     SYSTEM_FINGERPRINT,
     OpenAIChat,
+    _ChunkEncoder,
     _token_limit,
     _usage,
 )
@@ -88,55 +89,30 @@ class OpenAICompletions(OpenAIChat):
         }
         return json_response(200, body)
 
-    def encoder(self, request: GenRequest) -> _TextChunkEncoder:  # type: ignore[override]
+    def encoder(self, request: GenRequest) -> _TextChunkEncoder:
         return _TextChunkEncoder(request)
 
 
-class _TextChunkEncoder:
-    def __init__(self, request: GenRequest) -> None:
-        self._id = f"{_ID_PREFIX}{next(_id_counter)}"
-        self._created = int(time.time())
-        self._model = request.model
-        self._include_usage = request.include_usage
+class _TextChunkEncoder(_ChunkEncoder):
+    """`text_completion` chunks: the chat encoder's framing, `text` instead of `delta`."""
 
-    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "text_completion",
-            "created": self._created,
-            "model": self._model,
-            "choices": choices,
-        }
-        if self._include_usage:
-            chunk["usage"] = usage
-        return b"data: " + json_bytes(chunk) + b"\n\n"
+    object_name = "text_completion"
 
     @staticmethod
-    def _choice(text: str, finish_reason: str | None = None) -> list[dict[str, Any]]:
+    def _text_choice(text: str, finish_reason: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]
 
     def open(self) -> bytes:
         return b""
 
     def piece(self, text: str) -> bytes:
-        return self._event(self._choice(text))
+        return self._event(self._text_choice(text))
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
-        tail = self._event(self._choice("", plan.finish_reason))
+        tail = self._event(self._text_choice("", plan.finish_reason))
         if self._include_usage:
             tail += self._event([], _usage(plan))
         return tail + b"data: [DONE]\n\n"
-
-    def error(self) -> bytes:
-        body = {
-            "error": {
-                "message": "server error",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
-        return b"data: " + json_bytes(body) + b"\n\n"
 
 
 def add_completions_routes(app: web.Application) -> None:

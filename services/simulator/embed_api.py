@@ -10,6 +10,7 @@ is refused here: our adapter never asks for it); answers `{"object": "list", "da
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -76,36 +77,41 @@ async def _embed(
     return model_name, vectors, tokens
 
 
+def _ollama_body(model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "embeddings": vectors,
+        "total_duration": 1,
+        "load_duration": 1,
+        "prompt_eval_count": tokens,
+    }
+
+
+def _openai_body(model: str, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": vector}
+            for index, vector in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+Render = Callable[[str, list[list[float]], int], dict[str, Any]]
+
+
+def _handler(*, openai: bool, render: Render) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        outcome = await _embed(request, openai=openai)
+        if isinstance(outcome, web.Response):
+            return outcome
+        return json_response(200, render(*outcome))
+
+    return handle
+
+
 def add_embed_routes(app: web.Application) -> None:
-    async def ollama_embed(request: web.Request) -> web.Response:
-        outcome = await _embed(request, openai=False)
-        if isinstance(outcome, web.Response):
-            return outcome
-        model, vectors, tokens = outcome
-        body = {
-            "model": model,
-            "embeddings": vectors,
-            "total_duration": 1,
-            "load_duration": 1,
-            "prompt_eval_count": tokens,
-        }
-        return json_response(200, body)
-
-    async def openai_embeddings(request: web.Request) -> web.Response:
-        outcome = await _embed(request, openai=True)
-        if isinstance(outcome, web.Response):
-            return outcome
-        model, vectors, tokens = outcome
-        body = {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": index, "embedding": vector}
-                for index, vector in enumerate(vectors)
-            ],
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        return json_response(200, body)
-
-    app.router.add_post("/api/embed", ollama_embed)
-    app.router.add_post("/v1/embeddings", openai_embeddings)
+    app.router.add_post("/api/embed", _handler(openai=False, render=_ollama_body))
+    app.router.add_post("/v1/embeddings", _handler(openai=True, render=_openai_body))

@@ -217,6 +217,8 @@ def _logprobs(pieces: tuple[str, ...] | list[str]) -> dict[str, Any]:
 class _ChunkEncoder:
     """SSE ``chat.completion.chunk`` events sharing one id and creation time."""
 
+    object_name = "chat.completion.chunk"
+
     def __init__(self, request: GenRequest) -> None:
         self._id = f"{_ID_PREFIX}{next(_id_counter)}"
         self._created = int(time.time())
@@ -227,7 +229,7 @@ class _ChunkEncoder:
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self._id,
-            "object": "chat.completion.chunk",
+            "object": self.object_name,
             "created": self._created,
             "model": self._model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
