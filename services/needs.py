@@ -66,9 +66,16 @@ def needed_capabilities(request: JobRequest, job_type: JobType) -> list[Need]:
         needs.append(Need("insert", "suffix"))
     if wants_tools(request):
         needs.append(Need("tools", "tools"))
-    if request.has_images():
+    if _may_have_images(request) and request.has_images():
         needs.append(Need("vision", "images"))
     return needs
+
+
+def _may_have_images(request: JobRequest) -> bool:
+    """Cheap: only images lists and content parts can hold images (the per-job hot path)."""
+    return bool(request.images) or any(
+        message.images or isinstance(message.content, list) for message in request.messages or ()
+    )
 
 
 def _bad(field: str, reason: str) -> InferbusError:

@@ -558,3 +558,17 @@ def test_a_raw_prompt_is_a_completion_request_for_each_runtime() -> None:
     assert ollama.generate_body(fill_in, stream=False)["suffix"] == "):"
     assert "raw" not in ollama.generate_body(fill_in, stream=False)  # the template places the gap
     assert ChatCall.of("m", job()).raw_prompt is None
+
+
+def test_an_answer_without_the_logprobs_asked_for_is_refused() -> None:
+    from services.runtimes.base import ChatReply
+    from services.runtimes.calls import honoured
+    from services.wire import Usage
+
+    asked = ChatCall.of("m", job(logprobs=True))
+    bare = ChatReply("hi", "stop", Usage())
+    with pytest.raises(InferbusError) as caught:
+        honoured(asked, bare)
+    assert caught.value.code == "BAD_REQUEST"
+    assert caught.value.message.startswith("params.logprobs: ")
+    assert honoured(ChatCall.of("m", job()), bare) is bare

@@ -297,3 +297,35 @@ async def test_a_raw_prompt_is_a_legacy_completion(
     assert "does not support insert" in fill_in.error.message
     assert chatty.error is not None
     assert chatty.error.message.startswith("raw: a completion job sends `prompt`")
+
+
+CLOCK_TOOL = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+@KINDS
+async def test_parallel_tool_calls_false_gets_one_call(
+    nc: NatsClient, sim: Simulator, start_worker: WorkerFactory, node_id: str, kind: str
+) -> None:
+    both = tool_job(
+        messages=[{"role": "user", "content": "call get_weather and get_time"}],
+        tools=[WEATHER_TOOL, CLOCK_TOOL],
+    )
+    async with start_worker(backends=[backend(sim.url, kind=kind)]):
+        parallel = await ask(nc, llm(node_id), both)
+        single = await ask(nc, llm(node_id), {**both, "parallel_tool_calls": False})
+        chunks, streamed = await stream(
+            nc, llm(node_id), {**both, "parallel_tool_calls": False, "stream": True}
+        )
+    assert parallel.result is not None, parallel.error
+    assert single.result is not None, single.error
+    assert streamed.result is not None, streamed.error
+    assert [c.function.name for c in parallel.result.tool_calls or ()] == [
+        "get_weather",
+        "get_time",
+    ]
+    assert single.result.tool_calls == parallel.result.tool_calls[:1]  # type: ignore[index]
+    assert streamed.result.tool_calls == single.result.tool_calls
+    assert {delta.index for chunk in chunks for delta in chunk.tool_calls or ()} == {0}
