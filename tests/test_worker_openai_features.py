@@ -4,7 +4,9 @@ modes, logprobs, embeddings, capabilities in the record, and refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import jsonschema
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from services.nats_server import NatsServer
 from services.simulator import SimModel, Simulator, expected_embedding, expected_text
 from services.wire_features import ToolCallAssembler
 from tests.conftest import WorkerFactory, backend
@@ -329,3 +332,24 @@ async def test_parallel_tool_calls_false_gets_one_call(
     assert single.result.tool_calls == parallel.result.tool_calls[:1]  # type: ignore[index]
     assert streamed.result.tool_calls == single.result.tool_calls
     assert {delta.index for chunk in chunks for delta in chunk.tool_calls or ()} == {0}
+
+
+async def test_inferbus_req_embeds_plain_text_and_prints_the_vectors(
+    nats_server: NatsServer, sim: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    command = ["req", node_id, "hello there", "--type", "embed", "--server", nats_server.url]
+    async with start_worker(backends=[backend(sim.url)]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == {
+        "text": "",
+        "embeddings": [expected_embedding(EMBED_MODEL, "hello there")],
+    }
