@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from node_worker.admission import Admission, slot_kind
 from node_worker.backends import build_backend
 from node_worker.catalog import Catalog
+from node_worker.chunks import ChunkSender
 from node_worker.config import WorkerSettings
 from node_worker.discovery import discover
 from node_worker.hardware import read_hardware
@@ -41,11 +42,9 @@ from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
-from services.runtimes.calls import ToolDeltaSink
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
-from services.wire_features import ToolCallDelta
+from services.wire import JobResponse, JobType, cancel_target, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
 
@@ -261,8 +260,8 @@ class Worker(AsyncService):
         self._running[job_id] = task
         try:
             if job.request.stream:
-                send_text, send_calls = self._chunk_senders(reply_to, job_id)
-                response = await self.pipeline.run(job, send_text, send_calls)
+                sender = ChunkSender(self.nc, reply_to, job_id)
+                response = await self.pipeline.run(job, sender.text, sender.tool_calls)
             else:
                 response = await self.pipeline.run(job)
         except asyncio.CancelledError:
@@ -275,31 +274,6 @@ class Worker(AsyncService):
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
         await self._reply(reply_to, response, endpoint, received_s)
-
-    def _chunk_senders(
-        self, reply_to: str, job_id: str
-    ) -> tuple[Callable[[str], Awaitable[None]], ToolDeltaSink]:
-        """Publish each piece of a streamed answer (text, or tool-call deltas) to the
-        caller's inbox, numbered in one sequence."""
-        seq = 0
-
-        async def send(chunk: Chunk) -> None:
-            nonlocal seq
-            seq += 1
-            chunk.seq = seq
-            await self.nc.publish(reply_to, encode(chunk))
-            if seq == 1:
-                # Let the NATS flusher send the first token now, not after the rest of a
-                # burst the runtime delivered in the same read: time to first token.
-                await asyncio.sleep(0)
-
-        async def send_text(delta: str) -> None:
-            await send(Chunk(job_id=job_id, seq=0, delta=delta))
-
-        async def send_calls(deltas: list[ToolCallDelta]) -> None:
-            await send(Chunk(job_id=job_id, seq=0, tool_calls=deltas))
-
-        return send_text, send_calls
 
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""

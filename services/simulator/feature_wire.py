@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.simulator.features import argument_pieces, parse_tools
+from services.simulator.models import SimModel
 from services.simulator.plan import Plan, Rejection
 
 
@@ -74,6 +75,17 @@ def openai_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
         "json_schema": schema,
         "logprobs": payload.get("logprobs") is True,
     }
+
+
+def show_capabilities(model: SimModel) -> list[str]:
+    """What Ollama's `/api/show` says the model can do, in Ollama's order and names."""
+    wanted = (
+        ("completion", model.chat),
+        ("tools", model.chat and model.tools),
+        ("vision", model.vision),
+        ("embedding", model.embedding),
+    )
+    return [name for name, present in wanted if present]
 
 
 def ollama_tool_calls(plan: Plan) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.simulator.feature_wire import ollama_fields, ollama_tool_calls
+from services.simulator.feature_wire import ollama_fields, ollama_tool_calls, show_capabilities
 from services.simulator.features import logprob_entry
 from services.simulator.flow import (
     JSON_HEADERS,
@@ -369,17 +369,6 @@ class OllamaCatalog:
         if model is None:
             return json_response(404, {"error": f"model '{name}' not found"})
         return json_response(200, _show_body(model, self._modified_at))
-
-
-def show_capabilities(model: SimModel) -> list[str]:
-    """What `/api/show` says the model can do, in Ollama's order and names."""
-    wanted = (
-        ("completion", model.chat),
-        ("tools", model.chat and model.tools),
-        ("vision", model.vision),
-        ("embedding", model.embedding),
-    )
-    return [name for name, present in wanted if present]
 
 
 def _show_body(model: SimModel, modified_at: str) -> dict[str, Any]:
