@@ -293,6 +293,27 @@ def decode_request(data: bytes, *, default_type: JobType) -> JobRequest | JobRes
     return request
 
 
+# OpenAI request fields the HTTP edge itself answers for (the SSE usage chunk, base64
+# vectors); everything else of an OpenAI body is the job's, or goes to the runtime.
+OPENAI_EDGE_FIELDS = frozenset({"stream_options", "encoding_format"})
+_JOB_FIELD_NAMES = frozenset(JobRequest.model_fields) | _PARAM_NAMES
+
+
+def openai_job_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI request body as job fields: ours as they are, the rest under `extra`
+    (verbatim, for the runtime to honour or refuse by name), so nothing is dropped."""
+    extra = {
+        key: value
+        for key, value in body.items()
+        if key not in _JOB_FIELD_NAMES and key not in OPENAI_EDGE_FIELDS
+    }
+    fields = {key: value for key, value in body.items() if key in _JOB_FIELD_NAMES}
+    given = fields.get("extra")
+    if extra:
+        fields["extra"] = {**extra, **(given if isinstance(given, dict) else {})}
+    return fields
+
+
 def request_from_fields(fields: dict[str, Any]) -> JobRequest | InferbusError:
     """A job from already-parsed JSON (an HTTP body); its type stays as the caller sent it."""
     try:

@@ -572,3 +572,24 @@ def test_an_answer_without_the_logprobs_asked_for_is_refused() -> None:
     assert caught.value.code == "BAD_REQUEST"
     assert caught.value.message.startswith("params.logprobs: ")
     assert honoured(ChatCall.of("m", job()), bare) is bare
+
+
+def test_an_openai_body_keeps_every_field_its_own_or_under_extra() -> None:
+    from services.wire import openai_job_fields
+
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_completion_tokens": 5,
+        "top_k": 40,
+        "chat_template_kwargs": {"enable_thinking": False},
+        "stream_options": {"include_usage": True},
+        "encoding_format": "base64",
+    }
+    fields = openai_job_fields(body)
+    request = JobRequest.model_validate(fields)
+    assert request.params.max_tokens == 5
+    assert request.extra == {"top_k": 40, "chat_template_kwargs": {"enable_thinking": False}}
+    assert "stream_options" not in fields
+    assert "encoding_format" not in fields
+    assert openai_job_fields({"prompt": "x"}) == {"prompt": "x"}
