@@ -115,6 +115,22 @@ _ID = Field(min_length=1, max_length=200, coerce_numbers_to_str=True)
 _PARAM_NAMES = frozenset(Params.model_fields)
 
 
+# `extra` may not set what the job sets itself (or the stream framing the worker owns).
+_RESERVED_IN_EXTRA = _PARAM_NAMES | {
+    "model",
+    "messages",
+    "prompt",
+    "input",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "suffix",
+}
+
+
 class JobRequest(_Lenient):
     job_id: Annotated[str, _ID] = Field(default_factory=new_job_id)
     idempotency_key: Annotated[str, _ID] | None = None
@@ -157,6 +173,10 @@ class JobRequest(_Lenient):
     def _has_input(self) -> JobRequest:
         if not self.messages and self.prompt is None and self.input is None:
             raise ValueError("a job needs `messages` (non-empty), `prompt` or `input`")
+        if self.extra:
+            taken = sorted(_RESERVED_IN_EXTRA.intersection(self.extra))
+            if taken:
+                raise ValueError(f"extra.{taken[0]} is a field of the job itself; set it there")
         return self
 
     def embed_inputs(self) -> list[str]:

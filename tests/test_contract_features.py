@@ -281,7 +281,7 @@ def test_ollama_gets_tools_and_tool_calls_with_arguments_as_objects() -> None:
         ({"extra": {"keep_alive": "5m"}}, {"keep_alive": "5m"}),
         ({"extra": {"guided_json": SCHEMA}}, {"format": SCHEMA}),
         ({"extra": {"chat_template_kwargs": {"enable_thinking": False}}}, {"think": False}),
-        ({"extra": {"user": "u", "metadata": {"a": "b"}}}, {}),
+        ({"extra": {"store": True, "metadata": {"a": "b"}}}, {}),
     ],
 )
 def test_ollama_request_fields(fields: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -419,11 +419,20 @@ def test_openai_compatible_runtimes_get_the_fields_unchanged() -> None:
     assert (body["top_k"], body["chat_template_kwargs"]) == (5, {"enable_thinking": False})
 
 
-@pytest.mark.parametrize("key", ["model", "messages", "stream", "tools"])
-def test_extra_cannot_replace_what_the_job_sets(key: str) -> None:
+@pytest.mark.parametrize("key", ["model", "messages", "stream", "tools", "temperature", "user"])
+def test_extra_cannot_set_what_the_job_sets_itself(key: str) -> None:
+    assert f"extra.{key} is a field of the job itself" in refused(
+        {"prompt": "x", "extra": {key: 1}}
+    )
+
+
+def test_an_adapter_never_lets_extra_replace_its_own_fields() -> None:
+    from services.wire import Message
+
+    direct = ChatCall("m", [Message(content="hi")], extra={"stream_options": {}})
     with pytest.raises(InferbusError) as caught:
-        openai_compat.chat_body(call_of(tools=[TOOL], extra={key: 1}), stream=True)
-    assert caught.value.message.startswith(f"extra.{key}: ")
+        openai_compat.chat_body(direct, stream=True)
+    assert caught.value.message.startswith("extra.stream_options: ")
 
 
 def test_openai_assistant_tool_call_message_has_null_content() -> None:

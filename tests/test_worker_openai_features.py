@@ -225,7 +225,9 @@ async def test_ollama_refuses_what_its_api_cannot_promise(
     async with start_worker(backends=[backend(sim.url, kind="ollama")]):
         forced = await ask(nc, llm(node_id), tool_job(tool_choice="required"))
         unknown = await ask(nc, llm(node_id), {"prompt": "hi", "extra": {"best_of": 3}})
-        mapped = await ask(nc, llm(node_id), {"prompt": "hi", "extra": {"top_k": 5, "user": "u1"}})
+        mapped = await ask(
+            nc, llm(node_id), {"prompt": "hi", "extra": {"top_k": 5, "store": False}}
+        )
     assert forced.error is not None
     assert forced.error.message.startswith("tool_choice: ")
     assert unknown.error is not None

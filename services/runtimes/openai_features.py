@@ -30,7 +30,8 @@ from services.wire import Message, Params
 from services.wire_features import ToolCall, ToolCallDelta
 
 _Call = TypeVar("_Call", ToolCall, ToolCallDelta)
-_JOB_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input"})
+# What every chat or embeddings body of ours sets: never from `extra`.
+_JOB_SET = frozenset({"model", "messages", "prompt", "input", "stream", "stream_options"})
 
 
 def feature_fields(call: ChatCall, kind: RuntimeKind = "openai") -> dict[str, Any]:
@@ -50,13 +51,15 @@ def feature_fields(call: ChatCall, kind: RuntimeKind = "openai") -> dict[str, An
             body["response_format"] = {"type": "json_object", "schema": schema}
         else:
             body["response_format"] = response_format.model_dump(exclude_none=True, by_alias=True)
-    body.update(_extra(call.extra, set(body)))
+    body.update(_extra(call.extra, set(body) | _JOB_SET))
     return body
 
 
 def _extra(extra: dict[str, Any], taken: set[str]) -> dict[str, Any]:
+    """`extra` merged into a body; the job's own fields are refused at parse time already
+    (`JobRequest`), this guards what an adapter set itself."""
     for key in extra:
-        if key in _JOB_FIELDS or key in taken:
+        if key in taken:
             raise InferbusError(
                 ErrorCode.BAD_REQUEST, f"extra.{key}: set by the job itself, not by `extra`"
             )
@@ -117,7 +120,7 @@ def embed_body(call: EmbedCall) -> dict[str, Any]:
     body: dict[str, Any] = {"model": call.model, "input": call.inputs, "encoding_format": "float"}
     if call.dimensions is not None:
         body["dimensions"] = call.dimensions
-    body.update(_extra(call.extra, set(body)))
+    body.update(_extra(call.extra, set(body) | _JOB_SET))
     return body
 
 
