@@ -51,7 +51,7 @@ _OPTION_NAMES = {
 }
 _TOP_LEVEL = frozenset({"keep_alive", "think"})
 # OpenAI fields that do not change the answer: dropped for Ollama without a word.
-_HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "stream_options"})
+_HARMLESS = frozenset({"metadata", "store", "service_tier"})
 
 
 def _bad(field: str, reason: str) -> InferbusError:
