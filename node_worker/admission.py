@@ -5,7 +5,8 @@ configuration.
 
 Never a queue: a job that finds no free slot is answered BUSY immediately, so the caller
 (a router, or an operator) can go to another node instead of waiting behind this one.
-Code jobs share the llm slots: they run on the same runtimes.
+Code jobs share the llm slots: they run on the same runtimes. Embed jobs have slots of
+their own: they are short and many, and must not queue behind long generations.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from services.wire import JobType
 
 
 def slot_kind(job_type: JobType) -> str:
-    return "vision" if job_type == "vision" else "llm"
+    return job_type if job_type in ("vision", "embed") else "llm"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Admission:
         *,
         llm_capacity: int,
         vision_capacity: int,
+        embed_capacity: int = 4,
         on_saturation_change: Callable[[], None] = lambda: None,
     ) -> None:
         # Called when a kind becomes full or stops being full: the registry re-announces.
@@ -48,6 +50,7 @@ class Admission:
         self._load = {
             "llm": SlotLoad(inflight=0, capacity=llm_capacity),
             "vision": SlotLoad(inflight=0, capacity=vision_capacity),
+            "embed": SlotLoad(inflight=0, capacity=embed_capacity),
         }
 
     def try_acquire(self, job_type: JobType) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from node_worker.config import BackendConfig, Health
+from node_worker.model_capabilities import with_capabilities
 from services.capabilities import BackendStats, HealthState, RuntimeStatus
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
@@ -85,9 +86,11 @@ class Backend:
         return max(known) if known else None
 
     def listed(self, models: list[ModelInfo]) -> None:
-        """Keep what the runtime lists, less what the operator did not allow."""
+        """Keep what the runtime lists, less what the operator did not allow, each model
+        with its capabilities decided (override, runtime, name)."""
         allow = self.config.models
-        self.models = models if allow is None else [m for m in models if m.name in allow]
+        allowed = models if allow is None else [m for m in models if m.name in allow]
+        self.models = with_capabilities(allowed, self.config.kind, self.config.capabilities)
 
     def record_job(self, response: JobResponse) -> None:
         """Count a job this runtime ran: tokens and cost when ok, an error otherwise."""

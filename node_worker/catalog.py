@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from node_worker.model_capabilities import EMBED_HINTS, VISION_HINTS
 from services.capabilities import ModelType, Pricing
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import ModelInfo, Runtime, RuntimeKind
@@ -23,9 +24,7 @@ RUNTIME_PRIORITY: dict[RuntimeKind, int] = {
     "openai": 4,
 }
 
-_VISION_HINTS = ("llava", "vision", "-vl", "vl-", "moondream", "bakllava", "minicpm-v", "pixtral")
 _CODE_HINTS = ("coder", "code", "starcoder", "codestral", "deepseek-coder")
-_EMBED_HINTS = ("embed", "bge-", "e5-", "minilm", "nomic-embed")
 
 
 def classify_model(info: ModelInfo) -> ModelType:
@@ -36,9 +35,9 @@ def classify_model(info: ModelInfo) -> ModelType:
     if "embedding" in capabilities and "completion" not in capabilities:
         return "embed"
     name = info.name.lower()
-    if any(hint in name for hint in _EMBED_HINTS):
+    if any(hint in name for hint in EMBED_HINTS):
         return "embed"
-    if not capabilities and any(hint in name for hint in _VISION_HINTS):
+    if not capabilities and any(hint in name for hint in VISION_HINTS):
         return "vision"
     if any(hint in name for hint in _CODE_HINTS):
         return "code"
@@ -76,6 +75,8 @@ def _wanted_types(job_type: JobType) -> tuple[ModelType, ...]:
     """Model types that can take a job type, best first (code and llm stand in)."""
     if job_type == "vision":
         return ("vision",)
+    if job_type == "embed":
+        return ("embed",)
     if job_type == "code":
         return ("code", "llm")
     return ("llm", "code")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.capabilities import Pricing
+from services.needs import Capability
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
@@ -25,6 +26,7 @@ class _Section(BaseModel):
 class Limits(_Section):
     llm_concurrency: Annotated[int, Field(ge=1)] = 4
     vision_concurrency: Annotated[int, Field(ge=1)] = 1
+    embed_concurrency: Annotated[int, Field(ge=1)] = 4
     # Larger jobs are refused with PAYLOAD_TOO_LARGE; the NATS server's max_payload
     # (1 MiB by default) is the other bound, enforced by the server itself.
     max_request_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
@@ -44,6 +46,9 @@ class BackendConfig(_Section):
     enabled: bool = True
     # model name (or "default") -> price per million tokens; a job's answer carries its cost
     pricing: dict[str, Pricing] = {}
+    # model name (or "default") -> what it can do, replacing what the runtime or the name
+    # says: e.g. {"qwen3:8b" = ["completion", "tools"]} for a vLLM started with tool parsing
+    capabilities: dict[str, list[Capability]] = {}
 
     def price_of(self, model: str) -> Pricing | None:
         return self.pricing.get(model) or self.pricing.get("default")

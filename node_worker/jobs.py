@@ -20,8 +20,15 @@ from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, Runtime
-from services.runtimes.calls import chat_within, clean_text, stream_within
+from services.needs import refusal
+from services.runtimes.base import ChatCall, EmbedCall, Runtime
+from services.runtimes.calls import (
+    ToolDeltaSink,
+    chat_within,
+    clean_text,
+    embed_within,
+    stream_within,
+)
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -155,6 +162,15 @@ class JobPipeline:
             served = self._catalog().resolve(request.model, job_type)
         except InferbusError as error:
             return self._refuse(request.job_id, job_type, error)
+        refused = refusal(
+            request,
+            job_type,
+            model=served.name,
+            capabilities=served.info.capabilities,
+            node_id=self._node_id,
+        )
+        if refused is not None:
+            return self._refuse(request.job_id, job_type, refused, model=served.name)
 
         if not self._admission.try_acquire(job_type):
             return self._refuse(
@@ -171,18 +187,24 @@ class JobPipeline:
         self._idempotency.begin(request.key, fingerprint)
         return Admitted(request, job_type, served, received_s, deadline_s)
 
-    async def run(self, job: Admitted, on_delta: DeltaSink | None = None) -> JobResponse:
+    async def run(
+        self,
+        job: Admitted,
+        on_delta: DeltaSink | None = None,
+        on_tool_calls: ToolDeltaSink | None = None,
+    ) -> JobResponse:
         """Run an admitted job within its deadline. Never raises but for cancellation, and
         always releases its slot and the duplicates waiting on it.
 
-        A `stream: true` job hands each piece of text to `on_delta` as the runtime produces
-        it; the answer then carries the whole text too (and is what duplicates replay).
+        A `stream: true` job hands each piece of text to `on_delta` (and each piece of a
+        tool call to `on_tool_calls`) as the runtime produces it; the answer then carries
+        the whole text and calls too (and is what duplicates replay).
         """
         started_s = self._monotonic()
         job_id = job.request.job_id
         response: JobResponse | None = None
         try:
-            response = await self._call_runtime(job, started_s, on_delta)
+            response = await self._call_runtime(job, started_s, on_delta, on_tool_calls)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
@@ -198,10 +220,13 @@ class JobPipeline:
         return response
 
     async def _call_runtime(
-        self, job: Admitted, started_s: float, on_delta: DeltaSink | None
+        self,
+        job: Admitted,
+        started_s: float,
+        on_delta: DeltaSink | None,
+        on_tool_calls: ToolDeltaSink | None,
     ) -> JobResponse:
         served, request = job.served, job.request
-        call = ChatCall(served.runtime_id, request.chat_messages(), request.params)
         remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
         done = True if request.stream else None
         fields = {
@@ -211,24 +236,11 @@ class JobPipeline:
             "done": done,
         }
         try:
-            if request.stream and on_delta is not None:
-                reply = await stream_within(served.runtime, call, remaining_s, on_delta)
-            else:
-                reply = await chat_within(served.runtime, call, remaining_s)
+            result = await self._result_of(job, remaining_s, on_delta, on_tool_calls)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
             )
-        if reply.model is not None and not served.answers_as(reply.model):
-            self._on_other_model(served, reply.model)
-        text = clean_text(reply.text)
-        pricing = served.pricing
-        cost = (
-            pricing.cost(reply.usage.prompt_tokens, reply.usage.completion_tokens)
-            if pricing is not None
-            else None
-        )
-        result = Result(text=text, finish_reason=reply.finish_reason, usage=reply.usage, cost=cost)
         return JobResponse(
             job_id=request.job_id,
             status="ok",
@@ -236,6 +248,48 @@ class JobPipeline:
             timings=self._timings(job, started_s),
             **fields,
         )
+
+    async def _result_of(
+        self,
+        job: Admitted,
+        remaining_s: float,
+        on_delta: DeltaSink | None,
+        on_tool_calls: ToolDeltaSink | None,
+    ) -> Result:
+        """The runtime's answer as our Result; raises InferbusError."""
+        served, request = job.served, job.request
+        if job.job_type == "embed":
+            params = request.params
+            embed_call = EmbedCall(
+                served.runtime_id, request.embed_inputs(), params.dimensions, request.extra
+            )
+            embedded = await embed_within(served.runtime, embed_call, remaining_s)
+            return Result(
+                finish_reason="stop",
+                usage=embedded.usage,
+                cost=self._cost(served, embedded.usage.prompt_tokens, 0),
+                embeddings=embedded.vectors,
+            )
+        call = ChatCall.of(served.runtime_id, request)
+        if request.stream and on_delta is not None:
+            reply = await stream_within(served.runtime, call, remaining_s, on_delta, on_tool_calls)
+        else:
+            reply = await chat_within(served.runtime, call, remaining_s)
+        if reply.model is not None and not served.answers_as(reply.model):
+            self._on_other_model(served, reply.model)
+        return Result(
+            text=clean_text(reply.text),
+            finish_reason=reply.finish_reason,
+            usage=reply.usage,
+            cost=self._cost(served, reply.usage.prompt_tokens, reply.usage.completion_tokens),
+            tool_calls=reply.tool_calls,
+            logprobs=reply.logprobs,
+        )
+
+    @staticmethod
+    def _cost(served: CatalogModel, prompt_tokens: int, completion_tokens: int) -> float | None:
+        pricing = served.pricing
+        return pricing.cost(prompt_tokens, completion_tokens) if pricing is not None else None
 
     async def join(self, job: Joined) -> JobResponse:
         """Wait for the running job with the same key and take its answer.

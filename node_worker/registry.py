@@ -30,6 +30,7 @@ from services.capabilities import (
     encode_capabilities,
 )
 from services.lifecycle import AsyncService
+from services.needs import WIRE_FEATURES
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
 
 log = logging.getLogger("inferbus.worker.registry")
@@ -75,6 +76,7 @@ def build_capabilities(
         load={kind: Load(inflight=s.inflight, capacity=s.capacity) for kind, s in load.items()},
         hardware=hardware,
         instance=instance,
+        wire_features=WIRE_FEATURES,
     )
 
 

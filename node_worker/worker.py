@@ -1,6 +1,6 @@
 """The node worker process: NATS wiring around the job pipeline.
 
-Subscribes `node.<id>.llm.request` and `node.<id>.vision.request` in queue group
+Subscribes `node.<id>.llm.request`, `.vision.request` and `.embed.request` in queue group
 `node_worker`, hands every admitted job to a task of its own (so the subscription keeps
 draining while jobs run), and sends exactly one final reply per message. `drain()` stops
 taking jobs, lets running ones finish within a grace period, then disconnects.
@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from node_worker.admission import Admission, slot_kind
 from node_worker.backends import build_backend
 from node_worker.catalog import Catalog
+from node_worker.chunks import ChunkSender
 from node_worker.config import WorkerSettings
 from node_worker.discovery import discover
 from node_worker.hardware import read_hardware
@@ -45,11 +46,13 @@ from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
+from services.wire import JobResponse, JobType, cancel_target, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
 
 SERVICE_NAME = "inferbus-node"
+# One subscription (and slot kind) each; code jobs ride the llm subject.
+JOB_SUBJECT_TYPES: tuple[JobType, ...] = ("llm", "vision", "embed")
 
 
 def header_safe(text: str, limit: int = 256) -> str:
@@ -75,9 +78,10 @@ class Worker(AsyncService):
         self.admission = Admission(
             llm_capacity=settings.limits.llm_concurrency,
             vision_capacity=settings.limits.vision_concurrency,
+            embed_capacity=settings.limits.embed_concurrency,
             on_saturation_change=self._announce_now,
         )
-        for kind in ("llm", "vision"):
+        for kind in JOB_SUBJECT_TYPES:
             self.metrics.track_inflight(kind, self._inflight_reader(kind))
         self._own_http = http_client is None
         self._http = http_client or new_http_client()
@@ -118,6 +122,7 @@ class Worker(AsyncService):
             endpoints=[
                 Endpoint("llm", self.subjects.job(self.node_id, "llm"), WORKER_QUEUE_GROUP),
                 Endpoint("vision", self.subjects.job(self.node_id, "vision"), WORKER_QUEUE_GROUP),
+                Endpoint("embed", self.subjects.job(self.node_id, "embed"), WORKER_QUEUE_GROUP),
                 Endpoint("caps", self.subjects.caps(self.node_id), WORKER_QUEUE_GROUP),
             ],
         )
@@ -151,7 +156,7 @@ class Worker(AsyncService):
         self._nc = await self._connect()
         if self._nc is None:
             return  # stopped while waiting for NATS: nothing was started
-        for job_type in ("llm", "vision"):
+        for job_type in JOB_SUBJECT_TYPES:
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
                 await self.nc.subscribe(
@@ -284,8 +289,11 @@ class Worker(AsyncService):
         assert task is not None
         self._running[job_id] = task
         try:
-            sender = self._chunk_sender(reply_to, job_id) if job.request.stream else None
-            response = await self.pipeline.run(job, sender)
+            if job.request.stream:
+                sender = ChunkSender(self.nc, reply_to, job_id)
+                response = await self.pipeline.run(job, sender.text, sender.tool_calls)
+            else:
+                response = await self.pipeline.run(job)
         except asyncio.CancelledError:
             if job_id not in self._cancelled:
                 await self._reply(reply_to, stopped(job_id, self.node_id), endpoint, received_s)
@@ -296,21 +304,6 @@ class Worker(AsyncService):
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
         await self._reply(reply_to, response, endpoint, received_s)
-
-    def _chunk_sender(self, reply_to: str, job_id: str) -> Callable[[str], Awaitable[None]]:
-        """Publish each piece of a streamed answer to the caller's inbox, numbered."""
-        seq = 0
-
-        async def send(delta: str) -> None:
-            nonlocal seq
-            seq += 1
-            await self.nc.publish(reply_to, encode(Chunk(job_id=job_id, seq=seq, delta=delta)))
-            if seq == 1:
-                # Let the NATS flusher send the first token now, not after the rest of a
-                # burst the runtime delivered in the same read: time to first token.
-                await asyncio.sleep(0)
-
-        return send
 
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""

@@ -98,6 +98,10 @@ class Capabilities(_Record):
     hardware: Hardware | None = None
     # Random per worker process: two processes announcing one node id can be told apart.
     instance: str | None = None
+    # Job fields this worker honours or refuses (services.needs.WIRE_FEATURES). A worker
+    # older than a field drops it without a word, so a router sends a job that uses one
+    # only to nodes that list it; absent means none of them.
+    wire_features: tuple[str, ...] = ()
 
 
 def encode_capabilities(record: Capabilities) -> bytes:

@@ -36,7 +36,7 @@ class Subjects:
 
     def job(self, node_id: str, job_type: JobType) -> str:
         """Where node `node_id` takes jobs of a type; code jobs ride the llm subject."""
-        kind = "vision" if job_type == "vision" else "llm"
+        kind = job_type if job_type in ("vision", "embed") else "llm"
         return self._p(f"node.{node_id}.{kind}.request")
 
     def cancel(self, node_id: str) -> str:

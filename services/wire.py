@@ -16,9 +16,10 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.errors import ErrorCode, InferbusError
+from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
 
-JobType = Literal["llm", "vision", "code"]
-JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code")
+JobType = Literal["llm", "vision", "code", "embed"]
+JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code", "embed")
 
 
 def new_job_id() -> str:
@@ -42,9 +43,14 @@ class ContentPart(_Lenient):
 
 
 class Message(_Lenient):
+    """One chat message; `tool_calls` on an assistant's, `tool_call_id`/`name` on a tool's."""
+
     role: str = "user"
     content: str | list[ContentPart] | None = None
     images: list[str] = Field(default_factory=list)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     @property
     def text(self) -> str:
@@ -67,12 +73,39 @@ class Message(_Lenient):
         return found
 
 
+_PENALTY = Field(ge=-2, le=2)
+
+
 class Params(_Lenient):
+    """Sampling and answer-shape parameters, OpenAI's names and ranges.
+
+    `max_completion_tokens` is OpenAI's newer name for `max_tokens`: the smaller of the two
+    is the cap, kept in `max_tokens` (what every adapter reads). `n` above 1 and `logprobs`
+    change what the answer means, so they are honoured or refused, never ignored.
+    """
+
     temperature: Annotated[float, Field(ge=0)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    presence_penalty: Annotated[float, _PENALTY] | None = None
+    frequency_penalty: Annotated[float, _PENALTY] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    user: str | None = None
+    dimensions: Annotated[int, Field(gt=0)] | None = None  # embeddings only
+
+    @model_validator(mode="after")
+    def _one_token_cap(self) -> Params:
+        if self.max_completion_tokens is not None:
+            caps = [c for c in (self.max_tokens, self.max_completion_tokens) if c is not None]
+            self.max_tokens = min(caps)
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 # Generous, but finite: larger numbers would overflow deadline arithmetic.
@@ -80,6 +113,22 @@ _BOUNDED_MS = Field(ge=-(2**53), le=2**53)
 # A hand-typed `"job_id": 42` is meant as the string "42".
 _ID = Field(min_length=1, max_length=200, coerce_numbers_to_str=True)
 _PARAM_NAMES = frozenset(Params.model_fields)
+
+
+# `extra` may not set what the job sets itself (or the stream framing the worker owns).
+_RESERVED_IN_EXTRA = _PARAM_NAMES | {
+    "model",
+    "messages",
+    "prompt",
+    "input",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "suffix",
+}
 
 
 class JobRequest(_Lenient):
@@ -90,7 +139,20 @@ class JobRequest(_Lenient):
     messages: list[Message] | None = None
     prompt: str | None = None
     images: list[str] = Field(default_factory=list)
+    input: str | list[str] | None = None  # what an embed job embeds
+    # `prompt` goes to the model as is, without the chat template: OpenAI's legacy
+    # /v1/completions, Ollama's /api/generate with `raw`. `suffix` (text after the
+    # insertion point, fill-in-the-middle) needs a model with the `insert` capability.
+    raw: bool = False
+    suffix: str | None = None
     params: Params = Field(default_factory=Params)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    # Other OpenAI fields (top_k, min_p, guided_json...), passed verbatim to
+    # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
+    extra: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
     timeout_ms: Annotated[int, _BOUNDED_MS] | None = None
     deadline_unix_ms: Annotated[int, _BOUNDED_MS] | None = None
@@ -109,9 +171,21 @@ class JobRequest(_Lenient):
 
     @model_validator(mode="after")
     def _has_input(self) -> JobRequest:
-        if not self.messages and self.prompt is None:
-            raise ValueError("a job needs `messages` (non-empty) or `prompt`")
+        if not self.messages and self.prompt is None and self.input is None:
+            raise ValueError("a job needs `messages` (non-empty), `prompt` or `input`")
+        if self.extra:
+            taken = sorted(_RESERVED_IN_EXTRA.intersection(self.extra))
+            if taken:
+                raise ValueError(f"extra.{taken[0]} is a field of the job itself; set it there")
         return self
+
+    def embed_inputs(self) -> list[str]:
+        """What an embed job embeds: `input` (a string or a list), else the prompt."""
+        if isinstance(self.input, list):
+            return self.input
+        if self.input is not None:
+            return [self.input]
+        return [self.prompt] if self.prompt is not None else []
 
     @property
     def key(self) -> str:
@@ -134,7 +208,23 @@ class JobRequest(_Lenient):
     def fingerprint(self) -> str:
         """What must match for a repeated idempotency key to be the same job."""
         payload = self.model_dump_json(
-            include={"type", "model", "messages", "prompt", "images", "params", "stream"}
+            include={
+                "type",
+                "model",
+                "messages",
+                "prompt",
+                "input",
+                "raw",
+                "suffix",
+                "images",
+                "params",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "response_format",
+                "extra",
+                "stream",
+            }
         )
         return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
@@ -145,10 +235,17 @@ class Usage(BaseModel):
 
 
 class Result(BaseModel):
-    text: str
+    """The answer: text and/or `tool_calls` (then `finish_reason: tool_calls`); an embed
+    job's `embeddings`, one vector per input in input order; `logprobs` when asked, in
+    OpenAI's shape (`{"content": [{token, logprob, bytes, top_logprobs}]}`)."""
+
+    text: str = ""
     finish_reason: str | None = None
     usage: Usage = Field(default_factory=Usage)
     cost: float | None = None
+    tool_calls: list[ToolCall] | None = None
+    logprobs: dict[str, Any] | None = None
+    embeddings: list[list[float]] | None = None
 
 
 class ErrorInfo(BaseModel):
@@ -191,9 +288,12 @@ class JobResponse(BaseModel):
 
 
 class Chunk(BaseModel):
+    """A piece of a streamed answer: text, or tool-call pieces (`delta` is then "")."""
+
     job_id: str
     seq: int
-    delta: str
+    delta: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 def encode(message: BaseModel) -> bytes:
@@ -211,6 +311,27 @@ def decode_request(data: bytes, *, default_type: JobType) -> JobRequest | JobRes
     if request.type is None:
         request.type = default_type
     return request
+
+
+# OpenAI request fields the HTTP edge itself answers for (the SSE usage chunk, base64
+# vectors); everything else of an OpenAI body is the job's, or goes to the runtime.
+OPENAI_EDGE_FIELDS = frozenset({"stream_options", "encoding_format"})
+_JOB_FIELD_NAMES = frozenset(JobRequest.model_fields) | _PARAM_NAMES
+
+
+def openai_job_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI request body as job fields: ours as they are, the rest under `extra`
+    (verbatim, for the runtime to honour or refuse by name), so nothing is dropped."""
+    extra = {
+        key: value
+        for key, value in body.items()
+        if key not in _JOB_FIELD_NAMES and key not in OPENAI_EDGE_FIELDS
+    }
+    fields = {key: value for key, value in body.items() if key in _JOB_FIELD_NAMES}
+    given = fields.get("extra")
+    if extra:
+        fields["extra"] = {**extra, **(given if isinstance(given, dict) else {})}
+    return fields
 
 
 def request_from_fields(fields: dict[str, Any]) -> JobRequest | InferbusError:

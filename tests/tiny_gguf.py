@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, LlamaFileType, TokenType
+from gguf import GGUFWriter, LlamaFileType, PoolingType, TokenType
 
 N_VOCAB = 259
 N_EMBD = 64
@@ -102,14 +102,18 @@ def _tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return tensors
 
 
-def write_tiny_llama_gguf(path: Path, *, seed: int = 0) -> Path:
+def write_tiny_llama_gguf(path: Path, *, seed: int = 0, pooling: PoolingType | None = None) -> Path:
     """Write the tiny model to `path` and return `path`.
 
     The same seed always yields the same bytes, so a failure seen once can be replayed.
+    `pooling` (e.g. MEAN) makes an embedding model of it: an embedding-enabled server then
+    answers one vector per input instead of one per token.
     """
     writer = GGUFWriter(path, "llama")
     writer.add_name("inferbus-tiny-llama")
     writer.add_file_type(LlamaFileType.ALL_F32)
+    if pooling is not None:
+        writer.add_pooling_type(pooling)
     writer.add_context_length(CONTEXT_LENGTH)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     req = commands.add_parser("req", help="send one job and print the reply")
     req.add_argument("target", help="a node id (gpu-a) or a full subject")
     req.add_argument("job", help="JSON job, or plain text used as the prompt")
-    req.add_argument("--type", choices=["llm", "vision", "code"], default="llm")
+    req.add_argument("--type", choices=["llm", "vision", "code", "embed"], default="llm")
     req.add_argument(
         "--server", default=os.environ.get("INFERBUS_NATS_URL", "nats://127.0.0.1:4222")
     )
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         send(
             nats_url=args.server,
             subject=subject,
-            payload=job_payload(args.job),
+            payload=job_payload(args.job, args.type),
             timeout_s=args.timeout,
             raw=args.raw,
             stream=args.stream,

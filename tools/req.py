@@ -1,7 +1,8 @@
 """`inferbus req`: send one job by hand, like `nats req`, for people without the NATS CLI.
 
-Lenient: a bare node id means its llm subject, and text that is not JSON becomes
-`{"prompt": text}`. Prints the reply; exits non-zero when the reply is an error.
+Lenient: a bare node id means its llm subject (`--type embed`: its embed subject), and
+text that is not JSON becomes `{"prompt": text}` (`{"input": text}` for embed).
+Prints the reply; exits non-zero when the reply is an error.
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ def job_subject(target: str, job_type: JobType, subjects: Subjects) -> str:
     return subjects.job(target, job_type) if NODE_ID_PATTERN.fullmatch(target) else target
 
 
-def job_payload(text: str) -> bytes:
-    """JSON objects go as they are; anything else is a prompt."""
+def job_payload(text: str, job_type: JobType = "llm") -> bytes:
+    """JSON objects go as they are; anything else is a prompt (an embed job's input)."""
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError:
         parsed = None
     if isinstance(parsed, dict):
         return text.encode()
-    return json.dumps({"prompt": text}).encode()
+    return json.dumps({"input" if job_type == "embed" else "prompt": text}).encode()
 
 
 async def send(
@@ -78,10 +79,15 @@ async def send(
 
 
 def _report(response: JobResponse, *, raw: bool, msg_data: bytes | None = None) -> int:
-    if raw or response.result is None:
+    result = response.result
+    if raw or result is None:
         print(msg_data.decode(errors="replace") if msg_data else encode(response).decode())
+    elif result.tool_calls or result.embeddings is not None:
+        # No text to show: the calls or the vectors are the answer.
+        shown = result.model_dump(include={"text", "tool_calls", "embeddings"}, exclude_none=True)
+        print(json.dumps(shown))
     else:
-        print(response.result.text)
+        print(result.text)
     if response.result is not None:
         print(
             f"-- {response.node_id} {response.runtime}/{response.model} "

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from services.wire import Message, Params, Usage
+from services.wire import JobRequest, Message, Params, Usage
+from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
 
 RuntimeKind = Literal["ollama", "openai", "vllm", "llamacpp", "lmstudio"]
 RUNTIME_KINDS: tuple[RuntimeKind, ...] = ("ollama", "openai", "vllm", "llamacpp", "lmstudio")
@@ -24,6 +25,32 @@ class ChatCall:
     model: str
     messages: list[Message]
     params: Params = field(default_factory=Params)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # A completion of `raw_prompt` (no chat template; `messages` is then ignored) and,
+    # for fill-in-the-middle, the text that follows the gap.
+    raw_prompt: str | None = None
+    suffix: str | None = None
+
+    @classmethod
+    def of(cls, model: str, request: JobRequest) -> ChatCall:
+        """Everything of a job that the runtime must see."""
+        completion = request.raw or request.suffix is not None
+        return cls(
+            model,
+            request.chat_messages(),
+            request.params,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            response_format=request.response_format,
+            extra=request.extra,
+            raw_prompt=request.prompt if completion else None,
+            suffix=request.suffix,
+        )
 
 
 @dataclass(frozen=True)
@@ -34,13 +61,33 @@ class ChatReply:
     # The model the runtime says answered, when it says: a single-model server
     # (llama.cpp's) answers with whatever it has loaded, whatever was asked.
     model: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """A piece of generated text, as the runtime produced it."""
+    """A piece of the answer as the runtime produced it: text, tool-call pieces, or both."""
 
     text: str
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class EmbedCall:
+    """Embeddings of `inputs`, one vector each, in order."""
+
+    model: str
+    inputs: list[str]
+    dimensions: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmbedReply:
+    vectors: list[list[float]]
+    usage: Usage
 
 
 @dataclass(frozen=True)
@@ -86,6 +133,8 @@ class Runtime(Protocol):
     async def list_models(self) -> list[ModelInfo]: ...
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply: ...
+
+    async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply: ...
 
     def stream(self, call: ChatCall, *, timeout_s: float) -> AsyncGenerator[StreamEvent, None]:
         """Yield StreamDelta events as tokens arrive, then exactly one StreamEnd.

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, ChatReply, Runtime, StreamEnd
+from services.runtimes.base import ChatCall, ChatReply, EmbedCall, EmbedReply, Runtime, StreamEnd
+from services.wire_features import ToolCallAssembler, ToolCallDelta
+
+ToolDeltaSink = Callable[[list[ToolCallDelta]], Awaitable[None]]
 
 
 async def chat_within(runtime: Runtime, call: ChatCall, remaining_s: float) -> ChatReply:
@@ -20,12 +25,50 @@ async def chat_within(runtime: Runtime, call: ChatCall, remaining_s: float) -> C
         raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the job's budget is spent")
     try:
         async with asyncio.timeout(remaining_s):
-            return await runtime.chat(call, timeout_s=remaining_s)
+            return honoured(call, await runtime.chat(call, timeout_s=remaining_s))
     except TimeoutError:
         raise InferbusError(
             ErrorCode.DEADLINE_EXCEEDED,
             f"the runtime did not answer within the job's budget ({remaining_s * 1000:.0f} ms)",
         ) from None
+
+
+async def embed_within(runtime: Runtime, call: EmbedCall, remaining_s: float) -> EmbedReply:
+    """Embeddings within the job's budget; every failure is an InferbusError."""
+    if remaining_s <= 0:
+        raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the job's budget is spent")
+    try:
+        async with asyncio.timeout(remaining_s):
+            reply = await runtime.embed(call, timeout_s=remaining_s)
+    except TimeoutError:
+        raise InferbusError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"the runtime did not embed within the job's budget ({remaining_s * 1000:.0f} ms)",
+        ) from None
+    if len(reply.vectors) != len(call.inputs):
+        raise InferbusError(
+            ErrorCode.BACKEND_ERROR,
+            f"the runtime answered {len(reply.vectors)} vectors for {len(call.inputs)} inputs",
+        )
+    return reply
+
+
+def honoured(call: ChatCall, reply: ChatReply) -> ChatReply:
+    """The reply, unless it silently left out something the job asked for.
+
+    `logprobs` is sent to every runtime; one too old to know it answers without them,
+    and that must reach the caller as a refusal, not as an answer missing a field.
+    A call with `parallel_tool_calls: false` keeps only the first call (Ollama cannot be
+    told; the OpenAI-compatible servers are, and then return one anyway).
+    """
+    if call.params.logprobs and reply.logprobs is None:
+        raise InferbusError(
+            ErrorCode.BAD_REQUEST,
+            f"params.logprobs: model {call.model!r}'s runtime answered without logprobs",
+        )
+    if call.parallel_tool_calls is False and reply.tool_calls and len(reply.tool_calls) > 1:
+        return dataclasses.replace(reply, tool_calls=reply.tool_calls[:1])
+    return reply
 
 
 def clean_text(text: str) -> str:
@@ -38,27 +81,50 @@ async def stream_within(
     call: ChatCall,
     remaining_s: float,
     on_delta: Callable[[str], Awaitable[None]],
+    on_tool_calls: ToolDeltaSink | None = None,
 ) -> ChatReply:
     """Stream a chat call, handing each piece of text to `on_delta` as it arrives.
 
-    Returns the whole answer once the runtime ends the stream; a stream that breaks, or
-    that the deadline cuts, raises InferbusError (the caller ends its stream with it).
-    Cancelling the caller closes the runtime connection, so the GPU stops generating.
+    Tool-call pieces go to `on_tool_calls` (OpenAI-shaped deltas with `index`); without
+    one they are only assembled into the answer's `tool_calls`. Returns the whole answer
+    once the runtime ends the stream; a stream that breaks, or that the deadline cuts,
+    raises InferbusError (the caller ends its stream with it). Cancelling the caller
+    closes the runtime connection, so the GPU stops generating.
     """
     if remaining_s <= 0:
         raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the job's budget is spent")
     pieces: list[str] = []
+    calls = ToolCallAssembler()
+    logprobs: list[dict[str, Any]] = []
     try:
         async with asyncio.timeout(remaining_s):
             async with contextlib.aclosing(runtime.stream(call, timeout_s=remaining_s)) as events:
                 async for event in events:
                     if isinstance(event, StreamEnd):
-                        return ChatReply(
-                            "".join(pieces), event.finish_reason, event.usage, event.model
+                        return honoured(
+                            call,
+                            ChatReply(
+                                "".join(pieces),
+                                event.finish_reason,
+                                event.usage,
+                                event.model,
+                                tool_calls=calls.calls() or None,
+                                logprobs={"content": logprobs} if logprobs else None,
+                            ),
                         )
-                    text = clean_text(event.text)
-                    pieces.append(text)
-                    await on_delta(text)
+                    if event.logprobs:
+                        logprobs.extend(event.logprobs)
+                    deltas = event.tool_calls
+                    if deltas and call.parallel_tool_calls is False:
+                        deltas = [delta for delta in deltas if delta.index == 0]
+                    if deltas:
+                        calls.add(deltas)
+                        if on_tool_calls is not None:
+                            await on_tool_calls(deltas)
+                    if event.text:
+                        text = clean_text(event.text)
+                        pieces.append(text)
+                        await on_delta(text)
     except TimeoutError:
         raise InferbusError(
             ErrorCode.DEADLINE_EXCEEDED,

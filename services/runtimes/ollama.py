@@ -1,4 +1,5 @@
-"""The Ollama adapter: `/api/chat`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`.
+"""The Ollama adapter: `/api/chat`, `/api/generate` (raw prompts), `/api/embed`,
+`/api/tags`, `/api/ps`, `/api/show`, `/api/version`.
 
 Wire format checked against ollama/ollama `docs/api.md`, `docs/api/streaming.mdx`,
 `docs/api/errors.mdx` and `api/types.go` (ChatResponse, Metrics, Options,
@@ -27,6 +28,8 @@ from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import (
     ChatCall,
     ChatReply,
+    EmbedCall,
+    EmbedReply,
     ModelInfo,
     RuntimeKind,
     StreamDelta,
@@ -35,6 +38,16 @@ from services.runtimes.base import (
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
 from services.runtimes.http import RuntimeSession
+from services.runtimes.ollama_features import (
+    as_deltas,
+    embed_body,
+    feature_fields,
+    finish_reason_of,
+    logprob_entries,
+    ollama_messages,
+    tool_calls_of,
+    vectors_of,
+)
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -52,10 +65,12 @@ class OllamaRuntime:
         self._http = RuntimeSession(client, api_key)
         self._secrets = self._http.secrets
         self._chat_url = httpx.URL(f"{self.url}/api/chat")
+        self._generate_url = httpx.URL(f"{self.url}/api/generate")
         self._version_url = httpx.URL(f"{self.url}/api/version")
         self._tags_url = httpx.URL(f"{self.url}/api/tags")
         self._ps_url = httpx.URL(f"{self.url}/api/ps")
         self._show_url = httpx.URL(f"{self.url}/api/show")
+        self._embed_url = httpx.URL(f"{self.url}/api/embed")
 
     def __repr__(self) -> str:
         return f"OllamaRuntime({self.url!r})"
@@ -97,22 +112,40 @@ class OllamaRuntime:
         body = await self._http.post_json(self._show_url, {"model": name}, timeout_s=LIST_TIMEOUT_S)
         return model_from_show(name, body)
 
+    def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
+        """A raw prompt goes to `/api/generate`, everything else to `/api/chat`."""
+        if call.raw_prompt is not None:
+            return self._generate_url, generate_body(call, stream=stream)
+        return self._chat_url, chat_body(call, stream=stream)
+
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
-        data = await self._http.post_json(
-            self._chat_url, chat_body(call, stream=False), timeout_s=timeout_s
-        )
+        url, body = self._request(call, stream=False)
+        data = await self._http.post_json(url, body, timeout_s=timeout_s)
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
         if "error" in data:
             raise classify_stream_error(data, secrets=self._secrets)
         message = data.get("message")
+        if "response" in data and message is None:  # /api/generate
+            message = {"content": data["response"]}
         if not isinstance(message, dict):
             raise invalid_response("chat answer has no message")
+        calls = tool_calls_of(message)
+        logprobs = logprob_entries(data)
         return ChatReply(
             text=message.get("content") or "",
-            finish_reason=data.get("done_reason"),
+            finish_reason=finish_reason_of(data.get("done_reason"), bool(calls)),
             usage=usage_of(data),
+            tool_calls=calls or None,
+            logprobs={"content": logprobs} if logprobs else None,
         )
+
+    async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply:
+        """`POST /api/embed`; `prompt_eval_count` is the tokens embedded."""
+        data = await self._http.post_json(self._embed_url, embed_body(call), timeout_s=timeout_s)
+        if isinstance(data, dict) and "error" in data:
+            raise classify_stream_error(data, secrets=self._secrets)
+        return EmbedReply(vectors=vectors_of(data), usage=usage_of(data))
 
     async def stream(
         self, call: ChatCall, *, timeout_s: float
@@ -125,28 +158,30 @@ class OllamaRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         end: StreamEnd | None = None
-        lines = self._http.stream_lines(
-            self._chat_url, chat_body(call, stream=True), deadline=deadline
-        )
+        calls_seen = 0
+        url, body = self._request(call, stream=True)
+        lines = self._http.stream_lines(url, body, deadline=deadline)
         try:
             async for line in lines:
                 if end is not None:
                     continue  # drain to the end of the body so the connection is reused
-                event = _parse_line(line, self._secrets)
-                if isinstance(event, StreamEnd):
-                    end = event
-                elif event.text:
-                    yield event
+                delta, end = _parse_line(line, self._secrets, calls_seen)
+                if delta.text or delta.tool_calls or delta.logprobs:
+                    calls_seen += len(delta.tool_calls or ())
+                    yield delta
         finally:
             await lines.aclose()
         if end is None:
             raise InferbusError(
                 ErrorCode.BACKEND_ERROR, "Ollama stream ended without its final `done` line"
             )
-        yield end
+        yield StreamEnd(finish_reason_of(end.finish_reason, calls_seen > 0), end.usage)
 
 
-def _parse_line(line: str, secrets: tuple[str, ...]) -> StreamEvent:
+def _parse_line(
+    line: str, secrets: tuple[str, ...], calls_seen: int = 0
+) -> tuple[StreamDelta, StreamEnd | None]:
+    """One NDJSON line: what it adds to the answer, and the end when it is the last."""
     try:
         data = json.loads(line)
     except ValueError as exc:
@@ -155,20 +190,51 @@ def _parse_line(line: str, secrets: tuple[str, ...]) -> StreamEvent:
         raise invalid_response("stream line is not an object")
     if "error" in data:
         raise classify_stream_error(data, secrets=secrets)
+    message = data.get("message")
+    if message is None and "response" in data:  # /api/generate
+        message = {"content": data["response"]}
+    message = message if isinstance(message, dict) else {}
+    calls = tool_calls_of(message, calls_seen)
+    delta = StreamDelta(
+        text=message.get("content") or "",
+        tool_calls=as_deltas(calls, calls_seen) or None,
+        logprobs=logprob_entries(data) or None,
+    )
     if data.get("done"):
-        return StreamEnd(finish_reason=data.get("done_reason"), usage=usage_of(data))
-    message = data.get("message") or {}
-    return StreamDelta(text=message.get("content") or "")
+        return delta, StreamEnd(finish_reason=data.get("done_reason"), usage=usage_of(data))
+    return delta, None
 
 
 def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
     """The `/api/chat` request for a call; options only for parameters that are set."""
+    features, extra_options = feature_fields(call)
     body: dict[str, Any] = {
         "model": call.model,
-        "messages": [ollama_message(message) for message in call.messages],
+        "messages": ollama_messages(call.messages, ollama_message),
         "stream": stream,
+        **features,
     }
-    options = ollama_options(call.params)
+    options = {**ollama_options(call.params), **extra_options}
+    if options:
+        body["options"] = options
+    return body
+
+
+def generate_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """`/api/generate` for a raw prompt. With a suffix the model's template must run (it
+    is what places prompt and suffix around the gap), so only a suffix-less job is `raw`."""
+    features, extra_options = feature_fields(call)
+    body: dict[str, Any] = {
+        "model": call.model,
+        "prompt": call.raw_prompt or "",
+        "stream": stream,
+        **features,
+    }
+    if call.suffix is not None:
+        body["suffix"] = call.suffix
+    else:
+        body["raw"] = True
+    options = {**ollama_options(call.params), **extra_options}
     if options:
         body["options"] = options
     return body

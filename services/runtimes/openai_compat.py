@@ -1,5 +1,8 @@
 """The OpenAI-compatible adapter: vLLM, llama.cpp server, LM Studio, OpenAI and the like.
 
+A raw prompt (a legacy completion) goes to `/v1/completions` instead of chat completions:
+the same SSE framing, `choices[].text` in place of `message`/`delta` content.
+
 Wire format checked against openai/openai-openapi `openapi.yaml` (2026-08 snapshot:
 CreateChatCompletionResponse, CreateChatCompletionStreamResponse, ChatCompletionStreamOptions,
 ChatCompletionRequestMessageContentPartImage, Error/ErrorResponse, Model), llama.cpp
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -35,6 +39,8 @@ from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import (
     ChatCall,
     ChatReply,
+    EmbedCall,
+    EmbedReply,
     ModelInfo,
     RuntimeKind,
     StreamDelta,
@@ -44,6 +50,17 @@ from services.runtimes.base import (
 from services.runtimes.errors import classify_stream_error, invalid_response
 from services.runtimes.http import RuntimeSession
 from services.runtimes.llamacpp import context_of_entry, llamacpp_models
+from services.runtimes.openai_features import (
+    capabilities_from_props,
+    embed_body,
+    feature_fields,
+    logprobs_of,
+    message_fields,
+    sampling_fields,
+    tool_calls_of,
+    tool_deltas_of,
+    vectors_of,
+)
 from services.wire import Message, Params, Usage
 
 HEALTH_TIMEOUT_S = 2.0
@@ -73,9 +90,11 @@ class OpenAICompatRuntime:
         base = api_base(self.url)
         self._chat_url = httpx.URL(f"{base}/chat/completions")
         self._models_url = httpx.URL(f"{base}/models")
+        self._embeddings_url = httpx.URL(f"{base}/embeddings")
+        self._completions_url = httpx.URL(f"{base}/completions")
         root = base.removesuffix("/v1")
+        self._props_url = httpx.URL(f"{root}/props") if kind == "llamacpp" else None
         self._health_url = httpx.URL(f"{root}/health") if kind == "llamacpp" else self._models_url
-        self._props_url = httpx.URL(f"{root}/props")
 
     def __repr__(self) -> str:
         return f"OpenAICompatRuntime({self.kind!r}, {self.url!r})"
@@ -95,26 +114,47 @@ class OpenAICompatRuntime:
         return (time.perf_counter() - started) * 1000.0
 
     async def list_models(self) -> list[ModelInfo]:
+        """`/v1/models`; for llama.cpp also `/props` (slots, context, tools in the chat
+        template, vision), which llama-cpp-python's server lacks (404): then nothing is added."""
         models = models_from_listing(
             await self._http.get_json(self._models_url, timeout_s=LIST_TIMEOUT_S), self.kind
         )
-        if self.kind != "llamacpp":
+        if self._props_url is None:
             return models
-        return llamacpp_models(models, await self._props())
+        props = await self._props(self._props_url)
+        models = llamacpp_models(models, props)
+        capabilities = capabilities_from_props(props)
+        if not capabilities or len(models) != 1:
+            return models
+        return [dataclasses.replace(models[0], capabilities=capabilities)]
 
-    async def _props(self) -> Any:
+    async def _props(self, url: httpx.URL) -> Any:
         """llama.cpp's `/props`; None where the server has none (llama-cpp-python)."""
         try:
-            return await self._http.get_json(self._props_url, timeout_s=LIST_TIMEOUT_S)
+            return await self._http.get_json(url, timeout_s=LIST_TIMEOUT_S)
         except InferbusError as error:
             if error.code == ErrorCode.MODEL_NOT_FOUND:
                 return None
             raise
 
-    async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
+    async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply:
+        """`POST /v1/embeddings`, floats, vectors back in input order."""
         data = await self._http.post_json(
-            self._chat_url, chat_body(call, stream=False), timeout_s=timeout_s
+            self._embeddings_url, embed_body(call), timeout_s=timeout_s
         )
+        if isinstance(data, dict) and ("error" in data or data.get("object") == "error"):
+            raise classify_stream_error(data, secrets=self._secrets)
+        return EmbedReply(vectors=vectors_of(data), usage=usage_of(data.get("usage")))
+
+    def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
+        """A raw prompt goes to `/v1/completions`, everything else to chat completions."""
+        if call.raw_prompt is not None:
+            return self._completions_url, completion_body(call, stream=stream)
+        return self._chat_url, chat_body(call, stream=stream, kind=self.kind)
+
+    async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
+        url, body = self._request(call, stream=False)
+        data = await self._http.post_json(url, body, timeout_s=timeout_s)
         if not isinstance(data, dict):
             raise invalid_response("chat answer is not an object")
         if "error" in data or data.get("object") == "error":
@@ -124,11 +164,14 @@ class OpenAICompatRuntime:
             raise invalid_response("chat answer has no choices")
         choice = choices[0]
         message = choice.get("message") or {}
+        text = choice.get("text") if "text" in choice else message.get("content")
         return ChatReply(
-            text=message.get("content") or "",
+            text=text or "",
             finish_reason=choice.get("finish_reason"),
             usage=usage_of(data.get("usage")),
             model=answer_model(data),
+            tool_calls=tool_calls_of(message) or None,
+            logprobs=logprobs_of(choice),
         )
 
     async def stream(
@@ -142,16 +185,15 @@ class OpenAICompatRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         reader = _SseChunks(self._secrets)
-        lines = self._http.stream_lines(
-            self._chat_url, chat_body(call, stream=True), deadline=deadline
-        )
+        url, body = self._request(call, stream=True)
+        lines = self._http.stream_lines(url, body, deadline=deadline)
         try:
             async for line in lines:
                 if reader.done:
                     continue  # drain to the end of the body so the connection is reused
-                text = reader.feed(line)
-                if text:
-                    yield StreamDelta(text)
+                delta = reader.feed(line)
+                if delta is not None:
+                    yield delta
         finally:
             await lines.aclose()
         if not reader.done:
@@ -174,14 +216,14 @@ class _SseChunks:
         self.usage: Any = None
         self.model: str | None = None
 
-    def feed(self, line: str) -> str:
-        """One SSE line in; the content text it carries out (often "")."""
+    def feed(self, line: str) -> StreamDelta | None:
+        """One SSE line in; the text and tool-call pieces it carries out (often None)."""
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "data":
             if value == "[DONE]":
                 self.done = True
-                return ""
+                return None
             chunk = _json_or_text(value)
             if self._error_event or "error" in chunk:
                 raise classify_stream_error(chunk, secrets=self._secrets)
@@ -190,24 +232,33 @@ class _SseChunks:
             raise classify_stream_error(_json_or_text(value), secrets=self._secrets)
         if field == "event":
             self._error_event = value == "error"
-        return ""  # comments (`: keep-alive`), `id:`, `retry:`
+        return None  # comments (`: keep-alive`), `id:`, `retry:`
 
-    def _chunk(self, chunk: dict[str, Any]) -> str:
+    def _chunk(self, chunk: dict[str, Any]) -> StreamDelta | None:
         self.model = answer_model(chunk) or self.model
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
         choices = chunk.get("choices")
         if not choices:
-            return ""
+            return None
         choice = choices[0]
         if not isinstance(choice, dict):
-            return ""
+            return None
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         delta = choice.get("delta") or {}
-        content = delta.get("content")
-        return content if isinstance(content, str) else ""
+        content = choice["text"] if "text" in choice else delta.get("content")  # completions
+        text = content if isinstance(content, str) else ""
+        tool_calls = tool_deltas_of(delta)
+        logprobs = logprobs_of(choice)
+        if not text and not tool_calls and logprobs is None:
+            return None
+        return StreamDelta(
+            text,
+            tool_calls=tool_calls or None,
+            logprobs=logprobs["content"] if logprobs is not None else None,
+        )
 
 
 def _json_or_text(value: str) -> dict[str, Any]:
@@ -233,13 +284,29 @@ def api_base(url: str) -> str:
     return url if httpx.URL(url).path not in ("", "/") else f"{url}/v1"
 
 
-def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+def chat_body(call: ChatCall, *, stream: bool, kind: RuntimeKind = "openai") -> dict[str, Any]:
     """The `/v1/chat/completions` request; parameters only when set."""
     body: dict[str, Any] = {
         "model": call.model,
         "messages": [openai_message(message) for message in call.messages],
     }
     body.update(openai_params(call.params))
+    body.update(sampling_fields(call.params))
+    body.update(feature_fields(call, kind))
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def completion_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """The legacy `/v1/completions` request for a raw prompt (and a suffix, if any)."""
+    body: dict[str, Any] = {"model": call.model, "prompt": call.raw_prompt or ""}
+    if call.suffix is not None:
+        body["suffix"] = call.suffix
+    body.update(openai_params(call.params))
+    body.update(sampling_fields(call.params))
+    body.update(feature_fields(call))
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -249,7 +316,9 @@ def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
 def openai_message(message: Message) -> dict[str, Any]:
     images = message.all_images
     if not images:
-        return {"role": message.role, "content": message.text}
+        # An assistant message that only calls tools has no content (`null`, as OpenAI's).
+        content = None if message.tool_calls and not message.text else message.text
+        return {"role": message.role, "content": content, **message_fields(message)}
     parts: list[dict[str, Any]] = []
     text = message.text
     if text:

@@ -10,6 +10,7 @@ observes exactly as it would from a failing Ollama, vLLM or llama.cpp server.
 """
 
 from tools.simulator.faults import FAULT_KINDS, Fault
+from tools.simulator.features import embedding as expected_embedding
 from tools.simulator.llama_server import LlamaServerTraits
 from tools.simulator.models import DEFAULT_MODELS, SimModel, expected_text, expected_tokens
 from tools.simulator.server import Simulator
@@ -21,6 +22,7 @@ __all__ = [
     "LlamaServerTraits",
     "SimModel",
     "Simulator",
+    "expected_embedding",
     "expected_text",
     "expected_tokens",
 ]

@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from tools.simulator.completions_api import add_completions_routes
 from tools.simulator.control_api import add_control_routes
+from tools.simulator.embed_api import add_embed_routes
 from tools.simulator.flow import STATE_KEY
 from tools.simulator.llama_server import add_llama_server_routes, llama_server_gate
 from tools.simulator.ollama_api import add_ollama_routes
@@ -31,5 +33,7 @@ def build_app(state: SimState) -> web.Application:
     add_openai_routes(app, int(started.timestamp()))
     if state.llama_server is not None:
         add_llama_server_routes(app)
+    add_embed_routes(app)
+    add_completions_routes(app)
     add_control_routes(app)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Callable
@@ -17,11 +18,17 @@ from tools.simulator.llama_server import LlamaServerTraits
 from tools.simulator.models import DEFAULT_MODELS, SimModel
 from tools.simulator.server import Simulator
 
-_VISION_SUFFIX = ":vision"
+# Name suffixes that switch a model's abilities, e.g. "llava:7b:vision", "bge-m3:embed".
+_SWITCHES: dict[str, Callable[[SimModel], SimModel]] = {
+    ":vision": lambda model: dataclasses.replace(model, vision=True),
+    ":embed": lambda model: dataclasses.replace(model, embedding=True, chat=False),
+    ":notools": lambda model: dataclasses.replace(model, tools=False),
+}
 
 
 def parse_models(spec: str) -> list[SimModel]:
-    """``"a,b:vision"`` → models a and b, b accepting images.
+    """``"a,b:vision,e:embed,c:notools"`` → a; b accepting images; e embedding only; c
+    refusing tools.
 
     Raises:
         ValueError: the list is empty or a name is invalid.
@@ -29,11 +36,16 @@ def parse_models(spec: str) -> list[SimModel]:
     models: list[SimModel] = []
     for item in spec.split(","):
         name = item.strip()
-        vision = name.endswith(_VISION_SUFFIX)
-        if vision:
-            name = name.removesuffix(_VISION_SUFFIX)
+        switches = []
+        for suffix, switch in _SWITCHES.items():
+            if name.endswith(suffix):
+                name = name.removesuffix(suffix)
+                switches.append(switch)
         if name:
-            models.append(SimModel(name, vision=vision))
+            model = SimModel(name)
+            for switch in switches:
+                model = switch(model)
+            models.append(model)
     if not models:
         raise ValueError(f"no model names in {spec!r}")
     return models
@@ -48,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="TCP port (default 0: any free)")
     parser.add_argument(
         "--models",
-        help="comma-separated names, ':vision' suffix for vision models "
+        help="comma-separated names; suffix ':vision' (takes images), ':embed' (embeds only), "
+        "':notools' (refuses tools) "
         f"(default: {','.join(m.name + (':vision' if m.vision else '') for m in DEFAULT_MODELS)})",
     )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering")

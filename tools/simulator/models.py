@@ -37,6 +37,10 @@ class SimModel:
         vision: whether requests with images are accepted.
         context_window: prompt words above this are rejected as context exceeded.
         running: whether ``/api/ps`` lists the model as loaded.
+        tools: whether requests with ``tools`` are accepted (else 400, as from a runtime
+            whose model or chat template has no tool support).
+        embedding: whether ``/api/embed`` and ``/v1/embeddings`` answer for it.
+        chat: whether it generates at all (an embedding-only model does not).
     """
 
     name: str
@@ -45,6 +49,9 @@ class SimModel:
     vision: bool = False
     context_window: int = 8192
     running: bool = True
+    tools: bool = True
+    embedding: bool = False
+    chat: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -56,12 +63,20 @@ class SimModel:
 
 
 # What `python -m tools.simulator` serves when no models are given: one of each type
-# the router selects between (llm, code, vision).
+# the router selects between (llm, code, vision), and one embedding model.
 DEFAULT_MODELS: tuple[SimModel, ...] = (
     SimModel("llama3.2:3b", family="llama", size_bytes=2_019_393_189, context_window=8192),
     SimModel("qwen2.5-coder:7b", family="qwen2", size_bytes=4_683_087_332, context_window=32768),
     SimModel(
         "llava:7b", family="llama", size_bytes=4_733_363_377, vision=True, context_window=4096
+    ),
+    SimModel(
+        "nomic-embed-text",
+        family="nomic-bert",
+        size_bytes=274_302_450,
+        context_window=8192,
+        embedding=True,
+        chat=False,
     ),
 )
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tools.simulator.feature_wire import ollama_fields, ollama_tool_calls, show_capabilities
+from tools.simulator.features import logprob_entry
 from tools.simulator.flow import (
     JSON_HEADERS,
     STATE_KEY,
@@ -51,6 +53,12 @@ class _OllamaWire:
             return json_response(404, {"error": f"model '{model}' not found"})
         if rejection.kind == "no_vision":
             return json_response(400, {"error": f"{model} does not support vision"})
+        if rejection.kind == "no_tools":
+            return json_response(
+                400, {"error": f"registry.ollama.ai/library/{model} does not support tools"}
+            )
+        if rejection.kind == "no_chat":
+            return json_response(400, {"error": f'"{model}" does not support chat'})
         if rejection.kind == "context_exceeded":
             return json_response(400, {"error": "the input length exceeds the context length"})
         if rejection.kind == "error":
@@ -62,7 +70,9 @@ class _OllamaWire:
     @staticmethod
     def final_fields(plan: Plan, timings: Timings) -> dict[str, Any]:
         """``done_reason`` and Ollama's Metrics; Go's omitempty drops zero counts."""
-        fields: dict[str, Any] = {"done": True, "done_reason": plan.finish_reason}
+        # Ollama says `stop` after tool calls too; OpenAI's `tool_calls` is the adapter's.
+        reason = "stop" if plan.finish_reason == "tool_calls" else plan.finish_reason
+        fields: dict[str, Any] = {"done": True, "done_reason": reason}
         if plan.finish_reason == "load":
             return fields
         metrics = duration_metrics(timings)
@@ -150,6 +160,9 @@ class OllamaChat(_OllamaWire):
             if isinstance(role, str) and role.lower() == "user":
                 last_user = content
         load_only = not messages
+        features = ollama_fields(payload, messages)
+        if isinstance(features, Rejection):
+            return features
         return GenRequest(
             model=model,
             prompt_text=last_user,
@@ -158,49 +171,59 @@ class OllamaChat(_OllamaWire):
             max_tokens=limit,
             stream=stream and not load_only,
             load_only=load_only,
+            **features,
         )
 
     def complete(self, request: GenRequest, plan: Plan, timings: Timings) -> web.Response:
+        message: dict[str, Any] = {"role": "assistant", "content": plan.text}
+        if plan.tool_calls:
+            message["tool_calls"] = ollama_tool_calls(plan)
         body = {
             "model": request.model,
             "created_at": rfc3339_now(),
-            "message": {"role": "assistant", "content": plan.text},
+            "message": message,
             **self.final_fields(plan, timings),
         }
+        if plan.logprobs:
+            body["logprobs"] = [logprob_entry(piece) for piece in plan.pieces]
         return json_response(200, body)
 
     def encoder(self, request: GenRequest) -> _ChatEncoder:
-        return _ChatEncoder(request.model)
+        return _ChatEncoder(request.model, logprobs=request.logprobs)
 
 
 class _ChatEncoder:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, logprobs: bool = False) -> None:
         self._model = model
+        self._logprobs = logprobs
 
     def open(self) -> bytes:
         return b""
 
     def piece(self, text: str) -> bytes:
-        return (
-            json_bytes(
-                {
-                    "model": self._model,
-                    "created_at": rfc3339_now(),
-                    "message": {"role": "assistant", "content": text},
-                    "done": False,
-                }
-            )
-            + b"\n"
-        )
+        chunk: dict[str, Any] = {
+            "model": self._model,
+            "created_at": rfc3339_now(),
+            "message": {"role": "assistant", "content": text},
+            "done": False,
+        }
+        if self._logprobs:
+            chunk["logprobs"] = [logprob_entry(text)]
+        return json_bytes(chunk) + b"\n"
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
+        calls = b""
+        if plan.tool_calls:  # Ollama streams each call whole, before the final object
+            message = {"role": "assistant", "content": "", "tool_calls": ollama_tool_calls(plan)}
+            chunk = {"model": self._model, "created_at": rfc3339_now(), "message": message}
+            calls = json_bytes({**chunk, "done": False}) + b"\n"
         final = {
             "model": self._model,
             "created_at": rfc3339_now(),
             "message": {"role": "assistant", "content": ""},
             **_OllamaWire.final_fields(plan, timings),
         }
-        return json_bytes(final) + b"\n"
+        return calls + json_bytes(final) + b"\n"
 
     def error(self) -> bytes:
         return json_bytes({"error": "an error was encountered while running the model"}) + b"\n"
@@ -350,7 +373,7 @@ class OllamaCatalog:
 
 def _show_body(model: SimModel, modified_at: str) -> dict[str, Any]:
     parameters = int(model.size_bytes / _Q4_BYTES_PER_PARAMETER)
-    capabilities = ["completion", "vision"] if model.vision else ["completion"]
+    capabilities = show_capabilities(model)
     return {
         "modelfile": f"# Modelfile generated by the inferbus simulator\nFROM {model.name}\n",
         "parameters": f"num_ctx                        {model.context_window}",

@@ -15,6 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
+from tools.simulator.feature_wire import (
+    openai_fields,
+    openai_tool_call_deltas,
+    openai_tool_calls,
+)
+from tools.simulator.features import logprob_entry
 from tools.simulator.flow import (
     JSON_HEADERS,
     STATE_KEY,
@@ -133,6 +139,9 @@ class OpenAIChat:
         limit = _token_limit(payload)
         if isinstance(limit, Rejection):
             return limit
+        features = openai_fields(payload, messages)
+        if isinstance(features, Rejection):
+            return features
         return GenRequest(
             model=model,
             prompt_text=last_user,
@@ -141,6 +150,7 @@ class OpenAIChat:
             max_tokens=limit,
             stream=bool(stream),
             include_usage=bool(options and options.get("include_usage")),
+            **features,
         )
 
     def reject(self, rejection: Rejection, model: str) -> web.Response:
@@ -150,6 +160,15 @@ class OpenAIChat:
         if rejection.kind == "no_vision":
             message = f"model '{model}' does not support image input"
             return _error(400, message, "invalid_request_error", param="messages")
+        if rejection.kind == "no_tools":  # vLLM started without tool parsing says this
+            message = (
+                '"auto" tool choice requires --enable-auto-tool-choice and '
+                "--tool-call-parser to be set"
+            )
+            return _error(400, message, "BadRequestError", param="tools")
+        if rejection.kind == "no_chat":
+            message = f"model '{model}' does not support chat completions"
+            return _error(400, message, "invalid_request_error", param="model")
         if rejection.kind == "context_exceeded":
             message = (
                 f"This model's maximum context length is {rejection.context_window} tokens. "
@@ -173,8 +192,8 @@ class OpenAIChat:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": plan.text, "refusal": None},
-                    "logprobs": None,
+                    "message": _message(plan),
+                    "logprobs": _logprobs(plan.pieces) if plan.logprobs else None,
                     "finish_reason": plan.finish_reason,
                 }
             ],
@@ -189,19 +208,37 @@ class OpenAIChat:
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 
 
+def _message(plan: Plan) -> dict[str, Any]:
+    if plan.tool_calls:
+        return {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": openai_tool_calls(plan),
+        }
+    return {"role": "assistant", "content": plan.text, "refusal": None}
+
+
+def _logprobs(pieces: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    return {"content": [logprob_entry(piece) for piece in pieces], "refusal": None}
+
+
 class _ChunkEncoder:
     """SSE ``chat.completion.chunk`` events sharing one id and creation time."""
+
+    object_name = "chat.completion.chunk"
 
     def __init__(self, request: GenRequest) -> None:
         self._id = f"{_ID_PREFIX}{next(_id_counter)}"
         self._created = int(time.time())
         self._model = request.model
         self._include_usage = request.include_usage
+        self._logprobs = request.logprobs
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self._id,
-            "object": "chat.completion.chunk",
+            "object": self.object_name,
             "created": self._created,
             "model": self._model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
@@ -213,17 +250,26 @@ class _ChunkEncoder:
         return b"data: " + json_bytes(chunk) + b"\n\n"
 
     @staticmethod
-    def _choice(delta: dict[str, str], finish_reason: str | None = None) -> list[dict[str, Any]]:
-        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    def _choice(
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
 
     def open(self) -> bytes:
         return self._event(self._choice({"role": "assistant", "content": ""}))
 
     def piece(self, text: str) -> bytes:
-        return self._event(self._choice({"content": text}))
+        logprobs = _logprobs([text]) if self._logprobs else None
+        return self._event(self._choice({"content": text}, logprobs=logprobs))
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
-        tail = self._event(self._choice({}, plan.finish_reason))
+        calls = b"".join(
+            self._event(self._choice({"tool_calls": [delta]}))
+            for delta in openai_tool_call_deltas(plan)
+        )
+        tail = calls + self._event(self._choice({}, plan.finish_reason))
         if self._include_usage:
             tail += self._event([], _usage(plan))
         return tail + b"data: [DONE]\n\n"

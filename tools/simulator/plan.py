@@ -8,12 +8,21 @@ only render the outcome, so Ollama and OpenAI behave identically by construction
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from tools.simulator.features import (
+    SimToolCall,
+    ToolSpec,
+    choose_tool_calls,
+    json_answer,
+    json_pieces,
+)
 from tools.simulator.models import SimModel, token_pieces
 
-RejectionKind = Literal["bad_request", "not_found", "no_vision", "context_exceeded", "error"]
-FinishReason = Literal["stop", "length", "load"]
+RejectionKind = Literal[
+    "bad_request", "not_found", "no_vision", "no_tools", "no_chat", "context_exceeded", "error"
+]
+FinishReason = Literal["stop", "length", "load", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,11 @@ class GenRequest:
         stream: whether the client asked for a stream.
         include_usage: OpenAI ``stream_options.include_usage``.
         load_only: Ollama's "load the model" request (no messages / empty prompt).
+        tools: the tools offered (none when `tool_choice` is "none").
+        forced_tool: a tool the model must call (`"*"`: any; OpenAI `tool_choice`).
+        users_turn: the last message is the user's, so a tool call may answer it.
+        json_mode: answer JSON; `json_schema` is the schema it must match, if any.
+        logprobs: the client asked for log probabilities.
     """
 
     model: str
@@ -39,6 +53,12 @@ class GenRequest:
     stream: bool = False
     include_usage: bool = False
     load_only: bool = False
+    tools: tuple[ToolSpec, ...] = ()
+    forced_tool: str | None = None
+    users_turn: bool = True
+    json_mode: bool = False
+    json_schema: dict[str, Any] | None = None
+    logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +78,12 @@ class Plan:
     pieces: tuple[str, ...]
     finish_reason: FinishReason
     prompt_tokens: int
+    tool_calls: tuple[SimToolCall, ...] = ()
+    logprobs: bool = False
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.pieces)
+        return len(self.pieces) + len(self.tool_calls)
 
     @property
     def text(self) -> str:
@@ -80,6 +102,10 @@ def plan_generation(request: GenRequest, model: SimModel | None, tokens: int) ->
         return Rejection("not_found")
     if request.has_images and not model.vision:
         return Rejection("no_vision")
+    if not model.chat and not request.load_only:
+        return Rejection("no_chat")
+    if request.tools and not model.tools:
+        return Rejection("no_tools")
     if request.prompt_tokens > model.context_window:
         return Rejection(
             "context_exceeded",
@@ -88,11 +114,25 @@ def plan_generation(request: GenRequest, model: SimModel | None, tokens: int) ->
         )
     if request.load_only:
         return Plan((), "load", 0)
+    calls = choose_tool_calls(
+        request.tools,
+        model=request.model,
+        last_user_text=request.prompt_text,
+        users_turn=request.users_turn,
+        forced=request.forced_tool,
+    )
+    if calls:
+        return Plan((), "tool_calls", request.prompt_tokens, calls, request.logprobs)
+    if request.json_mode:
+        text = json_answer(
+            request.json_schema, model=request.model, prompt_text=request.prompt_text
+        )
+        return Plan(json_pieces(text), "stop", request.prompt_tokens, logprobs=request.logprobs)
     if request.max_tokens is not None and request.max_tokens < tokens:
         capped = token_pieces(request.model, request.prompt_text, request.max_tokens)
-        return Plan(capped, "length", request.prompt_tokens)
+        return Plan(capped, "length", request.prompt_tokens, logprobs=request.logprobs)
     pieces = token_pieces(request.model, request.prompt_text, tokens)
-    return Plan(pieces, "stop", request.prompt_tokens)
+    return Plan(pieces, "stop", request.prompt_tokens, logprobs=request.logprobs)
 
 
 def rejection_for_fault(kind: str, request: GenRequest, model: SimModel | None) -> Rejection:
