@@ -13,16 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette import routing
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route as Path
 from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
 from router.metrics import RouterMetrics
 from router.route import Route
-from router.routing import Router
+from router.serving import Router
 from router.streams import NdjsonLines, OpenAIChunks, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, request_from_fields
@@ -164,9 +164,12 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
         if job.stream:
             options = raw.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            chunks = OpenAIChunks(job.job_id, job.model, include_usage)
             return await stream_response(
-                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
-                OpenAIChunks(job.job_id, job.model, include_usage),
+                lambda sink: router.infer(
+                    job, agent_id=agent_id, on_delta=sink, on_model=chunks.use_model
+                ),
+                chunks,
                 on_error_before_first_token=lambda answer, _route: openai_error_of(answer),
                 on_finished=finished("openai", started),
             )
@@ -228,13 +231,13 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
 
     app = Starlette(
         routes=[
-            Path("/infer", infer, methods=["POST"]),
-            Path("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Path("/v1/models", models, methods=["GET"]),
-            Path("/nodes", nodes, methods=["GET"]),
-            Path("/health", health, methods=["GET"]),
-            Path("/ready", ready, methods=["GET"]),
-            Path("/metrics", prometheus, methods=["GET"]),
+            routing.Route("/infer", infer, methods=["POST"]),
+            routing.Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            routing.Route("/v1/models", models, methods=["GET"]),
+            routing.Route("/nodes", nodes, methods=["GET"]),
+            routing.Route("/health", health, methods=["GET"]),
+            routing.Route("/ready", ready, methods=["GET"]),
+            routing.Route("/metrics", prometheus, methods=["GET"]),
         ]
     )
     keys = [key.get_secret_value() for key in settings.http.api_keys]
