@@ -10,8 +10,9 @@ Pure: an `Outcome` in, a `Verdict` out; no clock, no I/O. Every rule is a row in
 - The caller's budget running out is never the target's fault: a DEADLINE_EXCEEDED reply
   (the worker's own clock) is returned, neutral; the router's own timer firing while the
   budget was the binding limit is returned as DEADLINE_EXCEEDED, neutral.
-- The router's timer firing on a shorter limit of its own (the per-attempt cap, the
-  first-token timeout) is the target's fault: next target, failure.
+- A shorter limit of the router's own (the per-attempt cap, the first-token timeout)
+  running out, on the router's timer or the worker's, is the target's fault: next
+  target, failure.
 - A cancellation (the caller went away, or the router stopped waiting) is neutral.
 - BUSY and "model not here" move on, neutral: load and a stale catalogue are not faults.
 - No responders while the router's own connection is down or settling after a reconnect
@@ -74,7 +75,9 @@ class Outcome:
     response: JobResponse
     ending: Ending = "answered"
     delivered: int = 0  # streamed pieces already handed to the caller
-    budget_bound: bool = False  # the router's wait was the caller's remaining budget
+    # The wait (and the budget the target was given) was the caller's remaining budget,
+    # not a shorter cap of the router's own.
+    budget_bound: bool = True
     bus_settling: bool = False  # the router's connection was down or just reconnected
     elapsed_ms: float = 0.0
 
@@ -96,6 +99,8 @@ def next_action(outcome: Outcome) -> Verdict:
         return Verdict("return", health)
     if outcome.ending == "answered":
         code = outcome.code
+        if code == ErrorCode.DEADLINE_EXCEEDED and not outcome.budget_bound:
+            return Verdict("next", health)  # our per-attempt cap ran out, not the budget
         return Verdict("return", health) if code is None else Verdict(_ANSWERED[code][0], health)
     if outcome.ending == "abandoned":
         return Verdict("return", health)
@@ -108,6 +113,8 @@ def _health(outcome: Outcome) -> Health:
     ending = outcome.ending
     if ending == "answered":
         code = outcome.code
+        if code == ErrorCode.DEADLINE_EXCEEDED and not outcome.budget_bound:
+            return "failure"
         return "success" if code is None else _ANSWERED[code][1]
     if ending in ("abandoned", "bus_down"):
         return "neutral"

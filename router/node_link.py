@@ -211,7 +211,13 @@ class NodeLink:
                 self._drop(pending, event.job_id)
                 continue
             if isinstance(event, JobResponse):
-                return Outcome(event, "answered", delivered, elapsed_ms=_ms(started))
+                return Outcome(
+                    event,
+                    "answered",
+                    delivered,
+                    budget_bound=waits.budget_bound,
+                    elapsed_ms=_ms(started),
+                )
             if on_delta is None:
                 self._drop(pending, event.job_id)
                 continue

@@ -17,7 +17,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from nats.aio.client import Client as NatsClient
@@ -262,10 +262,7 @@ class Router:
             self.liveness.release(target.node)
             self._remote_slots.release()
         if outcome.ending in ("no_responders", "lost") and self._bus_settling(target.node):
-            outcome = Outcome(
-                outcome.response, outcome.ending, outcome.delivered, bus_settling=True,
-                elapsed_ms=outcome.elapsed_ms,
-            )  # fmt: skip
+            outcome = replace(outcome, bus_settling=True)
         return outcome
 
     def _bus_settling(self, node: str) -> bool:

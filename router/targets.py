@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.decision import Outcome
-from services.errors import ErrorCode, InferbusError
+from services.errors import InferbusError
 from services.runtimes.base import ChatCall, Runtime
 from services.runtimes.calls import chat_within, clean_text, stream_within
 from services.wire import JobRequest, JobResponse, JobType, Result, Timings
@@ -83,8 +83,7 @@ async def attempt_runtime(
         return Outcome(
             failure,
             "answered",
-            delivered,
-            budget_bound=error.code == ErrorCode.DEADLINE_EXCEEDED,
+            delivered,  # a runtime target always has the caller's whole remaining budget
             elapsed_ms=_ms(started),
         )
     elapsed = _ms(started)

@@ -37,6 +37,20 @@ def test_answers(code: ErrorCode | None, action: str, health: str) -> None:
     assert next_action(Outcome(answer(code))) == Verdict(action, health)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("budget_bound", "action", "health"),
+    [
+        (True, "return", "neutral"),  # the worker's clock ran out on the caller's budget
+        (False, "next", "failure"),  # it ran out on the router's per-attempt cap
+    ],
+)
+def test_a_deadline_reply_is_the_nodes_fault_only_under_a_cap_of_ours(
+    budget_bound: bool, action: str, health: str
+) -> None:
+    outcome = Outcome(answer(ErrorCode.DEADLINE_EXCEEDED), budget_bound=budget_bound)
+    assert next_action(outcome) == Verdict(action, health)  # type: ignore[arg-type]
+
+
 def test_every_code_has_a_row() -> None:
     for code in ErrorCode:
         next_action(Outcome(answer(code)))  # raises KeyError for a code without a rule
@@ -78,5 +92,5 @@ def test_endings(
 def test_after_the_first_streamed_piece_the_answer_is_returned(
     ending: Ending, code: ErrorCode, health: str
 ) -> None:
-    outcome = Outcome(answer(code), ending, delivered=3)
+    outcome = Outcome(answer(code), ending, delivered=3, budget_bound=False)  # e.g. idle timeout
     assert next_action(outcome) == Verdict("return", health)  # type: ignore[arg-type]
