@@ -13,7 +13,6 @@ import httpx
 import nats
 
 from services.bus import flush_interest
-from services.localnet import free_port
 from services.nats_server import NatsServer
 from services.simulator import Fault, SimModel, Simulator
 from services.wire import decode_response
@@ -237,33 +236,32 @@ async def test_streamed_openai_chunks_carry_the_model_that_serves(
 
 
 async def test_a_nats_restart_opens_no_breaker(
-    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+    simulator: Simulator,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    private_nats: NatsServer,
+    node_id: str,
 ) -> None:
     """Item 8: no responders while the router itself reconnected counted against nodes."""
-    port = free_port()
-    server = NatsServer(port=port)
-    await server.start()
-    try:
-        async with (
-            start_worker(nats_url=[server.url], backends=[backend(simulator.url)]),
-            start_router(nats_url=[server.url]) as router,
-            httpx.AsyncClient(base_url=router.url, timeout=10) as http,
-        ):
-            await until(lambda: node_id in router.fleet.nodes)
-            await server.stop()
-            await server.start()  # the same port: everyone reconnects
-            answers = []
-            for _ in range(200):
-                answer = await http.post("/infer", json={**JOB, "timeout_ms": 2000})
-                answers.append(answer.status_code)
-                if answer.status_code == 200:
-                    break
-                await asyncio.sleep(0.02)
-            for _ in range(5):
-                answers.append((await http.post("/infer", json=JOB)).status_code)
-            breakers = await breakers_of(http)
-    finally:
-        await server.stop()
+    url = [private_nats.url]
+    async with (
+        start_worker(nats_url=url, backends=[backend(simulator.url)]),
+        start_router(nats_url=url) as router,
+        httpx.AsyncClient(base_url=router.url, timeout=10) as http,
+    ):
+        await until(lambda: node_id in router.fleet.nodes)
+        await private_nats.stop()
+        await private_nats.start()  # the same port: everyone reconnects
+        answers = []
+        for _ in range(200):
+            answer = await http.post("/infer", json={**JOB, "timeout_ms": 2000})
+            answers.append(answer.status_code)
+            if answer.status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        for _ in range(5):
+            answers.append((await http.post("/infer", json=JOB)).status_code)
+        breakers = await breakers_of(http)
     assert answers[-5:] == [200] * 5
     assert breakers.get(node_id, {}).get("llm", "closed") == "closed"
 

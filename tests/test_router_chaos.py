@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +24,11 @@ import nats
 
 from services.bus import wait_for_worker
 from services.errors import ErrorCode
-from services.localnet import free_port
 from services.nats_server import NatsServer
 from services.simulator import Fault, SimModel, Simulator
 from tests.conftest import RouterFactory
 from tests.jobs import llm, until
+from tests.test_router_e2e import worker_config, worker_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "m:1b"
@@ -48,19 +46,6 @@ class Answer:
     nodes: tuple[str, ...]  # every node attempted
     served_by: str | None
     streamed: bool
-
-
-async def start_worker(tmp_path: Path, node: str, nats_url: str, sim_url: str) -> Any:
-    config = tmp_path / f"{node}.toml"
-    config.write_text(
-        f'node_id = "{node}"\nnats_url = "{nats_url}"\nheartbeat_s = 1\n'
-        "[limits]\nllm_concurrency = 16\n"
-        f'[[backends]]\nkind = "ollama"\nurl = "{sim_url}"\n'
-    )
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node_worker", "--config", str(config), "--log-level", "ERROR",
-        cwd=ROOT, env=os.environ.copy(),
-    )  # fmt: skip
 
 
 async def one_request(http: httpx.AsyncClient, i: int) -> Answer:
@@ -83,9 +68,10 @@ async def one_request(http: httpx.AsyncClient, i: int) -> Answer:
     return Answer(started, ended, status, code, nodes, route.get("node"), "stream" in body)
 
 
-async def test_chaos(tmp_path: Path, start_router: RouterFactory, node_id: str) -> None:
-    nats_server = NatsServer(port=free_port())
-    await nats_server.start()
+async def test_chaos(
+    tmp_path: Path, start_router: RouterFactory, private_nats: NatsServer, node_id: str
+) -> None:
+    nats_server = private_nats
     names = [f"{node_id}-{x}" for x in ("kill", "stop", "err")]
     sims = [
         Simulator(models=[SimModel(MODEL)], latency_ms=50, tokens=8, token_interval_ms=10)
@@ -94,7 +80,9 @@ async def test_chaos(tmp_path: Path, start_router: RouterFactory, node_id: str) 
     for sim in sims:
         await sim.start()
     workers = [
-        await start_worker(tmp_path, name, nats_server.url, sim.url)
+        await worker_process(
+            worker_config(tmp_path / f"{name}.toml", name, nats_server.url, sim.url)
+        )
         for name, sim in zip(names, sims, strict=True)
     ]
     answers: list[Answer] = []
@@ -145,7 +133,6 @@ async def test_chaos(tmp_path: Path, start_router: RouterFactory, node_id: str) 
             await process.wait()
         for sim in sims:
             await sim.stop()
-        await nats_server.stop()
 
     kill, recovered = events["kill"], events["recovered"]
     overshoot = max(a.ended - a.started for a in answers) - BUDGET_MS / 1000

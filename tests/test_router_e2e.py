@@ -119,8 +119,13 @@ async def test_hung_worker_ends_at_the_deadline_not_later(
     ):
         # Without deadline enforcement this would hit the client's own 5 s timeout.
         answer = await http.post("/infer", json={"prompt": "hi", "timeout_ms": 400})
+        nodes = (await http.get("/nodes")).json()["nodes"]
     assert answer.status_code == 504
     assert answer.json()["error"]["code"] == "DEADLINE_EXCEEDED"
+    # The node is alive (its liveness probe answers): the caller's budget ran out, which is
+    # nobody's fault but the budget's — one attempt, no breaker counts it.
+    assert [a["outcome"] for a in answer.json()["route"]["attempts"]] == ["DEADLINE_EXCEEDED"]
+    assert all(n["breakers"].get("llm", "closed") == "closed" for n in nodes)
 
 
 def worker_config(config: Path, node_id: str, nats_url: str, sim_url: str) -> Path:

@@ -170,3 +170,27 @@ async def test_one_adapter_raising_does_not_stop_the_others_rediscovery(
     assert "KeyError" in (broken.last_error or "")
     assert good.state == "healthy"
     assert catalog.models
+
+
+async def test_nats_gone_under_a_running_router_is_a_typed_answer_and_no_breaker(
+    simulator: Simulator,
+    start_router: RouterFactory,
+    start_worker: WorkerFactory,
+    private_nats: NatsServer,
+    node_id: str,
+) -> None:
+    """Item 11: a NATS error on a closed connection escaped as a plain-text 500."""
+    job = {"prompt": "hi", "model": "llama3:8b"}
+    async with (
+        start_worker(nats_url=[private_nats.url], backends=[backend(simulator.url)]),
+        start_router(nats_url=[private_nats.url]) as router,
+        httpx.AsyncClient(base_url=router.url, timeout=10) as http,
+    ):
+        await until(lambda: node_id in router.fleet.nodes)
+        await private_nats.stop()
+        await until(lambda: not router.router.nc.is_connected)
+        answers = [await http.post("/infer", json=job), await http.post("/infer", json=job)]
+        nodes = (await http.get("/nodes")).json()["nodes"]
+    assert [a.status_code for a in answers] == [503, 503]
+    assert [a.json()["error"]["code"] for a in answers] == ["NO_ROUTE", "NO_ROUTE"]
+    assert all(n["breakers"].get("llm", "closed") == "closed" for n in nodes)
