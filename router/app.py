@@ -239,7 +239,7 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
 
     async def nodes(_: Request) -> Response:
         now = router.fleet.clock()
-        breakers = router.breakers.snapshot(now)
+        breakers = router.board.snapshot(now)
         view = [
             {
                 "node_id": node_id,

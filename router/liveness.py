@@ -3,7 +3,8 @@
 NATS cannot tell a requester that the responder died: a SIGKILLed worker's job simply
 never gets an answer, and a SIGSTOPped one keeps its connection (and subscriptions) for
 minutes. So while a node holds at least one of this router's jobs, whole or streamed, one
-probe task per node asks `node.<id>.caps` every `interval_s`:
+probe task per node asks `node.<id>.caps` every `interval_s`, on a node-scoped inbox like
+every reply the router takes (`NodeLink.probe`):
 
 - no responders → the node is gone (a dead process's subscriptions vanish with its
   connection; the server answers "no responders" at once) — reported immediately;
@@ -24,10 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nats.errors
-from nats.aio.client import Client as NatsClient
-
-from services.subjects import Subjects
+from router.node_link import NodeLink
 
 log = logging.getLogger("inferbus.router.liveness")
 
@@ -45,14 +43,9 @@ class Liveness:
     """Probe tasks for the nodes that hold jobs; `on_lost(node, why)` when one is gone."""
 
     def __init__(
-        self,
-        nc: NatsClient,
-        subjects: Subjects,
-        on_lost: NodeLost,
-        settings: LivenessSettings | None = None,
+        self, link: NodeLink, on_lost: NodeLost, settings: LivenessSettings | None = None
     ) -> None:
-        self._nc = nc
-        self._subjects = subjects
+        self._link = link
         self._on_lost = on_lost
         self.settings = settings or LivenessSettings()
         self._holders: dict[str, int] = {}
@@ -79,30 +72,24 @@ class Liveness:
         return len(self._probes)
 
     async def _probe(self, node: str) -> None:
-        subject = self._subjects.caps(node)
         settings = self.settings
         missed = 0
         while True:
             await asyncio.sleep(settings.interval_s)
-            if not self._nc.is_connected:
-                missed = 0
-                continue
-            try:
-                await self._nc.request(subject, b"", timeout=settings.timeout_s)
-                missed = 0
-            except nats.errors.NoRespondersError:
-                self._lost(node, f"node {node} is gone (no responders on {subject})")
-            except nats.errors.TimeoutError:
+            heard = await self._link.probe(node, settings.timeout_s)
+            if heard == "gone":
+                self._lost(node, f"node {node} is gone (no responders on its caps subject)")
+            elif heard == "silent":
                 missed += 1
-                if missed >= settings.misses and self._nc.is_connected:
+                if missed >= settings.misses:
                     missed = 0
                     self._lost(
                         node,
                         f"node {node} did not answer {settings.misses} liveness probes "
                         f"of {settings.timeout_s * 1000:.0f} ms",
                     )
-            except (nats.errors.Error, OSError):
-                missed = 0  # the router's own connection: says nothing about the node
+            else:  # alive, or the router's own connection is down: nothing against the node
+                missed = 0
 
     def _lost(self, node: str, why: str) -> None:
         log.warning("%s; moving its jobs on", why)

@@ -23,6 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -51,10 +52,13 @@ class Lost:
     why: str
 
 
+Probed = Literal["alive", "gone", "silent", "bus_down"]
+
+
 @dataclass
 class _Pending:
     node: str
-    job_id: str
+    job_id: str | None  # None: a liveness probe, answered by the node's record
     queue: asyncio.Queue[Msg | Lost] = field(default_factory=asyncio.Queue)
     dropped: int = 0
 
@@ -99,6 +103,28 @@ class NodeLink:
             pending = self._pending.get(token)
             if pending is not None:
                 pending.queue.put_nowait(Lost(why))
+
+    async def probe(self, node: str, timeout_s: float) -> Probed:
+        """Ask `node.<id>.caps` on a node-scoped inbox: is the node there and answering?"""
+        if not self._nc.is_connected or self._subscription is None:
+            return "bus_down"
+        inbox = self.inbox_for(node)
+        token = inbox.rsplit(".", 1)[1]
+        pending = _Pending(node, None)
+        self._pending[token] = pending
+        try:
+            await self._nc.publish(self._subjects.caps(node), b"", reply=inbox)
+            async with asyncio.timeout(timeout_s):
+                msg = await pending.queue.get()
+        except TimeoutError:
+            return "silent" if self._nc.is_connected else "bus_down"
+        except (nats.errors.Error, OSError):
+            return "bus_down"
+        finally:
+            self._pending.pop(token, None)
+        if isinstance(msg, Msg) and not msg.data and msg.headers:
+            return "gone" if msg.headers.get("Status") == _NO_RESPONDERS else "alive"
+        return "alive"
 
     async def _on_reply(self, msg: Msg) -> None:
         parts = msg.subject.split(".")

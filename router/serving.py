@@ -81,8 +81,7 @@ class Router:
         self.link = NodeLink(nc, subjects)
         offload = settings.offload
         self.liveness = Liveness(
-            nc,
-            subjects,
+            self.link,
             self.link.node_lost,
             LivenessSettings(
                 offload.liveness_interval_ms / 1000.0,
@@ -100,11 +99,6 @@ class Router:
             if local is not None
             else None
         )
-
-    @property
-    def breakers(self) -> BreakerBoard:
-        """The health board (its breakers are what `/nodes` and metrics show)."""
-        return self.board
 
     def reconnected(self) -> None:
         """The router's own NATS connection is back: no responders mean little for a while."""
