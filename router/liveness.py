@@ -58,14 +58,13 @@ class Liveness:
             self._probes[node] = asyncio.create_task(self._probe(node))
 
     def release(self, node: str) -> None:
+        """One job fewer; the probe ends itself at its next tick if none is left (so a
+        node that takes one job after another keeps one task, not one per job)."""
         left = self._holders.get(node, 0) - 1
         if left > 0:
             self._holders[node] = left
-            return
-        self._holders.pop(node, None)
-        probe = self._probes.pop(node, None)
-        if probe is not None:
-            probe.cancel()
+        else:
+            self._holders.pop(node, None)
 
     @property
     def probing(self) -> int:
@@ -76,6 +75,9 @@ class Liveness:
         missed = 0
         while True:
             await asyncio.sleep(settings.interval_s)
+            if node not in self._holders:
+                self._probes.pop(node, None)
+                return
             heard = await self._link.probe(node, settings.timeout_s)
             if heard == "gone":
                 self._lost(node, f"node {node} is gone (no responders on its caps subject)")

@@ -232,7 +232,7 @@ class NodeLink:
                     delivered,
                     elapsed_ms=_ms(started),
                 )
-            event = _event_of(item.data)
+            event = _event_of(item.data) if on_delta is not None else decode_response(item.data)
             if event.job_id != pending.job_id:
                 self._drop(pending, event.job_id)
                 continue
