@@ -222,7 +222,11 @@ class Router:
             outcome = await attempt_runtime(target, r.job, self._left_s(r), r.on_delta)
             self._note(r.route, target.via, None, target.model, outcome)
             return outcome
-        outcome = await self._attempt_node(target, r)
+        try:
+            outcome = await self._attempt_node(target, r)
+        except asyncio.CancelledError:  # the caller went away: neutral, and a trial ends
+            self.board.record(target.node, breaker_kind(target.job_type), "neutral", self._clock())
+            raise
         health = next_action(outcome).health
         self.board.record(target.node, breaker_kind(target.job_type), health, self._clock())
         self._note(r.route, "remote", target.node, target.model, outcome)
