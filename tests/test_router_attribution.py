@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
 
-from services.bus import flush_interest
+from services.bus import flush_interest, wait_for_worker
 from services.nats_server import NatsServer
 from services.simulator import Fault, SimModel, Simulator
 from services.wire import decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import until
+from tests.test_router_liveness import worker_process
 
 JOB = {"prompt": "hi", "model": "llama3:8b"}
 
@@ -236,33 +239,37 @@ async def test_streamed_openai_chunks_carry_the_model_that_serves(
 
 
 async def test_a_nats_restart_opens_no_breaker(
+    tmp_path: Path,
     simulator: Simulator,
-    start_worker: WorkerFactory,
     start_router: RouterFactory,
     private_nats: NatsServer,
     node_id: str,
 ) -> None:
-    """Item 8: no responders while the router itself reconnected counted against nodes."""
-    url = [private_nats.url]
+    """Item 8: no responders while the router itself reconnected counted against nodes.
+
+    The worker is frozen across the restart so that it reconnects after the router: the
+    router's first requests meet "no responders" while the bus settles, as in a fleet
+    whose nodes come back one by one.
+    """
     async with (
-        start_worker(nats_url=url, backends=[backend(simulator.url)]),
-        start_router(nats_url=url) as router,
+        worker_process(tmp_path, node_id, private_nats.url, simulator.url) as worker,
+        start_router(nats_url=[private_nats.url]) as router,
         httpx.AsyncClient(base_url=router.url, timeout=10) as http,
     ):
-        await until(lambda: node_id in router.fleet.nodes)
+        await until(lambda: node_id in router.fleet.nodes, timeout_s=15)
+        worker.send_signal(signal.SIGSTOP)
         await private_nats.stop()
         await private_nats.start()  # the same port: everyone reconnects
-        answers = []
-        for _ in range(200):
-            answer = await http.post("/infer", json={**JOB, "timeout_ms": 2000})
-            answers.append(answer.status_code)
-            if answer.status_code == 200:
-                break
-            await asyncio.sleep(0.02)
-        for _ in range(5):
-            answers.append((await http.post("/infer", json=JOB)).status_code)
+        await until(lambda: router.router.nc.is_connected, timeout_s=10)
+        while_settling = [await http.post("/infer", json=JOB) for _ in range(4)]
+        worker.send_signal(signal.SIGCONT)
+        probe = await nats.connect(private_nats.url)
+        await wait_for_worker(probe, f"node.{node_id}.llm.request")
+        await probe.close()
+        after = await http.post("/infer", json=JOB)
         breakers = await breakers_of(http)
-    assert answers[-5:] == [200] * 5
+    assert [a.status_code for a in while_settling] == [503] * 4
+    assert after.status_code == 200, after.text
     assert breakers.get(node_id, {}).get("llm", "closed") == "closed"
 
 
