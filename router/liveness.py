@@ -14,7 +14,7 @@ every reply the router takes (`NodeLink.probe`):
 One task per node holding jobs, not per job: the cost follows the busy nodes, never the
 requests or the fleet. Chosen over per-job keepalives from the worker: no change to the
 wire contract or the worker, and one small request per busy node per interval instead
-of one message per job per interval (see ops/offload_routing.md for the measurement).
+of one message per job per interval (measured in ops/offload_routing.md).
 """
 
 from __future__ import annotations
