@@ -128,9 +128,8 @@ class Router:
         job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
         request = _Request(job, agent_id, self._clock() + budget_ms / 1000.0, on_delta, on_model)
         if budget_ms <= 0:
-            return _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival"), (
-                request.route
-            )
+            spent = _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival")
+            return spent, request.route
         async for target in self._targets(request):
             outcome = await self._attempt(target, request)
             if next_action(outcome).action == "return":
@@ -171,12 +170,19 @@ class Router:
             yield static
 
     def _select(
-        self, r: _Request, *, exclude: frozenset[str] = frozenset(), force_local: bool = False
+        self,
+        r: _Request,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        force_local: bool = False,
+        fleet: bool = True,
     ) -> Selection | None:
-        """The one place selection is asked (fleet, local and static picks alike)."""
+        """The one place selection is asked (fleet, local and static picks alike); with
+        `fleet=False` it sees no candidates, so it answers with the profile's static pick."""
+        use_fleet = fleet and (self.nc.is_connected or force_local)
         return select(
             self.settings.selection,
-            self.fleet.candidates() if self.nc.is_connected or force_local else [],
+            self.fleet.candidates() if use_fleet else [],
             agent_id=r.agent_id,
             request_model=r.job.model,
             exclude_nodes=exclude,
@@ -202,10 +208,7 @@ class Router:
     def _static_target(self, r: _Request) -> RuntimeTarget | None:
         if self._left_s(r) <= 0:
             return None
-        selection = select(
-            self.settings.selection, [], agent_id=r.agent_id, request_model=r.job.model,
-            job_type=r.job.type,
-        )  # fmt: skip
+        selection = self._select(r, fleet=False)
         if selection is None or selection.base_url is None:
             return None
         kind: RuntimeKind = "ollama" if selection.provider == "ollama" else "openai"
