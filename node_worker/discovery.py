@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from node_worker.backends import Backend
 from node_worker.catalog import Catalog, RuntimeListing
 from node_worker.config import Health
-from services.errors import InferbusError
+from services.errors import ErrorCode, InferbusError
 
 log = logging.getLogger("inferbus.worker.discovery")
 
@@ -32,6 +32,11 @@ async def refresh(backend: Backend, policy: Health, *, relist: bool) -> None:
             backend.listed(await backend.runtime.list_models())
     except InferbusError as error:
         backend.probed(None, error, policy)
+    except Exception as exc:  # an adapter's bug must not stop the other runtimes' round
+        log.exception("backend %s at %s: probe failed", backend.config.kind, backend.config.url)
+        backend.probed(
+            None, InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), policy
+        )
     if was_serving and not backend.serving:
         log.warning(
             "backend %s at %s is %s: %s",

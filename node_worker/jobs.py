@@ -209,10 +209,13 @@ class JobPipeline:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
         finally:
-            if response is None:  # cancelled: what the waiters get
+            # Cut short (the caller cancelled, or the worker stops): no word on the
+            # runtime's health, so the runtime is told "cancelled", not "failed".
+            ran = response if response is not None else cancelled(job_id, self._node_id)
+            if response is None:  # what the waiters get
                 response = stopped(job_id, self._node_id)
             self._admission.release(job.job_type)
-            self._on_runtime_done(job.served.runtime, response)
+            self._on_runtime_done(job.served.runtime, ran)
             await self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
@@ -332,6 +335,12 @@ def stopped(job_id: str, node_id: str) -> JobResponse:
     error = InferbusError(
         ErrorCode.BACKEND_UNAVAILABLE, "the worker stopped before the job finished"
     )
+    return JobResponse.failure(job_id, error, node_id=node_id)
+
+
+def cancelled(job_id: str, node_id: str) -> JobResponse:
+    """A job its caller cancelled (`node.<id>.cancel`, or the client went away)."""
+    error = InferbusError(ErrorCode.CANCELLED, "the caller cancelled the job")
     return JobResponse.failure(job_id, error, node_id=node_id)
 
 

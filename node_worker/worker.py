@@ -30,7 +30,15 @@ from node_worker.config import WorkerSettings
 from node_worker.discovery import discover
 from node_worker.hardware import read_hardware
 from node_worker.idempotency import IdempotencyStore
-from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal, stopped
+from node_worker.jobs import (
+    Admitted,
+    JobLimits,
+    JobPipeline,
+    Joined,
+    cancelled,
+    internal,
+    stopped,
+)
 from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.runtime_follow import RuntimeFollower
@@ -298,8 +306,8 @@ class Worker(AsyncService):
             if job_id not in self._cancelled:
                 await self._reply(reply_to, stopped(job_id, self.node_id), endpoint, received_s)
                 raise
-            error = InferbusError(ErrorCode.CANCELLED, "the caller cancelled the job")
-            response = JobResponse.failure(job_id, error, node_id=self.node_id, done=True)
+            done = True if job.request.stream else None
+            response = cancelled(job_id, self.node_id).model_copy(update={"done": done})
         finally:
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)

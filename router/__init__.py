@@ -1,4 +1,5 @@
-"""The router: the fleet view, selection, breakers, offload with fallback, the HTTP API."""
+"""The router: the fleet view, selection, targets and the attempt decision, the health
+board, the NATS edge with liveness, the HTTP API."""
 
 from router.config import RouterSettings, load_router_settings
 from router.service import RouterService

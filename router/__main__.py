@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from router.config import load_router_settings
-from router.service import RouterService
+from router.service import RouterService, StartupError
 from services.loop import run
 from services.settings import ConfigError
 from services.telemetry import configure_logging
@@ -29,8 +29,19 @@ async def serve(config: Path | None, port: int | None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with RouterService(settings):
-        await stop.wait()
+    try:
+        async with RouterService(settings) as service:
+            stopped = asyncio.create_task(stop.wait())
+            failed = asyncio.create_task(service.fatal.wait())
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            failed.cancel()
+            if service.fatal.is_set():
+                print(f"inferbus router: {service.fatal_cause}", file=sys.stderr)
+                return 2
+    except StartupError as error:
+        print(f"inferbus router: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

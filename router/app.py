@@ -8,21 +8,22 @@ exception class.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette import routing
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route as Path
 from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
 from router.metrics import RouterMetrics
 from router.route import Route
-from router.routing import Router
+from router.serving import Router
 from router.streams import NdjsonLines, OpenAIChunks, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, request_from_fields
@@ -74,15 +75,17 @@ def openai_error(code: ErrorCode, message: str, status: int) -> JSONResponse:
     )
 
 
-def native_error(response: JobResponse, route: Route) -> JSONResponse:
+def native_answer(response: JobResponse, route: Route) -> JSONResponse:
     body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
-    return JSONResponse(body, status_of(response))
+    return JSONResponse(body, status_of(response), headers=retry_after_headers(response))
 
 
 def openai_error_of(response: JobResponse) -> JSONResponse:
     assert response.error is not None
     error = response.error
-    return openai_error(error.code, error.message, HTTP_STATUS[error.code])
+    answer = openai_error(error.code, error.message, HTTP_STATUS[error.code])
+    answer.headers.update(retry_after_headers(response))
+    return answer
 
 
 def largest_image_bytes(job: JobRequest) -> int:
@@ -97,6 +100,49 @@ def largest_image_bytes(job: JobRequest) -> int:
     return largest
 
 
+async def read_body(request: Request, limit: int) -> bytes | InferbusError:
+    """The body, refused as soon as it grows past `limit` (never buffered beyond it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _too_large(int(declared), limit)
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            return _too_large(size, limit, at_least=True)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> InferbusError:
+    more = "more than " if at_least else ""
+    return InferbusError(
+        ErrorCode.PAYLOAD_TOO_LARGE, f"body is {more}{size} bytes; the limit is {limit}"
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value, or BAD_REQUEST for anything the parser (or UTF-8) cannot take:
+    not JSON, nested too deep, lone surrogates that could never be sent on."""
+    try:
+        raw = json.loads(body)
+        # Lone surrogates ("\ud800") are valid JSON but no valid UTF-8: refuse them here,
+        # not when the job is encoded for a node.
+        json.dumps(raw, ensure_ascii=False).encode()
+    except (ValueError, RecursionError, UnicodeError) as error:
+        return InferbusError(ErrorCode.BAD_REQUEST, f"the body is not usable JSON ({error})"[:200])
+    return raw
+
+
+def retry_after_headers(response: JobResponse) -> dict[str, str]:
+    """`Retry-After` (whole seconds, rounded up) when the answer says when to come back."""
+    error = response.error
+    if error is None or error.retry_after_ms is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after_ms / 1000)))}
+
+
 def _agent(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -106,16 +152,12 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
 
     async def read_job(request: Request) -> tuple[JobRequest, dict[str, Any]] | InferbusError:
         """The body as a job, plus its raw fields; the Idempotency-Key header applied."""
-        body = await request.body()
-        if len(body) > settings.http.max_body_bytes:
-            return InferbusError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"body is {len(body)} bytes; the limit is {settings.http.max_body_bytes}",
-            )
-        try:
-            raw = json.loads(body)
-        except ValueError:
-            return InferbusError(ErrorCode.BAD_REQUEST, "the body is not JSON")
+        body = await read_body(request, settings.http.max_body_bytes)
+        if isinstance(body, InferbusError):
+            return body
+        raw = parse_json(body)
+        if isinstance(raw, InferbusError):
+            return raw
         if not isinstance(raw, dict):
             return InferbusError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
         key = request.headers.get("idempotency-key")
@@ -138,20 +180,19 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
         if isinstance(parsed, InferbusError):
             failed = JobResponse.failure("", parsed)
             metrics.answered("infer", Route(), parsed.code.value, time.perf_counter() - started)
-            return native_error(failed, Route())
+            return native_answer(failed, Route())
         job, raw = parsed
         agent_id = _agent(raw.get("agent_id"))
         if job.stream:
             return await stream_response(
                 lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
                 NdjsonLines(job.job_id),
-                on_error_before_first_token=native_error,
+                on_error_before_first_token=native_answer,
                 on_finished=finished("infer", started),
             )
         response, route = await router.infer(job, agent_id=agent_id)
         finished("infer", started)(response, route)
-        body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
-        return JSONResponse(body, status_of(response))
+        return native_answer(response, route)
 
     async def chat_completions(request: Request) -> Response:
         started = time.perf_counter()
@@ -164,9 +205,12 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
         if job.stream:
             options = raw.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            chunks = OpenAIChunks(job.job_id, job.model, include_usage)
             return await stream_response(
-                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
-                OpenAIChunks(job.job_id, job.model, include_usage),
+                lambda sink: router.infer(
+                    job, agent_id=agent_id, on_delta=sink, on_model=chunks.use_model
+                ),
+                chunks,
                 on_error_before_first_token=lambda answer, _route: openai_error_of(answer),
                 on_finished=finished("openai", started),
             )
@@ -195,7 +239,7 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
 
     async def nodes(_: Request) -> Response:
         now = router.fleet.clock()
-        breakers = router.breakers.snapshot(now)
+        breakers = router.board.snapshot(now)
         view = [
             {
                 "node_id": node_id,
@@ -228,13 +272,13 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
 
     app = Starlette(
         routes=[
-            Path("/infer", infer, methods=["POST"]),
-            Path("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Path("/v1/models", models, methods=["GET"]),
-            Path("/nodes", nodes, methods=["GET"]),
-            Path("/health", health, methods=["GET"]),
-            Path("/ready", ready, methods=["GET"]),
-            Path("/metrics", prometheus, methods=["GET"]),
+            routing.Route("/infer", infer, methods=["POST"]),
+            routing.Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            routing.Route("/v1/models", models, methods=["GET"]),
+            routing.Route("/nodes", nodes, methods=["GET"]),
+            routing.Route("/health", health, methods=["GET"]),
+            routing.Route("/ready", ready, methods=["GET"]),
+            routing.Route("/metrics", prometheus, methods=["GET"]),
         ]
     )
     keys = [key.get_secret_value() for key in settings.http.api_keys]

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from router.breakers import BreakerSettings
+from router.board import BreakerSettings
 from router.profiles import SelectionConfig
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
@@ -59,6 +59,11 @@ class OffloadSettings(_Section):
     # the first token only: after it, switching nodes would repeat text).
     first_token_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
     idle_timeout_ms: Annotated[int, Field(gt=0)] = 30_000  # between two tokens
+    # While a node holds jobs, it is probed on node.<id>.caps: no responders = gone at
+    # once; `liveness_misses` probes unanswered within `liveness_timeout_ms` = hung.
+    liveness_interval_ms: Annotated[int, Field(gt=0)] = 200
+    liveness_timeout_ms: Annotated[int, Field(gt=0)] = 600
+    liveness_misses: Annotated[int, Field(ge=1)] = 3
 
 
 class RouterSettings(FileSettings):

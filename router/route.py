@@ -1,5 +1,4 @@
-"""How a request was served: the `route` every answer carries, and which answers end
-a request wherever they come from."""
+"""How a request was served: the `route` record every answer carries."""
 
 from __future__ import annotations
 
@@ -7,20 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from services.errors import ErrorCode
-
 Via = Literal["remote", "local", "static"]
-
-# Answers that would be the same anywhere: return them, do not try elsewhere.
-FINAL_CODES = frozenset(
-    {
-        ErrorCode.BAD_REQUEST,
-        ErrorCode.PAYLOAD_TOO_LARGE,
-        ErrorCode.IDEMPOTENCY_MISMATCH,
-        ErrorCode.CONTEXT_EXCEEDED,
-        ErrorCode.DEADLINE_EXCEEDED,
-    }
-)
 
 
 class Attempt(BaseModel):

@@ -1,13 +1,21 @@
-"""The router process: NATS, the fleet view and the HTTP API, started and stopped together."""
+"""The router process: the HTTP API at once, NATS and the fleet view in the background.
+
+HTTP opens first, so `/health`, `/ready` and the local and static routes answer while
+NATS is unreachable (`/ready` says so); the connection is tried in the background until
+it succeeds, then the fleet view and the reply inboxes start. A taken HTTP port or bad
+NATS credentials are fatal with a clear cause (`StartupError`, `fatal`); the process
+entry point turns them into exit 2. Start-up that fails half-way stops what it started.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import time
 
-import nats
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
@@ -15,27 +23,94 @@ from router.app import build_app
 from router.config import RouterSettings
 from router.fleet import FleetView
 from router.metrics import RouterMetrics
-from router.routing import Router
+from router.serving import Router
+from services.bus import describe, is_auth_refusal
 from services.lifecycle import AsyncService
 from services.runtimes import new_http_client
 from services.subjects import Subjects
 
 log = logging.getLogger("inferbus.router")
 
+STARTUP_WAIT_S = 2.0
+
+
+class StartupError(Exception):
+    """The router cannot start as configured; the message says why."""
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """The listening socket, or a StartupError naming the taken port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} is in use") from error
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
 
 class RouterService(AsyncService):
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self._http = new_http_client()
-        self._nc: NatsClient | None = None
-        self.fleet: FleetView | None = None
-        self.router: Router | None = None
+        self._nc = NatsClient()
+        self.fleet = FleetView(
+            self._nc,
+            Subjects(settings.subject_prefix),
+            clock=time.monotonic,
+            local_node=settings.local_node,
+        )
+        self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.fatal = asyncio.Event()  # set when the router must exit (see `fatal_cause`)
+        self.fatal_cause = ""
+        self._stopping = False
 
     async def start(self) -> None:
-        self._nc = await nats.connect(
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        http = self.settings.http
+        sock = bind_http(http.host, http.port)
+        metrics = RouterMetrics(lambda: self.router.board.snapshot(time.monotonic()))
+        config = uvicorn.Config(
+            build_app(self.router, metrics),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
+        async with asyncio.timeout(10):
+            while not self._server.started:
+                if self._serving.done():
+                    await self._serving  # raises why it could not serve
+                    raise StartupError(f"router HTTP server on port {http.port} did not start")
+                await asyncio.sleep(0.01)
+        self.port = sock.getsockname()[1]
+        log.info("router listening on http://%s:%d", http.host, self.port)
+        self._connecting = asyncio.create_task(self._connect())
+        # A reachable NATS gives a complete fleet view before the first request; an
+        # unreachable one costs start-up at most this long (HTTP already serves).
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._connecting), STARTUP_WAIT_S)
+
+    async def _connect(self) -> None:
+        """Connect (nats-py retries forever), then start the fleet view and the inboxes."""
+        await self._nc.connect(
             servers=list(self.settings.nats_url),
             name="inferbus-router",
             **self.settings.nats.connect_options(),
@@ -43,52 +118,32 @@ class RouterService(AsyncService):
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py's hint; a float works
             connect_timeout=2,
         )
-        self.fleet = FleetView(
-            self._nc,
-            Subjects(self.settings.subject_prefix),
-            clock=time.monotonic,
-            local_node=self.settings.local_node,
-        )
+        await self.router.link.start()
         await self.fleet.start()
-        self.router = Router(self.settings, nc=self._nc, fleet=self.fleet, http=self._http)
-        metrics = RouterMetrics(
-            lambda: self.router.breakers.snapshot(time.monotonic()) if self.router else {}
-        )
-        config = uvicorn.Config(
-            build_app(self.router, metrics),
-            host=self.settings.http.host,
-            port=self.settings.http.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
-        self._server = uvicorn.Server(config)
-        self._serving = asyncio.create_task(self._server.serve())
-        async with asyncio.timeout(10):
-            while not self._server.started:
-                if self._serving.done():
-                    await self._serving  # raises why it could not serve
-                    raise RuntimeError(f"router HTTP server on port {config.port} did not start")
-                await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        log.info(
-            "router listening on http://%s:%d, %d nodes known",
-            self.settings.http.host,
-            self.port,
-            len(self.fleet.nodes),
-        )
+        log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
 
     async def _on_nats_error(self, error: Exception) -> None:
-        log.warning("nats: %s", error)
+        if is_auth_refusal(error):
+            self.fatal_cause = f"NATS refused the router's credentials: {describe(error)}"
+            log.error("%s", self.fatal_cause)
+            self.fatal.set()
+            if self._connecting is not None and not self._connecting.done():
+                self._connecting.cancel()
+            return
+        if not self._nc.is_connected and not self._stopping:
+            log.warning("nats not reachable (%s); retrying", describe(error))
+            return
+        log.warning("nats: %s", describe(error))
 
     async def _on_disconnected(self) -> None:
-        if self._server is not None and not self._server.should_exit:
+        if not self._stopping:
             log.warning("disconnected from nats; reconnecting (local runtime still serves)")
 
     async def _on_reconnected(self) -> None:
+        self.router.reconnected()
         log.info("reconnected to nats")
 
     @property
@@ -96,16 +151,21 @@ class RouterService(AsyncService):
         return f"http://{self.settings.http.host}:{self.port}"
 
     async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
         if self._server is not None:
             self._server.should_exit = True
         if self._serving is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._serving, 10)
             self._serving = None
-        if self.fleet is not None:
-            await self.fleet.stop()
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-            self._nc = None
+        await self.router.stop()
+        await self.fleet.stop()
+        with contextlib.suppress(Exception):
+            await self._nc.close()
         await self._http.aclose()

@@ -44,6 +44,10 @@ class OpenAIChunks:
         self._include_usage = include_usage
         self._first = True
 
+    def use_model(self, model: str) -> None:
+        """The model actually serving the stream, known once its target is chosen."""
+        self._model = model
+
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {
             "id": self._id,

@@ -16,6 +16,7 @@ from node_worker.config import WorkerSettings
 from node_worker.worker import Worker
 from router.config import RouterSettings
 from router.service import RouterService
+from services.localnet import free_port
 from services.nats_server import NatsServer
 from tests.llamacpp import llama_server
 from tools.simulator import SimModel, Simulator
@@ -28,6 +29,14 @@ DEFAULT_MODELS = (SimModel("llama3:8b"), SimModel("llava:7b", vision=True))
 @pytest.fixture(scope="session")
 async def nats_server() -> AsyncIterator[NatsServer]:
     async with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def private_nats() -> AsyncIterator[NatsServer]:
+    """A nats-server of the test's own, on a fixed free port: it may be stopped and started
+    again (clients reconnect to the same URL)."""
+    async with NatsServer(port=free_port()) as server:
         yield server
 
 

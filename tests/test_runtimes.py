@@ -163,7 +163,7 @@ HTTP_CASES: list[tuple[str, int, bytes, dict[str, str], ErrorCode, bool, int | N
         400,
         b'{"error":{"message":"temperature must be >= 0","type":"invalid_request_error"}}',
         {},
-        ErrorCode.BACKEND_ERROR,
+        ErrorCode.BAD_REQUEST,
         False,
         None,
     ),
@@ -172,7 +172,7 @@ HTTP_CASES: list[tuple[str, int, bytes, dict[str, str], ErrorCode, bool, int | N
         422,
         b'{"detail":[{"msg":"field required"}]}',
         {},
-        ErrorCode.BACKEND_ERROR,
+        ErrorCode.BAD_REQUEST,
         False,
         None,
     ),
@@ -770,7 +770,7 @@ async def test_image_reaches_a_vision_model(runtime: Runtime, sim: Simulator, im
     # The same image sent to a text-only model is refused: proof that it went over the wire.
     with pytest.raises(InferbusError) as caught:
         await runtime.chat(ask("what is this", "llama3:8b", [image]), timeout_s=5)
-    assert caught.value.code == ErrorCode.BACKEND_ERROR
+    assert caught.value.code == ErrorCode.BAD_REQUEST  # the request's fault: neutral
     assert not caught.value.retryable
 
 

@@ -7,6 +7,7 @@
     {"error": ...} inside a 200 stream ── classify_stream_error ────┼─ CONTEXT_EXCEEDED
                                                                     ├─ PAYLOAD_TOO_LARGE
                                                                     ├─ BACKEND_UNAVAILABLE
+                                                                    ├─ BAD_REQUEST (other 4xx)
                                                                     └─ BACKEND_ERROR
 
 Error bodies seen in the wild (checked against the runtimes' sources):
@@ -53,6 +54,9 @@ def refused_our_key(error: InferbusError) -> bool:
     return error.message.startswith(("HTTP 401:", "HTTP 403:"))
 
 
+# 4xx answers that are not about the request's content: the runtime's own configuration
+# (401/403: a wrong or missing key on the node), a timeout (408) or a limit (429).
+_NOT_THE_REQUEST = frozenset({401, 403, 407, 408, 429})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
 _CONTEXT_PHRASES = (
     "context length",  # Ollama, vLLM "maximum context length", OpenAI
@@ -153,9 +157,10 @@ def _classify(
         return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message, retry_after_ms=retry)
     if status == 413:
         return InferbusError(ErrorCode.PAYLOAD_TOO_LARGE, message)
-    if status in (400, 422):
-        # The runtime rejected this request's content: another runtime would too.
-        return InferbusError(ErrorCode.BACKEND_ERROR, message, retryable=False)
+    if status is not None and 400 <= status < 500 and status not in _NOT_THE_REQUEST:
+        # The runtime rejected this request's content: another runtime would too. It is
+        # the request's fault, neutral for every node's health (issue 9).
+        return InferbusError(ErrorCode.BAD_REQUEST, message)
     return InferbusError(ErrorCode.BACKEND_ERROR, message)
 
 

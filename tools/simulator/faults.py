@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FAULT_KINDS: frozenset[str] = frozenset(
-    {"error", "not_found", "context_exceeded", "hang", "slow_first_byte", "drop"}
+    {"error", "not_found", "context_exceeded", "bad_request", "hang", "slow_first_byte", "drop"}
 )
 
 EVERY_MODEL = "*"
@@ -28,6 +28,7 @@ class Fault:
       ``{"error": ...}`` NDJSON line / SSE event) and the end of the stream.
     - ``not_found``: HTTP 404, as for an unknown model.
     - ``context_exceeded``: HTTP 400, as for a prompt longer than the context window.
+    - ``bad_request``: HTTP 400, as Ollama answers an image that is not valid base64.
     - ``hang``: never answers; the request ends when the client goes away or the
       simulator stops.
     - ``slow_first_byte``: answers normally after the delay.

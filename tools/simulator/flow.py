@@ -138,7 +138,7 @@ async def _answer(
             return drop_connection(request)
         if fault.kind in ("drop", "error") and strikes_mid_stream:
             mid_stream = fault
-        elif fault.kind in ("error", "not_found", "context_exceeded"):
+        elif fault.kind in ("error", "not_found", "context_exceeded", "bad_request"):
             return wire.reject(rejection_for_fault(fault.kind, parsed, model), parsed.model)
 
     outcome = plan_generation(parsed, model, state.tokens)

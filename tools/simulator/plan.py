@@ -136,9 +136,12 @@ def plan_generation(request: GenRequest, model: SimModel | None, tokens: int) ->
 
 
 def rejection_for_fault(kind: str, request: GenRequest, model: SimModel | None) -> Rejection:
-    """The rejection an ``error`` / ``not_found`` / ``context_exceeded`` fault produces."""
+    """The rejection an ``error`` / ``not_found`` / ``context_exceeded`` / ``bad_request``
+    fault produces."""
     if kind == "not_found":
         return Rejection("not_found")
+    if kind == "bad_request":
+        return Rejection("bad_request", "illegal base64 data at input byte 4")
     if kind == "context_exceeded":
         return Rejection(
             "context_exceeded",

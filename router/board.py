@@ -1,4 +1,5 @@
-"""Circuit breakers per (node, slot kind): a pure state machine plus one small mutable board.
+"""The health board: circuit breakers per (node, slot kind) — a pure state machine plus
+one small mutable board that holds them (and, later, cloud keys' cooldowns).
 
 DESIGN §6: 3 failures within `window_s` open a breaker for `open_s`; then exactly one trial
 request goes through; its success closes the breaker, its failure reopens it. BUSY and the
@@ -7,8 +8,8 @@ caller's own mistakes are *neutral*: they say nothing about the node's health.
 Decisions:
 - Keyed by slot kind, not job type: "vision" for vision, "llm" for llm and code (a code job
   runs on the node's llm slots and runtime, so a broken llm runtime fails both).
-- The router's own request timeout (`timed_out=True`) is a failure; a DEADLINE_EXCEEDED
-  *reply* from the worker is neutral: the caller's budget ran out, the node is fine.
+- What counts as a failure is decided elsewhere (`router/decision.py`, the attribution
+  rules); the board only takes "success" / "failure" / "neutral".
 - A trial that never reports back (its task was lost) is presumed lost after `open_s`, and
   another trial may go; callers should still record every allowed request (neutral if
   cancelled) so a trial does not block the node that long.
@@ -25,8 +26,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.errors import ErrorCode
-
 __all__ = [
     "CLOSED",
     "BreakerBoard",
@@ -36,7 +35,7 @@ __all__ = [
     "allows",
     "breaker_kind",
     "current",
-    "outcome_of",
+    "is_open",
     "record",
 ]
 
@@ -50,32 +49,6 @@ class BreakerSettings(BaseModel):
     failures_to_open: int = Field(default=3, gt=0)
     window_s: float = Field(default=60, gt=0)
     open_s: float = Field(default=120, gt=0)
-
-
-# Every code is listed, so a new code cannot silently default to one side.
-_OUTCOME_OF_CODE: dict[ErrorCode, Outcome] = {
-    ErrorCode.BACKEND_UNAVAILABLE: "failure",
-    ErrorCode.BACKEND_ERROR: "failure",
-    ErrorCode.INTERNAL: "failure",
-    ErrorCode.BUSY: "neutral",
-    ErrorCode.BAD_REQUEST: "neutral",
-    ErrorCode.CONTEXT_EXCEEDED: "neutral",
-    ErrorCode.IDEMPOTENCY_MISMATCH: "neutral",
-    ErrorCode.PAYLOAD_TOO_LARGE: "neutral",
-    ErrorCode.MODEL_NOT_FOUND: "neutral",
-    ErrorCode.DEADLINE_EXCEEDED: "neutral",  # the caller's budget, not the node's health
-    ErrorCode.NO_ROUTE: "neutral",  # the router's own verdict, never a node's
-    ErrorCode.CANCELLED: "neutral",  # the caller went away
-}
-
-
-def outcome_of(
-    code: ErrorCode | None, *, no_responders: bool = False, timed_out: bool = False
-) -> Outcome:
-    """What one attempt says about the node: `code` None is an ok reply."""
-    if no_responders or timed_out:
-        return "failure"
-    return "success" if code is None else _OUTCOME_OF_CODE[code]
 
 
 def breaker_kind(job_type: str) -> str:
@@ -155,52 +128,73 @@ def heard_from(state: BreakerState, now: float) -> BreakerState:
     return state
 
 
+def is_open(state: BreakerState, now: float, settings: BreakerSettings) -> bool:
+    """Whether a request would be refused now, without starting a trial."""
+    return not allows(state, now, settings)[0]
+
+
 class BreakerBoard:
-    """Every breaker the router keeps, keyed by (node_id, slot kind); mutable, clock-free."""
+    """Every breaker the router keeps, by node then slot kind; mutable, clock-free.
+
+    Indexed by node so that every query and update touches one node's breakers only:
+    nothing here is in proportion to the fleet (issue 10), and `forget` drops a node whole.
+    """
 
     def __init__(self, settings: BreakerSettings | None = None) -> None:
         self.settings = settings or BreakerSettings()
-        self._states: dict[tuple[str, str], BreakerState] = {}
+        self._nodes: dict[str, dict[str, BreakerState]] = {}
+        self._troubled: set[str] = set()  # nodes with a breaker that is not closed
 
     def _get(self, node: str, job_type: str) -> BreakerState:
-        return self._states.get((node, breaker_kind(job_type)), CLOSED)
+        kinds = self._nodes.get(node)
+        return kinds.get(breaker_kind(job_type), CLOSED) if kinds else CLOSED
+
+    def _put(self, node: str, job_type: str, state: BreakerState) -> None:
+        kinds = self._nodes.setdefault(node, {})
+        kinds[breaker_kind(job_type)] = state
+        if state.status != "closed":
+            self._troubled.add(node)
+        elif all(other.status == "closed" for other in kinds.values()):
+            self._troubled.discard(node)
 
     def allows(self, node: str, job_type: str, now: float) -> bool:
         """Ask before each attempt; a True may have started the half-open trial."""
         allowed, state = allows(self._get(node, job_type), now, self.settings)
-        self._states[node, breaker_kind(job_type)] = state
+        self._put(node, job_type, state)
         return allowed
 
     def record(self, node: str, job_type: str, outcome: Outcome, now: float) -> None:
-        state = record(self._get(node, job_type), outcome, now, self.settings)
-        self._states[node, breaker_kind(job_type)] = state
+        self._put(node, job_type, record(self._get(node, job_type), outcome, now, self.settings))
 
     def status(self, node: str, job_type: str, now: float) -> Status:
         return current(self._get(node, job_type), now, self.settings).status
 
+    def is_open(self, node: str, job_type: str, now: float) -> bool:
+        """O(1): would this node refuse a `job_type` request now (no trial started)?"""
+        return is_open(self._get(node, job_type), now, self.settings)
+
     def open_nodes(self, job_type: str, now: float) -> frozenset[str]:
-        """Nodes that would refuse a `job_type` request now: selection's exclude set."""
-        kind = breaker_kind(job_type)
-        return frozenset(
-            node
-            for (node, k), state in self._states.items()
-            if k == kind and not allows(state, now, self.settings)[0]
-        )
+        """Nodes that would refuse a `job_type` request now: selection's exclude set.
+
+        Only nodes with a breaker that is not closed are looked at, so this is in
+        proportion to the troubled nodes, not the fleet.
+        """
+        return frozenset(node for node in self._troubled if self.is_open(node, job_type, now))
 
     def snapshot(self, now: float) -> dict[str, dict[str, str]]:
         """node → slot kind → status, for every breaker that has seen a request."""
-        view: dict[str, dict[str, str]] = {}
-        for (node, kind), state in sorted(self._states.items()):
-            view.setdefault(node, {})[kind] = current(state, now, self.settings).status
-        return view
+        return {
+            node: {kind: current(state, now, self.settings).status for kind, state in kinds.items()}
+            for node, kinds in sorted(self._nodes.items())
+        }
 
     def heard_from(self, node: str, now: float) -> None:
         """The node announced itself with every runtime healthy (see `heard_from`)."""
-        for key, state in list(self._states.items()):
-            if key[0] == node:
-                self._states[key] = heard_from(state, now)
+        kinds = self._nodes.get(node, {})
+        for kind, state in list(kinds.items()):
+            kinds[kind] = heard_from(state, now)
 
     def forget(self, node: str) -> None:
         """Drop a node's breakers, when the fleet view drops the node."""
-        for key in [key for key in self._states if key[0] == node]:
-            del self._states[key]
+        self._nodes.pop(node, None)
+        self._troubled.discard(node)

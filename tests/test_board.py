@@ -1,43 +1,18 @@
-"""Breakers as a pure state machine: every clock value is passed in, nothing sleeps."""
+"""The health board's breakers as a pure state machine: every clock value is passed in."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from router.breakers import (
+from router.board import (
     CLOSED,
     BreakerBoard,
     BreakerSettings,
     Outcome,
     allows,
-    outcome_of,
     record,
 )
-from services.errors import ErrorCode
-
-FAILURES = {ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.BACKEND_ERROR, ErrorCode.INTERNAL}
-
-
-@pytest.mark.parametrize("code", list(ErrorCode))
-def test_only_backend_and_internal_errors_count_against_a_node(code: ErrorCode) -> None:
-    assert outcome_of(code) == ("failure" if code in FAILURES else "neutral")
-
-
-@pytest.mark.parametrize(
-    ("code", "kwargs", "expected"),
-    [
-        (None, {}, "success"),
-        (None, {"no_responders": True}, "failure"),
-        (None, {"timed_out": True}, "failure"),
-        (ErrorCode.DEADLINE_EXCEEDED, {}, "neutral"),
-        (ErrorCode.DEADLINE_EXCEEDED, {"timed_out": True}, "failure"),
-    ],
-)
-def test_transport_failures_and_ok_replies(
-    code: ErrorCode | None, kwargs: dict[str, bool], expected: Outcome
-) -> None:
-    assert outcome_of(code, **kwargs) == expected
 
 
 def fail_at(board: BreakerBoard, *times: float, node: str = "gpu1", job_type: str = "llm") -> None:
@@ -113,7 +88,7 @@ def test_busy_reply_does_not_trip_breaker() -> None:
     board = BreakerBoard()
     for t in range(20):
         assert board.allows("gpu1", "llm", t)
-        board.record("gpu1", "llm", outcome_of(ErrorCode.BUSY), t)
+        board.record("gpu1", "llm", "neutral", t)  # BUSY is neutral (test_decision.py)
     assert board.status("gpu1", "llm", 20) == "closed"
 
 
@@ -193,3 +168,28 @@ def test_an_announcement_leaves_closed_breakers_and_other_nodes_alone() -> None:
     board.heard_from("n2", now=11.0)
     assert board.status("n1", "llm", now=11.0) == "open"
     assert board.status("n2", "llm", now=11.0) == "half_open"
+
+
+def test_queries_touch_one_node_and_forget_drops_it() -> None:
+    board = BreakerBoard()
+    for node in ("a", "b", "c"):
+        board.allows(node, "llm", 0)
+        board.record(node, "llm", "success", 0)
+    fail_at(board, 1, 2, 3, node="b")
+    assert board.is_open("b", "llm", 4)
+    assert not board.is_open("a", "llm", 4)
+    assert not board.is_open("b", "vision", 4)
+    assert board.open_nodes("code", 4) == frozenset({"b"})  # code shares the llm breaker
+    board.forget("b")
+    assert not board.is_open("b", "llm", 4)
+    assert board.open_nodes("llm", 4) == frozenset()
+    assert "b" not in board.snapshot(4)
+
+
+def test_is_open_never_starts_a_trial() -> None:
+    board = BreakerBoard(BreakerSettings(open_s=10))
+    fail_at(board, 0, 1, 2)
+    for _ in range(3):
+        assert not board.is_open("gpu1", "llm", 13)  # half-open: a trial may go
+    assert board.allows("gpu1", "llm", 13)  # the trial
+    assert board.is_open("gpu1", "llm", 13)  # its one trial is in flight

@@ -1,0 +1,106 @@
+"""Everything a request can be sent to, and how a runtime target is attempted.
+
+    Target
+    ├── NodeTarget     a fleet node, over NATS (attempted by `router/node_link.py`)
+    └── RuntimeTarget  a runtime over HTTP, no node in between:
+                       "local"  — the router node's own runtime (works while NATS is down)
+                       "static" — a profile's static `base_url`
+                       (cloud (provider, key, model) targets arrive in a later issue as
+                       one more kind here, with their cooldowns on the health board)
+
+Each attempt ends as an `Outcome` (`router/decision.py`); what happens next is decided
+there, not here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from router.decision import Outcome
+from services.errors import InferbusError
+from services.runtimes.base import ChatCall, Runtime
+from services.runtimes.calls import chat_within, clean_text, stream_within
+from services.wire import JobRequest, JobResponse, JobType, Result, Timings
+
+Sink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    node: str
+    model: str
+    job_type: JobType
+    slot_type: str  # the served model's type: which of the node's slots the job takes
+
+    @property
+    def label(self) -> str:
+        return self.node
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    via: Literal["local", "static"]
+    runtime: Runtime
+    model: str
+    node: str | None  # the router's local node, for `route`
+    reason: str  # why the request came here (fallback_reason)
+
+    @property
+    def label(self) -> str:
+        return self.via
+
+
+Target = NodeTarget | RuntimeTarget
+
+
+async def attempt_runtime(
+    target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
+) -> Outcome:
+    """One call to a runtime over HTTP within `left_s` (the caller's remaining budget)."""
+    started = time.perf_counter()
+    call = ChatCall(target.model, job.chat_messages(), job.params)
+    delivered = 0
+
+    async def counted(delta: str) -> None:
+        nonlocal delivered
+        delivered += 1
+        assert on_delta is not None
+        await on_delta(delta)
+
+    done = True if on_delta is not None else None
+    try:
+        if on_delta is None:
+            reply = await chat_within(target.runtime, call, left_s)
+        else:
+            reply = await stream_within(target.runtime, call, left_s, counted)
+    except InferbusError as error:
+        failure = JobResponse.failure(
+            job.job_id, error, model=target.model, runtime=target.runtime.kind, done=done
+        )
+        return Outcome(
+            failure,
+            "answered",
+            delivered,  # a runtime target always has the caller's whole remaining budget
+            elapsed_ms=_ms(started),
+        )
+    elapsed = _ms(started)
+    answer = JobResponse(
+        job_id=job.job_id,
+        status="ok",
+        node_id=target.node,
+        model=target.model,
+        runtime=target.runtime.kind,
+        result=Result(
+            text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
+        ),
+        timings=Timings(backend_ms=elapsed, total_ms=elapsed),
+        done=done,
+    )
+    return Outcome(answer, "answered", delivered, elapsed_ms=elapsed)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)

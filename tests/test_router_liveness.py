@@ -1,0 +1,118 @@
+"""Issue 9 items 5 and 6: a node that dies or freezes while it holds the only job in flight.
+
+Worker processes heartbeat every 10 s (a stale record would take 30 s), so within the
+budgets here only the router's liveness probe can notice the node is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.bus import wait_for_worker
+from services.nats_server import NatsServer
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.jobs import llm, until
+from tools.simulator import SimModel, Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "m:1b"
+
+
+@asynccontextmanager
+async def worker_process(
+    tmp_path: Path, node: str, nats_url: str, sim_url: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    config = tmp_path / f"{node}.toml"
+    config.write_text(
+        f'node_id = "{node}"\nnats_url = "{nats_url}"\nheartbeat_s = 10\n'
+        f'[[backends]]\nkind = "ollama"\nurl = "{sim_url}"\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node_worker", "--config", str(config), "--log-level", "WARNING",
+        cwd=ROOT, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        await process.wait()
+
+
+async def holding_the_job(sim: Simulator) -> None:
+    await until(lambda: sim.open_connections >= 1, timeout_s=10)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
+async def test_a_node_lost_while_holding_the_only_job_hands_it_on_and_is_told_to_cancel(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: Any,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    node_id: str,
+    how: signal.Signals,
+) -> None:
+    """SIGKILL: its subscriptions vanish, the probe hears "no responders". SIGSTOP: the
+    connection stays, the probes go unanswered; after SIGCONT the node gets the router's
+    cancel and stops its runtime call (the job is not run twice)."""
+    victim = f"{node_id}-victim"
+    async with (
+        Simulator(models=[SimModel(MODEL)], latency_ms=60_000) as stuck,
+        Simulator(models=[SimModel(MODEL)]) as fine,
+        worker_process(tmp_path, victim, nats_server.url, stuck.url) as process,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+            await until(lambda: victim in router.fleet.nodes)
+            job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
+            pending = asyncio.ensure_future(http.post("/infer", json=job, timeout=20))
+            await holding_the_job(stuck)
+            async with start_worker(node_id=f"{node_id}-b", backends=[backend(fine.url)]):
+                await until(lambda: f"{node_id}-b" in router.fleet.nodes)
+                process.send_signal(how)
+                answer = await pending
+                if how == signal.SIGSTOP:
+                    process.send_signal(signal.SIGCONT)
+                await until(lambda: stuck.open_connections == 0, timeout_s=5)
+    body = answer.json()
+    assert answer.status_code == 200, body
+    assert body["route"]["node"] == f"{node_id}-b"
+    first = body["route"]["attempts"][0]
+    assert (first["node"], first["outcome"]) == (victim, "BACKEND_UNAVAILABLE")
+
+
+async def test_a_stream_cut_by_a_killed_node_ends_with_backend_unavailable(
+    tmp_path: Path, nats_server: NatsServer, nc: Any, start_router: RouterFactory, node_id: str
+) -> None:
+    victim = f"{node_id}-victim"
+    async with (
+        Simulator(models=[SimModel(MODEL)], tokens=200, token_interval_ms=100) as slow,
+        worker_process(tmp_path, victim, nats_server.url, slow.url) as process,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+            await until(lambda: victim in router.fleet.nodes)
+            job = {"prompt": "x", "model": MODEL, "timeout_ms": 30_000, "stream": True}
+            lines: list[dict[str, Any]] = []
+            async with http.stream("POST", "/infer", json=job, timeout=40) as response:
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == 3:
+                        process.send_signal(signal.SIGKILL)
+    final = lines[-1]
+    assert [line.get("delta") is not None for line in lines[:3]] == [True] * 3
+    assert final["error"]["code"] == "BACKEND_UNAVAILABLE"
+    assert "gone" in final["error"]["message"] or "no worker" in final["error"]["message"]
