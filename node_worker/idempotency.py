@@ -35,13 +35,21 @@ def is_cacheable(response: JobResponse) -> bool:
 @dataclass(frozen=True)
 class Running:
     fingerprint: str
+    model: str | None
     outcome: asyncio.Future[JobResponse]
+
+    def same_job(self, fingerprint: str, model: str | None) -> bool:
+        return self.fingerprint == fingerprint and self.model == model
 
 
 @dataclass(frozen=True)
 class Completed:
     fingerprint: str
+    model: str | None
     response: JobResponse
+
+    def same_job(self, fingerprint: str, model: str | None) -> bool:
+        return self.fingerprint == fingerprint and self.model == model
 
 
 class IdempotencyStore:
@@ -60,9 +68,9 @@ class IdempotencyStore:
         found: Completed | None = await self._cache.get(key)
         return found
 
-    def begin(self, key: str, fingerprint: str) -> Running:
+    def begin(self, key: str, fingerprint: str, model: str | None) -> Running:
         """Mark a job as running so duplicates arriving meanwhile wait for it."""
-        running = Running(fingerprint, asyncio.get_running_loop().create_future())
+        running = Running(fingerprint, model, asyncio.get_running_loop().create_future())
         self._running[key] = running
         return running
 
@@ -77,7 +85,7 @@ class IdempotencyStore:
             return
         if is_cacheable(response):
             try:
-                await self._remember(key, Completed(running.fingerprint, response))
+                await self._remember(key, Completed(running.fingerprint, running.model, response))
             except Exception:
                 log.exception("idempotency cache write failed; answer not kept")
         self._running.pop(key, None)

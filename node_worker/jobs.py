@@ -18,6 +18,7 @@ from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, ServedModel
 from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
+from node_worker.shared_claims import SharedClaims
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import ChatCall, Runtime
@@ -78,6 +79,7 @@ class JobPipeline:
         idempotency: IdempotencyStore,
         catalog: Callable[[], Catalog],
         metrics: WorkerMetrics,
+        shared: SharedClaims | None = None,
         on_runtime_done: Callable[[Runtime, JobResponse], None] = lambda _runtime, _answer: None,
         monotonic: Callable[[], float] = time.monotonic,
         unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
@@ -88,9 +90,14 @@ class JobPipeline:
         self._idempotency = idempotency
         self._catalog = catalog
         self._metrics = metrics
+        self._shared = shared
         self._on_runtime_done = on_runtime_done
         self._monotonic = monotonic
         self._unix_ms = unix_ms
+
+    def guard_with(self, shared: SharedClaims) -> None:
+        """Claim every key in the shared store before its runtime call (set at start)."""
+        self._shared = shared
 
     async def admit(self, data: bytes, subject_type: JobType, received_s: float) -> Decision:
         """Decide a message's fate; never raises, never waits on a runtime."""
@@ -132,25 +139,32 @@ class JobPipeline:
                 InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image"),
             )
 
+        try:
+            served: ServedModel | None = self._catalog().resolve(request.model, job_type)
+            unserved: InferbusError | None = None
+        except InferbusError as error:
+            served, unserved = None, error
+        # The model as resolved: `model` omitted and named are the same job when they
+        # resolve to the same model.
+        model = served.name if served is not None else request.model
         fingerprint = request.fingerprint()
         completed = await self._idempotency.completed(request.key)
         if completed is not None:
-            if completed.fingerprint != fingerprint:
+            if not completed.same_job(fingerprint, model):
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("completed")
-            return completed.response.model_copy(update={"job_id": request.job_id, "cached": True})
+            return replayed(completed.response, request)
         # No await from here to begin(): nothing can start the same key in between.
         running = self._idempotency.running(request.key)
         if running is not None:
-            if running.fingerprint != fingerprint:
+            if not running.same_job(fingerprint, model):
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("running")
             return Joined(request, running, received_s, deadline_s)
 
-        try:
-            served = self._catalog().resolve(request.model, job_type)
-        except InferbusError as error:
-            return self._refuse(request.job_id, job_type, error)
+        if served is None:
+            assert unserved is not None
+            return self._refuse(request.job_id, job_type, unserved)
 
         if not self._admission.try_acquire(job_type):
             return self._refuse(
@@ -164,7 +178,7 @@ class JobPipeline:
                 ),
                 model=served.name,
             )
-        self._idempotency.begin(request.key, fingerprint)
+        self._idempotency.begin(request.key, fingerprint, served.name)
         return Admitted(request, job_type, served, received_s, deadline_s)
 
     async def run(self, job: Admitted, on_delta: DeltaSink | None = None) -> JobResponse:
@@ -178,7 +192,7 @@ class JobPipeline:
         job_id = job.request.job_id
         response: JobResponse | None = None
         try:
-            response = await self._call_runtime(job, started_s, on_delta)
+            response = await self._call_once(job, started_s, on_delta)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
@@ -186,12 +200,38 @@ class JobPipeline:
             if response is None:  # cancelled: what the waiters get
                 response = stopped(job_id, self._node_id)
             self._admission.release(job.job_type)
-            self._on_runtime_done(job.served.runtime, response)
+            if not response.cached:  # a replay from the shared store called no runtime
+                self._on_runtime_done(job.served.runtime, response)
             await self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
             )
         return response
+
+    async def _call_once(
+        self, job: Admitted, started_s: float, on_delta: DeltaSink | None
+    ) -> JobResponse:
+        """The runtime call, or, with a shared store, the answer of whoever holds the key."""
+        if self._shared is None:
+            return await self._call_runtime(job, started_s, on_delta)
+        request = job.request
+        answer = await self._shared.run_once(
+            request.key,
+            request.fingerprint(),
+            job.served.name,
+            job.deadline_s,
+            lambda: self._call_runtime(job, started_s, on_delta),
+        )
+        if not answer.cached:
+            if not answer.job_id:  # a refusal from the shared store
+                answer = answer.model_copy(
+                    update={"job_id": request.job_id, "node_id": self._node_id}
+                )
+            return answer
+        self._metrics.idempotency_hit("shared")
+        if on_delta is not None and request.stream and answer.result is not None:
+            await on_delta(answer.result.text)
+        return replayed(answer, request)
 
     async def _call_runtime(
         self, job: Admitted, started_s: float, on_delta: DeltaSink | None
@@ -247,9 +287,10 @@ class JobPipeline:
                 job.request.type or "llm",
                 InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same job"),
             )
-        return first.model_copy(
-            update={"job_id": job.request.job_id, "cached": is_cacheable(first)}
-        )
+        if is_cacheable(first):
+            return replayed(first, job.request)
+        done = True if job.request.stream else None
+        return first.model_copy(update={"job_id": job.request.job_id, "done": done})
 
     def _timings(self, job: Admitted, started_s: float) -> Timings:
         now = self._monotonic()
@@ -265,6 +306,13 @@ class JobPipeline:
         response = JobResponse.failure(job_id, error, node_id=self._node_id, model=model)
         self._metrics.job_finished(job_type, model, response, 0.0)
         return response
+
+
+def replayed(response: JobResponse, request: JobRequest) -> JobResponse:
+    """A kept answer given to a duplicate: its own job id, `cached`, and `done` when it
+    asked for a stream (the worker then sends the whole text as one chunk first)."""
+    done = True if request.stream else None
+    return response.model_copy(update={"job_id": request.job_id, "cached": True, "done": done})
 
 
 def stopped(job_id: str, node_id: str) -> JobResponse:

@@ -33,10 +33,12 @@ from node_worker.jobs import Admitted, JobLimits, JobPipeline, Joined, internal,
 from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.service_api import Endpoint, ServiceApi
+from node_worker.shared_claims import SharedClaims
 from services import __version__
 from services.bus import flush_interest
 from services.capabilities import Capabilities, Hardware
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.runtimes import new_http_client
@@ -127,6 +129,14 @@ class Worker(AsyncService):
     async def start(self) -> None:
         await self.refresh()
         self._nc = await self._connect()
+        idempotency = self.settings.idempotency
+        if idempotency.store == "jetstream":
+            keys = await SharedKeys.open(
+                self.nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s
+            )
+            self.pipeline.guard_with(
+                SharedClaims(keys, node_id=self.node_id, lease_s=idempotency.lease_s)
+            )
         for job_type in ("llm", "vision"):
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
@@ -233,6 +243,7 @@ class Worker(AsyncService):
                 log.exception("admission failed")
                 decision = internal(new_job_id(), self.node_id, exc)
             if isinstance(decision, JobResponse):
+                await self._replay_chunk(msg.reply, decision)
                 await self._reply(msg.reply, decision, endpoint, received_s)
             elif isinstance(decision, Admitted):
                 self._spawn(self._run_and_reply(msg.reply, decision, endpoint, received_s))
@@ -282,6 +293,12 @@ class Worker(AsyncService):
 
         return send
 
+    async def _replay_chunk(self, reply_to: str, response: JobResponse) -> None:
+        """A kept answer replayed to a stream arrives as one chunk with the whole text."""
+        if response.cached and response.done and response.result is not None:
+            chunk = Chunk(job_id=response.job_id, seq=1, delta=response.result.text)
+            await self.nc.publish(reply_to, encode(chunk))
+
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""
         job_id = cancel_target(msg.data)
@@ -296,6 +313,7 @@ class Worker(AsyncService):
     ) -> None:
         try:
             response = await self.pipeline.join(job)
+            await self._replay_chunk(reply_to, response)
         except asyncio.CancelledError:
             await self._reply(
                 reply_to, stopped(job.request.job_id, self.node_id), endpoint, received_s

@@ -132,10 +132,13 @@ class JobRequest(_Lenient):
         return any(message.all_images for message in self.chat_messages())
 
     def fingerprint(self) -> str:
-        """What must match for a repeated idempotency key to be the same job."""
-        payload = self.model_dump_json(
-            include={"type", "model", "messages", "prompt", "images", "params", "stream"}
-        )
+        """What a repeated idempotency key must repeat to be the same job: type, input, params.
+
+        Not the model, which is compared once resolved (omitted and named can be the same
+        model), and not `stream`: a whole answer and a stream are the same job delivered
+        two ways, so a retry that switches between them replays instead of failing.
+        """
+        payload = self.model_dump_json(include={"type", "messages", "prompt", "images", "params"})
         return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
