@@ -20,6 +20,7 @@ from starlette.routing import Route as Path
 from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
+from router.idempotency import IdempotencyGate, gate_for, tenant_of
 from router.metrics import RouterMetrics
 from router.route import Route
 from router.routing import Router
@@ -101,8 +102,15 @@ def _agent(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
+def build_app(
+    router: Router, metrics: RouterMetrics, gate: IdempotencyGate | None = None
+) -> ASGIApp:
     settings = router.settings
+    keyed = gate or gate_for(router)
+
+    def tenant(request: Request) -> str:
+        configured = bool(settings.http.api_keys)
+        return tenant_of(request.headers.get("authorization"), keys_configured=configured)
 
     async def read_job(request: Request) -> tuple[JobRequest, dict[str, Any]] | InferbusError:
         """The body as a job, plus its raw fields; the Idempotency-Key header applied."""
@@ -143,12 +151,14 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
         agent_id = _agent(raw.get("agent_id"))
         if job.stream:
             return await stream_response(
-                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
+                lambda sink: keyed.infer(
+                    job, agent_id=agent_id, on_delta=sink, tenant=tenant(request)
+                ),
                 NdjsonLines(job.job_id),
                 on_error_before_first_token=native_error,
                 on_finished=finished("infer", started),
             )
-        response, route = await router.infer(job, agent_id=agent_id)
+        response, route = await keyed.infer(job, agent_id=agent_id, tenant=tenant(request))
         finished("infer", started)(response, route)
         body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
         return JSONResponse(body, status_of(response))
@@ -165,12 +175,14 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
             options = raw.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return await stream_response(
-                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
+                lambda sink: keyed.infer(
+                    job, agent_id=agent_id, on_delta=sink, tenant=tenant(request)
+                ),
                 OpenAIChunks(job.job_id, job.model, include_usage),
                 on_error_before_first_token=lambda answer, _route: openai_error_of(answer),
                 on_finished=finished("openai", started),
             )
-        response, route = await router.infer(job, agent_id=agent_id)
+        response, route = await keyed.infer(job, agent_id=agent_id, tenant=tenant(request))
         finished("openai", started)(response, route)
         if response.error is not None:
             return openai_error_of(response)

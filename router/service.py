@@ -14,8 +14,10 @@ from nats.aio.client import Client as NatsClient
 from router.app import build_app
 from router.config import RouterSettings
 from router.fleet import FleetView
+from router.idempotency import gate_for
 from router.metrics import RouterMetrics
 from router.routing import Router
+from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
 from services.runtimes import new_http_client
 from services.subjects import Subjects
@@ -57,8 +59,14 @@ class RouterService(AsyncService):
         metrics = RouterMetrics(
             lambda: self.router.breakers.snapshot(time.monotonic()) if self.router else {}
         )
+        idempotency = self.settings.idempotency
+        shared = (
+            await SharedKeys.open(self._nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s)
+            if idempotency.store == "jetstream"
+            else None
+        )
         config = uvicorn.Config(
-            build_app(self.router, metrics),
+            build_app(self.router, metrics, gate_for(self.router, shared)),
             host=self.settings.http.host,
             port=self.settings.http.port,
             log_level="warning",
