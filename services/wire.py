@@ -9,6 +9,7 @@ a BAD_REQUEST JobResponse that the caller sends back as is.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -138,7 +139,10 @@ class JobRequest(_Lenient):
         model), and not `stream`: a whole answer and a stream are the same job delivered
         two ways, so a retry that switches between them replays instead of failing.
         """
-        payload = self.model_dump_json(include={"type", "messages", "prompt", "images", "params"})
+        # The input as messages: `prompt` and one user message are the same input.
+        shape = [message.model_dump(mode="json") for message in self.chat_messages()]
+        params = self.params.model_dump(mode="json")
+        payload = json.dumps([self.type, shape, params], sort_keys=True, ensure_ascii=False)
         return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
