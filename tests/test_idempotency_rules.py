@@ -1,0 +1,135 @@
+"""The pure rules behind one runtime call per key, by tables: claims, scopes, sameness."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.idempotency import (
+    SHARED_SCOPE,
+    Kept,
+    KeptAnswers,
+    KeyedJob,
+    scoped_key,
+    tenant_of,
+)
+from router.route import Route
+from services.keystore import Found, Next, Record, decide_claim, kv_key
+from services.wire import JobRequest, JobResponse, Result
+
+NOW = 1_000_000.0
+
+
+def running(lease_until: float) -> Found:
+    record = Record(
+        state="running", job="j", model="m", owner="a/1", lease_until_unix_ms=lease_until
+    )
+    return Found(record, revision=7)
+
+
+DONE = Found(
+    Record(state="done", job="j", model="m", response=JobResponse(job_id="x", status="ok")), 9
+)
+
+
+@pytest.mark.parametrize(
+    ("found", "expected"),
+    [
+        (None, Next.TAKE),
+        (running(NOW + 1), Next.WAIT),
+        (running(NOW), Next.TAKE),  # the lease ran out this very millisecond
+        (running(NOW - 5_000), Next.TAKE),  # its owner died or hung
+        (DONE, Next.REPLAY),
+    ],
+)
+def test_a_claim_is_taken_waited_for_or_replayed(found: Found | None, expected: Next) -> None:
+    assert decide_claim(found, NOW) is expected
+
+
+@pytest.mark.parametrize(
+    ("authorization", "keys_configured", "same_as"),
+    [
+        (None, True, SHARED_SCOPE),
+        ("Bearer ", True, SHARED_SCOPE),
+        ("Basic abc", True, SHARED_SCOPE),
+        ("Bearer key-a", False, SHARED_SCOPE),  # no keys configured: nobody authenticated
+    ],
+)
+def test_unauthenticated_callers_share_one_scope(
+    authorization: str | None, keys_configured: bool, same_as: str
+) -> None:
+    assert tenant_of(authorization, keys_configured=keys_configured) == same_as
+
+
+def test_each_api_key_is_a_scope_of_its_own_and_never_travels() -> None:
+    one = tenant_of("Bearer key-a", keys_configured=True)
+    assert one == tenant_of("bearer key-a", keys_configured=True)
+    assert one != tenant_of("Bearer key-b", keys_configured=True)
+    assert "key-a" not in one
+    assert scoped_key(one, "42") != scoped_key(SHARED_SCOPE, "42")
+    assert scoped_key(one, "42") == scoped_key(one, "42")
+    assert len(scoped_key(one, "x" * 200)) <= 200
+
+
+def test_kv_keys_are_safe_for_any_idempotency_key() -> None:
+    for key in ("order 42", "a.b>c*", "ünïcode/", "x" * 200):
+        assert kv_key(key).isalnum()
+    assert kv_key("a") != kv_key("b")
+
+
+@pytest.mark.parametrize(
+    ("first_models", "again_models", "same"),
+    [
+        ({"llama3:8b"}, {"llama3:8b"}, True),
+        ({"llama3:8b"}, {"fast", "llama3:8b"}, True),  # a profile name resolving to it
+        ({"llama3:8b"}, {"tinyllama:1b"}, False),
+        ({"llama3:8b"}, set(), True),  # nothing resolves now: the input decides
+        (set(), {"llama3:8b"}, True),
+    ],
+)
+def test_a_duplicate_is_the_same_job_when_its_model_resolves_the_same(
+    first_models: set[str], again_models: set[str], same: bool
+) -> None:
+    first = KeyedJob("fp", frozenset(first_models))
+    assert first.same_job("fp", frozenset(again_models)) is same
+    assert first.same_job("other", frozenset(again_models)) is False
+
+
+def test_the_fingerprint_ignores_stream_and_reads_a_prompt_as_one_user_message() -> None:
+    whole = JobRequest.model_validate({"prompt": "hi", "params": {"max_tokens": 4}})
+    streamed = whole.model_copy(update={"stream": True})
+    as_messages = JobRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # OpenAI's shape
+    )
+    other_params = JobRequest.model_validate({"prompt": "hi", "params": {"max_tokens": 5}})
+    assert whole.fingerprint() == streamed.fingerprint() == as_messages.fingerprint()
+    assert whole.fingerprint() != other_params.fingerprint()
+    assert whole.fingerprint() != whole.model_copy(update={"type": "code"}).fingerprint()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def kept(text: str) -> Kept:
+    response = JobResponse(job_id="x", status="ok", result=Result(text=text))
+    return Kept(KeyedJob("fp", frozenset()), response, Route())
+
+
+def test_kept_answers_expire_after_their_ttl_and_the_oldest_go_first() -> None:
+    clock = Clock()
+    answers = KeptAnswers(ttl_s=10, max_entries=2, clock=clock)
+    answers.put("a", kept("a"))
+    clock.now = 5
+    answers.put("b", kept("b"))
+    answers.put("c", kept("c"))  # over the bound: "a" goes
+    assert answers.get("a") is None
+    assert answers.get("b") is not None
+    clock.now = 14.9
+    assert answers.get("c") is not None
+    clock.now = 15
+    assert answers.get("b") is None
+    assert answers.get("c") is None
