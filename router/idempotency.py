@@ -2,8 +2,9 @@
 
 Only an explicit key (`Idempotency-Key` header or `idempotency_key` field) dedupes. A
 client's `job_id` is its own label, not a key: two callers that both send `job_id: "1"`
-are two jobs. So every job leaves the router with a fresh wire job id, and with no
-explicit key its wire key is that fresh id; the caller gets its own `job_id` back.
+are two jobs. So a job whose caller chose its `job_id` leaves the router with a fresh wire
+job id (one the router generated is unique already and is kept), and with no explicit key
+its wire key is that wire id; the caller always gets its own `job_id` back.
 
 With a key, the key is scoped to the caller's tenant (the API key it authenticated with;
 none configured → one shared scope) and hashed into the wire key, so two tenants' "42"
@@ -171,7 +172,9 @@ class IdempotencyGate:
     ) -> Served:
         """`Router.infer`, with duplicates of an explicit key served once (module doc)."""
         client_job_id = job.job_id
-        wire_id = new_job_id()
+        # A job id the router generated (the caller sent none) is unique already, and
+        # keeping it lets the caller's answer be found in the workers' logs.
+        wire_id = new_job_id() if "job_id" in job.model_fields_set else job.job_id
         if job.idempotency_key is None:
             wire = job.model_copy(update={"job_id": wire_id, "idempotency_key": wire_id})
             response, route = await self._infer(wire, agent_id=agent_id, on_delta=on_delta)
@@ -181,7 +184,11 @@ class IdempotencyGate:
         keyed = self._keyed(wire, agent_id)
         deadline = self._clock() + self._budget_ms(job) / 1000.0
         while True:
-            kept = self._answers.get(key) or await self._shared_answer(key)
+            kept = self._answers.get(key)
+            if kept is None and key not in self._in_flight:
+                kept = await self._shared_answer(key)
+                if kept is None and (key in self._in_flight or self._answers.get(key)):
+                    continue  # it started or finished here while the store was read
             if kept is not None:
                 if not kept.job.same_job(keyed.fingerprint, keyed.models):
                     return _mismatch(job), Route()

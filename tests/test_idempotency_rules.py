@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from router.idempotency import (
     SHARED_SCOPE,
+    IdempotencyGate,
     Kept,
     KeptAnswers,
     KeyedJob,
@@ -13,6 +16,7 @@ from router.idempotency import (
     tenant_of,
 )
 from router.route import Route
+from services.errors import ErrorCode, InferbusError
 from services.keystore import Found, Next, Record, decide_claim, kv_key
 from services.wire import JobRequest, JobResponse, Result
 
@@ -133,3 +137,66 @@ def test_kept_answers_expire_after_their_ttl_and_the_oldest_go_first() -> None:
     clock.now = 15
     assert answers.get("b") is None
     assert answers.get("c") is None
+
+
+class CountingInfer:
+    """A stand-in for `Router.infer` that counts calls and answers when released."""
+
+    def __init__(self, answer: JobResponse) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def __call__(
+        self, job: JobRequest, *, agent_id: str | None = None, on_delta: object = None
+    ) -> tuple[JobResponse, Route]:
+        self.calls += 1
+        await self.release.wait()
+        return self.answer.model_copy(update={"job_id": job.job_id}), Route(via="remote")
+
+
+def gate(infer: CountingInfer) -> IdempotencyGate:
+    return IdempotencyGate(
+        infer,
+        resolve_model=lambda _job, _agent: "m",
+        answers=KeptAnswers(ttl_s=60, max_entries=10, clock=Clock()),
+        default_budget_ms=10_000,
+    )
+
+
+KEYED = JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"})
+
+
+async def test_a_duplicate_runs_the_job_itself_when_the_first_caller_left() -> None:
+    infer = CountingInfer(JobResponse(job_id="", status="ok", result=Result(text="t")))
+    keyed = gate(infer)
+    first = asyncio.create_task(keyed.infer(KEYED))
+    await asyncio.sleep(0)
+    duplicate = asyncio.create_task(keyed.infer(KEYED))
+    await asyncio.sleep(0)
+    first.cancel()  # the first client went away before an answer
+    infer.release.set()
+    response, _ = await duplicate
+    assert infer.calls == 2
+    assert response.status == "ok"
+    assert response.cached is False
+    assert response.job_id == "mine"
+
+
+async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
+    failed = JobResponse.failure("", InferbusError(ErrorCode.BACKEND_ERROR, "boom"))
+    infer = CountingInfer(failed)
+    keyed = gate(infer)
+    first = asyncio.create_task(keyed.infer(KEYED))
+    await asyncio.sleep(0)
+    duplicate = asyncio.create_task(keyed.infer(KEYED))
+    await asyncio.sleep(0)
+    infer.release.set()
+    answers = [answer for answer, _ in await asyncio.gather(first, duplicate)]
+    assert [answer.error.code for answer in answers if answer.error] == ["BACKEND_ERROR"] * 2
+    assert [answer.cached for answer in answers] == [False, False]
+    assert infer.calls == 1
+    infer.answer = JobResponse(job_id="", status="ok", result=Result(text="t"))
+    later, _ = await keyed.infer(KEYED)
+    assert later.status == "ok"
+    assert infer.calls == 2
