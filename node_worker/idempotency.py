@@ -15,21 +15,9 @@ from dataclasses import dataclass
 from aiocache import SimpleMemoryCache
 from aiocache.base import BaseCache
 
-from services.errors import ErrorCode
-from services.wire import JobResponse
+from services.wire import JobResponse, is_replayable
 
 log = logging.getLogger("inferbus.worker.idempotency")
-
-_CACHEABLE_ERRORS = frozenset(
-    {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
-)
-
-
-def is_cacheable(response: JobResponse) -> bool:
-    """Whether replaying this answer for the same key is what the caller would get anyway."""
-    if response.status == "ok":
-        return True
-    return response.error is not None and response.error.code in _CACHEABLE_ERRORS
 
 
 @dataclass(frozen=True)
@@ -83,7 +71,7 @@ class IdempotencyStore:
         running = self._running.get(key)
         if running is None:
             return
-        if is_cacheable(response):
+        if is_replayable(response):
             try:
                 await self._remember(key, Completed(running.fingerprint, running.model, response))
             except Exception:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, ServedModel
-from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
+from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
 from node_worker.shared_claims import SharedClaims
 from services.deadlines import left_ms, remaining_budget_ms
@@ -30,6 +30,7 @@ from services.wire import (
     Result,
     Timings,
     decode_request,
+    is_replayable,
     new_job_id,
 )
 
@@ -287,7 +288,7 @@ class JobPipeline:
                 job.request.type or "llm",
                 InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same job"),
             )
-        if is_cacheable(first):
+        if is_replayable(first):
             return replayed(first, job.request)
         done = True if job.request.stream else None
         return first.model_copy(update={"job_id": job.request.job_id, "done": done})

@@ -20,11 +20,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from node_worker.idempotency import is_cacheable
 from services.deadlines import left_ms
 from services.errors import ErrorCode, InferbusError
 from services.keystore import ClaimResult, Next, Record, SharedKeys, decide_claim
-from services.wire import JobResponse
+from services.wire import JobResponse, is_replayable
 
 log = logging.getLogger("inferbus.worker.shared_claims")
 
@@ -104,7 +103,7 @@ class SharedClaims:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
             last = _last_revision(renewing, revision)
-            if response is not None and is_cacheable(response):
+            if response is not None and is_replayable(response):
                 done = Record(state="done", job=claim.job, model=claim.model, response=response)
                 await self._keys.answer(key, done, last)
             else:

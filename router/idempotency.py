@@ -42,7 +42,7 @@ from router.selection import select
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.keystore import SharedKeys
-from services.wire import JobRequest, JobResponse, new_job_id
+from services.wire import JobRequest, JobResponse, is_replayable, new_job_id
 
 DeltaSink = Callable[[str], Awaitable[None]]
 Served = tuple[JobResponse, Route]
@@ -58,10 +58,6 @@ class Infer(Protocol):
 
 
 SHARED_SCOPE = "shared"
-
-_KEPT_ERRORS = frozenset(
-    {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
-)
 
 
 def tenant_of(authorization: str | None, *, keys_configured: bool) -> str:
@@ -82,13 +78,6 @@ def scoped_key(tenant: str, key: str) -> str:
     """The wire key: tenant and key hashed together (fits the 200-char id limit)."""
     digest = hashlib.blake2b(f"{tenant}\0{key}".encode(), digest_size=16).hexdigest()
     return f"r{digest}"
-
-
-def is_kept(response: JobResponse) -> bool:
-    """Whether replaying this answer is what the caller would get anyway."""
-    if response.status == "ok":
-        return True
-    return response.error is not None and response.error.code in _KEPT_ERRORS
 
 
 @dataclass(frozen=True)
@@ -210,7 +199,7 @@ class IdempotencyGate:
             if first is None:
                 continue  # the first caller left: this one runs it
             response, route = first
-            if is_kept(response):
+            if is_replayable(response):
                 replay = Kept(in_flight.job, response, route)
                 return await _replay(replay, job, on_delta), route.model_copy(deep=True)
             return _for_caller(response, client_job_id), route
@@ -230,7 +219,7 @@ class IdempotencyGate:
         try:
             served = await self._infer(wire, agent_id=agent_id, on_delta=on_delta)
         finally:
-            if served is not None and is_kept(served[0]):
+            if served is not None and is_replayable(served[0]):
                 answered = served[0].model
                 models = keyed.models | ({answered} if answered else set())
                 self._answers.put(key, Kept(KeyedJob(keyed.fingerprint, models), *served))

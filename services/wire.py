@@ -197,6 +197,20 @@ class JobResponse(BaseModel):
         return cls(job_id=job_id, status="error", error=ErrorInfo.of(error), **fields)
 
 
+_REPLAYABLE_ERRORS = frozenset(
+    {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
+)
+
+
+def is_replayable(response: JobResponse) -> bool:
+    """Whether an answer may be kept for its idempotency key and replayed: what the caller
+    would get anyway next time (`ok`, or the request's own fault), never BUSY, a spent
+    deadline or a runtime failure, so that a retry of those really runs."""
+    if response.status == "ok":
+        return True
+    return response.error is not None and response.error.code in _REPLAYABLE_ERRORS
+
+
 class Chunk(BaseModel):
     job_id: str
     seq: int

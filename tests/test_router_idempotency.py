@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,8 +27,8 @@ from services.simulator import SimModel, Simulator
 from services.wire import decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import llm, until
+from tests.test_worker_lifecycle import start_worker_process
 
-ROOT = Path(__file__).resolve().parent.parent
 SHARED = {"store": "jetstream"}
 
 
@@ -334,18 +332,7 @@ async def worker_process(
         'kind = "ollama"\n'
         f'url = "{runtime_url}"\n'
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "node_worker",
-        "--config",
-        str(config),
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_worker_process(config)
     try:
         await wait_for_worker(nc, llm(node_id))
         yield process
