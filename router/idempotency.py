@@ -181,7 +181,7 @@ class IdempotencyGate:
             if kept is not None:
                 if not kept.job.same_job(keyed.fingerprint, keyed.models):
                     return _mismatch(job), Route()
-                return await _replay(kept, job, on_delta), kept.route.model_copy(deep=True)
+                return await _replay(kept, job, on_delta), _replayed_route(kept.route)
             in_flight = self._in_flight.get(key)
             if in_flight is None:
                 return await self._serve_first(key, keyed, wire, job, agent_id, on_delta)
@@ -201,7 +201,7 @@ class IdempotencyGate:
             response, route = first
             if is_replayable(response):
                 replay = Kept(in_flight.job, response, route)
-                return await _replay(replay, job, on_delta), route.model_copy(deep=True)
+                return await _replay(replay, job, on_delta), _replayed_route(route)
             return _for_caller(response, client_job_id), route
 
     async def _serve_first(
@@ -291,6 +291,12 @@ async def _replay(kept: Kept, job: JobRequest, on_delta: DeltaSink | None) -> Jo
         await on_delta(response.result.text)
     done = True if job.stream else None
     return response.model_copy(update={"job_id": job.job_id, "cached": True, "done": done})
+
+
+def _replayed_route(route: Route) -> Route:
+    """Where the kept answer came from, without its attempts: a replay made none (and
+    the attempt metrics must not count the first request's attempts again)."""
+    return route.model_copy(update={"attempts": []})
 
 
 def _for_caller(response: JobResponse, job_id: str) -> JobResponse:
