@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from services.deadlines import left_ms
 from services.errors import ErrorCode, InferbusError
-from services.keystore import ClaimResult, Next, Record, SharedKeys, decide_claim
+from services.keystore import ClaimResult, Found, Next, Record, SharedKeys, decide_claim
 from services.wire import JobResponse, is_replayable
 
 log = logging.getLogger("inferbus.worker.shared_claims")
@@ -59,8 +60,11 @@ class SharedClaims:
 
         Answers without a job id: the caller sets its own.
         """
-        while True:
-            found = await self._keys.read(key)
+        # Most keys are new: try to claim first and read only when someone holds the key.
+        found: Found | None = None
+        for attempt in itertools.count():
+            if attempt > 0:
+                found = await self._keys.read(key)
             action = decide_claim(found, self._unix_ms())
             if found is not None and action is not Next.TAKE:
                 if found.record.job != fingerprint or found.record.model != model:
@@ -81,11 +85,20 @@ class SharedClaims:
             claim = self._claim_record(fingerprint, model)
             claimed = await self._keys.claim(key, claim, over=found)
             if claimed.result is ClaimResult.LOST:
-                continue  # another process wrote first: see what it wrote
+                # Another process wrote first: see what it wrote. A store that refuses the
+                # write but cannot be read is retried at the poll pace, within the budget.
+                if attempt > 0 and found is None:
+                    if left_ms(deadline_s, self._monotonic()) <= 0:
+                        return _refusal(
+                            ErrorCode.DEADLINE_EXCEEDED, "the idempotency store did not answer"
+                        )
+                    await asyncio.sleep(POLL_S)
+                continue
             if claimed.result is ClaimResult.UNAVAILABLE:
                 log.warning("idempotency store unreachable: running %s unguarded", key)
                 return await run()
             return await self._run_claimed(key, claim, claimed.revision, run)
+        raise AssertionError("itertools.count() never ends")
 
     async def _run_claimed(
         self,
