@@ -340,3 +340,17 @@ async def worker_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_an_answered_key_replays_after_the_worker_restarts(
+    nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    payload = json.dumps(job("kept across restarts", idempotency_key=uuid.uuid4().hex)).encode()
+    async with start_worker(backends=[backend(simulator.url)], idempotency=SHARED):
+        before = decode_response((await nc.request(llm(node_id), payload, timeout=15)).data)
+    async with start_worker(backends=[backend(simulator.url)], idempotency=SHARED):
+        after = decode_response((await nc.request(llm(node_id), payload, timeout=15)).data)
+    assert before.status == "ok"
+    assert after.cached is True
+    assert after.result == before.result
+    assert simulator.calls["llama3:8b"] == 1
