@@ -245,9 +245,15 @@ async def test_two_routers_sharing_the_jetstream_store_make_one_runtime_call(
         )
         calls_after_concurrent = sim.calls["llama3:8b"]
         later = await http.post(f"{two.url}/infer", json=job("once across routers"), headers=key)
+        async with start_router(idempotency=SHARED) as third:  # it never saw the key
+            fresh = await http.post(
+                f"{third.url}/infer", json=job("once across routers"), headers=key
+            )
     assert [answer.status_code for answer in concurrent] == [200] * 10
     assert calls_after_concurrent == 1
     assert later.json()["cached"] is True
+    assert fresh.json()["cached"] is True
+    assert fresh.json()["route"]["attempts"] == []  # replayed from the store: no node asked
     assert sim.calls["llama3:8b"] == 1
 
 
