@@ -7,12 +7,13 @@ operator finds the typo before a job does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.capabilities import Pricing
+from services.keystore import DEFAULT_BUCKET
 from services.needs import Capability
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
@@ -36,6 +37,12 @@ class Limits(_Section):
 class Idempotency(_Section):
     ttl_s: Annotated[float, Field(gt=0)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
+    # "jetstream": keys are also claimed in a NATS JetStream KV bucket shared by every
+    # worker and router, so duplicates across nodes and restarts run once.
+    store: Literal["memory", "jetstream"] = "memory"
+    bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = DEFAULT_BUCKET
+    # A claim not renewed for this long is free again (its node died or hung).
+    lease_s: Annotated[float, Field(gt=0)] = 3
 
 
 class BackendConfig(_Section):

@@ -15,33 +15,29 @@ from dataclasses import dataclass
 from aiocache import SimpleMemoryCache
 from aiocache.base import BaseCache
 
-from services.errors import ErrorCode
-from services.wire import JobResponse
+from services.wire import JobResponse, is_replayable
 
 log = logging.getLogger("inferbus.worker.idempotency")
-
-_CACHEABLE_ERRORS = frozenset(
-    {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
-)
-
-
-def is_cacheable(response: JobResponse) -> bool:
-    """Whether replaying this answer for the same key is what the caller would get anyway."""
-    if response.status == "ok":
-        return True
-    return response.error is not None and response.error.code in _CACHEABLE_ERRORS
 
 
 @dataclass(frozen=True)
 class Running:
     fingerprint: str
+    model: str | None
     outcome: asyncio.Future[JobResponse]
+
+    def same_job(self, fingerprint: str, model: str | None) -> bool:
+        return self.fingerprint == fingerprint and self.model == model
 
 
 @dataclass(frozen=True)
 class Completed:
     fingerprint: str
+    model: str | None
     response: JobResponse
+
+    def same_job(self, fingerprint: str, model: str | None) -> bool:
+        return self.fingerprint == fingerprint and self.model == model
 
 
 class IdempotencyStore:
@@ -60,9 +56,9 @@ class IdempotencyStore:
         found: Completed | None = await self._cache.get(key)
         return found
 
-    def begin(self, key: str, fingerprint: str) -> Running:
+    def begin(self, key: str, fingerprint: str, model: str | None) -> Running:
         """Mark a job as running so duplicates arriving meanwhile wait for it."""
-        running = Running(fingerprint, asyncio.get_running_loop().create_future())
+        running = Running(fingerprint, model, asyncio.get_running_loop().create_future())
         self._running[key] = running
         return running
 
@@ -75,9 +71,9 @@ class IdempotencyStore:
         running = self._running.get(key)
         if running is None:
             return
-        if is_cacheable(response):
+        if is_replayable(response):
             try:
-                await self._remember(key, Completed(running.fingerprint, response))
+                await self._remember(key, Completed(running.fingerprint, running.model, response))
             except Exception:
                 log.exception("idempotency cache write failed; answer not kept")
         self._running.pop(key, None)

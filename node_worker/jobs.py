@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, CatalogModel
-from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
+from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
+from node_worker.shared_claims import SharedClaims
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.needs import refusal
@@ -36,6 +37,7 @@ from services.wire import (
     Result,
     Timings,
     decode_request,
+    is_replayable,
     new_job_id,
 )
 
@@ -85,6 +87,7 @@ class JobPipeline:
         idempotency: IdempotencyStore,
         catalog: Callable[[], Catalog],
         metrics: WorkerMetrics,
+        shared: SharedClaims | None = None,
         on_runtime_done: Callable[[Runtime, JobResponse], None] = lambda _runtime, _answer: None,
         on_other_model: Callable[[CatalogModel, str], None] = lambda _served, _named: None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -96,12 +99,17 @@ class JobPipeline:
         self._idempotency = idempotency
         self._catalog = catalog
         self._metrics = metrics
+        self._shared = shared
         self._on_runtime_done = on_runtime_done
         # A runtime answered under another model's name than the one it was listed with:
         # it was restarted with another model since discovery.
         self._on_other_model = on_other_model
         self._monotonic = monotonic
         self._unix_ms = unix_ms
+
+    def guard_with(self, shared: SharedClaims) -> None:
+        """Claim every key in the shared store before its runtime call (set at start)."""
+        self._shared = shared
 
     async def admit(self, data: bytes, subject_type: JobType, received_s: float) -> Decision:
         """Decide a message's fate; never raises, never waits on a runtime."""
@@ -143,25 +151,32 @@ class JobPipeline:
                 InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image"),
             )
 
+        try:
+            served: CatalogModel | None = self._catalog().resolve(request.model, job_type)
+            unserved: InferbusError | None = None
+        except InferbusError as error:
+            served, unserved = None, error
+        # The model as resolved: `model` omitted and named are the same job when they
+        # resolve to the same model.
+        model = served.name if served is not None else request.model
         fingerprint = request.fingerprint()
         completed = await self._idempotency.completed(request.key)
         if completed is not None:
-            if completed.fingerprint != fingerprint:
+            if not completed.same_job(fingerprint, model):
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("completed")
-            return completed.response.model_copy(update={"job_id": request.job_id, "cached": True})
+            return replayed(completed.response, request)
         # No await from here to begin(): nothing can start the same key in between.
         running = self._idempotency.running(request.key)
         if running is not None:
-            if running.fingerprint != fingerprint:
+            if not running.same_job(fingerprint, model):
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("running")
             return Joined(request, running, received_s, deadline_s)
 
-        try:
-            served = self._catalog().resolve(request.model, job_type)
-        except InferbusError as error:
-            return self._refuse(request.job_id, job_type, error)
+        if served is None:
+            assert unserved is not None
+            return self._refuse(request.job_id, job_type, unserved)
         refused = refusal(
             request,
             job_type,
@@ -184,7 +199,7 @@ class JobPipeline:
                 ),
                 model=served.name,
             )
-        self._idempotency.begin(request.key, fingerprint)
+        self._idempotency.begin(request.key, fingerprint, served.name)
         return Admitted(request, job_type, served, received_s, deadline_s)
 
     async def run(
@@ -204,7 +219,7 @@ class JobPipeline:
         job_id = job.request.job_id
         response: JobResponse | None = None
         try:
-            response = await self._call_runtime(job, started_s, on_delta, on_tool_calls)
+            response = await self._call_once(job, started_s, on_delta, on_tool_calls)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
@@ -215,12 +230,42 @@ class JobPipeline:
             if response is None:  # what the waiters get
                 response = stopped(job_id, self._node_id)
             self._admission.release(job.job_type)
-            self._on_runtime_done(job.served.runtime, ran)
+            if not ran.cached:  # a replay from the shared store called no runtime
+                self._on_runtime_done(job.served.runtime, ran)
             await self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
             )
         return response
+
+    async def _call_once(
+        self,
+        job: Admitted,
+        started_s: float,
+        on_delta: DeltaSink | None,
+        on_tool_calls: ToolDeltaSink | None,
+    ) -> JobResponse:
+        """The runtime call, or, with a shared store, the answer of whoever holds the key."""
+        if self._shared is None:
+            return await self._call_runtime(job, started_s, on_delta, on_tool_calls)
+        request = job.request
+        answer = await self._shared.run_once(
+            request.key,
+            request.fingerprint(),
+            job.served.name,
+            job.deadline_s,
+            lambda: self._call_runtime(job, started_s, on_delta, on_tool_calls),
+        )
+        if not answer.cached:
+            if not answer.job_id:  # a refusal from the shared store
+                answer = answer.model_copy(
+                    update={"job_id": request.job_id, "node_id": self._node_id}
+                )
+            return answer
+        self._metrics.idempotency_hit("shared")
+        if on_delta is not None and request.stream and answer.result is not None:
+            await on_delta(answer.result.text)
+        return replayed(answer, request)
 
     async def _call_runtime(
         self,
@@ -310,9 +355,10 @@ class JobPipeline:
                 job.request.type or "llm",
                 InferbusError(ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same job"),
             )
-        return first.model_copy(
-            update={"job_id": job.request.job_id, "cached": is_cacheable(first)}
-        )
+        if is_replayable(first):
+            return replayed(first, job.request)
+        done = True if job.request.stream else None
+        return first.model_copy(update={"job_id": job.request.job_id, "done": done})
 
     def _timings(self, job: Admitted, started_s: float) -> Timings:
         now = self._monotonic()
@@ -328,6 +374,13 @@ class JobPipeline:
         response = JobResponse.failure(job_id, error, node_id=self._node_id, model=model)
         self._metrics.job_finished(job_type, model, response, 0.0)
         return response
+
+
+def replayed(response: JobResponse, request: JobRequest) -> JobResponse:
+    """A kept answer given to a duplicate: its own job id, `cached`, and `done` when it
+    asked for a stream (the worker then sends the whole text as one chunk first)."""
+    done = True if request.stream else None
+    return response.model_copy(update={"job_id": request.job_id, "cached": True, "done": done})
 
 
 def stopped(job_id: str, node_id: str) -> JobResponse:

@@ -43,18 +43,20 @@ from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.runtime_follow import RuntimeFollower
 from node_worker.service_api import Endpoint, ServiceApi
+from node_worker.shared_claims import SharedClaims
 from node_worker.twins import TwinWatch
 from services import __version__
 from services.bus import connect_until_stopped, flush_interest
 from services.capabilities import Capabilities, Hardware
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import JobResponse, JobType, cancel_target, encode, new_job_id
+from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
 
@@ -164,6 +166,14 @@ class Worker(AsyncService):
         self._nc = await self._connect()
         if self._nc is None:
             return  # stopped while waiting for NATS: nothing was started
+        idempotency = self.settings.idempotency
+        if idempotency.store == "jetstream":
+            keys = await SharedKeys.open(
+                self.nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s
+            )
+            self.pipeline.guard_with(
+                SharedClaims(keys, node_id=self.node_id, lease_s=idempotency.lease_s)
+            )
         for job_type in JOB_SUBJECT_TYPES:
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
@@ -276,6 +286,7 @@ class Worker(AsyncService):
                 log.exception("admission failed")
                 decision = internal(new_job_id(), self.node_id, exc)
             if isinstance(decision, JobResponse):
+                await self._replay_chunk(msg.reply, decision)
                 await self._reply(msg.reply, decision, endpoint, received_s)
             elif isinstance(decision, Admitted):
                 self._spawn(self._run_and_reply(msg.reply, decision, endpoint, received_s))
@@ -313,6 +324,12 @@ class Worker(AsyncService):
             self._cancelled.discard(job_id)
         await self._reply(reply_to, response, endpoint, received_s)
 
+    async def _replay_chunk(self, reply_to: str, response: JobResponse) -> None:
+        """A kept answer replayed to a stream arrives as one chunk with the whole text."""
+        if response.cached and response.done and response.result is not None:
+            chunk = Chunk(job_id=response.job_id, seq=1, delta=response.result.text)
+            await self.nc.publish(reply_to, encode(chunk))
+
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""
         job_id = cancel_target(msg.data)
@@ -327,6 +344,7 @@ class Worker(AsyncService):
     ) -> None:
         try:
             response = await self.pipeline.join(job)
+            await self._replay_chunk(reply_to, response)
         except asyncio.CancelledError:
             await self._reply(
                 reply_to, stopped(job.request.job_id, self.node_id), endpoint, received_s

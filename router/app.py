@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
+from router.idempotency import IdempotencyGate, gate_for, tenant_of
 from router.metrics import RouterMetrics
 from router.route import Route
 from router.serving import Router
@@ -147,8 +148,15 @@ def _agent(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
+def build_app(
+    router: Router, metrics: RouterMetrics, gate: IdempotencyGate | None = None
+) -> ASGIApp:
     settings = router.settings
+    keyed = gate or gate_for(router)
+
+    def tenant(request: Request) -> str:
+        configured = bool(settings.http.api_keys)
+        return tenant_of(request.headers.get("authorization"), keys_configured=configured)
 
     async def read_job(request: Request) -> tuple[JobRequest, dict[str, Any]] | InferbusError:
         """The body as a job, plus its raw fields; the Idempotency-Key header applied."""
@@ -185,12 +193,14 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
         agent_id = _agent(raw.get("agent_id"))
         if job.stream:
             return await stream_response(
-                lambda sink: router.infer(job, agent_id=agent_id, on_delta=sink),
+                lambda sink: keyed.infer(
+                    job, agent_id=agent_id, on_delta=sink, tenant=tenant(request)
+                ),
                 NdjsonLines(job.job_id),
                 on_error_before_first_token=native_answer,
                 on_finished=finished("infer", started),
             )
-        response, route = await router.infer(job, agent_id=agent_id)
+        response, route = await keyed.infer(job, agent_id=agent_id, tenant=tenant(request))
         finished("infer", started)(response, route)
         return native_answer(response, route)
 
@@ -207,14 +217,18 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             chunks = OpenAIChunks(job.job_id, job.model, include_usage)
             return await stream_response(
-                lambda sink: router.infer(
-                    job, agent_id=agent_id, on_delta=sink, on_model=chunks.use_model
+                lambda sink: keyed.infer(
+                    job,
+                    agent_id=agent_id,
+                    on_delta=sink,
+                    on_model=chunks.use_model,
+                    tenant=tenant(request),
                 ),
                 chunks,
                 on_error_before_first_token=lambda answer, _route: openai_error_of(answer),
                 on_finished=finished("openai", started),
             )
-        response, route = await router.infer(job, agent_id=agent_id)
+        response, route = await keyed.infer(job, agent_id=agent_id, tenant=tenant(request))
         finished("openai", started)(response, route)
         if response.error is not None:
             return openai_error_of(response)

@@ -8,13 +8,14 @@ them, and are gathered into one `SelectionConfig`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from router.board import BreakerSettings
 from router.profiles import SelectionConfig
+from services.keystore import DEFAULT_BUCKET
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
@@ -66,6 +67,17 @@ class OffloadSettings(_Section):
     liveness_misses: Annotated[int, Field(ge=1)] = 3
 
 
+class IdempotencySettings(_Section):
+    """Answers kept per `Idempotency-Key` (router/idempotency.py)."""
+
+    ttl_s: Annotated[float, Field(gt=0)] = 600
+    max_entries: Annotated[int, Field(ge=1)] = 10_000
+    # "jetstream": also replay answers workers left in the shared KV bucket (set the same
+    # `store`/`bucket` on the workers, which claim keys there).
+    store: Literal["memory", "jetstream"] = "memory"
+    bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = DEFAULT_BUCKET
+
+
 class RouterSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="INFERBUS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -79,6 +91,7 @@ class RouterSettings(FileSettings):
     local_runtime: LocalRuntime | None = None
     offload: OffloadSettings = OffloadSettings()
     breakers: BreakerSettings = BreakerSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     selection: SelectionConfig = SelectionConfig()
 
     @model_validator(mode="before")

@@ -22,9 +22,11 @@ from nats.aio.client import Client as NatsClient
 from router.app import build_app
 from router.config import RouterSettings
 from router.fleet import FleetView
+from router.idempotency import gate_for
 from router.metrics import RouterMetrics
 from router.serving import Router
 from services.bus import describe, is_auth_refusal
+from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
 from services.runtimes import new_http_client
 from services.subjects import Subjects
@@ -67,6 +69,7 @@ class RouterService(AsyncService):
             local_node=settings.local_node,
         )
         self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
+        self.gate = gate_for(self.router)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -87,7 +90,7 @@ class RouterService(AsyncService):
         sock = bind_http(http.host, http.port)
         metrics = RouterMetrics(lambda: self.router.board.snapshot(time.monotonic()))
         config = uvicorn.Config(
-            build_app(self.router, metrics),
+            build_app(self.router, metrics, self.gate),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -123,6 +126,12 @@ class RouterService(AsyncService):
         )
         await self.router.link.start()
         await self.fleet.start()
+        idempotency = self.settings.idempotency
+        if idempotency.store == "jetstream":
+            # Until NATS is reached, duplicates are caught by this router's memory alone.
+            self.gate.share(
+                await SharedKeys.open(self._nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s)
+            )
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
 
     async def _on_nats_error(self, error: Exception) -> None:

@@ -9,6 +9,7 @@ a BAD_REQUEST JobResponse that the caller sends back as is.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -206,25 +207,31 @@ class JobRequest(_Lenient):
         return any(message.all_images for message in self.chat_messages())
 
     def fingerprint(self) -> str:
-        """What must match for a repeated idempotency key to be the same job."""
-        payload = self.model_dump_json(
+        """What a repeated idempotency key must repeat to be the same job: type, input,
+        params and the fields that change what the answer means (tools, response format...).
+
+        Not the model, which is compared once resolved (omitted and named can be the same
+        model), and not `stream`: a whole answer and a stream are the same job delivered
+        two ways, so a retry that switches between them replays instead of failing.
+        """
+        # The input as messages: `prompt` and one user message are the same input.
+        shape = [message.model_dump(mode="json") for message in self.chat_messages()]
+        params = self.params.model_dump(mode="json")
+        meaning = self.model_dump(
+            mode="json",
             include={
-                "type",
-                "model",
-                "messages",
-                "prompt",
                 "input",
                 "raw",
                 "suffix",
-                "images",
-                "params",
                 "tools",
                 "tool_choice",
                 "parallel_tool_calls",
                 "response_format",
                 "extra",
-                "stream",
-            }
+            },
+        )
+        payload = json.dumps(
+            [self.type, shape, params, meaning], sort_keys=True, ensure_ascii=False
         )
         return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
@@ -285,6 +292,20 @@ class JobResponse(BaseModel):
     @classmethod
     def failure(cls, job_id: str, error: InferbusError, **fields: Any) -> JobResponse:
         return cls(job_id=job_id, status="error", error=ErrorInfo.of(error), **fields)
+
+
+_REPLAYABLE_ERRORS = frozenset(
+    {ErrorCode.BAD_REQUEST, ErrorCode.CONTEXT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE}
+)
+
+
+def is_replayable(response: JobResponse) -> bool:
+    """Whether an answer may be kept for its idempotency key and replayed: what the caller
+    would get anyway next time (`ok`, or the request's own fault), never BUSY, a spent
+    deadline or a runtime failure, so that a retry of those really runs."""
+    if response.status == "ok":
+        return True
+    return response.error is not None and response.error.code in _REPLAYABLE_ERRORS
 
 
 class Chunk(BaseModel):

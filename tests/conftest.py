@@ -27,8 +27,10 @@ DEFAULT_MODELS = (SimModel("llama3:8b"), SimModel("llava:7b", vision=True))
 
 
 @pytest.fixture(scope="session")
-async def nats_server() -> AsyncIterator[NatsServer]:
-    async with NatsServer() as server:
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    """With JetStream (`-js`), as the embedded server of `inferbus up` runs: the shared
+    idempotency store lives in its KV."""
+    async with NatsServer(jetstream_dir=tmp_path_factory.mktemp("jetstream")) as server:
         yield server
 
 

@@ -10,11 +10,10 @@ import pytest
 from node_worker.admission import Admission
 from node_worker.catalog import Catalog, RuntimeListing, classify_model
 from node_worker.config import load_worker_settings
-from node_worker.idempotency import is_cacheable
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import ModelInfo, Runtime, RuntimeKind
-from services.wire import JobResponse, Result, Usage
+from services.wire import JobResponse, Result, Usage, is_replayable
 
 
 def listed(kind: RuntimeKind, url: str = "http://127.0.0.1:9") -> Runtime:
@@ -121,7 +120,7 @@ def _error(code: ErrorCode) -> JobResponse:
     ],
 )
 def test_only_answers_that_would_repeat_are_cached(response: JobResponse, kept: bool) -> None:
-    assert is_cacheable(response) is kept
+    assert is_replayable(response) is kept
 
 
 def test_the_example_config_an_operator_copies_is_valid() -> None:

@@ -79,7 +79,7 @@ async def test_cancel_stops_the_runtime_call_and_frees_the_slot(
     assert len(chunks) < 400
 
 
-async def test_a_duplicate_of_a_running_stream_gets_the_final_answer_without_a_second_call(
+async def test_a_duplicate_of_a_running_stream_gets_the_answer_as_one_chunk_without_a_second_call(
     nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
 ) -> None:
     simulator.token_interval_ms = 30
@@ -91,10 +91,12 @@ async def test_a_duplicate_of_a_running_stream_gets_the_final_answer_without_a_s
         chunks, final = await first
     assert simulator.calls["llama3:8b"] == 1
     assert len(chunks) == 8
-    assert dup_chunks == []  # documented: a duplicate gets the whole answer at the end
-    assert dup_final.cached is True
-    assert dup_final.result is not None
     assert final.result is not None
+    # documented: a duplicate gets the whole text as one chunk, then the final answer
+    assert [chunk.delta for chunk in dup_chunks] == [final.result.text]
+    assert dup_final.cached is True
+    assert dup_final.done is True
+    assert dup_final.result is not None
     assert dup_final.result.text == final.result.text
 
 

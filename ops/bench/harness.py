@@ -222,16 +222,22 @@ class Fleet:
         return url
 
     async def worker(
-        self, backend_url: str, kind: str, llm_concurrency: int, node_id: str = "bench"
+        self,
+        backend_url: str,
+        kind: str,
+        llm_concurrency: int,
+        node_id: str = "bench",
+        extra_toml: str = "",
     ) -> asyncio.subprocess.Process:
         """A node worker with one backend; started, not waited for."""
-        config = self.tmp / "worker.toml"
+        config = self.tmp / f"worker-{node_id}.toml"
         config.write_text(
             f'node_id = "{node_id}"\nnats_url = "{self.nats_url}"\n'
-            f"[limits]\nllm_concurrency = {llm_concurrency}\n"
+            f"[limits]\nllm_concurrency = {llm_concurrency}\n{extra_toml}"
             f'[[backends]]\nkind = "{kind}"\nurl = "{backend_url}"\n'
         )
-        return await self.python("worker", "node_worker", config)
+        name = "worker" if node_id == "bench" else f"worker-{node_id}"
+        return await self.python(name, "node_worker", config)
 
     async def router(
         self, http: aiohttp.ClientSession, worker: asyncio.subprocess.Process
@@ -259,13 +265,15 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet(prefix: str) -> AsyncIterator[Fleet]:
-    """A nats-server and a temporary directory; every child is stopped on the way out."""
+async def fleet(prefix: str, *, jetstream: bool = False) -> AsyncIterator[Fleet]:
+    """A nats-server (with JetStream if asked) and a temporary directory; every child is
+    stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp_dir:
         children = Children(Path(tmp_dir))
         nats_group: int | None = None
+        store = Path(tmp_dir) / "jetstream" if jetstream else None
         try:
-            async with NatsServer() as server:
+            async with NatsServer(jetstream_dir=store) as server:
                 nats_group = server.pid
                 if nats_group is not None:
                     _LIVE_GROUPS.add(nats_group)

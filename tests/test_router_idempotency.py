@@ -1,0 +1,362 @@
+"""One runtime call per idempotency key through the router (issue 9, item 7).
+
+Real processes: nats-server with JetStream, workers in front of the simulator (whose
+per-model call counts are the runtime calls), routers over HTTP, and for the SIGKILL case
+a worker in a process of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from nats.aio.client import Client as NatsClient
+
+from router.service import RouterService
+from services.bus import wait_for_worker
+from services.nats_server import NatsServer
+from services.wire import decode_response
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.jobs import llm, until
+from tests.test_worker_lifecycle import start_worker_process
+from tools.simulator import SimModel, Simulator
+
+SHARED = {"store": "jetstream"}
+
+
+def job(prompt: str, **extra: Any) -> dict[str, Any]:
+    return {"prompt": prompt, "timeout_ms": 20_000, **extra}
+
+
+@asynccontextmanager
+async def fleet(
+    start_worker: WorkerFactory,
+    node_id: str,
+    url: str,
+    count: int = 3,
+    **settings: Any,
+) -> AsyncIterator[list[str]]:
+    """`count` workers in front of one runtime: every runtime call lands in one count."""
+    names = [f"{node_id}-{index}" for index in range(count)]
+    async with AsyncExitStack() as stack:
+        for name in names:
+            await stack.enter_async_context(
+                start_worker(node_id=name, backends=[backend(url)], **settings)
+            )
+        yield names
+
+
+async def sees(router: RouterService, nodes: list[str]) -> None:
+    assert router.fleet is not None
+    fleet_view = router.fleet
+    await until(lambda: set(nodes) <= set(fleet_view.nodes), timeout_s=10)
+
+
+def ndjson(body: str) -> tuple[list[str], dict[str, Any]]:
+    lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+    return [line["delta"] for line in lines[:-1]], lines[-1]
+
+
+async def test_concurrent_duplicates_through_one_router_make_one_runtime_call(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=300) as sim,
+        fleet(start_worker, node_id, sim.url) as nodes,
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await sees(router, nodes)
+        key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+        answers = await asyncio.gather(
+            *(http.post("/infer", json=job("summarise the order"), headers=key) for _ in range(20))
+        )
+    bodies = [answer.json() for answer in answers]
+    assert [answer.status_code for answer in answers] == [200] * 20
+    assert sim.calls["llama3:8b"] == 1
+    assert len({body["result"]["text"] for body in bodies}) == 1
+    assert sum(body["cached"] for body in bodies) == 19
+
+
+async def test_sequential_duplicates_with_other_traffic_between_make_one_runtime_call(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        Simulator(models=[SimModel("llama3:8b")]) as sim,
+        fleet(start_worker, node_id, sim.url) as nodes,
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await sees(router, nodes)
+        key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+        keyed: list[dict[str, Any]] = []
+        for round_ in range(8):
+            keyed.append((await http.post("/infer", json=job("the order"), headers=key)).json())
+            for other in range(3):
+                unkeyed = await http.post("/infer", json=job(f"other {round_}.{other}"))
+                assert unkeyed.status_code == 200
+    assert sim.calls["llama3:8b"] == 1 + 8 * 3
+    assert [body["status"] for body in keyed] == ["ok"] * 8
+    assert [body["cached"] for body in keyed] == [False] + [True] * 7
+
+
+async def test_a_key_replays_as_a_stream_and_as_a_whole_answer_instead_of_422(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        start_worker(backends=[backend(simulator.url)]),
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await sees(router, [node_id])
+        whole_key = {"Idempotency-Key": f"w-{uuid.uuid4().hex}"}
+        whole = (await http.post("/infer", json=job("hello"), headers=whole_key)).json()
+        streamed = await http.post("/infer", json=job("hello", stream=True), headers=whole_key)
+        stream_key = {"Idempotency-Key": f"s-{uuid.uuid4().hex}"}
+        first = await http.post("/infer", json=job("again", stream=True), headers=stream_key)
+        again = await http.post("/infer", json=job("again"), headers=stream_key)
+        openai_stream = await http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "again"}], "stream": True},
+            headers=stream_key,
+        )
+    assert simulator.calls["llama3:8b"] == 2
+    deltas, final = ndjson(streamed.text)
+    assert streamed.status_code == 200
+    assert deltas == [whole["result"]["text"]]  # one chunk with the whole text
+    assert final["cached"] is True
+    first_deltas, first_final = ndjson(first.text)
+    assert len(first_deltas) > 1
+    assert again.status_code == 200
+    assert again.json()["cached"] is True
+    assert again.json()["result"]["text"] == "".join(first_deltas) == first_final["result"]["text"]
+    events = [line[6:] for line in openai_stream.text.splitlines() if line.startswith("data: ")]
+    contents = [
+        json.loads(event)["choices"][0]["delta"].get("content")
+        for event in events[:-1]
+        if json.loads(event)["choices"]
+    ]
+    assert openai_stream.status_code == 200
+    assert contents[0] == first_final["result"]["text"]
+    assert events[-1] == "[DONE]"
+
+
+async def test_model_omitted_or_named_is_the_same_job_when_it_resolves_the_same(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    models = [
+        SimModel("llama3:8b", size_bytes=4_700_000_000),
+        SimModel("tinyllama:1b", size_bytes=600_000_000),
+    ]
+    async with (
+        Simulator(models=models) as sim,
+        start_worker(backends=[backend(sim.url)]),
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await sees(router, [node_id])
+        key = {"Idempotency-Key": f"m-{uuid.uuid4().hex}"}
+        named = await http.post("/infer", json=job("hi", model="llama3:8b"), headers=key)
+        omitted = await http.post("/infer", json=job("hi"), headers=key)
+        other = await http.post("/infer", json=job("hi", model="tinyllama:1b"), headers=key)
+        changed = await http.post("/infer", json=job("hi there", model="llama3:8b"), headers=key)
+    assert named.json()["model"] == "llama3:8b"  # the larger model is the default too
+    assert omitted.status_code == 200
+    assert omitted.json()["cached"] is True
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "IDEMPOTENCY_MISMATCH"
+    assert changed.status_code == 422
+    assert sim.calls == {"llama3:8b": 1}
+
+
+async def test_keys_are_scoped_per_tenant(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        start_worker(backends=[backend(simulator.url)]),
+        start_router(http={"host": "127.0.0.1", "port": 0, "api_keys": ["key-a", "key-b"]}) as r,
+        httpx.AsyncClient(base_url=r.url, timeout=30) as http,
+    ):
+        await sees(r, [node_id])
+        key = f"k-{uuid.uuid4().hex}"
+
+        async def ask(api_key: str, prompt: str) -> httpx.Response:
+            headers = {"Idempotency-Key": key, "Authorization": f"Bearer {api_key}"}
+            return await http.post("/infer", json=job(prompt), headers=headers)
+
+        tenant_a = await ask("key-a", "the same words")
+        tenant_b = await ask("key-b", "other words, same key")
+        tenant_a_again = await ask("key-a", "the same words")
+    assert tenant_a.json()["cached"] is False
+    assert tenant_b.status_code == 200  # not IDEMPOTENCY_MISMATCH: another tenant's key
+    assert tenant_b.json()["cached"] is False
+    assert tenant_a_again.json()["cached"] is True
+    assert simulator.calls["llama3:8b"] == 2
+
+
+async def test_two_clients_with_the_same_job_id_do_not_collide(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=200) as sim,
+        start_worker(backends=[backend(sim.url)]),
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await sees(router, [node_id])
+        concurrent = await asyncio.gather(
+            http.post("/infer", json=job("from client one", job_id="1")),
+            http.post("/infer", json=job("from client two", job_id="1")),
+        )
+        later = await http.post("/infer", json=job("from client three", job_id="1"))
+    answers = [*concurrent, later]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert [answer.json()["job_id"] for answer in answers] == ["1", "1", "1"]
+    assert [answer.json()["cached"] for answer in answers] == [False, False, False]
+    assert sim.calls["llama3:8b"] == 3
+
+
+async def test_two_routers_sharing_the_jetstream_store_make_one_runtime_call(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=400) as sim,
+        fleet(start_worker, node_id, sim.url, idempotency=SHARED) as nodes,
+        start_router(idempotency=SHARED) as one,
+        start_router(idempotency=SHARED) as two,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        await sees(one, nodes)
+        await sees(two, nodes)
+        key = {"Idempotency-Key": f"x-{uuid.uuid4().hex}"}
+        concurrent = await asyncio.gather(
+            *(
+                http.post(f"{router.url}/infer", json=job("once across routers"), headers=key)
+                for router in (one, two) * 5
+            )
+        )
+        calls_after_concurrent = sim.calls["llama3:8b"]
+        later = await http.post(f"{two.url}/infer", json=job("once across routers"), headers=key)
+        async with start_router(idempotency=SHARED) as third:  # it never saw the key
+            fresh = await http.post(
+                f"{third.url}/infer", json=job("once across routers"), headers=key
+            )
+    assert [answer.status_code for answer in concurrent] == [200] * 10
+    assert calls_after_concurrent == 1
+    assert later.json()["cached"] is True
+    assert fresh.json()["cached"] is True
+    assert fresh.json()["route"]["attempts"] == []  # replayed from the store: no node asked
+    assert sim.calls["llama3:8b"] == 1
+
+
+async def test_a_key_held_by_a_killed_worker_is_run_elsewhere_after_its_lease(
+    nats_server: NatsServer,
+    nc: NatsClient,
+    start_worker: WorkerFactory,
+    node_id: str,
+    tmp_path: Path,
+) -> None:
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=30_000) as doomed_runtime,
+        Simulator(models=[SimModel("llama3:8b")]) as other_runtime,
+        worker_process(nc, nats_server, f"{node_id}-doomed", doomed_runtime.url, tmp_path)
+        as doomed,
+        start_worker(node_id=f"{node_id}-other", backends=[backend(other_runtime.url)],
+                     idempotency={**SHARED, "lease_s": 1}) as other,
+    ):  # fmt: skip
+        key = f"kill-{uuid.uuid4().hex}"
+        payload = json.dumps(job("run me once", idempotency_key=key)).encode()
+        await nc.publish(llm(f"{node_id}-doomed"), payload, reply=nc.new_inbox())
+        await until(lambda: doomed_runtime.open_connections == 1, timeout_s=10)
+        retry = asyncio.create_task(nc.request(llm(f"{node_id}-other"), payload, timeout=15))
+        # The retry holds its slot but waits: the doomed worker's claim is alive.
+        await until(lambda: other.admission.load()["llm"].inflight == 1)
+        calls_while_claimed = other_runtime.calls["llama3:8b"]
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        killed_at = time.perf_counter()
+        answer = decode_response((await retry).data)
+        moved_s = time.perf_counter() - killed_at
+    print(f"the retry ran {moved_s:.2f} s after the SIGKILL (lease 1 s)")
+    assert calls_while_claimed == 0
+    assert answer.status == "ok", answer.error
+    assert answer.cached is False
+    assert answer.node_id == f"{node_id}-other"
+    assert other_runtime.calls["llama3:8b"] == 1
+
+
+async def test_a_duplicate_on_another_worker_waits_for_the_claims_answer(
+    nc: NatsClient, start_worker: WorkerFactory, node_id: str
+) -> None:
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=300) as first_runtime,
+        Simulator(models=[SimModel("llama3:8b")]) as second_runtime,
+        start_worker(node_id=f"{node_id}-1", backends=[backend(first_runtime.url)],
+                     idempotency=SHARED),
+        start_worker(node_id=f"{node_id}-2", backends=[backend(second_runtime.url)],
+                     idempotency=SHARED),
+    ):  # fmt: skip
+        key = f"wait-{uuid.uuid4().hex}"
+        payload = json.dumps(job("one call", idempotency_key=key)).encode()
+        first = asyncio.create_task(nc.request(llm(f"{node_id}-1"), payload, timeout=15))
+        await until(lambda: first_runtime.open_connections == 1)
+        duplicate = decode_response((await nc.request(llm(f"{node_id}-2"), payload, 15)).data)
+        original = decode_response((await first).data)
+        mismatch_payload = json.dumps(job("other job", idempotency_key=key)).encode()
+        mismatch = decode_response(
+            (await nc.request(llm(f"{node_id}-2"), mismatch_payload, timeout=15)).data
+        )
+    assert original.status == "ok"
+    assert duplicate.cached is True
+    assert duplicate.result == original.result
+    assert second_runtime.calls["llama3:8b"] == 0
+    assert mismatch.error is not None
+    assert mismatch.error.code == "IDEMPOTENCY_MISMATCH"
+
+
+@asynccontextmanager
+async def worker_process(
+    nc: NatsClient, nats_server: NatsServer, node_id: str, runtime_url: str, tmp_path: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A worker in a process of its own (shared store, 1 s lease), ready to take jobs."""
+    config = tmp_path / f"{node_id}.toml"
+    config.write_text(
+        f'node_id = "{node_id}"\n'
+        f'nats_url = ["{nats_server.url}"]\n'
+        "[idempotency]\n"
+        'store = "jetstream"\n'
+        "lease_s = 1\n"
+        "[[backends]]\n"
+        'kind = "ollama"\n'
+        f'url = "{runtime_url}"\n'
+    )
+    process = await start_worker_process(config)
+    try:
+        await wait_for_worker(nc, llm(node_id))
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_an_answered_key_replays_after_the_worker_restarts(
+    nc: NatsClient, simulator: Simulator, start_worker: WorkerFactory, node_id: str
+) -> None:
+    payload = json.dumps(job("kept across restarts", idempotency_key=uuid.uuid4().hex)).encode()
+    async with start_worker(backends=[backend(simulator.url)], idempotency=SHARED):
+        before = decode_response((await nc.request(llm(node_id), payload, timeout=15)).data)
+    async with start_worker(backends=[backend(simulator.url)], idempotency=SHARED):
+        after = decode_response((await nc.request(llm(node_id), payload, timeout=15)).data)
+    assert before.status == "ok"
+    assert after.cached is True
+    assert after.result == before.result
+    assert simulator.calls["llama3:8b"] == 1
