@@ -46,6 +46,7 @@ def build_capabilities(
     catalog: Catalog,
     load: Mapping[str, SlotLoad],
     hardware: Hardware | None,
+    run_id: str = "",
 ) -> Capabilities:
     served = tuple(
         ServedModel(
@@ -67,6 +68,7 @@ def build_capabilities(
         node_id=node_id,
         version=version,
         seq=seq,
+        run_id=run_id,
         ts=round(now_unix, 3),
         ttl_s=ttl_s,
         runtimes=tuple(backend.status() for backend in backends),
@@ -131,6 +133,10 @@ class Announcer(AsyncService):
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply:
             return
+        if msg.subject != self._caps_subject:
+            # `ncs.discover`: routers take a record only from the node's own subject (the
+            # reply inbox is anyone's to answer), so announce there before replying.
+            await self.publish()
         started_s = time.monotonic()
         with contextlib.suppress(Exception):
             await msg.respond(encode_capabilities(self._record(self._seq)))

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 Outcome = Literal["success", "failure", "neutral"]
+_KINDS = ("llm", "vision", "embed")  # every `breaker_kind` of a job type
 Status = Literal["closed", "open", "half_open"]
 
 
@@ -168,12 +169,21 @@ class BreakerBoard:
     def allows(self, node: str, job_type: str, now: float) -> bool:
         """Ask before each attempt; a True may have started the half-open trial."""
         allowed, state = allows(self._get(node, job_type), now, self.settings)
-        self._states[node, breaker_kind(job_type)] = state
+        self._keep(node, job_type, state)
         return allowed
 
-    def record(self, node: str, job_type: str, outcome: Outcome, now: float) -> None:
-        state = record(self._get(node, job_type), outcome, now, self.settings)
+    def is_open(self, node: str, job_type: str, now: float) -> bool:
+        """Whether a `job_type` request to `node` would be refused now: O(1), no change."""
+        key = (node, breaker_kind(job_type))
+        state = self._states.get(key)
+        return state is not None and not allows(state, now, self.settings)[0]
+
+    def _keep(self, node: str, job_type: str, state: BreakerState) -> None:
+        """Store a state; `forget` drops a node's states when the fleet forgets the node."""
         self._states[node, breaker_kind(job_type)] = state
+
+    def record(self, node: str, job_type: str, outcome: Outcome, now: float) -> None:
+        self._keep(node, job_type, record(self._get(node, job_type), outcome, now, self.settings))
 
     def status(self, node: str, job_type: str, now: float) -> Status:
         return current(self._get(node, job_type), now, self.settings).status
@@ -194,13 +204,22 @@ class BreakerBoard:
             view.setdefault(node, {})[kind] = current(state, now, self.settings).status
         return view
 
+    def of_node(self, node: str, now: float) -> dict[str, str]:
+        """Slot kind → status for one node's breakers that have seen a request: O(1)."""
+        return {
+            kind: current(state, now, self.settings).status
+            for kind in _KINDS
+            if (state := self._states.get((node, kind))) is not None
+        }
+
     def heard_from(self, node: str, now: float) -> None:
-        """The node announced itself with every runtime healthy (see `heard_from`)."""
-        for key, state in list(self._states.items()):
-            if key[0] == node:
-                self._states[key] = heard_from(state, now)
+        """The node announced itself with every runtime healthy (see `heard_from`): O(1)."""
+        for kind in _KINDS:
+            state = self._states.get((node, kind))
+            if state is not None:
+                self._states[node, kind] = heard_from(state, now)
 
     def forget(self, node: str) -> None:
-        """Drop a node's breakers, when the fleet view drops the node."""
-        for key in [key for key in self._states if key[0] == node]:
-            del self._states[key]
+        """Drop a node's breakers, when the fleet view drops the node: O(1)."""
+        for kind in _KINDS:
+            self._states.pop((node, kind), None)

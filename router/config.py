@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from router.breakers import BreakerSettings
+from router.fleet import FleetSettings
 from router.profiles import SelectionConfig
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
@@ -74,6 +75,7 @@ class RouterSettings(FileSettings):
     local_runtime: LocalRuntime | None = None
     offload: OffloadSettings = OffloadSettings()
     breakers: BreakerSettings = BreakerSettings()
+    fleet: FleetSettings = FleetSettings()
     selection: SelectionConfig = SelectionConfig()
 
     @model_validator(mode="before")

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -74,6 +75,7 @@ class Router:
         self.fleet = fleet
         self.breakers = BreakerBoard(settings.breakers)
         fleet.on_record(self._heard_from)
+        fleet.on_forget(self.breakers.forget)
         self._subjects = Subjects(settings.subject_prefix)
         self._http = http
         self._clock = clock
@@ -127,14 +129,15 @@ class Router:
             now = self._clock()
             if self._left_s(deadline) <= 0:
                 return None
-            excluded = frozenset(tried | self.breakers.open_nodes(kind, now))
             selection = select(
                 self.settings.selection,
-                self.fleet.candidates(),
+                self.fleet.index,
                 agent_id=agent_id,
                 request_model=job.model,
-                exclude_nodes=excluded,
+                exclude_nodes=frozenset(tried),
+                excluded=partial(self.breakers.is_open, job_type=kind, now=now),
                 job_type=job.type,
+                now=self.fleet.clock(),
             )
             if selection is None or selection.source != "fleet" or selection.node is None:
                 route.fallback_reason = route.fallback_reason or (
@@ -276,11 +279,12 @@ class Router:
             return None
         selection = select(
             self.settings.selection,
-            self.fleet.candidates(),
+            self.fleet.index,
             agent_id=agent_id,
             request_model=job.model,
             force_local=True,
             job_type=job.type,
+            now=self.fleet.clock(),
         )
         model = selection.model if selection is not None else job.model
         if model is None:

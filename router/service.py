@@ -51,6 +51,7 @@ class RouterService(AsyncService):
             Subjects(self.settings.subject_prefix),
             clock=time.monotonic,
             local_node=self.settings.local_node,
+            settings=self.settings.fleet,
         )
         await self.fleet.start()
         self.router = Router(self.settings, nc=self._nc, fleet=self.fleet, http=self._http)

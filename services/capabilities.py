@@ -88,7 +88,10 @@ class Capabilities(_Record):
     node_id: str
     version: str
     seq: int
-    ts: float = Field(description="unix seconds when the record was built")
+    ts: float = Field(description="unix seconds when the record was built (display only)")
+    # One value per worker process: `seq` orders records within a run, a new run_id is a
+    # restarted worker (its seq starts again at 1). Empty from workers that predate it.
+    run_id: str = ""
     ttl_s: float
     runtimes: tuple[RuntimeStatus, ...] = ()
     served_models: tuple[ServedModel, ...] = ()
