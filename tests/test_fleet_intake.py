@@ -154,7 +154,7 @@ async def test_hundreds_of_simulated_nodes_route_correctly_while_records_flood_i
         assert len(fleet_of(router)) >= 300  # discovery completed the view before serving
         flooding = asyncio.create_task(flood(sims, nodes, rounds=20))
         wanted = [random.Random(i).choice(sorted(served_by[nodes[i].node_id])) for i in range(40)]
-        answers = []
+        answers: list[tuple[str, httpx.Response]] = []
         while not flooding.done() or len(answers) < len(wanted):
             model = wanted[len(answers) % len(wanted)]
             reply = await http.post("/infer", json={"prompt": "hi", "model": model})
