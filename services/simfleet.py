@@ -5,8 +5,9 @@ capabilities record (built with `services.capabilities`) on its own
 `ncs.capabilities.<id>` every heartbeat, announces itself there when `ncs.discover` is
 asked, and answers `node.<id>.llm.request` / `vision.request` jobs with a `JobResponse` that
 names the node and model it served, so a test can check where the router sent each job.
-One connection carries them all (a wildcard subscription per job kind), so a few hundred
-nodes cost one socket, not a few hundred.
+One connection carries them all (a few hundred nodes cost one socket, not a few hundred);
+each node has its own job subscriptions, so a node that is removed stops being a
+responder, as a dead worker does.
 """
 
 from __future__ import annotations
@@ -99,18 +100,30 @@ class SimulatedFleet(AsyncService):
         self._subjects = subjects or Subjects()
         self.heartbeat_s = heartbeat_s
         self._subscriptions: list[Subscription] = []
+        self._node_subscriptions: dict[str, list[Subscription]] = {}
         self._beating: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        for kind in ("llm", "vision"):
-            # One wildcard per job kind; jobs for nodes not simulated here are left alone.
-            subject = self._subjects.job("*", "vision" if kind == "vision" else "llm")
-            self._subscriptions.append(await self._nc.subscribe(subject, cb=self._answer))
+        for node_id in list(self.nodes):
+            await self._listen(node_id)
         self._subscriptions.append(
             await self._nc.subscribe(self._subjects.discover(), cb=self._announce_all)
         )
         await self.announce_all()
         self._beating = asyncio.create_task(self._beat_forever())
+
+    async def _listen(self, node_id: str) -> None:
+        self._node_subscriptions[node_id] = [
+            await self._nc.subscribe(self._subjects.job(node_id, kind), cb=self._answer)
+            for kind in ("llm", "vision")
+        ]
+
+    async def add(self, node: SimNode) -> None:
+        """A node joins: it takes jobs, then announces itself."""
+        self.nodes[node.node_id] = node
+        await self._listen(node.node_id)
+        await self._nc.flush()
+        await self.announce(node)
 
     async def announce_all(self, reply: str | None = None) -> None:
         for node in list(self.nodes.values()):
@@ -130,7 +143,10 @@ class SimulatedFleet(AsyncService):
         """Spread each round of heartbeats over the interval, as independent nodes would."""
         while True:
             nodes = list(self.nodes.values())
-            gap = self.heartbeat_s / max(1, len(nodes))
+            if not nodes:
+                await asyncio.sleep(self.heartbeat_s)
+                continue
+            gap = self.heartbeat_s / len(nodes)
             for node in nodes:
                 await self.announce(node)
                 await asyncio.sleep(gap)
@@ -152,15 +168,20 @@ class SimulatedFleet(AsyncService):
         )
         await self._nc.publish(msg.reply, encode(response))
 
-    def remove(self, node_id: str) -> None:
-        """The node dies: no more heartbeats, no more answers."""
+    async def remove(self, node_id: str) -> None:
+        """The node dies: no more heartbeats, no more answers, no longer a responder."""
         self.nodes.pop(node_id, None)
+        for subscription in self._node_subscriptions.pop(node_id, []):
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def stop(self) -> None:
         if self._beating is not None:
             self._beating.cancel()
             await asyncio.gather(self._beating, return_exceptions=True)
             self._beating = None
+        for node_id in list(self._node_subscriptions):
+            await self.remove(node_id)
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
