@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from router.candidates import Candidate, slot_kind
+from router.nodeset import NodeSet
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
 
-__all__ = ["FleetIndex", "ModelGroup", "NodeEntry", "NodeSet", "Taken"]
+__all__ = ["BucketKey", "FleetIndex", "ModelGroup", "NodeEntry", "Taken"]
 
-_OWNERS_SHOWN = 3  # node ids `/v1/models` names per model; the rest as a count
 BucketKey = tuple[bool, float]  # (running, size_gb): what ranks a model on a node
 
 
@@ -56,45 +55,6 @@ class Taken(Enum):
     @property
     def refused(self) -> bool:
         return self in (Taken.TOO_MANY_MODELS, Taken.FLEET_FULL)
-
-
-class NodeSet:
-    """Node ids with O(1) add, remove, membership and uniform random choice."""
-
-    __slots__ = ("_items", "_where")
-
-    def __init__(self) -> None:
-        self._items: list[str] = []
-        self._where: dict[str, int] = {}
-
-    def add(self, node: str) -> None:
-        if node not in self._where:
-            self._where[node] = len(self._items)
-            self._items.append(node)
-
-    def discard(self, node: str) -> None:
-        where = self._where.pop(node, None)
-        if where is None:
-            return
-        last = self._items.pop()
-        if where < len(self._items):
-            self._items[where] = last
-            self._where[last] = where
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._where
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def at(self, index: int) -> str:
-        return self._items[index]
-
-    def choice(self, rng: random.Random) -> str:
-        return self._items[rng.randrange(len(self._items))]
 
 
 @dataclass
@@ -227,8 +187,8 @@ class FleetIndex:
         where = bisect.bisect_left(self.node_ids, node)
         if where < len(self.node_ids) and self.node_ids[where] == node:
             del self.node_ids[where]
-        for key in [key for key in self.router_inflight if key[0] == node]:
-            del self.router_inflight[key]
+        for kind in ("llm", "vision"):
+            self.router_inflight.pop((node, kind), None)
         for listener in self._forget_listeners:
             listener(node)
 
@@ -308,27 +268,9 @@ class FleetIndex:
         """Whether some fresh node serves some model (as of the last sweep)."""
         return bool(self._groups)
 
-    def servers_of(self, name: str) -> set[str]:
-        """The fresh nodes serving a model name, whatever type they give it."""
-        return {
-            node
-            for by_name in self._by_type.values()
-            if (group := by_name.get(name)) is not None
-            for node in self.members(group)
-        }
-
-    def owners(self) -> dict[str, tuple[int, list[str]]]:
-        """Model name → (how many fresh nodes serve it, the first few by id): `/v1/models`.
-
-        O(candidates): callers cache it per `membership` (it changes on joins, leaves and
-        model changes, not on heartbeats).
-        """
-        owners: dict[str, tuple[int, list[str]]] = {}
-        for (name, _type), group in sorted(self._groups.items()):
-            count, first = owners.get(name, (0, []))
-            first = heapq.nsmallest(_OWNERS_SHOWN, [*first, *self.members(group)])
-            owners[name] = (count + group.size, first)
-        return owners
+    def groups(self) -> Iterator[ModelGroup]:
+        """Every served (model, type) with at least one fresh node."""
+        return iter(self._groups.values())
 
     # --- index maintenance ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ answer's `next` is the cursor for the next page (null on the last one).
 from __future__ import annotations
 
 import bisect
+import heapq
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,10 +18,38 @@ from typing import Any
 
 from router.fleet_index import FleetIndex
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "ModelsView", "NodesQuery", "nodes_page"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "ModelsView",
+    "NodesQuery",
+    "nodes_page",
+    "owners",
+    "servers_of",
+]
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+_OWNERS_SHOWN = 3  # node ids `/v1/models` names per model; the rest as a count
+
+
+def servers_of(index: FleetIndex, name: str) -> set[str]:
+    """The fresh nodes serving a model name, whatever type they give it."""
+    return {node for group in index.groups() if group.name == name for node in index.members(group)}
+
+
+def owners(index: FleetIndex) -> dict[str, tuple[int, list[str]]]:
+    """Model name → (how many fresh nodes serve it, the first few by id).
+
+    O(candidates): `ModelsView` caches it per index `membership` (which changes on joins,
+    leaves and model changes, not on heartbeats).
+    """
+    found: dict[str, tuple[int, list[str]]] = {}
+    for group in sorted(index.groups(), key=lambda g: (g.name, g.type)):
+        count, first = found.get(group.name, (0, []))
+        first = heapq.nsmallest(_OWNERS_SHOWN, [*first, *index.members(group)])
+        found[group.name] = (count + group.size, first)
+    return found
 
 
 class ModelsView:
@@ -43,7 +72,7 @@ class ModelsView:
                             "created": 0,
                             "owned_by": _owned_by(count, first),
                         }
-                        for name, (count, first) in self._index.owners().items()
+                        for name, (count, first) in owners(self._index).items()
                     ],
                 }
             ).encode()
@@ -96,7 +125,7 @@ def nodes_page(
     if query.node is not None:
         ids: Iterable[str] = [query.node] if query.node in index.nodes else []
     elif query.model is not None:
-        ids = sorted(index.servers_of(query.model))
+        ids = sorted(servers_of(index, query.model))
     else:
         ids = index.node_ids
     ordered = list(ids) if not isinstance(ids, list) else ids

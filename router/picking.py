@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from router.candidates import Candidate
-from router.fleet_index import BucketKey, FleetIndex, ModelGroup, NodeSet
+from router.fleet_index import BucketKey, FleetIndex, ModelGroup
+from router.nodeset import NodeSet
 
 __all__ = ["SCAN_LIMIT", "Picker", "Rank", "RankOf"]
 

@@ -18,6 +18,7 @@ import pytest
 from router.breakers import BreakerBoard
 from router.candidates import Candidate, slot_kind
 from router.fleet_index import FleetIndex, Taken
+from router.fleet_views import servers_of
 from router.picking import SCAN_LIMIT
 from router.profiles import HardDefault, SelectionConfig
 from router.selection import select
@@ -55,7 +56,7 @@ def record(
 
 
 def servers(index: FleetIndex, name: str) -> set[str]:
-    return index.servers_of(name)
+    return servers_of(index, name)
 
 
 # ── intake tables ──────────────────────────────────────────────────────────────────────
