@@ -421,3 +421,15 @@ def test_finished_jobs_leave_no_zero_counts() -> None:
     index.job_started("n0000", "llm")
     index.job_ended("n0000", "llm")
     assert index.router_inflight == Counter()
+
+
+# ── vision by capability ───────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("name", ["moondream:1.8b", "minicpm-v:8b"])
+def test_a_named_vision_model_is_reached_by_the_type_its_runtime_reports(name: str) -> None:
+    index = FleetIndex()
+    index.take(record("eyes", model(name, "vision"), LLAMA), 0)
+    got = select(SelectionConfig(hard_default=None), index, request_model=name, now=1)
+    assert got is not None
+    assert (got.model, got.node, got.type) == (name, "eyes", "vision")

@@ -12,6 +12,7 @@ import uuid
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from router.service import RouterService
 from services.capabilities import Capabilities, Load, ServedModel, encode_capabilities
@@ -185,3 +186,40 @@ async def flood(sims: SimulatedFleet, nodes: list[SimNode], rounds: int) -> None
         for node in nodes:
             await sims.announce(node)
         await asyncio.sleep(0)
+
+
+async def test_a_forged_discovery_reply_is_not_taken(
+    nc: NatsClient, start_router: RouterFactory, node_id: str
+) -> None:
+    """Any node may answer the discover inbox; only records on a node's own subject count."""
+
+    async def answer_for_the_victim(msg: Msg) -> None:
+        await msg.respond(forged(node_id, "bait:1b"))
+
+    sub = await nc.subscribe(SUBJECTS.discover(), cb=answer_for_the_victim)
+    await nc.flush()
+    try:
+        async with start_router() as router:
+            known = fleet_of(router)
+    finally:
+        await sub.unsubscribe()
+    assert node_id not in known
+
+
+async def test_a_restarted_worker_is_taken_although_its_seq_starts_again(
+    simulator: Simulator,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    node_id: str,
+) -> None:
+    async with start_router() as router:
+        fleet = router.fleet
+        assert fleet is not None
+        async with start_worker(backends=[backend(simulator.url)], heartbeat_s=0.2):
+            await until(lambda: node_id in fleet.nodes and fleet.nodes[node_id].record.seq >= 5)
+            first_run = fleet.nodes[node_id].record.run_id
+        async with start_worker(backends=[backend(simulator.url)], heartbeat_s=0.2):
+            await until(lambda: fleet.nodes[node_id].record.run_id != first_run)
+            restarted = fleet.nodes[node_id].record
+    assert restarted.seq < 5
+    assert restarted.run_id
