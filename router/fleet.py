@@ -16,7 +16,8 @@ is logged once per (reason, node), up to a bound.
 Responsiveness: nats-py runs one subscription's callback for each queued message without
 giving the loop back, so a backlog of records (a restart of 3,000 workers, 1 s heartbeats)
 would starve HTTP. Intake yields every `_YIELD_EVERY` records; staleness and forgetting run
-on a timer (`sweep_s`), not per record.
+on a timer (`sweep_s`), not per record; a heartbeat whose substance did not change is not
+re-validated (`router/record_decoder.py`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.candidates import slot_kind
 from router.fleet_index import FleetIndex, NodeEntry, Taken
+from router.record_decoder import RecordDecoder
 from services.bus import flush_interest
-from services.capabilities import Capabilities, decode_capabilities
+from services.capabilities import Capabilities
 from services.lifecycle import AsyncService
 from services.nodes import collect_fleet
 from services.subjects import Subjects
@@ -103,6 +105,8 @@ class FleetView(AsyncService):
         self._listeners: list[Callable[[Capabilities], None]] = []
         self._subject_head = subjects.capabilities("")  # "<prefix.>ncs.capabilities."
         self.refusals = _RefusalLog()
+        self._decoder = RecordDecoder()
+        self.index.on_forget(self._decoder.forget)
         self._taken_since_yield = 0
         self._subscription: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -142,17 +146,21 @@ class FleetView(AsyncService):
         if len(data) > self.settings.max_record_bytes:
             self.refusals.refuse("too large", node, f"{len(data)} bytes")
             return None
-        record = decode_capabilities(data)
-        if record is None:
+        raw = self._decoder.parse(data)
+        claimed = raw.get("node_id") if raw is not None else None
+        if claimed is not None and claimed != node:
+            self.refusals.refuse("forged", node, f"body says node_id {claimed!r}")
+            return None
+        decoded = self._decoder.decode(node, raw) if raw is not None else None
+        if decoded is None:
             self.refusals.refuse("not a record", node, "does not validate")
             return None
-        if record.node_id != node:
-            self.refusals.refuse("forged", node, f"body says node_id {record.node_id!r}")
-            return None
+        record = decoded.record
         taken = self.index.take(record, self.clock())
         if taken.refused:
             self.refusals.refuse(taken.value, node, f"{len(record.served_models)} models")
             return None
+        self._decoder.keep(node, decoded)
         if taken is not Taken.OUT_OF_ORDER:
             for listener in self._listeners:
                 listener(record)

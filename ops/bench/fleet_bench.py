@@ -18,7 +18,7 @@ contract) in a few processes, and the real router, then measures from this proce
               tries it
   views       GET /nodes (first page) and GET /v1/models latency
   spread      over 1,200 requests at c=8 for the popular model: max and min share of the
-              40 serving nodes, relative to a fair share
+              nodes serving it (40 per simulator process), relative to a fair share
 
 The machine is shared and noisy: read rows against N = 1 from the same run. Timings are
 printed, never asserted. Before figures (issue 10, same machine) are printed beside.
@@ -256,7 +256,8 @@ async def spread(http: aiohttp.ClientSession, url: str) -> tuple[float, float]:
                 served[answer["route"]["node"]] += 1
 
     await asyncio.gather(*(loop() for _ in range(8)))
-    serving = min(POPULAR_NODES, max(1, len(served)))
+    _, page = await get_json(http, f"{url}/nodes?model={POPULAR.name}&limit=1000")
+    serving = max(1, len(page["nodes"]))
     fair = sum(served.values()) / serving
     shares = [served.get(node, 0) for node in served] + [0] * (serving - len(served))
     return max(shares) / fair, min(shares) / fair
