@@ -433,3 +433,18 @@ def test_a_named_vision_model_is_reached_by_the_type_its_runtime_reports(name: s
     got = select(SelectionConfig(hard_default=None), index, request_model=name, now=1)
     assert got is not None
     assert (got.model, got.node, got.type) == (name, "eyes", "vision")
+
+
+def test_breaker_queries_answer_per_node_without_changing_state() -> None:
+    board = BreakerBoard()
+    for _ in range(3):
+        board.record("gpu1", "code", "failure", 1)
+    assert board.is_open("gpu1", "llm", 2)
+    assert not board.is_open("gpu1", "vision", 2)
+    assert not board.is_open("gpu2", "llm", 2)
+    assert board.of_node("gpu1", 2) == {"llm": "open"}
+    assert not board.is_open("gpu1", "llm", 200)  # half-open: the trial may go ...
+    assert not board.is_open("gpu1", "llm", 200)  # ... and asking did not start it
+    assert board.allows("gpu1", "llm", 200)
+    board.forget("gpu1")
+    assert board.of_node("gpu1", 201) == {}
