@@ -9,7 +9,8 @@ contract) in a few processes, and the real router, then measures from this proce
               model served by 40 nodes and for a "best llm" profile pick; `take()` per
               load-only heartbeat
   c1 / c32    POST /v1/chat/completions through the router for that popular model
-              (p50/p99 at c=1, req/s at c=32)
+              (p50/p99 at c=1, req/s at c=32, and the router's CPU per request at c=32
+              with its idle CPU taken off: what the router itself spends per request)
   idle        router CPU % and RSS over a window with only heartbeats flowing; healthy
               nodes seen stale in `/nodes?stale=true` meanwhile; slow-consumer errors in
               the router's log
@@ -73,6 +74,7 @@ class Row:
     c1_p50: float = 0.0
     c1_p99: float = 0.0
     c32_rate: float = 0.0
+    request_us: float = 0.0  # router CPU per request at c=32, idle CPU taken off
     errors: int = 0
     idle_cpu: float = 0.0
     rss_mb: float = 0.0
@@ -162,10 +164,14 @@ async def one_row(nodes: int, heartbeat_s: float, seconds: float) -> Row:
         call = caller(http, f"{url}/v1/chat/completions")
         await measure(call, 4, 1.0)  # warm-up
         c1 = await measure(call, 1, seconds)
+        busy_before = cpu_seconds(router.pid)
         c32 = await measure(call, 32, seconds)
+        busy_s = cpu_seconds(router.pid) - busy_before
         row.c1_p50, row.c1_p99, row.c32_rate = c1.pct(0.5), c1.pct(0.99), c32.rate
         row.errors = c1.errors + c32.errors
         row.idle_cpu, row.stale_seen = await idle_window(http, url, router.pid, 2 * seconds)
+        idle_s = row.idle_cpu / 100 * c32.seconds
+        row.request_us = max(0.0, busy_s - idle_s) / max(1, len(c32.latencies_ms)) * 1e6
         row.rss_mb = rss_mb(router.pid)
         row.nodes_ms = await latency(http, f"{url}/nodes")
         row.models_ms = await latency(http, f"{url}/v1/models")
@@ -297,16 +303,16 @@ def print_rows(rows: list[Row]) -> None:
     print(f"\nfleet benchmark, {os.cpu_count()} cores (shared); before = issue 10's figures\n")
     print(
         f"{'nodes':>5} {'hb':>3} | {'select µs':>9} {'best µs':>8} {'take µs':>7} | "
-        f"{'c1 p50':>7} {'c1 p99':>7} {'c32 r/s':>7} {'err':>3} | {'idle %':>6} {'RSS MB':>6} "
-        f"{'stale':>5} {'slowc':>5} | {'join ms':>7} {'death ms':>8} | {'/nodes':>6} "
-        f"{'/models':>7} | {'spread max/min':>14}"
+        f"{'c1 p50':>7} {'c1 p99':>7} {'c32 r/s':>7} {'µs/req':>6} {'err':>3} | "
+        f"{'idle %':>6} {'RSS MB':>6} {'stale':>5} {'slowc':>5} | {'join ms':>7} "
+        f"{'death ms':>8} | {'/nodes':>6} {'/models':>7} | {'spread max/min':>14}"
     )
     for r in rows:
         print(
             f"{r.nodes:5d} {r.heartbeat_s:3g} | {r.select_us:9.1f} {r.best_us:8.1f} "
             f"{r.take_us:7.1f} | {r.c1_p50:7.2f} {r.c1_p99:7.2f} {r.c32_rate:7.0f} "
-            f"{r.errors:3d} | {r.idle_cpu:6.2f} {r.rss_mb:6.0f} {r.stale_seen:5d} "
-            f"{r.slow_consumer:5d} | {r.new_node_ms:7.1f} {r.death_ms:8.1f} | "
+            f"{r.request_us:6.0f} {r.errors:3d} | {r.idle_cpu:6.2f} {r.rss_mb:6.0f} "
+            f"{r.stale_seen:5d} {r.slow_consumer:5d} | {r.new_node_ms:7.1f} {r.death_ms:8.1f} | "
             f"{r.nodes_ms:6.2f} {r.models_ms:7.2f} | {r.spread_max:6.2f}/{r.spread_min:<6.2f}"
         )
     print("\nbefore (issue 10): selection ms | c1 p50 ms | c32 req/s | idle % (10 s) | /nodes ms")
