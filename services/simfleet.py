@@ -32,6 +32,8 @@ from services.wire import JobResponse, Result, Usage, encode
 
 __all__ = ["SimNode", "SimulatedFleet", "random_nodes"]
 
+_BATCH_GAP_S = 0.05
+
 
 @dataclass
 class SimNode:
@@ -140,16 +142,19 @@ class SimulatedFleet(AsyncService):
         await self.announce_all(msg.reply or None)
 
     async def _beat_forever(self) -> None:
-        """Spread each round of heartbeats over the interval, as independent nodes would."""
+        """Spread each round of heartbeats over the interval, as independent nodes would.
+
+        In batches every `_BATCH_GAP_S`, not one timer per node: a thousand wake-ups a
+        second would cost the simulator more than the heartbeats themselves.
+        """
         while True:
             nodes = list(self.nodes.values())
-            if not nodes:
-                await asyncio.sleep(self.heartbeat_s)
-                continue
-            gap = self.heartbeat_s / len(nodes)
-            for node in nodes:
-                await self.announce(node)
-                await asyncio.sleep(gap)
+            rounds = max(1, int(self.heartbeat_s / _BATCH_GAP_S))
+            batch = max(1, -(-len(nodes) // rounds))
+            for start in range(0, max(1, len(nodes)), batch):
+                for node in nodes[start : start + batch]:
+                    await self.announce(node)
+                await asyncio.sleep(self.heartbeat_s / rounds)
 
     async def _answer(self, msg: Msg) -> None:
         node_id = msg.subject.split(".")[-3]

@@ -177,7 +177,10 @@ async def one_row(nodes: int, heartbeat_s: float, seconds: float) -> Row:
         row.models_ms = await latency(http, f"{url}/v1/models")
         row.spread_max, row.spread_min = await spread(http, url)
         row.new_node_ms, row.death_ms = await join_and_death(http, url, fleet.nats_url)
-        row.slow_consumer = fleet.children.tail("router", 100000).lower().count("slow consumer")
+        router_log = fleet.children.tail("router", 100000)
+        row.slow_consumer = router_log.lower().count("slow consumer")
+        if row.death_ms > 5000:
+            print(f"router log, {nodes} nodes:\n{router_log[-3000:]}", file=sys.stderr)
     return row
 
 
