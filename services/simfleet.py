@@ -187,6 +187,8 @@ class SimulatedFleet(AsyncService):
             self._beating = None
         for node_id in list(self._node_subscriptions):
             await self.remove(node_id)
+        with contextlib.suppress(Exception):
+            await self._nc.flush()  # the server has dropped their interest when this returns
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
