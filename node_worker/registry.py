@@ -46,7 +46,7 @@ def build_capabilities(
     catalog: Catalog,
     load: Mapping[str, SlotLoad],
     hardware: Hardware | None,
-    run_id: str = "",
+    instance: str | None = None,
 ) -> Capabilities:
     served = tuple(
         ServedModel(
@@ -68,13 +68,13 @@ def build_capabilities(
         node_id=node_id,
         version=version,
         seq=seq,
-        run_id=run_id,
         ts=round(now_unix, 3),
         ttl_s=ttl_s,
         runtimes=tuple(backend.status() for backend in backends),
         served_models=served,
         load={kind: Load(inflight=s.inflight, capacity=s.capacity) for kind, s in load.items()},
         hardware=hardware,
+        instance=instance,
     )
 
 

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import math
-import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -60,7 +60,7 @@ class Worker(AsyncService):
     def __init__(self, settings: WorkerSettings, *, http_client: httpx.AsyncClient | None = None):
         self.settings = settings
         self.node_id = settings.node_id
-        self.run_id = secrets.token_hex(8)  # orders this process's records apart from a restart's
+        self.instance = uuid.uuid4().hex[:12]  # routers order records by seq per instance
         self.subjects = Subjects(settings.subject_prefix)
         self.metrics = WorkerMetrics()
         self.admission = Admission(
@@ -202,7 +202,7 @@ class Worker(AsyncService):
             node_id=self.node_id,
             version=__version__,
             seq=seq,
-            run_id=self.run_id,
+            instance=self.instance,
             now_unix=time.time(),
             ttl_s=3 * self.settings.heartbeat_s,
             backends=self.backends,

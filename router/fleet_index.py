@@ -390,11 +390,12 @@ class FleetIndex:
 
 
 def _out_of_order(known: Capabilities, record: Capabilities) -> bool:
-    """An older record of the same worker run (by `seq`); a new `run_id` is a restart.
+    """An older record of the same worker process (by `seq`, per `instance`).
 
-    Records without a `run_id` (older workers) are taken in arrival order: NATS keeps one
-    publisher's messages in order, and their `seq` restarts at 1 with the process.
+    A new `instance` is a restarted worker (its `seq` starts again at 1), taken at once.
+    Records without one (older workers) are taken in arrival order: NATS keeps one
+    publisher's messages in order.
     """
-    if not record.run_id or record.run_id != known.run_id:
+    if not record.instance or record.instance != known.instance:
         return False
     return record.seq <= known.seq

@@ -89,14 +89,13 @@ class Capabilities(_Record):
     version: str
     seq: int
     ts: float = Field(description="unix seconds when the record was built (display only)")
-    # One value per worker process: `seq` orders records within a run, a new run_id is a
-    # restarted worker (its seq starts again at 1). Empty from workers that predate it.
-    run_id: str = ""
     ttl_s: float
     runtimes: tuple[RuntimeStatus, ...] = ()
     served_models: tuple[ServedModel, ...] = ()
     load: dict[str, Load] = Field(default_factory=dict)
     hardware: Hardware | None = None
+    # Random per worker process: two processes announcing one node id can be told apart.
+    instance: str | None = None
 
 
 def encode_capabilities(record: Capabilities) -> bytes:

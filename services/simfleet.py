@@ -41,7 +41,7 @@ class SimNode:
     models: tuple[ServedModel, ...]
     capacity: int = 4
     seq: int = 0
-    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    instance: str = field(default_factory=lambda: secrets.token_hex(6))
     served: int = 0  # jobs answered
 
     def record(self, ttl_s: float) -> Capabilities:
@@ -50,7 +50,7 @@ class SimNode:
             node_id=self.node_id,
             version="simfleet",
             seq=self.seq,
-            run_id=self.run_id,
+            instance=self.instance,
             ts=round(time.time(), 3),
             ttl_s=ttl_s,
             served_models=self.models,

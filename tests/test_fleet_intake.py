@@ -217,9 +217,9 @@ async def test_a_restarted_worker_is_taken_although_its_seq_starts_again(
         assert fleet is not None
         async with start_worker(backends=[backend(simulator.url)], heartbeat_s=0.2):
             await until(lambda: node_id in fleet.nodes and fleet.nodes[node_id].record.seq >= 5)
-            first_run = fleet.nodes[node_id].record.run_id
+            first_run = fleet.nodes[node_id].record.instance
         async with start_worker(backends=[backend(simulator.url)], heartbeat_s=0.2):
-            await until(lambda: fleet.nodes[node_id].record.run_id != first_run)
+            await until(lambda: fleet.nodes[node_id].record.instance != first_run)
             restarted = fleet.nodes[node_id].record
     assert restarted.seq < 5
-    assert restarted.run_id
+    assert restarted.instance

@@ -22,7 +22,7 @@ def decode(decoder: RecordDecoder, data: bytes) -> tuple[object, bool] | None:
 def test_a_load_only_heartbeat_reuses_the_record_and_equals_full_validation() -> None:
     decoder = RecordDecoder()
     decode(decoder, encode_capabilities(record("a", LLAMA, QWEN)))
-    beat = encode_capabilities(record("a", LLAMA, QWEN, seq=2, llm=(3, 4), ts=5.0, run_id="r2"))
+    beat = encode_capabilities(record("a", LLAMA, QWEN, seq=2, llm=(3, 4), ts=5.0, instance="r2"))
     got = decode(decoder, beat)
     assert got == (decode_capabilities(beat), True)
 
