@@ -135,6 +135,10 @@ class Announcer(AsyncService):
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply:
             return
+        if msg.subject != self._caps_subject:
+            # `ncs.discover`: routers take a record only from the node's own subject (the
+            # reply inbox is anyone's to answer), so announce there before replying.
+            await self.publish()
         started_s = time.monotonic()
         with contextlib.suppress(Exception):
             await msg.respond(encode_capabilities(self._record(self._seq)))

@@ -83,6 +83,9 @@ class Worker(AsyncService):
         self.settings = settings
         self._stop_requested = stop or asyncio.Event()
         self.node_id = settings.node_id
+        # Random per process: routers order records by seq per instance, and two processes
+        # announcing one node id can be told apart.
+        self.instance = uuid.uuid4().hex[:12]
         self.subjects = Subjects(settings.subject_prefix)
         self.metrics = WorkerMetrics()
         self.admission = Admission(
@@ -145,7 +148,6 @@ class Worker(AsyncService):
             relisted=self._relisted,
             spawn=self._spawn,
         )
-        self.instance = uuid.uuid4().hex[:12]
         self.twins: TwinWatch | None = None
         self._stopped = False
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
+from router.fleet_views import ModelsView, NodesQuery, nodes_page
 from router.idempotency import IdempotencyGate, gate_for, tenant_of
 from router.metrics import RouterMetrics
 from router.route import Route
@@ -241,43 +242,33 @@ def build_app(
 
         return count
 
-    async def models(_: Request) -> Response:
-        owners: dict[str, set[str]] = {}
-        for candidate in router.fleet.candidates():
-            owners.setdefault(candidate.name, set()).add(candidate.node)
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": ",".join(sorted(nodes))}
-            for name, nodes in sorted(owners.items())
-        ]
-        return JSONResponse({"object": "list", "data": data})
+    models_view = ModelsView(router.fleet.index)
 
-    async def nodes(_: Request) -> Response:
+    async def models(_: Request) -> Response:
+        return Response(models_view.body(), media_type="application/json")
+
+    async def nodes(request: Request) -> Response:
+        try:
+            query = NodesQuery.of(request.query_params)
+        except ValueError as error:
+            return JSONResponse(
+                {"error": {"code": ErrorCode.BAD_REQUEST.value, "message": str(error)}}, 400
+            )
         now = router.fleet.clock()
-        breakers = router.board.snapshot(now)
-        view = [
-            {
-                "node_id": node_id,
-                "age_s": round(node.age_s(now), 3),
-                "stale": node.stale(now),
-                "local": node_id == settings.local_node,
-                "breakers": breakers.get(node_id, {}),
-                "router_inflight": {
-                    kind: count
-                    for (nid, kind), count in router.fleet.inflight.items()
-                    if nid == node_id
-                },
-                "record": node.record.model_dump(mode="json", exclude_none=True),
-            }
-            for node_id, node in sorted(router.fleet.nodes.items())
-        ]
-        return JSONResponse({"nodes": view, "local_node": settings.local_node})
+        page = nodes_page(
+            router.fleet.index,
+            query,
+            now=now,
+            breakers_of=lambda node: router.board.of_node(node, now),
+        )
+        return JSONResponse(page)
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def ready(_: Request) -> Response:
         connected = router.nc.is_connected
-        routes = bool(router.fleet.candidates()) or router.local_runtime is not None
+        routes = router.fleet.index.serves_anything() or router.local_runtime is not None
         body = {"nats_connected": connected, "route_possible": routes}
         return JSONResponse(body, 200 if connected and routes else 503)
 

@@ -188,6 +188,11 @@ class BreakerBoard:
             for node, kinds in sorted(self._nodes.items())
         }
 
+    def of_node(self, node: str, now: float) -> dict[str, str]:
+        """Slot kind → status for one node's breakers that have seen a request: O(1)."""
+        kinds = self._nodes.get(node, {})
+        return {kind: current(state, now, self.settings).status for kind, state in kinds.items()}
+
     def heard_from(self, node: str, now: float) -> None:
         """The node announced itself with every runtime healthy (see `heard_from`)."""
         kinds = self._nodes.get(node, {})

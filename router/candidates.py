@@ -1,7 +1,7 @@
 """What selection chooses from: one served model on one node, as the router sees it now.
 
-Built by the fleet view from the nodes' capabilities records plus the router's own count
-of work in flight per node; selection (pure) only ever sees these.
+Built by the fleet index (`router/fleet_index.py`) for the nodes selection picks, from
+the nodes' records plus the router's own count of work in flight per node.
 """
 
 from __future__ import annotations
@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.capabilities import ModelType
+
+
+def slot_kind(model_type: str) -> str:
+    """The node's slots a model's jobs take: vision its own, everything else llm's."""
+    return "vision" if model_type == "vision" else "llm"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from router.board import BreakerSettings
+from router.fleet import FleetSettings
 from router.profiles import SelectionConfig
 from services.keystore import DEFAULT_BUCKET
 from services.runtimes.base import RuntimeKind
@@ -92,6 +93,7 @@ class RouterSettings(FileSettings):
     offload: OffloadSettings = OffloadSettings()
     breakers: BreakerSettings = BreakerSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    fleet: FleetSettings = FleetSettings()
     selection: SelectionConfig = SelectionConfig()
 
     @model_validator(mode="before")

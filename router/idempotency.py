@@ -289,10 +289,11 @@ def fleet_model(router: Router) -> ResolveModel:
     def resolve(job: JobRequest, agent_id: str | None) -> str | None:
         selection = select(
             router.settings.selection,
-            router.fleet.candidates(),
+            router.fleet.index,
             agent_id=agent_id,
             request_model=job.model,
             job_type=job.type,
+            now=router.fleet.clock(),
         )
         return selection.model if selection is not None else None
 

@@ -1,7 +1,9 @@
 """Model selection: which model on which node serves a request, or else which static endpoint.
 
-Pure over `SelectionConfig` and the fleet's `Candidate`s (no I/O, no clock: a candidate
-carries its `node_age_s`), so every branch is a row in a table test. Order (DESIGN §6):
+Pure over `SelectionConfig` and the fleet index (no I/O; `now` and the RNG passed in), so
+every branch is a row in a table test; a plain list of `Candidate`s is accepted too (it is
+indexed first: tests and tools). Reads only the groups of the wanted types and, through
+`router/picking.py`, a few nodes of the best rank: nothing here is O(fleet). Order (DESIGN §6):
 
 0. A request model that names no profile is looked for on the fleet first, even when an
    agent or global default resolves a profile: a caller naming a model wants that model,
@@ -24,7 +26,11 @@ Decisions:
   bare request model (no profile) never falls to the best candidate: it is a name.
 - Load: saturated nodes are skipped while another node serves the *same model* unsaturated
   (they would answer BUSY); a lone saturated model still beats a worse model. Then the
-  step's order, the least `load_ratio`, node id, name.
+  step's order; among equals the least `load_ratio` (power of two random choices when
+  many are equal), ties at random — never by node id, which sent all traffic to one node.
+- A bare request model's type is the one the fleet's runtimes report for that name, when
+  served (moondream, minicpm-v: vision by capability, whatever the name says); else the
+  job's type; else the name's hints.
 - A named profile's static config is always usable except a cloud one under `force_local`;
   fallback profiles thus serve force-local retries of cloud profiles and bare request
   models. Names also map "embed" to the embed type.
@@ -35,6 +41,7 @@ Decisions:
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +49,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from router.candidates import Candidate
+from router.fleet_index import BucketKey, FleetIndex, ModelGroup
+from router.picking import Picker, Rank
 from router.profiles import AgentConfig, SelectionConfig
 
 __all__ = ["Requirements", "Selection", "requirements", "resolve_profile", "select"]
@@ -53,6 +62,7 @@ _STAND_INS: Mapping[str, tuple[str, ...]] = {
 }  # fmt: skip
 _VISION = re.compile(r"vision|llava|(?:^|[^a-z])vl(?:$|[^a-z])")
 _NO_AGENT = AgentConfig()
+_RNG = random.Random()
 
 
 @dataclass(frozen=True)
@@ -112,18 +122,21 @@ def requirements(
     agent_id: str | None,
     request_model: str | None,
     job_type: str | None = None,
+    served_type: Callable[[str], str | None] = lambda _name: None,
 ) -> Requirements:
     """Requirements from the profile's policy, else its provider, else the names involved.
 
     The fallback profile is the policy's, else the agent's `fallback_llm`. Where names
     decide the type, the job's own type wins when it says more than "llm" (a job with
-    images is a vision job whatever the names say).
+    images is a vision job whatever the names say), then `served_type(model)`: the type
+    the fleet's runtimes give the model.
     """
     agent_fallback = _agent(config, agent_id).fallback_llm
     stated = job_type if job_type not in (None, "llm") else None
     if profile is None:
         named = (request_model,) if request_model else ()
-        required = stated or _type_from_names(*named)
+        served = served_type(request_model) if request_model else None
+        required = stated or served or _type_from_names(*named)
         return Requirements(None, required, named, None, agent_fallback)
     if profile not in config.llm_profiles:
         raise ValueError(f"unknown profile {profile!r}")
@@ -140,34 +153,61 @@ def requirements(
         )
     if config.is_cloud(llm):
         return Requirements(profile, "cloud_llm", (), llm.provider, agent_fallback)
-    required_type = stated or _type_from_names(profile, llm.model)
+    required_type = stated or served_type(llm.model) or _type_from_names(profile, llm.model)
     return Requirements(profile, required_type, (llm.model,), llm.provider, agent_fallback)
 
 
 def select(
     config: SelectionConfig,
-    candidates: Sequence[Candidate],
+    candidates: FleetIndex | Sequence[Candidate],
     *,
     agent_id: str | None = None,
     request_model: str | None = None,
     exclude_nodes: frozenset[str] = frozenset(),
+    excluded: Callable[[str], bool] | None = None,
     force_local: bool = False,
     job_type: str | None = None,
+    now: float = 0.0,
+    rng: random.Random | None = None,
 ) -> Selection | None:
-    """Choose a model for one request; `None` means no route (no hard default configured)."""
-    pool = _eligible(candidates, exclude_nodes, force_local)
+    """Choose a model for one request; `None` means no route (no hard default configured).
+
+    A node is left out when it is in `exclude_nodes` or `excluded(node)` says so (breaker
+    open: asked only of the nodes looked at). `now` is the index's clock.
+    """
+    index = (
+        candidates
+        if isinstance(candidates, FleetIndex)
+        else FleetIndex.of_candidates(candidates, now)
+    )
+
+    def out(node: str) -> bool:
+        return node in exclude_nodes or (excluded is not None and excluded(node))
+
+    pool = Picker(index, now=now, excluded=out, force_local=force_local, rng=rng or _RNG)
+    served = index.type_of
     profile = resolve_profile(config, agent_id=agent_id, request_model=request_model)
     reasons: list[str] = []
     if request_model and profile is not None and not _names(config, profile, request_model):
         direct = requirements(
-            config, None, agent_id=agent_id, request_model=request_model, job_type=job_type
+            config,
+            None,
+            agent_id=agent_id,
+            request_model=request_model,
+            job_type=job_type,
+            served_type=served,
         )
         picked, why = _from_fleet(direct, pool)
         if picked is not None:
             return _fleet_selection(picked, direct, why)
         reasons.append(f"{_label(direct)}: {why}; using profile {profile!r}")
     reqs = requirements(
-        config, profile, agent_id=agent_id, request_model=request_model, job_type=job_type
+        config,
+        profile,
+        agent_id=agent_id,
+        request_model=request_model,
+        job_type=job_type,
+        served_type=served,
     )
     visited: set[str | None] = set()
     while True:
@@ -197,7 +237,12 @@ def select(
             break
         reasons.append(f"fallback profile {fallback!r}")
         reqs = requirements(
-            config, fallback, agent_id=agent_id, request_model=None, job_type=job_type
+            config,
+            fallback,
+            agent_id=agent_id,
+            request_model=None,
+            job_type=job_type,
+            served_type=served,
         )
     hard = config.hard_default
     if hard is None:
@@ -212,76 +257,82 @@ def select(
     )
 
 
-@dataclass(frozen=True)
-class _Pool:
-    """Eligible candidates, plus which types exclusion or `force_local` emptied (for reasons)."""
-
-    candidates: Sequence[Candidate]
-    excluded_types: frozenset[str]  # types whose every candidate sat on an excluded node
-    remote_only_types: frozenset[str]  # types with only remote candidates (force_local)
-
-
-def _eligible(candidates: Sequence[Candidate], exclude: frozenset[str], local: bool) -> _Pool:
-    open_ = [c for c in candidates if c.node not in exclude]
-    kept = [c for c in open_ if c.local or not local]
-    all_types = {c.type for c in candidates}
-    open_types = {c.type for c in open_}
-    return _Pool(
-        candidates=kept,
-        excluded_types=frozenset(all_types - open_types),
-        remote_only_types=frozenset(open_types - {c.type for c in kept}),
-    )
-
-
-def _from_fleet(reqs: Requirements, pool: _Pool) -> tuple[Candidate | None, str]:
+def _from_fleet(reqs: Requirements, pool: Picker) -> tuple[Candidate | None, str]:
     """The fleet's pick for `reqs` and the fallback reason, or `None` and why not."""
     wanted = _STAND_INS[reqs.required_type]
-    typed = [c for c in pool.candidates if c.type in wanted]
-    if not typed:
-        return None, _why_no_candidate(reqs.required_type, wanted, pool)
-    # Best-candidate picks take the wanted type itself when it exists; a stand-in (code
-    # for llm, llm for code) only when it does not. Prefer lists match by name in both.
-    best_pool = [c for c in typed if c.type == wanted[0]] or typed
+    typed = pool.index.groups_of(wanted)
     for pref in reqs.prefer:
         if pref == "*":
-            return _pick(best_pool, _best_rank), ""
-        matches = [c for c in typed if pref in c.name]
-        if matches:
-            return _pick(matches, _prefer_rank(pref)), ""
+            best = _best(pool, wanted)
+            return (best, "") if best is not None else (None, _why_no_candidate(reqs, pool))
+        matches = [group for group in typed if pref in group.name]
+        picked = (
+            pool.pick(matches, _prefer_rank(pref), ("prefer", pref, wanted)) if matches else None
+        )
+        if picked is not None:
+            return picked, ""
+    # Best-candidate picks take the wanted type itself when it exists; a stand-in (code
+    # for llm, llm for code) only when it does not. Prefer lists match by name in both.
+    best = _best(pool, wanted)
+    if best is None:
+        return None, _why_no_candidate(reqs, pool)
     if reqs.profile is None and reqs.prefer:
         return None, "no eligible node serves it"
     missed = f"nothing matches prefer {list(reqs.prefer)}; " if reqs.prefer else ""
     reason = f"{missed}best {reqs.required_type} candidate" if missed else ""
-    return _pick(best_pool, _best_rank), reason
+    return best, reason
 
 
-def _why_no_candidate(required_type: str, wanted: tuple[str, ...], pool: _Pool) -> str:
-    if any(t in pool.excluded_types for t in wanted):
+def _best(pool: Picker, wanted: tuple[str, ...]) -> Candidate | None:
+    own = pool.pick(pool.index.groups_of(wanted[:1]), _best_rank, ("best", wanted[:1]))
+    if own is not None or len(wanted) == 1:
+        return own
+    return pool.pick(pool.index.groups_of(wanted[1:]), _best_rank, ("best", wanted[1:]))
+
+
+def _why_no_candidate(reqs: Requirements, pool: Picker) -> str:
+    """Why nothing of the wanted types is eligible (only on this failure path: it scans)."""
+    required_type = reqs.required_type
+    wanted = _STAND_INS[required_type]
+    open_local = {t: _open_nodes(pool, t) for t in wanted}
+    if any(state == "excluded" for state, _ in open_local.values()):
         return f"all {required_type} candidates are on excluded nodes"
-    if any(t in pool.remote_only_types for t in wanted):
+    if pool.force_local and any(
+        state == "open" and not local for state, local in open_local.values()
+    ):
         return f"no local {required_type} candidate (force_local)"
     return f"no {required_type} candidate"
 
 
-_Rank = tuple[bool | float, ...]
+def _open_nodes(pool: Picker, model_type: str) -> tuple[str, bool]:
+    """("none" | "excluded" | "open", whether the local node is open) for one type."""
+    local_node = pool.index.local_node
+    state, local = "none", False
+    for group in pool.index.groups_of((model_type,)):
+        for node in pool.index.members(group):
+            if not pool.index.live(node, pool.now):
+                continue
+            if not pool.open_node(node):
+                state = "excluded" if state == "none" else state
+                continue
+            state = "open"
+            local = local or node == local_node
+            if local or not pool.force_local:
+                return state, local
+    return state, local
 
 
-def _prefer_rank(pref: str) -> Callable[[Candidate], _Rank]:
-    def rank(c: Candidate) -> _Rank:
-        return (not c.local, c.name != pref, not c.running, -(c.size_gb or 0.0))
+def _prefer_rank(pref: str) -> Callable[[ModelGroup, BucketKey, bool], Rank]:
+    def rank(group: ModelGroup, bucket: BucketKey, local: bool) -> Rank:
+        running, size = bucket
+        return (not local, group.name != pref, not running, -size)
 
     return rank
 
 
-def _best_rank(c: Candidate) -> _Rank:
-    return (not c.running, -(c.size_gb or 0.0), not c.local)
-
-
-def _pick(pool: Sequence[Candidate], rank: Callable[[Candidate], _Rank]) -> Candidate:
-    """The top candidate by `rank`, skipping saturated nodes of a model served unsaturated."""
-    unsaturated_models = {c.name for c in pool if not c.saturated}
-    eligible = [c for c in pool if not c.saturated or c.name not in unsaturated_models]
-    return min(eligible, key=lambda c: (rank(c), c.load_ratio, c.node, c.name))
+def _best_rank(group: ModelGroup, bucket: BucketKey, local: bool) -> Rank:
+    running, size = bucket
+    return (not running, -size, not local)
 
 
 def _fleet_selection(c: Candidate, reqs: Requirements, reason: str) -> Selection:

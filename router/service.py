@@ -67,6 +67,7 @@ class RouterService(AsyncService):
             Subjects(settings.subject_prefix),
             clock=time.monotonic,
             local_node=settings.local_node,
+            settings=settings.fleet,
         )
         self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
         self.gate = gate_for(self.router)

@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import httpx
 from nats.aio.client import Client as NatsClient
@@ -77,6 +78,7 @@ class Router:
         self.fleet = fleet
         self.board = BreakerBoard(settings.breakers)
         fleet.on_record(self._heard_from)
+        fleet.on_forget(self.board.forget)
         subjects = Subjects(settings.subject_prefix)
         self.link = NodeLink(nc, subjects)
         offload = settings.offload
@@ -146,14 +148,16 @@ class Router:
             if self._left_s(r) <= 0 or not self.nc.is_connected:
                 break
             now = self._clock()
-            open_nodes = self.board.open_nodes(kind, now)
-            selection = self._select(r, exclude=frozenset(r.tried | open_nodes))
+            is_open = partial(self.board.is_open, job_type=kind, now=now)
+            selection = self._select(r, exclude=frozenset(r.tried), excluded=is_open)
             if selection is None or selection.source != "fleet" or selection.node is None:
                 r.route.fallback_reason = r.route.fallback_reason or (
                     selection.fallback_reason if selection else "no node serves it"
                 )
-                if open_nodes and self._select(r, exclude=frozenset(r.tried)) is not None:
-                    r.skipped_open = True
+                # Only here (no node left), and only in proportion to the troubled nodes:
+                # did open breakers stand between the request and a node that serves it?
+                if self.board.open_nodes(kind, now):
+                    r.skipped_open = self._select(r, exclude=frozenset(r.tried)) is not None
                 break
             node = selection.node
             r.tried.add(node)
@@ -174,6 +178,7 @@ class Router:
         r: _Request,
         *,
         exclude: frozenset[str] = frozenset(),
+        excluded: Callable[[str], bool] | None = None,
         force_local: bool = False,
         fleet: bool = True,
     ) -> Selection | None:
@@ -182,12 +187,14 @@ class Router:
         use_fleet = fleet and (self.nc.is_connected or force_local)
         return select(
             self.settings.selection,
-            self.fleet.candidates() if use_fleet else [],
+            self.fleet.index if use_fleet else [],
             agent_id=r.agent_id,
             request_model=r.job.model,
             exclude_nodes=exclude,
+            excluded=excluded,
             force_local=force_local,
             job_type=r.job.type,
+            now=self.fleet.clock(),
         )
 
     def _local_target(self, r: _Request) -> RuntimeTarget | None:

@@ -90,7 +90,7 @@ class Capabilities(_Record):
     node_id: str
     version: str
     seq: int
-    ts: float = Field(description="unix seconds when the record was built")
+    ts: float = Field(description="unix seconds when the record was built (display only)")
     ttl_s: float
     runtimes: tuple[RuntimeStatus, ...] = ()
     served_models: tuple[ServedModel, ...] = ()

@@ -394,12 +394,6 @@ PICKS = [
         ],
         ("b:7b", "n2", "fleet"),
     ),
-    row(
-        "tie-broken-by-node-id",
-        {"request_model": "chat"},
-        [cand("llama3.1:8b", "n3"), cand("llama3.1:8b", "n1"), cand("llama3.1:8b", "n2")],
-        ("llama3.1:8b", "n1", "fleet"),
-    ),
     # static fallbacks
     row(
         "static-with-base-url",

@@ -1,0 +1,46 @@
+"""Heartbeat decoding: reusing the previous record gives exactly what full validation gives."""
+
+from __future__ import annotations
+
+import json
+
+from router.record_decoder import RecordDecoder
+from services.capabilities import decode_capabilities, encode_capabilities
+from tests.test_fleet_index import LLAMA, QWEN, record
+
+
+def decode(decoder: RecordDecoder, data: bytes) -> tuple[object, bool] | None:
+    raw = decoder.parse(data)
+    assert raw is not None
+    decoded = decoder.decode("a", raw)
+    if decoded is None:
+        return None
+    decoder.keep("a", decoded)
+    return decoded.record, decoded.reused
+
+
+def test_a_load_only_heartbeat_reuses_the_record_and_equals_full_validation() -> None:
+    decoder = RecordDecoder()
+    decode(decoder, encode_capabilities(record("a", LLAMA, QWEN)))
+    beat = encode_capabilities(record("a", LLAMA, QWEN, seq=2, llm=(3, 4), ts=5.0, instance="r2"))
+    got = decode(decoder, beat)
+    assert got == (decode_capabilities(beat), True)
+
+
+def test_changed_models_are_validated_in_full() -> None:
+    decoder = RecordDecoder()
+    decode(decoder, encode_capabilities(record("a", LLAMA)))
+    changed = encode_capabilities(record("a", QWEN, seq=2))
+    assert decode(decoder, changed) == (decode_capabilities(changed), False)
+
+
+def test_bad_moving_fields_or_bytes_are_not_a_record() -> None:
+    decoder = RecordDecoder()
+    first = json.loads(encode_capabilities(record("a", LLAMA)))
+    decode(decoder, json.dumps(first).encode())
+    assert decode(decoder, json.dumps({**first, "seq": "two"}).encode()) is None
+    assert (
+        decode(decoder, json.dumps({**first, "load": {"llm": {"inflight": -1}}}).encode()) is None
+    )
+    assert decoder.parse(b"not json") is None
+    assert decoder.parse(b"[1, 2]") is None
