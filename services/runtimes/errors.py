@@ -23,6 +23,9 @@ Error bodies seen in the wild (checked against the runtimes' sources):
 Beware of the transport: httpx-aiohttp 0.2 maps *every* `aiohttp.ClientConnectionError`
 (connection refused, server disconnected) to `httpx.ConnectTimeout`. A connect "timeout"
 therefore means "unreachable", never "the job's budget is spent".
+
+Every error made here also carries a `reason` (`services.runtimes.reasons`): transport
+failures are `transient`, unreadable 2xx answers `unknown`, HTTP errors by status and body.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from typing import Any
 import aiohttp
 import httpx
 
-from services.errors import ErrorCode, InferbusError
+from services.errors import ErrorCode, InferbusError, Reason
+from services.runtimes.reasons import reason_of
 
 MAX_MESSAGE_CHARS = 300
 
@@ -124,6 +128,18 @@ def _classify(
     now_unix_s: float | None,
     secrets: Iterable[str],
 ) -> InferbusError:
+    error = _code_of(status, detail, headers, now_unix_s, secrets)
+    error.reason = reason_of(status, detail.message, detail.type, detail.code)
+    return error
+
+
+def _code_of(
+    status: int | None,
+    detail: ErrorDetail,
+    headers: Mapping[str, str],
+    now_unix_s: float | None,
+    secrets: Iterable[str],
+) -> InferbusError:
     text = redact(detail.message, secrets)[:MAX_MESSAGE_CHARS]
     message = f"HTTP {status}: {text}" if status is not None else f"runtime error: {text}"
     if status == 429:
@@ -191,13 +207,17 @@ def classify_transport_error(
     """
     if _is_deadline(exc):
         return InferbusError(
-            ErrorCode.DEADLINE_EXCEEDED, "the runtime did not answer within the deadline"
+            ErrorCode.DEADLINE_EXCEEDED,
+            "the runtime did not answer within the deadline",
+            reason=Reason.TRANSIENT,
         )
     what = "connection to the runtime lost mid-stream" if mid_stream else "runtime unreachable"
     # Name the transport's own exception: httpx-aiohttp's class names are misleading.
     cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
     detail = redact(f"{type(cause).__name__}: {cause}", secrets)[:MAX_MESSAGE_CHARS]
-    return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"{what}: {detail}")
+    return InferbusError(
+        ErrorCode.BACKEND_UNAVAILABLE, f"{what}: {detail}", reason=Reason.TRANSIENT
+    )
 
 
 def _is_deadline(exc: BaseException) -> bool:
@@ -232,4 +252,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def invalid_response(what: str) -> InferbusError:
     """The runtime answered 2xx with something we cannot read."""
-    return InferbusError(ErrorCode.BACKEND_ERROR, f"unreadable runtime response: {what}")
+    return InferbusError(
+        ErrorCode.BACKEND_ERROR, f"unreadable runtime response: {what}", reason=Reason.UNKNOWN
+    )
