@@ -2,7 +2,8 @@
 
 Selection keys (`llm_profiles`, `selection_policies`, `agents`, `default_profile`,
 `hard_default`, `cloud_providers`) sit at the top level of the file, as operators write
-them, and are gathered into one `SelectionConfig`.
+them, and are gathered into one `SelectionConfig`. Cloud keys (`providers`, `fallbacks`,
+`failover`) sit at the top level too (router/providers_config.py, router/cooldowns.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from router.breakers import BreakerSettings
+from router.cooldowns import FailoverSettings
 from router.profiles import SelectionConfig
+from router.providers_config import PROVIDER_NAME_PATTERN, ProviderConfig
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
@@ -63,7 +66,11 @@ class OffloadSettings(_Section):
 
 class RouterSettings(FileSettings):
     model_config = SettingsConfigDict(
-        env_prefix="INFERBUS_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="INFERBUS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,  # a key pasted in the wrong place must not be echoed
     )
 
     nats_url: NatsUrls = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
@@ -75,6 +82,12 @@ class RouterSettings(FileSettings):
     offload: OffloadSettings = OffloadSettings()
     breakers: BreakerSettings = BreakerSettings()
     selection: SelectionConfig = SelectionConfig()
+    # Cloud providers and the global model chain (issue 13; not yet on the serving path).
+    providers: dict[Annotated[str, Field(pattern=PROVIDER_NAME_PATTERN)], ProviderConfig] = Field(
+        default_factory=dict
+    )
+    fallbacks: list[str] = Field(default_factory=list)
+    failover: FailoverSettings = FailoverSettings()
 
     @model_validator(mode="before")
     @classmethod
