@@ -6,9 +6,11 @@ observes exactly as it would from a failing Ollama, vLLM or llama.cpp server.
 
     async with Simulator(models=[SimModel("llama3:8b")]) as sim:
         sim.set_fault("llama3:8b", Fault("error", count=2))
+        sim.set_key("key-a", KeyBehaviour("rate_limited", retry_after_s=30))  # a cloud provider
         ...  # talk to sim.url with any HTTP client
 """
 
+from services.simulator.cloud import KEY_KINDS, KeyBehaviour
 from services.simulator.faults import FAULT_KINDS, Fault
 from services.simulator.models import DEFAULT_MODELS, SimModel, expected_text, expected_tokens
 from services.simulator.server import Simulator
@@ -16,7 +18,9 @@ from services.simulator.server import Simulator
 __all__ = [
     "DEFAULT_MODELS",
     "FAULT_KINDS",
+    "KEY_KINDS",
     "Fault",
+    "KeyBehaviour",
     "SimModel",
     "Simulator",
     "expected_text",

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from services.simulator.cloud_api import add_key_routes
 from services.simulator.control_api import add_control_routes
 from services.simulator.flow import STATE_KEY
 from services.simulator.ollama_api import add_ollama_routes
@@ -28,4 +29,5 @@ def build_app(state: SimState) -> web.Application:
     add_ollama_routes(app, started)
     add_openai_routes(app, int(started.timestamp()))
     add_control_routes(app)
+    add_key_routes(app)
     return app

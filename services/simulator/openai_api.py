@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.simulator.cloud_api import key_gate
 from services.simulator.flow import (
     JSON_HEADERS,
     STATE_KEY,
@@ -228,7 +229,8 @@ class _ChunkEncoder:
 
 def add_openai_routes(app: web.Application, started_unix: int) -> None:
     """Register the OpenAI-compatible endpoints and ``/health`` on ``app``."""
-    models = app[STATE_KEY].models
+    state = app[STATE_KEY]
+    models = state.models
     models_body = json_bytes(
         {
             "object": "list",
@@ -254,6 +256,9 @@ def add_openai_routes(app: web.Application, started_unix: int) -> None:
         return web.Response(body=health_body, headers=JSON_HEADERS)
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
+        refusal = await key_gate(request, state)
+        if refusal is not None:
+            return refusal
         return await serve_generation(request, chat)
 
     app.router.add_get("/v1/models", list_models)

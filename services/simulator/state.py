@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterable
 
+from services.simulator.cloud import KeyTable
 from services.simulator.faults import FaultTable
 from services.simulator.models import SimModel
 
@@ -36,6 +37,7 @@ class SimState:
         self.token_interval_ms = 0.0
         self.configure(latency_ms=latency_ms, tokens=tokens, token_interval_ms=token_interval_ms)
         self.faults = FaultTable()
+        self.keys = KeyTable()  # per-API-key provider behaviour (cloud.py)
         self.calls: Counter[str] = Counter()
         self.open_connections = 0
         self.stopping = asyncio.Event()
