@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from services.simulator import Fault, SimModel, Simulator, expected_text, expect
 from services.simulator.cli import parse_models
 from services.simulator.faults import FaultTable
 from services.simulator.plan import GenRequest, Plan, Rejection, plan_generation
+from tests.sim_process import ANNOUNCE, simulator_process
 
 LLM = "llama3:8b"
 VISION = "llava:7b"
@@ -677,33 +677,15 @@ async def test_stop_ends_hanging_requests_is_idempotent_and_can_restart_on_the_s
 
 
 async def test_cli_process_announces_its_url_serves_and_exits_cleanly_on_sigterm() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.simulator",
-        "--port",
-        "0",
-        "--models",
-        "tiny:1b,eye:2b:vision",
-        "--tokens",
-        "3",
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
-        url = line.removeprefix("simulator listening on ")
+    args = ("--port", "0", "--models", "tiny:1b,eye:2b:vision", "--tokens", "3")
+    async with simulator_process(*args) as (process, line):
+        url = line.removeprefix(ANNOUNCE)
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
             names = [m["name"] for m in (await http.get("/api/tags")).json()["models"]]
             show = (await http.post("/api/show", json={"model": "eye:2b"})).json()
             answer = (await http.post("/v1/chat/completions", json=openai_chat("tiny:1b"))).json()
         process.send_signal(signal.SIGTERM)
         exit_code = await asyncio.wait_for(process.wait(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
     assert line.startswith("simulator listening on http://127.0.0.1:")
     assert names == ["tiny:1b", "eye:2b"]

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,11 +24,11 @@ from services.runtimes.http import new_http_client
 from services.simulator import KeyBehaviour, SimModel, Simulator, expected_text
 from services.simulator.cloud import parse_key_spec
 from services.wire import Message, Params
+from tests.sim_process import ANNOUNCE, simulator_process
 
 MODEL = "gpt-sim"
 TOKENS = 4
 PROMPT = "hello there"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -233,25 +231,9 @@ def test_bad_cli_key_specs_name_the_problem(spec: str, message: str) -> None:
 
 
 async def test_cli_process_plays_a_provider_per_key() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.simulator",
-        "--port",
-        "0",
-        "--models",
-        MODEL,
-        "--key",
-        "key-a=revoked",
-        "--key",
-        "key-b=ok",
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
-        url = line.removeprefix("simulator listening on ")
+    args = ("--port", "0", "--models", MODEL, "--key", "key-a=revoked", "--key", "key-b=ok")
+    async with simulator_process(*args) as (process, line):
+        url = line.removeprefix(ANNOUNCE)
         body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
             revoked = await http.post(
@@ -262,10 +244,6 @@ async def test_cli_process_plays_a_provider_per_key() -> None:
             )
         process.send_signal(signal.SIGTERM)
         exit_code = await asyncio.wait_for(process.wait(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert revoked.status_code == 401
     assert revoked.json()["error"]["code"] == "invalid_api_key"
     assert fine.status_code == 200
