@@ -21,17 +21,7 @@ issue 9's `next_action(outcome, state, now)`): pure, table-tested, numbers from
 
 "Every key of the model is out" (quota or auth on all of them → disable the model) is read
 from the board after each key failure (`disable_if_keys_all_out`); `apply_effects` writes
-the rest. One request's loop, as phase 2 wires it (tests/test_cloud_chain.py drives it):
-
-    cursor = ChainCursor()
-    while (target := next_target(chain, keys_of, board, cursor, now())) is a CloudTarget:
-        state = AttemptState(max_tokens_sent=..., remaining_budget_s=...)
-        loop:  error = attempt(target); decision = next_cloud_action(error, state, settings)
-               apply_effects(board, target, decision.effects, now())
-               return / stop → answer; retry_in_place → wait delay_s, retry (maybe without
-               max_tokens); next_key → cursor.key_done + disable_if_keys_all_out, next target;
-               next_model → cursor.model_done, next target
-    AllCooling → all_cooling_error; ChainExhausted → chain_exhausted_error(last error)
+the rest. `router/cloud_chain.run_cloud_chain` is the loop around them.
 """
 
 from __future__ import annotations

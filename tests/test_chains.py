@@ -1,35 +1,27 @@
 """Model chains: building, resolving, walking — and whole requests through the pure pieces.
 
-`drive` below is the loop phase 2 of issue 13 wires into the router (see the docstring of
-router/cloud_actions.py), run synchronously against a scripted provider and a clock that
-only moves when the loop waits. It exercises the real decision, walk and board.
+`drive` below runs router/cloud_chain.py's loop (the one phase 2 of issue 13 wires into the
+router) against a scripted provider and a clock that only moves when the loop waits, so
+the real walk, decision and board are exercised with exact times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
 from router.chains import (
-    AllCooling,
     ChainCursor,
     ChainExhausted,
     CloudTarget,
-    all_cooling_error,
     build_chain,
-    chain_exhausted_error,
     next_target,
     request_fallbacks,
     resolve_cloud_chain,
 )
-from router.cloud_actions import (
-    AttemptState,
-    apply_effects,
-    disable_if_keys_all_out,
-    next_cloud_action,
-)
+from router.cloud_chain import ChainResult, run_cloud_chain
 from router.cooldowns import CloudHealthBoard, FailoverSettings
 from router.providers_config import CloudModel, ProviderConfig
 from services.errors import ErrorCode, InferbusError, Reason
@@ -140,7 +132,36 @@ class Clock:
     now: float = 1_000.0
 
 
-def drive(
+Attempt = Callable[[CloudTarget, bool, float], Awaitable[str]]
+
+
+async def run(
+    names: Sequence[str],
+    attempt: Attempt,
+    board: CloudHealthBoard,
+    clock: Clock,
+    *,
+    budget_s: float = 60.0,
+    max_tokens: bool = False,
+) -> ChainResult[str]:
+    """run_cloud_chain on the fake clock: waiting moves it, nothing else does."""
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    return await run_cloud_chain(
+        resolve_cloud_chain(names, PROVIDERS),
+        KEYS,
+        board,
+        attempt,
+        deadline=clock.now + budget_s,
+        max_tokens_sent=max_tokens,
+        clock=lambda: clock.now,
+        sleep=sleep,
+    )
+
+
+async def drive(
     names: Sequence[str],
     provider: Provider,
     board: CloudHealthBoard,
@@ -150,66 +171,37 @@ def drive(
     max_tokens: bool = False,
 ) -> str | InferbusError:
     """One request along its chain; returns "provider/key/model" of the answer, or the error."""
-    settings = board.settings
-    chain = resolve_cloud_chain(names, PROVIDERS)
-    deadline = clock.now + budget_s
-    cursor = ChainCursor()
-    last: InferbusError | None = None
-    dropped = False
-    while True:
-        target = next_target(chain, KEYS, board, cursor, clock.now)
-        if isinstance(target, AllCooling):
-            return all_cooling_error(target.until, clock.now)
-        if isinstance(target, ChainExhausted):
-            if last is None:
-                return all_cooling_error(target.until, clock.now)
-            return chain_exhausted_error(last, cursor.model_index)
-        retries = 0
-        while True:
-            outcome = provider.call(target, max_tokens and not dropped)
-            state = AttemptState(
-                retries_in_place=retries,
-                max_tokens_sent=max_tokens and not dropped,
-                max_tokens_dropped=dropped,
-                remaining_budget_s=deadline - clock.now,
-            )
-            decision = next_cloud_action(outcome, state, settings)
-            apply_effects(board, target, decision.effects, clock.now)
-            if outcome is None:
-                return f"{target.provider}/{target.key_id}/{target.model.model}"
-            last = outcome
-            if decision.action in ("return", "stop"):
-                return decision.error or outcome
-            if decision.action == "retry_in_place":
-                clock.now += decision.delay_s
-                retries += 1
-                dropped = dropped or decision.drop_max_tokens
-                continue
-            if decision.action == "next_key":
-                cursor.key_done(target)
-                disable_if_keys_all_out(board, target, KEYS[target.provider], clock.now)
-            else:
-                cursor.model_done(target)
-            break
+
+    async def attempt(target: CloudTarget, drop_max_tokens: bool, left_s: float) -> str:
+        outcome = provider.call(target, max_tokens and not drop_max_tokens)
+        if outcome is not None:
+            raise outcome
+        return f"{target.provider}/{target.key_id}/{target.model.model}"
+
+    result = await run(names, attempt, board, clock, budget_s=budget_s, max_tokens=max_tokens)
+    if result.error is not None:
+        return result.error
+    assert result.reply is not None
+    return result.reply
 
 
-def test_the_answer_comes_from_key_b_after_as_429_and_the_next_request_skips_a() -> None:
+async def test_the_answer_comes_from_key_b_after_as_429_and_the_next_request_skips_a() -> None:
     board, clock = CloudHealthBoard(), Clock()
     provider = Provider(
         {("openai", "KEY_A", "gpt-4o"): [err(Reason.RATE_LIMITED, retry_after_ms=30_000)]}
     )
-    assert drive(["gpt-4o"], provider, board, clock) == "openai/KEY_B/gpt-4o"
+    assert await drive(["gpt-4o"], provider, board, clock) == "openai/KEY_B/gpt-4o"
     provider.calls.clear()
     clock.now += 10
-    assert drive(["gpt-4o"], provider, board, clock) == "openai/KEY_B/gpt-4o"
+    assert await drive(["gpt-4o"], provider, board, clock) == "openai/KEY_B/gpt-4o"
     assert provider.calls == [("openai", "KEY_B", "gpt-4o", False)]  # A not even tried
     clock.now += 21  # Retry-After (30 s) has passed
     provider.calls.clear()
-    drive(["gpt-4o"], provider, board, clock)
+    await drive(["gpt-4o"], provider, board, clock)
     assert provider.calls[0][:2] == ("openai", "KEY_A")
 
 
-def test_a_sibling_provider_is_not_cooled_by_the_first_ones_429_on_a_same_named_key() -> None:
+async def test_a_sibling_provider_is_not_cooled_by_the_first_ones_429_on_a_same_named_key() -> None:
     board, clock = CloudHealthBoard(), Clock()
     provider = Provider(
         {
@@ -217,12 +209,12 @@ def test_a_sibling_provider_is_not_cooled_by_the_first_ones_429_on_a_same_named_
             ("openai", "KEY_B", "gpt-4o"): [err(Reason.RATE_LIMITED)],
         }
     )
-    assert drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
+    assert await drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
         "deepseek/KEY_A/deepseek-chat"
     )
 
 
-def test_the_chain_reaches_the_fallback_model_when_the_primarys_keys_are_all_out() -> None:
+async def test_the_chain_reaches_the_fallback_model_when_the_primarys_keys_are_all_out() -> None:
     board, clock = CloudHealthBoard(), Clock()
     provider = Provider(
         {
@@ -230,51 +222,51 @@ def test_the_chain_reaches_the_fallback_model_when_the_primarys_keys_are_all_out
             ("openai", "KEY_B", "gpt-4o"): [err(Reason.QUOTA, ErrorCode.BAD_REQUEST)],
         }
     )
-    assert drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
+    assert await drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
         "deepseek/KEY_A/deepseek-chat"
     )
     assert board.model_status("openai", "gpt-4o", clock.now) == "disabled"
 
 
-def test_a_transient_error_is_retried_in_place_within_the_budget() -> None:
+async def test_a_transient_error_is_retried_in_place_within_the_budget() -> None:
     board, clock = CloudHealthBoard(), Clock()
     flaky = err(Reason.TRANSIENT, ErrorCode.BACKEND_UNAVAILABLE)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [flaky, flaky, OK]})
     started = clock.now
-    assert drive(["gpt-4o"], provider, board, clock) == "openai/KEY_A/gpt-4o"
+    assert await drive(["gpt-4o"], provider, board, clock) == "openai/KEY_A/gpt-4o"
     assert [call[:2] for call in provider.calls] == [("openai", "KEY_A")] * 3
     assert clock.now - started == 2.5  # 0.5 s, then 2 s
 
 
-def test_retries_never_wait_past_the_budget() -> None:
+async def test_retries_never_wait_past_the_budget() -> None:
     board, clock = CloudHealthBoard(), Clock()
     flaky = err(Reason.TRANSIENT, ErrorCode.BACKEND_UNAVAILABLE)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [flaky]})
     started = clock.now
-    answer = drive(["gpt-4o", "deepseek-chat"], provider, board, clock, budget_s=1.0)
+    answer = await drive(["gpt-4o", "deepseek-chat"], provider, board, clock, budget_s=1.0)
     assert answer == "deepseek/KEY_A/deepseek-chat"
     assert clock.now - started <= 1.0
     assert board.model_status("openai", "gpt-4o", clock.now) == "cooling"
 
 
-def test_everything_cooling_says_when_the_earliest_cooldown_ends() -> None:
+async def test_everything_cooling_says_when_the_earliest_cooldown_ends() -> None:
     board, clock = CloudHealthBoard(), Clock()
     board.cool_key("openai", "KEY_A", Reason.RATE_LIMITED, clock.now, retry_after_s=40)
     board.cool_key("openai", "KEY_B", Reason.RATE_LIMITED, clock.now, retry_after_s=12)
     provider = Provider({})
-    answer = drive(["gpt-4o"], provider, board, clock)
+    answer = await drive(["gpt-4o"], provider, board, clock)
     assert isinstance(answer, InferbusError)
     assert (answer.code, answer.retry_after_ms) == (ErrorCode.NO_ROUTE, 12_000)
     assert provider.calls == []
 
 
-def test_quota_on_every_key_disables_the_model_until_its_recheck() -> None:
+async def test_quota_on_every_key_disables_the_model_until_its_recheck() -> None:
     board, clock = CloudHealthBoard(FailoverSettings(disabled_recheck_s=600)), Clock()
     broke = err(Reason.QUOTA, ErrorCode.BAD_REQUEST)
     provider = Provider(
         {("openai", "KEY_A", "gpt-4o"): [broke], ("openai", "KEY_B", "gpt-4o"): [broke, OK]}
     )
-    answer = drive(["gpt-4o"], provider, board, clock)
+    answer = await drive(["gpt-4o"], provider, board, clock)
     assert isinstance(answer, InferbusError)
     assert answer.reason == Reason.QUOTA
     assert "chain exhausted" in answer.message
@@ -282,38 +274,38 @@ def test_quota_on_every_key_disables_the_model_until_its_recheck() -> None:
     assert entry is not None
     assert (entry.status, entry.reason) == ("disabled", Reason.QUOTA)
     provider.calls.clear()
-    assert isinstance(drive(["gpt-4o"], provider, board, clock), InferbusError)
+    assert isinstance(await drive(["gpt-4o"], provider, board, clock), InferbusError)
     assert provider.calls == []  # skipped while disabled
     clock.now += 600  # re-checked: the quota cooldowns (600 s) are over too
-    assert drive(["gpt-4o"], provider, board, clock) == "openai/KEY_B/gpt-4o"
+    assert await drive(["gpt-4o"], provider, board, clock) == "openai/KEY_B/gpt-4o"
     assert board.model_status("openai", "gpt-4o", clock.now) == "healthy"
 
 
-def test_a_missing_model_is_disabled_and_skipped_by_the_next_request() -> None:
+async def test_a_missing_model_is_disabled_and_skipped_by_the_next_request() -> None:
     board, clock = CloudHealthBoard(), Clock()
     gone = err(Reason.MODEL_MISSING, ErrorCode.MODEL_NOT_FOUND)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [gone]})
-    assert drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
+    assert await drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
         "deepseek/KEY_A/deepseek-chat"
     )
     provider.calls.clear()
-    drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
+    await drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
     assert [call[0] for call in provider.calls] == ["deepseek"]
 
 
-def test_max_tokens_over_the_ceiling_is_dropped_once_and_retried() -> None:
+async def test_max_tokens_over_the_ceiling_is_dropped_once_and_retried() -> None:
     board, clock = CloudHealthBoard(), Clock()
     ceiling = err(Reason.OUTPUT_LIMIT, ErrorCode.BAD_REQUEST)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [ceiling, OK]})
-    assert drive(["gpt-4o"], provider, board, clock, max_tokens=True) == "openai/KEY_A/gpt-4o"
+    assert await drive(["gpt-4o"], provider, board, clock, max_tokens=True) == "openai/KEY_A/gpt-4o"
     assert [call[3] for call in provider.calls] == [True, False]
 
 
-def test_max_tokens_ceiling_again_after_dropping_is_a_clear_error() -> None:
+async def test_max_tokens_ceiling_again_after_dropping_is_a_clear_error() -> None:
     board, clock = CloudHealthBoard(), Clock()
     ceiling = err(Reason.OUTPUT_LIMIT, ErrorCode.BAD_REQUEST)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [ceiling]})
-    answer = drive(["gpt-4o", "deepseek-chat"], provider, board, clock, max_tokens=True)
+    answer = await drive(["gpt-4o", "deepseek-chat"], provider, board, clock, max_tokens=True)
     assert isinstance(answer, InferbusError)
     assert answer.reason == Reason.OUTPUT_LIMIT
     assert "lower max_tokens" in answer.message
@@ -321,39 +313,39 @@ def test_max_tokens_ceiling_again_after_dropping_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("reason", [Reason.BAD_REQUEST, Reason.CONTEXT_EXCEEDED])
-def test_request_faults_return_at_once_without_failing_over(reason: Reason) -> None:
+async def test_request_faults_return_at_once_without_failing_over(reason: Reason) -> None:
     board, clock = CloudHealthBoard(), Clock()
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [err(reason, ErrorCode.BAD_REQUEST)]})
-    answer = drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
+    answer = await drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
     assert isinstance(answer, InferbusError)
     assert answer.reason == reason
     assert len(provider.calls) == 1
     assert board.key_cooling_until("openai", "KEY_A", clock.now) is None
 
 
-def test_unknown_advances_the_chain_without_marking_the_model() -> None:
+async def test_unknown_advances_the_chain_without_marking_the_model() -> None:
     board, clock = CloudHealthBoard(), Clock()
     odd = err(Reason.UNKNOWN)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [odd, odd, odd, OK]})
-    assert drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
+    assert await drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == (
         "deepseek/KEY_A/deepseek-chat"
     )
     assert board.model_status("openai", "gpt-4o", clock.now) == "healthy"
-    assert drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == "openai/KEY_A/gpt-4o"
+    assert await drive(["gpt-4o", "deepseek-chat"], provider, board, clock) == "openai/KEY_A/gpt-4o"
 
 
-def test_a_deadline_stops_the_chain_and_marks_nothing() -> None:
+async def test_a_deadline_stops_the_chain_and_marks_nothing() -> None:
     board, clock = CloudHealthBoard(), Clock()
     late = err(Reason.TRANSIENT, ErrorCode.DEADLINE_EXCEEDED)
     provider = Provider({("openai", "KEY_A", "gpt-4o"): [late]})
-    answer = drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
+    answer = await drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
     assert isinstance(answer, InferbusError)
     assert answer.code == ErrorCode.DEADLINE_EXCEEDED
     assert len(provider.calls) == 1
     assert board.model_status("openai", "gpt-4o", clock.now) == "healthy"
 
 
-def test_walk_skips_cooling_models_and_reports_exhaustion_with_the_earliest_release() -> None:
+async def test_walk_skips_cooling_models_and_reports_exhaustion_with_the_earliest_release() -> None:
     board, now = CloudHealthBoard(), 0.0
     chain = (CloudModel("openai", "gpt-4o", "gpt-4o"),)
     cursor = ChainCursor()
@@ -363,3 +355,52 @@ def test_walk_skips_cooling_models_and_reports_exhaustion_with_the_earliest_rele
     cursor.key_done(first)
     board.cool_key("openai", "KEY_B", Reason.RATE_LIMITED, now)
     assert next_target(chain, KEYS, board, cursor, now) == ChainExhausted(5.0)
+
+
+async def test_every_attempt_is_recorded_for_the_route() -> None:
+    board, clock = CloudHealthBoard(), Clock()
+    provider = Provider({("openai", "KEY_A", "gpt-4o"): [err(Reason.RATE_LIMITED)]})
+
+    async def attempt(target: CloudTarget, drop_max_tokens: bool, left_s: float) -> str:
+        outcome = provider.call(target, False)
+        if outcome is not None:
+            raise outcome
+        return "answer"
+
+    result = await run(["gpt-4o"], attempt, board, clock, budget_s=5)
+    assert result.reply == "answer"
+    assert result.target is not None
+    assert result.target.key_id == "KEY_B"
+    assert [record.to_route() for record in result.attempts] == [
+        {
+            "kind": "cloud",
+            "provider": "openai",
+            "key_id": "KEY_A",
+            "model": "gpt-4o",
+            "outcome": "rate_limited",
+            "ms": 0.0,
+        },
+        {
+            "kind": "cloud",
+            "provider": "openai",
+            "key_id": "KEY_B",
+            "model": "gpt-4o",
+            "outcome": "ok",
+            "ms": 0.0,
+        },
+    ]
+
+
+async def test_the_attempt_is_told_the_budget_left_and_nothing_starts_after_the_deadline() -> None:
+    board, clock = CloudHealthBoard(), Clock()
+    budgets: list[float] = []
+
+    async def attempt(target: CloudTarget, drop_max_tokens: bool, left_s: float) -> str:
+        budgets.append(left_s)
+        clock.now += 3  # each call takes 3 s and fails transiently
+        raise err(Reason.TRANSIENT, ErrorCode.BACKEND_UNAVAILABLE)
+
+    result = await run(["gpt-4o", "deepseek-chat"], attempt, board, clock, budget_s=5)
+    assert budgets == [5.0, 1.5]  # 3 s call + 0.5 s wait; the 2 s wait would cross it
+    assert result.error is not None
+    assert result.error.reason == Reason.TRANSIENT
