@@ -101,6 +101,18 @@ class RouterSettings(FileSettings):
             values["selection"] = selection
         return values
 
+    @model_validator(mode="after")
+    def _profiles_name_served_provider_models(self) -> RouterSettings:
+        """A profile naming a configured provider must name a model that provider serves."""
+        for name, profile in self.selection.llm_profiles.items():
+            provider = self.providers.get(profile.provider)
+            if provider is not None and provider.upstream_model(profile.model) is None:
+                raise ValueError(
+                    f"llm_profiles.{name}.model: {profile.model!r} is not in "
+                    f"providers.{profile.provider}'s models or aliases"
+                )
+        return self
+
     @field_validator("local_node")
     @classmethod
     def _node_id_is_a_token(cls, node_id: str | None) -> str | None:

@@ -78,6 +78,19 @@ def test_bad_provider_config_names_the_field(providers: dict[str, object], field
     assert field in str(caught.value)
 
 
+def test_a_profile_naming_a_provider_must_name_a_model_it_serves() -> None:
+    with pytest.raises(pydantic.ValidationError, match=r"llm_profiles\.p\.model"):
+        RouterSettings(
+            providers={"openai": {"base_url": "https://x", "models": ["gpt-4o"]}},
+            llm_profiles={"p": {"provider": "openai", "model": "gpt-3.5"}},
+        )
+    settings = RouterSettings(
+        providers={"openai": {"base_url": "https://x", "aliases": {"fast": "gpt-4o-mini"}}},
+        llm_profiles={"p": {"provider": "openai", "model": "anything"}},  # no allow-list
+    )
+    assert settings.selection.llm_profiles["p"].model == "anything"
+
+
 def test_a_key_pasted_instead_of_its_variable_name_is_refused_without_echoing_it(
     tmp_path: Path,
 ) -> None:
