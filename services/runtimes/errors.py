@@ -41,21 +41,10 @@ import aiohttp
 import httpx
 
 from services.errors import ErrorCode, InferbusError, Reason
-from services.runtimes.reasons import reason_of
+from services.runtimes.reasons import reason_of, says_context_exceeded, says_model_missing
 
 MAX_MESSAGE_CHARS = 300
 
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
-_CONTEXT_PHRASES = (
-    "context length",  # Ollama, vLLM "maximum context length", OpenAI
-    "context size",  # llama.cpp "exceeds the available context size"
-    "context window",
-    "maximum model length",  # vLLM V1 "is longer than the maximum model length"
-)
-_MODEL_MISSING = re.compile(
-    r"model\b.{0,200}?\b(not found|does not exist|not exist)|no models? (is )?loaded", re.I
-)
-_MODEL_MISSING_CODES = frozenset({"model_not_found"})
 _SECRET_PATTERNS = (
     re.compile(r"(?i)bearer\s+\S+"),
     re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
@@ -146,9 +135,9 @@ def _code_of(
         # Checked first: rate-limit texts talk about tokens too ("tokens per minute").
         retry = retry_after_ms(headers, now_unix_s=now_unix_s)
         return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message, retry_after_ms=retry)
-    if _says_context_exceeded(detail):
+    if says_context_exceeded(detail.message, detail.type, detail.code):
         return InferbusError(ErrorCode.CONTEXT_EXCEEDED, message)
-    if status == 404 or _says_model_missing(detail):
+    if status == 404 or says_model_missing(detail.message, detail.code):
         return InferbusError(ErrorCode.MODEL_NOT_FOUND, message)
     if status in (502, 503, 504):
         retry = retry_after_ms(headers, now_unix_s=now_unix_s)
@@ -159,19 +148,6 @@ def _code_of(
         # The runtime rejected this request's content: another runtime would too.
         return InferbusError(ErrorCode.BACKEND_ERROR, message, retryable=False)
     return InferbusError(ErrorCode.BACKEND_ERROR, message)
-
-
-def _says_context_exceeded(detail: ErrorDetail) -> bool:
-    if detail.code.lower() in _CONTEXT_CODES or detail.type.lower() in _CONTEXT_CODES:
-        return True
-    text = detail.message.lower()
-    return any(phrase in text for phrase in _CONTEXT_PHRASES)
-
-
-def _says_model_missing(detail: ErrorDetail) -> bool:
-    return detail.code.lower() in _MODEL_MISSING_CODES or bool(
-        _MODEL_MISSING.search(detail.message)
-    )
 
 
 def retry_after_ms(headers: Mapping[str, str], *, now_unix_s: float | None = None) -> int | None:

@@ -27,39 +27,35 @@ import re
 
 from services.errors import Reason
 
-__all__ = ["reason_of"]
+__all__ = ["reason_of", "says_context_exceeded", "says_model_missing"]
 
 _QUOTA = re.compile(
     r"insufficient[ _](quota|balance|credits?|funds)|exceeded your current quota"
     r"|more credits|credit balance is too low|billing[ _]hard[ _]limit|out of credits",
-    re.I,
 )
 _QUOTA_CODES = frozenset({"insufficient_quota", "insufficient_credits", "billing_error"})
 # Not "output tokens" alone: Anthropic's 429 "... of 8,000 output tokens per minute" is a rate.
 _OUTPUT_LIMIT = re.compile(
     r"max_(completion_|output_|new_)?tokens|maximum (allowed number of )?output tokens"
     r"|requested \d+ output tokens|\b(in|for) the completion\b|at most \d+ completion tokens",
-    re.I,
 )
 _AUTH = re.compile(
     r"(invalid|incorrect|wrong|revoked|expired)\W+(x-)?api[ _-]?key"
     r"|api key (is )?(invalid|not valid)|authentication fail|unauthori[sz]ed"
     r"|invalid[ _]token|no api key",
-    re.I,
 )
 _AUTH_CODES = frozenset(
     {"invalid_api_key", "authentication_error", "permission_error", "unauthorized"}
 )
-_CONTEXT = re.compile(
-    r"context[ _](length|size|window)|maximum model length|prompt is too long", re.I
-)
+# Ollama, vLLM ("maximum context length", "longer than the maximum model length"), OpenAI,
+# llama.cpp ("exceeds the available context size"), Anthropic ("prompt is too long").
+_CONTEXT = re.compile(r"context[ _](length|size|window)|maximum model length|prompt is too long")
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
 _MODEL_MISSING = re.compile(
     r"model\b.{0,200}?\b(not found|does not exist|not exist)|no models? (is )?loaded"
-    r"|unknown model|invalid model",
-    re.I,
+    r"|unknown model",
 )
-_MODEL_MISSING_CODES = frozenset({"model_not_found", "not_found_error"})
+_MODEL_MISSING_CODES = frozenset({"model_not_found"})
 _TRANSIENT_STATUS = frozenset({408, 425, 529})
 
 
@@ -76,6 +72,7 @@ def reason_of(status: int | None, message: str, type_: str = "", code: str = "")
     if status is None and code.isdigit():
         status = int(code)
     labels = {type_.lower(), code.lower()}
+    message = message.lower()  # the patterns are lower case: cheaper than re.IGNORECASE
     if status == 402 or not labels.isdisjoint(_QUOTA_CODES) or _QUOTA.search(message):
         return Reason.QUOTA
     if status in (None, 400, 413, 422, 429) and _OUTPUT_LIMIT.search(message):
@@ -84,14 +81,24 @@ def reason_of(status: int | None, message: str, type_: str = "", code: str = "")
         return Reason.RATE_LIMITED
     if status in (401, 403) or not labels.isdisjoint(_AUTH_CODES) or _AUTH.search(message):
         return Reason.AUTH
-    if not labels.isdisjoint(_CONTEXT_CODES) or _CONTEXT.search(message):
+    if says_context_exceeded(message, type_, code):
         return Reason.CONTEXT_EXCEEDED
-    if status == 404 or not labels.isdisjoint(_MODEL_MISSING_CODES):
-        return Reason.MODEL_MISSING
-    if _MODEL_MISSING.search(message):
+    if status == 404 or says_model_missing(message, code):
         return Reason.MODEL_MISSING
     if status is not None and (status >= 500 or status in _TRANSIENT_STATUS):
         return Reason.TRANSIENT
     if status is not None and 400 <= status < 500:
         return Reason.BAD_REQUEST
     return Reason.UNKNOWN
+
+
+def says_context_exceeded(message: str, type_: str = "", code: str = "") -> bool:
+    """The body says the prompt is longer than the model's window (code CONTEXT_EXCEEDED too)."""
+    if code.lower() in _CONTEXT_CODES or type_.lower() in _CONTEXT_CODES:
+        return True
+    return bool(_CONTEXT.search(message.lower()))
+
+
+def says_model_missing(message: str, code: str = "") -> bool:
+    """The body says the model is not there (code MODEL_NOT_FOUND too)."""
+    return code.lower() in _MODEL_MISSING_CODES or bool(_MODEL_MISSING.search(message.lower()))
