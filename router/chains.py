@@ -175,11 +175,9 @@ def next_target(
             cursor.model_index = index + 1
             continue
         for key_id in keys_of.get(model.provider, ()):
-            if (index, key_id) in cursor.used:
-                continue
             until = board.key_cooling_until(model.provider, key_id, now)
-            if until is not None:
-                note(until)
+            note(until)  # keys this request cooled count too: they say when to come back
+            if until is not None or (index, key_id) in cursor.used:
                 continue
             cursor.attempts += 1
             return CloudTarget(index, model, key_id)

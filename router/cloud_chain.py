@@ -38,7 +38,7 @@ from router.cloud_actions import (
 )
 from router.cooldowns import CloudHealthBoard
 from router.providers_config import CloudModel
-from services.errors import ErrorCode, InferbusError
+from services.errors import ErrorCode, InferbusError, Reason
 
 __all__ = ["AttemptRecord", "ChainResult", "run_cloud_chain"]
 
@@ -107,10 +107,7 @@ async def run_cloud_chain(
     while True:
         found = next_target(chain, keys_of, board, cursor, clock())
         if isinstance(found, AllCooling | ChainExhausted):
-            if last is None or isinstance(found, AllCooling):
-                result.error = all_cooling_error(found.until, clock())
-            else:
-                result.error = chain_exhausted_error(last, len({a.model for a in result.attempts}))
+            result.error = _final_error(found, last, result.attempts, clock())
             return result
         target, retries = found, 0
         while True:
@@ -163,3 +160,21 @@ async def run_cloud_chain(
             else:
                 cursor.model_done(target)
             break
+
+
+def _final_error(
+    found: AllCooling | ChainExhausted,
+    last: InferbusError | None,
+    attempts: Sequence[AttemptRecord],
+    now: float,
+) -> InferbusError:
+    """Nothing left to try: "all cooling, free again at …", or the last failure.
+
+    A chain that ran out because its keys are now rate limited (this request's own 429s
+    included) is "all cooling": the caller learns when to come back.
+    """
+    cooling = last is None or last.reason == Reason.RATE_LIMITED
+    if isinstance(found, AllCooling) or (cooling and found.until is not None):
+        return all_cooling_error(found.until, now)
+    assert last is not None
+    return chain_exhausted_error(last, len({(a.provider, a.model) for a in attempts}))

@@ -260,6 +260,23 @@ async def test_everything_cooling_says_when_the_earliest_cooldown_ends() -> None
     assert provider.calls == []
 
 
+async def test_a_chain_whose_keys_all_answer_429_says_when_the_first_is_free_again() -> None:
+    board, clock = CloudHealthBoard(), Clock()
+    provider = Provider(
+        {
+            ("openai", "KEY_A", "gpt-4o"): [err(Reason.RATE_LIMITED, retry_after_ms=40_000)],
+            ("openai", "KEY_B", "gpt-4o"): [err(Reason.RATE_LIMITED, retry_after_ms=9_000)],
+        }
+    )
+    answer = await drive(["gpt-4o"], provider, board, clock)
+    assert isinstance(answer, InferbusError)
+    assert (answer.code, answer.retry_after_ms, answer.reason) == (
+        ErrorCode.NO_ROUTE,
+        9_000,
+        Reason.RATE_LIMITED,
+    )
+
+
 async def test_quota_on_every_key_disables_the_model_until_its_recheck() -> None:
     board, clock = CloudHealthBoard(FailoverSettings(disabled_recheck_s=600)), Clock()
     broke = err(Reason.QUOTA, ErrorCode.BAD_REQUEST)
