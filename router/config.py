@@ -2,7 +2,8 @@
 
 Selection keys (`llm_profiles`, `selection_policies`, `agents`, `default_profile`,
 `hard_default`, `cloud_providers`) sit at the top level of the file, as operators write
-them, and are gathered into one `SelectionConfig`.
+them, and are gathered into one `SelectionConfig`. Cloud keys (`providers`, `fallbacks`,
+`failover`) sit at the top level too (router/providers_config.py, router/cooldowns.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from router.board import BreakerSettings
+from router.cooldowns import FailoverSettings
 from router.fleet import FleetSettings
 from router.profiles import SelectionConfig
+from router.providers_config import PROVIDER_NAME_PATTERN, ProviderConfig
 from services.keystore import DEFAULT_BUCKET
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
@@ -81,7 +84,11 @@ class IdempotencySettings(_Section):
 
 class RouterSettings(FileSettings):
     model_config = SettingsConfigDict(
-        env_prefix="INFERBUS_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="INFERBUS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,  # a key pasted in the wrong place must not be echoed
     )
 
     nats_url: NatsUrls = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
@@ -95,6 +102,12 @@ class RouterSettings(FileSettings):
     idempotency: IdempotencySettings = IdempotencySettings()
     fleet: FleetSettings = FleetSettings()
     selection: SelectionConfig = SelectionConfig()
+    # Cloud providers and the global model chain (issue 13; not yet on the serving path).
+    providers: dict[Annotated[str, Field(pattern=PROVIDER_NAME_PATTERN)], ProviderConfig] = Field(
+        default_factory=dict
+    )
+    fallbacks: list[str] = Field(default_factory=list)
+    failover: FailoverSettings = FailoverSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +120,18 @@ class RouterSettings(FileSettings):
                     selection[key] = values.pop(key)
             values["selection"] = selection
         return values
+
+    @model_validator(mode="after")
+    def _profiles_name_served_provider_models(self) -> RouterSettings:
+        """A profile naming a configured provider must name a model that provider serves."""
+        for name, profile in self.selection.llm_profiles.items():
+            provider = self.providers.get(profile.provider)
+            if provider is not None and provider.upstream_model(profile.model) is None:
+                raise ValueError(
+                    f"llm_profiles.{name}.model: {profile.model!r} is not in "
+                    f"providers.{profile.provider}'s models or aliases"
+                )
+        return self
 
     @field_validator("local_node")
     @classmethod

@@ -41,12 +41,15 @@ class LlmProfile(_Frozen):
 
     `base_url` and `api_key_env` matter for cloud providers and for runtimes outside the
     fleet; a local provider without `base_url` means the router node's own runtime.
+    `provider` may name an entry of `providers:`, whose keys and chain it then uses;
+    `fallbacks` are models tried after `model` (before the global `fallbacks:`).
     """
 
     provider: _Name = "ollama"
     model: _Name
     base_url: str | None = None
     api_key_env: str | None = None
+    fallbacks: list[str] = []
 
 
 class SelectionPolicy(_Frozen):

@@ -5,7 +5,11 @@ Every failure that crosses a process boundary is an `ErrorCode` (DESIGN §3). Ed
 once; nothing above an edge catches `httpx.*` or `nats.errors.*`.
 
     Exception
-    └── InferbusError(code, message, retryable, retry_after_ms)
+    └── InferbusError(code, message, retryable, retry_after_ms, reason)
+
+`code` says what happened in the wire contract's terms; `reason` (optional, filled once at
+the runtime edge from the HTTP status and body) says *why* a runtime refused, finely enough
+for the cloud failover chain to choose between "next key", "next model" and "return".
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
 )
 
 
+class Reason(StrEnum):
+    """Why a runtime or provider refused a call (issue 13); beside the code, never instead."""
+
+    RATE_LIMITED = "rate_limited"  # 429: this key is over its rate; Retry-After says how long
+    AUTH = "auth"  # 401/403, "invalid api key": this key is revoked or wrong
+    QUOTA = "quota"  # 402, "insufficient balance/quota/credits": this account is out of money
+    MODEL_MISSING = "model_missing"  # 404, "model not found"
+    CONTEXT_EXCEEDED = "context_exceeded"  # the prompt is longer than the model's window
+    OUTPUT_LIMIT = "output_limit"  # max_tokens above the model's or tier's ceiling
+    BAD_REQUEST = "bad_request"  # the request itself is malformed: another target says the same
+    TRANSIENT = "transient"  # timeouts, connection resets, 5xx: may work if tried again
+    UNKNOWN = "unknown"  # none of the above could be told from the answer
+
+
 class InferbusError(Exception):
     """A failure with a stable code; `retryable` defaults from the code."""
 
@@ -67,9 +85,11 @@ class InferbusError(Exception):
         *,
         retryable: bool | None = None,
         retry_after_ms: int | None = None,
+        reason: Reason | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retryable = code in RETRYABLE if retryable is None else retryable
         self.retry_after_ms = retry_after_ms
+        self.reason = reason

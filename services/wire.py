@@ -14,9 +14,9 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.errors import ErrorCode, InferbusError
+from services.errors import ErrorCode, InferbusError, Reason
 from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
 
 JobType = Literal["llm", "vision", "code", "embed"]
@@ -260,6 +260,16 @@ class ErrorInfo(BaseModel):
     message: str
     retryable: bool = False
     retry_after_ms: int | None = None
+    # Additive (issue 13): absent from older senders, ignored by older readers.
+    reason: Reason | None = None
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _unknown_reason_is_unknown(cls, value: Any) -> Any:
+        """A reason a newer sender invented must not make the whole reply unreadable."""
+        if value is None or value in Reason.__members__.values():
+            return value
+        return Reason.UNKNOWN
 
     @classmethod
     def of(cls, error: InferbusError) -> ErrorInfo:
@@ -268,6 +278,7 @@ class ErrorInfo(BaseModel):
             message=error.message,
             retryable=error.retryable,
             retry_after_ms=error.retry_after_ms,
+            reason=error.reason,
         )
 
 

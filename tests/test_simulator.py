@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_
 from tools.simulator.cli import parse_models
 from tools.simulator.faults import FaultTable
 from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation
+from tests.sim_process import ANNOUNCE, simulator_process
 
 LLM = "llama3:8b"
 VISION = "llava:7b"
@@ -678,33 +678,15 @@ async def test_stop_ends_hanging_requests_is_idempotent_and_can_restart_on_the_s
 
 
 async def test_cli_process_announces_its_url_serves_and_exits_cleanly_on_sigterm() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tools.simulator",
-        "--port",
-        "0",
-        "--models",
-        "tiny:1b,eye:2b:vision",
-        "--tokens",
-        "3",
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
-        url = line.removeprefix("simulator listening on ")
+    args = ("--port", "0", "--models", "tiny:1b,eye:2b:vision", "--tokens", "3")
+    async with simulator_process(*args) as (process, line):
+        url = line.removeprefix(ANNOUNCE)
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
             names = [m["name"] for m in (await http.get("/api/tags")).json()["models"]]
             show = (await http.post("/api/show", json={"model": "eye:2b"})).json()
             answer = (await http.post("/v1/chat/completions", json=openai_chat("tiny:1b"))).json()
         process.send_signal(signal.SIGTERM)
         exit_code = await asyncio.wait_for(process.wait(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
     assert line.startswith("simulator listening on http://127.0.0.1:")
     assert names == ["tiny:1b", "eye:2b"]
@@ -714,17 +696,9 @@ async def test_cli_process_announces_its_url_serves_and_exits_cleanly_on_sigterm
 
 
 async def test_cli_plays_llama_server_with_its_slots_and_api_key() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "tools.simulator", "--port", "0", "--models", "/srv/tiny.gguf"),
-        *("--llama-server", "2", "--api-key", "sesame"),
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
-        url = line.removeprefix("simulator listening on ")
+    args = ("--port", "0", "--models", "/srv/tiny.gguf", "--llama-server", "2")
+    async with simulator_process(*args, "--api-key", "sesame") as (_, line):
+        url = line.removeprefix(ANNOUNCE)
         key = {"Authorization": "Bearer sesame"}
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
             health = await http.get("/health")
@@ -734,8 +708,6 @@ async def test_cli_plays_llama_server_with_its_slots_and_api_key() -> None:
             answer = await http.post(
                 "/v1/chat/completions", json=openai_chat("any-name"), headers=key
             )
-    finally:
-        await stop_process(process)
     assert (health.status_code, refused.status_code) == (200, 401)
     assert props["total_slots"] == 2
     assert listed["data"][0]["id"] == "/srv/tiny.gguf"

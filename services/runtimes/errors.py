@@ -25,6 +25,9 @@ Error bodies seen in the wild (checked against the runtimes' sources):
 Beware of the transport: httpx-aiohttp 0.2 maps *every* `aiohttp.ClientConnectionError`
 (connection refused, server disconnected) to `httpx.ConnectTimeout`. A connect "timeout"
 therefore means "unreachable", never "the job's budget is spent".
+
+Every error made here also carries a `reason` (`services.runtimes.reasons`): transport
+failures are `transient`, unreadable 2xx answers `unknown`, HTTP errors by status and body.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from typing import Any
 import aiohttp
 import httpx
 
-from services.errors import ErrorCode, InferbusError
+from services.errors import ErrorCode, InferbusError, Reason
+from services.runtimes.reasons import reason_of, says_context_exceeded, says_model_missing
 
 MAX_MESSAGE_CHARS = 300
 LOADING_MESSAGE = "Loading model"  # llama.cpp server's 503 while it loads the GGUF
@@ -57,17 +61,6 @@ def refused_our_key(error: InferbusError) -> bool:
 # 4xx answers that are not about the request's content: the runtime's own configuration
 # (401/403: a wrong or missing key on the node), a timeout (408) or a limit (429).
 _NOT_THE_REQUEST = frozenset({401, 403, 407, 408, 429})
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
-_CONTEXT_PHRASES = (
-    "context length",  # Ollama, vLLM "maximum context length", OpenAI
-    "context size",  # llama.cpp "exceeds the available context size"
-    "context window",
-    "maximum model length",  # vLLM V1 "is longer than the maximum model length"
-)
-_MODEL_MISSING = re.compile(
-    r"model\b.{0,200}?\b(not found|does not exist|not exist)|no models? (is )?loaded", re.I
-)
-_MODEL_MISSING_CODES = frozenset({"model_not_found"})
 _SECRET_PATTERNS = (
     re.compile(r"(?i)bearer\s+\S+"),
     re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
@@ -140,6 +133,18 @@ def _classify(
     now_unix_s: float | None,
     secrets: Iterable[str],
 ) -> InferbusError:
+    error = _code_of(status, detail, headers, now_unix_s, secrets)
+    error.reason = reason_of(status, detail.message, detail.type, detail.code)
+    return error
+
+
+def _code_of(
+    status: int | None,
+    detail: ErrorDetail,
+    headers: Mapping[str, str],
+    now_unix_s: float | None,
+    secrets: Iterable[str],
+) -> InferbusError:
     text = redact(detail.message, secrets)[:MAX_MESSAGE_CHARS]
     message = f"HTTP {status}: {text}" if status is not None else f"runtime error: {text}"
     if status == 429:
@@ -148,9 +153,9 @@ def _classify(
         return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message, retry_after_ms=retry)
     if status == 503 and detail.message == LOADING_MESSAGE:
         return RuntimeLoading(ErrorCode.BACKEND_UNAVAILABLE, message)
-    if _says_context_exceeded(detail):
+    if says_context_exceeded(detail.message, detail.type, detail.code):
         return InferbusError(ErrorCode.CONTEXT_EXCEEDED, message)
-    if status == 404 or _says_model_missing(detail):
+    if status == 404 or says_model_missing(detail.message, detail.code):
         return InferbusError(ErrorCode.MODEL_NOT_FOUND, message)
     if status in (502, 503, 504):
         retry = retry_after_ms(headers, now_unix_s=now_unix_s)
@@ -162,19 +167,6 @@ def _classify(
         # the request's fault, neutral for every node's health (issue 9).
         return InferbusError(ErrorCode.BAD_REQUEST, message)
     return InferbusError(ErrorCode.BACKEND_ERROR, message)
-
-
-def _says_context_exceeded(detail: ErrorDetail) -> bool:
-    if detail.code.lower() in _CONTEXT_CODES or detail.type.lower() in _CONTEXT_CODES:
-        return True
-    text = detail.message.lower()
-    return any(phrase in text for phrase in _CONTEXT_PHRASES)
-
-
-def _says_model_missing(detail: ErrorDetail) -> bool:
-    return detail.code.lower() in _MODEL_MISSING_CODES or bool(
-        _MODEL_MISSING.search(detail.message)
-    )
 
 
 def retry_after_ms(headers: Mapping[str, str], *, now_unix_s: float | None = None) -> int | None:
@@ -210,13 +202,17 @@ def classify_transport_error(
     """
     if _is_deadline(exc):
         return InferbusError(
-            ErrorCode.DEADLINE_EXCEEDED, "the runtime did not answer within the deadline"
+            ErrorCode.DEADLINE_EXCEEDED,
+            "the runtime did not answer within the deadline",
+            reason=Reason.TRANSIENT,
         )
     what = "connection to the runtime lost mid-stream" if mid_stream else "runtime unreachable"
     # Name the transport's own exception: httpx-aiohttp's class names are misleading.
     cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
     detail = redact(f"{type(cause).__name__}: {cause}", secrets)[:MAX_MESSAGE_CHARS]
-    return InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"{what}: {detail}")
+    return InferbusError(
+        ErrorCode.BACKEND_UNAVAILABLE, f"{what}: {detail}", reason=Reason.TRANSIENT
+    )
 
 
 def _is_deadline(exc: BaseException) -> bool:
@@ -251,4 +247,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def invalid_response(what: str) -> InferbusError:
     """The runtime answered 2xx with something we cannot read."""
-    return InferbusError(ErrorCode.BACKEND_ERROR, f"unreadable runtime response: {what}")
+    return InferbusError(
+        ErrorCode.BACKEND_ERROR, f"unreadable runtime response: {what}", reason=Reason.UNKNOWN
+    )

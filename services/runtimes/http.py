@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, cast
 
@@ -113,7 +114,11 @@ async def request_json(
         raise classify_transport_error(exc, secrets=secrets) from exc
     if response.status_code >= 400:
         raise classify_http_error(
-            response.status_code, response.content, response.headers, secrets=secrets
+            response.status_code,
+            response.content,
+            response.headers,
+            now_unix_s=time.time(),  # an HTTP-date Retry-After needs the wall clock
+            secrets=secrets,
         )
     try:
         return json.loads(response.content)
@@ -150,7 +155,11 @@ async def stream_lines(
             except (httpx.HTTPError, TimeoutError) as exc:
                 raise classify_transport_error(exc, secrets=secrets) from exc
             raise classify_http_error(
-                response.status_code, error_body, response.headers, secrets=secrets
+                response.status_code,
+                error_body,
+                response.headers,
+                now_unix_s=time.time(),
+                secrets=secrets,
             )
         # One timer per network read, not per line: a burst of tokens is one read.
         pieces = cast(AsyncGenerator[bytes, None], response.aiter_raw())

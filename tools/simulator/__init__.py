@@ -6,9 +6,11 @@ observes exactly as it would from a failing Ollama, vLLM or llama.cpp server.
 
     async with Simulator(models=[SimModel("llama3:8b")]) as sim:
         sim.set_fault("llama3:8b", Fault("error", count=2))
+        sim.set_key("key-a", KeyBehaviour("rate_limited", retry_after_s=30))  # a cloud provider
         ...  # talk to sim.url with any HTTP client
 """
 
+from tools.simulator.cloud import KEY_KINDS, KeyBehaviour
 from tools.simulator.faults import FAULT_KINDS, Fault
 from tools.simulator.features import embedding as expected_embedding
 from tools.simulator.llama_server import LlamaServerTraits
@@ -18,8 +20,10 @@ from tools.simulator.server import Simulator
 __all__ = [
     "DEFAULT_MODELS",
     "FAULT_KINDS",
+    "KEY_KINDS",
     "Fault",
     "LlamaServerTraits",
+    "KeyBehaviour",
     "SimModel",
     "Simulator",
     "expected_embedding",

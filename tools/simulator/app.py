@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from tools.simulator.cloud_api import add_key_routes
 from tools.simulator.completions_api import add_completions_routes
 from tools.simulator.control_api import add_control_routes
 from tools.simulator.embed_api import add_embed_routes
@@ -36,4 +37,5 @@ def build_app(state: SimState) -> web.Application:
     add_embed_routes(app)
     add_completions_routes(app)
     add_control_routes(app)
+    add_key_routes(app)
     return app

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from tools.simulator.cloud import KeyBehaviour, parse_key_spec
 from tools.simulator.llama_server import LlamaServerTraits
 from tools.simulator.models import DEFAULT_MODELS, SimModel
 from tools.simulator.server import Simulator
@@ -77,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
         "name works), /props, /v1/models meta, answers naming its model",
     )
     parser.add_argument("--api-key", help="with --llama-server: the key its --api-key would be")
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=KIND[:field=value,...]",
+        help="play a cloud provider for this API key, e.g. key-a=rate_limited:retry_after_s=30 "
+        "(kinds: ok, rate_limited, revoked, no_balance, model_missing, context_exceeded, "
+        "max_tokens_ceiling, server_error, hang); repeatable",
+    )
+    parser.add_argument(
+        "--require-keys", action="store_true", help="answer 401 to a key no --key names"
+    )
     return parser
 
 
@@ -121,8 +134,12 @@ def run_cli(argv: list[str] | None = None) -> int:
             port=args.port,
             llama_server=traits,
         )
+        keys: list[tuple[str, KeyBehaviour]] = [parse_key_spec(spec) for spec in args.key]
     except ValueError as exc:
         parser.error(str(exc))
+    for key, behaviour in keys:
+        simulator.set_key(key, behaviour)
+    simulator.require_keys = args.require_keys
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve(simulator))

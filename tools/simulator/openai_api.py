@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tools.simulator.cloud_api import key_gate
 from tools.simulator.feature_wire import (
     openai_fields,
     openai_tool_call_deltas,
@@ -320,6 +321,9 @@ def add_openai_routes(app: web.Application, started_unix: int) -> None:
         return web.Response(body=health_body, headers=JSON_HEADERS)
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
+        refusal = await key_gate(request, state)
+        if refusal is not None:
+            return refusal
         return await serve_generation(request, chat)
 
     app.router.add_get("/v1/models", list_models)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.lifecycle import AsyncService
 from tools.simulator.app import build_app
+from tools.simulator.cloud import KeyBehaviour
 from tools.simulator.faults import Fault
 from tools.simulator.llama_server import LlamaServerTraits
 from tools.simulator.models import DEFAULT_MODELS, SimModel
@@ -140,6 +141,27 @@ class Simulator(AsyncService):
 
     def clear_faults(self) -> None:
         self._state.faults.clear()
+
+    def set_key(self, key: str, behaviour: KeyBehaviour) -> None:
+        """Play a cloud provider for requests carrying ``key`` (services/simulator/cloud.py)."""
+        self._state.keys.set(key, behaviour)
+
+    def clear_keys(self) -> None:
+        self._state.keys.clear()
+
+    @property
+    def require_keys(self) -> bool:
+        """Whether a request with a key nobody armed (or none) gets 401."""
+        return self._state.keys.require_keys
+
+    @require_keys.setter
+    def require_keys(self, value: bool) -> None:
+        self._state.keys.require_keys = value
+
+    @property
+    def key_calls(self) -> dict[str, int]:
+        """Chat completion requests received per API key (a snapshot)."""
+        return Counter(self._state.keys.calls)
 
     @property
     def latency_ms(self) -> float:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from tools.simulator.cloud import KeyTable
 from tools.simulator.faults import FaultTable
 from tools.simulator.models import SimModel
 
@@ -41,6 +42,7 @@ class SimState:
         self.token_interval_ms = 0.0
         self.configure(latency_ms=latency_ms, tokens=tokens, token_interval_ms=token_interval_ms)
         self.faults = FaultTable()
+        self.keys = KeyTable()  # per-API-key provider behaviour (cloud.py)
         self.calls: Counter[str] = Counter()
         self.open_connections = 0
         self.stopping = asyncio.Event()

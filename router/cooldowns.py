@@ -1,0 +1,230 @@
+"""Cooldowns per (provider, key) and health per (provider, model): plain data, clock passed in.
+
+The cloud half of the health board (DESIGN §6), beside the breakers. What outlives a request:
+
+- **Key cooldowns**, keyed by the *pair* (provider, key id): a 429 on provider A's key
+  `default` must never block provider B's key of the same name (seed 004's sibling-bleed
+  bug). A cooldown lasts `min_s · factor^hits`, between `min_s` and `max_s`; a Retry-After
+  wins when it asks for longer (up to `retry_after_max_s`, so a garbage header cannot park a
+  key for a year). `hits` counts cooldowns since the key last answered: the entry outlives
+  its cooldown by `max_s` so that a key failing again soon cools longer; after that, or on a
+  success, it is collected.
+- **Model health**: `healthy`, `cooling(until)` (its keys failed transiently; skip it a
+  while) or `disabled(reason, since)` (quota, model missing, or auth on every key). A
+  disabled model is re-checked after `disabled_recheck_s`: it becomes callable again, shows
+  as `rechecking`, and its next outcome either heals it or disables it anew.
+
+Reads are O(1) per (provider, key) or (provider, model) and collect what they find expired,
+so nothing per request scans the board; `collect(now)` sweeps it all for a periodic caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.errors import Reason
+
+__all__ = [
+    "CloudHealthBoard",
+    "FailoverSettings",
+    "KeyCooldown",
+    "ModelHealth",
+    "ModelStatus",
+    "cooldown_seconds",
+]
+
+ModelStatus = Literal["healthy", "cooling", "disabled", "rechecking"]
+
+
+class FailoverSettings(BaseModel):
+    """Every number of the cloud failover chain (config key `failover:`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cooldown_min_s: float = Field(default=5.0, gt=0)
+    cooldown_max_s: float = Field(default=300.0, gt=0)
+    cooldown_factor: float = Field(default=2.0, ge=1)
+    retry_after_max_s: float = Field(default=3600.0, gt=0)
+    # An account out of money, a model the provider does not have: re-checked this often.
+    quota_cooldown_s: float = Field(default=600.0, gt=0)
+    disabled_recheck_s: float = Field(default=600.0, gt=0)
+    # A model whose retries in place all failed transiently is skipped this long.
+    model_cooling_s: float = Field(default=30.0, gt=0)
+    # Retries of the same key in place on transient/unknown, and the wait before each.
+    transient_retries: int = Field(default=2, ge=0)
+    transient_backoffs_s: tuple[float, ...] = (0.5, 2.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FailoverSettings:
+        if self.cooldown_min_s > self.cooldown_max_s:
+            raise ValueError(
+                "failover.cooldown_min_s must not exceed failover.cooldown_max_s "
+                f"({self.cooldown_min_s} > {self.cooldown_max_s})"
+            )
+        if any(wait < 0 for wait in self.transient_backoffs_s):
+            raise ValueError("failover.transient_backoffs_s: waits must be >= 0")
+        if self.transient_retries and not self.transient_backoffs_s:
+            raise ValueError("failover.transient_backoffs_s: one wait per retry is needed")
+        return self
+
+    def transient_backoff_s(self, retry_index: int) -> float:
+        """The wait before retry `retry_index` (0-based); the last wait repeats."""
+        waits = self.transient_backoffs_s
+        return waits[min(retry_index, len(waits) - 1)]
+
+
+def cooldown_seconds(hits: int, retry_after_s: float | None, settings: FailoverSettings) -> float:
+    """How long a key cools after its `hits`-th consecutive failure (0-based).
+
+    Exponential from `cooldown_min_s`, capped at `cooldown_max_s`; a Retry-After that asks
+    for longer wins, capped at `retry_after_max_s`.
+    """
+    growth = settings.cooldown_factor ** min(hits, 64)  # 2**64 s is past any cap already
+    backoff = min(
+        settings.cooldown_max_s, max(settings.cooldown_min_s, settings.cooldown_min_s * growth)
+    )
+    if retry_after_s is not None and retry_after_s > backoff:
+        return min(retry_after_s, settings.retry_after_max_s)
+    return backoff
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCooldown:
+    """One (provider, key) pair's cooldown: until when, after how many hits, and why."""
+
+    until: float
+    hits: int
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHealth:
+    """One (provider, model)'s health; `since` is when it turned cooling or disabled."""
+
+    status: Literal["cooling", "disabled"]
+    reason: Reason
+    since: float
+    until: float  # cooling: when it ends; disabled: when it is re-checked
+    message: str = ""
+
+
+class CloudHealthBoard:
+    """Key cooldowns and model health for every configured provider; mutable, clock-free."""
+
+    def __init__(self, settings: FailoverSettings | None = None) -> None:
+        self.settings = settings or FailoverSettings()
+        self._keys: dict[tuple[str, str], KeyCooldown] = {}
+        self._models: dict[tuple[str, str], ModelHealth] = {}
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def _key(self, provider: str, key_id: str, now: float) -> KeyCooldown | None:
+        entry = self._keys.get((provider, key_id))
+        if entry is not None and now >= entry.until + self.settings.cooldown_max_s:
+            del self._keys[provider, key_id]  # long expired: forget its hits too
+            return None
+        return entry
+
+    def key_cooling_until(self, provider: str, key_id: str, now: float) -> float | None:
+        """When the pair's cooldown ends, or None when it may be called now."""
+        entry = self._key(provider, key_id, now)
+        return entry.until if entry is not None and now < entry.until else None
+
+    def cool_key(
+        self,
+        provider: str,
+        key_id: str,
+        reason: Reason,
+        now: float,
+        *,
+        retry_after_s: float | None = None,
+        seconds: float | None = None,
+    ) -> float:
+        """Cool the pair; returns when it ends. `seconds` fixes the length (quota)."""
+        entry = self._key(provider, key_id, now)
+        hits = 0 if entry is None else entry.hits + 1
+        length = (
+            seconds if seconds is not None else cooldown_seconds(hits, retry_after_s, self.settings)
+        )
+        until = now + length
+        self._keys[provider, key_id] = KeyCooldown(until, hits, reason)
+        return until
+
+    def key_succeeded(self, provider: str, key_id: str) -> None:
+        """The pair answered: its cooldown history is over."""
+        self._keys.pop((provider, key_id), None)
+
+    def key_entry(self, provider: str, key_id: str, now: float) -> KeyCooldown | None:
+        """The pair's entry (cooling or remembered), for the /providers view."""
+        return self._key(provider, key_id, now)
+
+    def earliest_key_release(self, pairs: Iterable[tuple[str, str]], now: float) -> float | None:
+        """The soonest end among the given pairs' cooldowns that are still running."""
+        ends = [
+            until
+            for provider, key_id in pairs
+            if (until := self.key_cooling_until(provider, key_id, now)) is not None
+        ]
+        return min(ends, default=None)
+
+    # --- models -------------------------------------------------------------------------
+
+    def _model(self, provider: str, model: str, now: float) -> ModelHealth | None:
+        entry = self._models.get((provider, model))
+        if entry is not None and entry.status == "cooling" and now >= entry.until:
+            del self._models[provider, model]
+            return None
+        return entry
+
+    def model_status(self, provider: str, model: str, now: float) -> ModelStatus:
+        entry = self._model(provider, model, now)
+        if entry is None:
+            return "healthy"
+        if entry.status == "disabled" and now >= entry.until:
+            return "rechecking"
+        return entry.status
+
+    def model_callable(self, provider: str, model: str, now: float) -> bool:
+        """Healthy, or disabled long enough to be re-checked."""
+        return self.model_status(provider, model, now) in ("healthy", "rechecking")
+
+    def model_entry(self, provider: str, model: str, now: float) -> ModelHealth | None:
+        return self._model(provider, model, now)
+
+    def cool_model(self, provider: str, model: str, reason: Reason, now: float) -> None:
+        """Skip the model for `model_cooling_s` (never shortens a disable)."""
+        entry = self._model(provider, model, now)
+        if entry is not None and entry.status == "disabled":
+            return
+        until = now + self.settings.model_cooling_s
+        self._models[provider, model] = ModelHealth("cooling", reason, now, until)
+
+    def disable_model(
+        self, provider: str, model: str, reason: Reason, now: float, message: str = ""
+    ) -> None:
+        """Out of rotation with its reason, until re-checked after `disabled_recheck_s`."""
+        until = now + self.settings.disabled_recheck_s
+        self._models[provider, model] = ModelHealth("disabled", reason, now, until, message)
+
+    def model_succeeded(self, provider: str, model: str) -> None:
+        self._models.pop((provider, model), None)
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def collect(self, now: float) -> None:
+        """Drop every expired entry (reads already drop the ones they touch)."""
+        for provider, key_id in list(self._keys):
+            self._key(provider, key_id, now)
+        for provider, model in list(self._models):
+            self._model(provider, model, now)
+
+    def key_pairs(self) -> Iterator[tuple[str, str]]:
+        """Every pair with an entry, for the /providers view (not for per-request use)."""
+        return iter(sorted(self._keys))
+
+    def models(self) -> Iterator[tuple[str, str]]:
+        return iter(sorted(self._models))
