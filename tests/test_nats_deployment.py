@@ -1,9 +1,11 @@
 """The nats-server configs in ops/nats/ work as committed, with real nats-server processes.
 
 accounts.conf is loaded exactly as written (the client port comes from `-p -1` on the
-command line, which overrides the file). The other files name fixed ports, hosts and
-paths an operator would use; the tests render a copy with those few values replaced
-(every replaced value must still be in the file) and leave everything else as written.
+command line, which overrides the file); the permission tests run on it and on the
+operator-mode setup that ops/nats/make_jwt_fleet.py makes (tests/fleets.py). The other
+files name fixed ports, hosts and paths an operator would use; the tests render a copy
+with those few values replaced (every replaced value must still be in the file) and
+leave everything else as written.
 """
 
 from __future__ import annotations
@@ -31,17 +33,8 @@ from services.settings import NatsAuth
 from services.simulator import Simulator
 from services.wire import JobResponse
 from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.fleets import OPS_NATS, SETUPS, Fleet, connect_error, fleet_server
 from tests.jobs import ask, llm, stream, until, vision
-
-OPS_NATS = Path(__file__).resolve().parent.parent / "ops" / "nats"
-
-# The placeholders committed in accounts.conf: the file is used exactly as written.
-PASSWORDS = {
-    "gpu-a": "CHANGE-ME-gpu-a",
-    "gpu-b": "CHANGE-ME-gpu-b",
-    "router": "CHANGE-ME-router",
-    "ops": "CHANGE-ME-ops",
-}
 
 JOB = {"prompt": "hello there", "model": "llama3:8b"}
 
@@ -50,53 +43,23 @@ MONITOR_PORT = "http_port: 8222"
 STORE_DIR = '"/var/lib/nats"'
 
 
-def login(user: str) -> dict[str, str]:
-    """A process's `nats:` settings for one of the committed users."""
-    return {"user": user, "password": PASSWORDS[user]}
-
-
 @contextlib.asynccontextmanager
 async def connected(
-    url: str, user: str | None = None, errors: list[Exception] | None = None, **options: Any
+    url: str, auth: NatsAuth | None = None, errors: list[Exception] | None = None, **options: Any
 ) -> AsyncIterator[NatsClient]:
-    """A client, as `user` if given; asynchronous errors (such as permission violations)
-    are collected in `errors`."""
+    """A client, logged in with `auth` if given; asynchronous errors (such as permission
+    violations) are collected in `errors`."""
 
     async def remember(error: Exception) -> None:
         if errors is not None:
             errors.append(error)
 
-    credentials = login(user) if user else {}
+    credentials = auth.connect_options() if auth else {}
     client = await nats.connect(url, error_cb=remember, **credentials, **options)
     try:
         yield client
     finally:
         await client.close()
-
-
-async def connect_error(url: str, **options: Any) -> Exception:
-    """Why a client cannot connect. Its socket is closed either way: nats-py leaves it
-    open when the handshake after TCP fails (and its close() hangs after a failed TLS
-    handshake, so this is for plain connections)."""
-    client = NatsClient()
-
-    async def quiet(error: Exception) -> None:
-        pass
-
-    try:
-        await client.connect(
-            url,
-            allow_reconnect=False,
-            max_reconnect_attempts=1,
-            connect_timeout=2,
-            error_cb=quiet,
-            **options,
-        )
-    except (OSError, nats.errors.Error) as error:
-        return error
-    finally:
-        await client.close()
-    raise AssertionError(f"a client got into {url}")
 
 
 def render(name: str, directory: Path, replacements: dict[str, str]) -> Path:
@@ -134,18 +97,20 @@ async def answered(nc: NatsClient, subject: str, within_s: float = 15) -> JobRes
                 await asyncio.sleep(0.05)
 
 
-# --- accounts.conf: per-node permissions -------------------------------------------------
+# --- accounts.conf and the JWT setup: per-node permissions --------------------------------
 
 
-@pytest.fixture(scope="module")
-async def fleet_nats() -> AsyncIterator[NatsServer]:
-    """A nats-server running ops/nats/accounts.conf as committed."""
-    async with NatsServer(config_file=OPS_NATS / "accounts.conf") as server:
-        yield server
+@pytest.fixture(scope="module", params=SETUPS)
+async def fleet_nats(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Fleet]:
+    """A nats-server with the fleet's users: accounts.conf as committed, or operator mode."""
+    async with fleet_server(request.param, tmp_path_factory.mktemp("fleet")) as fleet:
+        yield fleet
 
 
 async def test_a_worker_and_a_router_work_within_their_committed_permissions(
-    fleet_nats: NatsServer,
+    fleet_nats: Fleet,
     start_worker: WorkerFactory,
     start_router: RouterFactory,
     simulator: Simulator,
@@ -162,13 +127,13 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
         start_worker(
             node_id="gpu-a",
             nats_url=[fleet_nats.url],
-            nats=login("gpu-a"),
+            nats=fleet_nats.auth("gpu-a"),
             backends=[backend(simulator.url)],
             heartbeat_s=0.2,
         ),
-        start_router(nats_url=[fleet_nats.url], nats=login("router")) as router,
-        connected(fleet_nats.url, "router") as as_router,
-        connected(fleet_nats.url, "ops") as ops,
+        start_router(nats_url=[fleet_nats.url], nats=fleet_nats.auth("router")) as router,
+        connected(fleet_nats.url, fleet_nats.auth("router")) as as_router,
+        connected(fleet_nats.url, fleet_nats.auth("ops")) as ops,
         httpx.AsyncClient(base_url=router.url) as http,
     ):
         await as_router.subscribe("ncs.capabilities.*", cb=heard)
@@ -205,7 +170,7 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
     ],
 )
 async def test_a_user_is_refused_what_its_permissions_do_not_allow(
-    fleet_nats: NatsServer, user: str, action: str, subject: str
+    fleet_nats: Fleet, user: str, action: str, subject: str
 ) -> None:
     errors: list[Exception] = []
 
@@ -213,8 +178,8 @@ async def test_a_user_is_refused_what_its_permissions_do_not_allow(
         return any(is_violation(error) for error in errors)
 
     async with (
-        connected(fleet_nats.url, user, errors) as client,
-        connected(fleet_nats.url, "ops") as ops,
+        connected(fleet_nats.url, fleet_nats.auth(user), errors) as client,
+        connected(fleet_nats.url, fleet_nats.auth("ops")) as ops,
     ):
         if action == "subscribe":
             await client.subscribe(subject)
@@ -239,24 +204,25 @@ async def test_a_user_is_refused_what_its_permissions_do_not_allow(
 
 @pytest.mark.parametrize("node", ["gpu-a", "gpu-b"])
 async def test_each_worker_user_serves_the_router_user_its_jobs(
-    fleet_nats: NatsServer, start_worker: WorkerFactory, simulator: Simulator, node: str
+    fleet_nats: Fleet, start_worker: WorkerFactory, simulator: Simulator, node: str
 ) -> None:
     async with (
         start_worker(
             node_id=node,
             nats_url=[fleet_nats.url],
-            nats=login(node),
+            nats=fleet_nats.auth(node),
             backends=[backend(simulator.url)],
         ),
-        connected(fleet_nats.url, "router") as as_router,
+        connected(fleet_nats.url, fleet_nats.auth("router")) as as_router,
     ):
         answer = await ask(as_router, llm(node), JOB)
     assert answer.status == "ok", answer.error
     assert answer.node_id == node
 
 
-async def test_a_wrong_password_is_refused(fleet_nats: NatsServer) -> None:
-    error = await connect_error(fleet_nats.url, user="gpu-a", password="not-the-password")
+async def test_a_wrong_password_is_refused(tmp_path: Path) -> None:
+    async with fleet_server("accounts", tmp_path) as fleet:
+        error = await connect_error(fleet.url, user="gpu-a", password="not-the-password")
     assert "authorization violation" in str(error).lower()
 
 
