@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.capabilities import Pricing
+from services.images import ImageSettings
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
@@ -74,6 +75,7 @@ class WorkerSettings(FileSettings):
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
     health: Health = Health()
+    images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
     backends: list[Backend] = Field(default_factory=list)
 
     @field_validator("node_id")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, ServedModel
@@ -20,6 +20,8 @@ from node_worker.idempotency import IdempotencyStore, Running, is_cacheable
 from node_worker.metrics import WorkerMetrics
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
+from services.image_fetch import inline_url_images
+from services.images import ImageSettings, refuse_urls, url_images
 from services.runtimes.base import ChatCall, Runtime
 from services.runtimes.calls import chat_within, clean_text, stream_within
 from services.wire import (
@@ -42,6 +44,7 @@ class JobLimits:
     default_timeout_ms: int
     max_request_bytes: int
     retry_after_ms: int
+    images: ImageSettings = field(default_factory=ImageSettings)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,11 @@ class JobPipeline:
                 job_type,
                 InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image"),
             )
+        if self._limits.images.remote_urls == "refuse":
+            try:
+                refuse_urls(request)
+            except InferbusError as error:
+                return self._refuse(request.job_id, job_type, error)
 
         fingerprint = request.fingerprint()
         completed = await self._idempotency.completed(request.key)
@@ -197,7 +205,6 @@ class JobPipeline:
         self, job: Admitted, started_s: float, on_delta: DeltaSink | None
     ) -> JobResponse:
         served, request = job.served, job.request
-        call = ChatCall(served.name, request.chat_messages(), request.params)
         remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
         done = True if request.stream else None
         fields = {
@@ -207,6 +214,9 @@ class JobPipeline:
             "done": done,
         }
         try:
+            if url_images(request):  # admitted only with images.remote_urls = fetch
+                request = await inline_url_images(request, self._limits.images)
+            call = ChatCall(served.name, request.chat_messages(), request.params)
             if request.stream and on_delta is not None:
                 reply = await stream_within(served.runtime, call, remaining_s, on_delta)
             else:

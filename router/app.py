@@ -20,6 +20,7 @@ from starlette.routing import Route as Path
 from starlette.types import ASGIApp
 
 from router.auth import RequireApiKey
+from router.images import checked_images
 from router.metrics import RouterMetrics
 from router.route import Route
 from router.routing import Router
@@ -130,7 +131,8 @@ def build_app(router: Router, metrics: RouterMetrics) -> ASGIApp:
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"an image is {too_big} bytes; the limit is {settings.http.max_image_bytes}",
             )
-        return decoded, raw
+        checked = await checked_images(decoded, settings.images)
+        return checked if isinstance(checked, InferbusError) else (checked, raw)
 
     async def infer(request: Request) -> Response:
         started = time.perf_counter()

@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from router.breakers import BreakerSettings
 from router.profiles import SelectionConfig
+from services.images import ImageSettings
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
@@ -75,6 +76,7 @@ class RouterSettings(FileSettings):
     offload: OffloadSettings = OffloadSettings()
     breakers: BreakerSettings = BreakerSettings()
     selection: SelectionConfig = SelectionConfig()
+    images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
 
     @model_validator(mode="before")
     @classmethod
