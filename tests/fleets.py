@@ -100,3 +100,14 @@ async def connect_error(url: str, **options: Any) -> Exception:
     finally:
         await client.close()
     raise AssertionError(f"a client got into {url}")
+
+
+def render(name: str, directory: Path, replacements: dict[str, str]) -> Path:
+    """A copy of a committed config in `directory` with the given values replaced."""
+    text = (OPS_NATS / name).read_text()
+    for old, new in replacements.items():
+        assert old in text, f"ops/nats/{name} no longer contains {old!r}"
+        text = text.replace(old, new)
+    path = directory / name
+    path.write_text(text)
+    return path

@@ -33,7 +33,7 @@ from services.settings import NatsAuth
 from services.simulator import Simulator
 from services.wire import JobResponse
 from tests.conftest import RouterFactory, WorkerFactory, backend
-from tests.fleets import OPS_NATS, SETUPS, Fleet, connect_error, fleet_server
+from tests.fleets import SETUPS, Fleet, connect_error, fleet_server, render
 from tests.jobs import ask, llm, stream, until, vision
 
 JOB = {"prompt": "hello there", "model": "llama3:8b"}
@@ -60,17 +60,6 @@ async def connected(
         yield client
     finally:
         await client.close()
-
-
-def render(name: str, directory: Path, replacements: dict[str, str]) -> Path:
-    """A copy of a committed config in `directory` with the given values replaced."""
-    text = (OPS_NATS / name).read_text()
-    for old, new in replacements.items():
-        assert old in text, f"ops/nats/{name} no longer contains {old!r}"
-        text = text.replace(old, new)
-    path = directory / name
-    path.write_text(text)
-    return path
 
 
 def free_port() -> int:

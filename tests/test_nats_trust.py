@@ -21,11 +21,12 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from services.nats_server import NatsServer
 from services.settings import NatsAuth
 from services.simulator import DEFAULT_MODELS, Simulator
 from services.wire import Chunk, JobResponse, decode_response, encode
 from tests.conftest import WorkerFactory, backend
-from tests.fleets import SETUPS, Fleet, connect_error, fleet_server, make_jwt_setup
+from tests.fleets import SETUPS, Fleet, connect_error, fleet_server, make_jwt_setup, render
 from tests.jobs import llm, until
 
 LONG_STREAM_TOKENS = 2_000
@@ -228,3 +229,37 @@ async def connect_error_or_none(url: str, auth: NatsAuth) -> Exception | None:
         return error
     await client.nc.close()
     return None
+
+
+async def test_the_operator_setup_included_in_single_conf_serves_a_worker(
+    tmp_path: Path, start_worker: WorkerFactory, simulator: Simulator
+) -> None:
+    """As the README says to deploy it: single.conf (JetStream on) with operator.conf
+    included instead of accounts.conf."""
+    make_jwt_setup(tmp_path)
+    config = render(
+        "single.conf",
+        tmp_path,
+        {
+            "http_port: 8222": "http_port: -1",
+            '"/var/lib/nats"': f'"{tmp_path}/store"',
+            "# include ./accounts.conf": "include ./operator.conf",
+        },
+    )
+    async with (
+        NatsServer(config_file=config) as server,
+        start_worker(
+            node_id="gpu-a", nats_url=[server.url],
+            nats=NatsAuth(creds_file=tmp_path / "creds/gpu-a.creds"),
+            backends=[backend(simulator.url)],
+        ),
+    ):  # fmt: skip
+        router = await client_of_url(
+            server.url, NatsAuth(creds_file=tmp_path / "creds/router.creds")
+        )
+        answer = decode_response(
+            (await router.nc.request(llm("gpu-a"), b'{"prompt": "hi"}', timeout=10)).data
+        )
+        await router.nc.close()
+    assert answer.status == "ok", answer.error
+    assert answer.node_id == "gpu-a"

@@ -13,8 +13,9 @@ writes into that directory:
                            (operator JWT, MEMORY resolver with the account JWT preloaded)
     creds/<user>.creds     one per user: its JWT and nkey seed; copy each to its host only
                            (worker: nats: {creds_file: /etc/inferbus/gpu-a.creds})
-    keys/operator.nk       the operator's and the account's seeds: they sign new accounts
-    keys/account.nk        and users. Keep them off the servers, like a CA key.
+    keys/operator.nk       the seeds of the operator, the INFERBUS account and the SYS
+    keys/account.nk        (system) account: they sign accounts and users. Keep them off
+    keys/system.nk         the servers, like a CA key.
 
 Run it again with more `--node`s to add nodes: the keys in keys/ are reused, so existing
 creds files stay valid and the new operator.conf is a drop-in (`nats-server --signal
@@ -131,22 +132,22 @@ def user_jwt(name: str, user: nkeys.KeyPair, account: nkeys.KeyPair, perms: dict
     return encode_jwt({"name": name, "sub": user.public_key.decode(), "nats": nats}, account)
 
 
-def account_jwt(account: nkeys.KeyPair, operator: nkeys.KeyPair) -> str:
+def account_jwt(name: str, account: nkeys.KeyPair, operator: nkeys.KeyPair) -> str:
+    """No limits on connections, subscriptions or data. JetStream stays off, as in
+    accounts.conf (inferbus does not use it)."""
     limits = {
         key: NO_LIMIT for key in ("subs", "data", "payload", "imports", "exports", "conn", "leaf")
     }
     nats = {"limits": {**limits, "wildcards": True}, "type": "account", "version": 2}
-    claims = {"name": "INFERBUS", "sub": account.public_key.decode(), "nats": nats}
+    claims = {"name": name, "sub": account.public_key.decode(), "nats": nats}
     return encode_jwt(claims, operator)
 
 
-def operator_jwt(operator: nkeys.KeyPair) -> str:
-    claims = {
-        "name": "inferbus",
-        "sub": operator.public_key.decode(),
-        "nats": {"type": "operator", "version": 2},
-    }
-    return encode_jwt(claims, operator)
+def operator_jwt(operator: nkeys.KeyPair, system: nkeys.KeyPair) -> str:
+    nats = {"system_account": system.public_key.decode(), "type": "operator", "version": 2}
+    return encode_jwt(
+        {"name": "inferbus", "sub": operator.public_key.decode(), "nats": nats}, operator
+    )
 
 
 def creds_file(jwt: str, seed: bytes) -> bytes:
@@ -165,6 +166,7 @@ def make_fleet(out: Path, nodes: list[str], prefix: str = "", with_ops: bool = T
     """Write operator.conf, creds/ and keys/ for `nodes` into `out` (see the module doc)."""
     operator = kept_key(out / "keys" / "operator.nk", nkeys.PREFIX_BYTE_OPERATOR)
     account = kept_key(out / "keys" / "account.nk", nkeys.PREFIX_BYTE_ACCOUNT)
+    system = kept_key(out / "keys" / "system.nk", nkeys.PREFIX_BYTE_ACCOUNT)
     users: dict[str, dict[str, Any]] = {
         node: with_prefix(worker_permissions(node), prefix) for node in nodes
     }
@@ -175,13 +177,19 @@ def make_fleet(out: Path, nodes: list[str], prefix: str = "", with_ops: bool = T
         user = new_key(nkeys.PREFIX_BYTE_USER)
         jwt = user_jwt(name, user, account, permissions)
         _write_secret(out / "creds" / f"{name}.creds", creds_file(jwt, bytes(user.seed)))
-    account_public = account.public_key.decode()
+    accounts = {"INFERBUS": account, "SYS": system}
+    preload = "".join(
+        f"  {key.public_key.decode()}: {account_jwt(name, key, operator)}\n"
+        for name, key in accounts.items()
+    )
     (out / "operator.conf").write_text(
         "# Made by ops/nats/make_jwt_fleet.py: operator mode for the inferbus fleet.\n"
-        "# No secret here: the operator JWT, and the INFERBUS account JWT it signed.\n"
-        f"operator: {operator_jwt(operator)}\n"
+        "# No secret here: the operator JWT and the account JWTs it signed (INFERBUS for\n"
+        "# the fleet, SYS for the server's own system account).\n"
+        f"operator: {operator_jwt(operator, system)}\n"
+        f"system_account: {system.public_key.decode()}\n"
         "resolver: MEMORY\n"
-        f"resolver_preload: {{\n  {account_public}: {account_jwt(account, operator)}\n}}\n"
+        f"resolver_preload: {{\n{preload}}}\n"
     )
 
 
