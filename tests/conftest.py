@@ -18,6 +18,7 @@ from router.config import RouterSettings
 from router.service import RouterService
 from services.nats_server import NatsServer
 from services.simulator import SimModel, Simulator
+from tests.fleets import SETUPS, Fleet, fleet_server
 from tests.llamacpp import llama_server
 
 __all__ = ["llama_server"]  # a session fixture, shared by every test module
@@ -29,6 +30,16 @@ DEFAULT_MODELS = (SimModel("llama3:8b"), SimModel("llava:7b", vision=True))
 async def nats_server() -> AsyncIterator[NatsServer]:
     async with NatsServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=SETUPS)
+async def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Fleet]:
+    """A nats-server with the fleet's users, per module and per auth setup: accounts.conf
+    as committed, or the operator mode that ops/nats/make_jwt_fleet.py makes."""
+    async with fleet_server(request.param, tmp_path_factory.mktemp("fleet")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from services.settings import NatsAuth
 from services.simulator import Simulator
 from services.wire import JobResponse
 from tests.conftest import RouterFactory, WorkerFactory, backend
-from tests.fleets import SETUPS, Fleet, connect_error, fleet_server, render
+from tests.fleets import Fleet, connect_error, fleet_server, render
 from tests.jobs import ask, llm, stream, until, vision
 
 JOB = {"prompt": "hello there", "model": "llama3:8b"}
@@ -89,17 +89,8 @@ async def answered(nc: NatsClient, subject: str, within_s: float = 15) -> JobRes
 # --- accounts.conf and the JWT setup: per-node permissions --------------------------------
 
 
-@pytest.fixture(scope="module", params=SETUPS)
-async def fleet_nats(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Fleet]:
-    """A nats-server with the fleet's users: accounts.conf as committed, or operator mode."""
-    async with fleet_server(request.param, tmp_path_factory.mktemp("fleet")) as fleet:
-        yield fleet
-
-
 async def test_a_worker_and_a_router_work_within_their_committed_permissions(
-    fleet_nats: Fleet,
+    fleet: Fleet,
     start_worker: WorkerFactory,
     start_router: RouterFactory,
     simulator: Simulator,
@@ -115,14 +106,14 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
     async with (
         start_worker(
             node_id="gpu-a",
-            nats_url=[fleet_nats.url],
-            nats=fleet_nats.auth("gpu-a"),
+            nats_url=[fleet.url],
+            nats=fleet.auth("gpu-a"),
             backends=[backend(simulator.url)],
             heartbeat_s=0.2,
         ),
-        start_router(nats_url=[fleet_nats.url], nats=fleet_nats.auth("router")) as router,
-        connected(fleet_nats.url, fleet_nats.auth("router")) as as_router,
-        connected(fleet_nats.url, fleet_nats.auth("ops")) as ops,
+        start_router(nats_url=[fleet.url], nats=fleet.auth("router")) as router,
+        connected(fleet.url, fleet.auth("router")) as as_router,
+        connected(fleet.url, fleet.auth("ops")) as ops,
         httpx.AsyncClient(base_url=router.url) as http,
     ):
         await as_router.subscribe("ncs.capabilities.*", cb=heard)
@@ -159,7 +150,7 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
     ],
 )
 async def test_a_user_is_refused_what_its_permissions_do_not_allow(
-    fleet_nats: Fleet, user: str, action: str, subject: str
+    fleet: Fleet, user: str, action: str, subject: str
 ) -> None:
     errors: list[Exception] = []
 
@@ -167,8 +158,8 @@ async def test_a_user_is_refused_what_its_permissions_do_not_allow(
         return any(is_violation(error) for error in errors)
 
     async with (
-        connected(fleet_nats.url, fleet_nats.auth(user), errors) as client,
-        connected(fleet_nats.url, fleet_nats.auth("ops")) as ops,
+        connected(fleet.url, fleet.auth(user), errors) as client,
+        connected(fleet.url, fleet.auth("ops")) as ops,
     ):
         if action == "subscribe":
             await client.subscribe(subject)
@@ -193,16 +184,16 @@ async def test_a_user_is_refused_what_its_permissions_do_not_allow(
 
 @pytest.mark.parametrize("node", ["gpu-a", "gpu-b"])
 async def test_each_worker_user_serves_the_router_user_its_jobs(
-    fleet_nats: Fleet, start_worker: WorkerFactory, simulator: Simulator, node: str
+    fleet: Fleet, start_worker: WorkerFactory, simulator: Simulator, node: str
 ) -> None:
     async with (
         start_worker(
             node_id=node,
-            nats_url=[fleet_nats.url],
-            nats=fleet_nats.auth(node),
+            nats_url=[fleet.url],
+            nats=fleet.auth(node),
             backends=[backend(simulator.url)],
         ),
-        connected(fleet_nats.url, fleet_nats.auth("router")) as as_router,
+        connected(fleet.url, fleet.auth("router")) as as_router,
     ):
         answer = await ask(as_router, llm(node), JOB)
     assert answer.status == "ok", answer.error

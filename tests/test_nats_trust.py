@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -26,18 +25,10 @@ from services.settings import NatsAuth
 from services.simulator import DEFAULT_MODELS, Simulator
 from services.wire import Chunk, JobResponse, decode_response, encode
 from tests.conftest import WorkerFactory, backend
-from tests.fleets import SETUPS, Fleet, connect_error, fleet_server, make_jwt_setup, render
+from tests.fleets import Fleet, connect_error, fleet_server, make_jwt_setup, render
 from tests.jobs import llm, until
 
 LONG_STREAM_TOKENS = 2_000
-
-
-@pytest.fixture(scope="module", params=SETUPS)
-async def fleet(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Fleet]:
-    async with fleet_server(request.param, tmp_path_factory.mktemp("trust")) as running:
-        yield running
 
 
 class Client:
