@@ -9,6 +9,7 @@ Both hold the same users with the same permissions: gpu-a, gpu-b, router, ops.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,11 +20,16 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NatsClient
 
+from services.localnet import free_port
 from services.nats_server import NatsServer
 from services.settings import NatsAuth
 
 OPS_NATS = Path(__file__).resolve().parent.parent / "ops" / "nats"
 SETUPS = ("accounts", "jwt")
+# Replaced in every rendered copy: the monitoring port (-1: one from the OS) and the store.
+MONITOR_PORT = "http_port: 8222"
+STORE_DIR = '"/var/lib/nats"'
+
 NODE_ARGS = ("--node", "gpu-a", "--node", "gpu-b")
 
 # The placeholders committed in accounts.conf: the file is used exactly as written.
@@ -111,3 +117,27 @@ def render(name: str, directory: Path, replacements: dict[str, str]) -> Path:
     path = directory / name
     path.write_text(text)
     return path
+
+
+def render_cluster(directory: Path, *, with_accounts: bool = False) -> list[Path]:
+    """The three committed cluster files, with hosts nats-a/b/c on loopback ports; with
+    `with_accounts`, their commented `include ./accounts.conf` line turned on."""
+    route_ports = {name: free_port() for name in "abc"}
+    configs = []
+    for name, port in route_ports.items():
+        replacements = {
+            f"nats-route://nats-{peer}:6222": f"nats-route://127.0.0.1:{peer_port}"
+            for peer, peer_port in route_ports.items()
+        }
+        store = directory / f"store-{name}"
+        replacements |= {
+            "listen: 0.0.0.0:6222": f"listen: 127.0.0.1:{port}",
+            MONITOR_PORT: "http_port: -1",
+            STORE_DIR: f'"{store}"',
+        }
+        (directory / name).mkdir()
+        if with_accounts:  # beside the copy: include paths are relative to the file
+            shutil.copy(OPS_NATS / "accounts.conf", directory / name)
+            replacements["# include ./accounts.conf"] = "include ./accounts.conf"
+        configs.append(render(f"cluster-{name}.conf", directory / name, replacements))
+    return configs

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,14 +32,18 @@ from services.settings import NatsAuth
 from services.simulator import Simulator
 from services.wire import JobResponse
 from tests.conftest import RouterFactory, WorkerFactory, backend
-from tests.fleets import Fleet, connect_error, fleet_server, render
+from tests.fleets import (
+    MONITOR_PORT,
+    STORE_DIR,
+    Fleet,
+    connect_error,
+    fleet_server,
+    render,
+    render_cluster,
+)
 from tests.jobs import ask, llm, stream, until, vision
 
 JOB = {"prompt": "hello there", "model": "llama3:8b"}
-
-# Replaced in every rendered copy: the monitoring port (-1: one from the OS) and the store.
-MONITOR_PORT = "http_port: 8222"
-STORE_DIR = '"/var/lib/nats"'
 
 
 @contextlib.asynccontextmanager
@@ -60,14 +63,6 @@ async def connected(
         yield client
     finally:
         await client.close()
-
-
-def free_port() -> int:
-    """A port the OS has just handed out (for route ports, which peers must know up front)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def is_violation(error: Exception) -> bool:
@@ -241,26 +236,6 @@ async def test_single_server_carries_a_vision_job_the_default_limit_refuses(
 
 
 # --- cluster-a/b/c.conf: failover -----------------------------------------------------------
-
-
-def render_cluster(directory: Path) -> list[Path]:
-    """The three committed cluster files, with hosts nats-a/b/c on loopback ports."""
-    route_ports = {name: free_port() for name in "abc"}
-    configs = []
-    for name, port in route_ports.items():
-        replacements = {
-            f"nats-route://nats-{peer}:6222": f"nats-route://127.0.0.1:{peer_port}"
-            for peer, peer_port in route_ports.items()
-        }
-        store = directory / f"store-{name}"
-        replacements |= {
-            "listen: 0.0.0.0:6222": f"listen: 127.0.0.1:{port}",
-            MONITOR_PORT: "http_port: -1",
-            STORE_DIR: f'"{store}"',
-        }
-        (directory / name).mkdir()
-        configs.append(render(f"cluster-{name}.conf", directory / name, replacements))
-    return configs
 
 
 async def test_worker_moves_to_a_surviving_server_when_its_server_is_killed(

@@ -11,6 +11,8 @@ per-node ones (`_INBOX.<node>.<random>`) that branch i9 brings.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 from pathlib import Path
@@ -25,7 +27,14 @@ from services.settings import NatsAuth
 from services.simulator import DEFAULT_MODELS, Simulator
 from services.wire import Chunk, JobResponse, decode_response, encode
 from tests.conftest import WorkerFactory, backend
-from tests.fleets import Fleet, connect_error, fleet_server, make_jwt_setup, render
+from tests.fleets import (
+    Fleet,
+    connect_error,
+    fleet_server,
+    make_jwt_setup,
+    render,
+    render_cluster,
+)
 from tests.jobs import llm, until
 
 LONG_STREAM_TOKENS = 2_000
@@ -83,6 +92,17 @@ async def send(nc: NatsClient, subject: str, job: dict[str, object], inbox: str)
     await nc.flush()
     await nc.publish(subject, json.dumps(job).encode(), reply=inbox)
     return arrived
+
+
+async def answered(nc: NatsClient, subject: str) -> None:
+    """Send a job until one is answered: interest takes a moment to cross the routes."""
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await nc.request(subject, b'{"prompt": "hi"}', timeout=1)
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.05)
 
 
 def final_of(arrived: list[Msg]) -> JobResponse | None:
@@ -254,3 +274,39 @@ async def test_the_operator_setup_included_in_single_conf_serves_a_worker(
         await router.nc.close()
     assert answer.status == "ok", answer.error
     assert answer.node_id == "gpu-a"
+
+
+async def test_across_a_cluster_a_worker_answers_through_its_allowance_and_no_other(
+    tmp_path: Path, start_worker: WorkerFactory, simulator: Simulator
+) -> None:
+    """cluster-a/b/c.conf with accounts.conf included, as the README says: the worker on
+    server A streams to a router on C through allow_responses (the allowance is kept by
+    A, where the request was delivered), and gpu-b's credentials on B cannot inject."""
+    async with contextlib.AsyncExitStack() as stack:
+        on_a, on_b, on_c = [
+            Fleet("accounts", await stack.enter_async_context(NatsServer(config_file=config)))
+            for config in render_cluster(tmp_path, with_accounts=True)
+        ]
+        await stack.enter_async_context(
+            start_worker(
+                node_id="gpu-a", nats_url=[on_a.url], nats=on_a.auth("gpu-a"),
+                backends=[backend(simulator.url)],
+            )
+        )  # fmt: skip
+        router, attacker = await client_of(on_c, "router"), await client_of(on_b, "gpu-b")
+        await answered(router.nc, llm("gpu-a"))  # the routes have carried gpu-a's interest
+        job = {"job_id": "job-1", "prompt": "hi", "stream": True, "model": "llama3:8b"}
+        inbox = per_node_inbox(router.nc, "gpu-a")
+        arrived = await send(router.nc, llm("gpu-a"), job, inbox)
+        await attacker.nc.publish(inbox, encode(Chunk(job_id="job-1", seq=1, delta="FORGED")))
+        await until(lambda: final_of(arrived) is not None, timeout_s=10)
+        await until(lambda: bool(attacker.violations()))
+        await router.nc.close()
+        await attacker.nc.close()
+
+    final = final_of(arrived)
+    assert final is not None
+    assert final.status == "ok", final.error
+    assert final.node_id == "gpu-a"
+    assert all(b"FORGED" not in msg.data for msg in arrived)
+    assert len(arrived) > 2  # chunks, one per token, then the final answer
