@@ -24,7 +24,7 @@ from collections.abc import Collection
 import httpx
 
 from services.errors import ErrorCode, InferbusError
-from services.images import ImageSettings, image_type, is_url, rewrite_images
+from services.images import ImageSettings, image_error, image_type, is_url, rewrite_images
 from services.wire import JobRequest
 
 _CHUNK_BYTES = 64 * 1024
@@ -65,9 +65,9 @@ async def fetch_image(url: str, field: str, settings: ImageSettings) -> bytes:
     try:
         target = httpx.URL(url)
     except httpx.InvalidURL:
-        raise _bad(field, "not a valid URL") from None
+        raise image_error(field, "not a valid URL") from None
     if target.scheme not in ("http", "https") or not target.host:
-        raise _bad(field, "only http(s) URLs with a host are fetched")
+        raise image_error(field, "only http(s) URLs with a host are fetched")
     allowed = settings.test_only_allowed_addresses
     address = await _checked_address(target, field, allowed)
     pinned = target.copy_with(host=address)
@@ -80,16 +80,18 @@ async def fetch_image(url: str, field: str, settings: ImageSettings) -> bytes:
         ):
             peer = _peer_address(response)
             if peer is None or not may_connect(peer, allowed):
-                raise _bad(field, "the connection went to an address that is not allowed")
+                raise image_error(field, "the connection went to an address that is not allowed")
             if response.is_redirect:
-                raise _bad(field, f"the URL answered {response.status_code}: redirects are refused")
+                raise image_error(
+                    field, f"the URL answered {response.status_code}: redirects are refused"
+                )
             if response.status_code != 200:
-                raise _bad(field, f"the URL answered {response.status_code}")
+                raise image_error(field, f"the URL answered {response.status_code}")
             data = await _read_capped(response, field, settings.fetch_max_bytes)
     except httpx.HTTPError as exc:
-        raise _bad(field, f"the image could not be fetched ({type(exc).__name__})") from None
+        raise image_error(field, f"the image could not be fetched ({type(exc).__name__})") from None
     if image_type(data) is None:
-        raise _bad(field, "the URL did not serve a PNG, JPEG, GIF, WebP or BMP image")
+        raise image_error(field, "the URL did not serve a PNG, JPEG, GIF, WebP or BMP image")
     return data
 
 
@@ -100,10 +102,10 @@ async def _checked_address(target: httpx.URL, field: str, allowed: Collection[st
     try:
         infos = await loop.getaddrinfo(target.host, port, type=socket.SOCK_STREAM)
     except OSError:
-        raise _bad(field, f"the host {target.host!r} does not resolve") from None
+        raise image_error(field, f"the host {target.host!r} does not resolve") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses or not all(may_connect(address, allowed) for address in addresses):
-        raise _bad(field, "the URL's host is a private, loopback or link-local address")
+        raise image_error(field, "the URL's host is a private, loopback or link-local address")
     return addresses[0]
 
 
@@ -127,7 +129,3 @@ async def _read_capped(response: httpx.Response, field: str, limit: int) -> byte
 
 def _too_large(field: str, limit: int) -> InferbusError:
     return InferbusError(ErrorCode.PAYLOAD_TOO_LARGE, f"`{field}`: the image is over {limit} bytes")
-
-
-def _bad(field: str, why: str) -> InferbusError:
-    return InferbusError(ErrorCode.BAD_REQUEST, f"`{field}`: {why}")

@@ -76,13 +76,13 @@ def inline_bytes(image: str, field: str) -> bytes:
     if image.startswith("data:"):
         header, sep, payload = image.partition(",")
         if not sep or not header.endswith(";base64"):
-            raise _bad(field, "a data URI image must be `data:image/...;base64,`")
+            raise image_error(field, "a data URI image must be `data:image/...;base64,`")
     try:
         data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise _bad(field, "the image is not valid base64") from None
+        raise image_error(field, "the image is not valid base64") from None
     if image_type(data) is None:
-        raise _bad(field, "the image is not PNG, JPEG, GIF, WebP or BMP")
+        raise image_error(field, "the image is not PNG, JPEG, GIF, WebP or BMP")
     return data
 
 
@@ -103,7 +103,7 @@ def refuse_urls(job: JobRequest) -> None:
     """BAD_REQUEST naming the first URL image: the `refuse` policy."""
     urls = url_images(job)
     if urls:
-        raise _bad(urls[0], "images given as URLs are not fetched here (images.remote_urls)")
+        raise image_error(urls[0], "images given as URLs are not fetched here (images.remote_urls)")
 
 
 def image_fields(job: JobRequest) -> list[tuple[str, str]]:
@@ -170,5 +170,6 @@ def _part_of(field: str, part: ContentPart, change: Callable[[str, str, bool], s
     return part.model_copy(update={"image_url": ImageURL(url=url)})
 
 
-def _bad(field: str, why: str) -> InferbusError:
+def image_error(field: str, why: str) -> InferbusError:
+    """BAD_REQUEST for one image, its field named so the caller finds it."""
     return InferbusError(ErrorCode.BAD_REQUEST, f"`{field}`: {why}")
