@@ -113,9 +113,9 @@ def final_of(arrived: list[Msg]) -> JobResponse | None:
 
 
 @pytest.mark.parametrize(
-    "wanted", ["node.gpu-b.llm.request", "node.gpu-b.>", "node.*.llm.request", ">"]
+    "wanted", ["node.gpu-b.llm.request", "node.gpu-b.>", "node.*.llm.request", ">", "_INBOX.>"]
 )
-async def test_gpu_a_credentials_cannot_read_jobs_sent_to_gpu_b(
+async def test_gpu_a_credentials_cannot_read_jobs_sent_to_gpu_b_nor_its_answers(
     fleet: Fleet, start_worker: WorkerFactory, simulator: Simulator, wanted: str
 ) -> None:
     async with start_worker(
