@@ -11,7 +11,6 @@ per-node ones (`_INBOX.<node>.<random>`) that branch i9 brings.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import secrets
@@ -22,6 +21,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from services.bus import wait_for_worker
 from services.nats_server import NatsServer
 from services.settings import NatsAuth
 from services.simulator import DEFAULT_MODELS, Simulator
@@ -92,17 +92,6 @@ async def send(nc: NatsClient, subject: str, job: dict[str, object], inbox: str)
     await nc.flush()
     await nc.publish(subject, json.dumps(job).encode(), reply=inbox)
     return arrived
-
-
-async def answered(nc: NatsClient, subject: str) -> None:
-    """Send a job until one is answered: interest takes a moment to cross the routes."""
-    async with asyncio.timeout(15):
-        while True:
-            try:
-                await nc.request(subject, b'{"prompt": "hi"}', timeout=1)
-                return
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                await asyncio.sleep(0.05)
 
 
 def final_of(arrived: list[Msg]) -> JobResponse | None:
@@ -294,7 +283,7 @@ async def test_across_a_cluster_a_worker_answers_through_its_allowance_and_no_ot
             )
         )  # fmt: skip
         router, attacker = await client_of(on_c, "router"), await client_of(on_b, "gpu-b")
-        await answered(router.nc, llm("gpu-a"))  # the routes have carried gpu-a's interest
+        await wait_for_worker(router.nc, llm("gpu-a"))  # gpu-a's interest crossed the routes
         job = {"job_id": "job-1", "prompt": "hi", "stream": True, "model": "llama3:8b"}
         inbox = per_node_inbox(router.nc, "gpu-a")
         arrived = await send(router.nc, llm("gpu-a"), job, inbox)
