@@ -44,6 +44,7 @@ bench: setup-dev
 	$(PY) ops/bench/worker_bench.py
 	$(PY) ops/bench/router_bench.py
 	$(PY) ops/bench/stream_bench.py
+	$(PY) ops/bench/allow_responses_bench.py
 
 clean:
 	rm -rf $(VENV) .inferbus .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.capabilities import Pricing
+from services.images import ImageSettings
 from services.keystore import DEFAULT_BUCKET
 from services.needs import Capability
 from services.runtimes.base import RuntimeKind
@@ -86,6 +87,7 @@ class WorkerSettings(FileSettings):
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
     health: Health = Health()
+    images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
     backends: list[BackendConfig] = Field(default_factory=list)
     # Several workers sharing this node id on purpose (replicas in the queue group): no
     # warning when another instance announces the same id.

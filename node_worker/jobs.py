@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, CatalogModel
@@ -21,6 +21,8 @@ from node_worker.metrics import WorkerMetrics
 from node_worker.shared_claims import SharedClaims
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
+from services.image_fetch import inline_url_images
+from services.images import ImageSettings, refuse_urls, url_images
 from services.needs import refusal
 from services.runtimes.base import ChatCall, EmbedCall, Runtime
 from services.runtimes.calls import (
@@ -51,6 +53,7 @@ class JobLimits:
     default_timeout_ms: int
     max_request_bytes: int
     retry_after_ms: int
+    images: ImageSettings = field(default_factory=ImageSettings)
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,11 @@ class JobPipeline:
                 job_type,
                 InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image"),
             )
+        if self._limits.images.remote_urls == "refuse":
+            try:
+                refuse_urls(request)
+            except InferbusError as error:
+                return self._refuse(request.job_id, job_type, error)
 
         try:
             served: CatalogModel | None = self._catalog().resolve(request.model, job_type)
@@ -284,6 +292,8 @@ class JobPipeline:
             "done": done,
         }
         try:
+            if url_images(request):  # admitted only with images.remote_urls = fetch
+                job = replace(job, request=await inline_url_images(request, self._limits.images))
             result = await self._result_of(job, remaining_s, on_delta, on_tool_calls)
         except InferbusError as error:
             return JobResponse.failure(

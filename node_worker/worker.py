@@ -111,6 +111,7 @@ class Worker(AsyncService):
                 default_timeout_ms=settings.default_timeout_ms,
                 max_request_bytes=settings.limits.max_request_bytes,
                 retry_after_ms=settings.limits.retry_after_ms,
+                images=settings.images,
             ),
             admission=self.admission,
             idempotency=IdempotencyStore(

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from router.auth import RequireApiKey
 from router.fleet_views import ModelsView, NodesQuery, nodes_page
 from router.idempotency import IdempotencyGate, gate_for, tenant_of
+from router.images import checked_images
 from router.metrics import RouterMetrics
 from router.route import Route
 from router.serving import Router
@@ -181,7 +182,8 @@ def build_app(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"an image is {too_big} bytes; the limit is {settings.http.max_image_bytes}",
             )
-        return decoded, raw
+        checked = await checked_images(decoded, settings.images)
+        return checked if isinstance(checked, InferbusError) else (checked, raw)
 
     async def infer(request: Request) -> Response:
         started = time.perf_counter()

@@ -19,6 +19,7 @@ from router.cooldowns import FailoverSettings
 from router.fleet import FleetSettings
 from router.profiles import SelectionConfig
 from router.providers_config import PROVIDER_NAME_PATTERN, ProviderConfig
+from services.images import ImageSettings
 from services.keystore import DEFAULT_BUCKET
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
@@ -108,6 +109,7 @@ class RouterSettings(FileSettings):
     )
     fallbacks: list[str] = Field(default_factory=list)
     failover: FailoverSettings = FailoverSettings()
+    images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
 
     @model_validator(mode="before")
     @classmethod

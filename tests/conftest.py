@@ -18,6 +18,7 @@ from router.config import RouterSettings
 from router.service import RouterService
 from services.localnet import free_port
 from services.nats_server import NatsServer
+from tests.fleets import SETUPS, Fleet, fleet_server
 from tests.llamacpp import llama_server
 from tools.simulator import SimModel, Simulator
 
@@ -40,6 +41,16 @@ async def private_nats() -> AsyncIterator[NatsServer]:
     again (clients reconnect to the same URL)."""
     async with NatsServer(port=free_port()) as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=SETUPS)
+async def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Fleet]:
+    """A nats-server with the fleet's users, per module and per auth setup: accounts.conf
+    as committed, or the operator mode that ops/nats/make_jwt_fleet.py makes."""
+    async with fleet_server(request.param, tmp_path_factory.mktemp("fleet")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from services.errors import ErrorCode, Reason
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatCall, Runtime, StreamDelta
 from services.runtimes.http import new_http_client
-from tools.simulator import KeyBehaviour, SimModel, Simulator, expected_text
 from services.wire import Message, Params
+from tools.simulator import KeyBehaviour, SimModel, Simulator, expected_text
 
 PRIMARY, FALLBACK, PROMPT, TOKENS = "gpt-sim", "chat-sim", "hi there", 4
 ENVIRON = {"KEY_A": "sk-sim-aaaa", "KEY_B": "sk-sim-bbbb", "SIBLING_KEY_A": "sk-sim-cccc"}

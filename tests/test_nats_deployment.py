@@ -1,9 +1,11 @@
 """The nats-server configs in ops/nats/ work as committed, with real nats-server processes.
 
 accounts.conf is loaded exactly as written (the client port comes from `-p -1` on the
-command line, which overrides the file). The other files name fixed ports, hosts and
-paths an operator would use; the tests render a copy with those few values replaced
-(every replaced value must still be in the file) and leave everything else as written.
+command line, which overrides the file); the permission tests run on it and on the
+operator-mode setup that ops/nats/make_jwt_fleet.py makes (tests/fleets.py). The other
+files name fixed ports, hosts and paths an operator would use; the tests render a copy
+with those few values replaced (every replaced value must still be in the file) and
+leave everything else as written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,92 +31,38 @@ from services.nats_server import NatsServer
 from services.settings import NatsAuth
 from services.wire import JobResponse
 from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.fleets import (
+    MONITOR_PORT,
+    STORE_DIR,
+    Fleet,
+    connect_error,
+    fleet_server,
+    render,
+    render_cluster,
+)
 from tests.jobs import ask, llm, stream, until, vision
 from tools.simulator import Simulator
 
-OPS_NATS = Path(__file__).resolve().parent.parent / "ops" / "nats"
-
-# The placeholders committed in accounts.conf: the file is used exactly as written.
-PASSWORDS = {
-    "gpu-a": "CHANGE-ME-gpu-a",
-    "gpu-b": "CHANGE-ME-gpu-b",
-    "router": "CHANGE-ME-router",
-    "ops": "CHANGE-ME-ops",
-}
-
 JOB = {"prompt": "hello there", "model": "llama3:8b"}
-
-# Replaced in every rendered copy: the monitoring port (-1: one from the OS) and the store.
-MONITOR_PORT = "http_port: 8222"
-STORE_DIR = '"/var/lib/nats"'
-
-
-def login(user: str) -> dict[str, str]:
-    """A process's `nats:` settings for one of the committed users."""
-    return {"user": user, "password": PASSWORDS[user]}
 
 
 @contextlib.asynccontextmanager
 async def connected(
-    url: str, user: str | None = None, errors: list[Exception] | None = None, **options: Any
+    url: str, auth: NatsAuth | None = None, errors: list[Exception] | None = None, **options: Any
 ) -> AsyncIterator[NatsClient]:
-    """A client, as `user` if given; asynchronous errors (such as permission violations)
-    are collected in `errors`."""
+    """A client, logged in with `auth` if given; asynchronous errors (such as permission
+    violations) are collected in `errors`."""
 
     async def remember(error: Exception) -> None:
         if errors is not None:
             errors.append(error)
 
-    credentials = login(user) if user else {}
+    credentials = auth.connect_options() if auth else {}
     client = await nats.connect(url, error_cb=remember, **credentials, **options)
     try:
         yield client
     finally:
         await client.close()
-
-
-async def connect_error(url: str, **options: Any) -> Exception:
-    """Why a client cannot connect. Its socket is closed either way: nats-py leaves it
-    open when the handshake after TCP fails (and its close() hangs after a failed TLS
-    handshake, so this is for plain connections)."""
-    client = NatsClient()
-
-    async def quiet(error: Exception) -> None:
-        pass
-
-    try:
-        await client.connect(
-            url,
-            allow_reconnect=False,
-            max_reconnect_attempts=1,
-            connect_timeout=2,
-            error_cb=quiet,
-            **options,
-        )
-    except (OSError, nats.errors.Error) as error:
-        return error
-    finally:
-        await client.close()
-    raise AssertionError(f"a client got into {url}")
-
-
-def render(name: str, directory: Path, replacements: dict[str, str]) -> Path:
-    """A copy of a committed config in `directory` with the given values replaced."""
-    text = (OPS_NATS / name).read_text()
-    for old, new in replacements.items():
-        assert old in text, f"ops/nats/{name} no longer contains {old!r}"
-        text = text.replace(old, new)
-    path = directory / name
-    path.write_text(text)
-    return path
-
-
-def free_port() -> int:
-    """A port the OS has just handed out (for route ports, which peers must know up front)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def is_violation(error: Exception) -> bool:
@@ -134,18 +81,11 @@ async def answered(nc: NatsClient, subject: str, within_s: float = 15) -> JobRes
                 await asyncio.sleep(0.05)
 
 
-# --- accounts.conf: per-node permissions -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def fleet_nats() -> AsyncIterator[NatsServer]:
-    """A nats-server running ops/nats/accounts.conf as committed."""
-    async with NatsServer(config_file=OPS_NATS / "accounts.conf") as server:
-        yield server
+# --- accounts.conf and the JWT setup: per-node permissions --------------------------------
 
 
 async def test_a_worker_and_a_router_work_within_their_committed_permissions(
-    fleet_nats: NatsServer,
+    fleet: Fleet,
     start_worker: WorkerFactory,
     start_router: RouterFactory,
     simulator: Simulator,
@@ -161,14 +101,14 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
     async with (
         start_worker(
             node_id="gpu-a",
-            nats_url=[fleet_nats.url],
-            nats=login("gpu-a"),
+            nats_url=[fleet.url],
+            nats=fleet.auth("gpu-a"),
             backends=[backend(simulator.url)],
             heartbeat_s=0.2,
         ),
-        start_router(nats_url=[fleet_nats.url], nats=login("router")) as router,
-        connected(fleet_nats.url, "router") as as_router,
-        connected(fleet_nats.url, "ops") as ops,
+        start_router(nats_url=[fleet.url], nats=fleet.auth("router")) as router,
+        connected(fleet.url, fleet.auth("router")) as as_router,
+        connected(fleet.url, fleet.auth("ops")) as ops,
         httpx.AsyncClient(base_url=router.url) as http,
     ):
         await as_router.subscribe("ncs.capabilities.*", cb=heard)
@@ -205,7 +145,7 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
     ],
 )
 async def test_a_user_is_refused_what_its_permissions_do_not_allow(
-    fleet_nats: NatsServer, user: str, action: str, subject: str
+    fleet: Fleet, user: str, action: str, subject: str
 ) -> None:
     errors: list[Exception] = []
 
@@ -213,8 +153,8 @@ async def test_a_user_is_refused_what_its_permissions_do_not_allow(
         return any(is_violation(error) for error in errors)
 
     async with (
-        connected(fleet_nats.url, user, errors) as client,
-        connected(fleet_nats.url, "ops") as ops,
+        connected(fleet.url, fleet.auth(user), errors) as client,
+        connected(fleet.url, fleet.auth("ops")) as ops,
     ):
         if action == "subscribe":
             await client.subscribe(subject)
@@ -239,24 +179,25 @@ async def test_a_user_is_refused_what_its_permissions_do_not_allow(
 
 @pytest.mark.parametrize("node", ["gpu-a", "gpu-b"])
 async def test_each_worker_user_serves_the_router_user_its_jobs(
-    fleet_nats: NatsServer, start_worker: WorkerFactory, simulator: Simulator, node: str
+    fleet: Fleet, start_worker: WorkerFactory, simulator: Simulator, node: str
 ) -> None:
     async with (
         start_worker(
             node_id=node,
-            nats_url=[fleet_nats.url],
-            nats=login(node),
+            nats_url=[fleet.url],
+            nats=fleet.auth(node),
             backends=[backend(simulator.url)],
         ),
-        connected(fleet_nats.url, "router") as as_router,
+        connected(fleet.url, fleet.auth("router")) as as_router,
     ):
         answer = await ask(as_router, llm(node), JOB)
     assert answer.status == "ok", answer.error
     assert answer.node_id == node
 
 
-async def test_a_wrong_password_is_refused(fleet_nats: NatsServer) -> None:
-    error = await connect_error(fleet_nats.url, user="gpu-a", password="not-the-password")
+async def test_a_wrong_password_is_refused(tmp_path: Path) -> None:
+    async with fleet_server("accounts", tmp_path) as fleet:
+        error = await connect_error(fleet.url, user="gpu-a", password="not-the-password")
     assert "authorization violation" in str(error).lower()
 
 
@@ -295,26 +236,6 @@ async def test_single_server_carries_a_vision_job_the_default_limit_refuses(
 
 
 # --- cluster-a/b/c.conf: failover -----------------------------------------------------------
-
-
-def render_cluster(directory: Path) -> list[Path]:
-    """The three committed cluster files, with hosts nats-a/b/c on loopback ports."""
-    route_ports = {name: free_port() for name in "abc"}
-    configs = []
-    for name, port in route_ports.items():
-        replacements = {
-            f"nats-route://nats-{peer}:6222": f"nats-route://127.0.0.1:{peer_port}"
-            for peer, peer_port in route_ports.items()
-        }
-        store = directory / f"store-{name}"
-        replacements |= {
-            "listen: 0.0.0.0:6222": f"listen: 127.0.0.1:{port}",
-            MONITOR_PORT: "http_port: -1",
-            STORE_DIR: f'"{store}"',
-        }
-        (directory / name).mkdir()
-        configs.append(render(f"cluster-{name}.conf", directory / name, replacements))
-    return configs
 
 
 async def test_worker_moves_to_a_surviving_server_when_its_server_is_killed(

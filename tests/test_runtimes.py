@@ -370,11 +370,20 @@ def test_ollama_rejects_images_it_cannot_take(image: str) -> None:
         (WEBP_B64, f"data:image/webp;base64,{WEBP_B64}"),
         ("not base64 at all!", "data:image/png;base64,not base64 at all!"),
         (f"data:image/jpeg;base64,{JPEG_B64}", f"data:image/jpeg;base64,{JPEG_B64}"),
-        ("https://example.com/cat.png", "https://example.com/cat.png"),
     ],
 )
-def test_openai_gets_data_uris_with_sniffed_type_or_urls(image: str, expected: str) -> None:
+def test_openai_gets_data_uris_with_sniffed_type(image: str, expected: str) -> None:
     assert openai_compat.openai_image_url(image) == expected
+
+
+@pytest.mark.parametrize("image", ["https://example.com/cat.png", "http://10.0.0.5/a.png"])
+def test_neither_adapter_passes_an_image_url_to_its_runtime(image: str) -> None:
+    """vLLM and others would fetch the URL from inside the GPU network (issue 11)."""
+    message = Message(content="look", images=[image])
+    for adapt in (openai_compat.openai_message, ollama.ollama_message):
+        with pytest.raises(InferbusError) as caught:
+            adapt(message)
+        assert caught.value.code == ErrorCode.BAD_REQUEST
 
 
 def test_openai_message_with_images_becomes_content_parts() -> None:
@@ -383,7 +392,7 @@ def test_openai_message_with_images_becomes_content_parts() -> None:
             "role": "user",
             "content": [
                 {"type": "text", "text": "what is this"},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
             ],
             "images": [JPEG_B64],
         }
@@ -393,7 +402,7 @@ def test_openai_message_with_images_becomes_content_parts() -> None:
         "content": [
             {"type": "text", "text": "what is this"},
             {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{JPEG_B64}"}},
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
         ],
     }
 

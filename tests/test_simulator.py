@@ -12,12 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tools.children import stop_process
+from tests.sim_process import ANNOUNCE, simulator_process
 from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_tokens
 from tools.simulator.cli import parse_models
 from tools.simulator.faults import FaultTable
 from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation
-from tests.sim_process import ANNOUNCE, simulator_process
 
 LLM = "llama3:8b"
 VISION = "llava:7b"

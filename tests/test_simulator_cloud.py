@@ -21,10 +21,10 @@ from services.errors import ErrorCode, InferbusError, Reason
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatCall
 from services.runtimes.http import new_http_client
-from tools.simulator import KeyBehaviour, SimModel, Simulator, expected_text
-from tools.simulator.cloud import parse_key_spec
 from services.wire import Message, Params
 from tests.sim_process import ANNOUNCE, simulator_process
+from tools.simulator import KeyBehaviour, SimModel, Simulator, expected_text
+from tools.simulator.cloud import parse_key_spec
 
 MODEL = "gpt-sim"
 TOKENS = 4

@@ -65,11 +65,13 @@ async def test_every_message_gets_exactly_one_structured_reply(
     node_id: str,
     batch: list[tuple[bool, bytes]],
 ) -> None:
-    replies: list[Msg] = []
+    replies: list[Msg] = []  # final answers; a valid `stream: true` job also sends chunks
     enough = asyncio.Event()
     inbox = nc.new_inbox()
 
     async def collect(msg: Msg) -> None:
+        if _is_chunk(msg.data):
+            return
         replies.append(msg)
         if len(replies) >= len(batch) + 1:
             enough.set()
@@ -102,3 +104,12 @@ async def test_every_message_gets_exactly_one_structured_reply(
             assert parsed["error"]["code"] == response.error.code
         else:
             assert response.result is not None
+
+
+def _is_chunk(data: bytes) -> bool:
+    """A stream chunk (`{"job_id", "seq", "delta"}`): not a final answer."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and "seq" in parsed and "status" not in parsed

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from services.errors import ErrorCode, InferbusError
+from services.images import is_url
 from services.runtimes.base import (
     ChatCall,
     ChatReply,
@@ -259,7 +260,7 @@ def ollama_image(image: str) -> str:
         if not sep or not header.endswith(";base64"):
             raise InferbusError(ErrorCode.BAD_REQUEST, "image data URI must be base64")
         return payload
-    if image.startswith(("http://", "https://")):
+    if is_url(image):
         raise InferbusError(
             ErrorCode.BAD_REQUEST, "Ollama takes images inline as base64, not as URLs"
         )

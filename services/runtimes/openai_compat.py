@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from services.errors import ErrorCode, InferbusError
+from services.images import image_type, is_url
 from services.runtimes.base import (
     ChatCall,
     ChatReply,
@@ -330,9 +331,15 @@ def openai_message(message: Message) -> dict[str, Any]:
 
 
 def openai_image_url(image: str) -> str:
-    """Data URIs and http(s) URLs pass through; raw base64 becomes a data URI."""
-    if image.startswith(("data:", "http://", "https://")):
+    """Data URIs pass through; raw base64 becomes a data URI. An http(s) URL is a
+    BAD_REQUEST: the runtime would fetch it from inside the GPU network (SSRF), so URLs
+    are fetched (or refused) before a job reaches an adapter (`images.remote_urls`)."""
+    if image.startswith("data:"):
         return image
+    if is_url(image):
+        raise InferbusError(
+            ErrorCode.BAD_REQUEST, "images go to the runtime inline as base64, not as URLs"
+        )
     return f"data:{sniff_image_mime(image)};base64,{image}"
 
 
@@ -344,13 +351,7 @@ def sniff_image_mime(image_base64: str) -> str:
         head = base64.b64decode(head_b64)
     except (binascii.Error, ValueError):
         return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"
+    return image_type(head) or "image/png"
 
 
 def openai_params(params: Params) -> dict[str, Any]:
