@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nats.errors
 import pytest
 
 from node_worker.admission import node_capacity
 from node_worker.service_api import wire_form
 from node_worker.twins import is_twin
+from router.config import load_router_settings
 from services.bus import is_auth_refusal
 from services.capabilities import Capabilities
 from services.runtimes.base import ModelInfo
 from services.runtimes.llamacpp import llamacpp_models, readable_model_name
+from tools.up import router_config
 
 
 @pytest.mark.parametrize(
@@ -91,3 +95,12 @@ def test_wire_form_sends_an_object_not_null_as_data() -> None:
         {"name": "llm", "data": {}},
         {"name": "caps", "data": {"k": 1}},
     ]
+
+
+@pytest.mark.parametrize("port", [8090, 9000])  # 8090 is the default: once dropped as such
+def test_up_router_config_names_where_it_listens_and_loads(tmp_path: Path, port: int) -> None:
+    text = router_config("local", "nats://127.0.0.1:4222", port, ("ollama", "http://x:1"))
+    (tmp_path / "router.yml").write_text(text)
+    settings = load_router_settings(tmp_path / "router.yml")
+    assert (settings.http.host, settings.http.port) == ("127.0.0.1", port)
+    assert settings.local_runtime is not None

@@ -129,7 +129,8 @@ def router_config(
         local_runtime=LocalRuntime(kind=kind, url=url),
     )
     dumped = settings.model_dump(mode="json", exclude_defaults=True)
-    dumped["http"]["host"] = "127.0.0.1"  # said explicitly, although it is the default
+    # Said explicitly, although they may be the defaults: the file shows where it listens.
+    dumped["http"] = {**dumped.get("http", {}), "host": "127.0.0.1", "port": http_port}
     return _yaml(dumped)
 
 
