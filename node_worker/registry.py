@@ -106,6 +106,7 @@ class Announcer(AsyncService):
         self._changed = asyncio.Event()
         self._subscriptions: list[Subscription] = []
         self._loop: asyncio.Task[None] | None = None
+        self._withdrawn = False
 
     def changed(self) -> None:
         """Something worth telling the fleet at once happened."""
@@ -127,7 +128,7 @@ class Announcer(AsyncService):
         try:
             await self._nc.publish(
                 self._subjects.capabilities(self._node_id),
-                encode_capabilities(self._record(self._seq)),
+                encode_capabilities(self._current(self._seq)),
             )
         except Exception:
             log.exception("capabilities could not be published")
@@ -141,7 +142,7 @@ class Announcer(AsyncService):
             await self.publish()
         started_s = time.monotonic()
         with contextlib.suppress(Exception):
-            await msg.respond(encode_capabilities(self._record(self._seq)))
+            await msg.respond(encode_capabilities(self._current(self._seq)))
         if msg.subject == self._caps_subject:
             self._caps_answered(time.monotonic() - started_s)
 
@@ -164,11 +165,26 @@ class Announcer(AsyncService):
             await self.publish()
             await asyncio.sleep(min_gap_s)
 
-    async def stop(self) -> None:
+    def _current(self, seq: int) -> Capabilities:
+        record = self._record(seq)
+        return record.model_copy(update={"served_models": ()}) if self._withdrawn else record
+
+    async def withdraw(self) -> None:
+        """The node is leaving: no more heartbeats, and one last record serving nothing, so
+        routers stop choosing it now rather than a ttl later. Caps and discovery are still
+        answered (routers probe a node that holds their jobs) until `stop`."""
+        await self._stop_heartbeats()
+        self._withdrawn = True
+        await self.publish()
+
+    async def _stop_heartbeats(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
             self._loop = None
+
+    async def stop(self) -> None:
+        await self._stop_heartbeats()
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

@@ -123,7 +123,8 @@ class Worker(AsyncService):
             on_other_model=lambda served, named: self.follower.answered_as(served, named),
         )
         self._nc: NatsClient | None = None
-        self._subscriptions: list[Subscription] = []
+        self._subscriptions: list[Subscription] = []  # the job subjects
+        self._cancels: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[str, asyncio.Task[Any]] = {}  # job id -> task, for cancellation
         self._cancelled: set[str] = set()
@@ -184,8 +185,8 @@ class Worker(AsyncService):
                     subject, queue=WORKER_QUEUE_GROUP, cb=self._handler_for(job_type)
                 )
             )
-        self._subscriptions.append(
-            await self.nc.subscribe(self.subjects.cancel(self.node_id), cb=self._on_cancel)
+        self._cancels = await self.nc.subscribe(
+            self.subjects.cancel(self.node_id), cb=self._on_cancel
         )
         await flush_interest(self.nc)
         self._announcer = Announcer(
@@ -412,16 +413,23 @@ class Worker(AsyncService):
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(subscription.drain(), 5)  # type: ignore[no-untyped-call]
-        if self._announcer is not None:  # routers stop choosing a node that stops announcing
-            await self._announcer.stop()
+        if self._announcer is not None:  # routers stop choosing it at once...
+            await self._announcer.withdraw()
         if self.twins is not None:
             await self.twins.stop()
         await self.service.stop()
         if self._tasks:
+            # ...while the jobs it holds run on: it still answers the routers' liveness
+            # probes (caps) and their cancels, so a draining node is not taken for dead.
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_grace_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._announcer is not None:
+            await self._announcer.stop()
+        if self._cancels is not None:
+            with contextlib.suppress(Exception):
+                await self._cancels.unsubscribe()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         if self._nc is not None:

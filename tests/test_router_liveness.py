@@ -116,3 +116,42 @@ async def test_a_stream_cut_by_a_killed_node_ends_with_backend_unavailable(
     assert [line.get("delta") is not None for line in lines[:3]] == [True] * 3
     assert final["error"]["code"] == "BACKEND_UNAVAILABLE"
     assert "gone" in final["error"]["message"] or "no worker" in final["error"]["message"]
+
+
+async def test_a_draining_node_finishes_the_job_it_holds_and_is_not_taken_for_dead(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: Any,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    node_id: str,
+) -> None:
+    """SIGTERM while it holds a job: it stops taking jobs and withdraws its models, but still
+    answers the router's probes, so the job ends there, once, and its breaker stays closed;
+    the next request goes to the other node."""
+    leaving = f"{node_id}-leaving"
+    async with (
+        Simulator(models=[SimModel(MODEL)], latency_ms=1500) as slow,
+        Simulator(models=[SimModel(MODEL)]) as fine,
+        worker_process(tmp_path, leaving, nats_server.url, slow.url) as process,
+    ):
+        await wait_for_worker(nc, llm(leaving))
+        async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+            await until(lambda: leaving in router.fleet.nodes)
+            job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
+            pending = asyncio.ensure_future(http.post("/infer", json=job, timeout=20))
+            await holding_the_job(slow)
+            async with start_worker(node_id=f"{node_id}-b", backends=[backend(fine.url)]):
+                await until(lambda: f"{node_id}-b" in router.fleet.nodes)
+                process.send_signal(signal.SIGTERM)
+                answer = await pending
+                following = await http.post("/infer", json=job, timeout=20)
+                exit_code = await asyncio.wait_for(process.wait(), 20)
+            breakers = router.router.board.of_node(leaving, router.fleet.clock())
+    body = answer.json()
+    assert answer.status_code == 200, body
+    assert [attempt["node"] for attempt in body["route"]["attempts"]] == [leaving]
+    assert slow.calls[MODEL] == 1
+    assert following.json()["route"]["node"] == f"{node_id}-b"
+    assert "open" not in breakers.values()
+    assert exit_code == 0
