@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.keystore import SharedKeys
 from services.wire import JobRequest, JobResponse, is_replayable, new_job_id
+
+log = logging.getLogger("inferbus.router")
 
 DeltaSink = Callable[[str], Awaitable[None]]
 Served = tuple[JobResponse, Route]
@@ -63,6 +66,7 @@ class Infer(Protocol):
 
 
 SHARED_SCOPE = "shared"
+SHARED_READ_S = 0.25  # the longest a keyed request waits for the shared store
 
 
 def tenant_of(authorization: str | None, *, keys_configured: bool) -> str:
@@ -183,7 +187,7 @@ class IdempotencyGate:
         while True:
             kept = self._answers.get(key)
             if kept is None and key not in self._in_flight:
-                kept = await self._shared_answer(key)
+                kept = await self._shared_answer(key, deadline - self._clock())
                 if kept is None and (key in self._in_flight or self._answers.get(key)):
                     continue  # it started or finished here while the store was read
             if kept is not None:
@@ -192,6 +196,10 @@ class IdempotencyGate:
                 return await _replay(kept, job, on_delta, on_model), _replayed_route(kept.route)
             in_flight = self._in_flight.get(key)
             if in_flight is None:
+                # What the gate spent (store read, waiting on a first caller that left) is
+                # the caller's budget too: the serving path gets only what is left.
+                left_ms = max(0, int((deadline - self._clock()) * 1000.0))
+                wire = wire.model_copy(update={"timeout_ms": left_ms})
                 return await self._serve_first(key, keyed, wire, job, agent_id, on_delta, on_model)
             if not in_flight.job.same_job(keyed.fingerprint, keyed.models):
                 return _mismatch(job), Route()
@@ -239,6 +247,10 @@ class IdempotencyGate:
         response, route = served
         return _for_caller(response, job.job_id), route
 
+    @property
+    def shared(self) -> SharedKeys | None:
+        return self._shared
+
     def share(self, shared: SharedKeys) -> None:
         """From now on, keys are also claimed in (and answers read from) the shared store."""
         self._shared = shared
@@ -249,10 +261,17 @@ class IdempotencyGate:
         models = frozenset(name for name in (wire.model, resolved) if name)
         return KeyedJob(typed.fingerprint(), models)
 
-    async def _shared_answer(self, key: str) -> Kept | None:
-        if self._shared is None:
+    async def _shared_answer(self, key: str, left_s: float) -> Kept | None:
+        """The answer another router or worker left in the shared store, if it can be read
+        quickly: an unreachable store must not eat the caller's budget."""
+        if self._shared is None or left_s <= 0:
             return None
-        found = await self._shared.read(key)
+        try:
+            async with asyncio.timeout(min(left_s, SHARED_READ_S)):
+                found = await self._shared.read(key)
+        except TimeoutError:
+            log.warning("idempotency store did not answer within %.0f ms", SHARED_READ_S * 1000)
+            return None
         if found is None or found.record.state != "done" or found.record.response is None:
             return None
         record, response = found.record, found.record.response

@@ -20,8 +20,10 @@ from typing import Any
 import httpx
 from nats.aio.client import Client as NatsClient
 
+from router.config import RouterSettings
 from router.service import RouterService
 from services.bus import wait_for_worker
+from services.localnet import free_port
 from services.nats_server import NatsServer
 from services.wire import decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
@@ -360,3 +362,32 @@ async def test_an_answered_key_replays_after_the_worker_restarts(
     assert after.cached is True
     assert after.result == before.result
     assert simulator.calls["llama3:8b"] == 1
+
+
+async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_its_budget(
+    tmp_path: Path,
+) -> None:
+    """NATS down: the store read gives up quickly, and the serving path gets only what is
+    left of the budget. A local runtime slower than that leftover makes the answer a 504
+    at the budget; before, the read ate seconds and the budget then started anew (ok)."""
+    server = NatsServer(port=free_port(), jetstream_dir=tmp_path / "js")
+    await server.start()
+    async with Simulator(models=[SimModel("m:1b")], latency_ms=1450) as local:
+        settings = RouterSettings(
+            nats_url=[server.url],
+            http={"host": "127.0.0.1", "port": 0},
+            local_node="here",
+            local_runtime={"kind": "ollama", "url": local.url},
+            idempotency=SHARED,
+        )
+        async with (
+            RouterService(settings) as router,
+            httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+        ):
+            await until(lambda: router.gate.shared is not None, timeout_s=10)
+            await server.stop()
+            await until(lambda: not router.router.nc.is_connected, timeout_s=10)
+            job = {"prompt": "x", "model": "m:1b", "timeout_ms": 1500}
+            keyed = await http.post("/infer", json=job, headers={"Idempotency-Key": "k1"})
+    assert keyed.status_code == 504, keyed.json()
+    assert keyed.json()["error"]["code"] == "DEADLINE_EXCEEDED"
