@@ -91,7 +91,8 @@ class Capabilities(_Record):
     version: str
     seq: int
     ts: float = Field(description="unix seconds when the record was built (display only)")
-    ttl_s: float
+    # Bounded and finite: a record saying Infinity would be kept (and its node) forever.
+    ttl_s: float = Field(gt=0, le=3600, allow_inf_nan=False)
     runtimes: tuple[RuntimeStatus, ...] = ()
     served_models: tuple[ServedModel, ...] = ()
     load: dict[str, Load] = Field(default_factory=dict)

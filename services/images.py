@@ -43,7 +43,8 @@ class ImageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     remote_urls: RemoteUrls = "refuse"
-    fetch_max_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    # 5.5 MiB: base64 makes it ~7.3 MiB, which still fits the 8 MB bus with the job around it.
+    fetch_max_bytes: Annotated[int, Field(ge=1024)] = 5632 * 1024
     fetch_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # all of a job's URLs together
     # FOR TESTS ONLY: addresses exempt from the private/loopback refusal, so a test can
     # fetch from a server on 127.0.0.1. Never set it in production: it reopens the hole.

@@ -8,11 +8,13 @@ least loaded of them).
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pydantic
 import pytest
 
 from router.board import BreakerBoard
@@ -448,3 +450,11 @@ def test_breaker_queries_answer_per_node_without_changing_state() -> None:
     assert board.allows("gpu1", "llm", 200)
     board.forget("gpu1")
     assert board.of_node("gpu1", 201) == {}
+
+
+@pytest.mark.parametrize("ttl", ["Infinity", "NaN", "0", "1e9"])
+def test_a_record_with_an_unbounded_ttl_is_refused(ttl: str) -> None:
+    record = {"node_id": "n", "version": "1", "seq": 1, "ts": 0, "ttl_s": ttl, "runtimes": []}
+    raw = json.dumps(record).replace(f'"{ttl}"', ttl)
+    with pytest.raises(pydantic.ValidationError):
+        Capabilities.model_validate_json(raw)

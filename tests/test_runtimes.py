@@ -13,7 +13,7 @@ import aiohttp
 import httpx
 import pytest
 
-from services.errors import ErrorCode, InferbusError
+from services.errors import ErrorCode, InferbusError, Reason
 from services.runtimes import (
     ChatCall,
     OllamaRuntime,
@@ -32,6 +32,7 @@ from services.runtimes.errors import (
     classify_http_error,
     classify_stream_error,
     classify_transport_error,
+    refused_our_key,
     retry_after_ms,
 )
 from services.wire import Message, Params
@@ -837,3 +838,17 @@ async def test_http_client_ignores_proxy_environment(
     monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
     async with new_http_client() as client:
         assert (await make_runtime("ollama", sim.url, client).chat(ask("hi"), timeout_s=5)).text
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, b'{"error": {"message": "Invalid API Key", "type": "authentication_error"}}'),
+        (400, b'{"error": {"message": "Incorrect API key provided: sk-a...", "code": null}}'),
+    ],
+)
+def test_a_refused_key_is_the_nodes_fault_whatever_the_status(status: int, body: bytes) -> None:
+    error = classify_http_error(status, body, {})
+    assert error.reason == Reason.AUTH
+    assert error.code == ErrorCode.BACKEND_ERROR  # never BAD_REQUEST: the caller did nothing
+    assert refused_our_key(error)

@@ -54,8 +54,8 @@ class RuntimeLoading(InferbusError):
 
 
 def refused_our_key(error: InferbusError) -> bool:
-    """The runtime refused our key (HTTP 401/403): a configuration fault of this node."""
-    return error.message.startswith(("HTTP 401:", "HTTP 403:"))
+    """The runtime refused our key (401/403, or a body saying so): this node's fault."""
+    return error.reason == Reason.AUTH
 
 
 # 4xx answers that are not about the request's content: the runtime's own configuration
@@ -135,6 +135,9 @@ def _classify(
 ) -> InferbusError:
     error = _code_of(status, detail, headers, now_unix_s, secrets)
     error.reason = reason_of(status, detail.message, detail.type, detail.code)
+    if error.reason == Reason.AUTH and error.code == ErrorCode.BAD_REQUEST:
+        # "invalid api key" in a 400: the node's key is wrong, not the caller's request.
+        return InferbusError(ErrorCode.BACKEND_ERROR, error.message, reason=Reason.AUTH)
     return error
 
 
