@@ -38,7 +38,7 @@ async def serve(config: Path | None, port: int | None) -> int:
             failed.cancel()
             if service.fatal.is_set():
                 print(f"inferbus router: {service.fatal_cause}", file=sys.stderr)
-                return 2
+                return service.fatal_exit_code
     except StartupError as error:
         print(f"inferbus router: {error}", file=sys.stderr)
         return 2

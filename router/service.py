@@ -77,6 +77,7 @@ class RouterService(AsyncService):
         self.port: int | None = None
         self.fatal = asyncio.Event()  # set when the router must exit (see `fatal_cause`)
         self.fatal_cause = ""
+        self.fatal_exit_code = 2  # bad credentials: restarting cannot help
         self._stopping = False
 
     async def start(self) -> None:
@@ -107,10 +108,23 @@ class RouterService(AsyncService):
         self.port = sock.getsockname()[1]
         log.info("router listening on http://%s:%d", http.host, self.port)
         self._connecting = asyncio.create_task(self._connect())
+        self._connecting.add_done_callback(self._connected_or_not)
         # A reachable NATS gives a complete fleet view before the first request; an
         # unreachable one costs start-up at most this long (HTTP already serves).
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        # Its failures are told by `_connected_or_not`, whenever they happen.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._connecting), STARTUP_WAIT_S)
+
+    def _connected_or_not(self, task: asyncio.Task[None]) -> None:
+        """A start-up step after the connect that failed (the fleet view, the shared store)
+        leaves a router that cannot serve the fleet: say why and exit, never run on silently."""
+        error = None if task.cancelled() else task.exception()
+        if error is None or self._stopping or self.fatal.is_set():
+            return
+        self.fatal_cause = f"NATS start-up failed: {describe(error)}"
+        self.fatal_exit_code = 1  # not a configuration error: a supervisor may restart it
+        log.error("%s", self.fatal_cause)
+        self.fatal.set()
 
     async def _connect(self) -> None:
         """Connect (nats-py retries forever), then start the fleet view and the inboxes."""

@@ -180,3 +180,22 @@ async def test_nats_gone_under_a_running_router_is_a_typed_answer_and_no_breaker
     assert [a.status_code for a in answers] == [503, 503]
     assert [a.json()["error"]["code"] for a in answers] == ["NO_ROUTE", "NO_ROUTE"]
     assert all(n["breakers"].get("llm", "closed") == "closed" for n in nodes)
+
+
+async def test_a_failed_start_up_step_after_the_connect_exits_with_its_cause(
+    tmp_path: Path,
+) -> None:
+    """The shared idempotency store needs JetStream; a server without it is said, not
+    served around silently (exit 1: not a config error a restart cannot mend)."""
+    async with NatsServer(port=free_port()) as server:  # no JetStream
+        store = "idempotency:\n  store: jetstream\n"
+        process = await run_router(router_config(tmp_path, server.url, free_port(), store))
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 1
+    assert "NATS start-up failed" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
