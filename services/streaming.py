@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -49,7 +50,9 @@ async def request_stream(
     the stream ended on the caller's side). Chunks out of order are put back in order;
     a gap that never fills ends the stream at the idle timeout."""
     loop = asyncio.get_running_loop()
-    inbox = nc.new_inbox()
+    # Unguessable (nats-py's new_inbox() is a predictable sequence): only the node that got
+    # the job knows where to answer, and its answers must name the job.
+    inbox = f"_INBOX.{secrets.token_hex(16)}"
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 
     async def enqueue(msg: Msg) -> None:
@@ -98,6 +101,8 @@ async def request_stream(
                 yield _final(job, error), StreamFailure(no_responders=True)
                 return
             event = _event_of(msg.data)
+            if event.job_id not in (job.job_id, ""):  # "": an unreadable answer, as an error
+                continue
             if isinstance(event, JobResponse):
                 yield event, None
                 return
