@@ -372,7 +372,7 @@ class FleetIndex:
                 version="index",
                 seq=1,
                 ts=0.0,
-                ttl_s=float("inf"),
+                ttl_s=3600.0,  # the longest a record may say; these never age
                 served_models=tuple(
                     ServedModel(
                         name=c.name,

@@ -304,12 +304,20 @@ def _why_no_candidate(reqs: Requirements, pool: Picker) -> str:
     return f"no {required_type} candidate"
 
 
+_REASON_SCAN_LIMIT = 64  # nodes looked at to word a reason: it must not cost O(fleet)
+
+
 def _open_nodes(pool: Picker, model_type: str) -> tuple[str, bool]:
-    """("none" | "excluded" | "open", whether the local node is open) for one type."""
+    """("none" | "excluded" | "open", whether the local node is open) for one type, from
+    at most `_REASON_SCAN_LIMIT` nodes (this runs per request on failure paths)."""
     local_node = pool.index.local_node
     state, local = "none", False
+    looked_at = 0
     for group in pool.index.groups_of((model_type,)):
         for node in pool.index.members(group):
+            looked_at += 1
+            if looked_at > _REASON_SCAN_LIMIT:
+                return state, local
             if not pool.index.live(node, pool.now):
                 continue
             if not pool.open_node(node):

@@ -34,8 +34,9 @@ async def test_a_half_open_trial_longer_than_a_probe_runs_to_its_end(
 ) -> None:
     """Item 1: the trial was abandoned after 250 ms as "node lost", reopening the breaker."""
     async with start_router() as router, httpx.AsyncClient(base_url=router.url, timeout=10) as http:
-        async with start_worker(backends=[backend(simulator.url)]):
+        async with start_worker(backends=[backend(simulator.url)]) as worker:
             await until(lambda: node_id in router.fleet.nodes)
+            await worker.nc.close()  # gone without a word, as a killed process would be
         for _ in range(3):  # gone: no responders three times
             await http.post("/infer", json=JOB)
         assert (await breakers_of(http))[node_id]["llm"] == "open"

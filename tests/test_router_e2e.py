@@ -259,8 +259,9 @@ async def test_a_restarted_node_is_not_shut_out_until_its_breaker_times_out(
 ) -> None:
     job = {"prompt": "hi", "model": "llama3:8b"}
     async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
-        async with start_worker(backends=[backend(simulator.url)]):
+        async with start_worker(backends=[backend(simulator.url)]) as worker:
             await until(lambda: node_id in (router.fleet.nodes if router.fleet else {}))
+            await worker.nc.close()  # gone without a word, as a killed process would be
         for _ in range(3):  # the node's worker is gone: no responders, three times
             assert (await http.post("/infer", json=job)).status_code == 503
         breakers = {n["node_id"]: n["breakers"] for n in (await http.get("/nodes")).json()["nodes"]}
