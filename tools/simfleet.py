@@ -115,10 +115,21 @@ class SimulatedFleet(AsyncService):
         self._beating = asyncio.create_task(self._beat_forever())
 
     async def _listen(self, node_id: str) -> None:
-        self._node_subscriptions[node_id] = [
+        jobs = [
             await self._nc.subscribe(self._subjects.job(node_id, kind), cb=self._answer)
             for kind in ("llm", "vision")
         ]
+        # Routers probe a node that holds their jobs on its caps subject: a node that
+        # never answers would be taken for dead.
+        caps = await self._nc.subscribe(self._subjects.caps(node_id), cb=self._answer_caps)
+        self._node_subscriptions[node_id] = [*jobs, caps]
+
+    async def _answer_caps(self, msg: Msg) -> None:
+        node = self.nodes.get(msg.subject.split(".")[-2])
+        if node is not None and msg.reply:
+            await self._nc.publish(
+                msg.reply, encode_capabilities(node.record(3 * self.heartbeat_s))
+            )
 
     async def add(self, node: SimNode) -> None:
         """A node joins: it takes jobs, then announces itself."""
