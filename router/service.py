@@ -89,7 +89,9 @@ class RouterService(AsyncService):
     async def _start(self) -> None:
         http = self.settings.http
         sock = bind_http(http.host, http.port)
-        metrics = RouterMetrics(lambda: self.router.board.snapshot(time.monotonic()))
+        metrics = RouterMetrics(
+            lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
+        )
         config = uvicorn.Config(
             build_app(self.router, metrics, self.gate),
             log_level="warning",
