@@ -80,7 +80,8 @@ async def test_key_b_answers_after_key_as_429_and_the_next_request_skips_a(
         again, second = await ask(router.url)
     assert text == again == expected_text(PRIMARY, PROMPT, TOKENS)
     assert calls(route) == [("alpha", "KEY_A", "rate_limited"), ("alpha", "KEY_B", "ok")]
-    assert route["via"] == "cloud" and route["provider"] == "alpha"
+    assert route["via"] == "cloud"
+    assert route["provider"] == "alpha"
     assert {a["via"] for a in route["attempts"]} == {"cloud"}
     assert all(a["model"] == PRIMARY for a in route["attempts"])
     assert calls(second) == [("alpha", "KEY_B", "ok")]
@@ -157,7 +158,8 @@ async def test_a_hanging_provider_ends_at_the_deadline_with_no_call_after_it(
     assert answer.status_code == 504, body
     assert body["error"]["code"] == "DEADLINE_EXCEEDED"
     assert calls(body["route"]) == [("alpha", "KEY_A", "DEADLINE_EXCEEDED")]
-    assert alpha.key_calls == {SECRETS["KEY_A"]: 1} and beta.key_calls == {}
+    assert alpha.key_calls == {SECRETS["KEY_A"]: 1}
+    assert beta.key_calls == {}
 
 
 async def test_a_stream_fails_over_before_its_first_token(
@@ -216,12 +218,14 @@ async def test_fleet_models_reach_the_cloud_only_through_configured_fallbacks(
                 await ask(router.url, model=FLEET_MODEL)  # no fallbacks: it stays here
         assert text == expected_text(FLEET_MODEL, PROMPT, 8)
         assert [a["via"] for a in route["attempts"]] == ["remote"]
-        assert alpha.key_calls == {} and beta.key_calls == {}
+        assert alpha.key_calls == {}
+        assert beta.key_calls == {}
         async with start_router(**cloud(alpha, beta, fallbacks=[PRIMARY])) as router:
             text, route = await ask(router.url, model=FLEET_MODEL)
     assert text == expected_text(PRIMARY, PROMPT, TOKENS)
     vias = [a["via"] for a in route["attempts"]]
-    assert vias[0] == "remote" and vias[-1] == "cloud"  # the fleet first, then the cloud
+    assert vias[0] == "remote"
+    assert vias[-1] == "cloud"
     assert calls(route)[-1] == ("alpha", "KEY_A", "ok")
 
 
@@ -249,7 +253,8 @@ async def test_keys_never_appear_in_logs_answers_or_views(
         seen.append(answer.text)
         seen.append((await http.get("/providers")).text)
         seen.append((await http.get("/metrics")).text)
-    assert "KEY_A" in seen[-2] and "inferbus_router_cloud_invocations" in seen[-1]
+    assert "KEY_A" in seen[-2]
+    assert "inferbus_router_cloud_invocations" in seen[-1]
     assert any("auth" in text for text in seen)
     for secret in SECRETS.values():
         assert secret not in caplog.text
