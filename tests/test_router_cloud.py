@@ -19,7 +19,7 @@ from tests.conftest import RouterFactory, WorkerFactory, backend
 from tools.simulator import Fault, KeyBehaviour, SimModel, Simulator, expected_text
 
 PRIMARY, FALLBACK, FLEET_MODEL, PROMPT, TOKENS = "gpt-sim", "chat-sim", "llama3:8b", "hi", 4
-SECRETS = {"KEY_A": "sk-sim-aaaa1111", "KEY_B": "sk-sim-bbbb2222"}
+SECRETS = {"KEY_A": "tenant-alpha-aaaa1111", "KEY_B": "tenant-alpha-bbbb2222"}  # not sk-…
 MESSAGES: Any = [{"role": "user", "content": PROMPT}]
 
 
@@ -236,7 +236,8 @@ async def test_keys_never_appear_in_logs_answers_or_views(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("revoked"))
+    # A careless provider repeats the key in its error: the router must not pass it on.
+    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("revoked", echo_key=True))
     alpha.set_key(SECRETS["KEY_B"], KeyBehaviour("rate_limited", retry_after_s=30))
     seen: list[str] = []
     async with (
@@ -256,6 +257,7 @@ async def test_keys_never_appear_in_logs_answers_or_views(
     assert "KEY_A" in seen[-2]
     assert "inferbus_router_cloud_invocations" in seen[-1]
     assert any("auth" in text for text in seen)
+    assert "Incorrect API key provided: ***." in seen[-2]  # the echoed key, blanked out
     for secret in SECRETS.values():
         assert secret not in caplog.text
         assert all(secret not in text for text in seen)
