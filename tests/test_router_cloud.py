@@ -7,6 +7,7 @@ KEY_A (and holding the same secret): a 429 on alpha's KEY_A must not cool beta's
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -261,3 +262,43 @@ async def test_keys_never_appear_in_logs_answers_or_views(
     for secret in SECRETS.values():
         assert secret not in caplog.text
         assert all(secret not in text for text in seen)
+
+
+async def test_max_tokens_above_the_ceiling_is_dropped_once_and_retried(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("max_tokens_ceiling", ceiling=100))
+    async with start_router(**cloud(alpha, beta)) as router:
+        text, route = await ask(router.url, max_tokens=1000)
+    assert text == expected_text(PRIMARY, PROMPT, TOKENS)
+    assert calls(route) == [("alpha", "KEY_A", "output_limit"), ("alpha", "KEY_A", "ok")]
+
+
+async def test_a_request_too_long_for_the_context_returns_at_once(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("context_exceeded"))
+    async with start_router(**cloud(alpha, beta, fallbacks=[FALLBACK])) as router:
+        with pytest.raises(openai.BadRequestError):
+            await ask(router.url)
+    # Failing over would only hide it: no other key, no fallback model is asked.
+    assert alpha.key_calls == {SECRETS["KEY_A"]: 1}
+    assert beta.key_calls == {}
+
+
+async def test_a_stream_that_broke_after_its_first_token_does_not_fail_over(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    alpha.set_fault(PRIMARY, Fault("error", after_chunks=2))
+    async with (
+        start_router(**cloud(alpha, beta, fallbacks=[FALLBACK])) as router,
+        httpx.AsyncClient(base_url=router.url, timeout=10) as http,
+        http.stream(
+            "POST", "/infer", json={"model": PRIMARY, "prompt": PROMPT, "stream": True}
+        ) as answer,
+    ):
+        lines = [json.loads(line) async for line in answer.aiter_lines() if line]
+    assert lines[-1]["status"] == "error", lines
+    assert "".join(line.get("delta", "") for line in lines[:-1])  # pieces came first
+    assert alpha.key_calls == {SECRETS["KEY_A"]: 1}
+    assert beta.key_calls == {}
