@@ -32,10 +32,11 @@ from router.chains import CloudTarget, build_chain, resolve_cloud_chain
 from router.cloud_chain import AttemptRecord, run_cloud_chain
 from router.cooldowns import CloudHealthBoard, FailoverSettings
 from router.decision import Outcome
-from router.profiles import LlmProfile
+from router.profiles import LlmProfile, SelectionConfig
 from router.providers_config import CloudModel, ProviderConfig, resolve_keys
 from router.providers_view import UsageLedger, render_providers
 from router.route import Attempt
+from router.selection import resolve_profile
 from router.targets import CloudChainTarget, answer_of, call_of
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
@@ -67,6 +68,7 @@ class CloudProviders:
         self,
         providers: Mapping[str, ProviderConfig],
         *,
+        selection: SelectionConfig,
         fallbacks: tuple[str, ...],
         failover: FailoverSettings,
         http: httpx.AsyncClient,
@@ -75,6 +77,7 @@ class CloudProviders:
     ) -> None:
         self.providers = dict(providers)
         self._fallbacks = fallbacks
+        self._selection = selection
         keys = {name: resolve_keys(name, cfg, environ) for name, cfg in self.providers.items()}
         self.keys_of = {name: tuple(key.key_id for key in found) for name, found in keys.items()}
         self._secrets = tuple(key.secret for found in keys.values() for key in found if key.secret)
@@ -96,6 +99,23 @@ class CloudProviders:
         """A profile naming a configured provider: its requests go to the provider chain."""
         return profile is not None and profile.provider in self.providers
 
+    def target_for(
+        self, job: JobRequest, agent_id: str | None
+    ) -> tuple[CloudChainTarget | None, bool]:
+        """The request's cloud target (None: nothing in its chain is a cloud's), and
+        whether it is the only target (a cloud profile's request skips the building).
+
+        Only chat (`llm`) jobs go to a cloud. Without `providers:` this costs nothing.
+        """
+        if not self.providers or (job.type or "llm") != "llm":
+            return None, False
+        name = resolve_profile(self._selection, agent_id=agent_id, request_model=job.model)
+        profile = self._selection.llm_profiles.get(name) if name is not None else None
+        cloud_only = self.is_cloud_profile(profile)
+        chain = self.chain_for(job, profile)
+        why = "a cloud profile" if cloud_only else "configured cloud fallbacks"
+        return (CloudChainTarget(chain, why) if chain else None), cloud_only
+
     def chain_for(self, job: JobRequest, profile: LlmProfile | None) -> tuple[CloudModel, ...]:
         """The request's cloud chain: the entries of its model chain a provider claims.
 
@@ -111,7 +131,7 @@ class CloudProviders:
             first = job.model or (profile.model if profile is not None else None)
         names = build_chain(
             first,
-            job.fallback_models,
+            job.fallback_models or (),
             profile.fallbacks if profile is not None else (),
             self._fallbacks,
         )

@@ -32,9 +32,8 @@ from router.decision import Outcome, next_action
 from router.fleet import FleetView
 from router.liveness import Liveness, LivenessSettings
 from router.node_link import NodeLink, Waits
-from router.profiles import LlmProfile
 from router.route import Attempt, Route, Via
-from router.selection import Selection, resolve_profile, select
+from router.selection import Selection, select
 from router.targets import (
     CloudChainTarget,
     NodeTarget,
@@ -91,6 +90,7 @@ class Router:
         # Cooldowns per (provider, key) and model health live beside the breakers.
         self.cloud = CloudProviders(
             settings.providers,
+            selection=settings.selection,
             fallbacks=tuple(settings.fallbacks),
             failover=settings.failover,
             http=http,
@@ -167,16 +167,11 @@ class Router:
     async def _targets(self, r: _Request) -> AsyncIterator[Target]:
         """Fleet nodes while attempts and budget last, then local, then static, then the
         cloud chain; a cloud profile's request goes to its cloud chain only."""
-        profile = self._profile(r)
-        if self.cloud.is_cloud_profile(profile):
-            cloud = self._cloud_target(r, profile, "a cloud profile")
-            if cloud is not None:
-                yield cloud
-            return
-        async for target in self._building_targets(r):
-            yield target
-        cloud = self._cloud_target(r, profile, "configured cloud fallbacks")
-        if cloud is not None:
+        cloud, cloud_only = self.cloud.target_for(r.job, r.agent_id)
+        if not cloud_only:
+            async for target in self._building_targets(r):
+                yield target
+        if cloud is not None and self._left_s(r) > 0:
             yield cloud
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
@@ -234,19 +229,6 @@ class Router:
             job_type=r.job.type,
             now=self.fleet.clock(),
         )
-
-    def _profile(self, r: _Request) -> LlmProfile | None:
-        selection = self.settings.selection
-        name = resolve_profile(selection, agent_id=r.agent_id, request_model=r.job.model)
-        return selection.llm_profiles.get(name) if name is not None else None
-
-    def _cloud_target(
-        self, r: _Request, profile: LlmProfile | None, why: str
-    ) -> CloudChainTarget | None:
-        if self._left_s(r) <= 0 or (r.job.type or "llm") != "llm":
-            return None
-        chain = self.cloud.chain_for(r.job, profile)
-        return CloudChainTarget(chain, why) if chain else None
 
     def _local_target(self, r: _Request) -> RuntimeTarget | None:
         runtime = self.local_runtime

@@ -157,9 +157,9 @@ class JobRequest(_Lenient):
     stream: bool = False
     # Models to fall through when `model` cannot be served (the router's cloud chains,
     # issue 13). LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
-    fallback_models: list[str] = Field(
-        default_factory=list,
-        validation_alias=pydantic.AliasChoices("fallback_models", "fallbacks"),
+    # None (not sent on the wire) unless the caller gave some.
+    fallback_models: list[str] | None = Field(
+        default=None, validation_alias=pydantic.AliasChoices("fallback_models", "fallbacks")
     )
     timeout_ms: Annotated[int, _BOUNDED_MS] | None = None
     deadline_unix_ms: Annotated[int, _BOUNDED_MS] | None = None
