@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from router.config import load_router_settings
-from router.providers_config import ProviderConfigError
 from router.service import RouterService, StartupError
 from services.loop import run
 from services.settings import ConfigError
@@ -40,7 +39,7 @@ async def serve(config: Path | None, port: int | None) -> int:
             if service.fatal.is_set():
                 print(f"inferbus router: {service.fatal_cause}", file=sys.stderr)
                 return 2
-    except (StartupError, ProviderConfigError) as error:  # e.g. a key's variable unset
+    except StartupError as error:
         print(f"inferbus router: {error}", file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,8 @@ import httpx
 import openai
 import pytest
 
+from router.config import RouterSettings
+from router.service import RouterService, StartupError
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tools.simulator import Fault, KeyBehaviour, SimModel, Simulator, expected_text
 
@@ -302,3 +304,12 @@ async def test_a_stream_that_broke_after_its_first_token_does_not_fail_over(
     assert "".join(line.get("delta", "") for line in lines[:-1])  # pieces came first
     assert alpha.key_calls == {SECRETS["KEY_A"]: 1}
     assert beta.key_calls == {}
+
+
+async def test_a_key_variable_that_is_unset_stops_start_up_naming_it(
+    alpha: Simulator, beta: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEY_B")
+    settings = RouterSettings(http={"host": "127.0.0.1", "port": 0}, **cloud(alpha, beta))
+    with pytest.raises(StartupError, match="KEY_B is not set"):
+        RouterService(settings)
