@@ -25,6 +25,7 @@ from router.fleet_views import ModelsView, NodesQuery, nodes_page
 from router.idempotency import IdempotencyGate, gate_for, tenant_of
 from router.images import checked_images
 from router.metrics import RouterMetrics
+from router.providers_api import providers_route
 from router.route import Route
 from router.serving import Router
 from router.streams import NdjsonLines, OpenAIChunks, stream_response
@@ -286,6 +287,7 @@ def build_app(
             routing.Route("/health", health, methods=["GET"]),
             routing.Route("/ready", ready, methods=["GET"]),
             routing.Route("/metrics", prometheus, methods=["GET"]),
+            providers_route(router.cloud),
         ]
     )
     keys = [key.get_secret_value() for key in settings.http.api_keys]

@@ -12,8 +12,9 @@
 
 Pure: the board is read, never written (router/cloud_actions.py decides the writes), and
 the clock is passed in. A request's own progress is the `ChainCursor` it carries.
-Fleet models in a chain (entries no provider claims) are the fleet's business: phase 2 of
-issue 13 tries them before the cloud entries, as "local first" requires.
+Fleet models in a chain (entries no provider claims) are the fleet's business: the router
+serves the request's model in the building first and the cloud entries after it, as
+"local first" requires (router/serving.py, router/cloud_targets.py).
 """
 
 from __future__ import annotations

@@ -4,11 +4,12 @@
          ▲                                                               ├─ retry in place
          └──────────────── next key / next model ◄───────────────────────┘
 
-`run_cloud_chain` owns no I/O of its own: the caller passes the `attempt` (phase 2: the
-cloud target's call through the OpenAI adapter, which raises `InferbusError` with a reason;
-for a stream, "open it and wait for its first event", so that failover happens before the
-first token and never after), the clock and the sleep. It never waits past the deadline:
-a retry whose wait would cross it is not made, and every attempt is told the budget left.
+`run_cloud_chain` owns no I/O of its own: the caller passes the `attempt`
+(router/cloud_targets.py: one call through the provider's adapter, which raises
+`InferbusError` with a reason; for a stream, "open it and wait for its first event", so
+that failover happens before the first token and never after), the clock and the sleep.
+It never waits past the deadline: a retry whose wait would cross it is not made, and every
+attempt is told the budget left.
 Every attempt is recorded for the answer's `route` (target kind, provider, key id, model,
 outcome reason, ms).
 """

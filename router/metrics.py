@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.route import Route
 
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+_MODEL_STATE_VALUES = {"healthy": 0, "rechecking": 1, "cooling": 2, "disabled": 3}
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -30,8 +32,68 @@ class _BreakerStates(Collector):
         yield family
 
 
+class _CloudProviders(Collector):
+    """The `/providers` document as metrics: cooldowns, model health, usage per key."""
+
+    def __init__(self, view: Callable[[], dict[str, Any]]) -> None:
+        self._view = view
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        cooldown = GaugeMetricFamily(
+            "inferbus_router_cloud_key_cooldown_seconds",
+            "Seconds until a (provider, key id) pair may be called again; 0 when usable.",
+            labels=["provider", "key_id"],
+        )
+        model_state = GaugeMetricFamily(
+            "inferbus_router_cloud_model_state",
+            "Cloud model health: 0 healthy, 1 rechecking, 2 cooling, 3 disabled.",
+            labels=["provider", "model"],
+        )
+        key_model = ["provider", "key_id", "model"]
+        invocations = CounterMetricFamily(
+            "inferbus_router_cloud_invocations",
+            "Calls per (provider, key, model).",
+            labels=key_model,
+        )
+        failures = CounterMetricFamily(
+            "inferbus_router_cloud_failures",
+            "Failed calls per (provider, key, model).",
+            labels=key_model,
+        )
+        tokens = CounterMetricFamily(
+            "inferbus_router_cloud_tokens",
+            "Tokens per (provider, key, model), prompt and completion.",
+            labels=[*key_model, "kind"],
+        )
+        cost = CounterMetricFamily(
+            "inferbus_router_cloud_cost",
+            "Cost per (provider, key, model), as priced.",
+            labels=key_model,
+        )
+        for provider in self._view()["providers"]:
+            name = provider["provider"]
+            for key in provider["keys"]:
+                cooldown.add_metric([name, key["key_id"]], key["cooldown_left_s"])
+            for model in provider["models"]:
+                model_state.add_metric(
+                    [name, model["model"]], _MODEL_STATE_VALUES.get(model["state"], 0)
+                )
+            for row in provider["usage"]:
+                labels = [name, row["key_id"], row["model"]]
+                invocations.add_metric(labels, row["invocations"])
+                failures.add_metric(labels, row["failures"])
+                tokens.add_metric([*labels, "prompt"], row["tokens"]["prompt"])
+                tokens.add_metric([*labels, "completion"], row["tokens"]["completion"])
+                cost.add_metric(labels, row["cost"])
+        yield from (cooldown, model_state, invocations, failures, tokens, cost)
+
+
 class RouterMetrics:
-    def __init__(self, breaker_snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
+    def __init__(
+        self,
+        breaker_snapshot: Callable[[], dict[str, dict[str, str]]],
+        providers_view: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "inferbus_router_requests",
@@ -41,7 +103,7 @@ class RouterMetrics:
         )
         self.attempts = Counter(
             "inferbus_router_attempts",
-            "Tries to serve a request, by node (or local/static) and outcome.",
+            "Tries to serve a request, by node (or cloud provider, local, static) and outcome.",
             ["node", "outcome"],
             registry=self.registry,
         )
@@ -53,9 +115,12 @@ class RouterMetrics:
             registry=self.registry,
         )
         self.registry.register(_BreakerStates(breaker_snapshot))
+        if providers_view is not None:
+            self.registry.register(_CloudProviders(providers_view))
 
     def answered(self, api: str, route: Route, status: str, seconds: float) -> None:
         self.requests.labels(api, route.via, status).inc()
         self.latency.labels(api, route.via).observe(seconds)
         for attempt in route.attempts:
-            self.attempts.labels(attempt.node or attempt.via, attempt.outcome).inc()
+            where = attempt.node or attempt.provider or attempt.via
+            self.attempts.labels(where, attempt.outcome).inc()

@@ -1,13 +1,13 @@
-"""What `GET /providers` will show, as plain data, and the scrubbing that keeps keys out of it.
+"""What `GET /providers` shows, as plain data, and the scrubbing that keeps keys out of it.
 
 Per provider: its keys by id (the environment variable's name, "#0" for a keyless
 provider — never the key), each key's state and cooldown left; its models' health; and per
 (key, model) the invocations, failures, tokens, cost and the last error's reason with a
 truncated message from which every secret has been removed.
 
-`UsageLedger` is what the serving path (phase 2) records into after each cloud attempt;
-`render_providers` reads it with the health board and the config, clock passed in. Nothing
-here does I/O; the route will only serialise the result.
+`UsageLedger` is what the serving path (router/cloud_targets.py) records into after each
+cloud call; `render_providers` reads it with the health board and the config, clock passed
+in. Nothing here does I/O; `GET /providers` (router/providers_api.py) only serialises it.
 """
 
 from __future__ import annotations

@@ -6,15 +6,20 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-Via = Literal["remote", "local", "static"]
+Via = Literal["remote", "local", "static", "cloud"]
 
 
 class Attempt(BaseModel):
+    """One try at one target: its kind (`via`), where (node, or provider and key id),
+    which model, how it ended and how long it took."""
+
     via: Via
     node: str | None
     model: str | None
-    outcome: str  # "ok" or an error code
+    outcome: str  # "ok", an error code, or (cloud) the failure's reason
     ms: float
+    provider: str | None = None  # cloud: the provider's name
+    key_id: str | None = None  # cloud: the key's id (its env var's name), never the key
 
 
 class Route(BaseModel):
@@ -22,6 +27,7 @@ class Route(BaseModel):
 
     via: Via | Literal["none"] = "none"
     node: str | None = None
+    provider: str | None = None  # cloud: the provider that answered
     model: str | None = None
     profile: str | None = None
     attempts: list[Attempt] = []

@@ -24,6 +24,7 @@ from router.config import RouterSettings
 from router.fleet import FleetView
 from router.idempotency import gate_for
 from router.metrics import RouterMetrics
+from router.providers_config import ProviderConfigError
 from router.serving import Router
 from services.bus import describe, is_auth_refusal
 from services.keystore import SharedKeys
@@ -69,7 +70,10 @@ class RouterService(AsyncService):
             local_node=settings.local_node,
             settings=settings.fleet,
         )
-        self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
+        try:
+            self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
+        except ProviderConfigError as error:  # a key's variable is unset: it names it
+            raise StartupError(str(error)) from None
         self.gate = gate_for(self.router)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -90,7 +94,9 @@ class RouterService(AsyncService):
     async def _start(self) -> None:
         http = self.settings.http
         sock = bind_http(http.host, http.port)
-        metrics = RouterMetrics(lambda: self.router.board.snapshot(time.monotonic()))
+        metrics = RouterMetrics(
+            lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
+        )
         config = uvicorn.Config(
             build_app(self.router, metrics, self.gate),
             log_level="warning",

@@ -3,6 +3,8 @@
     fleet nodes (selection, off open breakers and nodes already tried)
       → the router node's own runtime over HTTP (works without NATS)
       → the profile's static config or the hard default
+      → the cloud chain, when configured fallbacks name cloud models
+    a profile naming a configured provider: its cloud chain only (router/cloud_targets.py)
 
 Every target is attempted the same way (`NodeLink.attempt` / `attempt_runtime`) and ends
 as an `Outcome`; `next_action` (router/decision.py) says whether to answer or go on and
@@ -24,6 +26,7 @@ import httpx
 from nats.aio.client import Client as NatsClient
 
 from router.board import BreakerBoard, breaker_kind
+from router.cloud_targets import CloudProviders
 from router.config import RouterSettings
 from router.decision import Outcome, next_action
 from router.fleet import FleetView
@@ -31,7 +34,13 @@ from router.liveness import Liveness, LivenessSettings
 from router.node_link import NodeLink, Waits
 from router.route import Attempt, Route, Via
 from router.selection import Selection, select
-from router.targets import NodeTarget, RuntimeTarget, Target, attempt_runtime
+from router.targets import (
+    CloudChainTarget,
+    NodeTarget,
+    RuntimeTarget,
+    Target,
+    attempt_runtime,
+)
 from services.capabilities import Capabilities
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
@@ -61,6 +70,7 @@ class _Request:
     tried: set[str] = field(default_factory=set)
     skipped_open: bool = False  # a node that serves it was left out for its breaker
     retry_after_ms: list[int] = field(default_factory=list)
+    cloud_answer: JobResponse | None = None  # the cloud chain's failure, when it ran
 
 
 class Router:
@@ -77,6 +87,16 @@ class Router:
         self.nc = nc
         self.fleet = fleet
         self.board = BreakerBoard(settings.breakers)
+        # Cooldowns per (provider, key) and model health live beside the breakers.
+        self.cloud = CloudProviders(
+            settings.providers,
+            selection=settings.selection,
+            fallbacks=tuple(settings.fallbacks),
+            failover=settings.failover,
+            http=http,
+            environ=os.environ,
+            clock=clock,
+        )
         fleet.on_record(self._heard_from)
         fleet.on_forget(self.board.forget)
         subjects = Subjects(settings.subject_prefix)
@@ -137,12 +157,25 @@ class Router:
             if next_action(outcome).action == "return":
                 self._served_by(request.route, target)
                 return outcome.response, request.route
+            if isinstance(target, CloudChainTarget):
+                request.cloud_answer = outcome.response
+                continue
             if outcome.code == ErrorCode.BUSY and outcome.response.error is not None:
                 request.retry_after_ms.append(outcome.response.error.retry_after_ms or 1000)
         return self._nothing_answered(request), request.route
 
     async def _targets(self, r: _Request) -> AsyncIterator[Target]:
-        """Fleet nodes while attempts and budget last, then local, then static."""
+        """Fleet nodes while attempts and budget last, then local, then static, then the
+        cloud chain; a cloud profile's request goes to its cloud chain only."""
+        cloud, cloud_only = self.cloud.target_for(r.job, r.agent_id)
+        if not cloud_only:
+            async for target in self._building_targets(r):
+                yield target
+        if cloud is not None and self._left_s(r) > 0:
+            yield cloud
+
+    async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
+        """What runs inside the building: fleet nodes, the local runtime, static."""
         kind = breaker_kind(r.job.type or "llm")
         for _ in range(self.settings.offload.attempts):
             if self._left_s(r) <= 0 or not self.nc.is_connected:
@@ -226,6 +259,12 @@ class Router:
         return RuntimeTarget("static", runtime, selection.model, None, selection.fallback_reason)
 
     async def _attempt(self, target: Target, r: _Request) -> Outcome:
+        if isinstance(target, CloudChainTarget):  # each model of the chain says its name
+            outcome, calls = await self.cloud.attempt(
+                target, r.job, r.deadline, r.on_delta, r.on_model
+            )
+            r.route.attempts.extend(calls)
+            return outcome
         if r.on_model is not None:
             r.on_model(target.model)
         if isinstance(target, RuntimeTarget):
@@ -293,6 +332,13 @@ class Router:
         )
 
     def _served_by(self, route: Route, target: Target) -> None:
+        if isinstance(target, CloudChainTarget):
+            last = route.attempts[-1] if route.attempts else None
+            route.via = "cloud"
+            if last is not None:
+                route.provider, route.model = last.provider, last.model
+            route.fallback_reason = route.fallback_reason or target.reason
+            return
         if isinstance(target, NodeTarget):
             route.via, route.node, route.model = "remote", target.node, target.model
             return
@@ -304,6 +350,8 @@ class Router:
 
     def _nothing_answered(self, r: _Request) -> JobResponse:
         job, route = r.job, r.route
+        if r.cloud_answer is not None:  # the cloud came last: its answer says most
+            return r.cloud_answer
         if self._left_s(r) <= 0:
             return _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget ran out before an answer")
         outcomes = [attempt.outcome for attempt in route.attempts]

@@ -2,11 +2,11 @@
 
     Target
     ├── NodeTarget     a fleet node, over NATS (attempted by `router/node_link.py`)
-    └── RuntimeTarget  a runtime over HTTP, no node in between:
-                       "local"  — the router node's own runtime (works while NATS is down)
-                       "static" — a profile's static `base_url`
-                       (cloud (provider, key, model) targets arrive in a later issue as
-                       one more kind here, with their cooldowns on the health board)
+    ├── RuntimeTarget  a runtime over HTTP, no node in between:
+    │                  "local"  — the router node's own runtime (works while NATS is down)
+    │                  "static" — a profile's static `base_url`
+    └── CloudChainTarget  a chain of cloud (provider, key, model)s, walked by
+                       `router/cloud_targets.py` with cooldowns on the cloud health board
 
 Each attempt ends as an `Outcome` (`router/decision.py`); what happens next is decided
 there, not here.
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.decision import Outcome
+from router.providers_config import CloudModel
 from services.errors import InferbusError
-from services.runtimes.base import ChatCall, Runtime
+from services.runtimes.base import ChatCall, ChatReply, Runtime
 from services.runtimes.calls import chat_within, clean_text, stream_within
 from services.wire import JobRequest, JobResponse, JobType, Result, Timings
 
@@ -53,7 +54,57 @@ class RuntimeTarget:
         return self.via
 
 
-Target = NodeTarget | RuntimeTarget
+@dataclass(frozen=True)
+class CloudChainTarget:
+    """The request's cloud chain: each (provider, key, model) in it is tried in turn, and
+    failing over between them is the chain's own decision (router/cloud_actions.py)."""
+
+    chain: tuple[CloudModel, ...]
+    reason: str  # why the request came here (fallback_reason)
+
+    @property
+    def model(self) -> str:
+        return self.chain[0].model
+
+    @property
+    def label(self) -> str:
+        return "cloud"
+
+
+Target = NodeTarget | RuntimeTarget | CloudChainTarget
+
+
+def call_of(job: JobRequest, model: str, *, drop_max_tokens: bool = False) -> ChatCall:
+    """The runtime call a job means, for `model` (without max_tokens when told to)."""
+    params = job.params
+    if drop_max_tokens:
+        params = params.model_copy(update={"max_tokens": None, "max_completion_tokens": None})
+    return ChatCall(model, job.chat_messages(), params)
+
+
+def answer_of(
+    job: JobRequest,
+    reply: ChatReply,
+    *,
+    model: str,
+    runtime: str,
+    node: str | None,
+    elapsed_ms: float,
+    done: bool | None,
+) -> JobResponse:
+    """A runtime's reply as the job's answer."""
+    return JobResponse(
+        job_id=job.job_id,
+        status="ok",
+        node_id=node,
+        model=model,
+        runtime=runtime,
+        result=Result(
+            text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
+        ),
+        timings=Timings(backend_ms=elapsed_ms, total_ms=elapsed_ms),
+        done=done,
+    )
 
 
 async def attempt_runtime(
@@ -61,7 +112,7 @@ async def attempt_runtime(
 ) -> Outcome:
     """One call to a runtime over HTTP within `left_s` (the caller's remaining budget)."""
     started = time.perf_counter()
-    call = ChatCall(target.model, job.chat_messages(), job.params)
+    call = call_of(job, target.model)
     delivered = 0
 
     async def counted(delta: str) -> None:
@@ -87,16 +138,13 @@ async def attempt_runtime(
             elapsed_ms=_ms(started),
         )
     elapsed = _ms(started)
-    answer = JobResponse(
-        job_id=job.job_id,
-        status="ok",
-        node_id=target.node,
+    answer = answer_of(
+        job,
+        reply,
         model=target.model,
         runtime=target.runtime.kind,
-        result=Result(
-            text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
-        ),
-        timings=Timings(backend_ms=elapsed, total_ms=elapsed),
+        node=target.node,
+        elapsed_ms=elapsed,
         done=done,
     )
     return Outcome(answer, "answered", delivered, elapsed_ms=elapsed)

@@ -155,6 +155,12 @@ class JobRequest(_Lenient):
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
     extra: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
+    # Models to fall through when `model` cannot be served (the router's cloud chains,
+    # issue 13). LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
+    # None (not sent on the wire) unless the caller gave some.
+    fallback_models: list[str] | None = Field(
+        default=None, validation_alias=pydantic.AliasChoices("fallback_models", "fallbacks")
+    )
     timeout_ms: Annotated[int, _BOUNDED_MS] | None = None
     deadline_unix_ms: Annotated[int, _BOUNDED_MS] | None = None
     trace: str | None = None
@@ -169,6 +175,14 @@ class JobRequest(_Lenient):
             if given is None or isinstance(given, dict):
                 data = {**data, "params": {**lifted, **(given or {})}}
         return data
+
+    @field_validator("fallback_models", mode="before")
+    @classmethod
+    def _fallback_names(cls, value: Any) -> Any:
+        """LiteLLM's `fallbacks` items may be objects naming a `model`: keep the name."""
+        if isinstance(value, list):
+            return [item.get("model") if isinstance(item, dict) else item for item in value]
+        return value
 
     @model_validator(mode="after")
     def _has_input(self) -> JobRequest:

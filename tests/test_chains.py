@@ -1,7 +1,7 @@
 """Model chains: building, resolving, walking — and whole requests through the pure pieces.
 
-`drive` below runs router/cloud_chain.py's loop (the one phase 2 of issue 13 wires into the
-router) against a scripted provider and a clock that only moves when the loop waits, so
+`drive` below runs router/cloud_chain.py's loop (the one router/cloud_targets.py runs on the
+serving path) against a scripted provider and a clock that only moves when the loop waits, so
 the real walk, decision and board are exercised with exact times.
 """
 

@@ -1,8 +1,7 @@
 """The cloud chain over real HTTP: simulators playing two providers, our OpenAI adapter.
 
-Not yet through the router (phase 2 of issue 13 wires `run_cloud_chain` into the serving
-path); here the loop, the board, the reasons from the runtime edge and the simulator's
-per-key behaviour meet for real on loopback.
+Below the router (tests/test_router_cloud.py goes through it): the loop, the board, the
+reasons from the runtime edge and the simulator's per-key behaviour meet on loopback.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ bearer token (or `x-api-key`, as Anthropic clients send it):
 |--------------------|-------------------------------------------------------------------|
 | ok                 | answered as without a key                                         |
 | rate_limited       | 429 + `Retry-After` (seconds, or an HTTP date), OpenAI's body     |
-| revoked            | 401 `invalid_api_key` (OpenAI's body)                             |
+| revoked            | 401 `invalid_api_key` (OpenAI's body); `echo_key` repeats the key |
 | no_balance         | 402 "Insufficient Balance" (DeepSeek's body)                      |
 | model_missing      | 404 `model_not_found` for this key (a tier without the model)     |
 | context_exceeded   | 400 `context_length_exceeded`                                     |
@@ -61,6 +61,8 @@ class KeyBehaviour:
         retry_after_date: send Retry-After as an HTTP date instead of seconds.
         ceiling: max_tokens_ceiling's largest accepted max_tokens.
         status: server_error's HTTP status.
+        echo_key: revoked's message repeats the key whole, as a careless server might:
+            what the router must never pass on.
     """
 
     kind: str
@@ -69,6 +71,7 @@ class KeyBehaviour:
     retry_after_date: bool = False
     ceiling: int = 4096
     status: int = 500
+    echo_key: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KEY_KINDS:
@@ -90,6 +93,7 @@ class KeyBehaviour:
             "retry_after_date": self.retry_after_date,
             "ceiling": self.ceiling,
             "status": self.status,
+            "echo_key": self.echo_key,
         }
 
     @classmethod
@@ -105,11 +109,12 @@ class KeyBehaviour:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer")
             fields[name] = value
-        flag = payload.get("retry_after_date")
-        if flag is not None:
-            if not isinstance(flag, bool):
-                raise ValueError("retry_after_date must be a boolean")
-            fields["retry_after_date"] = flag
+        for name in ("retry_after_date", "echo_key"):
+            flag = payload.get(name)
+            if flag is not None:
+                if not isinstance(flag, bool):
+                    raise ValueError(f"{name} must be a boolean")
+                fields[name] = flag
         return cls(**fields)
 
 
@@ -128,7 +133,7 @@ def parse_key_spec(spec: str) -> tuple[str, KeyBehaviour]:
         name, eq, value = option.partition("=")
         if not eq:
             raise ValueError(f"--key {spec!r}: option {option!r} needs field=value")
-        if name == "retry_after_date":
+        if name in ("retry_after_date", "echo_key"):
             payload[name] = value.lower() in ("1", "true", "yes")
             continue
         try:
@@ -142,6 +147,7 @@ def parse_key_spec(spec: str) -> tuple[str, KeyBehaviour]:
         "retry_after_date",
         "ceiling",
         "status",
+        "echo_key",
     }
     if unknown:
         raise ValueError(f"--key {spec!r}: unknown field(s) {sorted(unknown)}")
@@ -230,7 +236,9 @@ def _requested_max_tokens(payload: dict[str, Any]) -> int | None:
     return None
 
 
-def refusal_for(behaviour: KeyBehaviour, payload: dict[str, Any]) -> web.Response | None:
+def refusal_for(
+    behaviour: KeyBehaviour, payload: dict[str, Any], key: str | None = None
+) -> web.Response | None:
     """The provider's refusal for this key and request, or None to answer normally.
 
     `hang` is not a refusal: the caller waits for the simulator to stop instead.
@@ -250,7 +258,8 @@ def refusal_for(behaviour: KeyBehaviour, payload: dict[str, Any]) -> web.Respons
             headers={"Retry-After": _retry_after(behaviour)},
         )
     if kind == "revoked":
-        message = "Incorrect API key provided: sk-***. You can find your API key in your account."
+        shown = key if behaviour.echo_key and key else "sk-***"
+        message = f"Incorrect API key provided: {shown}. You can find your API key in your account."
         return _openai_error(401, message, "invalid_request_error", code="invalid_api_key")
     if kind == "no_balance":
         return _openai_error(

@@ -18,7 +18,8 @@ from tools.simulator.state import SimState
 
 async def key_gate(request: web.Request, state: SimState) -> web.StreamResponse | None:
     """The armed refusal for this request's key, or None to serve it normally."""
-    behaviour = state.keys.take(key_of(request))
+    key = key_of(request)
+    behaviour = state.keys.take(key)
     if behaviour is None or behaviour.kind == "ok":
         return None
     payload = read_json_object(await request.read())  # aiohttp keeps the body for the flow
@@ -30,7 +31,7 @@ async def key_gate(request: web.Request, state: SimState) -> web.StreamResponse 
         finally:
             state.open_connections -= 1
         return drop_connection(request)
-    refusal = refusal_for(behaviour, fields)
+    refusal = refusal_for(behaviour, fields, key)
     if refusal is not None and isinstance(fields.get("model"), str):
         state.calls[fields["model"]] += 1
     return refusal
