@@ -114,6 +114,7 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._outcomes_of: dict[str, set[str]] = {}  # node -> outcomes it has series for
         self.registry.register(_BreakerStates(breaker_snapshot))
         if providers_view is not None:
             self.registry.register(_CloudProviders(providers_view))
@@ -124,3 +125,10 @@ class RouterMetrics:
         for attempt in route.attempts:
             where = attempt.node or attempt.provider or attempt.via
             self.attempts.labels(where, attempt.outcome).inc()
+            if attempt.node:
+                self._outcomes_of.setdefault(attempt.node, set()).add(attempt.outcome)
+
+    def forget(self, node: str) -> None:
+        """The fleet forgot the node: its series go too (state follows the fleet)."""
+        for outcome in self._outcomes_of.pop(node, ()):
+            self.attempts.remove(node, outcome)

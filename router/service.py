@@ -97,6 +97,7 @@ class RouterService(AsyncService):
         metrics = RouterMetrics(
             lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
         )
+        self.fleet.on_forget(metrics.forget)
         config = uvicorn.Config(
             build_app(self.router, metrics, self.gate),
             log_level="warning",
