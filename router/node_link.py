@@ -33,7 +33,15 @@ from nats.aio.subscription import Subscription
 from router.decision import Ending, Outcome
 from services.errors import ErrorCode, InferbusError
 from services.subjects import Subjects
-from services.wire import Chunk, JobRequest, JobResponse, JobType, decode_response, encode
+from services.wire import (
+    Chunk,
+    JobRequest,
+    JobResponse,
+    JobType,
+    Piece,
+    decode_response,
+    encode,
+)
 
 log = logging.getLogger("inferbus.router.link")
 
@@ -42,7 +50,7 @@ _NO_RESPONDERS = "503"
 # out its own DEADLINE_EXCEEDED arrives before the router's timer fires.
 DEADLINE_MARGIN_S = 0.05
 
-Sink = Callable[[str], Awaitable[None]]
+Sink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,8 @@ class NodeLink:
             early[event.seq] = event
             while next_seq in early:
                 delivered += 1
-                await on_delta(early.pop(next_seq).delta)
+                for piece in early.pop(next_seq).pieces():
+                    await on_delta(piece)
                 next_seq += 1
 
     def _drop(self, pending: _Pending, job_id: str) -> None:

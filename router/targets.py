@@ -21,11 +21,11 @@ from typing import Literal
 
 from router.decision import Outcome
 from services.errors import InferbusError
-from services.runtimes.base import ChatCall, Runtime
-from services.runtimes.calls import chat_within, clean_text, stream_within
-from services.wire import JobRequest, JobResponse, JobType, Result, Timings
+from services.runtimes.base import ChatCall, EmbedCall, Runtime
+from services.runtimes.calls import chat_within, clean_text, embed_within, stream_within
+from services.wire import JobRequest, JobResponse, JobType, Piece, Result, Timings
 
-Sink = Callable[[str], Awaitable[None]]
+Sink = Callable[[Piece], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -59,23 +59,22 @@ Target = NodeTarget | RuntimeTarget
 async def attempt_runtime(
     target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
 ) -> Outcome:
-    """One call to a runtime over HTTP within `left_s` (the caller's remaining budget)."""
+    """One call to a runtime over HTTP within `left_s` (the caller's remaining budget).
+
+    The call carries every field of the job (`ChatCall.of`: tools, response_format,
+    extra...); an embed job calls the runtime's embeddings endpoint instead."""
     started = time.perf_counter()
-    call = ChatCall(target.model, job.chat_messages(), job.params)
     delivered = 0
 
-    async def counted(delta: str) -> None:
+    async def counted(piece: Piece) -> None:
         nonlocal delivered
         delivered += 1
         assert on_delta is not None
-        await on_delta(delta)
+        await on_delta(piece)
 
     done = True if on_delta is not None else None
     try:
-        if on_delta is None:
-            reply = await chat_within(target.runtime, call, left_s)
-        else:
-            reply = await stream_within(target.runtime, call, left_s, counted)
+        result = await _run(target, job, left_s, counted if on_delta is not None else None)
     except InferbusError as error:
         failure = JobResponse.failure(
             job.job_id, error, model=target.model, runtime=target.runtime.kind, done=done
@@ -93,13 +92,32 @@ async def attempt_runtime(
         node_id=target.node,
         model=target.model,
         runtime=target.runtime.kind,
-        result=Result(
-            text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
-        ),
+        result=result,
         timings=Timings(backend_ms=elapsed, total_ms=elapsed),
         done=done,
     )
     return Outcome(answer, "answered", delivered, elapsed_ms=elapsed)
+
+
+async def _run(
+    target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
+) -> Result:
+    if job.type == "embed":
+        call = EmbedCall(target.model, job.embed_inputs(), job.params.dimensions, job.extra)
+        embedded = await embed_within(target.runtime, call, left_s)
+        return Result(finish_reason="stop", usage=embedded.usage, embeddings=embedded.vectors)
+    chat = ChatCall.of(target.model, job)
+    if on_delta is None:
+        reply = await chat_within(target.runtime, chat, left_s)
+    else:
+        reply = await stream_within(target.runtime, chat, left_s, on_delta, on_tool_calls=on_delta)
+    return Result(
+        text=clean_text(reply.text),
+        finish_reason=reply.finish_reason,
+        usage=reply.usage,
+        tool_calls=reply.tool_calls,
+        logprobs=reply.logprobs,
+    )
 
 
 def _ms(started: float) -> float:

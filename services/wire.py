@@ -327,6 +327,20 @@ class Chunk(BaseModel):
     delta: str = ""
     tool_calls: list[ToolCallDelta] | None = None
 
+    def pieces(self) -> list[Piece]:
+        """What the chunk carries, in order: tool-call pieces, then text (either may be
+        absent; an empty chunk still counts as one piece so a stream's first chunk is seen)."""
+        found: list[Piece] = []
+        if self.tool_calls:
+            found.append(self.tool_calls)
+        if self.delta or not found:
+            found.append(self.delta)
+        return found
+
+
+# One piece of a streamed answer as the router relays it: text, or tool-call deltas.
+Piece = str | list[ToolCallDelta]
+
 
 def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()

@@ -1,0 +1,82 @@
+"""OpenAI's Embeddings dialect: `POST /v1/embeddings` as an `embed` job.
+
+`input` is a string or a list of strings (token-id arrays are refused by name: no local
+runtime takes them); `dimensions` goes to the runtime; `encoding_format: base64` answers
+each vector as little-endian float32 bytes in base64, which is what the official client
+asks for by default and decodes itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any
+
+from starlette import routing
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from router.api_openai import caller_agent, openai_error_of, read_openai_job
+from router.http_edge import Api
+from services.errors import ErrorCode, InferbusError
+from services.wire import JobResponse
+
+ENCODINGS = ("float", "base64")
+
+
+def embed_fields(raw: dict[str, Any]) -> dict[str, Any] | InferbusError:
+    """The body as an embed job's fields, or BAD_REQUEST naming what cannot be embedded."""
+    encoding = raw.get("encoding_format", "float")
+    if encoding not in ENCODINGS:
+        return InferbusError(
+            ErrorCode.BAD_REQUEST, f"encoding_format: must be one of {list(ENCODINGS)}"
+        )
+    given = raw.get("input")
+    texts = given if isinstance(given, list) else [given]
+    if not texts or not all(isinstance(text, str) for text in texts):
+        return InferbusError(
+            ErrorCode.BAD_REQUEST,
+            "input: a string or a non-empty list of strings (token ids are not supported)",
+        )
+    return {**raw, "type": "embed", "input": given}
+
+
+def encoded(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding != "base64":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def embeddings_body(
+    response: JobResponse, requested_model: str | None, encoding: str
+) -> dict[str, Any]:
+    result = response.result
+    vectors = (result.embeddings if result else None) or []
+    prompt_tokens = result.usage.prompt_tokens if result else 0
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": at, "embedding": encoded(vector, encoding)}
+            for at, vector in enumerate(vectors)
+        ],
+        "model": response.model or requested_model or "",
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def embeddings_routes(api: Api) -> list[routing.BaseRoute]:
+    async def embeddings(request: Request) -> Response:
+        started = time.perf_counter()
+        parsed = await read_openai_job(api, request, "embeddings", started, embed_fields)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        job, raw = parsed
+        response, route = await api.infer(request, job, agent_id=caller_agent(raw, request))
+        api.finished("embeddings", started)(response, route)
+        if response.error is not None:
+            return openai_error_of(response)
+        encoding = str(raw.get("encoding_format", "float"))
+        return JSONResponse(embeddings_body(response, job.model, encoding))
+
+    return [routing.Route("/v1/embeddings", embeddings, methods=["POST"])]
