@@ -59,13 +59,9 @@ def wire_features_of(job: JobRequest, job_type: JobType) -> tuple[str, ...]:
 
 
 def job_needs(job: JobRequest, job_type: JobType) -> JobNeeds:
-    # Every chat model completes: `completion` is not asked of the record (runtimes that
-    # report no capabilities would be shut out for nothing, and chat models always can).
-    caps = tuple(
-        (need.capability, need.field)
-        for need in needed_capabilities(job, job_type)
-        if need.capability != "completion"
-    )
+    """Exactly what the worker's own refusal checks (services.needs), so the router never
+    sends a job the worker would refuse for its model, and never skips one it would take."""
+    caps = tuple((need.capability, need.field) for need in needed_capabilities(job, job_type))
     return JobNeeds(caps, wire_features_of(job, job_type))
 
 

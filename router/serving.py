@@ -343,7 +343,7 @@ class Router:
         understand a field, is the fleet's (NO_ROUTE, retryable)."""
         unfiltered = self._select(r, filtered=False)
         if unfiltered is None or unfiltered.source != "fleet" or unfiltered.node is None:
-            return None
+            return self._not_an_embedder(r)
         group = self.fleet.index.group(unfiltered.model, unfiltered.type)
         why = (
             what_is_missing(self.fleet.index, group, unfiltered.node, r.needs)
@@ -356,6 +356,15 @@ class Router:
             return InferbusError(ErrorCode.BAD_REQUEST, f"{why} (on any node that serves it)")
         wanted = r.job.model or r.job.type
         return InferbusError(ErrorCode.NO_ROUTE, f"{wanted} — no capable node: {why}")
+
+    def _not_an_embedder(self, r: _Request) -> InferbusError | None:
+        """An embed job naming a model the fleet serves only for chat (or vision)."""
+        model = r.job.model
+        served = self.fleet.index.type_of(model) if model and r.job.type == "embed" else None
+        if served is None or served == "embed":
+            return None
+        reason = f"input: model {model!r} does not support embedding (it is served as {served})"
+        return InferbusError(ErrorCode.BAD_REQUEST, reason)
 
     def _heard_from(self, record: Capabilities) -> None:
         """A node announcing every runtime healthy gets a trial past an open breaker."""

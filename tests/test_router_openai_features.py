@@ -1,0 +1,260 @@
+"""The official `openai` client end to end through router + NATS + worker + simulator:
+tool-calling loops whole and streamed, JSON modes, embeddings, legacy completions,
+capability refusals that never reach a node lacking the capability, and the models routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from router.service import RouterService
+from services.wire_features import ToolCallAssembler, ToolCallDelta
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tools.simulator import SimModel, Simulator, expected_embedding, expected_text
+
+TOOL_MODEL = "qwen3:8b"
+PLAIN_MODEL = "plain:7b"
+EMBED_MODEL = "nomic-embed-text"
+MODELS = (
+    SimModel(TOOL_MODEL, family="qwen3"),
+    SimModel(PLAIN_MODEL, tools=False),
+    SimModel(EMBED_MODEL, family="nomic-bert", embedding=True, chat=False),
+)
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+            "required": ["city", "days"],
+        },
+    },
+}
+ASK_WEATHER = "what is the weather in Paris? call get_weather"
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(models=list(MODELS), tokens=8) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def fleet(
+    sim: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> AsyncIterator[RouterService]:
+    async with start_worker(backends=[backend(sim.url)]), start_router() as router:
+        yield router
+
+
+@pytest.fixture
+async def client(fleet: RouterService) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key="unused", max_retries=0)
+    yield client
+    await client.close()
+
+
+def ask_weather() -> list[dict[str, Any]]:
+    return [{"role": "user", "content": ASK_WEATHER}]
+
+
+async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI) -> None:
+    first = await client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=ask_weather(),
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
+
+    history: list[Any] = [
+        *ask_weather(),
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'},
+    ]
+    final = await client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=history,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    assert final.choices[0].finish_reason == "stop"
+    assert final.choices[0].message.tool_calls is None
+    assert final.choices[0].message.content == expected_text(TOOL_MODEL, ASK_WEATHER, 8)
+
+
+async def test_streamed_tool_calls_reassemble_into_the_whole_answers_calls(
+    client: openai.AsyncOpenAI,
+) -> None:
+    whole = await client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=ask_weather(),
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    stream = await client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=ask_weather(),  # type: ignore[arg-type]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assembler, finishes, usage = ToolCallAssembler(), [], None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            finishes.append(choice.finish_reason)
+            for piece in choice.delta.tool_calls or ():
+                assembler.add([ToolCallDelta.model_validate(piece.model_dump())])
+    assert whole.choices[0].message.tool_calls is not None
+    expected = [call.model_dump() for call in whole.choices[0].message.tool_calls]
+    assert [call.model_dump() for call in assembler.calls()] == expected
+    assert [reason for reason in finishes if reason] == ["tool_calls"]
+    assert usage is not None
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0
+
+
+async def test_json_modes_answer_json_that_parses_and_matches_the_schema(
+    client: openai.AsyncOpenAI,
+) -> None:
+    messages: Any = [{"role": "user", "content": "describe a person"}]
+    loose = await client.chat.completions.create(
+        model=TOOL_MODEL, messages=messages, response_format={"type": "json_object"}
+    )
+    strict = await client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=messages,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True},
+        },
+    )
+    assert isinstance(json.loads(loose.choices[0].message.content or ""), dict)
+    person = json.loads(strict.choices[0].message.content or "")
+    jsonschema.validate(person, PERSON_SCHEMA)
+
+
+async def test_embeddings_of_a_list_float_and_base64(client: openai.AsyncOpenAI) -> None:
+    texts = ["alpha", "beta", "alpha"]
+    as_floats = await client.embeddings.create(
+        model=EMBED_MODEL, input=texts, encoding_format="float"
+    )
+    by_default = await client.embeddings.create(model=EMBED_MODEL, input=texts)  # base64
+    shortened = await client.embeddings.create(
+        model=EMBED_MODEL, input="one", dimensions=4, encoding_format="float"
+    )
+    vectors = [item.embedding for item in as_floats.data]
+    assert [item.index for item in as_floats.data] == [0, 1, 2]
+    assert vectors == [expected_embedding(EMBED_MODEL, text) for text in texts]
+    assert vectors[0] == vectors[2]
+    decoded = [item.embedding for item in by_default.data]
+    assert len(decoded) == len(vectors)
+    for got, want in zip(decoded, vectors, strict=True):
+        assert got == pytest.approx(want, abs=1e-6)  # float32 on the wire
+    assert shortened.data[0].embedding == expected_embedding(EMBED_MODEL, "one", 4)
+    assert as_floats.model == EMBED_MODEL
+    assert as_floats.usage.prompt_tokens > 0
+
+
+async def test_legacy_completions_whole_and_streamed(client: openai.AsyncOpenAI) -> None:
+    prompt = "Once upon a time"
+    whole = await client.completions.create(model=TOOL_MODEL, prompt=prompt, max_tokens=5)
+    stream = await client.completions.create(
+        model=TOOL_MODEL, prompt=prompt, max_tokens=5, stream=True
+    )
+    pieces, finishes = [], []
+    async for chunk in stream:
+        pieces.append(chunk.choices[0].text)
+        finishes.append(chunk.choices[0].finish_reason)
+    assert whole.object == "text_completion"
+    assert whole.choices[0].text == expected_text(TOOL_MODEL, prompt, 5)
+    assert whole.choices[0].finish_reason == "length"
+    assert "".join(pieces) == whole.choices[0].text
+    assert [reason for reason in finishes if reason] == ["length"]
+
+
+async def test_tools_to_a_model_without_them_is_a_bad_request_and_never_routed(
+    client: openai.AsyncOpenAI, sim: Simulator
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model=PLAIN_MODEL,
+            messages=ask_weather(),
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        )
+    assert "does not support tools" in str(refused.value)
+    # The router's refusal (a worker's names its node): no node was asked.
+    assert "on any node that serves it" in str(refused.value)
+    assert sim.calls.get(PLAIN_MODEL, 0) == 0
+    with pytest.raises(openai.BadRequestError, match="does not support embedding"):
+        await client.embeddings.create(model=TOOL_MODEL, input="x")
+
+
+async def test_a_tools_request_goes_only_to_the_node_whose_model_has_tools(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    shared = "shared:7b"
+    async with AsyncExitStack() as stack:
+        without = await stack.enter_async_context(
+            Simulator(models=[SimModel(shared, tools=False)], tokens=4)
+        )
+        with_tools = await stack.enter_async_context(Simulator(models=[SimModel(shared)], tokens=4))
+        await stack.enter_async_context(start_worker(backends=[backend(without.url)]))
+        await stack.enter_async_context(
+            start_worker(node_id=f"{node_id}-tools", backends=[backend(with_tools.url)])
+        )
+        router = await stack.enter_async_context(start_router())
+        client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+        for _ in range(6):
+            answer = await client.chat.completions.create(
+                model=shared,
+                messages=ask_weather(),
+                tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            )
+            assert answer.choices[0].finish_reason == "tool_calls"
+        await client.close()
+    assert without.calls.get(shared, 0) == 0
+    assert with_tools.calls[shared] == 6
+
+
+async def test_models_retrieve_known_and_unknown(
+    client: openai.AsyncOpenAI, fleet: RouterService
+) -> None:
+    known = await client.models.retrieve(TOOL_MODEL)
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("no-such-model")
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    async with httpx.AsyncClient(base_url=fleet.url) as http:
+        listed = (await http.get("/v1/models")).json()["data"]
+        unknown_path = await http.post("/v1/nothing-here", json={})
+    assert known.id == TOOL_MODEL
+    capabilities = {entry["id"]: entry["capabilities"] for entry in listed}
+    assert "tools" in capabilities[TOOL_MODEL]
+    assert "tools" not in capabilities[PLAIN_MODEL]
+    assert capabilities[EMBED_MODEL] == ["embedding"]
+    assert unknown_path.status_code == 404
+    assert unknown_path.json()["error"]["type"] == "not_found_error"
