@@ -147,4 +147,5 @@ def test_no_needs_is_falsy_and_filters_nothing() -> None:
     assert not JobNeeds()
     index = index_of(record("n1", "m", ("completion",), features=()))
     chosen = select(SelectionConfig(), index, request_model="m", now=1.0)
-    assert chosen is not None and chosen.node == "n1"
+    assert chosen is not None
+    assert chosen.node == "n1"

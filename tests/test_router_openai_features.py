@@ -27,7 +27,7 @@ MODELS = (
     SimModel(PLAIN_MODEL, tools=False),
     SimModel(EMBED_MODEL, family="nomic-bert", embedding=True, chat=False),
 )
-WEATHER_TOOL: dict[str, Any] = {
+WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -69,7 +69,7 @@ async def client(fleet: RouterService) -> AsyncIterator[openai.AsyncOpenAI]:
     await client.close()
 
 
-def ask_weather() -> list[dict[str, Any]]:
+def ask_weather() -> Any:
     return [{"role": "user", "content": ASK_WEATHER}]
 
 
@@ -77,7 +77,7 @@ async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI)
     first = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=ask_weather(),
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -85,8 +85,8 @@ async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI)
     assert choice.message.tool_calls is not None
     (call,) = choice.message.tool_calls
     assert call.type == "function"
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
     jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
 
     history: list[Any] = [
@@ -97,7 +97,7 @@ async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI)
     final = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=history,
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
     )
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.tool_calls is None
@@ -110,12 +110,12 @@ async def test_streamed_tool_calls_reassemble_into_the_whole_answers_calls(
     whole = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=ask_weather(),
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
     )
     stream = await client.chat.completions.create(
         model=TOOL_MODEL,
-        messages=ask_weather(),  # type: ignore[arg-type]
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        messages=ask_weather(),
+        tools=[WEATHER_TOOL],
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -201,7 +201,7 @@ async def test_tools_to_a_model_without_them_is_a_bad_request_and_never_routed(
         await client.chat.completions.create(
             model=PLAIN_MODEL,
             messages=ask_weather(),
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tools=[WEATHER_TOOL],
         )
     assert "does not support tools" in str(refused.value)
     # The router's refusal (a worker's names its node): no node was asked.
@@ -230,7 +230,7 @@ async def test_a_tools_request_goes_only_to_the_node_whose_model_has_tools(
             answer = await client.chat.completions.create(
                 model=shared,
                 messages=ask_weather(),
-                tools=[WEATHER_TOOL],  # type: ignore[list-item]
+                tools=[WEATHER_TOOL],
             )
             assert answer.choices[0].finish_reason == "tool_calls"
         await client.close()
