@@ -14,19 +14,13 @@ from typing import Any
 
 from starlette import routing
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from router.api_openai import (
-    caller_agent,
-    include_usage,
-    openai_error_answer,
-    openai_error_of,
-    read_openai_job,
-)
+from router.api_openai import serve_openai
 from router.http_edge import Api
 from router.route import Route
-from router.streams import OpenAIChunks, stream_response, usage_body
-from services.wire import JobResponse
+from router.streams import OpenAIChunks, usage_body
+from services.wire import JobRequest, JobResponse
 
 
 def openai_completion(
@@ -52,28 +46,14 @@ def openai_completion(
     }
 
 
+def _whole(
+    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
+) -> dict[str, Any]:
+    return openai_completion(response, route, job.model)
+
+
 def chat_routes(api: Api) -> list[routing.BaseRoute]:
     async def chat_completions(request: Request) -> Response:
-        started = time.perf_counter()
-        parsed = await read_openai_job(api, request, "openai", started)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        job, raw = parsed
-        agent_id = caller_agent(raw, request)
-        if job.stream:
-            chunks = OpenAIChunks(job.job_id, job.model, include_usage(raw))
-            return await stream_response(
-                lambda sink: api.infer(
-                    request, job, agent_id=agent_id, on_delta=sink, on_model=chunks.use_model
-                ),
-                chunks,
-                on_error_before_first_token=openai_error_answer,
-                on_finished=api.finished("openai", started),
-            )
-        response, route = await api.infer(request, job, agent_id=agent_id)
-        api.finished("openai", started)(response, route)
-        if response.error is not None:
-            return openai_error_of(response)
-        return JSONResponse(openai_completion(response, route, job.model))
+        return await serve_openai(api, request, "openai", _whole, OpenAIChunks)
 
     return [routing.Route("/v1/chat/completions", chat_completions, methods=["POST"])]

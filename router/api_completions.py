@@ -12,20 +12,14 @@ from typing import Any
 
 from starlette import routing
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from router.api_openai import (
-    caller_agent,
-    include_usage,
-    openai_error_answer,
-    openai_error_of,
-    read_openai_job,
-)
+from router.api_openai import serve_openai
 from router.http_edge import Api
 from router.route import Route
-from router.streams import SSE_DONE, sse, stream_error, stream_response, usage_body
+from router.streams import SseChunks, usage_body
 from services.errors import ErrorCode, InferbusError
-from services.wire import JobResponse, Piece
+from services.wire import JobRequest, JobResponse, Piece
 
 
 def completion_fields(raw: dict[str, Any]) -> dict[str, Any] | InferbusError:
@@ -62,70 +56,29 @@ def text_completion(
     }
 
 
-class CompletionChunks:
-    """`data: {text_completion}` events as OpenAI streams them, usage if asked, `[DONE]`."""
+class CompletionChunks(SseChunks):
+    """`text_completion` events as OpenAI streams them (tool calls have no place here)."""
 
-    media_type = "text/event-stream"
+    object_name = "text_completion"
+    id_prefix = "cmpl"
 
-    def __init__(self, job_id: str, model: str | None, with_usage: bool) -> None:
-        self._id = f"cmpl-{job_id}"
-        self._model = model or ""
-        self._created = int(time.time())
-        self._with_usage = with_usage
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        return _choice(piece if isinstance(piece, str) else "", None)
 
-    def use_model(self, model: str) -> None:
-        self._model = model
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        return _choice("", finish)
 
-    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return sse(
-            {
-                "id": self._id,
-                "object": "text_completion",
-                "created": self._created,
-                "model": self._model,
-                "choices": choices,
-                **extra,
-            }
-        )
 
-    def delta(self, piece: Piece) -> bytes:
-        return self._event([_choice(piece if isinstance(piece, str) else "", None)])
-
-    def final(self, response: JobResponse, route: Route) -> bytes:
-        if response.model:
-            self._model = response.model
-        if response.error is not None:
-            return stream_error(response)
-        result = response.result
-        finish = (result.finish_reason if result else None) or "stop"
-        out = self._event([_choice("", finish)], route=route.model_dump())
-        if self._with_usage:
-            out += self._event([], usage=usage_body(response))
-        return out + SSE_DONE
+def _whole(
+    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
+) -> dict[str, Any]:
+    return text_completion(response, route, job.model)
 
 
 def completions_routes(api: Api) -> list[routing.BaseRoute]:
     async def completions(request: Request) -> Response:
-        started = time.perf_counter()
-        parsed = await read_openai_job(api, request, "completions", started, completion_fields)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        job, raw = parsed
-        agent_id = caller_agent(raw, request)
-        if job.stream:
-            events = CompletionChunks(job.job_id, job.model, include_usage(raw))
-            return await stream_response(
-                lambda sink: api.infer(
-                    request, job, agent_id=agent_id, on_delta=sink, on_model=events.use_model
-                ),
-                events,
-                on_error_before_first_token=openai_error_answer,
-                on_finished=api.finished("completions", started),
-            )
-        response, route = await api.infer(request, job, agent_id=agent_id)
-        api.finished("completions", started)(response, route)
-        if response.error is not None:
-            return openai_error_of(response)
-        return JSONResponse(text_completion(response, route, job.model))
+        return await serve_openai(
+            api, request, "completions", _whole, CompletionChunks, completion_fields
+        )
 
     return [routing.Route("/v1/completions", completions, methods=["POST"])]

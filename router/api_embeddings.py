@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
 from typing import Any
 
 from starlette import routing
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from router.api_openai import caller_agent, openai_error_of, read_openai_job
+from router.api_openai import serve_openai
 from router.http_edge import Api
+from router.route import Route
 from services.errors import ErrorCode, InferbusError
-from services.wire import JobResponse
+from services.wire import JobRequest, JobResponse
 
 ENCODINGS = ("float", "base64")
 
@@ -65,18 +65,14 @@ def embeddings_body(
     }
 
 
+def _whole(
+    response: JobResponse, _route: Route, job: JobRequest, raw: dict[str, Any]
+) -> dict[str, Any]:
+    return embeddings_body(response, job.model, str(raw.get("encoding_format", "float")))
+
+
 def embeddings_routes(api: Api) -> list[routing.BaseRoute]:
     async def embeddings(request: Request) -> Response:
-        started = time.perf_counter()
-        parsed = await read_openai_job(api, request, "embeddings", started, embed_fields)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        job, raw = parsed
-        response, route = await api.infer(request, job, agent_id=caller_agent(raw, request))
-        api.finished("embeddings", started)(response, route)
-        if response.error is not None:
-            return openai_error_of(response)
-        encoding = str(raw.get("encoding_format", "float"))
-        return JSONResponse(embeddings_body(response, job.model, encoding))
+        return await serve_openai(api, request, "embeddings", _whole, None, embed_fields)
 
     return [routing.Route("/v1/embeddings", embeddings, methods=["POST"])]

@@ -10,13 +10,16 @@ refuse by name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from router.http_edge import Api, agent_of, retry_after_headers
+from router.route import Route
+from router.streams import SseChunks, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, openai_job_fields
 
@@ -77,7 +80,7 @@ async def read_openai_job(
     request: Request,
     label: str,
     started: float,
-    shape: Callable[[dict[str, Any]], dict[str, Any] | InferbusError] = lambda fields: fields,
+    shape: Callable[[dict[str, Any]], dict[str, Any] | InferbusError],
 ) -> tuple[JobRequest, dict[str, Any]] | JSONResponse:
     """An OpenAI body as a job (its own fields, `shape`d by the dialect, the rest under
     `extra`) plus the raw body; or the OpenAI error answer, already counted."""
@@ -89,6 +92,48 @@ async def read_openai_job(
         return openai_error_from(job)
     assert isinstance(raw, dict)
     return job, raw
+
+
+Whole = Callable[[JobResponse, Route, JobRequest, dict[str, Any]], dict[str, Any]]
+Fields = Callable[[dict[str, Any]], dict[str, Any] | InferbusError]
+
+
+def _as_is(fields: dict[str, Any]) -> dict[str, Any]:
+    return fields
+
+
+async def serve_openai(
+    api: Api,
+    request: Request,
+    label: str,
+    whole: Whole,
+    stream_as: Callable[[str, str | None, bool], SseChunks] | None,
+    shape: Fields = _as_is,
+) -> Response:
+    """One OpenAI request, every dialect the same way: the body as a job, the one `infer`,
+    the answer `whole` (or streamed as `stream_as` events when asked and the dialect
+    streams), errors in OpenAI's shape; counted in the metrics as `label`."""
+    started = time.perf_counter()
+    parsed = await read_openai_job(api, request, label, started, shape)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    job, raw = parsed
+    agent_id = caller_agent(raw, request)
+    if job.stream and stream_as is not None:
+        chunks = stream_as(job.job_id, job.model, include_usage(raw))
+        return await stream_response(
+            lambda sink: api.infer(
+                request, job, agent_id=agent_id, on_delta=sink, on_model=chunks.use_model
+            ),
+            chunks,
+            on_error_before_first_token=openai_error_answer,
+            on_finished=api.finished(label, started),
+        )
+    response, route = await api.infer(request, job, agent_id=agent_id)
+    api.finished(label, started)(response, route)
+    if response.error is not None:
+        return openai_error_of(response)
+    return JSONResponse(whole(response, route, job, raw))
 
 
 async def not_found(request: Request, _exc: Exception) -> JSONResponse:

@@ -65,30 +65,29 @@ def stream_error(response: JobResponse) -> bytes:
     return sse({"error": error})
 
 
-class OpenAIChunks:
-    """`data: {chat.completion.chunk}` lines, a finish chunk, usage if asked, `[DONE]`.
-
-    Text pieces become `delta.content`, tool-call pieces `delta.tool_calls` (each with its
-    `index`, as OpenAI streams them); the first chunk also says `role: assistant`.
-    """
+class SseChunks:
+    """OpenAI's server-sent stream: `data: {<object>}` events, a finish event, a usage
+    event with no choices when `stream_options.include_usage`, then `[DONE]`. Each
+    dialect says how one piece and the finish look (`_piece_choice`, `_finish_choice`)."""
 
     media_type = "text/event-stream"
+    object_name = ""
+    id_prefix = ""
 
     def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
-        self._id = f"chatcmpl-{job_id}"
+        self._id = f"{self.id_prefix}-{job_id}"
         self._model = model or ""
         self._created = int(time.time())
         self._include_usage = include_usage
-        self._first = True
 
     def use_model(self, model: str) -> None:
         """The model actually serving the stream, known once its target is chosen."""
         self._model = model
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {
             "id": self._id,
-            "object": "chat.completion.chunk",
+            "object": self.object_name,
             "created": self._created,
             "model": self._model,
             "choices": choices,
@@ -96,16 +95,14 @@ class OpenAIChunks:
         }
         return sse(body)
 
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        raise NotImplementedError
+
     def delta(self, piece: Piece) -> bytes:
-        delta: dict[str, Any]
-        if isinstance(piece, str):
-            delta = {"content": piece}
-        else:
-            delta = {"tool_calls": [call.model_dump(exclude_none=True) for call in piece]}
-        if self._first:
-            delta = {"role": "assistant", **delta}
-            self._first = False
-        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+        return self._event([self._piece_choice(piece)])
 
     def final(self, response: JobResponse, route: Route) -> bytes:
         if response.model:
@@ -114,12 +111,36 @@ class OpenAIChunks:
             return stream_error(response)
         result = response.result
         finish = (result.finish_reason if result else None) or "stop"
-        out = self._chunk(
-            [{"index": 0, "delta": {}, "finish_reason": finish}], route=route.model_dump()
-        )
+        out = self._event([self._finish_choice(finish)], route=route.model_dump())
         if self._include_usage:
-            out += self._chunk([], usage=usage_body(response))
+            out += self._event([], usage=usage_body(response))
         return out + SSE_DONE
+
+
+class OpenAIChunks(SseChunks):
+    """Chat: text pieces become `delta.content`, tool-call pieces `delta.tool_calls` (each
+    with its `index`, as OpenAI streams them); the first chunk also says `role: assistant`."""
+
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
+        super().__init__(job_id, model, include_usage)
+        self._first = True
+
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        delta: dict[str, Any]
+        if isinstance(piece, str):
+            delta = {"content": piece}
+        else:
+            delta = {"tool_calls": [call.model_dump(exclude_none=True) for call in piece]}
+        if self._first:
+            delta = {"role": "assistant", **delta}
+            self._first = False
+        return {"index": 0, "delta": delta, "finish_reason": None}
+
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "finish_reason": finish}
 
 
 class NdjsonLines:

@@ -17,35 +17,18 @@ import pytest
 from router.service import RouterService
 from services.wire_features import ToolCallAssembler, ToolCallDelta
 from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.test_worker_openai_features import (
+    ASK_WEATHER,
+    EMBED_MODEL,
+    MODELS,
+    PERSON_SCHEMA,
+    PLAIN_MODEL,
+    TOOL_MODEL,
+    WEATHER_TOOL,
+)
 from tools.simulator import SimModel, Simulator, expected_embedding, expected_text
 
-TOOL_MODEL = "qwen3:8b"
-PLAIN_MODEL = "plain:7b"
-EMBED_MODEL = "nomic-embed-text"
-MODELS = (
-    SimModel(TOOL_MODEL, family="qwen3"),
-    SimModel(PLAIN_MODEL, tools=False),
-    SimModel(EMBED_MODEL, family="nomic-bert", embedding=True, chat=False),
-)
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
-            "required": ["city", "days"],
-        },
-    },
-}
-ASK_WEATHER = "what is the weather in Paris? call get_weather"
-PERSON_SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
+WEATHER: Any = WEATHER_TOOL
 
 
 @pytest.fixture
@@ -77,7 +60,7 @@ async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI)
     first = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=ask_weather(),
-        tools=[WEATHER_TOOL],
+        tools=[WEATHER],
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -87,7 +70,7 @@ async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI)
     assert call.type == "function"
     assert call.function.name == "get_weather"
     arguments = json.loads(call.function.arguments)
-    jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
 
     history: list[Any] = [
         *ask_weather(),
@@ -97,7 +80,7 @@ async def test_a_tool_calling_loop_through_the_fleet(client: openai.AsyncOpenAI)
     final = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=history,
-        tools=[WEATHER_TOOL],
+        tools=[WEATHER],
     )
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.tool_calls is None
@@ -110,12 +93,12 @@ async def test_streamed_tool_calls_reassemble_into_the_whole_answers_calls(
     whole = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=ask_weather(),
-        tools=[WEATHER_TOOL],
+        tools=[WEATHER],
     )
     stream = await client.chat.completions.create(
         model=TOOL_MODEL,
         messages=ask_weather(),
-        tools=[WEATHER_TOOL],
+        tools=[WEATHER],
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -201,7 +184,7 @@ async def test_tools_to_a_model_without_them_is_a_bad_request_and_never_routed(
         await client.chat.completions.create(
             model=PLAIN_MODEL,
             messages=ask_weather(),
-            tools=[WEATHER_TOOL],
+            tools=[WEATHER],
         )
     assert "does not support tools" in str(refused.value)
     # The router's refusal (a worker's names its node): no node was asked.
@@ -230,7 +213,7 @@ async def test_a_tools_request_goes_only_to_the_node_whose_model_has_tools(
             answer = await client.chat.completions.create(
                 model=shared,
                 messages=ask_weather(),
-                tools=[WEATHER_TOOL],
+                tools=[WEATHER],
             )
             assert answer.choices[0].finish_reason == "tool_calls"
         await client.close()
