@@ -24,7 +24,7 @@ from services.wire import JobRequest, JobResponse
 
 
 def openai_completion(
-    response: JobResponse, route: Route, requested_model: str | None
+    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
 ) -> dict[str, Any]:
     result = response.result
     calls = result.tool_calls if result else None
@@ -39,21 +39,15 @@ def openai_completion(
         "id": f"chatcmpl-{response.job_id}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": response.model or requested_model or "",
+        "model": response.model or job.model or "",
         "choices": [choice],
         "usage": usage_body(response),
         "route": route.model_dump(),
     }
 
 
-def _whole(
-    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
-) -> dict[str, Any]:
-    return openai_completion(response, route, job.model)
-
-
 def chat_routes(api: Api) -> list[routing.BaseRoute]:
     async def chat_completions(request: Request) -> Response:
-        return await serve_openai(api, request, "openai", _whole, OpenAIChunks)
+        return await serve_openai(api, request, "openai", openai_completion, OpenAIChunks)
 
     return [routing.Route("/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -38,14 +38,14 @@ def _choice(text: str, finish: str | None) -> dict[str, Any]:
 
 
 def text_completion(
-    response: JobResponse, route: Route, requested_model: str | None
+    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
 ) -> dict[str, Any]:
     result = response.result
     return {
         "id": f"cmpl-{response.job_id}",
         "object": "text_completion",
         "created": int(time.time()),
-        "model": response.model or requested_model or "",
+        "model": response.model or job.model or "",
         "choices": [
             _choice(
                 result.text if result else "", (result.finish_reason if result else None) or "stop"
@@ -69,16 +69,10 @@ class CompletionChunks(SseChunks):
         return _choice("", finish)
 
 
-def _whole(
-    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
-) -> dict[str, Any]:
-    return text_completion(response, route, job.model)
-
-
 def completions_routes(api: Api) -> list[routing.BaseRoute]:
     async def completions(request: Request) -> Response:
         return await serve_openai(
-            api, request, "completions", _whole, CompletionChunks, completion_fields
+            api, request, "completions", text_completion, CompletionChunks, completion_fields
         )
 
     return [routing.Route("/v1/completions", completions, methods=["POST"])]

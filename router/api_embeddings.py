@@ -49,8 +49,9 @@ def encoded(vector: list[float], encoding: str) -> list[float] | str:
 
 
 def embeddings_body(
-    response: JobResponse, requested_model: str | None, encoding: str
+    response: JobResponse, _route: Route, job: JobRequest, raw: dict[str, Any]
 ) -> dict[str, Any]:
+    encoding = str(raw.get("encoding_format", "float"))
     result = response.result
     vectors = (result.embeddings if result else None) or []
     prompt_tokens = result.usage.prompt_tokens if result else 0
@@ -60,19 +61,13 @@ def embeddings_body(
             {"object": "embedding", "index": at, "embedding": encoded(vector, encoding)}
             for at, vector in enumerate(vectors)
         ],
-        "model": response.model or requested_model or "",
+        "model": response.model or job.model or "",
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
 
 
-def _whole(
-    response: JobResponse, _route: Route, job: JobRequest, raw: dict[str, Any]
-) -> dict[str, Any]:
-    return embeddings_body(response, job.model, str(raw.get("encoding_format", "float")))
-
-
 def embeddings_routes(api: Api) -> list[routing.BaseRoute]:
     async def embeddings(request: Request) -> Response:
-        return await serve_openai(api, request, "embeddings", _whole, None, embed_fields)
+        return await serve_openai(api, request, "embeddings", embeddings_body, None, embed_fields)
 
     return [routing.Route("/v1/embeddings", embeddings, methods=["POST"])]
