@@ -52,6 +52,16 @@ async def client(fleet: RouterService) -> AsyncIterator[openai.AsyncOpenAI]:
     await client.close()
 
 
+async def assembled(stream: Any) -> list[dict[str, Any]]:
+    """A stream's tool-call deltas joined by `index`, as OpenAI clients join them."""
+    assembler = ToolCallAssembler()
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for piece in choice.delta.tool_calls or ():
+                assembler.add([ToolCallDelta.model_validate(piece.model_dump())])
+    return [call.model_dump() for call in assembler.calls()]
+
+
 def ask_weather() -> Any:
     return [{"role": "user", "content": ASK_WEATHER}]
 
@@ -241,3 +251,51 @@ async def test_models_retrieve_known_and_unknown(
     assert capabilities[EMBED_MODEL] == ["embedding"]
     assert unknown_path.status_code == 404
     assert unknown_path.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("kind", ["ollama", "vllm"])
+async def test_the_local_runtime_gets_every_field(
+    sim: Simulator, start_router: RouterFactory, kind: str
+) -> None:
+    local = {"kind": kind, "url": sim.url}
+    async with start_router(local_node="here", local_runtime=local) as router:
+        client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+        whole = await client.chat.completions.create(
+            model=TOOL_MODEL, messages=ask_weather(), tools=[WEATHER]
+        )
+        stream = await client.chat.completions.create(
+            model=TOOL_MODEL, messages=ask_weather(), tools=[WEATHER], stream=True
+        )
+        streamed = await assembled(stream)
+        vectors = await client.embeddings.create(
+            model=EMBED_MODEL, input=["a", "b"], encoding_format="float"
+        )
+        await client.close()
+    assert whole.choices[0].finish_reason == "tool_calls"
+    assert whole.choices[0].message.tool_calls is not None
+    expected = [call.model_dump() for call in whole.choices[0].message.tool_calls]
+    assert streamed == expected
+    assert [item.embedding for item in vectors.data] == [
+        expected_embedding(EMBED_MODEL, text) for text in ("a", "b")
+    ]
+
+
+async def test_a_replayed_stream_carries_the_tool_calls(
+    client: openai.AsyncOpenAI, sim: Simulator
+) -> None:
+    headers = {"Idempotency-Key": "tools-once"}
+    whole = await client.chat.completions.create(
+        model=TOOL_MODEL, messages=ask_weather(), tools=[WEATHER], extra_headers=headers
+    )
+    replay = await client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=ask_weather(),
+        tools=[WEATHER],
+        stream=True,
+        extra_headers=headers,
+    )
+    streamed = await assembled(replay)
+    assert whole.choices[0].message.tool_calls is not None
+    expected = [call.model_dump() for call in whole.choices[0].message.tool_calls]
+    assert streamed == expected
+    assert sim.calls[TOOL_MODEL] == 1  # the stream was the kept answer, replayed
