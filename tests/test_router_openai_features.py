@@ -5,6 +5,7 @@ capability refusals that never reach a node lacking the capability, and the mode
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -13,10 +14,13 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from router.service import RouterService
+from services.capabilities import Capabilities, Load, ServedModel, encode_capabilities
 from services.wire_features import ToolCallAssembler, ToolCallDelta
 from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.jobs import until
 from tests.test_worker_openai_features import (
     ASK_WEATHER,
     EMBED_MODEL,
@@ -299,3 +303,45 @@ async def test_a_replayed_stream_carries_the_tool_calls(
     expected = [call.model_dump() for call in whole.choices[0].message.tool_calls]
     assert streamed == expected
     assert sim.calls[TOOL_MODEL] == 1  # the stream was the kept answer, replayed
+
+
+def announced(node: str, model: str, capabilities: tuple[str, ...]) -> bytes:
+    """A record as an older worker (no `wire_features`) would publish it."""
+    record = Capabilities(
+        node_id=node,
+        version="0.older",
+        seq=1,
+        ts=time.time(),
+        ttl_s=60.0,
+        served_models=(
+            ServedModel(name=model, type="llm", runtime="ollama", capabilities=capabilities),
+        ),
+        load={"llm": Load(inflight=0, capacity=4)},
+    )
+    return encode_capabilities(record)
+
+
+async def test_an_older_worker_never_gets_a_job_using_a_field_it_would_drop(
+    nc: NatsClient, start_router: RouterFactory, node_id: str
+) -> None:
+    tools_job = {"model": "old:7b", "messages": ask_weather(), "tools": [WEATHER]}
+    async with (
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        await nc.publish(f"ncs.capabilities.{node_id}", announced(node_id, "old:7b", ()))
+        await until(lambda: router.router.fleet.index.type_of("old:7b") is not None)
+        refused = await http.post("/v1/chat/completions", json=tools_job)
+        plain = await http.post("/infer", json={"model": "old:7b", "prompt": "hi"})
+        anonymous = await http.post(
+            "/v1/chat/completions", json={"messages": ask_weather(), "tools": [WEATHER]}
+        )
+    assert refused.status_code == 503, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "NO_ROUTE"
+    assert error["message"].startswith("old:7b — no capable node: tools: ")
+    assert "too old" in error["message"]
+    # A plain job is still sent to it (nothing answers there: no worker behind the record).
+    assert [attempt["node"] for attempt in plain.json()["route"]["attempts"]] == [node_id]
+    assert anonymous.status_code == 503
+    assert "tools" in anonymous.json()["error"]["message"]
