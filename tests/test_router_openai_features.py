@@ -345,3 +345,20 @@ async def test_an_older_worker_never_gets_a_job_using_a_field_it_would_drop(
     assert [attempt["node"] for attempt in plain.json()["route"]["attempts"]] == [node_id]
     assert anonymous.status_code == 503
     assert "tools" in anonymous.json()["error"]["message"]
+
+
+async def test_native_streams_carry_tool_call_chunks(fleet: RouterService) -> None:
+    job = {"model": TOOL_MODEL, "messages": ask_weather(), "tools": [WEATHER], "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=fleet.url) as http,
+        http.stream("POST", "/infer", json=job) as answer,
+    ):
+        lines = [json.loads(line) async for line in answer.aiter_lines() if line]
+    *chunks, final = lines
+    assembler = ToolCallAssembler()
+    for chunk in chunks:
+        assert chunk["delta"] == ""
+        assembler.add([ToolCallDelta.model_validate(piece) for piece in chunk["tool_calls"]])
+    assert [chunk["seq"] for chunk in chunks] == list(range(1, len(chunks) + 1))
+    assert final["result"]["finish_reason"] == "tool_calls"
+    assert [call.model_dump() for call in assembler.calls()] == final["result"]["tool_calls"]
