@@ -47,7 +47,8 @@ def openai_error(
 def openai_error_from(error: InferbusError) -> JSONResponse:
     """OpenAI's error body for one of ours; `param` is the field a BAD_REQUEST names."""
     field = error.message.partition(":")[0] if error.code == ErrorCode.BAD_REQUEST else ""
-    param = field if field and " " not in field else None
+    # "body: ..." is pydantic's name for the whole request, not a parameter.
+    param = field if field and " " not in field and field != "body" else None
     return openai_error(error.code, error.message, HTTP_STATUS[error.code], param)
 
 

@@ -362,3 +362,46 @@ async def test_native_streams_carry_tool_call_chunks(fleet: RouterService) -> No
     assert [chunk["seq"] for chunk in chunks] == list(range(1, len(chunks) + 1))
     assert final["result"]["finish_reason"] == "tool_calls"
     assert [call.model_dump() for call in assembler.calls()] == final["result"]["tool_calls"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "says"),
+    [
+        ("/v1/embeddings", {"model": EMBED_MODEL, "input": [1, 2]}, 400, "input", "token ids"),
+        ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, 400, "encoding_format", ""),
+        ("/v1/completions", {"model": TOOL_MODEL, "prompt": ["a", "b"]}, 400, "prompt", ""),
+        (
+            "/v1/completions",
+            {"model": TOOL_MODEL, "prompt": "def f(", "suffix": "):"},
+            400,
+            "suffix",
+            "does not support insert",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": EMBED_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            400,
+            "messages",
+            "does not support completion",
+        ),
+        ("/v1/chat/completions", {"messages": []}, 400, None, ""),
+        ("/v1/chat/completions", {"model": "nope", "messages": ask_weather()}, 404, None, ""),
+    ],
+)
+async def test_openai_routes_answer_errors_in_openai_shape(
+    fleet: RouterService,
+    sim: Simulator,
+    path: str,
+    body: dict[str, Any],
+    status: int,
+    param: str | None,
+    says: str,
+) -> None:
+    async with httpx.AsyncClient(base_url=fleet.url) as http:
+        answer = await http.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    assert error["param"] == param
+    assert says in error["message"]
+    assert sum(sim.calls.values()) == 0  # refused before any runtime was called
