@@ -14,6 +14,7 @@ there, not here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Literal
 
 from router.decision import Outcome
 from services.errors import InferbusError
-from services.runtimes.base import ChatCall, EmbedCall, Runtime
+from services.runtimes.base import ChatCall, ChatReply, EmbedCall, Runtime
 from services.runtimes.calls import chat_within, clean_text, embed_within, stream_within
 from services.wire import JobRequest, JobResponse, JobType, Piece, Result, Timings
 
@@ -56,6 +57,50 @@ class RuntimeTarget:
 Target = NodeTarget | RuntimeTarget
 
 
+def call_of(job: JobRequest, model: str, *, drop_max_tokens: bool = False) -> ChatCall:
+    """The runtime call a job means, for `model`: every field of it (`ChatCall.of`: tools,
+    response_format, extra, raw prompts...), without max_tokens when told to."""
+    call = ChatCall.of(model, job)
+    if not drop_max_tokens:
+        return call
+    params = job.params.model_copy(update={"max_tokens": None, "max_completion_tokens": None})
+    return dataclasses.replace(call, params=params)
+
+
+def result_of(reply: ChatReply) -> Result:
+    """A runtime's reply as the job's result: text, tool calls, logprobs."""
+    return Result(
+        text=clean_text(reply.text),
+        finish_reason=reply.finish_reason,
+        usage=reply.usage,
+        tool_calls=reply.tool_calls,
+        logprobs=reply.logprobs,
+    )
+
+
+def answer_of(
+    job: JobRequest,
+    reply: ChatReply | Result,
+    *,
+    model: str,
+    runtime: str,
+    node: str | None,
+    elapsed_ms: float,
+    done: bool | None,
+) -> JobResponse:
+    """A runtime's reply (or an embed job's result) as the job's answer."""
+    return JobResponse(
+        job_id=job.job_id,
+        status="ok",
+        node_id=node,
+        model=model,
+        runtime=runtime,
+        result=reply if isinstance(reply, Result) else result_of(reply),
+        timings=Timings(backend_ms=elapsed_ms, total_ms=elapsed_ms),
+        done=done,
+    )
+
+
 async def attempt_runtime(
     target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
 ) -> Outcome:
@@ -86,14 +131,13 @@ async def attempt_runtime(
             elapsed_ms=_ms(started),
         )
     elapsed = _ms(started)
-    answer = JobResponse(
-        job_id=job.job_id,
-        status="ok",
-        node_id=target.node,
+    answer = answer_of(
+        job,
+        result,
         model=target.model,
         runtime=target.runtime.kind,
-        result=result,
-        timings=Timings(backend_ms=elapsed, total_ms=elapsed),
+        node=target.node,
+        elapsed_ms=elapsed,
         done=done,
     )
     return Outcome(answer, "answered", delivered, elapsed_ms=elapsed)
@@ -106,18 +150,12 @@ async def _run(
         call = EmbedCall(target.model, job.embed_inputs(), job.params.dimensions, job.extra)
         embedded = await embed_within(target.runtime, call, left_s)
         return Result(finish_reason="stop", usage=embedded.usage, embeddings=embedded.vectors)
-    chat = ChatCall.of(target.model, job)
+    chat = call_of(job, target.model)
     if on_delta is None:
         reply = await chat_within(target.runtime, chat, left_s)
     else:
         reply = await stream_within(target.runtime, chat, left_s, on_delta, on_tool_calls=on_delta)
-    return Result(
-        text=clean_text(reply.text),
-        finish_reason=reply.finish_reason,
-        usage=reply.usage,
-        tool_calls=reply.tool_calls,
-        logprobs=reply.logprobs,
-    )
+    return result_of(reply)
 
 
 def _ms(started: float) -> float:
