@@ -15,9 +15,11 @@ import jsonschema
 import openai
 import pytest
 from nats.aio.client import Client as NatsClient
+from pydantic import AliasChoices, BaseModel, Field
 
 from router.service import RouterService
 from services.capabilities import Capabilities, Load, ServedModel, encode_capabilities
+from services.wire import JobRequest, accepted_names, openai_job_fields
 from services.wire_features import ToolCallAssembler, ToolCallDelta
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import until
@@ -405,3 +407,16 @@ async def test_openai_routes_answer_errors_in_openai_shape(
     assert error["param"] == param
     assert says in error["message"]
     assert sum(sim.calls.values()) == 0  # refused before any runtime was called
+
+
+def test_a_field_taken_under_an_alias_is_not_moved_to_extra() -> None:
+    class Aliased(BaseModel):
+        fallback_models: list[str] | None = Field(
+            default=None, validation_alias=AliasChoices("fallback_models", "fallbacks")
+        )
+        named: str | None = Field(default=None, alias="callName")
+
+    assert accepted_names(Aliased) == {"fallback_models", "fallbacks", "named", "callName"}
+    assert {"tools", "response_format", "extra"} <= accepted_names(JobRequest)
+    moved = openai_job_fields({"messages": [], "top_k": 4, "stream_options": {}})
+    assert moved == {"messages": [], "extra": {"top_k": 4}}
