@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from router.candidates import Candidate, slot_kind
+from router.candidates import SLOT_KINDS, Candidate, slot_kind
 from router.nodeset import NodeSet
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
 
@@ -153,7 +153,7 @@ class FleetIndex:
             entry.record, entry.received_s, entry.models = record, now, models
             if not same:
                 self._index_models(node, models, previous)
-        for kind in ("llm", "vision"):
+        for kind in SLOT_KINDS:
             self._refresh_saturation(node, kind)
         heapq.heappush(self._expiries, (entry.stale_at, node))
         return outcome
@@ -187,7 +187,7 @@ class FleetIndex:
         where = bisect.bisect_left(self.node_ids, node)
         if where < len(self.node_ids) and self.node_ids[where] == node:
             del self.node_ids[where]
-        for kind in ("llm", "vision"):
+        for kind in SLOT_KINDS:
             self.router_inflight.pop((node, kind), None)
         for listener in self._forget_listeners:
             listener(node)

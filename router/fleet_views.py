@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from router.candidates import SLOT_KINDS
 from router.fleet_index import FleetIndex
 
 __all__ = [
@@ -53,31 +54,55 @@ def owners(index: FleetIndex) -> dict[str, tuple[int, list[str]]]:
 
 
 class ModelsView:
-    """The OpenAI-shaped model list, cached per index membership version."""
+    """The OpenAI-shaped model list, cached per index membership version.
+
+    Each entry also says the model's `type` and `capabilities` (the union over the nodes
+    serving it; OpenAI clients ignore fields they do not know). Rebuilt in O(candidates)
+    only when membership changes: a changed capability list re-indexes the model, so it
+    changes membership too.
+    """
 
     def __init__(self, index: FleetIndex) -> None:
         self._index = index
         self._version = -1
         self._body = b""
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def _refresh(self) -> None:
+        if self._version == self._index.membership:
+            return
+        index = self._index
+        capabilities: dict[str, set[str]] = {}
+        types: dict[str, str] = {}
+        for group in index.groups():
+            found = capabilities.setdefault(group.name, set())
+            types.setdefault(group.name, group.type)
+            for node in index.members(group):
+                served = index.nodes[node].models.get((group.name, group.type))
+                if served is not None:
+                    found.update(served.capabilities)
+        self._entries = {
+            name: {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": _owned_by(count, first),
+                "type": types.get(name, "llm"),
+                "capabilities": sorted(capabilities.get(name, ())),
+            }
+            for name, (count, first) in owners(index).items()
+        }
+        self._body = json.dumps({"object": "list", "data": list(self._entries.values())}).encode()
+        self._version = index.membership
 
     def body(self) -> bytes:
-        if self._version != self._index.membership:
-            self._body = json.dumps(
-                {
-                    "object": "list",
-                    "data": [
-                        {
-                            "id": name,
-                            "object": "model",
-                            "created": 0,
-                            "owned_by": _owned_by(count, first),
-                        }
-                        for name, (count, first) in owners(self._index).items()
-                    ],
-                }
-            ).encode()
-            self._version = self._index.membership
+        self._refresh()
         return self._body
+
+    def entry(self, model: str) -> dict[str, Any] | None:
+        """One model's entry (`GET /v1/models/{id}`), None when no fresh node serves it."""
+        self._refresh()
+        return self._entries.get(model)
 
 
 def _owned_by(count: int, first: list[str]) -> str:
@@ -148,7 +173,7 @@ def nodes_page(
                 "breakers": breakers_of(node_id),
                 "router_inflight": {
                     kind: count
-                    for kind in ("llm", "vision")
+                    for kind in SLOT_KINDS
                     if (count := index.router_inflight.get((node_id, kind), 0))
                 },
                 "record": entry.record.model_dump(mode="json", exclude_none=True),

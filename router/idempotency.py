@@ -43,11 +43,12 @@ from router.serving import ModelSink, Router, job_type_of
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.keystore import SharedKeys
-from services.wire import JobRequest, JobResponse, is_replayable, new_job_id
+from services.wire import JobRequest, JobResponse, Piece, is_replayable, new_job_id
+from services.wire_features import ToolCallDelta
 
 log = logging.getLogger("inferbus.router")
 
-DeltaSink = Callable[[str], Awaitable[None]]
+DeltaSink = Callable[[Piece], Awaitable[None]]
 Served = tuple[JobResponse, Route]
 ResolveModel = Callable[[JobRequest, str | None], str | None]
 
@@ -322,12 +323,19 @@ def fleet_model(router: Router) -> ResolveModel:
 async def _replay(
     kept: Kept, job: JobRequest, on_delta: DeltaSink | None, on_model: ModelSink | None
 ) -> JobResponse:
-    """A kept answer for a duplicate; a stream gets the whole text as one chunk."""
+    """A kept answer for a duplicate; a stream gets its tool calls whole, then the whole
+    text, as one chunk each."""
     response = kept.response
     if on_model is not None and response.model:
         on_model(response.model)
-    if on_delta is not None and response.result is not None:
-        await on_delta(response.result.text)
+    result = response.result
+    if on_delta is not None and result is not None:
+        if result.tool_calls:
+            await on_delta(
+                [ToolCallDelta.whole(at, call) for at, call in enumerate(result.tool_calls)]
+            )
+        if result.text or not result.tool_calls:
+            await on_delta(result.text)
     done = True if job.stream else None
     return response.model_copy(update={"job_id": job.job_id, "cached": True, "done": done})
 

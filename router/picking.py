@@ -67,10 +67,12 @@ class Picker:
         excluded: Callable[[str], bool],
         force_local: bool,
         rng: random.Random,
+        fits: Callable[[ModelGroup, str], bool] | None = None,
     ) -> None:
         self.index = index
         self.now = now
         self._excluded = excluded
+        self._fits = fits
         self.force_local = force_local
         self._rng = rng
         self._free: dict[int, bool] = {}  # id(group) → has an eligible unsaturated node
@@ -115,8 +117,12 @@ class Picker:
         cache[key] = (self.index.version, levels)
         return levels
 
+    def fits(self, group: ModelGroup, node: str) -> bool:
+        """Open, and its copy of the model can take this job (capabilities, wire features)."""
+        return self.open_node(node) and (self._fits is None or self._fits(group, node))
+
     def _eligible(self, group: ModelGroup, node: str) -> bool:
-        if not self.open_node(node):
+        if not self.fits(group, node):
             return False
         return node in group.unsaturated or not self._has_free(group)
 
@@ -124,19 +130,19 @@ class Picker:
         """Whether an eligible node of this model has a free slot (memoised per pick)."""
         memo = self._free.get(id(group))
         if memo is None:
-            memo = self._free[id(group)] = self._find_free(group.unsaturated)
+            memo = self._free[id(group)] = self._find_free(group, group.unsaturated)
         return memo
 
-    def _find_free(self, free: NodeSet) -> bool:
+    def _find_free(self, group: ModelGroup, free: NodeSet) -> bool:
         local = self.index.local_node
         if self.force_local:
-            return local is not None and local in free and self.open_node(local)
+            return local is not None and local in free and self.fits(group, local)
         if not free:
             return False
         for _ in range(_PROBES):
-            if self.open_node(free.choice(self._rng)):
+            if self.fits(group, free.choice(self._rng)):
                 return True
-        return any(self.open_node(node) for node in free)
+        return any(self.fits(group, node) for node in free)
 
     def _pick_in(self, level: Sequence[_Slot]) -> tuple[ModelGroup, str] | None:
         sizes = [slot.size(self.index) for slot in level]

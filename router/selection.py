@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 from router.candidates import Candidate
 from router.fleet_index import BucketKey, FleetIndex, ModelGroup
+from router.needs_filter import NO_NEEDS, JobNeeds, fit_check
 from router.picking import Picker, Rank
 from router.profiles import AgentConfig, SelectionConfig
 
@@ -169,11 +170,14 @@ def select(
     job_type: str | None = None,
     now: float = 0.0,
     rng: random.Random | None = None,
+    needs: JobNeeds = NO_NEEDS,
 ) -> Selection | None:
     """Choose a model for one request; `None` means no route (no hard default configured).
 
     A node is left out when it is in `exclude_nodes` or `excluded(node)` says so (breaker
-    open: asked only of the nodes looked at). `now` is the index's clock.
+    open: asked only of the nodes looked at), and a node's model when it cannot do what
+    the job `needs` (router/needs_filter.py: capabilities, wire features) — before prefer
+    lists and load. `now` is the index's clock.
     """
     index = (
         candidates
@@ -184,7 +188,8 @@ def select(
     def out(node: str) -> bool:
         return node in exclude_nodes or (excluded is not None and excluded(node))
 
-    pool = Picker(index, now=now, excluded=out, force_local=force_local, rng=rng or _RNG)
+    fits = fit_check(index, needs) if needs else None
+    pool = Picker(index, now=now, excluded=out, force_local=force_local, rng=rng or _RNG, fits=fits)
     served = index.type_of
     profile = resolve_profile(config, agent_id=agent_id, request_model=request_model)
     reasons: list[str] = []

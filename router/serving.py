@@ -31,6 +31,7 @@ from router.config import RouterSettings
 from router.decision import Outcome, next_action
 from router.fleet import FleetView
 from router.liveness import Liveness, LivenessSettings
+from router.needs_filter import NO_NEEDS, JobNeeds, job_needs, what_is_missing
 from router.node_link import NodeLink, Waits
 from router.route import Attempt, Route, Via
 from router.selection import Selection, select
@@ -47,9 +48,9 @@ from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import Runtime, RuntimeKind
 from services.subjects import Subjects
-from services.wire import JobRequest, JobResponse, JobType
+from services.wire import JobRequest, JobResponse, JobType, Piece
 
-DeltaSink = Callable[[str], Awaitable[None]]
+DeltaSink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
 ModelSink = Callable[[str], None]
 
 
@@ -66,6 +67,7 @@ class _Request:
     deadline: float  # on the router's clock
     on_delta: DeltaSink | None
     on_model: ModelSink | None
+    needs: JobNeeds = NO_NEEDS  # what the model and worker must be able to do
     route: Route = field(default_factory=Route)
     tried: set[str] = field(default_factory=set)
     skipped_open: bool = False  # a node that serves it was left out for its breaker
@@ -148,7 +150,9 @@ class Router:
             now_unix_ms=time.time() * 1000.0,
         )
         job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
-        request = _Request(job, agent_id, self._clock() + budget_ms / 1000.0, on_delta, on_model)
+        deadline = self._clock() + budget_ms / 1000.0
+        needs = job_needs(job, job.type or "llm")
+        request = _Request(job, agent_id, deadline, on_delta, on_model, needs)
         if budget_ms <= 0:
             spent = _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival")
             return spent, request.route
@@ -214,9 +218,11 @@ class Router:
         excluded: Callable[[str], bool] | None = None,
         force_local: bool = False,
         fleet: bool = True,
+        filtered: bool = True,
     ) -> Selection | None:
         """The one place selection is asked (fleet, local and static picks alike); with
-        `fleet=False` it sees no candidates, so it answers with the profile's static pick."""
+        `fleet=False` it sees no candidates, so it answers with the profile's static pick.
+        Candidates that cannot do what the job needs are left out unless `filtered=False`."""
         use_fleet = fleet and (self.nc.is_connected or force_local)
         return select(
             self.settings.selection,
@@ -228,6 +234,7 @@ class Router:
             force_local=force_local,
             job_type=r.job.type,
             now=self.fleet.clock(),
+            needs=r.needs if filtered else NO_NEEDS,
         )
 
     def _local_target(self, r: _Request) -> RuntimeTarget | None:
@@ -364,6 +371,9 @@ class Router:
             return JobResponse.failure(job.job_id, error)
         wanted = job.model or job.type
         nowhere = not outcomes and not r.skipped_open and self.nc.is_connected
+        lacking = self._lacking(r) if nowhere and r.needs else None
+        if lacking is not None:
+            return JobResponse.failure(job.job_id, lacking)
         if nowhere or (outcomes and all(o == ErrorCode.MODEL_NOT_FOUND for o in outcomes)):
             return _fail(job, ErrorCode.MODEL_NOT_FOUND, f"nothing serves {wanted}")
         last = outcomes[-1] if outcomes else None
@@ -371,6 +381,38 @@ class Router:
         if not self.nc.is_connected and not outcomes:
             reason = "the router is not connected to NATS and nothing else serves it"
         return _fail(job, ErrorCode.NO_ROUTE, f"{wanted} — {reason}")
+
+    def _lacking(self, r: _Request) -> InferbusError | None:
+        """When only what the job needs kept it from the fleet: the error naming it.
+
+        Asked only when nothing was attempted. A named model that exists but cannot do
+        what is asked is the request's problem (BAD_REQUEST naming the field, as OpenAI
+        clients expect); no capable model of any name, or only workers too old to
+        understand a field, is the fleet's (NO_ROUTE, retryable)."""
+        unfiltered = self._select(r, filtered=False)
+        if unfiltered is None or unfiltered.source != "fleet" or unfiltered.node is None:
+            return self._not_an_embedder(r)
+        group = self.fleet.index.group(unfiltered.model, unfiltered.type)
+        why = (
+            what_is_missing(self.fleet.index, group, unfiltered.node, r.needs)
+            if group is not None
+            else None
+        )
+        if why is None:
+            return None
+        if r.job.model and why.by_model:
+            return InferbusError(ErrorCode.BAD_REQUEST, f"{why} (on any node that serves it)")
+        wanted = r.job.model or r.job.type
+        return InferbusError(ErrorCode.NO_ROUTE, f"{wanted} — no capable node: {why}")
+
+    def _not_an_embedder(self, r: _Request) -> InferbusError | None:
+        """An embed job naming a model the fleet serves only for chat (or vision)."""
+        model = r.job.model
+        served = self.fleet.index.type_of(model) if model and r.job.type == "embed" else None
+        if served is None or served == "embed":
+            return None
+        reason = f"input: model {model!r} does not support embedding (it is served as {served})"
+        return InferbusError(ErrorCode.BAD_REQUEST, reason)
 
     def _heard_from(self, record: Capabilities) -> None:
         """A node announcing every runtime healthy gets a trial past an open breaker."""

@@ -19,79 +19,128 @@ from typing import Any, Protocol
 from starlette.responses import Response, StreamingResponse
 
 from router.route import Route
-from services.wire import JobResponse
+from services.wire import JobResponse, Piece
 
-Infer = Callable[[Callable[[str], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]]
+Infer = Callable[
+    [Callable[[Piece], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]
+]
 
 
 class StreamFormat(Protocol):
     media_type: str
 
-    def delta(self, text: str) -> bytes: ...
+    def delta(self, piece: Piece) -> bytes: ...
 
     def final(self, response: JobResponse, route: Route) -> bytes: ...
 
 
-class OpenAIChunks:
-    """`data: {chat.completion.chunk}` lines, a finish chunk, usage if asked, `[DONE]`."""
+def sse(body: object) -> bytes:
+    """One server-sent event carrying `body` as compact JSON."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def usage_body(response: JobResponse) -> dict[str, int]:
+    """OpenAI's `usage` object from an answer (zeros when it has no result)."""
+    usage = response.result.usage if response.result else None
+    prompt = usage.prompt_tokens if usage else 0
+    completion = usage.completion_tokens if usage else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def stream_error(response: JobResponse) -> bytes:
+    """The event that ends a stream broken after its first piece (OpenAI's error shape)."""
+    assert response.error is not None
+    error = {
+        "message": response.error.message,
+        "type": "api_error",
+        "code": response.error.code.value,
+    }
+    return sse({"error": error})
+
+
+class SseChunks:
+    """OpenAI's server-sent stream: `data: {<object>}` events, a finish event, a usage
+    event with no choices when `stream_options.include_usage`, then `[DONE]`. Each
+    dialect says how one piece and the finish look (`_piece_choice`, `_finish_choice`)."""
 
     media_type = "text/event-stream"
+    object_name = ""
+    id_prefix = ""
 
     def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
-        self._id = f"chatcmpl-{job_id}"
+        self._id = f"{self.id_prefix}-{job_id}"
         self._model = model or ""
         self._created = int(time.time())
         self._include_usage = include_usage
-        self._first = True
 
     def use_model(self, model: str) -> None:
         """The model actually serving the stream, known once its target is chosen."""
         self._model = model
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {
             "id": self._id,
-            "object": "chat.completion.chunk",
+            "object": self.object_name,
             "created": self._created,
             "model": self._model,
             "choices": choices,
             **extra,
         }
-        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+        return sse(body)
 
-    def delta(self, text: str) -> bytes:
-        delta: dict[str, str] = {"content": text}
-        if self._first:
-            delta = {"role": "assistant", **delta}
-            self._first = False
-        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def delta(self, piece: Piece) -> bytes:
+        return self._event([self._piece_choice(piece)])
 
     def final(self, response: JobResponse, route: Route) -> bytes:
         if response.model:
             self._model = response.model
         if response.error is not None:
-            error = {
-                "message": response.error.message,
-                "type": "api_error",
-                "code": response.error.code.value,
-            }
-            return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+            return stream_error(response)
         result = response.result
         finish = (result.finish_reason if result else None) or "stop"
-        out = self._chunk(
-            [{"index": 0, "delta": {}, "finish_reason": finish}], route=route.model_dump()
-        )
-        if self._include_usage and result is not None:
-            usage = result.usage
-            out += self._chunk(
-                [],
-                usage={
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                },
-            )
-        return out + b"data: [DONE]\n\n"
+        out = self._event([self._finish_choice(finish)], route=route.model_dump())
+        if self._include_usage:
+            out += self._event([], usage=usage_body(response))
+        return out + SSE_DONE
+
+
+class OpenAIChunks(SseChunks):
+    """Chat: text pieces become `delta.content`, tool-call pieces `delta.tool_calls` (each
+    with its `index`, as OpenAI streams them); the first chunk also says `role: assistant`."""
+
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
+        super().__init__(job_id, model, include_usage)
+        self._first = True
+
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        delta: dict[str, Any]
+        if isinstance(piece, str):
+            delta = {"content": piece}
+        else:
+            delta = {"tool_calls": [call.model_dump(exclude_none=True) for call in piece]}
+        if self._first:
+            delta = {"role": "assistant", **delta}
+            self._first = False
+        return {"index": 0, "delta": delta, "finish_reason": None}
+
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "finish_reason": finish}
 
 
 class NdjsonLines:
@@ -103,9 +152,14 @@ class NdjsonLines:
         self._job_id = job_id
         self._seq = 0
 
-    def delta(self, text: str) -> bytes:
+    def delta(self, piece: Piece) -> bytes:
         self._seq += 1
-        line = {"job_id": self._job_id, "seq": self._seq, "delta": text}
+        line: dict[str, Any] = {"job_id": self._job_id, "seq": self._seq}
+        if isinstance(piece, str):
+            line["delta"] = piece
+        else:
+            line["delta"] = ""
+            line["tool_calls"] = [call.model_dump(exclude_none=True) for call in piece]
         return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
     def final(self, response: JobResponse, route: Route) -> bytes:
@@ -120,7 +174,7 @@ async def stream_response(
     on_finished: Callable[[JobResponse, Route], None],
 ) -> Response:
     """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
-    deltas: asyncio.Queue[str | None] = asyncio.Queue()
+    deltas: asyncio.Queue[Piece | None] = asyncio.Queue()
     task = asyncio.create_task(_infer_then_end(infer, deltas))
     try:
         first = await deltas.get()
@@ -139,11 +193,11 @@ async def stream_response(
 
 
 async def _infer_then_end(
-    infer: Infer, queue: asyncio.Queue[str | None]
+    infer: Infer, queue: asyncio.Queue[Piece | None]
 ) -> tuple[JobResponse, Route]:
     """Run `infer`, feeding its deltas to `queue`; None goes in after the last one."""
 
-    async def put(delta: str) -> None:
+    async def put(delta: Piece) -> None:
         queue.put_nowait(delta)
 
     try:
@@ -153,8 +207,8 @@ async def _infer_then_end(
 
 
 async def _relay(
-    first: str,
-    queue: asyncio.Queue[str | None],
+    first: Piece,
+    queue: asyncio.Queue[Piece | None],
     task: asyncio.Task[tuple[JobResponse, Route]],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],

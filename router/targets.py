@@ -14,6 +14,7 @@ there, not here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ from typing import Literal
 from router.decision import Outcome
 from router.providers_config import CloudModel
 from services.errors import InferbusError
-from services.runtimes.base import ChatCall, ChatReply, Runtime
-from services.runtimes.calls import chat_within, clean_text, stream_within
-from services.wire import JobRequest, JobResponse, JobType, Result, Timings
+from services.runtimes.base import ChatCall, ChatReply, EmbedCall, Runtime
+from services.runtimes.calls import chat_within, clean_text, embed_within, stream_within
+from services.wire import JobRequest, JobResponse, JobType, Piece, Result, Timings
 
-Sink = Callable[[str], Awaitable[None]]
+Sink = Callable[[Piece], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,29 @@ Target = NodeTarget | RuntimeTarget | CloudChainTarget
 
 
 def call_of(job: JobRequest, model: str, *, drop_max_tokens: bool = False) -> ChatCall:
-    """The runtime call a job means, for `model` (without max_tokens when told to)."""
-    params = job.params
-    if drop_max_tokens:
-        params = params.model_copy(update={"max_tokens": None, "max_completion_tokens": None})
-    return ChatCall(model, job.chat_messages(), params)
+    """The runtime call a job means, for `model`: every field of it (`ChatCall.of`: tools,
+    response_format, extra, raw prompts...), without max_tokens when told to."""
+    call = ChatCall.of(model, job)
+    if not drop_max_tokens:
+        return call
+    params = job.params.model_copy(update={"max_tokens": None, "max_completion_tokens": None})
+    return dataclasses.replace(call, params=params)
+
+
+def result_of(reply: ChatReply) -> Result:
+    """A runtime's reply as the job's result: text, tool calls, logprobs."""
+    return Result(
+        text=clean_text(reply.text),
+        finish_reason=reply.finish_reason,
+        usage=reply.usage,
+        tool_calls=reply.tool_calls,
+        logprobs=reply.logprobs,
+    )
 
 
 def answer_of(
     job: JobRequest,
-    reply: ChatReply,
+    reply: ChatReply | Result,
     *,
     model: str,
     runtime: str,
@@ -92,16 +106,14 @@ def answer_of(
     elapsed_ms: float,
     done: bool | None,
 ) -> JobResponse:
-    """A runtime's reply as the job's answer."""
+    """A runtime's reply (or an embed job's result) as the job's answer."""
     return JobResponse(
         job_id=job.job_id,
         status="ok",
         node_id=node,
         model=model,
         runtime=runtime,
-        result=Result(
-            text=clean_text(reply.text), finish_reason=reply.finish_reason, usage=reply.usage
-        ),
+        result=reply if isinstance(reply, Result) else result_of(reply),
         timings=Timings(backend_ms=elapsed_ms, total_ms=elapsed_ms),
         done=done,
     )
@@ -110,23 +122,22 @@ def answer_of(
 async def attempt_runtime(
     target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
 ) -> Outcome:
-    """One call to a runtime over HTTP within `left_s` (the caller's remaining budget)."""
+    """One call to a runtime over HTTP within `left_s` (the caller's remaining budget).
+
+    The call carries every field of the job (`ChatCall.of`: tools, response_format,
+    extra...); an embed job calls the runtime's embeddings endpoint instead."""
     started = time.perf_counter()
-    call = call_of(job, target.model)
     delivered = 0
 
-    async def counted(delta: str) -> None:
+    async def counted(piece: Piece) -> None:
         nonlocal delivered
         delivered += 1
         assert on_delta is not None
-        await on_delta(delta)
+        await on_delta(piece)
 
     done = True if on_delta is not None else None
     try:
-        if on_delta is None:
-            reply = await chat_within(target.runtime, call, left_s)
-        else:
-            reply = await stream_within(target.runtime, call, left_s, counted)
+        result = await _run(target, job, left_s, counted if on_delta is not None else None)
     except InferbusError as error:
         failure = JobResponse.failure(
             job.job_id, error, model=target.model, runtime=target.runtime.kind, done=done
@@ -140,7 +151,7 @@ async def attempt_runtime(
     elapsed = _ms(started)
     answer = answer_of(
         job,
-        reply,
+        result,
         model=target.model,
         runtime=target.runtime.kind,
         node=target.node,
@@ -148,6 +159,21 @@ async def attempt_runtime(
         done=done,
     )
     return Outcome(answer, "answered", delivered, elapsed_ms=elapsed)
+
+
+async def _run(
+    target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
+) -> Result:
+    if job.type == "embed":
+        call = EmbedCall(target.model, job.embed_inputs(), job.params.dimensions, job.extra)
+        embedded = await embed_within(target.runtime, call, left_s)
+        return Result(finish_reason="stop", usage=embedded.usage, embeddings=embedded.vectors)
+    chat = call_of(job, target.model)
+    if on_delta is None:
+        reply = await chat_within(target.runtime, chat, left_s)
+    else:
+        reply = await stream_within(target.runtime, chat, left_s, on_delta, on_tool_calls=on_delta)
+    return result_of(reply)
 
 
 def _ms(started: float) -> float:

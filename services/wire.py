@@ -341,6 +341,20 @@ class Chunk(BaseModel):
     delta: str = ""
     tool_calls: list[ToolCallDelta] | None = None
 
+    def pieces(self) -> list[Piece]:
+        """What the chunk carries, in order: tool-call pieces, then text (either may be
+        absent; an empty chunk still counts as one piece so a stream's first chunk is seen)."""
+        found: list[Piece] = []
+        if self.tool_calls:
+            found.append(self.tool_calls)
+        if self.delta or not found:
+            found.append(self.delta)
+        return found
+
+
+# One piece of a streamed answer as the router relays it: text, or tool-call deltas.
+Piece = str | list[ToolCallDelta]
+
 
 def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
@@ -362,7 +376,25 @@ def decode_request(data: bytes, *, default_type: JobType) -> JobRequest | JobRes
 # OpenAI request fields the HTTP edge itself answers for (the SSE usage chunk, base64
 # vectors); everything else of an OpenAI body is the job's, or goes to the runtime.
 OPENAI_EDGE_FIELDS = frozenset({"stream_options", "encoding_format"})
-_JOB_FIELD_NAMES = frozenset(JobRequest.model_fields) | _PARAM_NAMES
+
+
+def accepted_names(model: type[BaseModel]) -> frozenset[str]:
+    """Every key a model takes from a body: its field names and their aliases (a field
+    taken under another name, e.g. LiteLLM's `fallbacks`, is the job's, not `extra`)."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        names.add(name)
+        if info.alias:
+            names.add(info.alias)
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif isinstance(alias, pydantic.AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+    return frozenset(names)
+
+
+_JOB_FIELD_NAMES = accepted_names(JobRequest) | _PARAM_NAMES
 
 
 def openai_job_fields(body: dict[str, Any]) -> dict[str, Any]:

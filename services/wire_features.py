@@ -74,6 +74,17 @@ class ToolCallDelta(_Shape):
     type: Literal["function"] | None = None
     function: FunctionCallDelta = Field(default_factory=FunctionCallDelta)
 
+    @classmethod
+    def whole(cls, index: int, call: ToolCall) -> ToolCallDelta:
+        """A whole call as one delta (a replayed or non-streaming answer sent as a stream)."""
+        name, arguments = call.function.name, call.function.arguments
+        return cls(
+            index=index,
+            id=call.id,
+            type="function",
+            function=FunctionCallDelta(name=name, arguments=arguments),
+        )
+
 
 class NamedFunction(_Shape):
     name: Annotated[str, _FUNCTION_NAME]
