@@ -33,7 +33,15 @@ from nats.aio.subscription import Subscription
 from router.decision import Ending, Outcome
 from services.errors import ErrorCode, InferbusError
 from services.subjects import Subjects
-from services.wire import Chunk, JobRequest, JobResponse, JobType, decode_response, encode
+from services.wire import (
+    Chunk,
+    JobRequest,
+    JobResponse,
+    JobType,
+    Piece,
+    decode_response,
+    encode,
+)
 
 log = logging.getLogger("inferbus.router.link")
 
@@ -42,7 +50,7 @@ _NO_RESPONDERS = "503"
 # out its own DEADLINE_EXCEEDED arrives before the router's timer fires.
 DEADLINE_MARGIN_S = 0.05
 
-Sink = Callable[[str], Awaitable[None]]
+Sink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,11 @@ class NodeLink:
                     elapsed_ms=_ms(started),
                 )
             event = _event_of(item.data) if on_delta is not None else decode_response(item.data)
+            if isinstance(event, JobResponse) and not _names_a_job(item.data):
+                # Unreadable, naming no job: only a party that got the job knows this
+                # unguessable inbox (with the committed permissions, only the asked node),
+                # so it is that node's INTERNAL fault, not a silent wait to the budget.
+                event = event.model_copy(update={"job_id": pending.job_id})
             if event.job_id != pending.job_id:
                 self._drop(pending, event.job_id)
                 continue
@@ -250,7 +263,8 @@ class NodeLink:
             early[event.seq] = event
             while next_seq in early:
                 delivered += 1
-                await on_delta(early.pop(next_seq).delta)
+                for piece in early.pop(next_seq).pieces():
+                    await on_delta(piece)
                 next_seq += 1
 
     def _drop(self, pending: _Pending, job_id: str) -> None:
@@ -269,6 +283,15 @@ class NodeLink:
             await self._nc.publish(
                 self._subjects.cancel(node), json.dumps({"job_id": job_id}).encode()
             )
+
+
+def _names_a_job(data: bytes) -> bool:
+    """Whether a message carries a job id at all (one that is wrong is a forgery: dropped)."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("job_id"), str)
 
 
 def _event_of(data: bytes) -> Chunk | JobResponse:

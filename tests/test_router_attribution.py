@@ -15,11 +15,13 @@ import httpx
 import nats
 
 from services.bus import flush_interest, wait_for_worker
+from services.capabilities import ServedModel, encode_capabilities
 from services.nats_server import NatsServer
 from services.wire import decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import until
 from tests.test_router_liveness import worker_process
+from tools.simfleet import SimNode
 from tools.simulator import Fault, SimModel, Simulator
 
 JOB = {"prompt": "hi", "model": "llama3:8b"}
@@ -319,3 +321,25 @@ async def test_replies_come_on_node_scoped_unguessable_inboxes_and_forgeries_are
         assert (prefix, node) == ("_INBOX", node_id)
         assert len(token) == 32  # 128 random bits, hex
     assert seen[0] != seen[1]
+
+
+async def test_an_unreadable_answer_from_the_asked_node_is_its_fault_at_once(
+    nc: Any, start_router: RouterFactory, node_id: str
+) -> None:
+    """A node that answers garbage (no job id to read) fails the attempt as INTERNAL,
+    counted against it; the router does not wait out the budget for a proper answer."""
+    node = SimNode(f"{node_id}-garbled", (ServedModel(name="g:1b", type="llm", runtime="ollama"),))
+
+    async def garble(msg: Any) -> None:
+        await nc.publish(msg.reply, b"\x00 not json")
+
+    await nc.subscribe(f"node.{node.node_id}.llm.request", cb=garble)
+    await flush_interest(nc)
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        await nc.publish(f"ncs.capabilities.{node.node_id}", encode_capabilities(node.record(30)))
+        await until(lambda: node.node_id in router.fleet.nodes)
+        answer = await http.post(
+            "/infer", json={"prompt": "hi", "model": "g:1b", "timeout_ms": 30_000}
+        )
+    attempts = answer.json()["route"]["attempts"]
+    assert [(a["node"], a["outcome"]) for a in attempts] == [(node.node_id, "INTERNAL")]
