@@ -38,7 +38,7 @@ from router.providers_view import UsageLedger, render_providers
 from router.route import Attempt
 from router.selection import resolve_profile
 from router.targets import CloudChainTarget, answer_of, call_of
-from services.errors import ErrorCode, InferbusError
+from services.errors import ErrorCode, InferbusError, Reason
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatReply, Runtime
 from services.runtimes.calls import chat_within, stream_within
@@ -92,6 +92,7 @@ class CloudProviders:
             for key in found
         }
         self.board = CloudHealthBoard(failover)
+        self._first_answer_s = failover.first_answer_timeout_s
         self.ledger = UsageLedger()
         self._clock = clock
 
@@ -200,19 +201,27 @@ class CloudProviders:
 
         async def call(target: CloudTarget, drop_max_tokens: bool, left_s: float) -> _Opened:
             runtime = self._runtimes[target.provider, target.key_id]
+            first_s = min(left_s, self._first_answer_s)
             try:
                 if on_delta is None:
                     reply = await chat_within(
                         runtime,
                         call_of(job, target.model.model, drop_max_tokens=drop_max_tokens),
-                        left_s,
+                        first_s,
                     )
                     self._succeeded(target, reply)
                     return _Opened(target, runtime, reply=reply)
                 opened = await _open_stream(
-                    target, runtime, job, drop_max_tokens, left_s, on_delta, on_model
+                    target, runtime, job, drop_max_tokens, (first_s, left_s), on_delta, on_model
                 )
             except InferbusError as error:
+                if error.code == ErrorCode.DEADLINE_EXCEEDED and first_s < left_s:
+                    # Its own limit, not the caller's budget: a slow key, try the next.
+                    error = InferbusError(
+                        ErrorCode.BACKEND_UNAVAILABLE,
+                        f"no answer within failover.first_answer_timeout_s ({first_s:g} s)",
+                        reason=Reason.TRANSIENT,
+                    )
                 raise self._failed(target, error) from None
             if opened.reply is not None:  # a stream that ended before any piece
                 self._succeeded(target, opened.reply)
@@ -253,12 +262,15 @@ async def _open_stream(
     runtime: Runtime,
     job: JobRequest,
     drop_max_tokens: bool,
-    left_s: float,
+    limits_s: tuple[float, float],
     on_delta: Sink,
     on_model: ModelSink | None,
 ) -> _Opened:
     """Start the stream; return once its first piece reached the caller (the rest runs on),
-    or raise its failure while nothing was sent, so that the chain can fail over."""
+    or raise its failure while nothing was sent, so that the chain can fail over.
+
+    `limits_s`: how long the first piece may take, and the whole stream."""
+    first_s, left_s = limits_s
     model = target.model.model
     first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -273,10 +285,14 @@ async def _open_stream(
     rest = asyncio.create_task(stream_within(runtime, call, left_s, sink))
     try:
         waiting: set[asyncio.Future[Any]] = {rest, first}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiting, timeout=first_s, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
         rest.cancel()
         raise
+    if not first.done() and not rest.done():
+        rest.cancel()
+        await asyncio.gather(rest, return_exceptions=True)
+        raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "no first token in time")
     if first.done():
         return _Opened(target, runtime, rest=rest)
     reply = rest.result()  # raises the failure, if any

@@ -57,6 +57,10 @@ class FailoverSettings(BaseModel):
     # Retries of the same key in place on transient/unknown, and the wait before each.
     transient_retries: int = Field(default=2, ge=0)
     transient_backoffs_s: tuple[float, ...] = (0.5, 2.0)
+    # How long one (provider, key, model) call may take to answer (a stream: to send its
+    # first token) before it counts as a transient failure and the chain moves on; the
+    # request's budget still bounds the whole chain.
+    first_answer_timeout_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> FailoverSettings:

@@ -165,6 +165,25 @@ async def test_a_hanging_provider_ends_at_the_deadline_with_no_call_after_it(
     assert beta.key_calls == {}
 
 
+async def test_a_hanging_key_is_left_after_its_first_answer_timeout_within_the_budget(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    """A hang is a transient failure once `first_answer_timeout_s` passes (retried in place,
+    then the next model), not the end of the request's whole budget."""
+    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("hang"))
+    settings = cloud(alpha, beta, fallbacks=[FALLBACK])
+    settings["failover"] = {**settings["failover"], "first_answer_timeout_s": 0.3}
+    async with start_router(**settings) as router:
+        text, route = await ask(router.url)
+    assert text == expected_text(FALLBACK, PROMPT, TOKENS)
+    assert calls(route) == [
+        ("alpha", "KEY_A", "transient"),
+        ("alpha", "KEY_A", "transient"),
+        ("alpha", "KEY_A", "transient"),
+        ("beta", "KEY_A", "ok"),
+    ]
+
+
 async def test_a_stream_fails_over_before_its_first_token(
     alpha: Simulator, beta: Simulator, start_router: RouterFactory
 ) -> None:
@@ -176,6 +195,22 @@ async def test_a_stream_fails_over_before_its_first_token(
         pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     assert "".join(pieces) == expected_text(PRIMARY, PROMPT, TOKENS)
     assert alpha.key_calls == {SECRETS["KEY_A"]: 1, SECRETS["KEY_B"]: 1}
+
+
+async def test_a_stream_whose_key_sends_no_first_token_in_time_fails_over(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("hang"))
+    settings = cloud(alpha, beta, fallbacks=[FALLBACK])
+    settings["failover"] = {**settings["failover"], "first_answer_timeout_s": 0.3}
+    async with start_router(**settings) as router, client(router.url) as openai_client:
+        stream = await openai_client.chat.completions.create(
+            model=PRIMARY, messages=MESSAGES, stream=True
+        )
+        pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert "".join(pieces) == expected_text(FALLBACK, PROMPT, TOKENS)
+    assert alpha.key_calls == {SECRETS["KEY_A"]: 3}  # the first try and two in place
+    assert beta.key_calls == {SECRETS["KEY_A"]: 1}
 
 
 async def test_everything_cooling_is_an_answer_with_retry_after(
