@@ -18,6 +18,7 @@ from router.config import RouterSettings
 from router.service import RouterService
 from services.localnet import free_port
 from services.nats_server import NatsServer
+from tests.cloud_sims import FALLBACK, PRIMARY, TOKENS
 from tests.fleets import SETUPS, Fleet, fleet_server
 from tests.llamacpp import llama_server
 from tools.simulator import SimModel, Simulator
@@ -109,3 +110,17 @@ def start_router(nats_server: NatsServer) -> RouterFactory:
             yield service
 
     return start
+
+
+@pytest.fixture
+async def alpha() -> AsyncIterator[Simulator]:
+    """A simulated cloud provider serving PRIMARY (tests/cloud_sims.py)."""
+    async with Simulator(models=[SimModel(PRIMARY)], tokens=TOKENS) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def beta() -> AsyncIterator[Simulator]:
+    """A second simulated provider, serving FALLBACK."""
+    async with Simulator(models=[SimModel(FALLBACK)], tokens=TOKENS) as sim:
+        yield sim

@@ -21,23 +21,12 @@ from services.runtimes import make_runtime
 from services.runtimes.base import ChatCall, Runtime, StreamDelta
 from services.runtimes.http import new_http_client
 from services.wire import Message, Params
-from tools.simulator import KeyBehaviour, SimModel, Simulator, expected_text
+from tests.cloud_sims import FALLBACK, PRIMARY, TOKENS
+from tools.simulator import KeyBehaviour, Simulator, expected_text
 
-PRIMARY, FALLBACK, PROMPT, TOKENS = "gpt-sim", "chat-sim", "hi there", 4
+PROMPT = "hi there"
 ENVIRON = {"KEY_A": "sk-sim-aaaa", "KEY_B": "sk-sim-bbbb", "SIBLING_KEY_A": "sk-sim-cccc"}
 FAST = FailoverSettings(transient_backoffs_s=(0.05, 0.1))
-
-
-@pytest.fixture
-async def alpha() -> AsyncIterator[Simulator]:
-    async with Simulator(models=[SimModel(PRIMARY)], tokens=TOKENS) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def beta() -> AsyncIterator[Simulator]:
-    async with Simulator(models=[SimModel(FALLBACK)], tokens=TOKENS) as sim:
-        yield sim
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,24 +17,13 @@ import pytest
 
 from router.config import RouterSettings
 from router.service import RouterService, StartupError
+from tests.cloud_sims import FALLBACK, PRIMARY, TOKENS
 from tests.conftest import RouterFactory, WorkerFactory, backend
-from tools.simulator import Fault, KeyBehaviour, SimModel, Simulator, expected_text
+from tools.simulator import Fault, KeyBehaviour, Simulator, expected_text
 
-PRIMARY, FALLBACK, FLEET_MODEL, PROMPT, TOKENS = "gpt-sim", "chat-sim", "llama3:8b", "hi", 4
+FLEET_MODEL, PROMPT = "llama3:8b", "hi"
 SECRETS = {"KEY_A": "tenant-alpha-aaaa1111", "KEY_B": "tenant-alpha-bbbb2222"}  # not sk-…
 MESSAGES: Any = [{"role": "user", "content": PROMPT}]
-
-
-@pytest.fixture
-async def alpha() -> AsyncIterator[Simulator]:
-    async with Simulator(models=[SimModel(PRIMARY)], tokens=TOKENS) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def beta() -> AsyncIterator[Simulator]:
-    async with Simulator(models=[SimModel(FALLBACK)], tokens=TOKENS) as sim:
-        yield sim
 
 
 @pytest.fixture(autouse=True)
