@@ -13,12 +13,14 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from router.service import RouterService
 from services.bus import wait_for_worker
 from services.nats_server import NatsServer
 from tests.conftest import RouterFactory, WorkerFactory, backend
@@ -55,6 +57,45 @@ async def holding_the_job(sim: Simulator) -> None:
     await until(lambda: sim.open_connections >= 1, timeout_s=10)
 
 
+@dataclass
+class HeldJob:
+    """A worker process holding the only job in flight, a second node ready beside it."""
+
+    process: asyncio.subprocess.Process
+    node: str
+    runtime: Simulator
+    router: RouterService
+    http: httpx.AsyncClient
+    answer: asyncio.Future[httpx.Response]
+    other: str
+
+
+@asynccontextmanager
+async def a_node_holding_the_only_job(
+    tmp_path: Path,
+    nats_url: str,
+    nc: Any,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    node: str,
+    runtime: Simulator,
+) -> AsyncIterator[HeldJob]:
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as fine,
+        worker_process(tmp_path, node, nats_url, runtime.url) as process,
+    ):
+        await wait_for_worker(nc, llm(node))
+        async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+            await until(lambda: node in router.fleet.nodes)
+            job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
+            answer = asyncio.ensure_future(http.post("/infer", json=job, timeout=20))
+            await holding_the_job(runtime)
+            other = f"{node}-other"
+            async with start_worker(node_id=other, backends=[backend(fine.url)]):
+                await until(lambda: other in router.fleet.nodes)
+                yield HeldJob(process, node, runtime, router, http, answer, other)
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
 async def test_a_node_lost_while_holding_the_only_job_hands_it_on_and_is_told_to_cancel(
     tmp_path: Path,
@@ -71,25 +112,18 @@ async def test_a_node_lost_while_holding_the_only_job_hands_it_on_and_is_told_to
     victim = f"{node_id}-victim"
     async with (
         Simulator(models=[SimModel(MODEL)], latency_ms=60_000) as stuck,
-        Simulator(models=[SimModel(MODEL)]) as fine,
-        worker_process(tmp_path, victim, nats_server.url, stuck.url) as process,
+        a_node_holding_the_only_job(
+            tmp_path, nats_server.url, nc, start_worker, start_router, victim, stuck
+        ) as held,
     ):
-        await wait_for_worker(nc, llm(victim))
-        async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
-            await until(lambda: victim in router.fleet.nodes)
-            job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
-            pending = asyncio.ensure_future(http.post("/infer", json=job, timeout=20))
-            await holding_the_job(stuck)
-            async with start_worker(node_id=f"{node_id}-b", backends=[backend(fine.url)]):
-                await until(lambda: f"{node_id}-b" in router.fleet.nodes)
-                process.send_signal(how)
-                answer = await pending
-                if how == signal.SIGSTOP:
-                    process.send_signal(signal.SIGCONT)
-                await until(lambda: stuck.open_connections == 0, timeout_s=5)
+        held.process.send_signal(how)
+        answer = await held.answer
+        if how == signal.SIGSTOP:
+            held.process.send_signal(signal.SIGCONT)
+        await until(lambda: stuck.open_connections == 0, timeout_s=5)
     body = answer.json()
     assert answer.status_code == 200, body
-    assert body["route"]["node"] == f"{node_id}-b"
+    assert body["route"]["node"] == held.other
     first = body["route"]["attempts"][0]
     assert (first["node"], first["outcome"]) == (victim, "BACKEND_UNAVAILABLE")
 
@@ -132,26 +166,20 @@ async def test_a_draining_node_finishes_the_job_it_holds_and_is_not_taken_for_de
     leaving = f"{node_id}-leaving"
     async with (
         Simulator(models=[SimModel(MODEL)], latency_ms=1500) as slow,
-        Simulator(models=[SimModel(MODEL)]) as fine,
-        worker_process(tmp_path, leaving, nats_server.url, slow.url) as process,
+        a_node_holding_the_only_job(
+            tmp_path, nats_server.url, nc, start_worker, start_router, leaving, slow
+        ) as held,
     ):
-        await wait_for_worker(nc, llm(leaving))
-        async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
-            await until(lambda: leaving in router.fleet.nodes)
-            job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
-            pending = asyncio.ensure_future(http.post("/infer", json=job, timeout=20))
-            await holding_the_job(slow)
-            async with start_worker(node_id=f"{node_id}-b", backends=[backend(fine.url)]):
-                await until(lambda: f"{node_id}-b" in router.fleet.nodes)
-                process.send_signal(signal.SIGTERM)
-                answer = await pending
-                following = await http.post("/infer", json=job, timeout=20)
-                exit_code = await asyncio.wait_for(process.wait(), 20)
-            breakers = router.router.board.of_node(leaving, router.fleet.clock())
+        held.process.send_signal(signal.SIGTERM)
+        answer = await held.answer
+        job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
+        following = await held.http.post("/infer", json=job, timeout=20)
+        exit_code = await asyncio.wait_for(held.process.wait(), 20)
+        breakers = held.router.router.board.of_node(leaving, held.router.fleet.clock())
     body = answer.json()
     assert answer.status_code == 200, body
     assert [attempt["node"] for attempt in body["route"]["attempts"]] == [leaving]
     assert slow.calls[MODEL] == 1
-    assert following.json()["route"]["node"] == f"{node_id}-b"
+    assert following.json()["route"]["node"] == held.other
     assert "open" not in breakers.values()
     assert exit_code == 0
