@@ -87,7 +87,7 @@ REAL_BODIES: list[tuple[str, int, bytes, Reason, str]] = [
         b'{"error":{"message":"The server had an error while processing your request. Sorry '
         b'about that!","type":"server_error","param":null,"code":null}}',
         Reason.TRANSIENT,
-        "OpenAI 500 body (services/simulator/openai_api.py renders it)",
+        "OpenAI 500 body (tools/simulator/openai_api.py renders it)",
     ),
     # --- Anthropic (OpenAI-compatible endpoint answers in Anthropic's error shape) --------
     (

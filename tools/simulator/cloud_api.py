@@ -1,7 +1,7 @@
 """``/_sim/keys`` and the per-key gate in front of ``/v1/chat/completions``.
 
 The gate runs before the ordinary generation flow: a request whose key has a behaviour
-armed (services/simulator/cloud.py) is answered the way that provider would refuse it, or
+armed (tools/simulator/cloud.py) is answered the way that provider would refuse it, or
 held open (``hang``); any other request goes on as if the simulator had no keys at all.
 """
 

@@ -143,7 +143,7 @@ class Simulator(AsyncService):
         self._state.faults.clear()
 
     def set_key(self, key: str, behaviour: KeyBehaviour) -> None:
-        """Play a cloud provider for requests carrying ``key`` (services/simulator/cloud.py)."""
+        """Play a cloud provider for requests carrying ``key`` (tools/simulator/cloud.py)."""
         self._state.keys.set(key, behaviour)
 
     def clear_keys(self) -> None:
