@@ -3,7 +3,7 @@
 Selection keys (`llm_profiles`, `selection_policies`, `agents`, `default_profile`,
 `hard_default`, `cloud_providers`) sit at the top level of the file, as operators write
 them, and are gathered into one `SelectionConfig`. Cloud keys (`providers`, `fallbacks`,
-`failover`) sit at the top level too (router/providers_config.py, router/cooldowns.py).
+`failover`) sit at the top level too (router/cloud/providers.py, router/cloud/cooldowns.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from router.board import BreakerSettings
-from router.cooldowns import FailoverSettings
-from router.fleet import FleetSettings
-from router.profiles import SelectionConfig
-from router.providers_config import PROVIDER_NAME_PATTERN, ProviderConfig
+from router.attempts.board import BreakerSettings
+from router.cloud.cooldowns import FailoverSettings
+from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig
+from router.fleet.view import FleetSettings
+from router.selection.profiles import SelectionConfig
 from services.images import ImageSettings
 from services.keystore import DEFAULT_BUCKET
 from services.runtimes.base import RuntimeKind
@@ -73,7 +73,7 @@ class OffloadSettings(_Section):
 
 
 class IdempotencySettings(_Section):
-    """Answers kept per `Idempotency-Key` (router/idempotency.py)."""
+    """Answers kept per `Idempotency-Key` (router/admission/idempotency.py)."""
 
     ttl_s: Annotated[float, Field(gt=0)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
@@ -103,7 +103,7 @@ class RouterSettings(FileSettings):
     idempotency: IdempotencySettings = IdempotencySettings()
     fleet: FleetSettings = FleetSettings()
     selection: SelectionConfig = SelectionConfig()
-    # Cloud providers and the global model chain (issue 13; router/cloud_targets.py).
+    # Cloud providers and the global model chain (issue 13; router/cloud/targets.py).
     providers: dict[Annotated[str, Field(pattern=PROVIDER_NAME_PATTERN)], ProviderConfig] = Field(
         default_factory=dict
     )

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from router.route import Route
+from router.attempts.route import Route
 
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _MODEL_STATE_VALUES = {"healthy": 0, "rechecking": 1, "cooling": 2, "disabled": 3}

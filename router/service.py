@@ -19,13 +19,13 @@ import time
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
-from router.app import build_app
+from router.admission.idempotency import gate_for
+from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings
-from router.fleet import FleetView
-from router.idempotency import gate_for
+from router.fleet.view import FleetView
+from router.http.app import build_app
 from router.metrics import RouterMetrics
-from router.providers_config import ProviderConfigError
-from router.serving import Router
+from router.serving.dispatch import Router
 from services.bus import describe, is_auth_refusal
 from services.keystore import SharedKeys
 from services.lifecycle import AsyncService

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from router.board import (
+from router.attempts.board import (
     CLOSED,
     BreakerBoard,
     BreakerSettings,

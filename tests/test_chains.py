@@ -1,6 +1,6 @@
 """Model chains: building, resolving, walking — and whole requests through the pure pieces.
 
-`drive` below runs router/cloud_chain.py's loop (the one router/cloud_targets.py runs on the
+`drive` below runs router/cloud/chain.py's loop (the one router/cloud/targets.py runs on the
 serving path) against a scripted provider and a clock that only moves when the loop waits, so
 the real walk, decision and board are exercised with exact times.
 """
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from router.chains import (
+from router.cloud.chain import ChainResult, run_cloud_chain
+from router.cloud.chains import (
     ChainCursor,
     ChainExhausted,
     CloudTarget,
@@ -21,9 +22,8 @@ from router.chains import (
     request_fallbacks,
     resolve_cloud_chain,
 )
-from router.cloud_chain import ChainResult, run_cloud_chain
-from router.cooldowns import CloudHealthBoard, FailoverSettings
-from router.providers_config import CloudModel, ProviderConfig
+from router.cloud.cooldowns import CloudHealthBoard, FailoverSettings
+from router.cloud.providers import CloudModel, ProviderConfig
 from services.errors import ErrorCode, InferbusError, Reason
 
 

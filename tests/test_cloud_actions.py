@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.chains import CloudTarget
-from router.cloud_actions import (
+from router.cloud.actions import (
     AttemptState,
     CloudDecision,
     Effect,
@@ -13,8 +12,9 @@ from router.cloud_actions import (
     disable_if_keys_all_out,
     next_cloud_action,
 )
-from router.cooldowns import CloudHealthBoard, FailoverSettings
-from router.providers_config import CloudModel
+from router.cloud.chains import CloudTarget
+from router.cloud.cooldowns import CloudHealthBoard, FailoverSettings
+from router.cloud.providers import CloudModel
 from services.errors import ErrorCode, InferbusError, Reason
 
 SETTINGS = FailoverSettings()

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import httpx
 import pytest
 
-from router.chains import CloudTarget, resolve_cloud_chain
-from router.cloud_chain import ChainResult, run_cloud_chain
-from router.cooldowns import CloudHealthBoard, FailoverSettings
-from router.providers_config import ProviderConfig, ProviderKey, resolve_keys
+from router.cloud.chain import ChainResult, run_cloud_chain
+from router.cloud.chains import CloudTarget, resolve_cloud_chain
+from router.cloud.cooldowns import CloudHealthBoard, FailoverSettings
+from router.cloud.providers import ProviderConfig, ProviderKey, resolve_keys
 from services.errors import ErrorCode, Reason
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatCall, Runtime, StreamDelta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from router.cooldowns import CloudHealthBoard, FailoverSettings, cooldown_seconds
+from router.cloud.cooldowns import CloudHealthBoard, FailoverSettings, cooldown_seconds
 from services.errors import Reason
 
 SETTINGS = FailoverSettings()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.decision import Ending, Outcome, Verdict, next_action
+from router.attempts.decision import Ending, Outcome, Verdict, next_action
 from services.errors import ErrorCode, InferbusError
 from services.wire import JobResponse
 

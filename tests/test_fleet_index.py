@@ -17,13 +17,13 @@ from typing import Any
 import pydantic
 import pytest
 
-from router.board import BreakerBoard
-from router.candidates import Candidate, slot_kind
-from router.fleet_index import FleetIndex, Taken
-from router.fleet_views import servers_of
-from router.picking import SCAN_LIMIT
-from router.profiles import HardDefault, SelectionConfig
-from router.selection import select
+from router.attempts.board import BreakerBoard
+from router.fleet.candidates import Candidate, slot_kind
+from router.fleet.index import FleetIndex, Taken
+from router.fleet.views import servers_of
+from router.selection.picking import SCAN_LIMIT
+from router.selection.profiles import HardDefault, SelectionConfig
+from router.selection.select import select
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from router.fleet_index import FleetIndex
-from router.fleet_views import ModelsView, NodesQuery, nodes_page
+from router.fleet.index import FleetIndex
+from router.fleet.views import ModelsView, NodesQuery, nodes_page
 from tests.test_fleet_index import LLAMA, QWEN, record
 
 

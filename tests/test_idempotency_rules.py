@@ -6,16 +6,15 @@ import asyncio
 
 import pytest
 
-from router.idempotency import (
-    SHARED_SCOPE,
+from router.admission.idempotency import (
     IdempotencyGate,
     Kept,
     KeptAnswers,
     KeyedJob,
     scoped_key,
-    tenant_of,
 )
-from router.route import Route
+from router.admission.tenants import SHARED_SCOPE, tenant_of
+from router.attempts.route import Route
 from services.errors import ErrorCode, InferbusError
 from services.keystore import Found, Next, Record, decide_claim, kv_key
 from services.wire import JobRequest, JobResponse, Result

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from router.fleet_index import FleetIndex
-from router.needs_filter import JobNeeds, job_needs, wire_features_of
-from router.profiles import SelectionConfig
-from router.selection import select
+from router.fleet.index import FleetIndex
+from router.selection.needs import JobNeeds, job_needs, wire_features_of
+from router.selection.profiles import SelectionConfig
+from router.selection.select import select
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
 from services.needs import WIRE_FEATURES
 from services.wire import JobRequest, JobType

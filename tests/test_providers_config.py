@@ -7,8 +7,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from router.config import RouterSettings, load_router_settings
-from router.providers_config import (
+from router.cloud.providers import (
     CloudModel,
     ProviderConfig,
     ProviderConfigError,
@@ -16,6 +15,7 @@ from router.providers_config import (
     resolve_cloud_model,
     resolve_keys,
 )
+from router.config import RouterSettings, load_router_settings
 from services.settings import ConfigError
 
 TWO_PROVIDERS = """

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from router.cooldowns import CloudHealthBoard
-from router.providers_config import ProviderConfig
-from router.providers_view import UsageLedger, render_providers, scrub_secrets
+from router.cloud.cooldowns import CloudHealthBoard
+from router.cloud.providers import ProviderConfig
+from router.cloud.usage import UsageLedger, render_providers, scrub_secrets
 from services.errors import ErrorCode, InferbusError, Reason
 from services.wire import Usage
 

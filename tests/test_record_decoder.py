@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from router.record_decoder import RecordDecoder
+from router.fleet.records import RecordDecoder
 from services.capabilities import decode_capabilities, encode_capabilities
 from tests.test_fleet_index import LLAMA, QWEN, record
 

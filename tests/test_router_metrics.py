@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
+from router.attempts.route import Attempt, Route
 from router.metrics import RouterMetrics
-from router.route import Attempt, Route
 
 
 def test_a_forgotten_nodes_attempt_series_are_dropped() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from router.candidates import Candidate
-from router.profiles import HardDefault, LlmProfile, SelectionConfig
-from router.selection import Requirements, Selection, requirements, resolve_profile, select
+from router.fleet.candidates import Candidate
+from router.selection.profiles import HardDefault, LlmProfile, SelectionConfig
+from router.selection.select import Requirements, Selection, requirements, resolve_profile, select
 from services.capabilities import ModelType
 
 CONFIG = SelectionConfig.model_validate(

@@ -202,6 +202,52 @@ async def up(options: UpOptions) -> int:
         return 2
 
 
+async def _own_nats(
+    options: UpOptions, data_dir: Path, nats_url: str, node_ids: list[str]
+) -> NatsServer | None:
+    """Start the embedded nats-server, or reuse the one on the port if no twin runs there."""
+    nats_server: NatsServer | None = None
+    if port_open(options.nats_port):
+        say(f"nats: reusing the server already listening on {nats_url}")
+        for node_id in node_ids:
+            if await _node_answers(nats_url, node_id):
+                raise UpRefused(
+                    f"a worker with node id {node_id!r} already runs on {nats_url} "
+                    "(another `inferbus up`?): give this one --node-id or --nats-port"
+                )
+    else:
+        # 8 MB messages, as ops/nats/single.conf: images travel inside the jobs.
+        limits = data_dir / "nats.conf"
+        limits.write_text("max_payload: 8MB\n")
+        nats_server = NatsServer(
+            port=options.nats_port,
+            jetstream_dir=data_dir / "jetstream",
+            config_file=limits,
+        )
+        await nats_server.start()
+        say(f"nats: embedded nats-server on {nats_url} (JetStream in {data_dir / 'jetstream'})")
+    return nats_server
+
+
+async def _runtimes_or_simulator(children: Children) -> list[tuple[RuntimeKind, str]]:
+    """The local runtimes found, or the simulator started in their place, loudly."""
+    backends = await find_local_runtimes()
+    if backends:
+        for kind, url in backends:
+            say(f"runtime: found {kind} at {url}")
+    else:
+        simulator_url = await _start_simulator(children)
+        backends = [("ollama", simulator_url)]
+        say("")
+        say("!" * 78)
+        say("!! NO LOCAL RUNTIME FOUND (ollama :11434, vllm :8000, llama.cpp :8080,")
+        say("!! lmstudio :1234). Serving the built-in SIMULATOR instead: answers are")
+        say(f"!! generated text, not a model. Simulator at {simulator_url}")
+        say("!" * 78)
+        say("")
+    return backends
+
+
 async def _up(options: UpOptions) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -222,40 +268,8 @@ async def _up(options: UpOptions) -> int:
     waiting_for = "a child"
     node_ids = [options.node_id] + [f"{options.node_id}-{n}" for n in range(2, options.workers + 1)]
     try:
-        if port_open(options.nats_port):
-            say(f"nats: reusing the server already listening on {nats_url}")
-            for node_id in node_ids:
-                if await _node_answers(nats_url, node_id):
-                    raise UpRefused(
-                        f"a worker with node id {node_id!r} already runs on {nats_url} "
-                        "(another `inferbus up`?): give this one --node-id or --nats-port"
-                    )
-        else:
-            # 8 MB messages, as ops/nats/single.conf: images travel inside the jobs.
-            limits = data_dir / "nats.conf"
-            limits.write_text("max_payload: 8MB\n")
-            nats_server = NatsServer(
-                port=options.nats_port,
-                jetstream_dir=data_dir / "jetstream",
-                config_file=limits,
-            )
-            await nats_server.start()
-            say(f"nats: embedded nats-server on {nats_url} (JetStream in {data_dir / 'jetstream'})")
-
-        backends = await find_local_runtimes()
-        if backends:
-            for kind, url in backends:
-                say(f"runtime: found {kind} at {url}")
-        else:
-            simulator_url = await _start_simulator(children)
-            backends = [("ollama", simulator_url)]
-            say("")
-            say("!" * 78)
-            say("!! NO LOCAL RUNTIME FOUND (ollama :11434, vllm :8000, llama.cpp :8080,")
-            say("!! lmstudio :1234). Serving the built-in SIMULATOR instead: answers are")
-            say(f"!! generated text, not a model. Simulator at {simulator_url}")
-            say("!" * 78)
-            say("")
+        nats_server = await _own_nats(options, data_dir, nats_url, node_ids)
+        backends = await _runtimes_or_simulator(children)
 
         nodes: list[tuple[str, list[tuple[RuntimeKind, str]]]] = [(options.node_id, backends)]
         for node_id in node_ids[1:]:  # extra simulated nodes, to try failover

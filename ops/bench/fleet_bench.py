@@ -44,9 +44,9 @@ import harness
 import nats
 from harness import Fleet, measure
 
-from router.fleet_index import FleetIndex
-from router.profiles import SelectionConfig
-from router.selection import select
+from router.fleet.index import FleetIndex
+from router.selection.profiles import SelectionConfig
+from router.selection.select import select
 from services.capabilities import ServedModel
 from tools.simfleet import SimNode, SimulatedFleet, random_nodes
 

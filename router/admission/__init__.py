@@ -1,0 +1,1 @@
+"""Who is asking and when they go: tenants and the idempotency gate."""

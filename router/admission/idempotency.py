@@ -1,0 +1,344 @@
+"""One runtime call per idempotency key, through the router: a gate in front of `Router.infer`.
+
+Only an explicit key (`Idempotency-Key` header or `idempotency_key` field) dedupes. A
+client's `job_id` is its own label, not a key: two callers that both send `job_id: "1"`
+are two jobs. So a job whose caller chose its `job_id` leaves the router with a fresh wire
+job id (one the router generated is unique already and is kept), and with no explicit key
+its wire key is that wire id; the caller always gets its own `job_id` back.
+
+With a key, the key is scoped to the caller's tenant (the API key it authenticated with;
+none configured → one shared scope) and hashed into the wire key, so two tenants' "42"
+never meet and no API key travels on the bus. Then, per scoped key:
+- an answer kept here (for `idempotency.ttl_s`) or in the shared JetStream store is
+  replayed (`cached: true`) — to a stream as one chunk with the whole text;
+- a request already in flight through this router is waited for, not sent again: all
+  duplicates reach one node and one runtime call. Its answer is theirs when it would be
+  kept (ok, or the request's own fault); a failure worth retrying is passed on as what it
+  is, as the worker does; if the first caller went away before an answer, the next
+  duplicate runs the job itself;
+- anything else is served by `Router.infer`, and workers (with their own and the shared
+  store) keep the key to one runtime call across routers and restarts.
+
+A duplicate must mean the same job: the same type, input and params
+(`JobRequest.fingerprint`, which ignores `stream`), and a model that resolves the same —
+`model` omitted and named are the same job when the named one is what the omitted one
+resolves to now. Anything else is IDEMPOTENCY_MISMATCH (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.admission.tenants import SHARED_SCOPE
+from router.attempts.route import Route
+from router.selection.select import select
+from router.serving.dispatch import ModelSink, Router, job_type_of
+from services.deadlines import remaining_budget_ms
+from services.errors import ErrorCode, InferbusError
+from services.keystore import SharedKeys
+from services.wire import JobRequest, JobResponse, Piece, is_replayable, new_job_id
+from services.wire_features import ToolCallDelta
+
+log = logging.getLogger("inferbus.router")
+
+DeltaSink = Callable[[Piece], Awaitable[None]]
+Served = tuple[JobResponse, Route]
+ResolveModel = Callable[[JobRequest, str | None], str | None]
+
+
+class Infer(Protocol):
+    """`Router.infer`'s shape: what the gate stands in front of."""
+
+    def __call__(
+        self,
+        job: JobRequest,
+        *,
+        agent_id: str | None = ...,
+        on_delta: DeltaSink | None = ...,
+        on_model: ModelSink | None = ...,
+    ) -> Awaitable[Served]: ...
+
+
+SHARED_READ_S = 0.25  # the longest a keyed request waits for the shared store
+
+
+def scoped_key(tenant: str, key: str) -> str:
+    """The wire key: tenant and key hashed together (fits the 200-char id limit)."""
+    digest = hashlib.blake2b(f"{tenant}\0{key}".encode(), digest_size=16).hexdigest()
+    return f"r{digest}"
+
+
+@dataclass(frozen=True)
+class KeyedJob:
+    """What a key was first used for: compared against every duplicate."""
+
+    fingerprint: str
+    models: frozenset[str]  # the model as named, as resolved, and as it answered
+
+    def same_job(self, fingerprint: str, models: frozenset[str]) -> bool:
+        if fingerprint != self.fingerprint:
+            return False
+        return not models or not self.models or bool(models & self.models)
+
+
+@dataclass(frozen=True)
+class Kept:
+    job: KeyedJob
+    response: JobResponse
+    route: Route
+
+
+@dataclass
+class InFlight:
+    job: KeyedJob
+    outcome: asyncio.Future[Served | None]  # None: the first caller left before an answer
+
+
+class KeptAnswers:
+    """Answers by scoped key for `ttl_s`, at most `max_entries` (oldest out first)."""
+
+    def __init__(self, *, ttl_s: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Kept]] = OrderedDict()
+
+    def get(self, key: str) -> Kept | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires_at, kept = found
+        if expires_at <= self._clock():
+            del self._entries[key]
+            return None
+        return kept
+
+    def put(self, key: str, kept: Kept) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = (self._clock() + self._ttl_s, kept)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
+class IdempotencyGate:
+    def __init__(
+        self,
+        infer: Infer,
+        *,
+        resolve_model: ResolveModel,
+        answers: KeptAnswers,
+        default_budget_ms: int,
+        shared: SharedKeys | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._infer = infer
+        self._resolve_model = resolve_model
+        self._answers = answers
+        self._default_budget_ms = default_budget_ms
+        self._shared = shared
+        self._clock = clock
+        self._in_flight: dict[str, InFlight] = {}
+
+    async def infer(
+        self,
+        job: JobRequest,
+        *,
+        agent_id: str | None = None,
+        on_delta: DeltaSink | None = None,
+        on_model: ModelSink | None = None,
+        tenant: str = SHARED_SCOPE,
+    ) -> Served:
+        """`Router.infer`, with duplicates of an explicit key served once (module doc)."""
+        client_job_id = job.job_id
+        # A job id the router generated (the caller sent none) is unique already, and
+        # keeping it lets the caller's answer be found in the workers' logs.
+        wire_id = new_job_id() if "job_id" in job.model_fields_set else job.job_id
+        if job.idempotency_key is None:
+            wire = job.model_copy(update={"job_id": wire_id, "idempotency_key": wire_id})
+            response, route = await self._infer(
+                wire, agent_id=agent_id, on_delta=on_delta, on_model=on_model
+            )
+            return _for_caller(response, client_job_id), route
+        key = scoped_key(tenant, job.idempotency_key)
+        wire = job.model_copy(update={"job_id": wire_id, "idempotency_key": key})
+        keyed = self._keyed(wire, agent_id)
+        deadline = self._clock() + self._budget_ms(job) / 1000.0
+        while True:
+            kept = self._answers.get(key)
+            if kept is None and key not in self._in_flight:
+                kept = await self._shared_answer(key, deadline - self._clock())
+                if kept is None and (key in self._in_flight or self._answers.get(key)):
+                    continue  # it started or finished here while the store was read
+            if kept is not None:
+                if not kept.job.same_job(keyed.fingerprint, keyed.models):
+                    return _mismatch(job), Route()
+                return await _replay(kept, job, on_delta, on_model), _replayed_route(kept.route)
+            in_flight = self._in_flight.get(key)
+            if in_flight is None:
+                # What the gate spent (store read, waiting on a first caller that left) is
+                # the caller's budget too: the serving path gets only what is left.
+                left_ms = max(0, int((deadline - self._clock()) * 1000.0))
+                wire = wire.model_copy(update={"timeout_ms": left_ms})
+                return await self._serve_first(key, keyed, wire, job, agent_id, on_delta, on_model)
+            if not in_flight.job.same_job(keyed.fingerprint, keyed.models):
+                return _mismatch(job), Route()
+            left_s = deadline - self._clock()
+            try:
+                async with asyncio.timeout(max(left_s, 0.0)):
+                    first = await asyncio.shield(in_flight.outcome)
+            except TimeoutError:
+                error = InferbusError(
+                    ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same key"
+                )
+                return JobResponse.failure(client_job_id, error), Route()
+            if first is None:
+                continue  # the first caller left: this one runs it
+            response, route = first
+            if is_replayable(response):
+                replay = Kept(in_flight.job, response, route)
+                return await _replay(replay, job, on_delta, on_model), _replayed_route(route)
+            return _for_caller(response, client_job_id), route
+
+    async def _serve_first(
+        self,
+        key: str,
+        keyed: KeyedJob,
+        wire: JobRequest,
+        job: JobRequest,
+        agent_id: str | None,
+        on_delta: DeltaSink | None,
+        on_model: ModelSink | None,
+    ) -> Served:
+        in_flight = InFlight(keyed, asyncio.get_running_loop().create_future())
+        self._in_flight[key] = in_flight
+        served: Served | None = None
+        try:
+            served = await self._infer(
+                wire, agent_id=agent_id, on_delta=on_delta, on_model=on_model
+            )
+        finally:
+            if served is not None and is_replayable(served[0]):
+                answered = served[0].model
+                models = keyed.models | ({answered} if answered else set())
+                self._answers.put(key, Kept(KeyedJob(keyed.fingerprint, models), *served))
+            del self._in_flight[key]
+            in_flight.outcome.set_result(served)
+        response, route = served
+        return _for_caller(response, job.job_id), route
+
+    @property
+    def shared(self) -> SharedKeys | None:
+        return self._shared
+
+    def share(self, shared: SharedKeys) -> None:
+        """From now on, keys are also claimed in (and answers read from) the shared store."""
+        self._shared = shared
+
+    def _keyed(self, wire: JobRequest, agent_id: str | None) -> KeyedJob:
+        typed = wire.model_copy(update={"type": job_type_of(wire)})
+        resolved = self._resolve_model(typed, agent_id)
+        models = frozenset(name for name in (wire.model, resolved) if name)
+        return KeyedJob(typed.fingerprint(), models)
+
+    async def _shared_answer(self, key: str, left_s: float) -> Kept | None:
+        """The answer another router or worker left in the shared store, if it can be read
+        quickly: an unreachable store must not eat the caller's budget."""
+        if self._shared is None or left_s <= 0:
+            return None
+        try:
+            async with asyncio.timeout(min(left_s, SHARED_READ_S)):
+                found = await self._shared.read(key)
+        except TimeoutError:
+            log.warning("idempotency store did not answer within %.0f ms", SHARED_READ_S * 1000)
+            return None
+        if found is None or found.record.state != "done" or found.record.response is None:
+            return None
+        record, response = found.record, found.record.response
+        models = frozenset(name for name in (record.model, response.model) if name)
+        route = Route(via="remote", node=response.node_id, model=response.model)
+        return Kept(KeyedJob(record.job, models), response, route)
+
+    def _budget_ms(self, job: JobRequest) -> float:
+        return remaining_budget_ms(
+            timeout_ms=job.timeout_ms,
+            deadline_unix_ms=job.deadline_unix_ms,
+            default_timeout_ms=self._default_budget_ms,
+            now_unix_ms=time.time() * 1000.0,
+        )
+
+
+def gate_for(router: Router, shared: SharedKeys | None = None) -> IdempotencyGate:
+    """The gate in front of `router.infer`, from the router's `idempotency` settings."""
+    settings = router.settings.idempotency
+    return IdempotencyGate(
+        router.infer,
+        resolve_model=fleet_model(router),
+        answers=KeptAnswers(
+            ttl_s=settings.ttl_s, max_entries=settings.max_entries, clock=time.monotonic
+        ),
+        default_budget_ms=router.settings.offload.default_budget_ms,
+        shared=shared,
+    )
+
+
+def fleet_model(router: Router) -> ResolveModel:
+    """What a job's `model` (named or omitted) resolves to on the fleet now."""
+
+    def resolve(job: JobRequest, agent_id: str | None) -> str | None:
+        selection = select(
+            router.settings.selection,
+            router.fleet.index,
+            agent_id=agent_id,
+            request_model=job.model,
+            job_type=job.type,
+            now=router.fleet.clock(),
+        )
+        return selection.model if selection is not None else None
+
+    return resolve
+
+
+async def _replay(
+    kept: Kept, job: JobRequest, on_delta: DeltaSink | None, on_model: ModelSink | None
+) -> JobResponse:
+    """A kept answer for a duplicate; a stream gets its tool calls whole, then the whole
+    text, as one chunk each."""
+    response = kept.response
+    if on_model is not None and response.model:
+        on_model(response.model)
+    result = response.result
+    if on_delta is not None and result is not None:
+        if result.tool_calls:
+            await on_delta(
+                [ToolCallDelta.whole(at, call) for at, call in enumerate(result.tool_calls)]
+            )
+        if result.text or not result.tool_calls:
+            await on_delta(result.text)
+    done = True if job.stream else None
+    return response.model_copy(update={"job_id": job.job_id, "cached": True, "done": done})
+
+
+def _replayed_route(route: Route) -> Route:
+    """Where the kept answer came from, without its attempts: a replay made none (and
+    the attempt metrics must not count the first request's attempts again)."""
+    return route.model_copy(update={"attempts": []})
+
+
+def _for_caller(response: JobResponse, job_id: str) -> JobResponse:
+    """The answer under the caller's own job id (the wire carried a fresh one)."""
+    return response.model_copy(update={"job_id": job_id})
+
+
+def _mismatch(job: JobRequest) -> JobResponse:
+    error = InferbusError(
+        ErrorCode.IDEMPOTENCY_MISMATCH,
+        f"idempotency key {job.idempotency_key!r} was used for a different job",
+    )
+    return JobResponse.failure(job.job_id, error)

@@ -1,0 +1,1 @@
+"""What a call can be sent to, how an attempt ends, what happens next, and the health board."""

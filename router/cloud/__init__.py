@@ -1,0 +1,1 @@
+"""Cloud providers: their config, chains of (provider, key, model), cooldowns, usage."""

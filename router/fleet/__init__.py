@@ -1,0 +1,1 @@
+"""The fleet as the router sees it: capability records, their index, and views of it."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: the app, auth, streams, and one module per API dialect over the one call."""

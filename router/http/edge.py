@@ -1,0 +1,164 @@
+"""What every API dialect of the router shares: reading a body, the one `infer`, metrics.
+
+Each dialect (router/api_*.py) turns its own request shape into a `JobRequest`, hands it
+to `Api.infer` (the idempotency gate in front of `Router.infer`) and shapes the answer its
+own way. The checks every body gets live here once: the size limit (never buffered past
+it), usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
+from router.admission.tenants import tenant_of
+from router.attempts.route import Route
+from router.http.images import checked_images
+from router.metrics import RouterMetrics
+from router.serving.dispatch import ModelSink, Router
+from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.wire import JobRequest, JobResponse, request_from_fields
+
+Finished = Callable[[JobResponse, Route], None]
+
+
+def status_of(response: JobResponse) -> int:
+    return 200 if response.error is None else HTTP_STATUS[response.error.code]
+
+
+def retry_after_headers(response: JobResponse) -> dict[str, str]:
+    """`Retry-After` (whole seconds, rounded up) when the answer says when to come back."""
+    error = response.error
+    if error is None or error.retry_after_ms is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after_ms / 1000)))}
+
+
+def largest_image_bytes(job: JobRequest) -> int:
+    """The decoded size of the job's largest inline image (URLs count as nothing)."""
+    largest = 0
+    for message in job.chat_messages():
+        for image in message.all_images:
+            if image.startswith(("http://", "https://")):
+                continue
+            encoded = image.partition("base64,")[2] or image
+            largest = max(largest, len(encoded) * 3 // 4)
+    return largest
+
+
+async def read_body(request: Request, limit: int) -> bytes | InferbusError:
+    """The body, refused as soon as it grows past `limit` (never buffered beyond it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _too_large(int(declared), limit)
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            return _too_large(size, limit, at_least=True)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> InferbusError:
+    more = "more than " if at_least else ""
+    return InferbusError(
+        ErrorCode.PAYLOAD_TOO_LARGE, f"body is {more}{size} bytes; the limit is {limit}"
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value, or BAD_REQUEST for anything the parser (or UTF-8) cannot take:
+    not JSON, nested too deep, lone surrogates that could never be sent on."""
+    try:
+        raw = json.loads(body)
+        # Lone surrogates ("\ud800") are valid JSON but no valid UTF-8: refuse them here,
+        # not when the job is encoded for a node.
+        json.dumps(raw, ensure_ascii=False).encode()
+    except (ValueError, RecursionError, UnicodeError) as error:
+        return InferbusError(ErrorCode.BAD_REQUEST, f"the body is not usable JSON ({error})"[:200])
+    return raw
+
+
+def agent_of(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Api:
+    """The router as every dialect sees it."""
+
+    router: Router
+    metrics: RouterMetrics
+    keyed: IdempotencyGate
+
+    async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
+        """The body as a JSON object, the Idempotency-Key header applied."""
+        body = await read_body(request, self.router.settings.http.max_body_bytes)
+        if isinstance(body, InferbusError):
+            return body
+        raw = parse_json(body)
+        if isinstance(raw, InferbusError):
+            return raw
+        if not isinstance(raw, dict):
+            return InferbusError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+        key = request.headers.get("idempotency-key")
+        if key:
+            raw["idempotency_key"] = key
+        return raw
+
+    async def job_of(self, fields: dict[str, Any]) -> JobRequest | InferbusError:
+        """A job from fields, its images checked (size, URL policy)."""
+        decoded = request_from_fields(fields)  # no `type`: the router decides (images → vision)
+        if isinstance(decoded, InferbusError):
+            return decoded
+        limit = self.router.settings.http.max_image_bytes
+        too_big = largest_image_bytes(decoded)
+        if too_big > limit:
+            return InferbusError(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"an image is {too_big} bytes; the limit is {limit}"
+            )
+        return await checked_images(decoded, self.router.settings.images)
+
+    def tenant(self, request: Request) -> str:
+        configured = bool(self.router.settings.http.api_keys)
+        return tenant_of(request.headers.get("authorization"), keys_configured=configured)
+
+    async def infer(
+        self,
+        request: Request,
+        job: JobRequest,
+        *,
+        agent_id: str | None,
+        on_delta: DeltaSink | None = None,
+        on_model: ModelSink | None = None,
+    ) -> Served:
+        """The one way every dialect serves a job (idempotency gate → router)."""
+        return await self.keyed.infer(
+            job,
+            agent_id=agent_id,
+            on_delta=on_delta,
+            on_model=on_model,
+            tenant=self.tenant(request),
+        )
+
+    def finished(self, api: str, started: float) -> Finished:
+        """Counts one answer of dialect `api` in the metrics when called."""
+
+        def count(response: JobResponse, route: Route) -> None:
+            status = response.error.code.value if response.error else "ok"
+            self.metrics.answered(api, route, status, time.perf_counter() - started)
+
+        return count
+
+    def refused(self, api: str, started: float, error: InferbusError) -> None:
+        """Counts a request refused before it became a job."""
+        self.metrics.answered(api, Route(), error.code.value, time.perf_counter() - started)

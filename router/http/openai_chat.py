@@ -1,0 +1,53 @@
+"""OpenAI's Chat Completions dialect: `POST /v1/chat/completions`, whole and streamed.
+
+Every field of the request reaches the job (tools, tool_choice, response_format,
+penalties, logprobs, `max_completion_tokens`; unknown ones under `extra`); the answer is
+OpenAI's exact shape: `message.tool_calls` with `finish_reason: "tool_calls"` (content
+null when the model only called tools), `logprobs` when asked, and in a stream
+`delta.tool_calls` pieces with their `index` (router/http/streams.py `OpenAIChunks`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette import routing
+from starlette.requests import Request
+from starlette.responses import Response
+
+from router.attempts.route import Route
+from router.http.edge import Api
+from router.http.openai import serve_openai
+from router.http.streams import OpenAIChunks, usage_body
+from services.wire import JobRequest, JobResponse
+
+
+def openai_completion(
+    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
+) -> dict[str, Any]:
+    result = response.result
+    calls = result.tool_calls if result else None
+    text = result.text if result else ""
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        message["tool_calls"] = [call.model_dump(mode="json") for call in calls]
+    finish = (result.finish_reason if result else None) or ("tool_calls" if calls else "stop")
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+    choice["logprobs"] = result.logprobs if result else None
+    return {
+        "id": f"chatcmpl-{response.job_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": response.model or job.model or "",
+        "choices": [choice],
+        "usage": usage_body(response),
+        "route": route.model_dump(),
+    }
+
+
+def chat_routes(api: Api) -> list[routing.BaseRoute]:
+    async def chat_completions(request: Request) -> Response:
+        return await serve_openai(api, request, "openai", openai_completion, OpenAIChunks)
+
+    return [routing.Route("/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -1,0 +1,27 @@
+"""`GET /providers`: each cloud provider's keys, models, cooldowns and usage.
+
+Key ids only (the environment variable's name, "#0" for a keyless provider), never the
+keys; error messages are scrubbed as they are recorded (router/cloud/usage.py). The
+document is rendered from the cloud health board and the usage ledger the serving path
+keeps (router/cloud/targets.py); the same numbers are Prometheus metrics
+(router/metrics.py).
+"""
+
+from __future__ import annotations
+
+from starlette import routing
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from router.cloud.targets import CloudProviders
+
+__all__ = ["providers_route"]
+
+
+def providers_route(cloud: CloudProviders) -> routing.Route:
+    """The `/providers` route over the router's cloud providers."""
+
+    async def providers(_: Request) -> Response:
+        return JSONResponse(cloud.view())
+
+    return routing.Route("/providers", providers, methods=["GET"])

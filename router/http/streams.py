@@ -1,0 +1,246 @@
+"""Streaming answers over HTTP: OpenAI's SSE chunks and native NDJSON.
+
+The router's `infer` hands each delta to a queue the moment it arrives; the response
+relays the queue without buffering. The HTTP status is decided by the first event: an
+error before any token is a plain JSON error (the caller never sees a broken stream),
+after the first token the stream ends with an error event. A client that goes away
+cancels `infer`, which cancels the job on the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from starlette.responses import Response, StreamingResponse
+
+from router.attempts.route import Route
+from services.wire import JobResponse, Piece
+
+Infer = Callable[
+    [Callable[[Piece], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]
+]
+
+
+class StreamFormat(Protocol):
+    media_type: str
+
+    def delta(self, piece: Piece) -> bytes: ...
+
+    def final(self, response: JobResponse, route: Route) -> bytes: ...
+
+
+def sse(body: object) -> bytes:
+    """One server-sent event carrying `body` as compact JSON."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def usage_body(response: JobResponse) -> dict[str, int]:
+    """OpenAI's `usage` object from an answer (zeros when it has no result)."""
+    usage = response.result.usage if response.result else None
+    prompt = usage.prompt_tokens if usage else 0
+    completion = usage.completion_tokens if usage else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def stream_error(response: JobResponse) -> bytes:
+    """The event that ends a stream broken after its first piece (OpenAI's error shape)."""
+    assert response.error is not None
+    error = {
+        "message": response.error.message,
+        "type": "api_error",
+        "code": response.error.code.value,
+    }
+    return sse({"error": error})
+
+
+class SseChunks:
+    """OpenAI's server-sent stream: `data: {<object>}` events, a finish event, a usage
+    event with no choices when `stream_options.include_usage`, then `[DONE]`. Each
+    dialect says how one piece and the finish look (`_piece_choice`, `_finish_choice`)."""
+
+    media_type = "text/event-stream"
+    object_name = ""
+    id_prefix = ""
+
+    def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
+        self._id = f"{self.id_prefix}-{job_id}"
+        self._model = model or ""
+        self._created = int(time.time())
+        self._include_usage = include_usage
+
+    def use_model(self, model: str) -> None:
+        """The model actually serving the stream, known once its target is chosen."""
+        self._model = model
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {
+            "id": self._id,
+            "object": self.object_name,
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+            **extra,
+        }
+        return sse(body)
+
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def delta(self, piece: Piece) -> bytes:
+        return self._event([self._piece_choice(piece)])
+
+    def final(self, response: JobResponse, route: Route) -> bytes:
+        if response.model:
+            self._model = response.model
+        if response.error is not None:
+            return stream_error(response)
+        result = response.result
+        finish = (result.finish_reason if result else None) or "stop"
+        out = self._event([self._finish_choice(finish)], route=route.model_dump())
+        if self._include_usage:
+            out += self._event([], usage=usage_body(response))
+        return out + SSE_DONE
+
+
+class OpenAIChunks(SseChunks):
+    """Chat: text pieces become `delta.content`, tool-call pieces `delta.tool_calls` (each
+    with its `index`, as OpenAI streams them); the first chunk also says `role: assistant`."""
+
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def __init__(self, job_id: str, model: str | None, include_usage: bool) -> None:
+        super().__init__(job_id, model, include_usage)
+        self._first = True
+
+    def _piece_choice(self, piece: Piece) -> dict[str, Any]:
+        delta: dict[str, Any]
+        if isinstance(piece, str):
+            delta = {"content": piece}
+        else:
+            delta = {"tool_calls": [call.model_dump(exclude_none=True) for call in piece]}
+        if self._first:
+            delta = {"role": "assistant", **delta}
+            self._first = False
+        return {"index": 0, "delta": delta, "finish_reason": None}
+
+    def _finish_choice(self, finish: str) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "finish_reason": finish}
+
+
+class NdjsonLines:
+    """One `{"job_id", "seq", "delta"}` line per delta, then the final answer with `route`."""
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, job_id: str) -> None:
+        self._job_id = job_id
+        self._seq = 0
+
+    def delta(self, piece: Piece) -> bytes:
+        self._seq += 1
+        line: dict[str, Any] = {"job_id": self._job_id, "seq": self._seq}
+        if isinstance(piece, str):
+            line["delta"] = piece
+        else:
+            line["delta"] = ""
+            line["tool_calls"] = [call.model_dump(exclude_none=True) for call in piece]
+        return json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+    def final(self, response: JobResponse, route: Route) -> bytes:
+        body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+async def stream_response(
+    infer: Infer,
+    form: StreamFormat,
+    on_error_before_first_token: Callable[[JobResponse, Route], Response],
+    on_finished: Callable[[JobResponse, Route], None],
+) -> Response:
+    """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
+    deltas: asyncio.Queue[Piece | None] = asyncio.Queue()
+    task = asyncio.create_task(_infer_then_end(infer, deltas))
+    try:
+        first = await deltas.get()
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if first is None:
+        response, route = await task
+        on_finished(response, route)
+        if response.error is not None:
+            return on_error_before_first_token(response, route)
+        return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
+    return StreamingResponse(
+        _relay(first, deltas, task, form, on_finished), media_type=form.media_type
+    )
+
+
+async def _infer_then_end(
+    infer: Infer, queue: asyncio.Queue[Piece | None]
+) -> tuple[JobResponse, Route]:
+    """Run `infer`, feeding its deltas to `queue`; None goes in after the last one."""
+
+    async def put(delta: Piece) -> None:
+        queue.put_nowait(delta)
+
+    try:
+        return await infer(put)
+    finally:
+        queue.put_nowait(None)
+
+
+async def _relay(
+    first: Piece,
+    queue: asyncio.Queue[Piece | None],
+    task: asyncio.Task[tuple[JobResponse, Route]],
+    form: StreamFormat,
+    on_finished: Callable[[JobResponse, Route], None],
+) -> AsyncIterator[bytes]:
+    """Relay deltas as they come; what is already queued goes out in one write."""
+    try:
+        out = form.delta(first)
+        while True:
+            ended = False
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    ended = True
+                    break
+                out += form.delta(item)
+            if not ended:
+                yield out
+                item = await queue.get()
+                if item is not None:
+                    out = form.delta(item)
+                    continue
+                out = b""
+            response, route = await task
+            on_finished(response, route)
+            yield out + form.final(response, route)
+            return
+    finally:
+        if not task.done():  # the client went away: stop the job on the node
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -1,0 +1,315 @@
+"""The router's one NATS edge: a job to one node, whole or streamed, within a wait, as an
+`Outcome`. nats-py's exceptions end here.
+
+Replies come back on `_INBOX.<node>.<router random>.<request random>` (one wildcard
+subscription for all of them, so a request costs no SUB/UNSUB): the second token is the
+node the job went to, so accounts may restrict a worker to replying on `_INBOX.<own
+node>.>`; the last token has 128 random bits, so nobody can guess a live inbox. A message
+is taken only when it arrives on the inbox of a pending job, from that job's node, and
+carries that job's id; anything else is dropped, counted, and logged once per job.
+
+Whenever the router stops waiting before the node's final answer (its timer, the node
+found lost, the caller gone), the node is sent `node.<id>.cancel` for the job, so its
+runtime stops and its slot frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from router.attempts.decision import Ending, Outcome
+from services.errors import ErrorCode, InferbusError
+from services.subjects import Subjects
+from services.wire import (
+    Chunk,
+    JobRequest,
+    JobResponse,
+    JobType,
+    Piece,
+    decode_response,
+    encode,
+)
+
+log = logging.getLogger("inferbus.router.link")
+
+_NO_RESPONDERS = "503"
+# The worker is told a little less than the router waits, so that when the budget runs
+# out its own DEADLINE_EXCEEDED arrives before the router's timer fires.
+DEADLINE_MARGIN_S = 0.05
+
+Sink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Put in a pending job's queue when the liveness probe gives up on its node."""
+
+    why: str
+
+
+Probed = Literal["alive", "gone", "silent", "bus_down"]
+
+
+@dataclass
+class _Pending:
+    node: str
+    job_id: str | None  # None: a liveness probe, answered by the node's record
+    queue: asyncio.Queue[Msg | Lost] = field(default_factory=asyncio.Queue)
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Waits:
+    """How long one attempt may wait, on the loop's clock."""
+
+    total_s: float  # the whole attempt
+    budget_bound: bool  # `total_s` is the caller's remaining budget (not a cap of ours)
+    first_token_s: float | None = None  # streams: until the first piece
+    idle_s: float | None = None  # streams: between two pieces
+
+
+class NodeLink:
+    def __init__(self, nc: NatsClient, subjects: Subjects) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._random = secrets.token_hex(8)
+        self._pending: dict[str, _Pending] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._subscription: Subscription | None = None
+        self.dropped = 0  # messages refused: wrong inbox, wrong node, wrong job id
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(
+            f"_INBOX.*.{self._random}.*", cb=self._on_reply
+        )
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+
+    def inbox_for(self, node: str) -> str:
+        return f"_INBOX.{node}.{self._random}.{secrets.token_hex(16)}"
+
+    def node_lost(self, node: str, why: str) -> None:
+        """Wake every job waiting on `node`: it is gone or hung."""
+        for token in self._by_node.get(node, ()):
+            pending = self._pending.get(token)
+            if pending is not None:
+                pending.queue.put_nowait(Lost(why))
+
+    async def probe(self, node: str, timeout_s: float) -> Probed:
+        """Ask `node.<id>.caps` on a node-scoped inbox: is the node there and answering?"""
+        if not self._nc.is_connected or self._subscription is None:
+            return "bus_down"
+        inbox = self.inbox_for(node)
+        token = inbox.rsplit(".", 1)[1]
+        pending = _Pending(node, None)
+        self._pending[token] = pending
+        try:
+            await self._nc.publish(self._subjects.caps(node), b"", reply=inbox)
+            async with asyncio.timeout(timeout_s):
+                msg = await pending.queue.get()
+        except TimeoutError:
+            return "silent" if self._nc.is_connected else "bus_down"
+        except (nats.errors.Error, OSError):
+            return "bus_down"
+        finally:
+            self._pending.pop(token, None)
+        if isinstance(msg, Msg) and not msg.data and msg.headers:
+            return "gone" if msg.headers.get("Status") == _NO_RESPONDERS else "alive"
+        return "alive"
+
+    async def _on_reply(self, msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        pending = self._pending.get(parts[-1]) if len(parts) == 4 else None
+        if pending is None or parts[1] != pending.node:
+            self.dropped += 1
+            return
+        pending.queue.put_nowait(msg)
+
+    async def attempt(
+        self,
+        node: str,
+        job_type: JobType,
+        job: JobRequest,
+        waits: Waits,
+        on_delta: Sink | None,
+    ) -> Outcome:
+        """Send `job` to `node` and wait for its answer (streamed to `on_delta` if given)."""
+        started = time.perf_counter()
+        if not self._nc.is_connected or self._subscription is None:
+            return _ended(job, "bus_down", started, "the router is not connected to NATS")
+        inbox = self.inbox_for(node)
+        token = inbox.rsplit(".", 1)[1]
+        pending = _Pending(node, job.job_id)
+        self._pending[token] = pending
+        self._by_node.setdefault(node, set()).add(token)
+        sent_ms = max(1, int((waits.total_s - DEADLINE_MARGIN_S) * 1000))
+        request = job.model_copy(update={"timeout_ms": sent_ms, "stream": on_delta is not None})
+        finished = False
+        try:
+            try:
+                await self._nc.publish(
+                    self._subjects.job(node, job_type), encode(request), reply=inbox
+                )
+            except nats.errors.MaxPayloadError:
+                finished = True
+                error = InferbusError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"the job is over the bus limit of {self._nc.max_payload} bytes",
+                )
+                return Outcome(_failure(job, error, on_delta), elapsed_ms=_ms(started))
+            except (nats.errors.Error, OSError) as exc:
+                finished = True
+                return _ended(job, "bus_down", started, f"bus error: {type(exc).__name__}")
+            outcome = await self._wait(node, pending, job, waits, on_delta, started)
+            finished = outcome.ending in ("answered", "no_responders")
+            return outcome
+        finally:
+            self._pending.pop(token, None)
+            tokens = self._by_node.get(node)
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._by_node[node]
+            if not finished:
+                await self._cancel(node, job.job_id)
+
+    async def _wait(
+        self,
+        node: str,
+        pending: _Pending,
+        job: JobRequest,
+        waits: Waits,
+        on_delta: Sink | None,
+        started: float,
+    ) -> Outcome:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + waits.total_s
+        delivered, next_seq, early = 0, 1, dict[int, Chunk]()
+        while True:
+            left = deadline - loop.time()
+            limit = left
+            if on_delta is not None:
+                step = waits.first_token_s if delivered == 0 else waits.idle_s
+                limit = min(left, step) if step is not None else left
+            try:
+                if limit <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(limit):
+                    item = await pending.queue.get()
+            except TimeoutError:
+                bound = waits.budget_bound and limit >= left
+                what = "the job's budget" if bound else f"{limit * 1000:.0f} ms"
+                error = InferbusError(
+                    ErrorCode.DEADLINE_EXCEEDED if bound else ErrorCode.BACKEND_UNAVAILABLE,
+                    f"no answer from {node} within {what}",
+                )
+                return Outcome(
+                    _failure(job, error, on_delta),
+                    "timed_out",
+                    delivered,
+                    budget_bound=bound,
+                    elapsed_ms=_ms(started),
+                )
+            if isinstance(item, Lost):
+                error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, item.why)
+                return Outcome(
+                    _failure(job, error, on_delta), "lost", delivered, elapsed_ms=_ms(started)
+                )
+            if not item.data and item.headers and item.headers.get("Status") == _NO_RESPONDERS:
+                error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"no worker on node {node}")
+                return Outcome(
+                    _failure(job, error, on_delta),
+                    "no_responders",
+                    delivered,
+                    elapsed_ms=_ms(started),
+                )
+            event = _event_of(item.data) if on_delta is not None else decode_response(item.data)
+            if isinstance(event, JobResponse) and not _names_a_job(item.data):
+                # Unreadable, naming no job: only a party that got the job knows this
+                # unguessable inbox (with the committed permissions, only the asked node),
+                # so it is that node's INTERNAL fault, not a silent wait to the budget.
+                event = event.model_copy(update={"job_id": pending.job_id})
+            if event.job_id != pending.job_id:
+                self._drop(pending, event.job_id)
+                continue
+            if isinstance(event, JobResponse):
+                return Outcome(
+                    event,
+                    "answered",
+                    delivered,
+                    budget_bound=waits.budget_bound,
+                    elapsed_ms=_ms(started),
+                )
+            if on_delta is None:
+                self._drop(pending, event.job_id)
+                continue
+            early[event.seq] = event
+            while next_seq in early:
+                delivered += 1
+                for piece in early.pop(next_seq).pieces():
+                    await on_delta(piece)
+                next_seq += 1
+
+    def _drop(self, pending: _Pending, job_id: str) -> None:
+        self.dropped += 1
+        pending.dropped += 1
+        if pending.dropped == 1:
+            log.warning(
+                "dropped a reply for job %r from %s's inbox: it carries job id %r",
+                pending.job_id,
+                pending.node,
+                job_id,
+            )
+
+    async def _cancel(self, node: str, job_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._nc.publish(
+                self._subjects.cancel(node), json.dumps({"job_id": job_id}).encode()
+            )
+
+
+def _names_a_job(data: bytes) -> bool:
+    """Whether a message carries a job id at all (one that is wrong is a forgery: dropped)."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("job_id"), str)
+
+
+def _event_of(data: bytes) -> Chunk | JobResponse:
+    """A chunk (it has `seq` and `delta`), else the final answer."""
+    try:
+        return Chunk.model_validate_json(data)
+    except ValueError:
+        return decode_response(data)
+
+
+def _failure(job: JobRequest, error: InferbusError, on_delta: Sink | None) -> JobResponse:
+    return JobResponse.failure(job.job_id, error, done=True if on_delta is not None else None)
+
+
+def _ended(job: JobRequest, ending: Ending, started: float, message: str) -> Outcome:
+    error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message)
+    return Outcome(JobResponse.failure(job.job_id, error), ending, elapsed_ms=_ms(started))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
