@@ -24,6 +24,7 @@ from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings
 from router.fleet.view import FleetView
 from router.http.app import build_app
+from router.http.live.feed import LiveFeed
 from router.metrics import RouterMetrics
 from router.serving.dispatch import Router
 from services.bus import describe, is_auth_refusal
@@ -75,6 +76,11 @@ class RouterService(AsyncService):
         except ProviderConfigError as error:  # a key's variable is unset: it names it
             raise StartupError(str(error)) from None
         self.gate = gate_for(self.router)
+        self.live = LiveFeed(
+            self.fleet,
+            breakers=self.router.board.of_node,
+            providers=self.router.cloud.view,
+        )
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -99,7 +105,7 @@ class RouterService(AsyncService):
         )
         self.fleet.on_forget(metrics.forget)
         config = uvicorn.Config(
-            build_app(self.router, metrics, self.gate),
+            build_app(self.router, metrics, self.gate, self.live),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -114,6 +120,7 @@ class RouterService(AsyncService):
                 await asyncio.sleep(0.01)
         self.port = sock.getsockname()[1]
         log.info("router listening on http://%s:%d", http.host, self.port)
+        await self.live.start()
         self._connecting = asyncio.create_task(self._connect())
         self._connecting.add_done_callback(self._connected_or_not)
         # A reachable NATS gives a complete fleet view before the first request; an
@@ -189,6 +196,7 @@ class RouterService(AsyncService):
             self._connecting.cancel()
             with contextlib.suppress(BaseException):
                 await self._connecting
+        await self.live.stop()  # open event streams end, so the server can
         if self._server is not None:
             self._server.should_exit = True
         if self._serving is not None:

@@ -120,6 +120,7 @@ class FleetIndex:
         self._by_type: dict[str, dict[str, ModelGroup]] = {}
         self._expiries: list[tuple[float, str]] = []
         self._forget_listeners: list[Callable[[str], None]] = []
+        self._stale_listeners: list[Callable[[str], None]] = []
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -170,6 +171,8 @@ class FleetIndex:
                 self._unindex_node(node, entry)
                 entry.fresh = False
                 heapq.heappush(self._expiries, (self._forget_at(entry), node))
+                for listener in self._stale_listeners:
+                    listener(node)
             elif not entry.fresh and now > self._forget_at(entry):
                 self._forget(node)
                 forgotten.append(node)
@@ -181,6 +184,10 @@ class FleetIndex:
     def on_forget(self, listener: Callable[[str], None]) -> None:
         """Call `listener(node)` when a node is forgotten (breakers drop its state)."""
         self._forget_listeners.append(listener)
+
+    def on_stale(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(node)` when a sweep finds a node past its ttl (the live page)."""
+        self._stale_listeners.append(listener)
 
     def _forget(self, node: str) -> None:
         del self.nodes[node]

@@ -8,6 +8,7 @@
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
     router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
+    router/http/live/                    GET  /ui/ the live page and its event stream
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
 OpenAI routes wrap them in OpenAI's error body (router/http/openai.py), unknown `/v1/`
@@ -23,6 +24,8 @@ from starlette.types import ASGIApp
 from router.admission.idempotency import IdempotencyGate, gate_for
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
+from router.http.live.feed import LiveFeed
+from router.http.live.routes import PageAccess, with_page
 from router.http.native import native_routes
 from router.http.openai import method_not_allowed, not_found
 from router.http.openai_chat import chat_routes
@@ -36,9 +39,13 @@ from router.serving.dispatch import Router
 
 
 def build_app(
-    router: Router, metrics: RouterMetrics, gate: IdempotencyGate | None = None
+    router: Router,
+    metrics: RouterMetrics,
+    gate: IdempotencyGate | None = None,
+    live: LiveFeed | None = None,
 ) -> ASGIApp:
-    api = Api(router, metrics, gate or gate_for(router))
+    """The router's ASGI app; with `live`, the live page beside the API (`/ui/`)."""
+    api = Api(router, metrics, gate or gate_for(router), live)
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
     routes: list[routing.BaseRoute] = [
         *native_routes(api),
@@ -51,4 +58,5 @@ def build_app(
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     keys = [key.get_secret_value() for key in router.settings.http.api_keys]
-    return RequireApiKey(app, keys) if keys else app
+    keyed = RequireApiKey(app, keys) if keys else app
+    return with_page(keyed, live, PageAccess(keys)) if live is not None else keyed

@@ -21,6 +21,8 @@ from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
 from router.admission.tenants import tenant_of
 from router.attempts.route import Route
 from router.http.images import checked_images
+from router.http.live.feed import LiveFeed
+from router.http.live.rows import RequestFacts
 from router.metrics import RouterMetrics
 from router.serving.dispatch import ModelSink, Router
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
@@ -99,6 +101,7 @@ class Api:
     router: Router
     metrics: RouterMetrics
     keyed: IdempotencyGate
+    live: LiveFeed | None = None
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
@@ -155,10 +158,18 @@ class Api:
 
         def count(response: JobResponse, route: Route) -> None:
             status = response.error.code.value if response.error else "ok"
-            self.metrics.answered(api, route, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.answered(api, route, status, seconds)
+            if self.live is not None:
+                facts = RequestFacts(api, time.time(), seconds, stream=response.done is True)
+                self.live.answered(facts, response, route)
 
         return count
 
     def refused(self, api: str, started: float, error: InferbusError) -> None:
         """Counts a request refused before it became a job."""
-        self.metrics.answered(api, Route(), error.code.value, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.answered(api, Route(), error.code.value, seconds)
+        if self.live is not None:
+            refused = JobResponse.failure("", error)
+            self.live.answered(RequestFacts(api, time.time(), seconds), refused, Route())
