@@ -7,6 +7,7 @@
 const PAGE_SIZE = 50;
 const REQUESTS_SHOWN = 100;
 const DRAW_EVERY_MS = 250;
+const TICK_MS = 500;
 
 const state = {
   nodes: new Map(), // id -> row
@@ -19,6 +20,7 @@ const state = {
   filterNode: "",
   filterModel: "",
   show: "all",
+  staleShown: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -66,9 +68,16 @@ function clock(unix) {
 
 // --- the model of the fleet -------------------------------------------------------------
 
+// The router says so, or its ttl has passed since it was last heard (before the router's
+// sweep notices); a heartbeat that arrives brings it back.
+function isStale(row) {
+  const heard = state.heard.get(row.id);
+  return row.stale || (heard !== undefined && routerNow() > heard + row.ttl_s);
+}
+
 function problems(row) {
   const out = [];
-  if (row.stale) out.push("stale");
+  if (isStale(row)) out.push("stale");
   for (const [kind, status] of Object.entries(row.breakers)) {
     if (status !== "closed") out.push(kind + " breaker " + status.replace("_", "-"));
   }
@@ -146,10 +155,11 @@ function gpuCell(row) {
 
 function nodeRow(row) {
   const trouble = problems(row);
-  const status = row.stale ? chip("stale", "bad") : trouble.length ? chip("degraded", "warn", trouble.join(", ")) : chip("ok", "ok");
+  const stale = isStale(row);
+  const status = stale ? chip("stale", "bad") : trouble.length ? chip("degraded", "warn", trouble.join(", ")) : chip("ok", "ok");
   return el(
     "tr",
-    { "data-node": row.id, class: row.stale ? "stale" : trouble.length ? "troubled" : "" },
+    { "data-node": row.id, class: stale ? "stale" : trouble.length ? "troubled" : "" },
     el("td", { class: "id" }, row.id, row.local ? chip("local", "") : ""),
     el("td", { class: "state" }, status),
     el("td", { class: "heard", title: "ttl " + row.ttl_s + " s" }, ago(state.heard.get(row.id))),
@@ -172,7 +182,8 @@ function drawNodes() {
   $("prev").disabled = state.page === 0;
   $("next").disabled = state.page >= pages - 1;
   $("pager").hidden = pages <= 1;
-  const stale = all.filter((r) => r.stale).length;
+  const stale = all.filter(isStale).length;
+  state.staleShown = stale;
   $("nodes-count").textContent = rows.length === all.length ? `${all.length}` : `${rows.length} of ${all.length}`;
   $("summary").textContent = `${all.length - stale} fresh · ${stale} stale`;
 }
@@ -180,7 +191,7 @@ function drawNodes() {
 function drawModels() {
   const models = new Map();
   for (const row of state.nodes.values()) {
-    if (row.stale) continue;
+    if (isStale(row)) continue;
     for (const m of row.models) {
       if (state.filterModel && !m.name.toLowerCase().includes(state.filterModel)) continue;
       if (state.filterNode && !row.id.toLowerCase().includes(state.filterNode)) continue;
@@ -402,11 +413,14 @@ document.addEventListener("DOMContentLoaded", () => {
     draw();
   });
   setInterval(() => {
-    // Ages move with the clock, not with events.
+    // Ages move with the clock, not with events; a node past its ttl is stale now,
+    // before the router's sweep says so.
+    const expired = [...state.nodes.values()].filter(isStale).length;
+    if (expired !== state.staleShown) draw();
     for (const cell of document.querySelectorAll("#nodes td.heard")) {
       const id = cell.parentElement.getAttribute("data-node");
       cell.textContent = ago(state.heard.get(id));
     }
-  }, 1000);
+  }, TICK_MS);
   connect();
 });

@@ -1,0 +1,294 @@
+"""The live page's pieces without a browser: sessions and rows (pure, by tables), the feed's
+snapshot and deltas over a fleet view fed records on a hand-moved clock, and the page's
+routes on a real router (keys, cookies, the event stream, `GET /` for browsers only)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from router.attempts.route import Attempt, Route
+from router.fleet.view import FleetView
+from router.http.live.feed import LiveFeed
+from router.http.live.rows import RequestFacts, request_row
+from router.http.live.session import new_session, session_valid
+from services.capabilities import Capabilities, RuntimeStatus
+from services.capabilities import encode_capabilities as encode_record
+from services.errors import ErrorCode, InferbusError
+from services.subjects import Subjects
+from services.wire import JobResponse, Result, Usage
+from tests.conftest import RouterFactory
+from tests.test_fleet_index import LLAMA, record
+
+SECRET = b"s" * 32
+KEYS = [b"key-one", b"key-two"]
+
+
+@pytest.mark.parametrize(
+    ("made_with", "checked_at", "keys", "valid"),
+    [
+        pytest.param(b"key-one", 100, KEYS, True, id="live-session"),
+        pytest.param(b"key-two", 100, KEYS, True, id="any-configured-key"),
+        pytest.param(b"key-one", 100 + 12 * 3600, KEYS, False, id="expired"),
+        pytest.param(b"key-one", 100, [b"key-two"], False, id="key-removed"),
+        pytest.param(b"stranger", 100, KEYS, False, id="never-a-key"),
+    ],
+)
+def test_sessions_live_until_expiry_and_only_for_configured_keys(
+    made_with: bytes, checked_at: float, keys: list[bytes], valid: bool
+) -> None:
+    value = new_session(SECRET, made_with, now=0)
+    assert session_valid(SECRET, value, keys, now=checked_at) is valid
+    assert made_with.decode() not in value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "nonsense", "123", "abc.def", "99999999999." + "0" * 64, "1." + "z" * 63],
+)
+def test_forged_or_malformed_sessions_are_refused(value: str) -> None:
+    assert not session_valid(SECRET, value, KEYS, now=0)
+
+
+def test_a_session_from_another_router_is_refused() -> None:
+    value = new_session(b"o" * 32, b"key-one", now=0)
+    assert not session_valid(SECRET, value, KEYS, now=1)
+
+
+def test_request_rows_name_where_it_went_and_never_the_content() -> None:
+    route = Route(
+        via="remote",
+        node="gpu-b",
+        model="llama3:8b",
+        attempts=[
+            Attempt(via="remote", node="gpu-a", model="llama3:8b", outcome="BUSY", ms=1.234),
+            Attempt(via="remote", node="gpu-b", model="llama3:8b", outcome="ok", ms=40.06),
+        ],
+    )
+    answer = JobResponse(
+        job_id="j",
+        status="ok",
+        result=Result(text="the secret answer", usage=Usage(prompt_tokens=5, completion_tokens=7)),
+    )
+    facts = RequestFacts("openai", 1000.0, 0.0421, stream=True, ttft_s=0.0123)
+    row = request_row(facts, answer, route)
+    assert row["status"] == "ok"
+    assert (row["via"], row["node"], row["model"]) == ("remote", "gpu-b", "llama3:8b")
+    assert row["tokens"] == [5, 7]
+    assert (row["ms"], row["ttft_ms"]) == (42.1, 12.3)
+    assert [(a["where"], a["outcome"]) for a in row["attempts"]] == [
+        ("gpu-a", "BUSY"),
+        ("gpu-b", "ok"),
+    ]
+    assert "secret" not in json.dumps(row)
+
+
+def test_a_refused_request_row_carries_its_code() -> None:
+    refused = JobResponse.failure("", InferbusError(ErrorCode.BAD_REQUEST, "no"))
+    row = request_row(RequestFacts("infer", 1.0, 0.001), refused, Route())
+    assert (row["status"], row["via"], row["attempts"]) == ("BAD_REQUEST", "none", [])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed_over(
+    clock: Clock, breakers: dict[str, dict[str, str]] | None = None
+) -> tuple[FleetView, LiveFeed]:
+    view = FleetView(NatsClient(), Subjects(""), clock=clock, local_node="a")
+    known = breakers if breakers is not None else {}
+    feed = LiveFeed(
+        view,
+        breakers=lambda node, _now: dict(known.get(node, {})),
+        providers=lambda: {"providers": []},
+        unix_clock=lambda: 1_000_000.0 + clock.now,
+    )
+    return view, feed
+
+
+def heartbeat(view: FleetView, rec: Capabilities) -> None:
+    view.take_message(f"ncs.capabilities.{rec.node_id}", encode_record(rec))
+
+
+def test_a_viewer_gets_the_snapshot_then_only_what_changed() -> None:
+    clock = Clock()
+    view, feed = feed_over(clock)
+    heartbeat(view, record("a", LLAMA, ttl_s=3))
+    heartbeat(view, record("b", LLAMA, ttl_s=3))
+    feed.watch()
+    snapshot = feed.snapshot()
+    assert [row["id"] for row in snapshot["nodes"]] == ["a", "b"]
+    assert snapshot["heard"] == {"a": 1_000_000.0, "b": 1_000_000.0}
+    assert snapshot["nodes"][0]["local"] is True
+
+    clock.now = 1.0
+    heartbeat(view, record("a", LLAMA, seq=2, ttl_s=3))  # nothing but the heartbeat moved
+    delta = feed.delta()
+    assert delta is not None
+    assert delta["nodes"] == []
+    assert delta["heard"] == {"a": 1_000_001.0}
+
+    heartbeat(view, record("b", LLAMA, seq=2, ttl_s=3, llm=(3, 4)))  # its load moved
+    delta = feed.delta()
+    assert delta is not None
+    assert [(row["id"], row["load"]["llm"]) for row in delta["nodes"]] == [("b", [3, 4])]
+
+    assert feed.delta() is None  # nothing happened: nothing is sent
+
+
+def test_stale_and_forgotten_nodes_are_sent_as_they_happen() -> None:
+    clock = Clock()
+    view, feed = feed_over(clock)
+    heartbeat(view, record("a", LLAMA, ttl_s=2))
+    heartbeat(view, record("b", LLAMA, ttl_s=2))
+    feed.watch()
+    feed.snapshot()
+    clock.now = 1.5
+    heartbeat(view, record("b", LLAMA, seq=2, ttl_s=2))
+    feed.delta()
+    clock.now = 2.5  # a is past its ttl, b is not
+    view.sweep()
+    delta = feed.delta()
+    assert delta is not None
+    assert [(row["id"], row["stale"]) for row in delta["nodes"]] == [("a", True)]
+    clock.now = 21.0  # a silent for 10 ttls (forgotten), b for less (stale)
+    view.sweep()
+    view.sweep()
+    delta = feed.delta()
+    assert delta is not None
+    assert delta["gone"] == ["a"]
+    assert "a" not in feed.snapshot()["heard"]
+
+
+def test_an_answered_request_is_sent_with_the_nodes_it_touched() -> None:
+    clock = Clock()
+    breakers: dict[str, dict[str, str]] = {}
+    view, feed = feed_over(clock, breakers)
+    heartbeat(view, record("a", LLAMA))
+    feed.watch()
+    feed.snapshot()
+    breakers["a"] = {"llm": "open"}  # the attempt below opened it
+    attempt = Attempt(via="remote", node="a", model="llama3:8b", outcome="INTERNAL", ms=3)
+    route = Route(attempts=[attempt])
+    failed = JobResponse.failure("j", InferbusError(ErrorCode.NO_ROUTE, "nothing"))
+    feed.answered(RequestFacts("openai", 5.0, 0.003), failed, route)
+    delta = feed.delta()
+    assert delta is not None
+    assert [row["status"] for row in delta["requests"]] == ["NO_ROUTE"]
+    assert [row["breakers"] for row in delta["nodes"]] == [{"llm": "open"}]
+
+
+def test_without_viewers_nothing_is_kept_but_the_recent_requests() -> None:
+    clock = Clock()
+    view, feed = feed_over(clock)
+    heartbeat(view, record("a", LLAMA))
+    feed.answered(RequestFacts("infer", 1.0, 0.001), None, Route())
+    feed.flush()
+    viewer = feed.watch()
+    assert feed.viewers == 1
+    snapshot = feed.snapshot()
+    assert len(snapshot["requests"]) == 1
+    feed.leave(viewer)
+    assert feed.viewers == 0
+
+
+def test_runtime_urls_lose_their_passwords() -> None:
+    clock = Clock()
+    view, feed = feed_over(clock)
+    runtime = RuntimeStatus(
+        kind="openai",
+        url="https://user:hunter2@gpu-a:8000",
+        state="unhealthy",
+        last_error="HTTP 401 for Bearer sk-abcdefghijklmnopqrstuvwx",
+    )
+    heartbeat(view, record("a", LLAMA).model_copy(update={"runtimes": (runtime,)}))
+    feed.watch()
+    text = json.dumps(feed.snapshot())
+    assert "hunter2" not in text
+    assert "sk-abcdefghijklmnopqrstuvwx" not in text
+
+
+async def first_events(http: httpx.AsyncClient, url: str, **headers: str) -> list[dict[str, Any]]:
+    """The stream's first two events (hello, snapshot), parsed."""
+    found: list[dict[str, Any]] = []
+    async with http.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                found.append({"event": name, **json.loads(line[6:])})
+                if len(found) == 2:
+                    break
+    return found
+
+
+async def test_the_page_and_its_stream_answer_without_keys(start_router: RouterFactory) -> None:
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        page = await http.get("/ui/")
+        assert page.status_code == 200
+        assert 'src="app.js"' in page.text  # relative: works under a path prefix
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert (await http.get("/ui/app.js")).status_code == 200
+        assert (await http.get("/ui/style.css")).status_code == 200
+        assert (await http.get("/ui/../pyproject.toml")).status_code == 404
+        assert (await http.get("/ui/secrets.txt")).status_code == 404
+        hello, snapshot = await first_events(http, "/ui/events")
+        assert hello == {"event": "hello", "login": False}
+        assert snapshot["event"] == "snapshot"
+        assert "nodes" in snapshot
+
+
+async def test_get_root_sends_browsers_to_the_page_and_nobody_else(
+    start_router: RouterFactory,
+) -> None:
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        browser = await http.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+        assert (browser.status_code, browser.headers["location"]) == (303, "ui/")
+        client = await http.get("/")  # an Ollama client's probe
+        assert client.status_code != 303
+        bare = await http.get("/ui")
+        assert (bare.status_code, bare.headers["location"]) == (303, "ui/")
+
+
+async def test_with_keys_the_stream_needs_a_key_or_a_session(start_router: RouterFactory) -> None:
+    key = "k-" + uuid.uuid4().hex
+    http_settings = {"host": "127.0.0.1", "port": 0, "api_keys": [key]}
+    async with (
+        start_router(http=http_settings) as router,
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        assert (await http.get("/ui/events")).status_code == 401
+        login_redirect = await http.get("/ui/")
+        assert (login_redirect.status_code, login_redirect.headers["location"]) == (303, "login")
+        assert (await http.get("/ui/login")).status_code == 200
+        hello, _ = await first_events(http, "/ui/events", Authorization=f"Bearer {key}")
+        assert hello["login"] is True
+
+        wrong = await http.post("/ui/login", data={"key": "nope"})
+        assert wrong.status_code == 401
+        assert "inferbus_session" not in wrong.cookies
+        right = await http.post("/ui/login", data={"key": key})
+        assert right.status_code == 303
+        cookie = right.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
+        assert key not in cookie
+        assert (await http.get("/ui/")).status_code == 200  # the session cookie
+        await first_events(http, "/ui/events")
+        # The session opens the page only, never the API.
+        assert (await http.get("/nodes")).status_code == 401
+        await http.post("/ui/logout")
+        assert (await http.get("/ui/events")).status_code == 401
