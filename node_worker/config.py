@@ -19,6 +19,7 @@ from services.needs import Capability
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
+from services.tracing import TelemetrySettings
 
 
 class _Section(BaseModel):
@@ -88,6 +89,7 @@ class WorkerSettings(FileSettings):
     idempotency: Idempotency = Idempotency()
     health: Health = Health()
     images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
+    telemetry: TelemetrySettings = TelemetrySettings()  # OTLP traces (services/tracing.py)
     backends: list[BackendConfig] = Field(default_factory=list)
     # Several workers sharing this node id on purpose (replicas in the queue group): no
     # warning when another instance announces the same id.

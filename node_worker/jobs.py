@@ -32,6 +32,8 @@ from services.runtimes.calls import (
     embed_within,
     stream_within,
 )
+from services.token_times import TokenTimes
+from services.tracing import Span, Tracing, runtime_trace
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -95,6 +97,7 @@ class JobPipeline:
         on_other_model: Callable[[CatalogModel, str], None] = lambda _served, _named: None,
         monotonic: Callable[[], float] = time.monotonic,
         unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self._node_id = node_id
         self._limits = limits
@@ -109,6 +112,7 @@ class JobPipeline:
         self._on_other_model = on_other_model
         self._monotonic = monotonic
         self._unix_ms = unix_ms
+        self._tracing = tracing or Tracing(None, service="inferbus-worker")
 
     def guard_with(self, shared: SharedClaims) -> None:
         """Claim every key in the shared store before its runtime call (set at start)."""
@@ -215,6 +219,7 @@ class JobPipeline:
         job: Admitted,
         on_delta: DeltaSink | None = None,
         on_tool_calls: ToolDeltaSink | None = None,
+        trace: Span | None = None,
     ) -> JobResponse:
         """Run an admitted job within its deadline. Never raises but for cancellation, and
         always releases its slot and the duplicates waiting on it.
@@ -227,7 +232,7 @@ class JobPipeline:
         job_id = job.request.job_id
         response: JobResponse | None = None
         try:
-            response = await self._call_once(job, started_s, on_delta, on_tool_calls)
+            response = await self._call_once(job, started_s, on_delta, on_tool_calls, trace)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
@@ -252,17 +257,18 @@ class JobPipeline:
         started_s: float,
         on_delta: DeltaSink | None,
         on_tool_calls: ToolDeltaSink | None,
+        trace: Span | None,
     ) -> JobResponse:
         """The runtime call, or, with a shared store, the answer of whoever holds the key."""
         if self._shared is None:
-            return await self._call_runtime(job, started_s, on_delta, on_tool_calls)
+            return await self._call_runtime(job, started_s, on_delta, on_tool_calls, trace)
         request = job.request
         answer = await self._shared.run_once(
             request.key,
             request.fingerprint(),
             job.served.name,
             job.deadline_s,
-            lambda: self._call_runtime(job, started_s, on_delta, on_tool_calls),
+            lambda: self._call_runtime(job, started_s, on_delta, on_tool_calls, trace),
         )
         if not answer.cached:
             if not answer.job_id:  # a refusal from the shared store
@@ -281,6 +287,47 @@ class JobPipeline:
         started_s: float,
         on_delta: DeltaSink | None,
         on_tool_calls: ToolDeltaSink | None,
+        trace: Span | None,
+    ) -> JobResponse:
+        """The runtime call in a span of its own, its context sent to the runtime."""
+        with self._tracing.span("runtime call", parent=trace, kind="client") as span:
+            served = job.served
+            span.set("inferbus.model", served.name)
+            span.set("inferbus.runtime", served.runtime.kind)
+            times = TokenTimes(self._monotonic())
+            with runtime_trace(span.headers()):
+                response = await self._runtime_answer(
+                    job, started_s, on_delta, on_tool_calls, times
+                )
+            self._finished_call(response, times, span)
+            return response
+
+    def _finished_call(self, response: JobResponse, times: TokenTimes, span: Span) -> None:
+        """The call's times and tokens, in its span and the metrics."""
+        usage = response.result.usage if response.result is not None else None
+        if times.first_s is not None:
+            span.set("inferbus.ttft_ms", round(times.first_s * 1000.0, 3))
+        if usage is not None:
+            span.set("inferbus.tokens.prompt", usage.prompt_tokens)
+            span.set("inferbus.tokens.completion", usage.completion_tokens)
+        if response.error is not None:
+            span.error(response.error.code.value)
+        self._metrics.runtime_call(
+            response.model or "",
+            response.runtime or "",
+            seconds=self._monotonic() - times.started,
+            times=times,
+            usage=usage,
+            ok=response.error is None,
+        )
+
+    async def _runtime_answer(
+        self,
+        job: Admitted,
+        started_s: float,
+        on_delta: DeltaSink | None,
+        on_tool_calls: ToolDeltaSink | None,
+        times: TokenTimes,
     ) -> JobResponse:
         served, request = job.served, job.request
         remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
@@ -294,7 +341,7 @@ class JobPipeline:
         try:
             if url_images(request):  # admitted only with images.remote_urls = fetch
                 job = replace(job, request=await inline_url_images(request, self._limits.images))
-            result = await self._result_of(job, remaining_s, on_delta, on_tool_calls)
+            result = await self._result_of(job, remaining_s, on_delta, on_tool_calls, times)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
@@ -313,6 +360,7 @@ class JobPipeline:
         remaining_s: float,
         on_delta: DeltaSink | None,
         on_tool_calls: ToolDeltaSink | None,
+        times: TokenTimes,
     ) -> Result:
         """The runtime's answer as our Result; raises InferbusError."""
         served, request = job.served, job.request
@@ -330,7 +378,13 @@ class JobPipeline:
             )
         call = ChatCall.of(served.runtime_id, request)
         if request.stream and on_delta is not None:
-            reply = await stream_within(served.runtime, call, remaining_s, on_delta, on_tool_calls)
+            monotonic = self._monotonic
+
+            async def timed(delta: str) -> None:
+                times.piece(monotonic())
+                await on_delta(delta)
+
+            reply = await stream_within(served.runtime, call, remaining_s, timed, on_tool_calls)
         else:
             reply = await chat_within(served.runtime, call, remaining_s)
         if reply.model is not None and not served.answers_as(reply.model):

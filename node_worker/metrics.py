@@ -7,9 +7,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.wire import JobResponse
+from services.token_times import TokenTimes
+from services.wire import JobResponse, Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class WorkerMetrics:
@@ -34,6 +37,34 @@ class WorkerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        by_runtime = ["model", "runtime"]
+        self.runtime_seconds = Histogram(
+            "inferbus_worker_runtime_call_seconds",
+            "A job's whole runtime call, by model and runtime kind.",
+            by_runtime,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "inferbus_worker_ttft_seconds",
+            "Streams: from the runtime call's start to its first token.",
+            by_runtime,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "inferbus_worker_inter_token_seconds",
+            "Streams: the gap between two tokens from the runtime.",
+            by_runtime,
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "inferbus_worker_tokens",
+            "Tokens the runtimes took (prompt) and produced (completion).",
+            [*by_runtime, "kind"],
+            registry=self.registry,
+        )
         self.idempotency_hits = Counter(
             "inferbus_worker_idempotency_hits",
             "Jobs answered from an earlier job with the same key (running or completed).",
@@ -48,6 +79,32 @@ class WorkerMetrics:
         self.jobs.labels(job_type, model or "", status).inc()
         if seconds > 0:
             self.latency.labels(job_type).observe(seconds)
+
+    def runtime_call(
+        self,
+        model: str,
+        runtime: str,
+        *,
+        seconds: float,
+        times: TokenTimes,
+        usage: Usage | None,
+        ok: bool,
+    ) -> None:
+        """One runtime call ended: its duration, token times and tokens (a failed one's
+        duration only: its tokens and times say nothing about the model's speed)."""
+        if not model:
+            return
+        self.runtime_seconds.labels(model, runtime).observe(seconds)
+        if not ok:
+            return
+        if times.first_s is not None:
+            self.ttft.labels(model, runtime).observe(times.first_s)
+            gaps = self.inter_token.labels(model, runtime)
+            for gap in times.gaps_s:
+                gaps.observe(gap)
+        if usage is not None:
+            self.tokens.labels(model, runtime, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(model, runtime, "completion").inc(usage.completion_tokens)
 
     def idempotency_hit(self, state: str) -> None:
         self.idempotency_hits.labels(state).inc()

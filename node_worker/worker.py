@@ -56,6 +56,7 @@ from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
+from services.tracing import Span, Tracing
 from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
 
 log = logging.getLogger("inferbus.worker")
@@ -63,6 +64,17 @@ log = logging.getLogger("inferbus.worker")
 SERVICE_NAME = "inferbus-node"
 # One subscription (and slot kind) each; code jobs ride the llm subject.
 JOB_SUBJECT_TYPES: tuple[JobType, ...] = ("llm", "vision", "embed")
+
+
+def _admitted_as(decision: object) -> str:
+    """How admission decided, for the admit span: run, join a running twin, or answer."""
+    if isinstance(decision, Admitted):
+        return "run"
+    if isinstance(decision, Joined):
+        return "joined"
+    if isinstance(decision, JobResponse) and decision.cached:
+        return "replayed"
+    return "answered"
 
 
 def header_safe(text: str, limit: int = 256) -> str:
@@ -88,6 +100,11 @@ class Worker(AsyncService):
         self.instance = uuid.uuid4().hex[:12]
         self.subjects = Subjects(settings.subject_prefix)
         self.metrics = WorkerMetrics()
+        self.tracing = Tracing(
+            settings.telemetry,
+            service="inferbus-worker",
+            attributes={"inferbus.node": self.node_id},
+        )
         self.admission = Admission(
             llm_capacity=settings.limits.llm_concurrency,
             vision_capacity=settings.limits.vision_concurrency,
@@ -121,6 +138,7 @@ class Worker(AsyncService):
             metrics=self.metrics,
             on_runtime_done=self._runtime_done,
             on_other_model=lambda served, named: self.follower.answered_as(served, named),
+            tracing=self.tracing,
         )
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []  # the job subjects
@@ -284,18 +302,26 @@ class Worker(AsyncService):
                     "message without a reply subject dropped", extra={"subject": msg.subject}
                 )
                 return
+            span = self.tracing.span("job", parent=msg.headers, kind="consumer")
+            span.set("inferbus.node", self.node_id)
+            span.set("inferbus.type", subject_type)
             try:
-                decision = await self.pipeline.admit(msg.data, subject_type, received_s)
+                with self.tracing.span("admit", parent=span) as admit:
+                    decision = await self.pipeline.admit(msg.data, subject_type, received_s)
+                    admit.set("inferbus.admitted", _admitted_as(decision))
             except Exception as exc:
                 log.exception("admission failed")
                 decision = internal(new_job_id(), self.node_id, exc)
             if isinstance(decision, JobResponse):
                 await self._replay_chunk(msg.reply, decision)
-                await self._reply(msg.reply, decision, endpoint, received_s)
+                await self._reply(msg.reply, decision, endpoint, received_s, span)
             elif isinstance(decision, Admitted):
-                self._spawn(self._run_and_reply(msg.reply, decision, endpoint, received_s))
+                span.set("inferbus.job_id", decision.request.job_id)
+                span.set("inferbus.model", decision.served.name)
+                self._spawn(self._run_and_reply(msg.reply, decision, endpoint, received_s, span))
             else:
-                self._spawn(self._join_and_reply(msg.reply, decision, endpoint, received_s))
+                span.set("inferbus.job_id", decision.request.job_id)
+                self._spawn(self._join_and_reply(msg.reply, decision, endpoint, received_s, span))
 
         return on_message
 
@@ -305,7 +331,7 @@ class Worker(AsyncService):
         task.add_done_callback(self._tasks.discard)
 
     async def _run_and_reply(
-        self, reply_to: str, job: Admitted, endpoint: str, received_s: float
+        self, reply_to: str, job: Admitted, endpoint: str, received_s: float, span: Span
     ) -> None:
         job_id = job.request.job_id
         task = asyncio.current_task()
@@ -314,19 +340,20 @@ class Worker(AsyncService):
         try:
             if job.request.stream:
                 sender = ChunkSender(self.nc, reply_to, job_id)
-                response = await self.pipeline.run(job, sender.text, sender.tool_calls)
+                response = await self.pipeline.run(job, sender.text, sender.tool_calls, span)
             else:
-                response = await self.pipeline.run(job)
+                response = await self.pipeline.run(job, trace=span)
         except asyncio.CancelledError:
             if job_id not in self._cancelled:
-                await self._reply(reply_to, stopped(job_id, self.node_id), endpoint, received_s)
+                stop = stopped(job_id, self.node_id)
+                await self._reply(reply_to, stop, endpoint, received_s, span)
                 raise
             done = True if job.request.stream else None
             response = cancelled(job_id, self.node_id).model_copy(update={"done": done})
         finally:
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
-        await self._reply(reply_to, response, endpoint, received_s)
+        await self._reply(reply_to, response, endpoint, received_s, span)
 
     async def _replay_chunk(self, reply_to: str, response: JobResponse) -> None:
         """A kept answer replayed to a stream arrives as one chunk with the whole text."""
@@ -344,25 +371,36 @@ class Worker(AsyncService):
             log.info("job cancelled by its caller", extra={"job_id": job_id})
 
     async def _join_and_reply(
-        self, reply_to: str, job: Joined, endpoint: str, received_s: float
+        self, reply_to: str, job: Joined, endpoint: str, received_s: float, span: Span
     ) -> None:
         try:
             response = await self.pipeline.join(job)
             await self._replay_chunk(reply_to, response)
         except asyncio.CancelledError:
-            await self._reply(
-                reply_to, stopped(job.request.job_id, self.node_id), endpoint, received_s
-            )
+            stop = stopped(job.request.job_id, self.node_id)
+            await self._reply(reply_to, stop, endpoint, received_s, span)
             raise
         except Exception as exc:
             log.exception("waiting for a duplicate failed", extra={"job_id": job.request.job_id})
             response = internal(job.request.job_id, self.node_id, exc)
-        await self._reply(reply_to, response, endpoint, received_s)
+        await self._reply(reply_to, response, endpoint, received_s, span)
 
     async def _reply(
-        self, reply_to: str, response: JobResponse, endpoint: str, received_s: float
+        self,
+        reply_to: str,
+        response: JobResponse,
+        endpoint: str,
+        received_s: float,
+        span: Span | None = None,
     ) -> None:
-        """Send the one final answer, and count it in the endpoint's service stats."""
+        """Send the one final answer, count it in the endpoint's service stats, and end
+        the job's span with its outcome."""
+        if span is not None:
+            span.set("inferbus.outcome", response.error.code.value if response.error else "ok")
+            span.set("inferbus.cached", response.cached)
+            if response.error is not None:
+                span.error(response.error.code.value)
+            span.end()
         try:
             payload = encode(response)
         except Exception as exc:
@@ -439,6 +477,7 @@ class Worker(AsyncService):
                 await self._nc.close()
         if self._own_http:
             await self._http.aclose()
+        await asyncio.to_thread(self.tracing.shutdown)  # what is left goes out
         log.info("worker %s stopped", self.node_id, extra={"node_id": self.node_id})
 
     async def _on_nats_error(self, error: Exception) -> None:

@@ -24,6 +24,7 @@ from services.keystore import DEFAULT_BUCKET
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
+from services.tracing import TelemetrySettings
 
 SELECTION_KEYS = (
     "llm_profiles",
@@ -110,6 +111,7 @@ class RouterSettings(FileSettings):
     fallbacks: list[str] = Field(default_factory=list)
     failover: FailoverSettings = FailoverSettings()
     images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
+    telemetry: TelemetrySettings = TelemetrySettings()  # OTLP traces (services/tracing.py)
 
     @model_validator(mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from router.http.live.rows import RequestFacts
 from router.metrics import RouterMetrics
 from router.serving.dispatch import ModelSink, Router
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.tracing import carrier_of
 from services.wire import JobRequest, JobResponse, request_from_fields
 
 Finished = Callable[[JobResponse, Route], None]
@@ -144,14 +145,25 @@ class Api:
         on_delta: DeltaSink | None = None,
         on_model: ModelSink | None = None,
     ) -> Served:
-        """The one way every dialect serves a job (idempotency gate → router)."""
-        return await self.keyed.infer(
-            job,
-            agent_id=agent_id,
-            on_delta=on_delta,
-            on_model=on_model,
-            tenant=self.tenant(request),
-        )
+        """The one way every dialect serves a job (idempotency gate → router), in the
+        request's span: a child of the caller's W3C trace context when it sent one."""
+        tenant = self.tenant(request)
+        parent = carrier_of(request.headers)
+        with self.router.tracing.span("request", parent=parent, kind="server") as span:
+            span.set("inferbus.tenant", tenant)
+            span.set("inferbus.model", job.model)
+            span.set("inferbus.stream", job.stream)
+            response, route = await self.keyed.infer(
+                job, agent_id=agent_id, on_delta=on_delta, on_model=on_model, tenant=tenant
+            )
+            span.set("inferbus.via", route.via)
+            span.set("inferbus.node", route.node or route.provider)
+            span.set("inferbus.served_model", route.model)
+            span.set("inferbus.attempts", len(route.attempts))
+            span.set("inferbus.outcome", response.error.code.value if response.error else "ok")
+            if response.error is not None:
+                span.error(response.error.code.value)
+            return response, route
 
     def finished(self, api: str, started: float) -> Finished:
         """Counts one answer of dialect `api` in the metrics when called."""

@@ -48,6 +48,7 @@ from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import Runtime, RuntimeKind
 from services.subjects import Subjects
+from services.tracing import Span, Tracing, runtime_trace
 from services.wire import JobRequest, JobResponse, JobType, Piece
 
 DeltaSink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
@@ -88,6 +89,7 @@ class Router:
         self.settings = settings
         self.nc = nc
         self.fleet = fleet
+        self.tracing = Tracing(settings.telemetry, service="inferbus-router")
         self.board = BreakerBoard(settings.breakers)
         # Cooldowns per (provider, key) and model health live beside the breakers.
         self.cloud = CloudProviders(
@@ -266,6 +268,21 @@ class Router:
         return RuntimeTarget("static", runtime, selection.model, None, selection.fallback_reason)
 
     async def _attempt(self, target: Target, r: _Request) -> Outcome:
+        """One attempt at one target, in a span of its own whose context goes along."""
+        with self.tracing.span("attempt", kind="client") as span:
+            outcome = await self._attempt_traced(target, r, span)
+            last = r.route.attempts[-1] if r.route.attempts else None
+            if last is not None:
+                span.set("inferbus.via", last.via)
+                span.set("inferbus.node", last.node or last.provider)
+                span.set("inferbus.model", last.model)
+                span.set("inferbus.outcome", last.outcome)
+                span.set("inferbus.ms", last.ms)
+            if outcome.code is not None:
+                span.error(outcome.code)
+            return outcome
+
+    async def _attempt_traced(self, target: Target, r: _Request, span: Span) -> Outcome:
         if isinstance(target, CloudChainTarget):  # each model of the chain says its name
             outcome, calls = await self.cloud.attempt(
                 target, r.job, r.deadline, r.on_delta, r.on_model
@@ -275,11 +292,12 @@ class Router:
         if r.on_model is not None:
             r.on_model(target.model)
         if isinstance(target, RuntimeTarget):
-            outcome = await attempt_runtime(target, r.job, self._left_s(r), r.on_delta)
+            with runtime_trace(span.headers()):
+                outcome = await attempt_runtime(target, r.job, self._left_s(r), r.on_delta)
             self._note(r.route, target.via, None, target.model, outcome)
             return outcome
         try:
-            outcome = await self._attempt_node(target, r)
+            outcome = await self._attempt_node(target, r, span.headers())
         except asyncio.CancelledError:  # the caller went away: neutral, and a trial ends
             self.board.record(target.node, breaker_kind(target.job_type), "neutral", self._clock())
             raise
@@ -288,7 +306,9 @@ class Router:
         self._note(r.route, "remote", target.node, target.model, outcome)
         return outcome
 
-    async def _attempt_node(self, target: NodeTarget, r: _Request) -> Outcome:
+    async def _attempt_node(
+        self, target: NodeTarget, r: _Request, trace: dict[str, str]
+    ) -> Outcome:
         left_s = self._left_s(r)
         offload = self.settings.offload
         cap_s = offload.attempt_timeout_ms / 1000.0
@@ -310,7 +330,7 @@ class Router:
                 )
                 job = r.job.model_copy(update={"model": target.model})
                 outcome = await self.link.attempt(
-                    target.node, target.job_type, job, waits, r.on_delta
+                    target.node, target.job_type, job, waits, r.on_delta, trace=trace
                 )
         finally:
             self.liveness.release(target.node)
@@ -426,6 +446,7 @@ class Router:
     async def stop(self) -> None:
         await self.liveness.stop()
         await self.link.stop()
+        await asyncio.to_thread(self.tracing.shutdown)  # what is left goes out
 
 
 def _describe(route: Route, selection: Selection) -> None:

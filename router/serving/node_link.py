@@ -21,7 +21,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 from router.attempts.decision import Ending, Outcome
 from services.errors import ErrorCode, InferbusError
 from services.subjects import Subjects
+from services.tracing import TRACEPARENT
 from services.wire import (
     Chunk,
     JobRequest,
@@ -149,8 +150,11 @@ class NodeLink:
         job: JobRequest,
         waits: Waits,
         on_delta: Sink | None,
+        *,
+        trace: Mapping[str, str] | None = None,
     ) -> Outcome:
-        """Send `job` to `node` and wait for its answer (streamed to `on_delta` if given)."""
+        """Send `job` to `node` and wait for its answer (streamed to `on_delta` if given);
+        `trace` (W3C `traceparent`, `tracestate`) goes in the job and its NATS headers."""
         started = time.perf_counter()
         if not self._nc.is_connected or self._subscription is None:
             return _ended(job, "bus_down", started, "the router is not connected to NATS")
@@ -160,12 +164,18 @@ class NodeLink:
         self._pending[token] = pending
         self._by_node.setdefault(node, set()).add(token)
         sent_ms = max(1, int((waits.total_s - DEADLINE_MARGIN_S) * 1000))
-        request = job.model_copy(update={"timeout_ms": sent_ms, "stream": on_delta is not None})
+        update: dict[str, object] = {"timeout_ms": sent_ms, "stream": on_delta is not None}
+        if trace:
+            update["trace"] = trace.get(TRACEPARENT)
+        request = job.model_copy(update=update)
         finished = False
         try:
             try:
                 await self._nc.publish(
-                    self._subjects.job(node, job_type), encode(request), reply=inbox
+                    self._subjects.job(node, job_type),
+                    encode(request),
+                    reply=inbox,
+                    headers=dict(trace) if trace else None,
                 )
             except nats.errors.MaxPayloadError:
                 finished = True

@@ -27,6 +27,7 @@ from services.runtimes.errors import (
     classify_transport_error,
     invalid_response,
 )
+from services.tracing import runtime_trace_headers
 
 # Below uvicorn's 5 s keep-alive (vLLM, many OpenAI-compatible servers): a connection the
 # server is about to close is not reused for a POST, which aiohttp would not retry.
@@ -106,7 +107,10 @@ async def request_json(
     headers: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
 ) -> Any:
-    """Send one request and return its parsed JSON body, or raise InferbusError."""
+    """Send one request and return its parsed JSON body, or raise InferbusError.
+
+    Inside `services.tracing.runtime_trace`, the job's trace context goes along."""
+    headers = _traced(headers)
     try:
         async with asyncio.timeout(timeout_s):
             response = await client.request(method, url, json=body, headers=headers)
@@ -141,7 +145,7 @@ async def stream_lines(
     consumer being cancelled) closes the HTTP response, and with it the connection when the
     body was not read to its end, so the runtime stops generating.
     """
-    request = client.build_request("POST", url, json=body, headers=headers)
+    request = client.build_request("POST", url, json=body, headers=_traced(headers))
     try:
         async with asyncio.timeout_at(deadline):
             response = await client.send(request, stream=True)
@@ -183,6 +187,13 @@ async def stream_lines(
             await pieces.aclose()
     finally:
         await response.aclose()
+
+
+def _traced(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    trace = runtime_trace_headers()
+    if trace is None:
+        return headers
+    return {**headers, **trace} if headers else trace
 
 
 class RuntimeSession:

@@ -98,6 +98,9 @@ async def serve_generation(request: web.Request, wire: WireFormat) -> web.Stream
     """Handle one generation request end to end; counts it and tracks it as open."""
     state = request.app[STATE_KEY]
     started_ns = time.perf_counter_ns()
+    traceparent = request.headers.get("traceparent")
+    if traceparent:
+        state.traceparents.append(traceparent)
     payload = read_json_object(await request.read())
     model_name = ""
     if isinstance(payload, dict):

@@ -127,6 +127,11 @@ class Simulator(AsyncService):
         """Generation requests received per model name (a snapshot; missing names are 0)."""
         return Counter(self._state.calls)
 
+    @property
+    def traceparents(self) -> list[str]:
+        """The `traceparent` headers of the latest generation requests that sent one."""
+        return list(self._state.traceparents)
+
     def reset_calls(self) -> None:
         self._state.calls.clear()
 

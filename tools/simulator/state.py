@@ -8,7 +8,7 @@ HTTP control endpoints are two views of the same thing.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,8 @@ class SimState:
         self.faults = FaultTable()
         self.keys = KeyTable()  # per-API-key provider behaviour (cloud.py)
         self.calls: Counter[str] = Counter()
+        # The W3C `traceparent` of the latest generation requests that carried one.
+        self.traceparents: deque[str] = deque(maxlen=100)
         self.open_connections = 0
         self.stopping = asyncio.Event()
 
