@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,10 +11,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.attempts.route import Route
+from services.token_times import TokenTimes
+from services.wire import JobResponse
 
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _MODEL_STATE_VALUES = {"healthy": 0, "rechecking": 1, "cooling": 2, "disabled": 3}
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class _BreakerStates(Collector):
@@ -114,7 +119,36 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        by_where = ["model", "node"]
+        self.served_seconds = Histogram(
+            "inferbus_router_served_seconds",
+            "Answered requests: request to answer, by the model and node that served it.",
+            by_where,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "inferbus_router_ttft_seconds",
+            "Streams: request to the first token relayed, by model and node.",
+            by_where,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "inferbus_router_inter_token_seconds",
+            "Streams: the gap between two tokens relayed, by model and node.",
+            by_where,
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "inferbus_router_tokens",
+            "Tokens of answered requests (prompt, completion), by model and node.",
+            [*by_where, "kind"],
+            registry=self.registry,
+        )
         self._outcomes_of: dict[str, set[str]] = {}  # node -> outcomes it has series for
+        self._models_of: dict[str, set[str]] = {}  # node -> models it has served series for
         self.registry.register(_BreakerStates(breaker_snapshot))
         if providers_view is not None:
             self.registry.register(_CloudProviders(providers_view))
@@ -128,7 +162,42 @@ class RouterMetrics:
             if attempt.node:
                 self._outcomes_of.setdefault(attempt.node, set()).add(attempt.outcome)
 
+    def served(
+        self,
+        route: Route,
+        response: JobResponse,
+        seconds: float,
+        pieces: TokenTimes | None,
+    ) -> None:
+        """An answered request's speed and tokens, by the model and node that served it.
+
+        Failures are left out (their model and node may be anything a caller typed), so
+        the labels are what the fleet serves, and a forgotten node's go with it."""
+        if response.error is not None or route.model is None:
+            return
+        node = route.node or route.provider or route.via
+        model = route.model
+        self.served_seconds.labels(model, node).observe(seconds)
+        if route.node:
+            self._models_of.setdefault(route.node, set()).add(model)
+        if pieces is not None and pieces.first_s is not None:
+            self.ttft.labels(model, node).observe(pieces.first_s)
+            gaps = self.inter_token.labels(model, node)
+            for gap in pieces.gaps_s:
+                gaps.observe(gap)
+        usage = response.result.usage if response.result is not None else None
+        if usage is not None:
+            self.tokens.labels(model, node, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(model, node, "completion").inc(usage.completion_tokens)
+
     def forget(self, node: str) -> None:
         """The fleet forgot the node: its series go too (state follows the fleet)."""
         for outcome in self._outcomes_of.pop(node, ()):
             self.attempts.remove(node, outcome)
+        for model in self._models_of.pop(node, ()):
+            for series in (self.served_seconds, self.ttft, self.inter_token):
+                with contextlib.suppress(KeyError):
+                    series.remove(model, node)
+            for kind in ("prompt", "completion"):
+                with contextlib.suppress(KeyError):
+                    self.tokens.remove(model, node, kind)

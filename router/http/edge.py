@@ -1,9 +1,10 @@
-"""What every API dialect of the router shares: reading a body, the one `infer`, metrics.
+"""What every API dialect of the router shares: reading a body, the one call, metrics.
 
-Each dialect (router/api_*.py) turns its own request shape into a `JobRequest`, hands it
-to `Api.infer` (the idempotency gate in front of `Router.infer`) and shapes the answer its
-own way. The checks every body gets live here once: the size limit (never buffered past
-it), usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
+Each dialect (router/http/*.py) turns its own request shape into a `JobRequest`; `Api`
+makes it the request's one `Call` (router/serving/call.py) and serves it through the
+idempotency gate in front of the dispatcher; the dialect shapes the answer its own way.
+The checks every body gets live here once: the size limit (never buffered past it),
+usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
 """
 
 from __future__ import annotations
@@ -12,22 +13,25 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 
-from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
+from router.admission.idempotency import IdempotencyGate
 from router.admission.tenants import tenant_of
 from router.attempts.route import Route
+from router.config import HttpSettings
 from router.http.images import checked_images
 from router.http.live.feed import LiveFeed
 from router.http.live.rows import RequestFacts
 from router.metrics import RouterMetrics
-from router.serving.dispatch import ModelSink, Router
+from router.serving.call import Call, Calls, Served, trace_context
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
-from services.tracing import carrier_of
-from services.wire import JobRequest, JobResponse, request_from_fields
+from services.images import ImageSettings
+from services.token_times import TokenTimes
+from services.tracing import TRACEPARENT, TRACESTATE, Span, Tracing
+from services.wire import JobRequest, JobResponse, Piece, request_from_fields
 
 Finished = Callable[[JobResponse, Route], None]
 
@@ -97,16 +101,20 @@ def agent_of(value: object) -> str | None:
 
 @dataclass(frozen=True)
 class Api:
-    """The router as every dialect sees it."""
+    """The router as every dialect sees it: the settings it reads, the gate it serves
+    calls through (router/service.py wires them)."""
 
-    router: Router
+    http: HttpSettings
+    images: ImageSettings
+    calls: Calls
+    gate: IdempotencyGate
     metrics: RouterMetrics
-    keyed: IdempotencyGate
-    live: LiveFeed | None = None
+    tracing: Tracing = field(default_factory=lambda: Tracing(None, service="inferbus-router"))
+    live: LiveFeed | None = None  # the live page's feed, told of every answer
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
-        body = await read_body(request, self.router.settings.http.max_body_bytes)
+        body = await read_body(request, self.http.max_body_bytes)
         if isinstance(body, InferbusError):
             return body
         raw = parse_json(body)
@@ -124,56 +132,56 @@ class Api:
         decoded = request_from_fields(fields)  # no `type`: the router decides (images → vision)
         if isinstance(decoded, InferbusError):
             return decoded
-        limit = self.router.settings.http.max_image_bytes
+        limit = self.http.max_image_bytes
         too_big = largest_image_bytes(decoded)
         if too_big > limit:
             return InferbusError(
                 ErrorCode.PAYLOAD_TOO_LARGE, f"an image is {too_big} bytes; the limit is {limit}"
             )
-        return await checked_images(decoded, self.router.settings.images)
+        return await checked_images(decoded, self.images)
 
-    def tenant(self, request: Request) -> str:
-        configured = bool(self.router.settings.http.api_keys)
-        return tenant_of(request.headers.get("authorization"), keys_configured=configured)
+    def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
+        """The request's one call: its job, tenant, deadline and trace context."""
+        headers = request.headers
+        tenant = tenant_of(headers.get("authorization"), keys_configured=bool(self.http.api_keys))
+        trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
+        return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace)
 
-    async def infer(
-        self,
-        request: Request,
-        job: JobRequest,
-        *,
-        agent_id: str | None,
-        on_delta: DeltaSink | None = None,
-        on_model: ModelSink | None = None,
-    ) -> Served:
-        """The one way every dialect serves a job (idempotency gate → router), in the
-        request's span: a child of the caller's W3C trace context when it sent one."""
-        tenant = self.tenant(request)
-        parent = carrier_of(request.headers)
-        with self.router.tracing.span("request", parent=parent, kind="server") as span:
-            span.set("inferbus.tenant", tenant)
-            span.set("inferbus.model", job.model)
-            span.set("inferbus.stream", job.stream)
-            response, route = await self.keyed.infer(
-                job, agent_id=agent_id, on_delta=on_delta, on_model=on_model, tenant=tenant
-            )
-            span.set("inferbus.via", route.via)
-            span.set("inferbus.node", route.node or route.provider)
-            span.set("inferbus.served_model", route.model)
-            span.set("inferbus.attempts", len(route.attempts))
-            span.set("inferbus.outcome", response.error.code.value if response.error else "ok")
-            if response.error is not None:
-                span.error(response.error.code.value)
+    async def serve(self, call: Call) -> Served:
+        """The one way every dialect serves a call (idempotency gate → dispatcher), in the
+        request's span (a child of the caller's trace context when it sent one); a stream's
+        pieces are timed on the way (`call.progress.pieces`)."""
+        trace = call.trace
+        parent = {TRACEPARENT: trace.traceparent} if trace is not None else None
+        if parent is not None and trace is not None and trace.tracestate:
+            parent[TRACESTATE] = trace.tracestate
+        with self.tracing.span("request", parent=parent, kind="server") as span:
+            if call.on_piece is not None:
+                call = _timed(call)
+            response, route = await self.gate.serve(call)
+            _describe(span, call, response, route)
             return response, route
 
-    def finished(self, api: str, started: float) -> Finished:
-        """Counts one answer of dialect `api` in the metrics when called."""
+    def finished(self, api: str, started: float, call: Call | None = None) -> Finished:
+        """Counts one answer of dialect `api` in the metrics (and tells the live page)
+        when called."""
 
         def count(response: JobResponse, route: Route) -> None:
             status = response.error.code.value if response.error else "ok"
             seconds = time.perf_counter() - started
+            pieces = call.progress.pieces if call is not None else None
             self.metrics.answered(api, route, status, seconds)
+            self.metrics.served(route, response, seconds, pieces)
             if self.live is not None:
-                facts = RequestFacts(api, time.time(), seconds, stream=response.done is True)
+                facts = RequestFacts(
+                    api,
+                    time.time(),
+                    seconds,
+                    stream=call is not None and call.job.stream,
+                    ttft_s=pieces.first_s if pieces is not None else None,
+                    queue_ms=call.progress.queue_ms if call is not None else None,
+                    model=call.job.model if call is not None else None,
+                )
                 self.live.answered(facts, response, route)
 
         return count
@@ -185,3 +193,32 @@ class Api:
         if self.live is not None:
             refused = JobResponse.failure("", error)
             self.live.answered(RequestFacts(api, time.time(), seconds), refused, Route())
+
+
+def _timed(call: Call) -> Call:
+    """The call with its pieces' times noted as they pass to its sink."""
+    sink = call.on_piece
+    assert sink is not None
+    times = call.progress.pieces = TokenTimes(time.perf_counter())
+
+    async def timed(piece: Piece) -> None:
+        times.piece(time.perf_counter())
+        await sink(piece)
+
+    return call.streamed_to(timed, call.on_model)
+
+
+def _describe(span: Span, call: Call, response: JobResponse, route: Route) -> None:
+    span.set("inferbus.tenant", call.tenant)
+    span.set("inferbus.model", call.job.model)
+    span.set("inferbus.stream", call.job.stream)
+    span.set("inferbus.via", route.via)
+    span.set("inferbus.node", route.node or route.provider)
+    span.set("inferbus.served_model", route.model)
+    span.set("inferbus.attempts", len(route.attempts))
+    pieces = call.progress.pieces
+    if pieces is not None and pieces.first_s is not None:
+        span.set("inferbus.ttft_ms", round(pieces.first_s * 1000.0, 3))
+    span.set("inferbus.outcome", response.error.code.value if response.error else "ok")
+    if response.error is not None:
+        span.error(response.error.code.value)
