@@ -173,7 +173,7 @@ class RouterMetrics:
 
         Failures are left out (their model and node may be anything a caller typed), so
         the labels are what the fleet serves, and a forgotten node's go with it."""
-        if response.error is not None or route.model is None:
+        if response.status != "ok" or route.model is None:
             return
         node = route.node or route.provider or route.via
         model = route.model
