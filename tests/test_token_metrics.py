@@ -32,26 +32,24 @@ async def test_both_processes_count_ttft_gaps_and_tokens_of_a_stream(
     start_router: RouterFactory,
     node_id: str,
 ) -> None:
-    async with Simulator(tokens=8, token_interval_ms=2) as sim:
-        async with (
-            start_worker(backends=[backend(sim.url)], metrics_port=0) as worker,
-            start_router() as router,
-            httpx.AsyncClient(timeout=30) as http,
-        ):
-            body = {
-                "model": "llama3.2:3b",
-                "stream": True,
-                "messages": [{"role": "user", "content": "count to eight"}],
-                "stream_options": {"include_usage": True},
-            }
-            streamed = await http.post(f"{router.url}/v1/chat/completions", json=body)
-            assert streamed.status_code == 200
-            whole = await http.post(
-                f"{router.url}/v1/chat/completions", json={**body, "stream": False}
-            )
-            assert whole.status_code == 200
-            routed = (await http.get(f"{router.url}/metrics")).text
-            worked = (await http.get(f"http://127.0.0.1:{worker.metrics_port}/metrics")).text
+    async with (
+        Simulator(tokens=8, token_interval_ms=2) as sim,
+        start_worker(backends=[backend(sim.url)], metrics_port=0) as worker,
+        start_router() as router,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        body = {
+            "model": "llama3.2:3b",
+            "stream": True,
+            "messages": [{"role": "user", "content": "count to eight"}],
+            "stream_options": {"include_usage": True},
+        }
+        streamed = await http.post(f"{router.url}/v1/chat/completions", json=body)
+        assert streamed.status_code == 200
+        whole = await http.post(f"{router.url}/v1/chat/completions", json={**body, "stream": False})
+        assert whole.status_code == 200
+        routed = (await http.get(f"{router.url}/metrics")).text
+        worked = (await http.get(f"http://127.0.0.1:{worker.metrics_port}/metrics")).text
     where = {"model": "llama3.2:3b", "node": node_id}
     assert sample(routed, "inferbus_router_ttft_seconds_count", **where) == 1  # streams only
     assert sample(routed, "inferbus_router_inter_token_seconds_count", **where) >= 1
