@@ -6,7 +6,8 @@ answered request names the nodes it tried (their breakers may have moved). Those
 are marked dirty; every `flush_s` the feed rebuilds the rows of the dirty nodes only,
 keeps those that differ from what viewers already have, and sends one `delta` event to
 every viewer: changed rows, forgotten ids, when each heard node was heard, the requests
-answered since, and the providers' state when it changed. With no viewer, flushing costs
+answered since (the newest hundred; more are only counted, so a busy router's stream
+stays bounded), and the providers' state when it changed. With no viewer, flushing costs
 nothing but clearing the sets.
 
 A viewer is a bounded queue of encoded events. One that falls behind (a stalled browser,
@@ -19,7 +20,8 @@ Event shapes (JSON in `data:`):
                "providers": [...], "queue": {...} | null, "local_node": id | null,
                "now": unix_s}
     delta     {"nodes": [row...], "gone": [id...], "heard": {id: unix_s},
-               "requests": [row...], "providers"?: [...], "queue"?: {...}, "now": unix_s}
+               "requests": [row...], "requests_unsent"?: n, "providers"?: [...],
+               "queue"?: {...}, "now": unix_s}
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ Document = Callable[[], Any]
 _KEEPALIVE_S = 15.0
 _VIEWER_BACKLOG = 64  # events a viewer may be behind before it is cut off
 _PROVIDERS_EVERY = 4  # flushes between two looks at the providers' state
+_REQUESTS_PER_FLUSH = 100  # the newest requests sent per flush; the rest only counted
 
 
 def event(name: str, body: object) -> bytes:
@@ -251,12 +254,15 @@ class LiveFeed(AsyncService):
             for node in self._heard
             if (entry := fleet.index.nodes.get(node)) is not None
         }
+        requests = self._new_requests
         body: dict[str, Any] = {
             "nodes": changed,
             "gone": sorted(self._gone),
             "heard": heard,
-            "requests": self._new_requests,
+            "requests": requests[-_REQUESTS_PER_FLUSH:],
         }
+        if len(requests) > _REQUESTS_PER_FLUSH:
+            body["requests_unsent"] = len(requests) - _REQUESTS_PER_FLUSH
         self._flushes += 1
         if self._flushes % _PROVIDERS_EVERY == 0:  # cooldowns count down: not every flush
             providers = self._providers()

@@ -314,17 +314,22 @@ function drawQueue() {
   );
 }
 
+function drawAll() {
+  drawNodes();
+  drawModels();
+  drawRequests();
+  drawProviders();
+  drawQueue();
+}
+
+// Events are drawn at most every DRAW_EVERY_MS; what the user does, at once.
 let drawPending = false;
 function draw() {
   if (drawPending) return;
   drawPending = true;
   setTimeout(() => {
     drawPending = false;
-    drawNodes();
-    drawModels();
-    drawRequests();
-    drawProviders();
-    drawQueue();
+    drawAll();
   }, DRAW_EVERY_MS);
 }
 
@@ -396,7 +401,7 @@ function filtersChanged() {
   state.filterModel = $("filter-model").value.trim().toLowerCase();
   state.show = $("filter-show").value;
   state.page = 0;
-  draw();
+  drawAll();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -406,11 +411,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("filters").addEventListener("submit", (e) => e.preventDefault());
   $("prev").addEventListener("click", () => {
     state.page = Math.max(0, state.page - 1);
-    draw();
+    drawNodes();
   });
   $("next").addEventListener("click", () => {
     state.page += 1;
-    draw();
+    drawNodes();
   });
   setInterval(() => {
     // Ages move with the clock, not with events; a node past its ttl is stale now,
