@@ -228,11 +228,13 @@ class Fleet:
         llm_concurrency: int,
         node_id: str = "bench",
         extra_toml: str = "",
+        subject_prefix: str = "",
     ) -> asyncio.subprocess.Process:
         """A node worker with one backend; started, not waited for."""
         config = self.tmp / f"worker-{node_id}.toml"
         config.write_text(
             f'node_id = "{node_id}"\nnats_url = "{self.nats_url}"\n'
+            f'subject_prefix = "{subject_prefix}"\n'
             f"[limits]\nllm_concurrency = {llm_concurrency}\n{extra_toml}"
             f'[[backends]]\nkind = "{kind}"\nurl = "{backend_url}"\n'
         )
@@ -240,13 +242,20 @@ class Fleet:
         return await self.python(name, "node_worker", config)
 
     async def router(
-        self, http: aiohttp.ClientSession, worker: asyncio.subprocess.Process
+        self,
+        http: aiohttp.ClientSession,
+        worker: asyncio.subprocess.Process,
+        *,
+        name: str = "router",
+        extra_yaml: str = "",
     ) -> tuple[asyncio.subprocess.Process, str]:
         """The router, waited for until it can route to `worker`; returns it and its URL."""
         port = free_port()
-        config = self.tmp / "router.yml"
-        config.write_text(f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n")
-        router = await self.python("router", "router", config)
+        config = self.tmp / f"{name}.yml"
+        config.write_text(
+            f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n{extra_yaml}"
+        )
+        router = await self.python(name, "router", config)
         url = f"http://127.0.0.1:{port}"
 
         async def routable() -> bool:
@@ -255,7 +264,7 @@ class Fleet:
                 raise RuntimeError(f"worker exited early:\n{self.children.tail('worker')}")
             return await answers(http, f"{url}/ready")
 
-        await self.children.wait_ready("router", router, routable, 60)
+        await self.children.wait_ready(name, router, routable, 60)
         return router, url
 
     async def python(self, name: str, module: str, config: Path) -> asyncio.subprocess.Process:

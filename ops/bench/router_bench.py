@@ -6,6 +6,9 @@ with one shared aiohttp session for every row:
 
   floor  POST /v1/chat/completions → simulator                       (the runtime alone)
   path   POST /v1/chat/completions → router → NATS → worker → simulator
+  traced the same path with `telemetry.otlp_endpoint` set on the router and the worker:
+         every request traced, its spans exported to an OTLP sink in this process (the
+         plain path has tracing off: what off costs is the path row against earlier runs)
 
 at concurrency 1 (p50/p99 latency) and at concurrency 64 (req/s, p99, errors = non-200
 answers or failed requests). When LiteLLM's proxy can be started (`--litellm PATH`, the
@@ -24,16 +27,19 @@ Usage: python ops/bench/router_bench.py [--seconds 5] [--litellm PATH] [--py-spy
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import harness
+from aiohttp import web
 from harness import Children, Fleet, Sample, measure
 
 from services.localnet import free_port
@@ -52,6 +58,7 @@ ENTRY_POINTS = ("router/__main__.py", "services/loop.py")
 
 FLOOR_ROW = "floor: client → simulator"
 PATH_ROW = "path: router → NATS → worker → sim"
+TRACED_ROW = "path, traced (OTLP, every request)"
 LITELLM_ROW = "LiteLLM: proxy → simulator"
 
 
@@ -143,7 +150,8 @@ async def main(seconds: float, litellm: str | None, py_spy: Path | None) -> None
         )
     floor_c1, _ = results[FLOOR_ROW]
     print()
-    for label, name in (("inferbus router", PATH_ROW), ("LiteLLM proxy", LITELLM_ROW)):
+    rows = (("inferbus router", PATH_ROW), ("traced router", TRACED_ROW))
+    for label, name in (*rows, ("LiteLLM proxy", LITELLM_ROW)):
         if name not in results:
             continue
         c1, c64 = results[name]
@@ -173,61 +181,113 @@ async def run_bench(
     py_spy: Path | None,
 ) -> str | None:
     """Fill `results`; returns why the LiteLLM rows were skipped after all, if they were."""
-    children = fleet.children
-    async with harness.http_session() as http:
+    async with harness.http_session() as http, otlp_sink() as sink_url:
         sim_url = await fleet.simulator(http, "/api/tags", "--tokens", "16")
         worker = await fleet.worker(sim_url, "ollama", llm_concurrency=256)
         router, router_url = await fleet.router(http, worker)
-
-        async def answers(url: str) -> bool:
-            return await harness.answers(http, url)
-
+        # The same path with tracing on, exporting every span to an OTLP sink here: its
+        # own worker and router, kept apart from the plain path by a subject prefix.
+        traced_worker = await fleet.worker(
+            sim_url,
+            "ollama",
+            llm_concurrency=256,
+            node_id="traced",
+            extra_toml=f'[telemetry]\notlp_endpoint = "{sink_url}"\n',
+            subject_prefix="traced",
+        )
+        _, traced_url = await fleet.router(
+            http,
+            traced_worker,
+            name="router-traced",
+            extra_yaml=f"subject_prefix: traced\ntelemetry:\n  otlp_endpoint: {sink_url}\n",
+        )
         targets = {
             FLOOR_ROW: f"{sim_url}/v1/chat/completions",
             PATH_ROW: f"{router_url}/v1/chat/completions",
+            TRACED_ROW: f"{traced_url}/v1/chat/completions",
         }
         litellm_skipped: str | None = None
         if litellm_argv is not None:
             try:
                 litellm_url = await start_litellm(
-                    children, litellm_argv, fleet.tmp, sim_url, answers
+                    fleet.children,
+                    litellm_argv,
+                    fleet.tmp,
+                    sim_url,
+                    lambda url: harness.answers(http, url),
                 )
                 targets[LITELLM_ROW] = f"{litellm_url}/v1/chat/completions"
             except RuntimeError as error:
                 print(f"LiteLLM proxy failed: {error}", file=sys.stderr)
                 litellm_skipped = f"the LiteLLM proxy did not start ({first_line(error)})"
+        skipped = await timed_rows(fleet, router, http, targets, seconds, results, py_spy)
+        return skipped or litellm_skipped
 
-        def caller(url: str) -> Callable[[], Awaitable[bool]]:
-            async def call() -> bool:
-                async with http.post(url, data=BODY) as response:
-                    await response.read()
-                    return response.status == 200
 
-            return call
+async def timed_rows(
+    fleet: Fleet,
+    router: asyncio.subprocess.Process,
+    http: aiohttp.ClientSession,
+    targets: dict[str, str],
+    seconds: float,
+    results: dict[str, tuple[Sample, Sample]],
+    py_spy: Path | None,
+) -> str | None:
+    """Check every row answers, warm them all, then time them in turn."""
+    children = fleet.children
+    litellm_skipped: str | None = None
 
-        calls = {name: caller(url) for name, url in targets.items()}
-        for name, call in list(calls.items()):  # every row must work before it is timed
-            try:
-                ok = await call()
-            except (aiohttp.ClientError, TimeoutError) as error:
-                ok, why = False, repr(error)
-            else:
-                why = "non-200 answer"
-            if not ok and name == LITELLM_ROW:
-                print(f"LiteLLM proxy failed:\n{children.tail('litellm')}", file=sys.stderr)
-                litellm_skipped = f"the first request through the LiteLLM proxy failed ({why})"
-                del calls[name]
-            elif not ok:
-                raise RuntimeError(f"{name}: the first request failed ({why})")
-        for call in calls.values():  # warm-up: connections, caches, JITs of the children
-            await measure(call, 1, 0.5)
-            await measure(call, CONCURRENCY, 1.0)
-        for name, call in calls.items():
-            spied = {"router": (router.pid, py_spy)} if name == PATH_ROW and py_spy else {}
-            async with harness.profiling(children, spied, seconds, PY_SPY_RATE):
-                c1 = await measure(call, 1, seconds)
-            results[name] = (c1, await measure(call, CONCURRENCY, seconds))
+    def caller(url: str) -> Callable[[], Awaitable[bool]]:
+        async def call() -> bool:
+            async with http.post(url, data=BODY) as response:
+                await response.read()
+                return response.status == 200
+
+        return call
+
+    calls = {name: caller(url) for name, url in targets.items()}
+    for name, call in list(calls.items()):  # every row must work before it is timed
+        try:
+            ok = await call()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            ok, why = False, repr(error)
+        else:
+            why = "non-200 answer"
+        if not ok and name == LITELLM_ROW:
+            print(f"LiteLLM proxy failed:\n{children.tail('litellm')}", file=sys.stderr)
+            litellm_skipped = f"the first request through the LiteLLM proxy failed ({why})"
+            del calls[name]
+        elif not ok:
+            raise RuntimeError(f"{name}: the first request failed ({why})")
+    for call in calls.values():  # warm-up: connections, caches, JITs of the children
+        await measure(call, 1, 0.5)
+        await measure(call, CONCURRENCY, 1.0)
+    for name, call in calls.items():
+        spied = {"router": (router.pid, py_spy)} if name == PATH_ROW and py_spy else {}
+        async with harness.profiling(children, spied, seconds, PY_SPY_RATE):
+            c1 = await measure(call, 1, seconds)
+        results[name] = (c1, await measure(call, CONCURRENCY, seconds))
     return litellm_skipped
+
+
+@contextlib.asynccontextmanager
+async def otlp_sink() -> AsyncIterator[str]:
+    """An OTLP/HTTP endpoint on loopback that takes every export and keeps nothing."""
+
+    async def take(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", take)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def start_litellm(
