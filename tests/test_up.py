@@ -137,6 +137,14 @@ async def test_up_serves_the_printed_examples_survives_a_killed_worker_and_ctrl_
     router_url = curl.split()[2].rsplit("/v1/", 1)[0]
     async with httpx.AsyncClient() as http:
         nodes = (await http.get(f"{router_url}/nodes")).json()["nodes"]
+        # Each worker's metrics and the live page are printed, and answer.
+        metrics = [line.split(" at ", 1)[1].strip() for line in printed if "metrics at " in line]
+        assert len(metrics) == 2
+        for url in metrics:
+            assert "inferbus_worker_jobs_total" in (await http.get(url)).text
+        page = next(line.split(": ", 1)[1].strip() for line in printed if "live in a" in line)
+        assert page == f"{router_url}/ui/"
+        assert (await http.get(page)).status_code == 200
     assert sorted(node["node_id"] for node in nodes) == ["demo", "demo-2"]
 
     # The failover demo: kill one worker's PID; up says so and keeps the rest running.

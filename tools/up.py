@@ -106,13 +106,19 @@ async def _node_answers(nats_url: str, node_id: str) -> bool:
     return True
 
 
-def worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind, str]]) -> str:
+def worker_config(
+    node_id: str,
+    nats_url: str,
+    backends: list[tuple[RuntimeKind, str]],
+    metrics_port: int | None = None,
+) -> str:
     """The worker's config file, from its settings model (validated, so a bad value fails
     here and not in the child)."""
     settings = WorkerSettings(
         node_id=node_id,
         nats_url=[nats_url],
         backends=[BackendConfig(kind=kind, url=url) for kind, url in backends],
+        metrics_port=metrics_port,
     )
     return _yaml(settings.model_dump(mode="json", exclude_defaults=True))
 
@@ -275,10 +281,11 @@ async def _up(options: UpOptions) -> int:
         for node_id in node_ids[1:]:  # extra simulated nodes, to try failover
             nodes.append((node_id, [("ollama", await _start_simulator(children))]))
         inferbus = inferbus_command()
-        workers: list[tuple[Child, str, list[tuple[RuntimeKind, str]]]] = []
+        workers: list[tuple[Child, str, list[tuple[RuntimeKind, str]], int]] = []
         for node_id, node_backends in nodes:
             config = data_dir / f"worker-{node_id}.yml"
-            config.write_text(worker_config(node_id, nats_url, node_backends))
+            metrics_port = free_port()
+            config.write_text(worker_config(node_id, nats_url, node_backends, metrics_port))
             worker = await children.spawn(
                 f"worker {node_id!r}",
                 "-m",
@@ -287,13 +294,14 @@ async def _up(options: UpOptions) -> int:
                 str(config),
                 restart=f"{inferbus} worker --config {config}",
             )
-            workers.append((worker, node_id, node_backends))
-        for worker, node_id, node_backends in workers:
+            workers.append((worker, node_id, node_backends, metrics_port))
+        for worker, node_id, node_backends, metrics_port in workers:
             waiting_for = worker.role
             await children.until(worker, _wait_for_node(nats_url, node_id))
             runtimes = ", ".join(f"{kind} {url}" for kind, url in node_backends)
             subject = Subjects().job(node_id, "llm")
             say(f"worker: node {node_id!r} pid {worker.process.pid} on {subject} ({runtimes})")
+            say(f"        metrics at http://127.0.0.1:{metrics_port}/metrics")
         subject = Subjects().job(options.node_id, "llm")
         router_file = data_dir / "router.yml"
         router_file.write_text(
@@ -307,6 +315,7 @@ async def _up(options: UpOptions) -> int:
             f"router: {router_url} pid {router.process.pid} "
             f"(OpenAI-compatible at {router_url}/v1, config {router_file})"
         )
+        say(f"        the fleet, live in a browser: {router_url}/ui/")
         if nats_server is not None and nats_server.pid is not None:
             say(f"nats: pid {nats_server.pid}")
         say("")
