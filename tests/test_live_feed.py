@@ -292,3 +292,20 @@ async def test_with_keys_the_stream_needs_a_key_or_a_session(start_router: Route
         assert (await http.get("/nodes")).status_code == 401
         await http.post("/ui/logout")
         assert (await http.get("/ui/events")).status_code == 401
+
+
+def test_a_second_viewer_joining_leaves_the_first_one_up_to_date() -> None:
+    clock = Clock()
+    breakers: dict[str, dict[str, str]] = {}
+    view, feed = feed_over(clock, breakers)
+    heartbeat(view, record("a", LLAMA))
+    first = feed.watch()
+    breakers["a"] = {"llm": "half_open"}  # moved with time alone: no event marks it
+    second = feed.watch()  # its snapshot has it; the first viewer must get it too
+    assert feed.viewers == 2
+    delta = feed.delta()
+    assert delta is not None
+    assert [row["breakers"] for row in delta["nodes"]] == [{"llm": "half_open"}]
+    feed.leave(second)
+    feed.leave(first)
+    assert feed.viewers == 0

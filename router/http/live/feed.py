@@ -168,7 +168,12 @@ class LiveFeed(AsyncService):
         return len(self._viewers)
 
     def watch(self) -> Viewer:
-        """A new viewer, its first event the snapshot (O(fleet), once per viewer)."""
+        """A new viewer, its first event the snapshot (O(fleet), once per viewer).
+
+        Viewers already watching get what changed first, so that the rows they hold and
+        the rows the feed compares with stay the same ones."""
+        if self._viewers:
+            self.flush()
         viewer = Viewer()
         viewer.offer(event("snapshot", self.snapshot()))
         self._viewers.add(viewer)
@@ -184,11 +189,15 @@ class LiveFeed(AsyncService):
         now, now_unix = fleet.clock(), self._unix()
         rows = []
         heard: dict[str, float] = {}
+        first = not self._viewers
         for node in fleet.index.node_ids:
             row = self._row(node, now)
             if row is None:
                 continue
-            self._sent[node] = row
+            if first:
+                self._sent[node] = row
+            elif row != self._sent.get(node):  # moved by time alone: everyone gets it next
+                self._dirty.add(node)
             rows.append(row)
             heard[node] = heard_at(fleet.index.nodes[node], now=now, now_unix=now_unix)
         self._providers_sent = self._providers()
