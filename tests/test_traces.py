@@ -4,13 +4,17 @@ the runtime, and the spans both processes export to a real OTLP/HTTP receiver on
 
 from __future__ import annotations
 
+import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
+from services.subjects import Subjects
 from services.tracing import Span, TelemetrySettings, Tracing, carrier_of
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -42,6 +46,7 @@ async def test_one_request_is_one_trace_across_router_worker_and_runtime(
     start_worker: WorkerFactory,
     start_router: RouterFactory,
     receiver: OtlpReceiver,
+    nc: NatsClient,
     node_id: str,
     stream: bool,
 ) -> None:
@@ -52,9 +57,14 @@ async def test_one_request_is_one_trace_across_router_worker_and_runtime(
         start_router(telemetry=telemetry) as router,
         httpx.AsyncClient(base_url=router.url, timeout=30) as http,
     ):
+        # A copy of every job the router sends the node (no queue group: not a responder).
+        copies: list[Msg] = []
+        watcher = await nc.subscribe(Subjects().job(node_id, "llm"), cb=_keep(copies))
+        await nc.flush()
         headers = {"traceparent": sent, "tracestate": "vendor=abc"}
         answer = await http.post("/v1/chat/completions", json=chat(stream=stream), headers=headers)
         assert answer.status_code == 200
+        await watcher.unsubscribe()
     # Both processes flush what is left when they stop.
     await receiver.until(lambda spans: len(by_name(spans, trace_id)) >= 5, 15)
     spans = by_name(receiver.spans, trace_id)
@@ -74,6 +84,20 @@ async def test_one_request_is_one_trace_across_router_worker_and_runtime(
     assert ("inferbus.ttft_ms" in call.attributes) is stream
     # The runtime got the context of the worker's runtime call, in the same trace.
     assert f"00-{trace_id}-{call.span_id}-01" in simulator.traceparents
+    # The job on the bus carried the attempt's context, in its headers and its body.
+    assert len(copies) == 1
+    carried = f"00-{trace_id}-{attempt.span_id}-01"
+    assert copies[0].headers is not None
+    assert copies[0].headers["traceparent"] == carried
+    assert copies[0].headers["tracestate"] == "vendor=abc"
+    assert json.loads(copies[0].data)["trace"] == carried
+
+
+def _keep(into: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
+    async def keep(msg: Msg) -> None:
+        into.append(msg)
+
+    return keep
 
 
 async def test_a_request_without_context_starts_a_trace_at_the_router(
