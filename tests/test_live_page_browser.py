@@ -152,6 +152,10 @@ async def test_a_breaker_opening_shows_on_the_node(stage: Stage, page: Page) -> 
         )
     assert answer.status_code >= 500
     await expect(broken_row.locator("td.breakers")).to_contain_text("llm open", timeout=15_000)
+    await broken_row.click()  # its details: the runtime behind it and its models
+    details = page.locator(f'#nodes tr[data-details="{stage.nodes["broken"]}"]')
+    await expect(details).to_contain_text(BROKEN_MODEL)
+    await expect(details).to_contain_text("ollama http://127.0.0.1:")
     failed = page.locator('#requests tr[data-status="NO_ROUTE"], #requests tr.failed')
     await expect(failed.first).to_be_visible()
     await page.screenshot(path=artifact("page-breaker.png"), full_page=True)

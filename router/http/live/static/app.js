@@ -21,6 +21,7 @@ const state = {
   filterModel: "",
   show: "all",
   staleShown: 0,
+  expanded: new Set(), // node ids whose details are open
 };
 
 const $ = (id) => document.getElementById(id);
@@ -171,13 +172,38 @@ function nodeRow(row) {
   );
 }
 
+function nodeDetails(row) {
+  const runtimes = row.runtimes.map((r) =>
+    el("li", {}, `${r.kind} ${r.url}: ${r.state}`, r.latency_ms != null ? `, ${r.latency_ms} ms` : "", `, ${r.models} models`, r.error ? el("span", { class: "error" }, ` — ${r.error}`) : ""),
+  );
+  const models = row.models.map((m) => el("li", {}, `${m.name} (${m.type}, ${m.runtime}${m.running ? ", running" : ""})`));
+  return el(
+    "tr",
+    { class: "details", "data-details": row.id },
+    el(
+      "td",
+      { colspan: 8 },
+      el("div", { class: "detail-grid" },
+        el("div", {}, el("h3", {}, "runtimes"), el("ul", {}, runtimes.length ? runtimes : el("li", {}, "none"))),
+        el("div", {}, el("h3", {}, "models"), el("ul", {}, models.length ? models : el("li", {}, "none"))),
+        el("div", {}, el("h3", {}, "node"), el("ul", {}, el("li", {}, `version ${row.version}`), el("li", {}, `ttl ${row.ttl_s} s`))),
+      ),
+    ),
+  );
+}
+
 function drawNodes() {
   const all = [...state.nodes.values()];
   const rows = all.filter(nodeMatches).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
   state.page = Math.min(state.page, pages - 1);
   const start = state.page * PAGE_SIZE;
-  $("nodes").tBodies[0].replaceChildren(...rows.slice(start, start + PAGE_SIZE).map(nodeRow));
+  const shown = [];
+  for (const row of rows.slice(start, start + PAGE_SIZE)) {
+    shown.push(nodeRow(row));
+    if (state.expanded.has(row.id)) shown.push(nodeDetails(row));
+  }
+  $("nodes").tBodies[0].replaceChildren(...shown);
   $("page").textContent = `page ${state.page + 1} of ${pages}`;
   $("prev").disabled = state.page === 0;
   $("next").disabled = state.page >= pages - 1;
@@ -409,6 +435,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("filter-model").addEventListener("input", filtersChanged);
   $("filter-show").addEventListener("change", filtersChanged);
   $("filters").addEventListener("submit", (e) => e.preventDefault());
+  $("nodes").tBodies[0].addEventListener("click", (e) => {
+    const tr = e.target.closest("tr[data-node]");
+    if (!tr) return;
+    const id = tr.getAttribute("data-node");
+    if (state.expanded.has(id)) state.expanded.delete(id);
+    else state.expanded.add(id);
+    drawNodes();
+  });
   $("prev").addEventListener("click", () => {
     state.page = Math.max(0, state.page - 1);
     drawNodes();
