@@ -22,6 +22,7 @@ const state = {
   show: "all",
   staleShown: 0,
   expanded: new Set(), // node ids whose details are open
+  unsent: 0, // requests answered while the router sent only the newest of each batch
 };
 
 const $ = (id) => document.getElementById(id);
@@ -284,7 +285,8 @@ function drawRequests() {
       ),
     ),
   );
-  $("requests-count").textContent = String(state.requests.length);
+  const unsent = state.unsent ? `, ${state.unsent} more not shown` : "";
+  $("requests-count").textContent = `${state.requests.length}${unsent}`;
 }
 
 function drawProviders() {
@@ -384,6 +386,7 @@ function onDelta(body) {
     state.nodes.delete(id);
     state.heard.delete(id);
   }
+  if (body.requests_unsent) state.unsent += body.requests_unsent;
   if (body.requests && body.requests.length) {
     state.requests.push(...body.requests);
     if (state.requests.length > 1000) state.requests.splice(0, state.requests.length - 1000);
