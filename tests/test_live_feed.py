@@ -15,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 from router.attempts.route import Attempt, Route
 from router.fleet.view import FleetView
 from router.http.live.feed import LiveFeed
-from router.http.live.rows import RequestFacts, request_row
+from router.http.live.rows import RequestFacts, queue_summary, request_row
 from router.http.live.session import new_session, session_valid
 from services.capabilities import Capabilities, RuntimeStatus
 from services.capabilities import encode_capabilities as encode_record
@@ -309,3 +309,39 @@ def test_a_second_viewer_joining_leaves_the_first_one_up_to_date() -> None:
     feed.leave(second)
     feed.leave(first)
     assert feed.viewers == 0
+
+
+def test_the_queue_is_shown_as_its_depth_per_tenant_and_class() -> None:
+    waiting = [
+        {"tenant": "team-a", "class": "batch", "model": "m", "type": "llm", "age_ms": 40.0},
+        {"tenant": "team-a", "class": "batch", "model": "m", "type": "llm", "age_ms": 12.5},
+        {"tenant": "team-b", "class": "interactive", "model": "m", "type": "llm", "age_ms": 3.0},
+    ]
+    assert queue_summary(waiting) == {
+        "total": 3,
+        "by": [
+            {"tenant": "team-a", "class": "batch", "waiting": 2, "oldest_ms": 40.0},
+            {"tenant": "team-b", "class": "interactive", "waiting": 1, "oldest_ms": 3.0},
+        ],
+    }
+    assert queue_summary([]) == {"total": 0, "by": []}
+
+
+def test_the_queue_goes_in_the_snapshot_and_in_a_delta_when_it_changes() -> None:
+    clock = Clock()
+    view = FleetView(NatsClient(), Subjects(""), clock=clock)
+    line: list[dict[str, Any]] = []
+    feed = LiveFeed(
+        view,
+        breakers=lambda _node, _now: {},
+        providers=lambda: {"providers": []},
+        queue=lambda: queue_summary(line),
+    )
+    feed.watch()
+    assert feed.snapshot()["queue"] == {"total": 0, "by": []}
+    assert feed.delta() is None
+    line.append({"tenant": "t", "class": "batch", "age_ms": 5.0})
+    delta = feed.delta()
+    assert delta is not None
+    assert delta["queue"]["total"] == 1
+    assert feed.delta() is None

@@ -25,7 +25,7 @@ from services.capabilities import Capabilities
 from services.runtimes.errors import redact
 from services.wire import JobResponse
 
-__all__ = ["RequestFacts", "heard_at", "node_row", "request_row"]
+__all__ = ["RequestFacts", "heard_at", "node_row", "queue_summary", "request_row"]
 
 
 def heard_at(entry: NodeEntry, *, now: float, now_unix: float) -> float:
@@ -143,5 +143,21 @@ def request_row(facts: RequestFacts, response: JobResponse | None, route: Route)
                 "ms": round(attempt.ms, 1),
             }
             for attempt in route.attempts
+        ],
+    }
+
+
+def queue_summary(waiting: list[dict[str, Any]]) -> dict[str, Any]:
+    """The admission line as the page shows it: its depth per (tenant, class), with the
+    oldest wait of each, from the line's list of waiting calls (no content in either)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for call in waiting:
+        key = (str(call.get("tenant", "?")), str(call.get("class", "?")))
+        groups.setdefault(key, []).append(float(call.get("age_ms", 0.0)))
+    return {
+        "total": len(waiting),
+        "by": [
+            {"tenant": tenant, "class": klass, "waiting": len(ages), "oldest_ms": max(ages)}
+            for (tenant, klass), ages in sorted(groups.items())
         ],
     }

@@ -325,20 +325,15 @@ function drawProviders() {
   );
 }
 
-function flatten(value, prefix, out) {
-  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-    for (const [key, inner] of Object.entries(value)) flatten(inner, prefix ? `${prefix}.${key}` : key, out);
-  } else {
-    out.push([prefix, Array.isArray(value) ? JSON.stringify(value) : String(value)]);
-  }
-  return out;
-}
-
 function drawQueue() {
-  $("queue-section").hidden = state.queue === null || state.queue === undefined;
-  if ($("queue-section").hidden) return;
+  const queue = state.queue;
+  $("queue-section").hidden = queue === null || queue === undefined;
+  if (!queue) return;
+  $("queue-total").textContent = String(queue.total);
   $("queue").tBodies[0].replaceChildren(
-    ...flatten(state.queue, "", []).map(([key, value]) => el("tr", {}, el("th", {}, key), el("td", {}, value))),
+    ...(queue.by || []).map((g) =>
+      el("tr", { "data-tenant": g.tenant }, el("td", {}, g.tenant), el("td", {}, String(g.class)), el("td", {}, String(g.waiting)), el("td", {}, fmtMs(g.oldest_ms))),
+    ),
   );
 }
 
