@@ -345,3 +345,26 @@ def test_the_queue_goes_in_the_snapshot_and_in_a_delta_when_it_changes() -> None
     assert delta is not None
     assert delta["queue"]["total"] == 1
     assert feed.delta() is None
+
+
+def test_health_changes_reach_the_next_delta() -> None:
+    clock = Clock()
+    breakers: dict[str, dict[str, str]] = {}
+    providers: dict[str, Any] = {"providers": []}
+    view = FleetView(NatsClient(), Subjects(""), clock=clock)
+    feed = LiveFeed(
+        view,
+        breakers=lambda node, _now: dict(breakers.get(node, {})),
+        providers=lambda: dict(providers),
+    )
+    heartbeat(view, record("a", LLAMA))
+    feed.watch()
+    feed.delta()  # the first flush: nothing
+    breakers["a"] = {"llm": "open"}
+    feed.health_changed("breaker", "a")
+    providers["providers"] = [{"provider": "p", "keys": [], "models": [], "usage": []}]
+    feed.health_changed("key", "p")
+    delta = feed.delta()
+    assert delta is not None
+    assert [row["breakers"] for row in delta["nodes"]] == [{"llm": "open"}]
+    assert delta["providers"] == providers

@@ -123,6 +123,7 @@ class LiveFeed(AsyncService):
         self._providers_sent: Any = None
         self._queue_sent: Any = None
         self._flushes = 0
+        self._providers_due = False  # a key or model changed since the last flush
         self._flusher: asyncio.Task[None] | None = None
         fleet.on_record(self._on_record)
         fleet.on_forget(self._on_forget)
@@ -149,6 +150,16 @@ class LiveFeed(AsyncService):
         """Something about `node` the records do not carry changed (its breakers)."""
         if self._viewers:
             self._dirty.add(node)
+
+    def health_changed(self, kind: str, owner: str) -> None:
+        """The health board wrote a change: a node's breaker (`owner` the node), or a cloud
+        key's or model's state (`owner` the provider), sent at the next flush."""
+        if not self._viewers:
+            return
+        if kind == "breaker":
+            self._dirty.add(owner)
+        else:
+            self._providers_due = True
 
     def answered(self, facts: RequestFacts, response: JobResponse | None, route: Route) -> None:
         """One request was answered: it joins the recent list; its nodes may have changed."""
@@ -273,7 +284,8 @@ class LiveFeed(AsyncService):
         if len(requests) > _REQUESTS_PER_FLUSH:
             body["requests_unsent"] = len(requests) - _REQUESTS_PER_FLUSH
         self._flushes += 1
-        if self._flushes % _PROVIDERS_EVERY == 0:  # cooldowns count down: not every flush
+        if self._providers_due or self._flushes % _PROVIDERS_EVERY == 0:
+            self._providers_due = False  # a change now; cooldowns count down: now and then
             providers = self._providers()
             if providers != self._providers_sent:
                 self._providers_sent = body["providers"] = providers
