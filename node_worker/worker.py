@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Admission, slot_kind
+from node_worker.admission import Admission
 from node_worker.backends import build_backend
 from node_worker.catalog import Catalog
 from node_worker.chunks import ChunkSender
@@ -56,7 +56,15 @@ from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
+from services.wire import (
+    Chunk,
+    JobResponse,
+    JobType,
+    cancel_target,
+    encode,
+    new_job_id,
+    slot_kind,
+)
 
 log = logging.getLogger("inferbus.worker")
 

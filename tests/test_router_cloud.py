@@ -187,7 +187,6 @@ async def test_a_stream_fails_over_before_its_first_token(
     assert alpha.key_calls == {SECRETS["KEY_A"]: 1, SECRETS["KEY_B"]: 1}
 
 
-@pytest.mark.xfail(strict=True, reason="the cloud stream is relayed without its tool-call sink")
 async def test_a_streamed_cloud_tool_call_reaches_the_client_as_the_whole_answers_calls(
     alpha: Simulator, beta: Simulator, start_router: RouterFactory
 ) -> None:

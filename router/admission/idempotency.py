@@ -39,11 +39,11 @@ from typing import Protocol
 from router.admission.tenants import SHARED_SCOPE
 from router.attempts.route import Route
 from router.selection.select import select
-from router.serving.dispatch import ModelSink, Router, job_type_of
+from router.serving.dispatch import Router, job_type_of
 from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.keystore import SharedKeys
-from services.wire import JobRequest, JobResponse, Piece, is_replayable, new_job_id
+from services.wire import JobRequest, JobResponse, ModelSink, Piece, is_replayable, new_job_id
 from services.wire_features import ToolCallDelta
 
 log = logging.getLogger("inferbus.router")

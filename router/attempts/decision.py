@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.attempts.board import Outcome as Health
+from router.attempts.route import Attempt
 from services.errors import ErrorCode
 from services.wire import JobResponse
 
@@ -70,7 +71,13 @@ _ANSWERED: dict[ErrorCode, tuple[Action, Health]] = {
 
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt's result, classified where it happened (the NATS or HTTP edge)."""
+    """One attempt's result, classified where it happened (the NATS or HTTP edge).
+
+    `attempts` are the calls the target made, as the answer's route lists them: one for
+    a node or a runtime, one per (provider, key, model) for a cloud chain. `conclusive`:
+    when nothing after it answers either, this answer is the request's (a cloud chain's
+    failure already says most: when its keys cool down, which model it ended on).
+    """
 
     response: JobResponse
     ending: Ending = "answered"
@@ -80,6 +87,8 @@ class Outcome:
     budget_bound: bool = True
     bus_settling: bool = False  # the router's connection was down or just reconnected
     elapsed_ms: float = 0.0
+    attempts: tuple[Attempt, ...] = ()
+    conclusive: bool = False
 
     @property
     def code(self) -> ErrorCode | None:

@@ -22,9 +22,9 @@ from router.admission.tenants import tenant_of
 from router.attempts.route import Route
 from router.http.images import checked_images
 from router.metrics import RouterMetrics
-from router.serving.dispatch import ModelSink, Router
+from router.serving.dispatch import Router
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
-from services.wire import JobRequest, JobResponse, request_from_fields
+from services.wire import JobRequest, JobResponse, ModelSink, request_from_fields
 
 Finished = Callable[[JobResponse, Route], None]
 

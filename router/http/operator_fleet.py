@@ -27,7 +27,7 @@ def fleet_routes(api: Api) -> list[routing.BaseRoute]:
             router.fleet.index,
             query,
             now=now,
-            breakers_of=lambda node: router.board.of_node(node, now),
+            breakers_of=lambda node: router.health.breakers_of(node, now),
         )
         return JSONResponse(page)
 
@@ -35,8 +35,8 @@ def fleet_routes(api: Api) -> list[routing.BaseRoute]:
         return JSONResponse({"status": "ok"})
 
     async def ready(_: Request) -> Response:
-        connected = router.nc.is_connected
-        routes = router.fleet.index.serves_anything() or router.local_runtime is not None
+        connected = router.connected()
+        routes = router.fleet.index.serves_anything() or router.local is not None
         body = {"nats_connected": connected, "route_possible": routes}
         return JSONResponse(body, 200 if connected and routes else 503)
 
