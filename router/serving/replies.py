@@ -4,13 +4,14 @@
 edge, router/serving/node_link.py, has already checked that the inbox is that job's and
 that its node token is the asked node's):
 
-| message                                            | meaning                          |
-|----------------------------------------------------|----------------------------------|
-| no body, status 503                                | `NoWorker`: nobody listens       |
-| the job's answer (a JobResponse with its id)       | `Answered`                       |
-| a chunk of the job's stream (streaming only)       | `Chunked`                        |
-| unreadable, naming no job                          | `Answered`: INTERNAL, the node's |
-| carrying another job's id (a chunk while whole too) | `Foreign`: dropped, counted     |
+| message                                             | meaning                         |
+|-----------------------------------------------------|---------------------------------|
+| no body, status 503                                 | `NoWorker`: nobody listens      |
+| the job's answer (a JobResponse with its id)        | `Answered`                      |
+| a chunk of the job's stream (streaming only)        | `Chunked`                       |
+| unreadable, naming no job                           | `Answered`: INTERNAL, the node's|
+| unreadable but naming a job, another job's answer   | `Foreign`: dropped, counted     |
+|   or chunk, a chunk when the answer is whole        |                                 |
 
 An unreadable message naming no job can only come from a party that got the job (the
 inbox is unguessable and, with the committed permissions, only the asked node may reply
