@@ -27,7 +27,7 @@ import httpx
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
-from router.admission.idempotency import gate_for
+from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.attempts.board import BreakerBoard
 from router.attempts.health import HealthBoard, HealthEvents
 from router.attempts.runtime_target import StaticRuntimes
@@ -37,7 +37,10 @@ from router.cloud.targets import CloudProviders
 from router.config import RouterSettings
 from router.fleet.view import FleetView
 from router.http.app import build_app
+from router.http.edge import Api
+from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
+from router.serving.call import Calls
 from router.serving.dispatch import LocalRuntime, Router
 from router.serving.liveness import Liveness, LivenessSettings
 from router.serving.node_link import NodeLink
@@ -145,7 +148,6 @@ def wire_router(
         local=local_runtime,
         connected=connected,
         clock=clock,
-        settings=settings,
     )
     fleet.on_record(router.heard_from)
     fleet.on_forget(lambda node: breakers.forget(node, clock()))
@@ -164,15 +166,30 @@ class RouterService(AsyncService):
             local_node=settings.local_node,
             settings=settings.fleet,
         )
+        clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
         try:
             wired = wire_router(
-                settings, nc=self._nc, fleet=self.fleet, http=self._http, environ=os.environ
+                settings,
+                nc=self._nc,
+                fleet=self.fleet,
+                http=self._http,
+                environ=os.environ,
+                clock=clock,
             )
         except ProviderConfigError as error:  # a key's variable is unset: it names it
             raise StartupError(str(error)) from None
         self.router, self.health, self.link = wired.router, wired.health, wired.link
         self._liveness, self._nodes = wired.liveness, wired.nodes
-        self.gate = gate_for(self.router)
+        idempotency = settings.idempotency
+        self.gate = IdempotencyGate(
+            self.router.dispatch,
+            resolve_model=fleet_model(settings.selection, self.fleet),
+            answers=KeptAnswers(
+                ttl_s=idempotency.ttl_s, max_entries=idempotency.max_entries, clock=clock
+            ),
+            clock=clock,
+        )
+        self._calls = Calls(settings.offload.default_budget_ms, clock=clock)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -196,8 +213,16 @@ class RouterService(AsyncService):
             lambda: self.health.snapshot(time.monotonic()).breakers, self.router.cloud.view
         )
         self.fleet.on_forget(metrics.forget)
+        api = Api(self.settings.http, self.settings.images, self._calls, self.gate, metrics)
+        status = FleetStatus(
+            self.fleet,
+            breakers_of=self.health.breakers_of,
+            bus_connected=lambda: self._nc.is_connected,
+            has_local_runtime=self.router.local is not None,
+            registry=metrics.registry,
+        )
         config = uvicorn.Config(
-            build_app(self.router, metrics, self.gate),
+            build_app(api, status, self.router.cloud.view),
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -28,14 +28,14 @@ from router.attempts.runtime_target import RuntimeTarget, StaticRuntimes
 from router.attempts.targets import Target
 from router.attempts.unanswered import Unanswered, final_failure
 from router.cloud.targets import CloudProviders
-from router.config import OffloadSettings, RouterSettings
+from router.config import OffloadSettings
 from router.fleet.view import FleetView
 from router.selection.needs import NO_NEEDS, JobNeeds, job_needs, what_is_missing
 from router.selection.profiles import SelectionConfig
 from router.selection.select import Selection, select
+from router.serving.call import Call, Served
 from router.serving.node_target import NodeCalls
 from services.capabilities import Capabilities
-from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import Runtime
 from services.wire import JobRequest, JobResponse, JobType, ModelSink, PieceSink
@@ -88,10 +88,7 @@ class Router:
         local: LocalRuntime | None = None,
         connected: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
-        settings: RouterSettings,
     ) -> None:
-        self.settings = settings  # read by the HTTP edge
-        self.connected = connected
         self.fleet = fleet
         self.health = health
         self.nodes = nodes
@@ -103,32 +100,20 @@ class Router:
         self._connected = connected
         self._clock = clock
 
-    async def infer(
-        self,
-        job: JobRequest,
-        *,
-        agent_id: str | None = None,
-        on_delta: PieceSink | None = None,
-        on_model: ModelSink | None = None,
-    ) -> tuple[JobResponse, Route]:
-        """Serve one request; always returns one answer, by its deadline.
+    async def dispatch(self, call: Call) -> Served:
+        """Serve one call; always returns one answer, by its deadline.
 
-        With `on_delta`, the answer is streamed: each piece of text goes to `on_delta` as
-        it is produced, and the returned answer ends the stream; `on_model` hears the model
-        of each target before its first piece. Until the first piece, a failing target is
-        left for the next one; after it, the stream ends with the error instead.
+        With `call.on_piece`, the answer is streamed: each piece goes to it as it is
+        produced, and the returned answer ends the stream; `call.on_model` hears the
+        model of each target before its first piece. Until the first piece, a failing
+        target is left for the next one; after it, the stream ends with the error instead.
         """
-        budget_ms = remaining_budget_ms(
-            timeout_ms=job.timeout_ms,
-            deadline_unix_ms=job.deadline_unix_ms,
-            default_timeout_ms=self._offload.default_budget_ms,
-            now_unix_ms=time.time() * 1000.0,
-        )
-        job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
-        deadline = self._clock() + budget_ms / 1000.0
+        job = call.job
+        if job.idempotency_key is None or job.type is None:  # the gate sets both
+            job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
         needs = job_needs(job, job.type or "llm")
-        request = _Request(job, agent_id, deadline, on_delta, on_model, needs)
-        if budget_ms <= 0:
+        request = _Request(job, call.agent_id, call.deadline, call.on_piece, call.on_model, needs)
+        if self._left_s(request) <= 0:
             error = InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival")
             return JobResponse.failure(job.job_id, error), request.route
         async for target in self._targets(request):
