@@ -1,6 +1,11 @@
 """The one decision after every attempt: answer the caller or try the next target, and
 what the attempt says about the target's health (the fault-attribution rules).
 
+Every target's outcome comes here, whatever its kind (router/attempts/targets.py). A target
+that makes several calls keeps its own table between them nested behind this one: the
+cloud chain's per-reason table (router/cloud/actions.py) chooses among its (provider, key,
+model) calls, and the chain's outcome as a whole is judged here like any other.
+
 Pure: an `Outcome` in, a `Verdict` out; no clock, no I/O. Every rule is a row in
 `tests/test_decision.py`, and `ops/offload_routing.md` states them for operators:
 
