@@ -90,8 +90,8 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
-        self.health = health
-        self.nodes = nodes
+        self._health = health
+        self._nodes = nodes
         self.cloud = cloud
         self.local = local
         self._offload = offload
@@ -140,7 +140,7 @@ class Router:
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
         """What runs inside the building: fleet nodes, the local runtime, static."""
-        breakers = self.health.breakers
+        breakers = self._health.breakers
         job_type = r.job.type or "llm"
         for _ in range(self._offload.attempts):
             if self._left_s(r) <= 0 or not self._connected():
@@ -163,7 +163,7 @@ class Router:
                 r.skipped_open = True
                 continue
             _describe(r.route, selection)
-            yield self.nodes.target(node, selection.model, job_type, selection.type)
+            yield self._nodes.target(node, selection.model, job_type, selection.type)
         local = self._local_target(r)
         if local is not None:
             yield local
@@ -278,7 +278,7 @@ class Router:
         """A node announcing every runtime healthy gets a trial past an open breaker."""
         runtimes = [runtime for runtime in record.runtimes if runtime.state != "disabled"]
         if runtimes and all(runtime.state == "healthy" for runtime in runtimes):
-            self.health.breakers.heard_from(record.node_id, self._clock())
+            self._health.breakers.heard_from(record.node_id, self._clock())
 
     def _left_s(self, r: _Request) -> float:
         return r.deadline - self._clock()
