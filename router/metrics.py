@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,7 +22,7 @@ INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25,
 
 
 class _BreakerStates(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
+    def __init__(self, snapshot: Callable[[], Mapping[str, Mapping[str, str]]]) -> None:
         self._snapshot = snapshot
 
     def collect(self):  # type: ignore[no-untyped-def]
@@ -96,7 +96,7 @@ class _CloudProviders(Collector):
 class RouterMetrics:
     def __init__(
         self,
-        breaker_snapshot: Callable[[], dict[str, dict[str, str]]],
+        breaker_snapshot: Callable[[], Mapping[str, Mapping[str, str]]],
         providers_view: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()

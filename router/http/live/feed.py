@@ -35,12 +35,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from router.attempts.route import Route
-from router.fleet.candidates import SLOT_KINDS
 from router.fleet.view import FleetView
 from router.http.live.rows import RequestFacts, heard_at, node_row, request_row
 from services.capabilities import Capabilities
 from services.lifecycle import AsyncService
-from services.wire import JobResponse
+from services.wire import SLOT_KINDS, JobResponse
 
 __all__ = ["LiveFeed", "Viewer"]
 
@@ -228,7 +227,9 @@ class LiveFeed(AsyncService):
         entry = index.nodes.get(node)
         if entry is None:
             return None
-        own = {kind: n for kind in SLOT_KINDS if (n := index.router_inflight.get((node, kind)))}
+        own: dict[str, int] = {
+            kind: n for kind in SLOT_KINDS if (n := index.router_inflight.get((node, kind)))
+        }
         return node_row(
             entry,
             now=now,

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.attempts.route import Route
-from router.fleet.candidates import SLOT_KINDS
 from router.fleet.index import NodeEntry
 from services.capabilities import Capabilities
 from services.runtimes.errors import redact
-from services.wire import JobResponse
+from services.wire import SLOT_KINDS, JobResponse
 
 __all__ = ["RequestFacts", "heard_at", "node_row", "queue_summary", "request_row"]
 
