@@ -31,6 +31,7 @@ from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
 from router.http.operator_fleet import fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.unexpected import LogUnexpected, unexpected_error
 from router.metrics import RouterMetrics
 from router.serving.dispatch import Router
 
@@ -49,6 +50,7 @@ def build_app(
         *fleet_routes(api),
         providers_route(router.cloud),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    handlers = {404: not_found, 405: method_not_allowed, Exception: unexpected_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     keys = [key.get_secret_value() for key in router.settings.http.api_keys]
-    return RequireApiKey(app, keys) if keys else app
+    return LogUnexpected(RequireApiKey(app, keys) if keys else app)

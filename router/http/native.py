@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api, agent_of, retry_after_headers, status_of
+from router.http.edge import Api, agent_of, cached_headers, retry_after_headers, status_of
 from router.http.streams import NdjsonLines, stream_response
 from services.errors import InferbusError
 from services.wire import JobResponse
@@ -18,7 +18,8 @@ from services.wire import JobResponse
 
 def native_answer(response: JobResponse, route: Route) -> JSONResponse:
     body = response.model_dump(mode="json", exclude_none=True) | {"route": route.model_dump()}
-    return JSONResponse(body, status_of(response), headers=retry_after_headers(response))
+    headers = retry_after_headers(response) | cached_headers(response)
+    return JSONResponse(body, status_of(response), headers=headers)
 
 
 def native_routes(api: Api) -> list[routing.BaseRoute]:

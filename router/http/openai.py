@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api, agent_of, retry_after_headers
+from router.http.edge import Api, agent_of, cached_headers, retry_after_headers
 from router.http.streams import SseChunks, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, openai_job_fields
@@ -134,7 +134,7 @@ async def serve_openai(
     api.finished(label, started)(response, route)
     if response.error is not None:
         return openai_error_of(response)
-    return JSONResponse(whole(response, route, job, raw))
+    return JSONResponse(whole(response, route, job, raw), headers=cached_headers(response))
 
 
 async def not_found(request: Request, _exc: Exception) -> JSONResponse:

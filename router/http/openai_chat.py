@@ -19,6 +19,7 @@ from starlette.responses import Response
 from router.attempts.route import Route
 from router.http.edge import Api
 from router.http.openai import serve_openai
+from router.http.openai_checks import chat_fields
 from router.http.streams import OpenAIChunks, usage_body
 from services.wire import JobRequest, JobResponse
 
@@ -48,6 +49,8 @@ def openai_completion(
 
 def chat_routes(api: Api) -> list[routing.BaseRoute]:
     async def chat_completions(request: Request) -> Response:
-        return await serve_openai(api, request, "openai", openai_completion, OpenAIChunks)
+        return await serve_openai(
+            api, request, "openai", openai_completion, OpenAIChunks, chat_fields
+        )
 
     return [routing.Route("/v1/chat/completions", chat_completions, methods=["POST"])]
