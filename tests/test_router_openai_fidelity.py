@@ -280,8 +280,8 @@ async def test_langchain_embeddings_work_with_text_inputs(router: RouterService)
     async with httpx.AsyncClient() as http:
         embeddings = OpenAIEmbeddings(
             model=EMBED_MODEL,
-            base_url=f"{router.url}/v1",
-            api_key=SecretStr("unused"),
+            openai_api_base=f"{router.url}/v1",
+            openai_api_key=SecretStr("unused"),
             check_embedding_ctx_length=False,
             max_retries=0,
             http_async_client=http,

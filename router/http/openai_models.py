@@ -13,15 +13,15 @@ from starlette import routing
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from router.cloud.providers import ProviderConfig, listed_models
+from router.fleet.index import FleetIndex
 from router.fleet.views import ModelsView
-from router.http.edge import Api
 from router.http.openai import openai_error
 from services.errors import ErrorCode
 
 
-def cloud_model_entries(providers: Mapping[str, ProviderConfig]) -> dict[str, dict[str, Any]]:
-    """The providers' models as OpenAI model entries, `owned_by` the provider."""
+def cloud_model_entries(cloud_models: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The providers' models (name → provider) as OpenAI model entries, `owned_by` the
+    provider."""
     return {
         name: {
             "id": name,
@@ -31,13 +31,13 @@ def cloud_model_entries(providers: Mapping[str, ProviderConfig]) -> dict[str, di
             "type": "llm",
             "capabilities": ["completion"],
         }
-        for name, provider in listed_models(providers).items()
+        for name, provider in cloud_models.items()
     }
 
 
-def models_routes(api: Api) -> list[routing.BaseRoute]:
-    view = ModelsView(api.router.fleet.index)
-    cloud = cloud_model_entries(api.router.cloud.providers)
+def models_routes(index: FleetIndex, cloud_models: Mapping[str, str]) -> list[routing.BaseRoute]:
+    view = ModelsView(index)
+    cloud = cloud_model_entries(cloud_models)
 
     async def models(_: Request) -> Response:
         if not cloud:
