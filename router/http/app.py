@@ -23,6 +23,7 @@ from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from router.http.anthropic import anthropic_routes
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
@@ -51,6 +52,7 @@ def build_app(
         *chat_routes(api),
         *embeddings_routes(api),
         *completions_routes(api),
+        *anthropic_routes(api),
         *models_routes(status.fleet.index, cloud_models or {}),
         *fleet_routes(status),
         providers_route(providers_view),

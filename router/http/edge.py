@@ -146,7 +146,11 @@ class Api:
     def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
         """The request's one call: its job, tenant, deadline and trace context."""
         headers = request.headers
-        tenant = tenant_of(headers.get("authorization"), keys_configured=bool(self.http.api_keys))
+        tenant = tenant_of(
+            headers.get("authorization"),
+            keys_configured=bool(self.http.api_keys),
+            api_key=headers.get("x-api-key"),
+        )
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
         return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace)
 
