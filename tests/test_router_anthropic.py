@@ -63,6 +63,11 @@ async def router(
 
 
 @pytest.fixture
+async def sim_pair(router: RouterService) -> None:
+    """The two workers of `router`, for a test that starts a router of its own."""
+
+
+@pytest.fixture
 async def client(router: RouterService) -> AsyncIterator[anthropic.AsyncAnthropic]:
     client = anthropic.AsyncAnthropic(base_url=router.url, api_key="unused", max_retries=0)
     yield client
@@ -267,3 +272,36 @@ async def test_raw_events_follow_anthropics_sequence(router: RouterService) -> N
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert all(data["type"] == name for name, data in events)
     assert events[-2][1]["delta"]["stop_reason"] == "end_turn"
+
+
+async def test_thinking_is_refused_by_name_for_a_model_that_cannot_think(
+    client: anthropic.AsyncAnthropic,
+) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="does not support thinking"):
+        await client.messages.create(
+            model=PLAIN_MODEL,
+            max_tokens=2048,
+            messages=ask("hi"),
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        )
+
+
+async def test_keys_are_taken_as_x_api_key_or_bearer(
+    sim_pair: None, start_router: RouterFactory
+) -> None:
+    async with start_router(http={"host": "127.0.0.1", "port": 0, "api_keys": ["sekrit"]}) as svc:
+        right = anthropic.AsyncAnthropic(base_url=svc.url, api_key="sekrit", max_retries=0)
+        wrong = anthropic.AsyncAnthropic(base_url=svc.url, api_key="nope", max_retries=0)
+        answered = await right.messages.create(model=TOOL_MODEL, max_tokens=8, messages=ask("hi"))
+        with pytest.raises(anthropic.AuthenticationError):
+            await wrong.messages.create(model=TOOL_MODEL, max_tokens=8, messages=ask("hi"))
+        async with httpx.AsyncClient(base_url=svc.url) as http:
+            body = {"model": TOOL_MODEL, "max_tokens": 8, "messages": ask("hi")}
+            by_header = await http.post("/v1/messages", json=body, headers={"x-api-key": "sekrit"})
+            refused = await http.post("/v1/messages", json=body, headers={"x-api-key": "nope"})
+        await right.close()
+        await wrong.close()
+    assert answered.content[0].type == "text"
+    assert by_header.status_code == 200
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"

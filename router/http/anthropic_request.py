@@ -18,8 +18,9 @@ Checked against Anthropic's Messages API and the official `anthropic` Python cli
 - `tool_choice`: `auto`, `any` (→ `required`), `tool` (→ that function), `none`;
   `disable_parallel_tool_use` → `parallel_tool_calls: false`;
 - `stop_sequences` → `stop`; `temperature`, `top_p`; `top_k` → `extra.top_k`;
-  `metadata.user_id` → `user`; `thinking` enabled → `extra.think` (a model that cannot
-  think is refused by the capability filter, naming `thinking`); `output_config.format`
+  `metadata.user_id` → `user`; `thinking` enabled → the chat template's
+  `enable_thinking` (`think` on Ollama; a model whose record says it cannot think is
+  refused naming the field); `output_config.format`
   (a JSON schema) → `response_format`; `stream`.
 Fields that change nothing the fleet does (`service_tier`, `cache_control` on blocks) are
 dropped; `mcp_servers` and `container` are refused by name.
@@ -85,7 +86,8 @@ def _fields(body: dict[str, Any]) -> Fields:
     if body.get("top_k") is not None:
         extra["top_k"] = body["top_k"]
     if thinking_wanted(body.get("thinking")):
-        extra["think"] = True
+        # Read by vLLM and llama.cpp's chat templates, and mapped to `think` for Ollama.
+        extra["chat_template_kwargs"] = {"enable_thinking": True}
     if extra:
         fields["extra"] = extra
     fields.update(tool_fields(body.get("tools"), body.get("tool_choice")))
