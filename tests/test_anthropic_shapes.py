@@ -77,8 +77,8 @@ def test_a_tool_round_trip_becomes_openai_shaped_messages() -> None:
             },
         ],
     )
-    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather"}}
-    call["function"]["arguments"] = '{"c":1}'
+    function = {"name": "get_weather", "arguments": '{"c":1}'}
+    call = {"id": "toolu_1", "type": "function", "function": function}
     assert fields["messages"] == [
         USER,
         {"role": "assistant", "content": None, "tool_calls": [call]},
