@@ -34,6 +34,7 @@ from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.responses import responses_routes
 from router.http.unexpected import LogUnexpected, unexpected_error
 
 
@@ -53,6 +54,7 @@ def build_app(
         *embeddings_routes(api),
         *completions_routes(api),
         *anthropic_routes(api),
+        *responses_routes(api),
         *models_routes(status.fleet.index, cloud_models or {}),
         *fleet_routes(status),
         providers_route(providers_view),
