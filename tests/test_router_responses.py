@@ -82,7 +82,8 @@ async def test_instructions_reach_the_model(client: openai.AsyncOpenAI) -> None:
             {"role": "user", "content": [{"type": "input_text", "text": "hello there"}]},
         ],
     )
-    assert response.usage is not None and as_items.usage is not None
+    assert response.usage is not None
+    assert as_items.usage is not None
     assert response.usage.input_tokens == as_items.usage.input_tokens == 5
     assert response.output_text == as_items.output_text
 
@@ -94,7 +95,8 @@ async def test_max_output_tokens_makes_an_incomplete_response(client: openai.Asy
     assert response.status == "incomplete"
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
-    assert response.usage is not None and response.usage.output_tokens == 3
+    assert response.usage is not None
+    assert response.usage.output_tokens == 3
 
 
 async def test_a_function_call_round_trip(client: openai.AsyncOpenAI) -> None:
@@ -149,7 +151,8 @@ async def test_a_streamed_text_response_reassembles(client: openai.AsyncOpenAI) 
     assert kinds[-1] == "response.completed"
     assert len(deltas) > 1
     assert "".join(deltas) == whole.output_text == final.output_text
-    assert final.usage is not None and final.usage.output_tokens == TOKENS
+    assert final.usage is not None
+    assert final.usage.output_tokens == TOKENS
 
 
 async def test_a_streamed_function_call_reassembles(client: openai.AsyncOpenAI) -> None:
