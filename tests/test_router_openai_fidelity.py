@@ -15,13 +15,8 @@ import pytest
 from langchain_openai import OpenAIEmbeddings
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from router.http.openai_checks import conversation_refusal
-from router.http.unexpected import LogUnexpected, unexpected_error
 from router.service import RouterService
 from services.errors import ErrorCode
 from services.wire import JobResponse, decode_request
@@ -241,36 +236,6 @@ async def test_models_lists_the_providers_models_owned_by_their_provider(
     assert listed["fast"] == "aliased"
     assert listed[TOOL_MODEL] != "cloudy"  # the fleet's entry: its nodes own it
     assert fast.owned_by == "aliased"
-
-
-def _broken_app() -> LogUnexpected:
-    async def boom(_: Request) -> Response:
-        raise RuntimeError("a bug")
-
-    paths = ["/v1/messages", "/v1/chat/completions", "/api/chat", "/infer"]
-    routes = [Route(path, boom, methods=["POST"]) for path in paths]
-    return LogUnexpected(Starlette(routes=routes, exception_handlers={Exception: unexpected_error}))
-
-
-async def test_a_bug_is_a_500_in_the_dialect_of_its_path_logged_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    transport = httpx.ASGITransport(app=_broken_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
-        anthropic_style = await http.post("/v1/messages")
-        openai_style = await http.post("/v1/chat/completions")
-        ollama_style = await http.post("/api/chat")
-        native = await http.post("/infer")
-    for answer in (anthropic_style, openai_style, ollama_style, native):
-        assert answer.status_code == 500
-        assert answer.headers["content-type"] == "application/json"
-    assert anthropic_style.json()["type"] == "error"
-    assert anthropic_style.json()["error"]["type"] == "api_error"
-    assert openai_style.json()["error"]["code"] == "INTERNAL"
-    assert isinstance(ollama_style.json()["error"], str)
-    assert native.json()["error"]["code"] == "INTERNAL"
-    logged = [record for record in caplog.records if record.exc_info]
-    assert len(logged) == 4
 
 
 async def test_langchain_embeddings_work_with_text_inputs(router: RouterService) -> None:

@@ -1,11 +1,11 @@
 """Anthropic's Messages dialect: `POST /v1/messages` (whole and streamed) and
-`POST /v1/messages/count_tokens`.
+`POST /v1/messages/count_tokens`, on the dialect template (router/http/dialect.py).
 
-The body becomes a job (router/http/anthropic_request.py), is served like every other
-dialect's, and is answered in Anthropic's shapes (router/http/anthropic_answer.py); every
-error is Anthropic's error body with the status the official clients map to their
-exception classes. `anthropic-version` is accepted whatever it says (the shapes written
-are those of `2023-06-01`, the only version there is).
+The body becomes a job (router/http/anthropic_request.py) and its answers are written in
+Anthropic's shapes (router/http/anthropic_answer.py); every error under `/v1/messages` is
+Anthropic's error body with the status the official clients map to their exception
+classes. `anthropic-version` is accepted whatever it says (the shapes written are those
+of `2023-06-01`, the only version there is).
 
 `count_tokens` asks the fleet itself: the same request with `max_tokens: 1`, whose
 `prompt_tokens` is the serving runtime's own count of the templated prompt (what it
@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
-from starlette import routing
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
 from router.http.anthropic_answer import AnthropicEvents, error_body, message_body
 from router.http.anthropic_request import messages_job_fields
-from router.http.edge import Api, agent_of, cached_headers, retry_after_headers
-from router.http.streams import stream_response
+from router.http.dialect import Asked, JobFields
+from router.http.edge import agent_of, retry_after_headers
+from router.http.streams import StreamFormat
 from services.errors import HTTP_STATUS, InferbusError
-from services.wire import JobRequest, JobResponse
+from services.wire import JobResponse
 
 CHARS_PER_TOKEN = 4
 
@@ -48,77 +47,71 @@ def anthropic_failure(response: JobResponse, _route: Route) -> JSONResponse:
     return answer
 
 
-def estimated_tokens(fields: dict[str, Any]) -> int:
-    """About how many tokens a job's input is: its text and tools, four characters each."""
-    size = sum(len(str(message.get("content") or "")) for message in fields["messages"])
-    size += len(json.dumps(fields.get("tools") or [], separators=(",", ":")))
-    return max(1, math.ceil(size / CHARS_PER_TOKEN))
+def estimated_tokens(body: dict[str, Any]) -> int:
+    """About how many tokens a request's input is: its system prompt, messages and tools
+    as JSON, four characters a token."""
+    given = [body.get("system"), body.get("messages"), body.get("tools")]
+    return max(1, math.ceil(len(json.dumps(given, separators=(",", ":"))) / CHARS_PER_TOKEN))
+
+
+class AnthropicErrors:
+    """Anthropic's error body, for every path under `/v1/messages`."""
+
+    prefix = "/v1/messages"
+
+    def refusal(self, error: InferbusError) -> Response:
+        return anthropic_error(error)
+
+    def unknown(self, code: str, message: str, status: int) -> Response:
+        return JSONResponse(error_body(code, message, status), status_code=status)
+
+
+ANTHROPIC_ERRORS = AnthropicErrors()
+
+
+def _read(body: dict[str, Any], headers: Headers) -> JobFields | InferbusError:
+    fields = messages_job_fields(body)
+    if isinstance(fields, InferbusError):
+        return fields
+    return JobFields(fields, agent_of(headers.get("x-agent-id")))
 
 
 class AnthropicMessages:
-    """The dialect: how a body becomes a job and how its answers are written."""
-
     name = "anthropic"
+    path = "/v1/messages"
+    errors = ANTHROPIC_ERRORS
 
-    def __init__(self, api: Api) -> None:
-        self._api = api
+    def read(self, body: dict[str, Any], headers: Headers) -> JobFields | InferbusError:
+        return _read(body, headers)
 
-    async def _job(
-        self, request: Request, started: float, *, counting: bool = False
-    ) -> tuple[JobRequest, dict[str, Any]] | JSONResponse:
-        body = await self._api.read_fields(request)
-        if isinstance(body, dict) and counting:
-            body = {**body, "max_tokens": 1, "stream": False}
-        fields = messages_job_fields(body) if isinstance(body, dict) else body
-        job = await self._api.job_of(fields) if isinstance(fields, dict) else fields
-        if isinstance(job, InferbusError):
-            self._api.refused(self.name, started, job)
-            return anthropic_error(job)
-        assert isinstance(fields, dict)
-        return job, fields
+    def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
+        return JSONResponse(message_body(response, route, asked.job.model or ""))
 
-    async def messages(self, request: Request) -> Response:
-        started = time.perf_counter()
-        parsed = await self._job(request, started)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        job, _ = parsed
-        call = self._api.call(request, job, agent_of(request.headers.get("x-agent-id")))
-        model = job.model or ""
-        if job.stream:
-            return await stream_response(
-                self._api.serve,
-                call,
-                AnthropicEvents(job.job_id, model),
-                on_error_before_first_token=anthropic_failure,
-                on_finished=self._api.finished(self.name, started),
-            )
-        response, route = await self._api.serve(call)
-        self._api.finished(self.name, started)(response, route)
-        if response.error is not None:
-            return anthropic_failure(response, route)
-        return JSONResponse(message_body(response, route, model), headers=cached_headers(response))
+    def stream(self, asked: Asked) -> StreamFormat:
+        return AnthropicEvents(asked.job.job_id, asked.job.model or "")
 
-    async def count_tokens(self, request: Request) -> Response:
-        started = time.perf_counter()
-        parsed = await self._job(request, started, counting=True)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        job, fields = parsed
-        call = self._api.call(request, job, agent_of(request.headers.get("x-agent-id")))
-        response, route = await self._api.serve(call)
-        self._api.finished("anthropic_count", started)(response, route)
-        if response.error is not None:
-            return anthropic_failure(response, route)
+    def failed(self, response: JobResponse, route: Route) -> Response:
+        return anthropic_failure(response, route)
+
+
+class CountTokens:
+    """`count_tokens`: the request run for one token, answered with its prompt's count."""
+
+    name = "anthropic_count_tokens"
+    path = "/v1/messages/count_tokens"
+    errors = ANTHROPIC_ERRORS
+
+    def read(self, body: dict[str, Any], headers: Headers) -> JobFields | InferbusError:
+        return _read({**body, "max_tokens": 1, "stream": False}, headers)
+
+    def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
         counted = response.result.usage.prompt_tokens if response.result else 0
         if counted > 0:
             return JSONResponse({"input_tokens": counted})
-        return JSONResponse({"input_tokens": estimated_tokens(fields), "estimated": True})
+        return JSONResponse({"input_tokens": estimated_tokens(asked.body), "estimated": True})
 
+    def stream(self, asked: Asked) -> StreamFormat | None:
+        return None
 
-def anthropic_routes(api: Api) -> list[routing.BaseRoute]:
-    dialect = AnthropicMessages(api)
-    return [
-        routing.Route("/v1/messages", dialect.messages, methods=["POST"]),
-        routing.Route("/v1/messages/count_tokens", dialect.count_tokens, methods=["POST"]),
-    ]
+    def failed(self, response: JobResponse, route: Route) -> Response:
+        return anthropic_failure(response, route)
