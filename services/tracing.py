@@ -236,6 +236,25 @@ class Tracing:
             return Span(carried or _PASSED_ON.get())
         return _RecordingSpan(self._start(name, parent, kind))
 
+    def past(self, name: str, seconds: float, attributes: Mapping[str, str | float]) -> None:
+        """Record a span that ends now and lasted `seconds` (a wait measured by someone
+        else, such as the admission line's), as a child of the current span."""
+        if self._tracer is None:
+            return
+        import time
+
+        from opentelemetry import context as otel_context
+
+        end_ns = time.time_ns()
+        start_ns = end_ns - int(seconds * 1e9)
+        span = self._tracer.start_span(
+            name,
+            context=otel_context.get_current(),
+            start_time=start_ns,
+            attributes=dict(attributes),
+        )
+        span.end(end_time=end_ns)
+
     def _start(self, name: str, parent: Span | Carrier | None, kind: Kind) -> OtelSpan:
         from opentelemetry import context as otel_context
         from opentelemetry.trace import SpanKind, set_span_in_context

@@ -30,6 +30,7 @@ class ReceivedSpan:
     parent_id: str  # "" for a root span
     attributes: dict[str, Any]
     failed: bool
+    duration_ns: int = 0
 
 
 def _value(any_value: Any) -> Any:
@@ -69,6 +70,7 @@ class OtlpReceiver(AsyncService):
                             parent_id=span.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             failed=span.status.code == 2,
+                            duration_ns=span.end_time_unix_nano - span.start_time_unix_nano,
                         )
                     )
         body = ExportTraceServiceResponse().SerializeToString()

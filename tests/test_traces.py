@@ -4,6 +4,7 @@ the runtime, and the spans both processes export to a real OTLP/HTTP receiver on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -165,3 +166,21 @@ def test_off_spans_pass_the_callers_context_on_and_start_none() -> None:
         assert tracing.span("child", parent=outer).headers() == {"traceparent": sent}
     assert tracing.span("after").headers() == {}
     assert type(tracing.span("any")) is Span  # nothing recorded, nothing exported
+
+
+async def test_a_wait_measured_elsewhere_is_a_span_of_its_own_inside_the_current_one(
+    receiver: OtlpReceiver,
+) -> None:
+    tracing = Tracing(
+        TelemetrySettings(otlp_endpoint=receiver.url, export_delay_ms=50), service="test"
+    )
+    with tracing.span("request") as request:
+        tracing.past("queue wait", 0.25, {"inferbus.tenant": "team-a"})
+        parent = request.headers()["traceparent"].split("-")[2]
+    await asyncio.to_thread(tracing.shutdown)
+    await receiver.until(lambda spans: len(spans) == 2, 10)
+    waited = next(span for span in receiver.spans if span.name == "queue wait")
+    assert waited.parent_id == parent
+    assert waited.attributes["inferbus.tenant"] == "team-a"
+    assert waited.duration_ns == 250_000_000
+    Tracing(None, service="off").past("queue wait", 1.0, {})  # off: nothing, no error
