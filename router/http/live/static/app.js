@@ -371,7 +371,7 @@ function onSnapshot(body) {
   state.requests = body.requests || [];
   state.providers = (body.providers && body.providers.providers) || [];
   state.queue = body.queue;
-  draw();
+  drawAll(); // the first picture at once; later events at most every DRAW_EVERY_MS
 }
 
 function onDelta(body) {
