@@ -16,11 +16,15 @@ paths included, so official clients raise the right exception class.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from router.admission.idempotency import IdempotencyGate, gate_for
+from router.admission.tenants import TenantDirectory
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
@@ -36,7 +40,10 @@ from router.serving.dispatch import Router
 
 
 def build_app(
-    router: Router, metrics: RouterMetrics, gate: IdempotencyGate | None = None
+    router: Router,
+    metrics: RouterMetrics,
+    gate: IdempotencyGate | None = None,
+    tenants: Callable[[], TenantDirectory] | None = None,
 ) -> ASGIApp:
     api = Api(router, metrics, gate or gate_for(router))
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
@@ -50,5 +57,8 @@ def build_app(
         providers_route(router.cloud),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    keys = [key.get_secret_value() for key in router.settings.http.api_keys]
-    return RequireApiKey(app, keys) if keys else app
+    if tenants is None:
+        settings = router.settings
+        directory = TenantDirectory.build(settings.http.api_keys, settings.admission, os.environ)
+        tenants = lambda: directory  # noqa: E731
+    return RequireApiKey(app, tenants)

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 
 from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
-from router.admission.tenants import tenant_of
+from router.admission.tenants import SHARED_SCOPE, Tenant
 from router.attempts.route import Route
 from router.http.images import checked_images
 from router.metrics import RouterMetrics
@@ -129,8 +129,9 @@ class Api:
         return await checked_images(decoded, self.router.settings.images)
 
     def tenant(self, request: Request) -> str:
-        configured = bool(self.router.settings.http.api_keys)
-        return tenant_of(request.headers.get("authorization"), keys_configured=configured)
+        """The caller's idempotency scope (its tenant's, or the one shared scope)."""
+        tenant: Tenant | None = getattr(request.state, "tenant", None)
+        return tenant.scope if tenant is not None else SHARED_SCOPE
 
     async def infer(
         self,
