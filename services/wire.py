@@ -155,8 +155,8 @@ class JobRequest(_Lenient):
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
     extra: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
-    # Models to fall through when `model` cannot be served (the router's cloud chains,
-    # issue 13). LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
+    # Models to fall through when `model` cannot be served (the router's cloud chains).
+    # LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
     # None (not sent on the wire) unless the caller gave some.
     fallback_models: list[str] | None = Field(
         default=None, validation_alias=pydantic.AliasChoices("fallback_models", "fallbacks")
@@ -274,7 +274,7 @@ class ErrorInfo(BaseModel):
     message: str
     retryable: bool = False
     retry_after_ms: int | None = None
-    # Additive (issue 13): absent from older senders, ignored by older readers.
+    # Additive: absent from older senders, ignored by older readers.
     reason: Reason | None = None
 
     @field_validator("reason", mode="before")
