@@ -20,6 +20,8 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import gate_for
+from router.admission.line import Admission
+from router.admission.tenants import TenantConfigError
 from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings
 from router.fleet.view import FleetView
@@ -72,9 +74,13 @@ class RouterService(AsyncService):
         )
         try:
             self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
-        except ProviderConfigError as error:  # a key's variable is unset: it names it
+            self.metrics = RouterMetrics(
+                lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
+            )
+            self.admission = Admission(self.router, settings, metrics=self.metrics)
+        except (ProviderConfigError, TenantConfigError) as error:  # names the unset variable
             raise StartupError(str(error)) from None
-        self.gate = gate_for(self.router)
+        self.gate = gate_for(self.router, infer=self.admission.infer)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -94,12 +100,9 @@ class RouterService(AsyncService):
     async def _start(self) -> None:
         http = self.settings.http
         sock = bind_http(http.host, http.port)
-        metrics = RouterMetrics(
-            lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
-        )
-        self.fleet.on_forget(metrics.forget)
+        self.fleet.on_forget(self.metrics.forget)
         config = uvicorn.Config(
-            build_app(self.router, metrics, self.gate),
+            build_app(self.router, self.metrics, self.gate, self.admission),
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -274,11 +274,14 @@ class IdempotencyGate:
         )
 
 
-def gate_for(router: Router, shared: SharedKeys | None = None) -> IdempotencyGate:
-    """The gate in front of `router.infer`, from the router's `idempotency` settings."""
+def gate_for(
+    router: Router, shared: SharedKeys | None = None, *, infer: Infer | None = None
+) -> IdempotencyGate:
+    """The gate in front of `infer` (the admission line, else `router.infer`), from the
+    router's `idempotency` settings."""
     settings = router.settings.idempotency
     return IdempotencyGate(
-        router.infer,
+        infer or router.infer,
         resolve_model=fleet_model(router),
         answers=KeptAnswers(
             ttl_s=settings.ttl_s, max_entries=settings.max_entries, clock=time.monotonic

@@ -113,6 +113,9 @@ class FleetIndex:
         self.nodes: dict[str, NodeEntry] = {}
         self.node_ids: list[str] = []  # sorted, for paging `/nodes`
         self.router_inflight: Counter[tuple[str, str]] = Counter()
+        # The router's own starts minus its own ends on a (node, kind) since that node's
+        # last record: a slot freed by an answer counts at once, not at the next record.
+        self._since_record: dict[tuple[str, str], int] = {}
         self.version = 0  # bumped when groups or buckets appear or vanish (caches key on it)
         self.membership = 0  # bumped when any group gains or loses a node (for `/v1/models`)
         self.slot_cache: dict[object, object] = {}  # selection's orderings, per `version`
@@ -154,6 +157,7 @@ class FleetIndex:
             if not same:
                 self._index_models(node, models, previous)
         for kind in SLOT_KINDS:
+            self._since_record.pop((node, kind), None)
             self._refresh_saturation(node, kind)
         heapq.heappush(self._expiries, (entry.stale_at, node))
         return outcome
@@ -189,6 +193,7 @@ class FleetIndex:
             del self.node_ids[where]
         for kind in SLOT_KINDS:
             self.router_inflight.pop((node, kind), None)
+            self._since_record.pop((node, kind), None)
         for listener in self._forget_listeners:
             listener(node)
 
@@ -196,6 +201,7 @@ class FleetIndex:
 
     def job_started(self, node: str, kind: str) -> None:
         self.router_inflight[node, kind] += 1
+        self._since_record[node, kind] = self._since_record.get((node, kind), 0) + 1
         self._refresh_saturation(node, kind)
 
     def job_ended(self, node: str, kind: str) -> None:
@@ -205,6 +211,16 @@ class FleetIndex:
             self.router_inflight.pop(key, None)
         else:
             self.router_inflight[key] = count - 1
+        self._since_record[key] = self._since_record.get(key, 0) - 1
+        self._refresh_saturation(node, kind)
+
+    def heard_busy(self, node: str, kind: str) -> None:
+        """The node answered BUSY: it is full until its next record or an answer of ours."""
+        entry = self.nodes.get(node)
+        reported = entry.record.load.get(kind) if entry is not None else None
+        if reported is None:
+            return
+        self._since_record[node, kind] = reported.capacity - reported.inflight
         self._refresh_saturation(node, kind)
 
     # --- reads for selection ----------------------------------------------------------------
@@ -214,13 +230,15 @@ class FleetIndex:
         return entry is not None and entry.fresh and not entry.stale(now)
 
     def load(self, node: str, kind: str) -> tuple[int, int]:
-        """(inflight, capacity): the larger of the heartbeat's count and the router's own."""
+        """(inflight, capacity): the record's count moved by the router's own starts and
+        ends since that record, and never less than the router's own count."""
         entry = self.nodes.get(node)
         reported = entry.record.load.get(kind) if entry is not None else None
         own = self.router_inflight.get((node, kind), 0)
         if reported is None:
             return own, 1
-        return max(reported.inflight, own), reported.capacity
+        since = self._since_record.get((node, kind), 0)
+        return max(reported.inflight + since, own, 0), reported.capacity
 
     def load_ratio(self, node: str, kind: str) -> float:
         inflight, capacity = self.load(node, kind)

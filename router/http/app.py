@@ -8,6 +8,7 @@
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
     router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
+    router/http/operator_queue.py        GET  /queue, the x-inferbus-queue-ms header
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
 OpenAI routes wrap them in OpenAI's error body (router/http/openai.py), unknown `/v1/`
@@ -16,15 +17,12 @@ paths included, so official clients raise the right exception class.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-
 from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from router.admission.idempotency import IdempotencyGate, gate_for
-from router.admission.tenants import TenantDirectory
+from router.admission.line import Admission
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
@@ -35,6 +33,7 @@ from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
 from router.http.operator_fleet import fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.operator_queue import QueueTimeHeader, queue_route
 from router.metrics import RouterMetrics
 from router.serving.dispatch import Router
 
@@ -43,9 +42,10 @@ def build_app(
     router: Router,
     metrics: RouterMetrics,
     gate: IdempotencyGate | None = None,
-    tenants: Callable[[], TenantDirectory] | None = None,
+    admission: Admission | None = None,
 ) -> ASGIApp:
-    api = Api(router, metrics, gate or gate_for(router))
+    admission = admission or Admission(router, router.settings, metrics=metrics)
+    api = Api(router, metrics, gate or gate_for(router, infer=admission.infer), admission)
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
     routes: list[routing.BaseRoute] = [
         *native_routes(api),
@@ -55,10 +55,8 @@ def build_app(
         *models_routes(api),
         *fleet_routes(api),
         providers_route(router.cloud),
+        queue_route(admission),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    if tenants is None:
-        settings = router.settings
-        directory = TenantDirectory.build(settings.http.api_keys, settings.admission, os.environ)
-        tenants = lambda: directory  # noqa: E731
-    return RequireApiKey(app, tenants)
+    line = admission
+    return RequireApiKey(QueueTimeHeader(app), lambda: line.directory)

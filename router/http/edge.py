@@ -18,9 +18,11 @@ from typing import Any
 from starlette.requests import Request
 
 from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
-from router.admission.tenants import SHARED_SCOPE, Tenant
+from router.admission.line import ASKER, Admission, Asker
+from router.admission.tenants import SHARED_SCOPE, Tenant, effective_class
 from router.attempts.route import Route
 from router.http.images import checked_images
+from router.http.streams import WAITING_STREAM
 from router.metrics import RouterMetrics
 from router.serving.dispatch import ModelSink, Router
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
@@ -99,6 +101,7 @@ class Api:
     router: Router
     metrics: RouterMetrics
     keyed: IdempotencyGate
+    admission: Admission
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
@@ -142,13 +145,41 @@ class Api:
         on_delta: DeltaSink | None = None,
         on_model: ModelSink | None = None,
     ) -> Served:
-        """The one way every dialect serves a job (idempotency gate → router)."""
-        return await self.keyed.infer(
-            job,
-            agent_id=agent_id,
-            on_delta=on_delta,
-            on_model=on_model,
-            tenant=self.tenant(request),
+        """The one way every dialect serves a job (idempotency gate → line → router)."""
+        token = ASKER.set(self.asker(request))
+        try:
+            return await self.keyed.infer(
+                job,
+                agent_id=agent_id,
+                on_delta=on_delta,
+                on_model=on_model,
+                tenant=self.tenant(request),
+            )
+        finally:
+            ASKER.reset(token)
+
+    def asker(self, request: Request) -> Asker:
+        """Who asks (the tenant auth found), in which class, and how its wait is heard."""
+        found: Tenant | None = getattr(request.state, "tenant", None)
+        tenant = found or self.admission.directory.anonymous or Tenant("anonymous", "")
+        settings = self.admission.settings
+        tenant_class = tenant.priority or settings.fallback_class
+        priority, note = effective_class(tenant_class, request.headers.get("x-priority"), settings)
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        def started(queue_ms: float) -> None:
+            request.state.queue_ms = queue_ms
+
+        return Asker(
+            tenant,
+            priority,
+            note,
+            disconnected=disconnected,
+            on_wait=WAITING_STREAM.get(),
+            on_start=started,
         )
 
     def finished(self, api: str, started: float) -> Finished:

@@ -5,12 +5,18 @@ relays the queue without buffering. The HTTP status is decided by the first even
 error before any token is a plain JSON error (the caller never sees a broken stream),
 after the first token the stream ends with an error event. A client that goes away
 cancels `infer`, which cancels the job on the node.
+
+A stream that waits in the router's line for a slot hears a keep-alive every
+`admission.keepalive_ms` (an SSE comment; NDJSON sends nothing), so proxies do not cut
+it: the first one commits the answer to a 200 stream, and a failure after it is the
+stream's error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -26,10 +32,25 @@ Infer = Callable[
 ]
 
 
+class _KeepAlive:
+    """A queue item: the stream is waiting in line (not a piece of the answer)."""
+
+
+KEEPALIVE = _KeepAlive()
+Item = Piece | _KeepAlive | None  # None: the answer is in
+
+# The running stream's keep-alive, for the line to call while the stream waits.
+WAITING_STREAM: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = (
+    contextvars.ContextVar("waiting_stream", default=None)
+)
+
+
 class StreamFormat(Protocol):
     media_type: str
 
     def delta(self, piece: Piece) -> bytes: ...
+
+    def keepalive(self) -> bytes: ...
 
     def final(self, response: JobResponse, route: Route) -> bytes: ...
 
@@ -104,6 +125,9 @@ class SseChunks:
     def delta(self, piece: Piece) -> bytes:
         return self._event([self._piece_choice(piece)])
 
+    def keepalive(self) -> bytes:
+        return b": waiting for a slot\n\n"
+
     def final(self, response: JobResponse, route: Route) -> bytes:
         if response.model:
             self._model = response.model
@@ -152,6 +176,9 @@ class NdjsonLines:
         self._job_id = job_id
         self._seq = 0
 
+    def keepalive(self) -> bytes:
+        return b""
+
     def delta(self, piece: Piece) -> bytes:
         self._seq += 1
         line: dict[str, Any] = {"job_id": self._job_id, "seq": self._seq}
@@ -174,10 +201,12 @@ async def stream_response(
     on_finished: Callable[[JobResponse, Route], None],
 ) -> Response:
     """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
-    deltas: asyncio.Queue[Piece | None] = asyncio.Queue()
+    deltas: asyncio.Queue[Item] = asyncio.Queue()
     task = asyncio.create_task(_infer_then_end(infer, deltas))
     try:
         first = await deltas.get()
+        while isinstance(first, _KeepAlive) and not form.keepalive():
+            first = await deltas.get()  # nothing to send while waiting: stay uncommitted
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -192,30 +221,36 @@ async def stream_response(
     )
 
 
-async def _infer_then_end(
-    infer: Infer, queue: asyncio.Queue[Piece | None]
-) -> tuple[JobResponse, Route]:
+async def _infer_then_end(infer: Infer, queue: asyncio.Queue[Item]) -> tuple[JobResponse, Route]:
     """Run `infer`, feeding its deltas to `queue`; None goes in after the last one."""
 
     async def put(delta: Piece) -> None:
         queue.put_nowait(delta)
 
+    async def waiting() -> None:
+        queue.put_nowait(KEEPALIVE)
+
+    WAITING_STREAM.set(waiting)  # this task's own context
     try:
         return await infer(put)
     finally:
         queue.put_nowait(None)
 
 
+def _bytes_of(item: Piece | _KeepAlive, form: StreamFormat) -> bytes:
+    return form.keepalive() if isinstance(item, _KeepAlive) else form.delta(item)
+
+
 async def _relay(
-    first: Piece,
-    queue: asyncio.Queue[Piece | None],
+    first: Piece | _KeepAlive,
+    queue: asyncio.Queue[Item],
     task: asyncio.Task[tuple[JobResponse, Route]],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],
 ) -> AsyncIterator[bytes]:
     """Relay deltas as they come; what is already queued goes out in one write."""
     try:
-        out = form.delta(first)
+        out = _bytes_of(first, form)
         while True:
             ended = False
             while not queue.empty():
@@ -223,12 +258,12 @@ async def _relay(
                 if item is None:
                     ended = True
                     break
-                out += form.delta(item)
+                out += _bytes_of(item, form)
             if not ended:
                 yield out
                 item = await queue.get()
                 if item is not None:
-                    out = form.delta(item)
+                    out = _bytes_of(item, form)
                     continue
                 out = b""
             response, route = await task

@@ -1,0 +1,569 @@
+"""The line a call waits in while no slot is free, and the tenants' limits at its door.
+
+In front of the dispatcher (`Router.infer`), behind the idempotency gate. A call:
+
+1. is checked against its tenant: the model allow-list, `rpm` and `tpm`
+   (router/admission/limits.py); over a limit → 429 with `Retry-After`, the limit named;
+2. finds its lane: the (model, type) selection picks for it on the fleet. Calls that
+   selection sends elsewhere (the local runtime, static, a cloud) never wait here;
+3. starts at once when its lane has a free slot that nobody waiting is owed and its tenant
+   is under `max_concurrent`; otherwise waits in the lane's `FairQueue`
+   (router/admission/fair_queue.py) — or is turned away (429) when its tenant's
+   `max_queued`, the router's `admission.max_queued`, or a `max_wait_ms` of 0 says so;
+4. leaves the line when a slot frees for it — a worker's record (a slot announced free,
+   a BUSY node heard from again), an answer of the router's own — at its deadline
+   (DEADLINE_EXCEEDED), after `admission.max_wait_ms` (429), or when its client goes;
+5. goes back to the head of its place in line when every node it was sent to answered
+   BUSY (another router took the slot first), for as long as its budget lasts.
+
+Free slots are read from the fleet index (records' load moved by the router's own starts
+and ends, nodes that answered BUSY counted full); slots granted to calls that have not
+taken them yet are reserved, so one freed slot wakes one call. A call's reservation ends
+when its job takes a slot on a node (the fleet view tells, in the call's own context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from router.admission.fair_queue import FairQueue
+from router.admission.limits import (
+    DrainRate,
+    Refusal,
+    TenantUsage,
+    check_arrival,
+    queue_retry_after_ms,
+)
+from router.admission.tenants import Tenant, TenantDirectory
+from router.attempts.board import breaker_kind
+from router.attempts.route import Route
+from router.config import AdmissionSettings, RouterSettings
+from router.fleet.candidates import slot_kind
+from router.selection.needs import job_needs
+from router.selection.select import select
+from router.serving.dispatch import DeltaSink, ModelSink, Router, job_type_of
+from services.capabilities import Capabilities
+from services.deadlines import remaining_budget_ms
+from services.errors import ErrorCode, InferbusError, Reason
+from services.wire import JobRequest, JobResponse
+
+__all__ = ["ASKER", "Admission", "Asker", "Lane", "QueueMetrics"]
+
+Lane = tuple[str, str]  # (model, type): what a waiting call needs a slot of
+Served = tuple[JobResponse, Route]
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who is asking, in which class, and how the edge hears about the wait."""
+
+    tenant: Tenant
+    priority: str
+    priority_note: str = ""
+    disconnected: Callable[[], Awaitable[None]] | None = None  # returns when the client goes
+    on_wait: Callable[[], Awaitable[None]] | None = None  # every keepalive_ms while waiting
+    on_start: Callable[[float], None] | None = None  # hears the ms waited when it starts
+
+
+# Set by the HTTP edge around one call; the gate in between passes it on untouched.
+ASKER: contextvars.ContextVar[Asker | None] = contextvars.ContextVar("asker", default=None)
+
+
+class QueueMetrics(Protocol):
+    """What the line tells the metrics (router/metrics.py implements it)."""
+
+    def depth(self, tenant: str, priority: str, change: int) -> None: ...
+    def waited(self, tenant: str, priority: str, seconds: float) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+    def tokens(self, tenant: str, prompt: int, completion: int) -> None: ...
+
+
+class _Unmeasured:
+    def depth(self, tenant: str, priority: str, change: int) -> None:
+        pass
+
+    def waited(self, tenant: str, priority: str, seconds: float) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+    def tokens(self, tenant: str, prompt: int, completion: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Waiter:
+    tenant: Tenant
+    priority: str
+    lane: Lane
+    since: float
+    granted: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class _Hold:
+    """A call's claim on its lane between being let go and its job taking a slot."""
+
+    lane: Lane | None
+    reserved: bool = False
+
+
+_HOLD: contextvars.ContextVar[_Hold | None] = contextvars.ContextVar("hold", default=None)
+
+
+@dataclass
+class _Totals:
+    attempts: list[Any] = field(default_factory=list)
+    waited_s: float = 0.0
+    first_queued: float | None = None
+
+
+class Admission:
+    """The line and the limits for one router (module doc)."""
+
+    def __init__(
+        self,
+        router: Router,
+        settings: RouterSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        environ: Mapping[str, str] = os.environ,
+        metrics: QueueMetrics | None = None,
+    ) -> None:
+        self.router = router
+        self._clock = clock
+        self.metrics: QueueMetrics = metrics or _Unmeasured()
+        self.directory = TenantDirectory.build(settings.http.api_keys, settings.admission, environ)
+        self.settings = settings.admission
+        self._lanes: dict[Lane, FairQueue[_Waiter]] = {}
+        self._waiters: dict[_Waiter, None] = {}  # every waiting call, oldest first
+        self._usage: dict[str, TenantUsage] = {}
+        self._tenants: dict[str, Tenant] = {}  # the newest Tenant seen per name
+        self._reserved: dict[Lane, int] = {}
+        self._drain: dict[Lane, DrainRate] = {}
+        self._pumping = False
+        router.fleet.on_record(self._heard)
+        router.fleet.on_job(self._job_changed)
+
+    def configure(self, settings: AdmissionSettings, directory: TenantDirectory) -> None:
+        """New classes, bounds and tenants (a reload); calls waiting keep their place."""
+        self.settings = settings
+        self.directory = directory
+        for lane, queue in list(self._lanes.items()):
+            if queue.classes != settings.classes:
+                rebuilt: FairQueue[_Waiter] = FairQueue(
+                    settings.classes, settings.lower_class_share
+                )
+                for waiter, priority, tenant in list(queue.waiting()):
+                    rebuilt.push(waiter, tenant=tenant, priority=priority)
+                self._lanes[lane] = rebuilt
+        self._pump()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The waiting calls, oldest first (no content): for `GET /queue`."""
+        now = self._clock()
+        return [
+            {
+                "tenant": waiter.tenant.name,
+                "class": waiter.priority,
+                "model": waiter.lane[0],
+                "type": waiter.lane[1],
+                "age_ms": round((now - waiter.since) * 1000.0, 1),
+            }
+            for waiter in self._waiters
+        ]
+
+    async def infer(
+        self,
+        job: JobRequest,
+        *,
+        agent_id: str | None = None,
+        on_delta: DeltaSink | None = None,
+        on_model: ModelSink | None = None,
+    ) -> Served:
+        """`Router.infer` behind the tenant's limits and the line (module doc)."""
+        asker = ASKER.get() or self._anonymous()
+        tenant = asker.tenant
+        now = self._clock()
+        deadline = now + self._budget_ms(job) / 1000.0
+        lane = self._lane_of(job, agent_id)
+        if not tenant.may_use(job.model, lane[0] if lane else None):
+            error = InferbusError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"{job.model or 'the default model'} is not among tenant {tenant.name!r}'s models",
+            )
+            return JobResponse.failure(job.job_id, error), self._route(Route(), asker, _Totals())
+        usage = self._usage_of(tenant)
+        refusal = check_arrival(tenant.name, tenant.limits, usage, now)
+        if refusal is not None:
+            return self._refused(job, refusal), self._route(Route(), asker, _Totals())
+        usage.requests.add(now)
+        totals = _Totals()
+        again = False
+        while True:
+            turn = await self._turn(job, lane, asker, deadline, totals, again=again)
+            if isinstance(turn, JobResponse):
+                return turn, self._route(Route(), asker, totals)
+            response, route = await self._run(
+                job, agent_id, turn, asker, deadline, totals, (on_delta, on_model)
+            )
+            left_s = deadline - self._clock()
+            if not self._busy_everywhere(response, route) or lane is None or left_s <= 0:
+                return response, self._route(route, asker, totals)
+            again = True  # back to the head of its place in line
+            lane = self._lane_of(job, agent_id) or lane
+
+    async def _run(
+        self,
+        job: JobRequest,
+        agent_id: str | None,
+        hold: _Hold,
+        asker: Asker,
+        deadline: float,
+        totals: _Totals,
+        sinks: tuple[DeltaSink | None, ModelSink | None],
+    ) -> Served:
+        """One pass through the dispatcher with what is left of the budget."""
+        if asker.on_start is not None:
+            asker.on_start(totals.waited_s * 1000.0)
+        left_ms = max(0, int((deadline - self._clock()) * 1000.0))
+        token = _HOLD.set(hold)
+        try:
+            response, route = await self.router.infer(
+                job.model_copy(update={"timeout_ms": left_ms}),
+                agent_id=agent_id,
+                on_delta=sinks[0],
+                on_model=sinks[1],
+            )
+        finally:
+            _HOLD.reset(token)
+            self._release(hold)
+            self._usage_of(asker.tenant).running -= 1
+            self._pump()
+        totals.attempts.extend(route.attempts)
+        self._heard_busy(route, job_type_of(job))
+        self._count_tokens(asker.tenant, response)
+        return response, route
+
+    # --- waiting -----------------------------------------------------------------------
+
+    async def _turn(
+        self,
+        job: JobRequest,
+        lane: Lane | None,
+        asker: Asker,
+        deadline: float,
+        totals: _Totals,
+        *,
+        again: bool,
+    ) -> _Hold | JobResponse:
+        """A hold to run now, after waiting if need be; or the answer that ends the call."""
+        tenant = asker.tenant
+        usage = self._usage_of(tenant)
+        if lane is None:  # not for the fleet: nothing to wait for here
+            usage.running += 1
+            return _Hold(None)
+        if lane not in self._lanes and usage.may_start(tenant.limits) and self._free(lane):
+            usage.running += 1
+            return self._reserve(lane)
+        now = self._clock()
+        if totals.first_queued is None:
+            totals.first_queued = now
+        refusal = None if again else self._queue_refusal(lane, tenant)
+        if refusal is not None:
+            return self._refused(job, refusal)
+        waiter = _Waiter(
+            tenant, asker.priority, lane, now, asyncio.get_running_loop().create_future()
+        )
+        self._enqueue(waiter, front=again)
+        max_wait_at = totals.first_queued + self.settings.max_wait_ms / 1000.0
+        ended = "cancelled"
+        try:
+            ended = await self._wait(waiter, min(deadline, max_wait_at), asker)
+        finally:
+            waited_s = self._clock() - waiter.since
+            totals.waited_s += waited_s
+            self.metrics.waited(tenant.name, asker.priority, waited_s)
+            if not waiter.granted.done():
+                self._leave(waiter)
+            elif ended != "granted":  # let go in the same instant it stopped waiting
+                self._give_back(waiter)
+        if ended == "granted":
+            return _Hold(lane, reserved=True)
+        if ended == "gone":
+            error = InferbusError(ErrorCode.CANCELLED, "the client went away while it waited")
+        elif self._clock() >= deadline:
+            error = InferbusError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"the budget ran out after {totals.waited_s * 1000.0:.0f} ms in line",
+            )
+        else:
+            self.metrics.rejected("max_wait")
+            error = InferbusError(
+                ErrorCode.BUSY,
+                f"no slot for {lane[0]} within admission.max_wait_ms "
+                f"({self.settings.max_wait_ms} ms)",
+                retry_after_ms=self._drain_retry_ms(lane, len(self._lanes.get(lane, ()))),
+            )
+        return JobResponse.failure(job.job_id, error)
+
+    async def _wait(self, waiter: _Waiter, until: float, asker: Asker) -> str:
+        """'granted', 'gone' (the client left) or 'timeout'."""
+        gone = asyncio.ensure_future(asker.disconnected()) if asker.disconnected else None
+        tick_s = self.settings.keepalive_ms / 1000.0
+        try:
+            while not waiter.granted.done():
+                left_s = until - self._clock()
+                if left_s <= 0:
+                    return "timeout"
+                watched: set[asyncio.Future[Any]] = {waiter.granted}
+                if gone is not None:
+                    watched.add(gone)
+                await asyncio.wait(
+                    watched,
+                    timeout=min(left_s, tick_s) if asker.on_wait else left_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if waiter.granted.done():
+                    break
+                if gone is not None and gone.done():
+                    return "gone"
+                if asker.on_wait is not None and self._clock() < until:
+                    await asker.on_wait()
+            return "granted"
+        finally:
+            if gone is not None:
+                gone.cancel()
+                with contextlib.suppress(BaseException):
+                    await gone
+
+    def _enqueue(self, waiter: _Waiter, *, front: bool) -> None:
+        queue = self._lanes.get(waiter.lane)
+        if queue is None:
+            settings = self.settings
+            queue = self._lanes[waiter.lane] = FairQueue(
+                settings.classes, settings.lower_class_share
+            )
+        tenant = waiter.tenant
+        self._tenants[tenant.name] = tenant
+        push = queue.push_front if front else queue.push
+        push(waiter, tenant=tenant.name, priority=waiter.priority, weight=tenant.weight)
+        self._waiters[waiter] = None
+        self._usage_of(tenant).queued += 1
+        self.metrics.depth(tenant.name, waiter.priority, +1)
+        self._pump()
+
+    def _left_line(self, waiter: _Waiter) -> None:
+        self._waiters.pop(waiter, None)
+        self._usage_of(waiter.tenant).queued -= 1
+        self.metrics.depth(waiter.tenant.name, waiter.priority, -1)
+        queue = self._lanes.get(waiter.lane)
+        if queue is not None and not len(queue):
+            del self._lanes[waiter.lane]
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A call that stops waiting without its turn (deadline, client gone, cancelled)."""
+        queue = self._lanes.get(waiter.lane)
+        if queue is not None and queue.remove(waiter):
+            self._left_line(waiter)
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        """A call let go that will not run after all: its turn goes to the next."""
+        self._usage_of(waiter.tenant).running -= 1
+        self._release(_Hold(waiter.lane, reserved=True))
+        self._pump()
+
+    # --- letting calls go ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Let waiting calls go while their lanes have free slots (re-entrant safe)."""
+        if not self._waiters or self._pumping:
+            return
+        self._pumping = True
+        try:
+            for lane, queue in list(self._lanes.items()):
+                while len(queue) and self._free(lane):
+                    waiter = queue.pop(self._may_start)
+                    if waiter is None:
+                        break
+                    self._let_go(waiter)
+        finally:
+            self._pumping = False
+
+    def _let_go(self, waiter: _Waiter) -> None:
+        self._left_line(waiter)
+        self._usage_of(waiter.tenant).running += 1
+        self._reserve(waiter.lane)
+        self._drain.setdefault(waiter.lane, DrainRate()).started(self._clock())
+        waiter.granted.set_result(None)
+
+    def _may_start(self, tenant_name: str) -> bool:
+        tenant = self._tenants[tenant_name]
+        return self._usage_of(tenant).may_start(tenant.limits)
+
+    def _reserve(self, lane: Lane) -> _Hold:
+        self._reserved[lane] = self._reserved.get(lane, 0) + 1
+        return _Hold(lane, reserved=True)
+
+    def _release(self, hold: _Hold) -> None:
+        if hold.reserved and hold.lane is not None:
+            hold.reserved = False
+            left = self._reserved.get(hold.lane, 0) - 1
+            if left > 0:
+                self._reserved[hold.lane] = left
+            else:
+                self._reserved.pop(hold.lane, None)
+
+    def _free(self, lane: Lane) -> bool:
+        """Whether the lane has a free slot beyond those reserved: O(reserved + 1) nodes
+        read, not the lane's whole fleet."""
+        index = self.router.fleet.index
+        group = index.group(*lane)
+        if group is None:
+            return False
+        needed = self._reserved.get(lane, 0) + 1
+        kind = group.kind
+        breaker = breaker_kind(lane[1])
+        now_fleet, now = self.router.fleet.clock(), self._clock()
+        free = 0
+        for node in group.unsaturated:
+            if not index.live(node, now_fleet) or self.router.board.is_open(node, breaker, now):
+                continue
+            inflight, capacity = index.load(node, kind)
+            free += capacity - inflight
+            if free >= needed:
+                return True
+        return False
+
+    # --- what the fleet says -----------------------------------------------------------
+
+    def _heard(self, record: Capabilities) -> None:
+        """A worker's record: a slot may have freed (O(1) when nobody waits)."""
+        if self._waiters:
+            self._pump()
+
+    def _job_changed(self, node: str, kind: str, started: bool) -> None:
+        if started:
+            hold = _HOLD.get()
+            if hold is not None:
+                self._release(hold)  # its slot is counted on the node from now on
+        elif self._waiters:
+            self._pump()
+
+    def _heard_busy(self, route: Route, job_type: str) -> None:
+        kind = slot_kind(job_type)
+        for attempt in route.attempts:
+            if attempt.outcome == ErrorCode.BUSY and attempt.node is not None:
+                self.router.fleet.index.heard_busy(attempt.node, kind)
+
+    # --- answers -------------------------------------------------------------------------
+
+    def _queue_refusal(self, lane: Lane, tenant: Tenant) -> Refusal | None:
+        usage = self._usage_of(tenant)
+        limit = tenant.limits.max_queued
+        if limit is not None and usage.queued >= limit:
+            return Refusal(
+                "max_queued",
+                self._drain_retry_ms(lane, max(1, usage.queued)),
+                f"tenant {tenant.name!r} has {usage.queued} calls waiting (max_queued {limit})",
+            )
+        if len(self._waiters) >= self.settings.max_queued or self.settings.max_wait_ms == 0:
+            return Refusal(
+                "queue",
+                self._drain_retry_ms(lane, len(self._lanes.get(lane, ())) + 1),
+                f"the router's queue is full ({len(self._waiters)} waiting; "
+                f"admission.max_queued {self.settings.max_queued})",
+            )
+        return None
+
+    def _refused(self, job: JobRequest, refusal: Refusal) -> JobResponse:
+        self.metrics.rejected(refusal.limit)
+        reason = Reason.RATE_LIMITED if refusal.limit in ("rpm", "tpm") else None
+        error = InferbusError(
+            ErrorCode.BUSY,
+            f"{refusal.limit}: {refusal.message}",
+            retry_after_ms=refusal.retry_after_ms,
+            reason=reason,
+        )
+        return JobResponse.failure(job.job_id, error)
+
+    def _drain_retry_ms(self, lane: Lane, waiting: int) -> int:
+        rate = self._drain.get(lane)
+        per_s = rate.per_s(self._clock()) if rate is not None else None
+        return queue_retry_after_ms(waiting, per_s, unknown_ms=1000)
+
+    def _route(self, route: Route, asker: Asker, totals: _Totals) -> Route:
+        update: dict[str, Any] = {
+            "queue_ms": round(totals.waited_s * 1000.0, 1),
+            "priority": asker.priority,
+            "priority_note": asker.priority_note,
+        }
+        if totals.attempts:
+            update["attempts"] = totals.attempts
+        return route.model_copy(update=update)
+
+    @staticmethod
+    def _busy_everywhere(response: JobResponse, route: Route) -> bool:
+        return response.error is not None and response.error.code == ErrorCode.BUSY
+
+    def _count_tokens(self, tenant: Tenant, response: JobResponse) -> None:
+        usage = response.result.usage if response.result is not None else None
+        if usage is None:
+            return
+        prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        self._usage_of(tenant).tokens.add(self._clock(), prompt + completion)
+        self.metrics.tokens(tenant.name, prompt, completion)
+
+    # --- small things ------------------------------------------------------------------
+
+    def _lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
+        """The (model, type) selection would send the call to on the fleet, if any."""
+        router = self.router
+        if not router.nc.is_connected:
+            return None
+        job_type = job_type_of(job)
+        is_open = partial(router.board.is_open, job_type=breaker_kind(job_type), now=self._clock())
+        selection = select(
+            router.settings.selection,
+            router.fleet.index,
+            agent_id=agent_id,
+            request_model=job.model,
+            excluded=is_open,
+            job_type=job_type,
+            now=router.fleet.clock(),
+            needs=job_needs(job, job_type),
+        )
+        if selection is None or selection.source != "fleet" or selection.node is None:
+            return None
+        return selection.model, selection.type
+
+    def _usage_of(self, tenant: Tenant) -> TenantUsage:
+        usage = self._usage.get(tenant.name)
+        if usage is None:
+            usage = self._usage[tenant.name] = TenantUsage()
+        return usage
+
+    def _anonymous(self) -> Asker:
+        tenant = self.directory.anonymous or Tenant("anonymous", self.settings.fallback_class)
+        return Asker(tenant, tenant.priority)
+
+    def _budget_ms(self, job: JobRequest) -> float:
+        return remaining_budget_ms(
+            timeout_ms=job.timeout_ms,
+            deadline_unix_ms=job.deadline_unix_ms,
+            default_timeout_ms=self.router.settings.offload.default_budget_ms,
+            now_unix_ms=time.time() * 1000.0,
+        )
