@@ -480,7 +480,7 @@ class Admission:
                 self._drain_retry_ms(lane, max(1, usage.queued)),
                 f"tenant {tenant.name!r} has {usage.queued} calls waiting (max_queued {limit})",
             )
-        if len(self._waiters) >= self.settings.max_queued or self.settings.max_wait_ms == 0:
+        if len(self._waiters) >= self.settings.max_queued:
             return Refusal(
                 "queue",
                 self._drain_retry_ms(lane, len(self._lanes.get(lane, ())) + 1),
@@ -532,8 +532,8 @@ class Admission:
     def _lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
         """The (model, type) selection would send the call to on the fleet, if any."""
         router = self.router
-        if not router.nc.is_connected:
-            return None
+        if not router.nc.is_connected or not self.settings.max_wait_ms:
+            return None  # with max_wait_ms 0 nothing waits: BUSY nodes answer 429
         job_type = job_type_of(job)
         is_open = partial(router.board.is_open, job_type=breaker_kind(job_type), now=self._clock())
         selection = select(
