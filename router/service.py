@@ -19,14 +19,17 @@ import time
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
-from router.admission.idempotency import gate_for
+from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
 from router.admission.tenants import TenantConfigError
 from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings
 from router.fleet.view import FleetView
 from router.http.app import build_app
+from router.http.edge import Api
+from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
+from router.serving.call import Calls
 from router.serving.dispatch import Router
 from services.bus import describe, is_auth_refusal
 from services.keystore import SharedKeys
@@ -72,15 +75,27 @@ class RouterService(AsyncService):
             local_node=settings.local_node,
             settings=settings.fleet,
         )
+        clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
         try:
-            self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
+            self.router = Router(
+                settings, nc=self._nc, fleet=self.fleet, http=self._http, clock=clock
+            )
             self.metrics = RouterMetrics(
                 lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
             )
-            self.admission = Admission(self.router, settings, metrics=self.metrics)
+            self.admission = Admission(self.router, settings, clock=clock, metrics=self.metrics)
         except (ProviderConfigError, TenantConfigError) as error:  # names the unset variable
             raise StartupError(str(error)) from None
-        self.gate = gate_for(self.router, infer=self.admission.infer)
+        idempotency = settings.idempotency
+        self.gate = IdempotencyGate(
+            self.admission.dispatch,
+            resolve_model=fleet_model(settings.selection, self.fleet),
+            answers=KeptAnswers(
+                ttl_s=idempotency.ttl_s, max_entries=idempotency.max_entries, clock=clock
+            ),
+            clock=clock,
+        )
+        self._calls = Calls(settings.offload.default_budget_ms, clock=clock)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -100,9 +115,25 @@ class RouterService(AsyncService):
     async def _start(self) -> None:
         http = self.settings.http
         sock = bind_http(http.host, http.port)
-        self.fleet.on_forget(self.metrics.forget)
+        metrics = self.metrics
+        self.fleet.on_forget(metrics.forget)
+        api = Api(
+            self.settings.http,
+            self.settings.images,
+            self._calls,
+            self.gate,
+            metrics,
+            self.admission,
+        )
+        status = FleetStatus(
+            self.fleet,
+            breakers_of=self.router.board.of_node,
+            bus_connected=lambda: self._nc.is_connected,
+            has_local_runtime=self.router.local_runtime is not None,
+            registry=metrics.registry,
+        )
         config = uvicorn.Config(
-            build_app(self.router, self.metrics, self.gate, self.admission),
+            build_app(api, status, self.router.cloud.view),
             log_level="warning",
             access_log=False,
             lifespan="off",

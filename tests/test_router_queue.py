@@ -11,7 +11,6 @@ import httpx
 
 from router.service import RouterService
 from tests.conftest import RouterFactory, WorkerFactory, backend
-from tests.jobs import until
 from tools.simulator import SimModel, Simulator
 
 MODEL = "m:1b"

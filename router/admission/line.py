@@ -1,6 +1,6 @@
 """The line a call waits in while no slot is free, and the tenants' limits at its door.
 
-In front of the dispatcher (`Router.infer`), behind the idempotency gate. A call:
+In front of the dispatcher (`Router.dispatch`), behind the idempotency gate. A call:
 
 1. is checked against its tenant: the model allow-list, `rpm` and `tpm`
    (router/admission/limits.py); over a limit → 429 with `Retry-After`, the limit named;
@@ -29,8 +29,8 @@ import contextlib
 import contextvars
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -49,32 +49,15 @@ from router.config import AdmissionSettings, RouterSettings
 from router.fleet.candidates import slot_kind
 from router.selection.needs import job_needs
 from router.selection.select import select
-from router.serving.dispatch import DeltaSink, ModelSink, Router, job_type_of
+from router.serving.call import Call, Served
+from router.serving.dispatch import Router, job_type_of
 from services.capabilities import Capabilities
-from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError, Reason
 from services.wire import JobRequest, JobResponse
 
-__all__ = ["ASKER", "Admission", "Asker", "Lane", "QueueMetrics"]
+__all__ = ["Admission", "Lane", "QueueMetrics"]
 
 Lane = tuple[str, str]  # (model, type): what a waiting call needs a slot of
-Served = tuple[JobResponse, Route]
-
-
-@dataclass(frozen=True)
-class Asker:
-    """Who is asking, in which class, and how the edge hears about the wait."""
-
-    tenant: Tenant
-    priority: str
-    priority_note: str = ""
-    disconnected: Callable[[], Awaitable[None]] | None = None  # returns when the client goes
-    on_wait: Callable[[], Awaitable[None]] | None = None  # every keepalive_ms while waiting
-    on_start: Callable[[float], None] | None = None  # hears the ms waited when it starts
-
-
-# Set by the HTTP edge around one call; the gate in between passes it on untouched.
-ASKER: contextvars.ContextVar[Asker | None] = contextvars.ContextVar("asker", default=None)
 
 
 class QueueMetrics(Protocol):
@@ -186,92 +169,61 @@ class Admission:
             for waiter in self._waiters
         ]
 
-    async def infer(
-        self,
-        job: JobRequest,
-        *,
-        agent_id: str | None = None,
-        on_delta: DeltaSink | None = None,
-        on_model: ModelSink | None = None,
-    ) -> Served:
-        """`Router.infer` behind the tenant's limits and the line (module doc)."""
-        asker = ASKER.get() or self._anonymous()
-        tenant = asker.tenant
+    async def dispatch(self, call: Call) -> Served:
+        """`Router.dispatch` behind the tenant's limits and the line (module doc)."""
+        tenant = self._tenant_of(call)
+        job = call.job
         now = self._clock()
-        deadline = now + self._budget_ms(job) / 1000.0
-        lane = self._lane_of(job, agent_id)
+        lane = self._lane_of(job, call.agent_id)
         if not tenant.may_use(job.model, lane[0] if lane else None):
             error = InferbusError(
                 ErrorCode.MODEL_NOT_FOUND,
                 f"{job.model or 'the default model'} is not among tenant {tenant.name!r}'s models",
             )
-            return JobResponse.failure(job.job_id, error), self._route(Route(), asker, _Totals())
+            return JobResponse.failure(job.job_id, error), self._route(Route(), call, _Totals())
         usage = self._usage_of(tenant)
         refusal = check_arrival(tenant.name, tenant.limits, usage, now)
         if refusal is not None:
-            return self._refused(job, refusal), self._route(Route(), asker, _Totals())
+            return self._refused(job, refusal), self._route(Route(), call, _Totals())
         usage.requests.add(now)
         totals = _Totals()
         again = False
         while True:
-            turn = await self._turn(job, lane, asker, deadline, totals, again=again)
+            turn = await self._turn(call, tenant, lane, totals, again=again)
             if isinstance(turn, JobResponse):
-                return turn, self._route(Route(), asker, totals)
-            response, route = await self._run(
-                job, agent_id, turn, asker, deadline, totals, (on_delta, on_model)
-            )
-            left_s = deadline - self._clock()
-            if not self._busy_everywhere(response, route) or lane is None or left_s <= 0:
-                return response, self._route(route, asker, totals)
+                return turn, self._route(Route(), call, totals)
+            response, route = await self._run(call, tenant, turn, totals)
+            left_s = call.left_s(self._clock())
+            if not self._busy_everywhere(response) or lane is None or left_s <= 0:
+                return response, self._route(route, call, totals)
             again = True  # back to the head of its place in line
-            lane = self._lane_of(job, agent_id) or lane
+            lane = self._lane_of(job, call.agent_id) or lane
 
-    async def _run(
-        self,
-        job: JobRequest,
-        agent_id: str | None,
-        hold: _Hold,
-        asker: Asker,
-        deadline: float,
-        totals: _Totals,
-        sinks: tuple[DeltaSink | None, ModelSink | None],
-    ) -> Served:
-        """One pass through the dispatcher with what is left of the budget."""
-        if asker.on_start is not None:
-            asker.on_start(totals.waited_s * 1000.0)
-        left_ms = max(0, int((deadline - self._clock()) * 1000.0))
+    async def _run(self, call: Call, tenant: Tenant, hold: _Hold, totals: _Totals) -> Served:
+        """One pass through the dispatcher."""
+        queue_ms = round(totals.waited_s * 1000.0, 1)
+        if call.on_queued is not None:
+            call.on_queued(queue_ms)
         token = _HOLD.set(hold)
         try:
-            response, route = await self.router.infer(
-                job.model_copy(update={"timeout_ms": left_ms}),
-                agent_id=agent_id,
-                on_delta=sinks[0],
-                on_model=sinks[1],
-            )
+            response, route = await self.router.dispatch(replace(call, queue_ms=queue_ms))
         finally:
             _HOLD.reset(token)
             self._release(hold)
-            self._usage_of(asker.tenant).running -= 1
+            self._usage_of(tenant).running -= 1
             self._pump()
         totals.attempts.extend(route.attempts)
-        self._heard_busy(route, job_type_of(job))
-        self._count_tokens(asker.tenant, response)
+        self._heard_busy(route, job_type_of(call.job))
+        self._count_tokens(tenant, response)
         return response, route
 
     # --- waiting -----------------------------------------------------------------------
 
     async def _turn(
-        self,
-        job: JobRequest,
-        lane: Lane | None,
-        asker: Asker,
-        deadline: float,
-        totals: _Totals,
-        *,
-        again: bool,
+        self, call: Call, tenant: Tenant, lane: Lane | None, totals: _Totals, *, again: bool
     ) -> _Hold | JobResponse:
         """A hold to run now, after waiting if need be; or the answer that ends the call."""
-        tenant = asker.tenant
+        job, deadline, priority = call.job, call.deadline, self._priority_of(call, tenant)
         usage = self._usage_of(tenant)
         if lane is None:  # not for the fleet: nothing to wait for here
             usage.running += 1
@@ -285,18 +237,17 @@ class Admission:
         refusal = None if again else self._queue_refusal(lane, tenant)
         if refusal is not None:
             return self._refused(job, refusal)
-        waiter = _Waiter(
-            tenant, asker.priority, lane, now, asyncio.get_running_loop().create_future()
-        )
+        granted = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(tenant, priority, lane, now, granted)
         self._enqueue(waiter, front=again)
         max_wait_at = totals.first_queued + self.settings.max_wait_ms / 1000.0
         ended = "cancelled"
         try:
-            ended = await self._wait(waiter, min(deadline, max_wait_at), asker)
+            ended = await self._wait(waiter, min(deadline, max_wait_at), call)
         finally:
             waited_s = self._clock() - waiter.since
             totals.waited_s += waited_s
-            self.metrics.waited(tenant.name, asker.priority, waited_s)
+            self.metrics.waited(tenant.name, priority, waited_s)
             if not waiter.granted.done():
                 self._leave(waiter)
             elif ended != "granted":  # let go in the same instant it stopped waiting
@@ -320,9 +271,9 @@ class Admission:
             )
         return JobResponse.failure(job.job_id, error)
 
-    async def _wait(self, waiter: _Waiter, until: float, asker: Asker) -> str:
+    async def _wait(self, waiter: _Waiter, until: float, call: Call) -> str:
         """'granted', 'gone' (the client left) or 'timeout'."""
-        gone = asyncio.ensure_future(asker.disconnected()) if asker.disconnected else None
+        gone = asyncio.ensure_future(call.gone()) if call.gone is not None else None
         tick_s = self.settings.keepalive_ms / 1000.0
         try:
             while not waiter.granted.done():
@@ -334,15 +285,15 @@ class Admission:
                     watched.add(gone)
                 await asyncio.wait(
                     watched,
-                    timeout=min(left_s, tick_s) if asker.on_wait else left_s,
+                    timeout=min(left_s, tick_s) if call.on_wait else left_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if waiter.granted.done():
                     break
                 if gone is not None and gone.done():
                     return "gone"
-                if asker.on_wait is not None and self._clock() < until:
-                    await asker.on_wait()
+                if call.on_wait is not None and self._clock() < until:
+                    await call.on_wait()
             return "granted"
         finally:
             if gone is not None:
@@ -505,18 +456,18 @@ class Admission:
         per_s = rate.per_s(self._clock()) if rate is not None else None
         return queue_retry_after_ms(waiting, per_s, unknown_ms=1000)
 
-    def _route(self, route: Route, asker: Asker, totals: _Totals) -> Route:
+    def _route(self, route: Route, call: Call, totals: _Totals) -> Route:
         update: dict[str, Any] = {
             "queue_ms": round(totals.waited_s * 1000.0, 1),
-            "priority": asker.priority,
-            "priority_note": asker.priority_note,
+            "priority": self._priority_of(call, self._tenant_of(call)),
+            "priority_note": call.priority_note,
         }
         if totals.attempts:
             update["attempts"] = totals.attempts
         return route.model_copy(update=update)
 
     @staticmethod
-    def _busy_everywhere(response: JobResponse, route: Route) -> bool:
+    def _busy_everywhere(response: JobResponse) -> bool:
         return response.error is not None and response.error.code == ErrorCode.BUSY
 
     def _count_tokens(self, tenant: Tenant, response: JobResponse) -> None:
@@ -556,14 +507,11 @@ class Admission:
             usage = self._usage[tenant.name] = TenantUsage()
         return usage
 
-    def _anonymous(self) -> Asker:
-        tenant = self.directory.anonymous or Tenant("anonymous", self.settings.fallback_class)
-        return Asker(tenant, tenant.priority)
+    def _tenant_of(self, call: Call) -> Tenant:
+        """The call's tenant as configured now (a tenant removed by a reload while its
+        call waited keeps its name, the default class and no limits)."""
+        tenant = self.directory.tenants.get(call.tenant_name)
+        return tenant or Tenant(call.tenant_name, self.settings.fallback_class)
 
-    def _budget_ms(self, job: JobRequest) -> float:
-        return remaining_budget_ms(
-            timeout_ms=job.timeout_ms,
-            deadline_unix_ms=job.deadline_unix_ms,
-            default_timeout_ms=self.router.settings.offload.default_budget_ms,
-            now_unix_ms=time.time() * 1000.0,
-        )
+    def _priority_of(self, call: Call, tenant: Tenant) -> str:
+        return call.priority or tenant.priority or self.settings.fallback_class

@@ -7,8 +7,8 @@
     router/http/openai_embeddings.py   POST /v1/embeddings
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
-    router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
     router/http/operator_queue.py        GET  /queue, the x-inferbus-queue-ms header
+    router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
 OpenAI routes wrap them in OpenAI's error body (router/http/openai.py), unknown `/v1/`
@@ -17,12 +17,13 @@ paths included, so official clients raise the right exception class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from router.admission.idempotency import IdempotencyGate, gate_for
-from router.admission.line import Admission
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
@@ -31,32 +32,27 @@ from router.http.openai_chat import chat_routes
 from router.http.openai_completions import completions_routes
 from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
-from router.http.operator_fleet import fleet_routes
+from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
 from router.http.operator_queue import QueueTimeHeader, queue_route
-from router.metrics import RouterMetrics
-from router.serving.dispatch import Router
 
 
 def build_app(
-    router: Router,
-    metrics: RouterMetrics,
-    gate: IdempotencyGate | None = None,
-    admission: Admission | None = None,
+    api: Api, status: FleetStatus, providers_view: Callable[[], dict[str, Any]]
 ) -> ASGIApp:
-    admission = admission or Admission(router, router.settings, metrics=metrics)
-    api = Api(router, metrics, gate or gate_for(router, infer=admission.infer), admission)
+    """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
+    `status` for the operator's routes, the cloud providers' `providers_view`."""
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
     routes: list[routing.BaseRoute] = [
         *native_routes(api),
         *chat_routes(api),
         *embeddings_routes(api),
         *completions_routes(api),
-        *models_routes(api),
-        *fleet_routes(api),
-        providers_route(router.cloud),
-        queue_route(admission),
+        *models_routes(status.fleet.index),
+        *fleet_routes(status),
+        providers_route(providers_view),
+        queue_route(api.line),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    line = admission
+    line = api.line
     return RequireApiKey(QueueTimeHeader(app), lambda: line.directory)

@@ -1,9 +1,10 @@
-"""What every API dialect of the router shares: reading a body, the one `infer`, metrics.
+"""What every API dialect of the router shares: reading a body, the one call, metrics.
 
-Each dialect (router/api_*.py) turns its own request shape into a `JobRequest`, hands it
-to `Api.infer` (the idempotency gate in front of `Router.infer`) and shapes the answer its
-own way. The checks every body gets live here once: the size limit (never buffered past
-it), usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
+Each dialect (router/http/*.py) turns its own request shape into a `JobRequest`; `Api`
+makes it the request's one `Call` (router/serving/call.py) and serves it through the
+idempotency gate in front of the dispatcher; the dialect shapes the answer its own way.
+The checks every body gets live here once: the size limit (never buffered past it),
+usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from typing import Any
 
 from starlette.requests import Request
 
-from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
-from router.admission.line import ASKER, Admission, Asker
-from router.admission.tenants import SHARED_SCOPE, Tenant, effective_class
+from router.admission.idempotency import IdempotencyGate
+from router.admission.line import Admission
+from router.admission.tenants import ANONYMOUS, Tenant, effective_class
 from router.attempts.route import Route
+from router.config import HttpSettings
 from router.http.images import checked_images
-from router.http.streams import WAITING_STREAM
 from router.metrics import RouterMetrics
-from router.serving.dispatch import ModelSink, Router
+from router.serving.call import Call, Calls, Served, trace_context
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.images import ImageSettings
 from services.wire import JobRequest, JobResponse, request_from_fields
 
 Finished = Callable[[JobResponse, Route], None]
@@ -96,16 +98,19 @@ def agent_of(value: object) -> str | None:
 
 @dataclass(frozen=True)
 class Api:
-    """The router as every dialect sees it."""
+    """The router as every dialect sees it: the settings it reads, the gate it serves
+    calls through (router/service.py wires them)."""
 
-    router: Router
+    http: HttpSettings
+    images: ImageSettings
+    calls: Calls
+    gate: IdempotencyGate
     metrics: RouterMetrics
-    keyed: IdempotencyGate
-    admission: Admission
+    line: Admission
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
-        body = await read_body(request, self.router.settings.http.max_body_bytes)
+        body = await read_body(request, self.http.max_body_bytes)
         if isinstance(body, InferbusError):
             return body
         raw = parse_json(body)
@@ -123,64 +128,47 @@ class Api:
         decoded = request_from_fields(fields)  # no `type`: the router decides (images → vision)
         if isinstance(decoded, InferbusError):
             return decoded
-        limit = self.router.settings.http.max_image_bytes
+        limit = self.http.max_image_bytes
         too_big = largest_image_bytes(decoded)
         if too_big > limit:
             return InferbusError(
                 ErrorCode.PAYLOAD_TOO_LARGE, f"an image is {too_big} bytes; the limit is {limit}"
             )
-        return await checked_images(decoded, self.router.settings.images)
+        return await checked_images(decoded, self.images)
 
-    def tenant(self, request: Request) -> str:
-        """The caller's idempotency scope (its tenant's, or the one shared scope)."""
-        tenant: Tenant | None = getattr(request.state, "tenant", None)
-        return tenant.scope if tenant is not None else SHARED_SCOPE
-
-    async def infer(
-        self,
-        request: Request,
-        job: JobRequest,
-        *,
-        agent_id: str | None,
-        on_delta: DeltaSink | None = None,
-        on_model: ModelSink | None = None,
-    ) -> Served:
-        """The one way every dialect serves a job (idempotency gate → line → router)."""
-        token = ASKER.set(self.asker(request))
-        try:
-            return await self.keyed.infer(
-                job,
-                agent_id=agent_id,
-                on_delta=on_delta,
-                on_model=on_model,
-                tenant=self.tenant(request),
-            )
-        finally:
-            ASKER.reset(token)
-
-    def asker(self, request: Request) -> Asker:
-        """Who asks (the tenant auth found), in which class, and how its wait is heard."""
+    def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
+        """The request's one call: its job, tenant and class, deadline, trace context,
+        and how its wait in line is heard (its client gone, the queue time header)."""
+        headers = request.headers
         found: Tenant | None = getattr(request.state, "tenant", None)
-        tenant = found or self.admission.directory.anonymous or Tenant("anonymous", "")
-        settings = self.admission.settings
-        tenant_class = tenant.priority or settings.fallback_class
-        priority, note = effective_class(tenant_class, request.headers.get("x-priority"), settings)
+        tenant = found or self.line.directory.anonymous or Tenant(ANONYMOUS, "")
+        settings = self.line.settings
+        own_class = tenant.priority or settings.fallback_class
+        priority, note = effective_class(own_class, headers.get("x-priority"), settings)
+        trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
 
-        async def disconnected() -> None:
+        async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
 
-        def started(queue_ms: float) -> None:
+        def queued(queue_ms: float) -> None:
             request.state.queue_ms = queue_ms
 
-        return Asker(
-            tenant,
-            priority,
-            note,
-            disconnected=disconnected,
-            on_wait=WAITING_STREAM.get(),
-            on_start=started,
+        return self.calls.make(
+            job,
+            tenant=tenant.scope,
+            agent_id=agent_id,
+            trace=trace,
+            tenant_name=tenant.name,
+            priority=priority,
+            priority_note=note,
+            gone=gone,
+            on_queued=queued,
         )
+
+    async def serve(self, call: Call) -> Served:
+        """The one way every dialect serves a call (idempotency gate → dispatcher)."""
+        return await self.gate.serve(call)
 
     def finished(self, api: str, started: float) -> Finished:
         """Counts one answer of dialect `api` in the metrics when called."""

@@ -1,58 +1,58 @@
 """Streaming answers over HTTP: OpenAI's SSE chunks and native NDJSON.
 
-The router's `infer` hands each delta to a queue the moment it arrives; the response
+Serving the call hands each piece to a queue the moment it arrives; the response
 relays the queue without buffering. The HTTP status is decided by the first event: an
 error before any token is a plain JSON error (the caller never sees a broken stream),
 after the first token the stream ends with an error event. A client that goes away
-cancels `infer`, which cancels the job on the node.
+cancels the serving, which cancels the job on the node.
 
 A stream that waits in the router's line for a slot hears a keep-alive every
-`admission.keepalive_ms` (an SSE comment; NDJSON sends nothing), so proxies do not cut
-it: the first one commits the answer to a 200 stream, and a failure after it is the
-stream's error event.
+`admission.keepalive_ms` (an SSE comment; NDJSON has none, and stays unanswered while
+it waits), so proxies do not cut it: the first one commits the answer to a 200 stream,
+and a failure after it is the stream's error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.responses import Response, StreamingResponse
 
 from router.attempts.route import Route
+from router.serving.call import Call, Served
 from services.wire import JobResponse, Piece
 
-Infer = Callable[
-    [Callable[[Piece], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]
-]
+Serve = Callable[[Call], Awaitable[Served]]
+
+
+class StreamFormat(Protocol):
+    """How a dialect writes a stream: each piece, then the final event(s)."""
+
+    media_type: str
+
+    def use_model(self, model: str) -> None:
+        """The model actually serving the stream, known once its target is chosen."""
+
+    def delta(self, piece: Piece) -> bytes: ...
+
+    def keepalive(self) -> bytes:
+        """What the stream sends while it waits in line (b"": nothing)."""
+        ...
+
+    def final(self, response: JobResponse, route: Route) -> bytes: ...
 
 
 class _KeepAlive:
-    """A queue item: the stream is waiting in line (not a piece of the answer)."""
+    """A queue item: the stream waits in line (not a piece of the answer)."""
 
 
 KEEPALIVE = _KeepAlive()
 Item = Piece | _KeepAlive | None  # None: the answer is in
-
-# The running stream's keep-alive, for the line to call while the stream waits.
-WAITING_STREAM: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = (
-    contextvars.ContextVar("waiting_stream", default=None)
-)
-
-
-class StreamFormat(Protocol):
-    media_type: str
-
-    def delta(self, piece: Piece) -> bytes: ...
-
-    def keepalive(self) -> bytes: ...
-
-    def final(self, response: JobResponse, route: Route) -> bytes: ...
 
 
 def sse(body: object) -> bytes:
@@ -176,6 +176,9 @@ class NdjsonLines:
         self._job_id = job_id
         self._seq = 0
 
+    def use_model(self, model: str) -> None:
+        """The final answer names the model: nothing to change before it."""
+
     def keepalive(self) -> bytes:
         return b""
 
@@ -195,18 +198,20 @@ class NdjsonLines:
 
 
 async def stream_response(
-    infer: Infer,
+    serve: Serve,
+    call: Call,
     form: StreamFormat,
     on_error_before_first_token: Callable[[JobResponse, Route], Response],
     on_finished: Callable[[JobResponse, Route], None],
 ) -> Response:
-    """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
-    deltas: asyncio.Queue[Item] = asyncio.Queue()
-    task = asyncio.create_task(_infer_then_end(infer, deltas))
+    """Serve `call` as a stream in `form` once the first piece is in, else answer as
+    `on_error_before_first_token`."""
+    pieces: asyncio.Queue[Item] = asyncio.Queue()
+    task = asyncio.create_task(_serve_then_end(serve, call, form, pieces))
     try:
-        first = await deltas.get()
+        first = await pieces.get()
         while isinstance(first, _KeepAlive) and not form.keepalive():
-            first = await deltas.get()  # nothing to send while waiting: stay uncommitted
+            first = await pieces.get()  # nothing to send while waiting: stay uncommitted
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -217,22 +222,23 @@ async def stream_response(
             return on_error_before_first_token(response, route)
         return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
     return StreamingResponse(
-        _relay(first, deltas, task, form, on_finished), media_type=form.media_type
+        _relay(first, pieces, task, form, on_finished), media_type=form.media_type
     )
 
 
-async def _infer_then_end(infer: Infer, queue: asyncio.Queue[Item]) -> tuple[JobResponse, Route]:
-    """Run `infer`, feeding its deltas to `queue`; None goes in after the last one."""
+async def _serve_then_end(
+    serve: Serve, call: Call, form: StreamFormat, queue: asyncio.Queue[Item]
+) -> Served:
+    """Serve the call, feeding its pieces to `queue`; None goes in after the last one."""
 
-    async def put(delta: Piece) -> None:
-        queue.put_nowait(delta)
+    async def put(piece: Piece) -> None:
+        queue.put_nowait(piece)
 
     async def waiting() -> None:
         queue.put_nowait(KEEPALIVE)
 
-    WAITING_STREAM.set(waiting)  # this task's own context
     try:
-        return await infer(put)
+        return await serve(call.streamed_to(put, form.use_model).waiting_with(waiting))
     finally:
         queue.put_nowait(None)
 
@@ -244,7 +250,7 @@ def _bytes_of(item: Piece | _KeepAlive, form: StreamFormat) -> bytes:
 async def _relay(
     first: Piece | _KeepAlive,
     queue: asyncio.Queue[Item],
-    task: asyncio.Task[tuple[JobResponse, Route]],
+    task: asyncio.Task[Served],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],
 ) -> AsyncIterator[bytes]:
