@@ -92,11 +92,12 @@ class Holders:
 
 
 async def queued(http: httpx.AsyncClient, count: int) -> None:
-    async def enough() -> bool:
-        return (await http.get("/queue")).json()["total"] >= count
-
+    """Wait (bounded) until at least `count` calls wait in the router's line."""
     async with asyncio.timeout(20):
-        while not await enough():
+        while True:
+            total: int = (await http.get("/queue")).json()["total"]
+            if total >= count:
+                return
             await asyncio.sleep(0.05)
 
 

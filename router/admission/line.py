@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, Protocol
 
 from router.admission.fair_queue import FairQueue
@@ -42,13 +40,10 @@ from router.admission.limits import (
     check_arrival,
     queue_retry_after_ms,
 )
+from router.admission.slots import Hold, Lane, LaneSlots
 from router.admission.tenants import Tenant, TenantDirectory
-from router.attempts.board import breaker_kind
 from router.attempts.route import Route
 from router.config import AdmissionSettings, RouterSettings
-from router.fleet.candidates import slot_kind
-from router.selection.needs import job_needs
-from router.selection.select import select
 from router.serving.call import Call, Served
 from router.serving.dispatch import Router, job_type_of
 from services.capabilities import Capabilities
@@ -56,8 +51,6 @@ from services.errors import ErrorCode, InferbusError, Reason
 from services.wire import JobRequest, JobResponse
 
 __all__ = ["Admission", "Lane", "QueueMetrics"]
-
-Lane = tuple[str, str]  # (model, type): what a waiting call needs a slot of
 
 
 class QueueMetrics(Protocol):
@@ -92,17 +85,6 @@ class _Waiter:
     granted: asyncio.Future[None]
 
 
-@dataclass(eq=False)
-class _Hold:
-    """A call's claim on its lane between being let go and its job taking a slot."""
-
-    lane: Lane | None
-    reserved: bool = False
-
-
-_HOLD: contextvars.ContextVar[_Hold | None] = contextvars.ContextVar("hold", default=None)
-
-
 @dataclass
 class _Totals:
     attempts: list[Any] = field(default_factory=list)
@@ -131,11 +113,10 @@ class Admission:
         self._waiters: dict[_Waiter, None] = {}  # every waiting call, oldest first
         self._usage: dict[str, TenantUsage] = {}
         self._tenants: dict[str, Tenant] = {}  # the newest Tenant seen per name
-        self._reserved: dict[Lane, int] = {}
+        self.slots = LaneSlots(router, clock, self._pump)
         self._drain: dict[Lane, DrainRate] = {}
         self._pumping = False
         router.fleet.on_record(self._heard)
-        router.fleet.on_job(self._job_changed)
 
     def configure(self, settings: AdmissionSettings, directory: TenantDirectory) -> None:
         """New classes, bounds and tenants (a reload); calls waiting keep their place."""
@@ -199,21 +180,19 @@ class Admission:
             again = True  # back to the head of its place in line
             lane = self._lane_of(job, call.agent_id) or lane
 
-    async def _run(self, call: Call, tenant: Tenant, hold: _Hold, totals: _Totals) -> Served:
+    async def _run(self, call: Call, tenant: Tenant, hold: Hold, totals: _Totals) -> Served:
         """One pass through the dispatcher."""
         queue_ms = round(totals.waited_s * 1000.0, 1)
         if call.on_queued is not None:
             call.on_queued(queue_ms)
-        token = _HOLD.set(hold)
         try:
-            response, route = await self.router.dispatch(replace(call, queue_ms=queue_ms))
+            with self.slots.running(hold):
+                response, route = await self.router.dispatch(replace(call, queue_ms=queue_ms))
         finally:
-            _HOLD.reset(token)
-            self._release(hold)
             self._usage_of(tenant).running -= 1
             self._pump()
         totals.attempts.extend(route.attempts)
-        self._heard_busy(route, job_type_of(call.job))
+        self.slots.heard_busy(route, job_type_of(call.job))
         self._count_tokens(tenant, response)
         return response, route
 
@@ -221,16 +200,16 @@ class Admission:
 
     async def _turn(
         self, call: Call, tenant: Tenant, lane: Lane | None, totals: _Totals, *, again: bool
-    ) -> _Hold | JobResponse:
+    ) -> Hold | JobResponse:
         """A hold to run now, after waiting if need be; or the answer that ends the call."""
         job, deadline, priority = call.job, call.deadline, self._priority_of(call, tenant)
         usage = self._usage_of(tenant)
         if lane is None:  # not for the fleet: nothing to wait for here
             usage.running += 1
-            return _Hold(None)
-        if lane not in self._lanes and usage.may_start(tenant.limits) and self._free(lane):
+            return Hold(None)
+        if lane not in self._lanes and usage.may_start(tenant.limits) and self.slots.free(lane):
             usage.running += 1
-            return self._reserve(lane)
+            return self.slots.hold(lane)
         now = self._clock()
         if totals.first_queued is None:
             totals.first_queued = now
@@ -253,7 +232,7 @@ class Admission:
             elif ended != "granted":  # let go in the same instant it stopped waiting
                 self._give_back(waiter)
         if ended == "granted":
-            return _Hold(lane, reserved=True)
+            return Hold(lane, reserved=True)
         if ended == "gone":
             error = InferbusError(ErrorCode.CANCELLED, "the client went away while it waited")
         elif self._clock() >= deadline:
@@ -334,19 +313,20 @@ class Admission:
     def _give_back(self, waiter: _Waiter) -> None:
         """A call let go that will not run after all: its turn goes to the next."""
         self._usage_of(waiter.tenant).running -= 1
-        self._release(_Hold(waiter.lane, reserved=True))
+        self.slots.release(Hold(waiter.lane, reserved=True))
         self._pump()
 
     # --- letting calls go ----------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Let waiting calls go while their lanes have free slots (re-entrant safe)."""
+        """Let waiting calls go while their lanes have free slots (re-entrant safe;
+        O(1) when nobody waits)."""
         if not self._waiters or self._pumping:
             return
         self._pumping = True
         try:
             for lane, queue in list(self._lanes.items()):
-                while len(queue) and self._free(lane):
+                while len(queue) and self.slots.free(lane):
                     waiter = queue.pop(self._may_start)
                     if waiter is None:
                         break
@@ -357,68 +337,13 @@ class Admission:
     def _let_go(self, waiter: _Waiter) -> None:
         self._left_line(waiter)
         self._usage_of(waiter.tenant).running += 1
-        self._reserve(waiter.lane)
+        self.slots.hold(waiter.lane)
         self._drain.setdefault(waiter.lane, DrainRate()).started(self._clock())
         waiter.granted.set_result(None)
 
     def _may_start(self, tenant_name: str) -> bool:
         tenant = self._tenants[tenant_name]
         return self._usage_of(tenant).may_start(tenant.limits)
-
-    def _reserve(self, lane: Lane) -> _Hold:
-        self._reserved[lane] = self._reserved.get(lane, 0) + 1
-        return _Hold(lane, reserved=True)
-
-    def _release(self, hold: _Hold) -> None:
-        if hold.reserved and hold.lane is not None:
-            hold.reserved = False
-            left = self._reserved.get(hold.lane, 0) - 1
-            if left > 0:
-                self._reserved[hold.lane] = left
-            else:
-                self._reserved.pop(hold.lane, None)
-
-    def _free(self, lane: Lane) -> bool:
-        """Whether the lane has a free slot beyond those reserved: O(reserved + 1) nodes
-        read, not the lane's whole fleet."""
-        index = self.router.fleet.index
-        group = index.group(*lane)
-        if group is None:
-            return False
-        needed = self._reserved.get(lane, 0) + 1
-        kind = group.kind
-        breaker = breaker_kind(lane[1])
-        now_fleet, now = self.router.fleet.clock(), self._clock()
-        free = 0
-        for node in group.unsaturated:
-            if not index.live(node, now_fleet) or self.router.board.is_open(node, breaker, now):
-                continue
-            inflight, capacity = index.load(node, kind)
-            free += capacity - inflight
-            if free >= needed:
-                return True
-        return False
-
-    # --- what the fleet says -----------------------------------------------------------
-
-    def _heard(self, record: Capabilities) -> None:
-        """A worker's record: a slot may have freed (O(1) when nobody waits)."""
-        if self._waiters:
-            self._pump()
-
-    def _job_changed(self, node: str, kind: str, started: bool) -> None:
-        if started:
-            hold = _HOLD.get()
-            if hold is not None:
-                self._release(hold)  # its slot is counted on the node from now on
-        elif self._waiters:
-            self._pump()
-
-    def _heard_busy(self, route: Route, job_type: str) -> None:
-        kind = slot_kind(job_type)
-        for attempt in route.attempts:
-            if attempt.outcome == ErrorCode.BUSY and attempt.node is not None:
-                self.router.fleet.index.heard_busy(attempt.node, kind)
 
     # --- answers -------------------------------------------------------------------------
 
@@ -480,26 +405,15 @@ class Admission:
 
     # --- small things ------------------------------------------------------------------
 
+    def _heard(self, record: Capabilities) -> None:
+        """A worker's record: a slot may have freed (O(1) when nobody waits)."""
+        if self._waiters:
+            self._pump()
+
     def _lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
-        """The (model, type) selection would send the call to on the fleet, if any."""
-        router = self.router
-        if not router.nc.is_connected or not self.settings.max_wait_ms:
+        if not self.settings.max_wait_ms:
             return None  # with max_wait_ms 0 nothing waits: BUSY nodes answer 429
-        job_type = job_type_of(job)
-        is_open = partial(router.board.is_open, job_type=breaker_kind(job_type), now=self._clock())
-        selection = select(
-            router.settings.selection,
-            router.fleet.index,
-            agent_id=agent_id,
-            request_model=job.model,
-            excluded=is_open,
-            job_type=job_type,
-            now=router.fleet.clock(),
-            needs=job_needs(job, job_type),
-        )
-        if selection is None or selection.source != "fleet" or selection.node is None:
-            return None
-        return selection.model, selection.type
+        return self.slots.lane_of(job, agent_id)
 
     def _usage_of(self, tenant: Tenant) -> TenantUsage:
         usage = self._usage.get(tenant.name)
