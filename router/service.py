@@ -13,28 +13,33 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
-from router.admission.tenants import TenantConfigError
+from router.admission.tenants import TenantConfigError, TenantDirectory
 from router.cloud.providers import ProviderConfigError
-from router.config import RouterSettings
+from router.config import RouterSettings, load_router_settings
 from router.fleet.view import FleetView
 from router.http.app import build_app
 from router.http.edge import Api
 from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
+from router.reload import plan_reload
 from router.serving.call import Calls
 from router.serving.dispatch import Router
 from services.bus import describe, is_auth_refusal
 from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
 from services.runtimes import new_http_client
+from services.settings import ConfigError
 from services.subjects import Subjects
 
 log = logging.getLogger("inferbus.router")
@@ -64,8 +69,9 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 class RouterService(AsyncService):
-    def __init__(self, settings: RouterSettings) -> None:
+    def __init__(self, settings: RouterSettings, *, config_path: Path | None = None) -> None:
         self.settings = settings
+        self._config_path = config_path  # what a reload reads (SIGHUP, POST /admin/reload)
         self._http = new_http_client()
         self._nc = NatsClient()
         self.fleet = FleetView(
@@ -81,7 +87,8 @@ class RouterService(AsyncService):
                 settings, nc=self._nc, fleet=self.fleet, http=self._http, clock=clock
             )
             self.metrics = RouterMetrics(
-                lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
+                lambda: self.router.board.snapshot(time.monotonic()),
+                lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
             )
             self.admission = Admission(self.router, settings, clock=clock, metrics=self.metrics)
         except (ProviderConfigError, TenantConfigError) as error:  # names the unset variable
@@ -133,7 +140,7 @@ class RouterService(AsyncService):
             registry=metrics.registry,
         )
         config = uvicorn.Config(
-            build_app(api, status, self.router.cloud.view),
+            build_app(api, status, lambda: self.router.cloud.view(), self.reload),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -210,6 +217,32 @@ class RouterService(AsyncService):
     async def _on_reconnected(self) -> None:
         self.router.reconnected()
         log.info("reconnected to nats")
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the config file again and apply what can change while running (tenants,
+        keys, limits, the queue's classes, profiles, providers); calls in flight and
+        waiting go on. A file that does not load, or names an unset key variable,
+        changes nothing: the answer (and the log) says why."""
+        if self._config_path is None:
+            return {"reloaded": False, "error": "the router was started without a config file"}
+        try:
+            loaded = load_router_settings(self._config_path)
+            plan = plan_reload(self.settings, loaded)
+            directory = TenantDirectory.build(
+                plan.settings.http.api_keys, plan.settings.admission, os.environ
+            )
+            cloud = self.router.cloud_for(plan.settings) if plan.cloud_changed else None
+        except (ConfigError, TenantConfigError, ProviderConfigError) as error:
+            log.error("reload refused, the running config stays: %s", error)
+            return {"reloaded": False, "error": str(error)}
+        self.settings = plan.settings
+        self.router.settings = plan.settings
+        if cloud is not None:
+            self.router.cloud = cloud
+        self.admission.configure(plan.settings.admission, directory)
+        applied, waiting = list(plan.applied), list(plan.needs_restart)
+        log.info("config reloaded: applied %s; needs a restart: %s", applied, waiting)
+        return plan.report()
 
     @property
     def url(self) -> str:

@@ -8,6 +8,7 @@
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
     router/http/operator_queue.py        GET  /queue, the x-inferbus-queue-ms header
+    router/http/operator_admin.py        POST /admin/reload (an admin tenant)
     router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
@@ -32,13 +33,17 @@ from router.http.openai_chat import chat_routes
 from router.http.openai_completions import completions_routes
 from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
+from router.http.operator_admin import Reload, admin_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
 from router.http.operator_queue import QueueTimeHeader, queue_route
 
 
 def build_app(
-    api: Api, status: FleetStatus, providers_view: Callable[[], dict[str, Any]]
+    api: Api,
+    status: FleetStatus,
+    providers_view: Callable[[], dict[str, Any]],
+    reload: Reload | None = None,
 ) -> ASGIApp:
     """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
     `status` for the operator's routes, the cloud providers' `providers_view`."""
@@ -52,6 +57,7 @@ def build_app(
         *fleet_routes(status),
         providers_route(providers_view),
         queue_route(api.line),
+        *(admin_routes(reload) if reload is not None else []),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     line = api.line

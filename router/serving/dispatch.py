@@ -87,15 +87,9 @@ class Router:
         self.fleet = fleet
         self.board = BreakerBoard(settings.breakers)
         # Cooldowns per (provider, key) and model health live beside the breakers.
-        self.cloud = CloudProviders(
-            settings.providers,
-            selection=settings.selection,
-            fallbacks=tuple(settings.fallbacks),
-            failover=settings.failover,
-            http=http,
-            environ=os.environ,
-            clock=clock,
-        )
+        self._http = http
+        self._clock = clock
+        self.cloud = self.cloud_for(settings)
         fleet.on_record(self._heard_from)
         fleet.on_forget(self.board.forget)
         subjects = Subjects(settings.subject_prefix)
@@ -110,8 +104,6 @@ class Router:
                 offload.liveness_misses,
             ),
         )
-        self._http = http
-        self._clock = clock
         self._remote_slots = asyncio.Semaphore(offload.remote_concurrency)
         self._bus_settled_at = -float("inf")  # when the router's connection last came back
         local = settings.local_runtime
@@ -119,6 +111,19 @@ class Router:
             make_runtime(local.kind, local.url, http, api_key=_env(local.api_key_env))
             if local is not None
             else None
+        )
+
+    def cloud_for(self, settings: RouterSettings) -> CloudProviders:
+        """The cloud providers of `settings` (a reload makes new ones; raises
+        ProviderConfigError naming an unset key variable)."""
+        return CloudProviders(
+            settings.providers,
+            selection=settings.selection,
+            fallbacks=tuple(settings.fallbacks),
+            failover=settings.failover,
+            http=self._http,
+            environ=os.environ,
+            clock=self._clock,
         )
 
     def reconnected(self) -> None:
