@@ -161,12 +161,12 @@ def gate(infer: CountingInfer) -> IdempotencyGate:
     )
 
 
+KEYED = JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"})
+
+
 def keyed_call() -> Call:
-    """A keyed call whose 10 s budget starts now (not when the module was imported)."""
-    return Calls(default_budget_ms=10_000).make(
-        JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"}),
-        tenant=SHARED_SCOPE,
-    )
+    """A call for KEYED with its budget from now."""
+    return Calls(default_budget_ms=10_000).make(KEYED, tenant=SHARED_SCOPE)
 
 
 async def test_a_duplicate_runs_the_job_itself_when_the_first_caller_left() -> None:

@@ -22,7 +22,7 @@ from router.admission.idempotency import IdempotencyGate
 from router.admission.line import Admission
 from router.admission.tenants import ANONYMOUS, Tenant, effective_class
 from router.attempts.route import Route
-from router.config import HttpSettings
+from router.config import AdmissionSettings, HttpSettings
 from router.http.images import checked_images
 from router.metrics import RouterMetrics
 from router.serving.call import Call, Calls, Served, trace_context
@@ -106,7 +106,7 @@ class Api:
     calls: Calls
     gate: IdempotencyGate
     metrics: RouterMetrics
-    line: Admission
+    line: Admission | None = None  # None: every caller anonymous, in the default class
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
@@ -141,8 +141,9 @@ class Api:
         and how its wait in line is heard (its client gone, the queue time header)."""
         headers = request.headers
         found: Tenant | None = getattr(request.state, "tenant", None)
-        tenant = found or self.line.directory.anonymous or Tenant(ANONYMOUS, "")
-        settings = self.line.settings
+        anonymous = self.line.directory.anonymous if self.line is not None else None
+        tenant = found or anonymous or Tenant(ANONYMOUS, "")
+        settings = self.line.settings if self.line is not None else AdmissionSettings()
         own_class = tenant.priority or settings.fallback_class
         priority, note = effective_class(own_class, headers.get("x-priority"), settings)
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
