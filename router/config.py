@@ -14,7 +14,7 @@ Tenants are `http.api_keys` (router/admission/tenants.py); the queue's classes a
       max_queued: 10000               # calls waiting in this router, all tenants together
       keepalive_ms: 5000              # a waiting stream hears a comment this often
     limits:
-      shared: false                   # true: rpm, tpm, max_concurrent across routers (KV)
+      shared: false                   # true: rpm and tpm across routers (JetStream KV)
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def _no(class_name: str) -> int:
 class LimitsSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Count tenants' rpm, tpm and max_concurrent across every router in JetStream KV.
+    # Count tenants' rpm and tpm across every router in JetStream KV
+    # (router/admission/shared_limits.py); max_concurrent stays per router.
     shared: bool = False
     bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = "inferbus_limits"
 

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
+from router.admission.shared_limits import SharedCounters
 from router.admission.tenants import TenantConfigError, TenantDirectory
 from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings, load_router_settings
@@ -194,6 +195,12 @@ class RouterService(AsyncService):
             # Until NATS is reached, duplicates are caught by this router's memory alone.
             self.gate.share(
                 await SharedKeys.open(self._nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s)
+            )
+        limits = self.settings.limits
+        if limits.shared:
+            # Until NATS is reached, each router counts its tenants' rpm and tpm alone.
+            self.admission.share(
+                await SharedCounters.open(self._nc, bucket=limits.bucket, wall_clock=time.time)
             )
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
 

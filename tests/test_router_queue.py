@@ -332,3 +332,28 @@ async def test_two_routers_sharing_four_slots_answer_forty_calls(
         a.text for a in answers if a.status_code != 200
     ]
     assert sim.peak_connections <= 4
+
+
+async def test_two_routers_sharing_limits_cannot_exceed_a_tenants_rpm_together(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """Shared rpm counts per wall-clock minute: the test keeps clear of a minute's end."""
+    seconds_into_minute = time.time() % 60
+    if seconds_into_minute > 50:
+        await asyncio.sleep(61 - seconds_into_minute)
+    limits = {"shared": True, "bucket": f"limits_{uuid.uuid4().hex[:12]}"}
+    tenants = [{"name": "shared", "key": "key-shared", "rpm": 3}]
+    http_settings = {"host": "127.0.0.1", "port": 0, "api_keys": tenants}
+    job = {"prompt": "x", "model": "llama3:8b"}
+    async with (
+        start_worker(backends=[backend(simulator.url)]),
+        start_router(http=http_settings, limits=limits) as first,
+        start_router(http=http_settings, limits=limits) as second,
+        client(first, "key-shared") as one,
+        client(second, "key-shared") as two,
+    ):
+        answers = [await (one if n % 2 else two).post("/infer", json=job) for n in range(6)]
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 429, 429, 429]
+    refused = [a for a in answers if a.status_code == 429]
+    assert all(a.json()["error"]["message"].startswith("rpm:") for a in refused)
+    assert all(int(a.headers["retry-after"]) <= 60 for a in refused)

@@ -16,6 +16,9 @@ In front of the dispatcher (`Router.dispatch`), behind the idempotency gate. A c
 5. goes back to the head of its place in line when every node it was sent to answered
    BUSY (another router took the slot first), for as long as its budget lasts.
 
+With `limits.shared`, rpm and tpm are counted across routers in JetStream KV
+(router/admission/shared_limits.py) instead of in this router.
+
 Free slots are read from the fleet index (records' load moved by the router's own starts
 and ends, nodes that answered BUSY counted full); slots granted to calls that have not
 taken them yet are reserved, so one freed slot wakes one call. A call's reservation ends
@@ -40,6 +43,7 @@ from router.admission.limits import (
     check_arrival,
     queue_retry_after_ms,
 )
+from router.admission.shared_limits import SharedCounters
 from router.admission.slots import Hold, Lane, LaneSlots
 from router.admission.tenants import Tenant, TenantDirectory
 from router.attempts.route import Route
@@ -114,9 +118,14 @@ class Admission:
         self._usage: dict[str, TenantUsage] = {}
         self._tenants: dict[str, Tenant] = {}  # the newest Tenant seen per name
         self.slots = LaneSlots(router, clock, self._pump)
+        self.shared: SharedCounters | None = None
         self._drain: dict[Lane, DrainRate] = {}
         self._pumping = False
         router.fleet.on_record(self._heard)
+
+    def share(self, shared: SharedCounters) -> None:
+        """From now on, tenants' rpm and tpm are counted across routers (`limits.shared`)."""
+        self.shared = shared
 
     def configure(self, settings: AdmissionSettings, directory: TenantDirectory) -> None:
         """New classes, bounds and tenants (a reload); calls waiting keep their place."""
@@ -163,7 +172,10 @@ class Admission:
             )
             return JobResponse.failure(job.job_id, error), self._route(Route(), call, _Totals())
         usage = self._usage_of(tenant)
-        refusal = check_arrival(tenant.name, tenant.limits, usage, now)
+        if self.shared is not None:  # counted across routers
+            refusal = await self.shared.admit(tenant.name, tenant.limits)
+        else:
+            refusal = check_arrival(tenant.name, tenant.limits, usage, now)
         if refusal is not None:
             return self._refused(job, refusal), self._route(Route(), call, _Totals())
         usage.requests.add(now)
@@ -193,7 +205,9 @@ class Admission:
             self._pump()
         totals.attempts.extend(route.attempts)
         self.slots.heard_busy(route, job_type_of(call.job))
-        self._count_tokens(tenant, response)
+        tokens = self._count_tokens(tenant, response)
+        if self.shared is not None:
+            await self.shared.used(tenant.name, tokens)
         return response, route
 
     # --- waiting -----------------------------------------------------------------------
@@ -395,13 +409,14 @@ class Admission:
     def _busy_everywhere(response: JobResponse) -> bool:
         return response.error is not None and response.error.code == ErrorCode.BUSY
 
-    def _count_tokens(self, tenant: Tenant, response: JobResponse) -> None:
+    def _count_tokens(self, tenant: Tenant, response: JobResponse) -> int:
         usage = response.result.usage if response.result is not None else None
         if usage is None:
-            return
+            return 0
         prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
         self._usage_of(tenant).tokens.add(self._clock(), prompt + completion)
         self.metrics.tokens(tenant.name, prompt, completion)
+        return prompt + completion
 
     # --- small things ------------------------------------------------------------------
 
