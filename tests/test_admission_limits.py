@@ -9,9 +9,10 @@ from router.admission.limits import (
     SlidingWindow,
     TenantUsage,
     check_arrival,
+    queue_refusal,
     queue_retry_after_ms,
 )
-from router.admission.tenants import TenantLimits
+from router.admission.tenants import Tenant, TenantLimits
 
 
 def test_a_window_forgets_what_is_older_than_a_minute() -> None:
@@ -96,3 +97,30 @@ def test_a_full_queue_sends_callers_back_after_its_drain_time(
     for at in starts:
         rate.started(at)
     assert queue_retry_after_ms(waiting, rate.per_s(now), unknown_ms=1000) == expected_ms
+
+
+@pytest.mark.parametrize(
+    ("max_queued", "queued", "waiting", "router_max", "refused_by"),
+    [
+        (None, 50, 50, 100, None),
+        (2, 1, 1, 100, None),
+        (2, 2, 2, 100, "max_queued"),
+        (0, 0, 0, 100, "max_queued"),  # this tenant never waits
+        (None, 3, 100, 100, "queue"),
+        (5, 3, 100, 100, "queue"),
+    ],
+)
+def test_a_call_that_must_wait_joins_the_line_only_within_both_bounds(
+    max_queued: int | None, queued: int, waiting: int, router_max: int, refused_by: str | None
+) -> None:
+    tenant = Tenant("a", "batch", limits=TenantLimits(max_queued=max_queued))
+    refusal = queue_refusal(
+        tenant, queued=queued, waiting=waiting, in_lane=4, max_queued=router_max, drains_per_s=2.0
+    )
+    assert (refusal.limit if refusal else None) == refused_by
+    if refusal is not None:
+        answer = refusal.answer("job-1")
+        assert answer.error is not None
+        assert answer.error.code == "BUSY"
+        assert answer.error.message.startswith(f"{refused_by}:")
+        assert answer.error.retry_after_ms == refusal.retry_after_ms >= 100

@@ -19,7 +19,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from router.admission.tenants import TenantLimits
+from router.admission.tenants import Tenant, TenantLimits
+from services.errors import ErrorCode, InferbusError, Reason
+from services.wire import JobResponse
 
 __all__ = [
     "WINDOW_S",
@@ -28,6 +30,7 @@ __all__ = [
     "SlidingWindow",
     "TenantUsage",
     "check_arrival",
+    "queue_refusal",
     "queue_retry_after_ms",
 ]
 
@@ -43,6 +46,17 @@ class Refusal:
     limit: str
     retry_after_ms: int
     message: str
+
+    def answer(self, job_id: str) -> JobResponse:
+        """The 429 answer: BUSY, the limit named first in the message, Retry-After."""
+        reason = Reason.RATE_LIMITED if self.limit in ("rpm", "tpm") else None
+        error = InferbusError(
+            ErrorCode.BUSY,
+            f"{self.limit}: {self.message}",
+            retry_after_ms=self.retry_after_ms,
+            reason=reason,
+        )
+        return JobResponse.failure(job_id, error)
 
 
 class SlidingWindow:
@@ -138,6 +152,34 @@ def queue_retry_after_ms(waiting: int, drains_per_s: float | None, *, unknown_ms
     if drains_per_s is None or drains_per_s <= 0:
         return max(MIN_RETRY_MS, unknown_ms)
     return _ms(max(1, waiting) / drains_per_s)
+
+
+def queue_refusal(
+    tenant: Tenant,
+    *,
+    queued: int,
+    waiting: int,
+    in_lane: int,
+    max_queued: int,
+    drains_per_s: float | None,
+) -> Refusal | None:
+    """Whether a call that must wait may join the line: its tenant's `max_queued` (`queued`
+    of its calls wait now), the router's `max_queued` (`waiting` in all). Come back after
+    the time the lane (`in_lane` waiting) takes to drain at `drains_per_s`."""
+    limit = tenant.limits.max_queued
+    if limit is not None and queued >= limit:
+        return Refusal(
+            "max_queued",
+            queue_retry_after_ms(max(1, queued), drains_per_s, unknown_ms=1000),
+            f"tenant {tenant.name!r} has {queued} calls waiting (max_queued {limit})",
+        )
+    if waiting >= max_queued:
+        return Refusal(
+            "queue",
+            queue_retry_after_ms(in_lane + 1, drains_per_s, unknown_ms=1000),
+            f"the router's queue is full ({waiting} waiting; admission.max_queued {max_queued})",
+        )
+    return None
 
 
 def _ms(seconds: float) -> int:

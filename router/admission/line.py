@@ -41,6 +41,7 @@ from router.admission.limits import (
     Refusal,
     TenantUsage,
     check_arrival,
+    queue_refusal,
     queue_retry_after_ms,
 )
 from router.admission.shared_limits import SharedCounters
@@ -51,7 +52,7 @@ from router.config import AdmissionSettings, RouterSettings
 from router.serving.call import Call, Served
 from router.serving.dispatch import Router, job_type_of
 from services.capabilities import Capabilities
-from services.errors import ErrorCode, InferbusError, Reason
+from services.errors import ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse
 
 __all__ = ["Admission", "Lane", "QueueMetrics"]
@@ -131,14 +132,14 @@ class Admission:
         """New classes, bounds and tenants (a reload); calls waiting keep their place."""
         self.settings = settings
         self.directory = directory
+        for name in list(self._tenants):  # waiting calls go by their tenant's new limits
+            self._tenants[name] = directory.tenants.get(name, self._tenants[name])
         for lane, queue in list(self._lanes.items()):
-            if queue.classes != settings.classes:
-                rebuilt: FairQueue[_Waiter] = FairQueue(
-                    settings.classes, settings.lower_class_share
-                )
-                for waiter, priority, tenant in list(queue.waiting()):
-                    rebuilt.push(waiter, tenant=tenant, priority=priority)
-                self._lanes[lane] = rebuilt
+            rebuilt: FairQueue[_Waiter] = FairQueue(settings.classes, settings.lower_class_share)
+            for waiter, priority, tenant in list(queue.waiting()):
+                weight = self._tenants[tenant].weight
+                rebuilt.push(waiter, tenant=tenant, priority=priority, weight=weight)
+            self._lanes[lane] = rebuilt
         self._pump()
 
     @property
@@ -362,33 +363,19 @@ class Admission:
     # --- answers -------------------------------------------------------------------------
 
     def _queue_refusal(self, lane: Lane, tenant: Tenant) -> Refusal | None:
-        usage = self._usage_of(tenant)
-        limit = tenant.limits.max_queued
-        if limit is not None and usage.queued >= limit:
-            return Refusal(
-                "max_queued",
-                self._drain_retry_ms(lane, max(1, usage.queued)),
-                f"tenant {tenant.name!r} has {usage.queued} calls waiting (max_queued {limit})",
-            )
-        if len(self._waiters) >= self.settings.max_queued:
-            return Refusal(
-                "queue",
-                self._drain_retry_ms(lane, len(self._lanes.get(lane, ())) + 1),
-                f"the router's queue is full ({len(self._waiters)} waiting; "
-                f"admission.max_queued {self.settings.max_queued})",
-            )
-        return None
+        rate = self._drain.get(lane)
+        return queue_refusal(
+            tenant,
+            queued=self._usage_of(tenant).queued,
+            waiting=len(self._waiters),
+            in_lane=len(self._lanes.get(lane, ())),
+            max_queued=self.settings.max_queued,
+            drains_per_s=rate.per_s(self._clock()) if rate is not None else None,
+        )
 
     def _refused(self, job: JobRequest, refusal: Refusal) -> JobResponse:
         self.metrics.rejected(refusal.limit)
-        reason = Reason.RATE_LIMITED if refusal.limit in ("rpm", "tpm") else None
-        error = InferbusError(
-            ErrorCode.BUSY,
-            f"{refusal.limit}: {refusal.message}",
-            retry_after_ms=refusal.retry_after_ms,
-            reason=reason,
-        )
-        return JobResponse.failure(job.job_id, error)
+        return refusal.answer(job.job_id)
 
     def _drain_retry_ms(self, lane: Lane, waiting: int) -> int:
         rate = self._drain.get(lane)

@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from router.attempts.route import Route
 from services.deadlines import remaining_budget_ms
@@ -144,10 +143,14 @@ class Calls:
         tenant: str,
         agent_id: str | None = None,
         trace: TraceContext | None = None,
-        **asking: Any,
+        tenant_name: str = "anonymous",
+        priority: str = "",
+        priority_note: str = "",
+        gone: Callable[[], Awaitable[None]] | None = None,
+        on_queued: Callable[[float], None] | None = None,
     ) -> Call:
-        """The call of `job`; `asking` sets who asks and how its wait is heard
-        (`tenant_name`, `priority`, `priority_note`, `gone`, `on_queued`)."""
+        """The call of `job`: its budget from now on the router's clock, who asks and
+        how its wait in line is heard (the `Call` attributes of the same names)."""
         budget_ms = remaining_budget_ms(
             timeout_ms=job.timeout_ms,
             deadline_unix_ms=job.deadline_unix_ms,
@@ -156,5 +159,14 @@ class Calls:
         )
         deadline = self.clock() + budget_ms / 1000.0
         return Call(
-            job=job, tenant=tenant, agent_id=agent_id, deadline=deadline, trace=trace, **asking
+            job=job,
+            tenant=tenant,
+            agent_id=agent_id,
+            deadline=deadline,
+            trace=trace,
+            tenant_name=tenant_name,
+            priority=priority,
+            priority_note=priority_note,
+            gone=gone,
+            on_queued=on_queued,
         )
