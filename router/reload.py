@@ -2,8 +2,8 @@
 
 Reloaded without a restart: the tenants and their keys (`http.api_keys`), the queue's
 classes and bounds (`admission`), profiles, policies and agents (`selection`), and the
-cloud (`providers` and their keys, `fallbacks`, `failover`). Everything else (NATS, the
-HTTP listener, offload, breakers, fleet bounds, ...) is read at start only: a reload
+cloud (`providers` and their keys, `fallbacks`). Everything else (NATS, the HTTP
+listener, offload, breakers, `failover`, fleet bounds, ...) is read at start only: a reload
 that changes it says so and leaves it as it runs. A file that does not load or validate
 changes nothing. Pure: settings in, the plan out.
 """
@@ -18,8 +18,8 @@ from router.config import RouterSettings
 __all__ = ["ReloadPlan", "plan_reload"]
 
 # Top-level sections a reload applies; `http.api_keys` is the one part of `http` it does.
-RELOADED = ("admission", "selection", "providers", "fallbacks", "failover")
-CLOUD = frozenset({"selection", "providers", "fallbacks", "failover"})
+RELOADED = ("admission", "selection", "providers", "fallbacks")
+CLOUD = frozenset({"selection", "providers", "fallbacks"})
 
 
 @dataclass(frozen=True)

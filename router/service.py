@@ -1,5 +1,9 @@
 """The router process: the HTTP API at once, NATS and the fleet view in the background.
 
+The router's parts are built and wired here, once (`wire_router`): each receives the
+settings section and the collaborators it uses, never the whole settings; nothing below
+reads the environment.
+
 HTTP opens first, so `/health`, `/ready` and the local and static routes answer while
 NATS is unreachable (`/ready` says so); the connection is tried in the background until
 it succeeds, then the fleet view and the reply inboxes start. A taken HTTP port or bad
@@ -16,17 +20,26 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
 from router.admission.shared_limits import SharedCounters
+from router.admission.slots import LaneSlots
 from router.admission.tenants import TenantConfigError, TenantDirectory
+from router.attempts.board import BreakerBoard
+from router.attempts.health import HealthBoard, HealthEvents
+from router.attempts.runtime_target import StaticRuntimes
+from router.cloud.cooldowns import CloudHealthBoard
 from router.cloud.providers import ProviderConfigError
+from router.cloud.targets import CloudProviders
 from router.config import RouterSettings, load_router_settings
 from router.fleet.view import FleetView
 from router.http.app import build_app
@@ -35,11 +48,14 @@ from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
 from router.reload import plan_reload
 from router.serving.call import Calls
-from router.serving.dispatch import Router
+from router.serving.dispatch import LocalRuntime, Router
+from router.serving.liveness import Liveness, LivenessSettings
+from router.serving.node_link import NodeLink
+from router.serving.node_target import NodeCalls
 from services.bus import describe, is_auth_refusal
 from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
-from services.runtimes import new_http_client
+from services.runtimes import make_runtime, new_http_client
 from services.settings import ConfigError
 from services.subjects import Subjects
 
@@ -69,6 +85,96 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Wired:
+    """The router's parts, as `wire_router` built them."""
+
+    router: Router
+    health: HealthBoard
+    link: NodeLink
+    liveness: Liveness
+    nodes: NodeCalls
+    cloud_board: CloudHealthBoard  # a reload's new cloud providers keep their cooldowns here
+
+
+def cloud_providers(
+    settings: RouterSettings,
+    board: CloudHealthBoard,
+    http: httpx.AsyncClient,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+) -> CloudProviders:
+    """The cloud providers of `settings` (raises ProviderConfigError naming an unset key
+    variable); their cooldowns and model health live on `board`, which outlives a reload."""
+    return CloudProviders(
+        settings.providers,
+        selection=settings.selection,
+        fallbacks=tuple(settings.fallbacks),
+        board=board,
+        http=http,
+        environ=environ,
+        clock=clock,
+    )
+
+
+def wire_router(
+    settings: RouterSettings,
+    *,
+    nc: NatsClient,
+    fleet: FleetView,
+    http: httpx.AsyncClient,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+) -> Wired:
+    """Build the dispatcher and its collaborators, and hook them to the fleet view.
+
+    Raises:
+        ProviderConfigError: a cloud provider's key variable is unset (it names it).
+    """
+    events = HealthEvents()
+    breakers = BreakerBoard(settings.breakers, events)
+    cloud_board = CloudHealthBoard(settings.failover, events)
+    health = HealthBoard(breakers, cloud_board, events)
+    cloud = cloud_providers(settings, cloud_board, http, environ, clock)
+    link = NodeLink(nc, Subjects(settings.subject_prefix))
+    offload = settings.offload
+    liveness = Liveness(
+        link,
+        link.node_lost,
+        LivenessSettings(
+            offload.liveness_interval_ms / 1000.0,
+            offload.liveness_timeout_ms / 1000.0,
+            offload.liveness_misses,
+        ),
+    )
+
+    def connected() -> bool:
+        return nc.is_connected
+
+    nodes = NodeCalls(link, liveness, fleet, breakers, offload, connected=connected, clock=clock)
+    local = settings.local_runtime
+    local_runtime = None
+    if local is not None:
+        key = environ.get(local.api_key_env) if local.api_key_env else None
+        runtime = make_runtime(local.kind, local.url, http, api_key=key)
+        local_runtime = LocalRuntime(runtime, settings.local_node)
+    router = Router(
+        offload=offload,
+        selection=settings.selection,
+        fleet=fleet,
+        health=health,
+        nodes=nodes,
+        cloud=cloud,
+        statics=StaticRuntimes(settings.selection, http, environ),
+        local=local_runtime,
+        connected=connected,
+        clock=clock,
+    )
+    fleet.on_record(router.heard_from)
+    fleet.on_forget(lambda node: breakers.forget(node, clock()))
+    return Wired(router, health, link, liveness, nodes, cloud_board)
+
+
 class RouterService(AsyncService):
     def __init__(self, settings: RouterSettings, *, config_path: Path | None = None) -> None:
         self.settings = settings
@@ -84,16 +190,44 @@ class RouterService(AsyncService):
         )
         clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
         try:
-            self.router = Router(
-                settings, nc=self._nc, fleet=self.fleet, http=self._http, clock=clock
+            wired = wire_router(
+                settings,
+                nc=self._nc,
+                fleet=self.fleet,
+                http=self._http,
+                environ=os.environ,
+                clock=clock,
             )
-            self.metrics = RouterMetrics(
-                lambda: self.router.board.snapshot(time.monotonic()),
-                lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
+            directory = TenantDirectory.build(
+                settings.http.api_keys, settings.admission, os.environ
             )
-            self.admission = Admission(self.router, settings, clock=clock, metrics=self.metrics)
         except (ProviderConfigError, TenantConfigError) as error:  # names the unset variable
             raise StartupError(str(error)) from None
+        self.router, self.health, self.link = wired.router, wired.health, wired.link
+        self._liveness, self._nodes = wired.liveness, wired.nodes
+        self._cloud_board = wired.cloud_board
+        self.metrics = RouterMetrics(
+            lambda: self.health.snapshot(time.monotonic()).breakers,
+            lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
+        )
+        slots = LaneSlots(
+            self.fleet,
+            self.health.breakers,
+            selection=lambda: self.settings.selection,
+            connected=lambda: self._nc.is_connected,
+            clock=clock,
+        )
+        self.admission = Admission(
+            self.router.dispatch,
+            slots,
+            settings.admission,
+            directory,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        # Capacity may free: a worker's record (a slot announced free), a breaker's change.
+        self.fleet.on_record(self.admission.wake)
+        self.health.subscribe(self.admission.wake)
         idempotency = settings.idempotency
         self.gate = IdempotencyGate(
             self.admission.dispatch,
@@ -125,19 +259,13 @@ class RouterService(AsyncService):
         sock = bind_http(http.host, http.port)
         metrics = self.metrics
         self.fleet.on_forget(metrics.forget)
-        api = Api(
-            self.settings.http,
-            self.settings.images,
-            self._calls,
-            self.gate,
-            metrics,
-            self.admission,
-        )
+        settings = self.settings
+        api = Api(settings.http, settings.images, self._calls, self.gate, metrics, self.admission)
         status = FleetStatus(
             self.fleet,
-            breakers_of=self.router.board.of_node,
+            breakers_of=self.health.breakers_of,
             bus_connected=lambda: self._nc.is_connected,
-            has_local_runtime=self.router.local_runtime is not None,
+            has_local_runtime=self.router.local is not None,
             registry=metrics.registry,
         )
         config = uvicorn.Config(
@@ -188,7 +316,7 @@ class RouterService(AsyncService):
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py's hint; a float works
             connect_timeout=2,
         )
-        await self.router.link.start()
+        await self.link.start()
         await self.fleet.start()
         idempotency = self.settings.idempotency
         if idempotency.store == "jetstream":
@@ -222,7 +350,7 @@ class RouterService(AsyncService):
             log.warning("disconnected from nats; reconnecting (local runtime still serves)")
 
     async def _on_reconnected(self) -> None:
-        self.router.reconnected()
+        self._nodes.reconnected()
         log.info("reconnected to nats")
 
     async def reload(self) -> dict[str, Any]:
@@ -235,21 +363,26 @@ class RouterService(AsyncService):
         try:
             loaded = load_router_settings(self._config_path)
             plan = plan_reload(self.settings, loaded)
-            directory = TenantDirectory.build(
-                plan.settings.http.api_keys, plan.settings.admission, os.environ
-            )
-            cloud = self.router.cloud_for(plan.settings) if plan.cloud_changed else None
+            new = plan.settings
+            directory = TenantDirectory.build(new.http.api_keys, new.admission, os.environ)
+            cloud = self.router.cloud
+            if plan.cloud_changed:
+                cloud = cloud_providers(new, self._cloud_board, self._http, os.environ)
         except (ConfigError, TenantConfigError, ProviderConfigError) as error:
             log.error("reload refused, the running config stays: %s", error)
             return {"reloaded": False, "error": str(error)}
-        self.settings = plan.settings
-        self.router.settings = plan.settings
-        if cloud is not None:
-            self.router.cloud = cloud
-        self.admission.configure(plan.settings.admission, directory)
+        self.settings = new
+        if plan.cloud_changed:
+            statics = StaticRuntimes(new.selection, self._http, os.environ)
+            self.router.reconfigure(new.selection, cloud, statics)
+        self.admission.configure(new.admission, directory)
         applied, waiting = list(plan.applied), list(plan.needs_restart)
         log.info("config reloaded: applied %s; needs a restart: %s", applied, waiting)
         return plan.report()
+
+    @property
+    def nc(self) -> NatsClient:
+        return self._nc
 
     @property
     def url(self) -> str:
@@ -269,7 +402,8 @@ class RouterService(AsyncService):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._serving, 10)
             self._serving = None
-        await self.router.stop()
+        await self._liveness.stop()
+        await self.link.stop()
         await self.fleet.stop()
         with contextlib.suppress(Exception):
             await self._nc.close()

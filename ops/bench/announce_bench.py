@@ -23,17 +23,13 @@ import asyncio
 import random
 import time
 
-import httpx
-from nats.aio.client import Client as NatsClient
-
-from router.admission.line import Admission, _Waiter
+from router.admission.line import _Waiter
 from router.admission.tenants import Tenant
 from router.config import RouterSettings
-from router.fleet.view import FleetView
-from router.serving.dispatch import Router
+from router.service import RouterService
 from services.capabilities import Load, encode_capabilities
 from services.subjects import Subjects
-from tools.simfleet import SimNode, random_nodes
+from tools.simfleet import MODEL_POOL, SimNode, random_nodes
 
 ROUNDS = 5
 
@@ -56,39 +52,29 @@ def encoded_rounds(nodes: list[SimNode], rounds: int) -> list[list[tuple[str, by
 
 async def one_size(count: int, waiting: bool) -> float:
     nodes = random_nodes("n", count, random.Random(7))
-    settings = RouterSettings()
-    nc = NatsClient()
-    view = FleetView(nc, Subjects(""), clock=time.monotonic)
-    async with httpx.AsyncClient() as http:
-        router = Router(settings, nc=nc, fleet=view, http=http)
-        line = Admission(router, settings)
-        subjects = Subjects("")
-        for node in nodes:
-            view.take_message(
-                subjects.capabilities(node.node_id), encode_capabilities(node.record(30.0))
+    service = RouterService(RouterSettings())  # wired as it runs, never started: no I/O
+    view, line = service.fleet, service.admission
+    subjects = Subjects("")
+    for node in nodes:
+        view.take_message(
+            subjects.capabilities(node.node_id), encode_capabilities(node.record(30.0))
+        )
+    if waiting:
+        loop = asyncio.get_running_loop()
+        lanes = [(name, kind) for name, kind, _size in MODEL_POOL]
+        for n in range(1000):
+            tenant = Tenant(f"t{n % 7}", "interactive")
+            waiter = _Waiter(
+                tenant, "interactive", lanes[n % len(lanes)], 0.0, loop.create_future()
             )
-        if waiting:
-            loop = asyncio.get_running_loop()
-            lanes = (
-                [(f"llm-{i:02d}:7b", "llm") for i in range(40)]
-                + [(f"coder-{i}:7b", "code") for i in range(5)]
-                + [(f"llava-{i}:7b", "vision") for i in range(3)]
-                + [("moondream:1.8b", "vision")]
-                + [("minicpm-v:8b", "vision")]
-            )
-            for n in range(1000):
-                tenant = Tenant(f"t{n % 7}", "interactive")
-                waiter = _Waiter(
-                    tenant, "interactive", lanes[n % len(lanes)], 0.0, loop.create_future()
-                )
-                line._enqueue(waiter, front=False)  # a bench may reach in: no HTTP in front
-        rounds = encoded_rounds(nodes, ROUNDS)
-        started = time.process_time()
-        for batch in rounds:
-            for subject, data in batch:
-                view.take_message(subject, data)
-        spent = time.process_time() - started
-        await router.stop()
+            line._enqueue(waiter, front=False)  # a bench may reach in: no HTTP in front
+    rounds = encoded_rounds(nodes, ROUNDS)
+    started = time.process_time()
+    for batch in rounds:
+        for subject, data in batch:
+            view.take_message(subject, data)
+    spent = time.process_time() - started
+    await service.stop()
     return spent / (ROUNDS * count) * 1e6
 
 

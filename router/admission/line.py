@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -48,14 +47,15 @@ from router.admission.shared_limits import SharedCounters
 from router.admission.slots import Hold, Lane, LaneSlots
 from router.admission.tenants import Tenant, TenantDirectory
 from router.attempts.route import Route
-from router.config import AdmissionSettings, RouterSettings
+from router.config import AdmissionSettings
 from router.serving.call import Call, Served
-from router.serving.dispatch import Router, job_type_of
-from services.capabilities import Capabilities
+from router.serving.dispatch import job_type_of
 from services.errors import ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse
 
-__all__ = ["Admission", "Lane", "QueueMetrics"]
+__all__ = ["Admission", "Dispatch", "Lane", "QueueMetrics"]
+
+Dispatch = Callable[[Call], Awaitable[Served]]  # what the line stands in front of
 
 
 class QueueMetrics(Protocol):
@@ -102,27 +102,37 @@ class Admission:
 
     def __init__(
         self,
-        router: Router,
-        settings: RouterSettings,
+        dispatch: Dispatch,
+        slots: LaneSlots,
+        settings: AdmissionSettings,
+        directory: TenantDirectory,
         *,
         clock: Callable[[], float] = time.monotonic,
-        environ: Mapping[str, str] = os.environ,
         metrics: QueueMetrics | None = None,
     ) -> None:
-        self.router = router
+        """`dispatch` serves a call once it may go; `clock` is the calls' deadlines' one.
+        Whoever hears of freed capacity calls `wake` (router/service.py wires the fleet's
+        records and the health board's changes to it)."""
+        self._dispatch = dispatch
         self._clock = clock
         self.metrics: QueueMetrics = metrics or _Unmeasured()
-        self.directory = TenantDirectory.build(settings.http.api_keys, settings.admission, environ)
-        self.settings = settings.admission
+        self.directory = directory
+        self.settings = settings
         self._lanes: dict[Lane, FairQueue[_Waiter]] = {}
         self._waiters: dict[_Waiter, None] = {}  # every waiting call, oldest first
         self._usage: dict[str, TenantUsage] = {}
         self._tenants: dict[str, Tenant] = {}  # the newest Tenant seen per name
-        self.slots = LaneSlots(router, clock, self._pump)
+        self.slots = slots
+        slots.when_freed(self._pump)
         self.shared: SharedCounters | None = None
         self._drain: dict[Lane, DrainRate] = {}
         self._pumping = False
-        router.fleet.on_record(self._heard)
+
+    def wake(self, *_news: object) -> None:
+        """Capacity may have freed (a worker's record, a breaker's change): let calls go.
+        O(1) when nobody waits."""
+        if self._waiters:
+            self._pump()
 
     def share(self, shared: SharedCounters) -> None:
         """From now on, tenants' rpm and tpm are counted across routers (`limits.shared`)."""
@@ -200,7 +210,7 @@ class Admission:
             call.on_queued(queue_ms)
         try:
             with self.slots.running(hold):
-                response, route = await self.router.dispatch(replace(call, queue_ms=queue_ms))
+                response, route = await self._dispatch(replace(call, queue_ms=queue_ms))
         finally:
             self._usage_of(tenant).running -= 1
             self._pump()
@@ -406,11 +416,6 @@ class Admission:
         return prompt + completion
 
     # --- small things ------------------------------------------------------------------
-
-    def _heard(self, record: Capabilities) -> None:
-        """A worker's record: a slot may have freed (O(1) when nobody waits)."""
-        if self._waiters:
-            self._pump()
 
     def _lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
         if not self.settings.max_wait_ms:

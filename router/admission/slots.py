@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from router.attempts.board import breaker_kind
+from router.attempts.board import BreakerBoard
 from router.attempts.route import Route
-from router.fleet.candidates import slot_kind
+from router.fleet.view import FleetView
 from router.selection.needs import job_needs
+from router.selection.profiles import SelectionConfig
 from router.selection.select import select
-from router.serving.dispatch import Router, job_type_of
+from router.serving.dispatch import job_type_of
 from services.errors import ErrorCode
-from services.wire import JobRequest
+from services.wire import JobRequest, slot_kind
 
 __all__ = ["Hold", "Lane", "LaneSlots"]
 
@@ -46,29 +47,41 @@ class LaneSlots:
     """Lanes, their free slots and the holds on them, for one router (module doc)."""
 
     def __init__(
-        self, router: Router, clock: Callable[[], float], on_slot_freed: Callable[[], None]
+        self,
+        fleet: FleetView,
+        breakers: BreakerBoard,
+        *,
+        selection: Callable[[], SelectionConfig],
+        connected: Callable[[], bool],
+        clock: Callable[[], float],
     ) -> None:
-        self._router = router
+        self._fleet = fleet
+        self._breakers = breakers
+        self._selection = selection
+        self._connected = connected
         self._clock = clock
         self._reserved: dict[Lane, int] = {}
-        self._on_slot_freed = on_slot_freed
-        router.fleet.on_job(self._job_changed)
+        self._on_slot_freed: Callable[[], None] = lambda: None
+        fleet.on_job(self._job_changed)
+
+    def when_freed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when a job of the router's own gives its slot back."""
+        self._on_slot_freed = listener
 
     def lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
         """The (model, type) selection would send the call to on the fleet, if any."""
-        router = self._router
-        if not router.nc.is_connected:
+        if not self._connected():
             return None
         job_type = job_type_of(job)
-        is_open = partial(router.board.is_open, job_type=breaker_kind(job_type), now=self._clock())
+        is_open = partial(self._breakers.is_open, job_type=job_type, now=self._clock())
         selection = select(
-            router.settings.selection,
-            router.fleet.index,
+            self._selection(),
+            self._fleet.index,
             agent_id=agent_id,
             request_model=job.model,
             excluded=is_open,
             job_type=job_type,
-            now=router.fleet.clock(),
+            now=self._fleet.clock(),
             needs=job_needs(job, job_type),
         )
         if selection is None or selection.source != "fleet" or selection.node is None:
@@ -78,17 +91,16 @@ class LaneSlots:
     def free(self, lane: Lane) -> bool:
         """Whether the lane has a free slot beyond those held: O(holds + 1) nodes read,
         not the lane's whole fleet."""
-        index = self._router.fleet.index
+        index = self._fleet.index
         group = index.group(*lane)
         if group is None:
             return False
         needed = self._reserved.get(lane, 0) + 1
         kind = group.kind
-        breaker = breaker_kind(lane[1])
-        now_fleet, now = self._router.fleet.clock(), self._clock()
+        now_fleet, now = self._fleet.clock(), self._clock()
         free = 0
         for node in group.unsaturated:
-            if not index.live(node, now_fleet) or self._router.board.is_open(node, breaker, now):
+            if not index.live(node, now_fleet) or self._breakers.is_open(node, lane[1], now):
                 continue
             inflight, capacity = index.load(node, kind)
             free += capacity - inflight
@@ -124,7 +136,7 @@ class LaneSlots:
         kind = slot_kind(job_type)
         for attempt in route.attempts:
             if attempt.outcome == ErrorCode.BUSY and attempt.node is not None:
-                self._router.fleet.index.heard_busy(attempt.node, kind)
+                self._fleet.index.heard_busy(attempt.node, kind)
 
     def _job_changed(self, node: str, kind: str, started: bool) -> None:
         if started:
