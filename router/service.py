@@ -38,7 +38,7 @@ from router.attempts.board import BreakerBoard
 from router.attempts.health import HealthBoard, HealthEvents
 from router.attempts.runtime_target import StaticRuntimes
 from router.cloud.cooldowns import CloudHealthBoard
-from router.cloud.providers import ProviderConfigError
+from router.cloud.providers import ProviderConfigError, listed_models
 from router.cloud.targets import CloudProviders
 from router.config import RouterSettings, load_router_settings
 from router.fleet.view import FleetView
@@ -269,7 +269,13 @@ class RouterService(AsyncService):
             registry=metrics.registry,
         )
         config = uvicorn.Config(
-            build_app(api, status, lambda: self.router.cloud.view(), self.reload),
+            build_app(
+                api,
+                status,
+                lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
+                reload=self.reload,
+                cloud_models=listed_models(self.settings.providers),
+            ),
             log_level="warning",
             access_log=False,
             lifespan="off",

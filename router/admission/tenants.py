@@ -102,12 +102,13 @@ class TenantDirectory:
         anonymous = None if keyed else Tenant(ANONYMOUS, admission.fallback_class)
         return cls(keyed, anonymous)
 
-    def identify(self, authorization: bytes) -> Tenant | None:
-        """The tenant whose key the `Authorization` header carries (None: no such key);
-        the anonymous tenant whoever asks when no keys are configured."""
+    def identify(self, authorization: bytes, api_key: bytes = b"") -> Tenant | None:
+        """The tenant whose key the request presents (`Authorization: Bearer`, else
+        `x-api-key`; None: no such key); the anonymous tenant whoever asks when no keys
+        are configured."""
         if self.anonymous is not None:
             return self.anonymous
-        token = bearer_token(authorization)
+        token = presented_key(authorization, api_key)
         found: Tenant | None = None
         for key, tenant in self._keyed:  # every key compared: the time says nothing
             if hmac.compare_digest(token, key) and token:
@@ -165,6 +166,12 @@ def bearer_token(authorization: bytes) -> bytes:
     return token.strip() if scheme.lower() == b"bearer" else b""
 
 
+def presented_key(authorization: bytes, api_key: bytes) -> bytes:
+    """The key a request presents: `Authorization: Bearer <key>`, else `x-api-key: <key>`
+    (what Anthropic's clients send)."""
+    return bearer_token(authorization) or api_key.strip()
+
+
 def key_matches(token: bytes, keys: Sequence[bytes]) -> bool:
     # Every key is compared, so the time taken does not say which one was close.
     matched = False
@@ -177,15 +184,18 @@ def _scope_of(token: bytes) -> str:
     return "t" + hashlib.blake2b(token, digest_size=12).hexdigest()
 
 
-def tenant_of(authorization: str | None, *, keys_configured: bool) -> str:
-    """The caller's idempotency scope: a digest of its API key, or the one shared scope.
+def tenant_of(
+    authorization: str | None, *, keys_configured: bool, api_key: str | None = None
+) -> str:
+    """The caller's idempotency scope: a digest of its API key (bearer or `x-api-key`),
+    or the one shared scope.
 
     Without configured keys nobody is authenticated, so a bearer token proves nothing and
     everyone shares one scope.
     """
-    if not keys_configured or not authorization:
+    if not keys_configured:
         return SHARED_SCOPE
-    token = bearer_token(authorization.encode())
+    token = presented_key((authorization or "").encode(), (api_key or "").encode())
     if not token:
         return SHARED_SCOPE
     return _scope_of(token)

@@ -45,6 +45,15 @@ def retry_after_headers(response: JobResponse) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(error.retry_after_ms / 1000)))}
 
 
+CACHED_HEADER = "x-inferbus-cached"
+
+
+def cached_headers(response: JobResponse) -> dict[str, str]:
+    """`x-inferbus-cached: true` on an answer replayed for its idempotency key (a dialect
+    whose body has no `cached` field still says so)."""
+    return {CACHED_HEADER: "true"} if response.cached else {}
+
+
 def largest_image_bytes(job: JobRequest) -> int:
     """The decoded size of the job's largest inline image (URLs count as nothing)."""
     largest = 0
