@@ -136,3 +136,13 @@ def test_a_request_may_lower_its_class_never_raise_it(
     assert effective == runs_in
     assert note in said
     assert bool(said) == bool(note)
+
+
+def test_a_tenant_is_found_by_its_key_in_either_header() -> None:
+    tenants = directory([{"name": "app", "key": "k-app"}])
+    by_bearer = tenants.identify(b"Bearer k-app")
+    by_api_key = tenants.identify(b"", b"k-app")
+    assert by_bearer is not None
+    assert by_api_key is not None
+    assert by_bearer.name == by_api_key.name == "app"
+    assert tenants.identify(b"", b"wrong") is None
