@@ -47,7 +47,7 @@ from node_worker.shared_claims import SharedClaims
 from node_worker.twins import TwinWatch
 from services import __version__
 from services.bus import connect_until_stopped, flush_interest
-from services.capabilities import Capabilities, Hardware
+from services.capabilities import Capabilities, Hardware, record_ttl_s
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
@@ -257,7 +257,7 @@ class Worker(AsyncService):
             version=__version__,
             seq=seq,
             now_unix=time.time(),
-            ttl_s=3 * self.settings.heartbeat_s,
+            ttl_s=record_ttl_s(self.settings.heartbeat_s),
             backends=self.backends,
             catalog=self.catalog,
             load=self.admission.load(),
