@@ -74,7 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     req = commands.add_parser("req", help="send one job and print the reply")
     req.add_argument("target", help="a node id (gpu-a) or a full subject")
     req.add_argument("job", help="JSON job, or plain text used as the prompt")
-    req.add_argument("--type", choices=["llm", "vision", "code", "embed"], default="llm")
+    req.add_argument(
+        "--type",
+        choices=["llm", "vision", "code", "embed"],
+        default="llm",
+        help="the job's type, which picks the node's subject (default llm)",
+    )
     req.add_argument(
         "--server",
         default=os.environ.get("INFERBUS_NATS_URL", "nats://127.0.0.1:4222"),
@@ -128,20 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli(argv[1:], prog="inferbus simulate")
     args = _parser().parse_args(argv)
     if args.command == "up":
+        from tools.terminal import ctrl_c_to_this_process
         from tools.up import UpOptions, default_data_dir, up
 
-        data_dir = args.data_dir or default_data_dir()
-        return run(
-            up(
-                UpOptions(
-                    nats_port=args.nats_port,
-                    http_port=args.http_port,
-                    workers=args.workers,
-                    node_id=args.node_id,
-                    data_dir=data_dir,
-                )
-            )
+        options = UpOptions(
+            nats_port=args.nats_port,
+            http_port=args.http_port,
+            workers=args.workers,
+            node_id=args.node_id,
+            data_dir=args.data_dir or default_data_dir(),
         )
+        with ctrl_c_to_this_process():
+            return run(up(options))
     if args.command == "nodes":
         from tools.nodes import show_nodes
 
