@@ -3,6 +3,8 @@ every command, and the reasons `up` gives when one of its processes stops."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import pty
 import re
@@ -15,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from services.localnet import free_port
+from services.nats_server import NatsServer
+from services.reachability import FIX, NatsOutage
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.jobs import until
 from tools.children import exit_cause, telling
+from tools.simulator import Simulator
 from tools.simulator.cli import _parser as simulator_parser
 from tools.up import failover_demo, job_examples
 
@@ -168,3 +175,78 @@ def test_make_run_exits_0_on_ctrl_c_in_a_terminal(tmp_path: Path) -> None:
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, shown.decode(errors="replace")
     assert b"Interrupt" not in shown
+
+
+def test_an_outage_is_said_when_it_begins_once_a_minute_and_when_it_ends() -> None:
+    outage = NatsOutage("nats://127.0.0.1:4222")
+    said = [
+        (now, outage.failed("ConnectionRefusedError", now))
+        for now in [0.5 * step for step in range(0, 250)]  # 125 s, two attempts a second
+    ]
+    lines = [(now, line) for now, line in said if line is not None]
+    assert [now for now, _ in lines] == [0.0, 60.0, 120.0]
+    assert lines[0][1] == (
+        "nats not reachable at nats://127.0.0.1:4222 (ConnectionRefusedError); "
+        "retrying: start nats-server or check nats_url"
+    )
+    assert "still not reachable" in lines[1][1]
+    assert "after 60 s (121 attempts" in lines[1][1]
+    assert outage.reached(130.0) == (
+        "nats reached at nats://127.0.0.1:4222 after 130 s and 250 failed attempts"
+    )
+    assert outage.reached(131.0) is None  # said once
+    assert outage.failed("again", 200.0) is not None  # a new outage is said at once
+
+
+def test_nothing_is_said_when_nats_was_never_away() -> None:
+    assert NatsOutage("nats://x").reached(1.0) is None
+
+
+async def test_router_and_worker_say_once_that_nats_is_away_and_once_that_it_is_back(
+    simulator: Simulator,
+    start_router: RouterFactory,
+    start_worker: WorkerFactory,
+    node_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    worker_started, test_done = asyncio.Event(), asyncio.Event()
+
+    async def run_worker() -> None:
+        async with start_worker(nats_url=[url], backends=[backend(simulator.url)]):
+            worker_started.set()
+            await test_done.wait()
+
+    async with start_router(nats_url=[url]) as router:
+        worker = asyncio.create_task(run_worker())
+        try:
+            await asyncio.sleep(3)  # about six failed attempts each, at 0.5 s
+            away = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
+            async with NatsServer(port=port):
+                await asyncio.wait_for(worker_started.wait(), 30)
+                await until(lambda: node_id in router.fleet.nodes, timeout_s=15)
+        finally:
+            test_done.set()
+            await worker
+    back = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nats reached")]
+    assert len(away) == 2  # one each
+    assert all(FIX in line for line in away)
+    assert len(back) == 2
+
+
+async def test_a_worker_names_a_runtime_it_cannot_reach_at_start_with_its_error(
+    simulator: Simulator,
+    start_worker: WorkerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    async with start_worker(backends=[backend(nobody), backend(simulator.url)]):
+        pass
+    said = [record.getMessage() for record in caplog.records]
+    named = [line for line in said if line.startswith(f"backend ollama at {nobody} is")]
+    assert len(named) == 1
+    assert named[0].startswith(f"backend ollama at {nobody} is unhealthy: BACKEND_UNAVAILABLE")
+    assert any("serving 2 models from 1 of 2 runtimes" in line for line in said)
