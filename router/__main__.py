@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from router.config import load_router_settings
+from router.config import config_warnings, load_router_settings
 from router.service import RouterService, StartupError
 from services.lifecycle import stop_on_signals
 from services.loop import run
@@ -24,6 +24,8 @@ async def serve(config: Path | None, port: int | None) -> int:
     except ConfigError as error:
         print(f"inferbus router: {error}", file=sys.stderr)
         return 2
+    for warning in config_warnings(settings):
+        log.warning("%s", warning)
     if port is not None:
         settings = settings.model_copy(
             update={"http": settings.http.model_copy(update={"port": port})}

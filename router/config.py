@@ -16,7 +16,7 @@ from pydantic_settings import SettingsConfigDict
 
 from router.attempts.board import BreakerSettings
 from router.cloud.cooldowns import FailoverSettings
-from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig
+from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig, resolve_cloud_model
 from router.fleet.view import FleetSettings
 from router.selection.profiles import SelectionConfig
 from services.images import ImageSettings
@@ -152,3 +152,19 @@ class RouterSettings(FileSettings):
 
 def load_router_settings(path: Path | None, **overrides: Any) -> RouterSettings:
     return load_settings(RouterSettings, path, **overrides)
+
+
+def config_warnings(settings: RouterSettings) -> list[str]:
+    """What the configuration names that requests will skip without a word: chain entries
+    (global and profile `fallbacks`) that no provider claims. Said at start."""
+    chains = [("fallbacks", settings.fallbacks)] + [
+        (f"llm_profiles.{name}.fallbacks", profile.fallbacks)
+        for name, profile in settings.selection.llm_profiles.items()
+    ]
+    return [
+        f"{field}[{index}]: {entry!r} is claimed by no provider, so chains skip it "
+        "(list it in a provider's models or aliases, or write provider/model)"
+        for field, chain in chains
+        for index, entry in enumerate(chain)
+        if resolve_cloud_model(entry, settings.providers) is None
+    ]

@@ -6,13 +6,21 @@ from __future__ import annotations
 import re
 import ssl
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 
@@ -28,6 +36,22 @@ def _url_list(value: Any) -> Any:
 
 
 NatsUrls = Annotated[list[str], NoDecode, BeforeValidator(_url_list)]
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host; the value is not repeated (it may carry a password)."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise ValueError(f"must be an http:// or https:// URL, not {scheme}")
+    if not parts.hostname or any(character.isspace() for character in value):
+        raise ValueError("must be an http:// or https:// URL with a host and no spaces")
+    return value
+
+
+# Where an HTTP client will be sent: checked at start, so a typo fails there and not on
+# every request that reaches it.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class FileSettings(BaseSettings):
