@@ -171,8 +171,8 @@ async def test_a_restart_with_another_model_is_listed_after_one_answer(
 async def test_the_probe_reads_loading_while_the_model_loads(gguf_dir: Path) -> None:
     async with (
         # The tiny model itself loads in a few ms; a context of 262,144 f32 KV entries
-        # (128 MB) keeps the server loading, after it listens, long enough for the probe
-        # to see it on any machine (about 0.3 s here).
+        # (128 MB) keeps the server loading after it listens: about 0.3 s here, some
+        # thirty probes at one per 10 ms.
         llama_server(gguf_dir / "tiny-first.gguf", *LONG_LOAD, wait=False) as url,
         new_http_client() as client,
     ):

