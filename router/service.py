@@ -32,7 +32,7 @@ from router.attempts.board import BreakerBoard
 from router.attempts.health import HealthBoard, HealthEvents
 from router.attempts.runtime_target import StaticRuntimes
 from router.cloud.cooldowns import CloudHealthBoard
-from router.cloud.providers import ProviderConfigError
+from router.cloud.providers import ProviderConfigError, listed_models
 from router.cloud.targets import CloudProviders
 from router.config import RouterSettings
 from router.fleet.view import FleetView
@@ -225,7 +225,7 @@ class RouterService(AsyncService):
             registry=metrics.registry,
         )
         config = uvicorn.Config(
-            build_app(api, status, self.router.cloud.view),
+            build_app(api, status, self.router.cloud.view, listed_models(self.settings.providers)),
             log_level="warning",
             access_log=False,
             lifespan="off",

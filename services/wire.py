@@ -18,7 +18,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.errors import ErrorCode, InferbusError, Reason
-from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
+from services.wire_features import (
+    JsonObject,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 
 JobType = Literal["llm", "vision", "code", "embed"]
 JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code", "embed")
@@ -169,7 +176,7 @@ class JobRequest(_Lenient):
     response_format: ResponseFormat | None = None
     # Other OpenAI fields (top_k, min_p, guided_json...), passed verbatim to
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: JsonObject = Field(default_factory=dict)
     stream: bool = False
     # Models to fall through when `model` cannot be served (the router's cloud chains).
     # LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
@@ -488,4 +495,4 @@ def _describe(exc: pydantic.ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
