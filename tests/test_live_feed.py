@@ -16,7 +16,7 @@ from router.attempts.route import Attempt, Route
 from router.fleet.view import FleetView
 from router.http.live.feed import LiveFeed
 from router.http.live.rows import RequestFacts, queue_summary, request_row
-from router.http.live.session import new_session, session_valid
+from router.http.live.session import new_session, session_tenant
 from services.capabilities import Capabilities, RuntimeStatus
 from services.capabilities import encode_capabilities as encode_record
 from services.errors import ErrorCode, InferbusError
@@ -26,38 +26,48 @@ from tests.conftest import RouterFactory
 from tests.test_fleet_index import LLAMA, record
 
 SECRET = b"s" * 32
-KEYS = [b"key-one", b"key-two"]
+SCOPES = {"team-a": "t1", "team-b": "t2"}
 
 
 @pytest.mark.parametrize(
-    ("made_with", "checked_at", "keys", "valid"),
+    ("name", "made_with", "checked_at", "scopes", "valid"),
     [
-        pytest.param(b"key-one", 100, KEYS, True, id="live-session"),
-        pytest.param(b"key-two", 100, KEYS, True, id="any-configured-key"),
-        pytest.param(b"key-one", 100 + 12 * 3600, KEYS, False, id="expired"),
-        pytest.param(b"key-one", 100, [b"key-two"], False, id="key-removed"),
-        pytest.param(b"stranger", 100, KEYS, False, id="never-a-key"),
+        pytest.param("team-a", "t1", 100, SCOPES, True, id="live-session"),
+        pytest.param("team-b", "t2", 100, SCOPES, True, id="another-tenant"),
+        pytest.param("team-a", "t1", 100 + 12 * 3600, SCOPES, False, id="expired"),
+        pytest.param("team-a", "t1", 100, {"team-b": "t2"}, False, id="tenant-removed"),
+        pytest.param("team-a", "t1", 100, {"team-a": "t9"}, False, id="key-changed"),
+        pytest.param("team-a", "t2", 100, SCOPES, False, id="made-with-another-key"),
     ],
 )
-def test_sessions_live_until_expiry_and_only_for_configured_keys(
-    made_with: bytes, checked_at: float, keys: list[bytes], valid: bool
+def test_sessions_live_until_expiry_and_only_while_the_tenants_key_stands(
+    name: str, made_with: str, checked_at: float, scopes: dict[str, str], valid: bool
 ) -> None:
-    value = new_session(SECRET, made_with, now=0)
-    assert session_valid(SECRET, value, keys, now=checked_at) is valid
-    assert made_with.decode() not in value
+    value = new_session(SECRET, name, made_with, now=0)
+    found = session_tenant(SECRET, value, scopes.get, now=checked_at)
+    assert found == (name if valid else None)
+    assert made_with not in value.split(".")[1]
 
 
 @pytest.mark.parametrize(
     "value",
-    ["", "nonsense", "123", "abc.def", "99999999999." + "0" * 64, "1." + "z" * 63],
+    [
+        "",
+        "nonsense",
+        "123",
+        "abc.def.ghi",
+        "99999999999.dGVhbS1h." + "0" * 64,
+        "99999999999.!!!." + "0" * 64,
+        "1.dGVhbS1h." + "z" * 63,
+    ],
 )
 def test_forged_or_malformed_sessions_are_refused(value: str) -> None:
-    assert not session_valid(SECRET, value, KEYS, now=0)
+    assert session_tenant(SECRET, value, SCOPES.get, now=0) is None
 
 
 def test_a_session_from_another_router_is_refused() -> None:
-    value = new_session(b"o" * 32, b"key-one", now=0)
-    assert not session_valid(SECRET, value, KEYS, now=1)
+    value = new_session(b"o" * 32, "team-a", "t1", now=0)
+    assert session_tenant(SECRET, value, SCOPES.get, now=1) is None
 
 
 def test_request_rows_name_where_it_went_and_never_the_content() -> None:

@@ -245,9 +245,9 @@ class Fleet:
         self,
         http: aiohttp.ClientSession,
         worker: asyncio.subprocess.Process,
+        extra_yaml: str = "",
         *,
         name: str = "router",
-        extra_yaml: str = "",
     ) -> tuple[asyncio.subprocess.Process, str]:
         """The router, waited for until it can route to `worker`; returns it and its URL."""
         port = free_port()

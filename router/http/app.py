@@ -14,6 +14,8 @@ plain routes beside them.
     router/http/anthropic.py           POST /v1/messages, /v1/messages/count_tokens
     router/http/operator_fleet.py      GET  /nodes, /health, /ready, /metrics
     router/http/operator_providers.py  GET  /providers
+    router/http/operator_queue.py      GET  /queue, the x-inferbus-queue-ms header
+    router/http/operator_admin.py      POST /admin/reload (an admin tenant)
     router/http/live/                  GET  /ui/ the live page, its event stream, its login
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses in
@@ -45,8 +47,10 @@ from router.http.openai_chat import ChatCompletions
 from router.http.openai_completions import Completions
 from router.http.openai_embeddings import Embeddings
 from router.http.openai_models import models_routes
+from router.http.operator_admin import Reload, admin_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.operator_queue import QueueTimeHeader, queue_route
 from router.http.responses import Responses
 
 # The dialects, one a line; a new dialect adds its line here (router/http/dialect.py).
@@ -67,6 +71,7 @@ def build_app(
     api: Api,
     status: FleetStatus,
     providers_view: Callable[[], dict[str, Any]],
+    reload: Reload | None = None,
     cloud_models: Mapping[str, str] | None = None,
     live: LiveFeed | None = None,
 ) -> ASGIApp:
@@ -79,9 +84,15 @@ def build_app(
         *models_routes(status.fleet.index, cloud_models or {}),
         *fleet_routes(status),
         providers_route(providers_view),
+        *([queue_route(api.line)] if api.line is not None else []),
+        *(admin_routes(reload) if reload is not None else []),
     ]
     shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in DIALECTS)]
     app = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
-    keys = [key.get_secret_value() for key in api.http.api_keys]
-    keyed = RequireApiKey(app, keys) if keys else app
-    return with_page(keyed, live, PageAccess(keys)) if live is not None else keyed
+    line = api.line
+    if line is None:
+        return QueueTimeHeader(app)
+    keyed = RequireApiKey(QueueTimeHeader(app), lambda: line.directory)
+    if live is None:
+        return keyed
+    return with_page(keyed, live, PageAccess(lambda: line.directory))

@@ -47,6 +47,7 @@ class SimState:
         # The W3C `traceparent` of the latest generation requests that carried one.
         self.traceparents: deque[str] = deque(maxlen=100)
         self.open_connections = 0
+        self.peak_connections = 0  # the most inference calls open at once
         self.stopping = asyncio.Event()
 
     def replace_models(self, models: Iterable[SimModel]) -> None:

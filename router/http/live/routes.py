@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from urllib.parse import parse_qs
 
@@ -31,9 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from router.admission.tenants import bearer_token, key_matches
+from router.admission.tenants import TenantDirectory
 from router.http.live.feed import LiveFeed, event
-from router.http.live.session import COOKIE, SESSION_S, new_session, session_valid
+from router.http.live.session import COOKIE, SESSION_S, new_session, session_tenant
 
 __all__ = ["PageAccess", "with_page"]
 
@@ -55,34 +55,48 @@ def _asset(name: str) -> bytes:
 
 
 class PageAccess:
-    """Who may see the page: anyone without keys; with keys, a bearer key or a session."""
+    """Who may see the page: anyone without keys; with keys, a tenant's key (as the API
+    takes it: `Authorization: Bearer`, `x-api-key`) or a session the login form made."""
 
-    def __init__(self, keys: Sequence[str], *, clock: Callable[[], float] = time.time) -> None:
-        self._keys = [key.encode() for key in keys]
+    def __init__(
+        self,
+        directory: Callable[[], TenantDirectory],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._directory = directory
         self._secret = secrets.token_bytes(32)
         self._clock = clock
 
     @property
     def open(self) -> bool:
-        return not self._keys
+        return not self._directory().keys_configured
 
     def allows(self, request: Request) -> bool:
-        if not self._keys:
+        directory = self._directory()
+        if not directory.keys_configured:
             return True
-        authorization = request.headers.get("authorization", "").encode()
-        if key_matches(bearer_token(authorization), self._keys):
+        headers = request.headers
+        presented = (headers.get("authorization", ""), headers.get("x-api-key", ""))
+        if directory.identify(presented[0].encode(), presented[1].encode()) is not None:
             return True
         cookie = request.cookies.get(COOKIE)
-        return cookie is not None and session_valid(
-            self._secret, cookie, self._keys, now=self._clock()
-        )
+        return cookie is not None and self._session_of(cookie, directory) is not None
+
+    def _session_of(self, cookie: str, directory: TenantDirectory) -> str | None:
+        def scope_of(name: str) -> str | None:
+            tenant = directory.tenants.get(name)
+            return tenant.scope if tenant is not None else None
+
+        return session_tenant(self._secret, cookie, scope_of, now=self._clock())
 
     def session_for(self, key: str) -> str | None:
-        """A session cookie value when `key` is one of the keys, else None."""
-        token = key.strip().encode()
-        if not key_matches(token, self._keys):
+        """A session cookie value when `key` is a tenant's key, else None."""
+        directory = self._directory()
+        tenant = directory.identify(b"", key.strip().encode())
+        if tenant is None or not directory.keys_configured:
             return None
-        return new_session(self._secret, token, now=self._clock())
+        return new_session(self._secret, tenant.name, tenant.scope, now=self._clock())
 
 
 def _login_page(message: str, status: int) -> Response:
