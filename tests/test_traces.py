@@ -184,3 +184,35 @@ async def test_a_wait_measured_elsewhere_is_a_span_of_its_own_inside_the_current
     assert waited.attributes["inferbus.tenant"] == "team-a"
     assert waited.duration_ns == 250_000_000
     Tracing(None, service="off").past("queue wait", 1.0, {})  # off: nothing, no error
+
+
+async def test_a_call_that_waits_in_line_has_a_queue_wait_span_and_its_row_says_so(
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    receiver: OtlpReceiver,
+) -> None:
+    telemetry = {"otlp_endpoint": receiver.url, "export_delay_ms": 50}
+    async with (
+        Simulator(latency_ms=300, tokens=2) as slow,
+        start_worker(
+            backends=[backend(slow.url)],
+            limits={"llm_concurrency": 1},
+            heartbeat_s=30,
+            telemetry=telemetry,
+        ),
+        start_router(telemetry=telemetry) as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        answers = await asyncio.gather(
+            *(http.post("/v1/chat/completions", json=chat(model="llama3.2:3b")) for _ in range(2))
+        )
+        assert [answer.status_code for answer in answers] == [200, 200]
+        rows = router.live.snapshot()["requests"]
+    assert max(row["queue_ms"] or 0 for row in rows) > 0  # the page shows the wait
+    await receiver.until(lambda spans: any(s.name == "queue wait" for s in spans), 15)
+    await receiver.until(lambda spans: sum(s.name == "request" for s in spans) == 2, 15)
+    waits = [span for span in receiver.spans if span.name == "queue wait"]
+    requests = {span.span_id: span for span in receiver.spans if span.name == "request"}
+    assert len(waits) >= 1
+    assert all(wait.parent_id in requests for wait in waits)
+    assert max(wait.duration_ns for wait in waits) > 0

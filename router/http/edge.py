@@ -170,8 +170,9 @@ class Api:
         def queued(queue_ms: float) -> None:
             request.state.queue_ms = queue_ms
             call.progress.queue_ms = queue_ms
-            attributes = {"inferbus.tenant": tenant.name, "inferbus.class": priority}
-            self.tracing.past("queue wait", queue_ms / 1000.0, attributes)
+            if queue_ms > 0:  # a call that started at once has no wait to show
+                attributes = {"inferbus.tenant": tenant.name, "inferbus.class": priority}
+                self.tracing.past("queue wait", queue_ms / 1000.0, attributes)
 
         call = self.calls.make(
             job,
