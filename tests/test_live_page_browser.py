@@ -27,7 +27,7 @@ from router.service import RouterService
 from services.nats_server import NatsServer
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, artifact, browser_missing, worker_config
 from tests.browser import worker_process as start_worker_process
-from tests.conftest import RouterFactory
+from tests.conftest import RouterFactory, WorkerFactory
 from tests.jobs import until
 from tools.simulator import Fault, SimModel, Simulator
 
@@ -209,3 +209,29 @@ async def test_with_keys_no_key_gets_the_login_and_a_wrong_key_is_refused(
     assert session[0]["httpOnly"]
     assert KEY not in session[0]["value"]
     assert KEY not in await page.content()
+
+
+async def test_calls_waiting_in_line_show_per_tenant(
+    start_worker: WorkerFactory, start_router: RouterFactory, page: Page
+) -> None:
+    async with (
+        Simulator(models=[SimModel("slow:1b")], latency_ms=1500, tokens=2) as slow,
+        start_worker(
+            backends=[{"kind": "ollama", "url": slow.url}],
+            limits={"llm_concurrency": 1},
+            heartbeat_s=30,
+        ),
+        start_router() as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await page.goto(f"{router.url}/ui/")
+        await expect(page.locator("#link")).to_have_text("live", timeout=15_000)
+        body = {"model": "slow:1b", "messages": [{"role": "user", "content": "hi"}]}
+        calls = asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(3)))
+        waiting = page.locator('#queue tr[data-tenant="anonymous"]')
+        await expect(waiting).to_be_visible(timeout=15_000)
+        await page.screenshot(path=artifact("page-queue.png"), full_page=True)
+        answers = await calls
+        assert [answer.status_code for answer in answers] == [200] * 3
+        # Once they ran, the line is empty again and the page says so.
+        await expect(page.locator("#queue-total")).to_have_text("0", timeout=15_000)
