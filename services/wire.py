@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -364,6 +365,21 @@ class Chunk(BaseModel):
 
 # One piece of a streamed answer as the router relays it: text, or tool-call deltas.
 Piece = str | list[ToolCallDelta]
+# Where a stream's pieces go, as they are produced.
+PieceSink = Callable[[Piece], Awaitable[None]]
+# Hears the model that serves a stream, once its target is chosen.
+ModelSink = Callable[[str], None]
+
+
+def replay_pieces(result: Result) -> list[Piece]:
+    """A kept answer as a stream replays it: its tool calls whole, then its whole text
+    (also when empty and there are no tool calls, so the stream has a first piece)."""
+    pieces: list[Piece] = []
+    if result.tool_calls:
+        pieces.append([ToolCallDelta.whole(at, call) for at, call in enumerate(result.tool_calls)])
+    if result.text or not pieces:
+        pieces.append(result.text)
+    return pieces
 
 
 def encode(message: BaseModel) -> bytes:
