@@ -25,6 +25,9 @@ class Attempt(BaseModel):
     ms: float
     provider: str | None = None  # cloud: the provider's name
     key_id: str | None = None  # cloud: the key's id (its env var's name), never the key
+    # A stream broken here after this many pieces reached the client, then resumed on the
+    # next target (which continued the text so far).
+    resumed_after: int | None = None
 
 
 class Route(BaseModel):
@@ -38,6 +41,7 @@ class Route(BaseModel):
     attempts: list[Attempt] = []
     fallback_reason: str = ""
     caps_age_s: float | None = None
+    resumed: int = 0  # times the stream went on on another node after a node was lost
 
 
 def elapsed_ms(started: float, now: float | None = None) -> float:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from router.admission.idempotency import IdempotencyGate
 from router.admission.tenants import tenant_of
+from router.attempts.resume import RESUME_HEADER
 from router.attempts.route import Route
 from router.config import HttpSettings
 from router.http.images import checked_images
@@ -139,7 +140,8 @@ class Api:
         headers = request.headers
         tenant = tenant_of(headers.get("authorization"), keys_configured=bool(self.http.api_keys))
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
-        return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace)
+        resume = headers.get(RESUME_HEADER, "on").strip().lower() not in ("off", "false", "0")
+        return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace, resume=resume)
 
     async def serve(self, call: Call) -> Served:
         """The one way every dialect serves a call (idempotency gate → dispatcher)."""

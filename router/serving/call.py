@@ -82,6 +82,8 @@ class Call:
         on_piece: with a stream, where each piece goes as it is produced (text, or
             tool-call deltas); None for a whole answer.
         on_model: hears the model of each target before its first piece.
+        resume: False when the caller wants a broken stream's error rather than the
+            stream resumed on another node (`x-inferbus-resume: off`).
     """
 
     job: JobRequest
@@ -91,6 +93,7 @@ class Call:
     trace: TraceContext | None = None
     on_piece: PieceSink | None = None
     on_model: ModelSink | None = None
+    resume: bool = True
 
     def with_job(self, job: JobRequest) -> Call:
         """The same call for another job (the gate's wire job)."""
@@ -123,6 +126,7 @@ class Calls:
         tenant: str,
         agent_id: str | None = None,
         trace: TraceContext | None = None,
+        resume: bool = True,
     ) -> Call:
         budget_ms = remaining_budget_ms(
             timeout_ms=job.timeout_ms,
@@ -131,4 +135,6 @@ class Calls:
             now_unix_ms=self.wall_clock_ms(),
         )
         deadline = self.clock() + budget_ms / 1000.0
-        return Call(job=job, tenant=tenant, agent_id=agent_id, deadline=deadline, trace=trace)
+        return Call(
+            job=job, tenant=tenant, agent_id=agent_id, deadline=deadline, trace=trace, resume=resume
+        )
