@@ -128,15 +128,17 @@ async def test_the_route_report_says_where_the_stream_broke_and_went_on(
             await until(lambda: victim in router.fleet.nodes, timeout_s=10)
             job = {"prompt": QUESTION, "model": MODEL, "stream": True, "idempotency_key": "k1"}
             lines: list[dict[str, Any]] = []
-            async with http.stream("POST", "/infer", json=job) as response:
-                async with worker_process(tmp_path, other, nats_server.url, second.url):
-                    await wait_for_worker(nc, llm(other))
-                    await until(lambda: other in router.fleet.nodes, timeout_s=10)
-                    async for line in response.aiter_lines():
-                        lines.append(json.loads(line))
-                        if len(lines) == CUT_AFTER:
-                            process.send_signal(signal.SIGKILL)
-                    replayed = (await http.post("/infer", json={**job, "stream": False})).json()
+            async with (
+                http.stream("POST", "/infer", json=job) as response,
+                worker_process(tmp_path, other, nats_server.url, second.url),
+            ):
+                await wait_for_worker(nc, llm(other))
+                await until(lambda: other in router.fleet.nodes, timeout_s=10)
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == CUT_AFTER:
+                        process.send_signal(signal.SIGKILL)
+                replayed = (await http.post("/infer", json={**job, "stream": False})).json()
     final = lines[-1]
     deltas = [line["delta"] for line in lines[:-1]]
     whole = expected_text(MODEL, QUESTION, TOKENS)
@@ -172,14 +174,16 @@ async def test_a_caller_may_ask_for_the_error_instead(
             job = {"prompt": QUESTION, "model": MODEL, "stream": True}
             lines: list[dict[str, Any]] = []
             headers = {"x-inferbus-resume": "off"}
-            async with http.stream("POST", "/infer", json=job, headers=headers) as response:
-                async with worker_process(tmp_path, other, nats_server.url, second.url):
-                    await wait_for_worker(nc, llm(other))
-                    await until(lambda: other in router.fleet.nodes, timeout_s=10)
-                    async for line in response.aiter_lines():
-                        lines.append(json.loads(line))
-                        if len(lines) == CUT_AFTER:
-                            process.send_signal(signal.SIGKILL)
+            async with (
+                http.stream("POST", "/infer", json=job, headers=headers) as response,
+                worker_process(tmp_path, other, nats_server.url, second.url),
+            ):
+                await wait_for_worker(nc, llm(other))
+                await until(lambda: other in router.fleet.nodes, timeout_s=10)
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == CUT_AFTER:
+                        process.send_signal(signal.SIGKILL)
     assert lines[-1]["error"]["code"] == "BACKEND_UNAVAILABLE"
     assert len(lines) < TOKENS
     assert second.calls.get(MODEL, 0) == 0
