@@ -24,7 +24,7 @@ import pytest
 from services.bus import wait_for_worker
 from services.nats_server import NatsServer
 from tests.conftest import RouterFactory
-from tests.jobs import llm, until
+from tests.jobs import llm, stream, until
 from tools.simulator import SimModel, Simulator, expected_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,3 +249,44 @@ async def test_a_hundred_streams_all_complete_when_one_of_three_nodes_dies(
         f"\n{len(resumed)} of 100 streams resumed; the pause at the seam: "
         f"p50 {resumed[len(resumed) // 2] * 1000:.0f} ms, max {resumed[-1] * 1000:.0f} ms"
     )
+
+
+async def test_a_resumed_stream_waits_in_line_while_the_nodes_that_can_continue_are_busy(
+    tmp_path: Path, nats_server: NatsServer, nc: Any, start_router: RouterFactory, node_id: str
+) -> None:
+    """The only other node has one slot, taken by a job sent to it by hand: the stream
+    waits for that slot (a resumed request needs a slot like any other), then goes on."""
+    victim, other = f"{node_id}-victim", f"{node_id}-other"
+    async with (
+        Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=15) as first,
+        Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=5) as second,
+        worker_process(tmp_path, victim, nats_server.url, first.url) as process,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with (
+            start_router() as router,
+            httpx.AsyncClient(base_url=router.url, timeout=60) as http,
+        ):
+            await until(lambda: victim in router.fleet.nodes, timeout_s=10)
+            job = {"prompt": QUESTION, "model": MODEL, "stream": True}
+            lines: list[dict[str, Any]] = []
+            async with (
+                http.stream("POST", "/infer", json=job) as response,
+                worker_process(tmp_path, other, nats_server.url, second.url, slots=1),
+            ):
+                await wait_for_worker(nc, llm(other))
+                await until(lambda: other in router.fleet.nodes, timeout_s=10)
+                block = {"prompt": "block", "model": MODEL, "stream": True}
+                blocker = asyncio.ensure_future(stream(nc, llm(other), block))
+                await until(lambda: second.open_connections >= 1, timeout_s=10)
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == CUT_AFTER:
+                        process.send_signal(signal.SIGKILL)
+                await blocker
+    final = lines[-1]
+    assert "".join(line["delta"] for line in lines[:-1]) == expected_text(MODEL, QUESTION, TOKENS)
+    assert final["route"]["resumed"] == 1
+    assert final["route"]["node"] == other
+    assert second.peak_connections == 1  # the stream went on only once the slot was free
+    assert final["route"]["queue_ms"] > 0  # it waited in line for that slot

@@ -134,10 +134,15 @@ class Router:
         job = call.job
         if job.idempotency_key is None or job.type is None:  # the gate sets both
             job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
-        needs = job_needs(job, job.type or "llm")
-        so_far = StreamSoFar() if call.on_piece is not None else None
+        so_far = call.so_far if call.on_piece is not None else None
         on_piece = so_far.relay(call.on_piece) if so_far and call.on_piece else call.on_piece
+        first = job
+        if so_far is not None and so_far.resumes:  # back from the line, still to resume
+            job = continuing_job(first, so_far.text, so_far.resumes)
+        needs = job_needs(job, job.type or "llm")
         request = _Request(job, call.agent_id, call.deadline, on_piece, call.on_model, needs)
+        if so_far is not None:
+            request.route.resumed = so_far.resumes
         if self._left_s(request) <= 0:
             error = InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival")
             return JobResponse.failure(job.job_id, error), request.route
@@ -148,8 +153,8 @@ class Router:
             verdict = next_action(outcome)
             if verdict.action == "return" and so_far is not None and outcome.delivered:
                 node_fault = verdict.health == "failure"
-                if may_resume(so_far, node_fault=node_fault, allowed=allowed, job=job):
-                    self._resume(request, job, so_far, outcome)
+                if may_resume(so_far, node_fault=node_fault, allowed=allowed, job=first):
+                    self._resume(request, first, so_far, outcome)
                     continue
             if verdict.action == "return":
                 _served_by(request.route, target, outcome)
@@ -160,8 +165,8 @@ class Router:
                 request.conclusive = outcome.response
             elif outcome.code == ErrorCode.BUSY and outcome.response.error is not None:
                 request.retry_after_ms.append(outcome.response.error.retry_after_ms or 1000)
-        if request.broken is not None:  # resumed, and no node could go on: its error
-            return request.broken, request.route
+        if so_far is not None and so_far.resumes:
+            return self._not_resumed(request, so_far), request.route
         return self._nothing_answered(request), request.route
 
     def _resume(self, r: _Request, job: JobRequest, so_far: StreamSoFar, broken: Outcome) -> None:
@@ -176,6 +181,21 @@ class Router:
         r.job = continuing_job(job, so_far.text, so_far.resumes)
         r.needs = job_needs(r.job, r.job.type or "llm")
         r.route.fallback_reason = f"resumed after {broken.code.value if broken.code else 'loss'}"
+
+    def _not_resumed(self, r: _Request, so_far: StreamSoFar) -> JobResponse:
+        """A resumed stream no node took: BUSY while nodes that can continue it are busy
+        (the line puts the call back at the head of its place, the text so far kept with
+        it), else the error that broke it."""
+        if r.retry_after_ms:
+            error = InferbusError(
+                ErrorCode.BUSY,
+                f"every node that can continue the stream is busy ({so_far.pieces} pieces sent)",
+                retry_after_ms=min(r.retry_after_ms),
+            )
+            return JobResponse.failure(r.job.job_id, error)
+        if r.broken is not None:
+            return r.broken
+        return self._nothing_answered(r)
 
     async def _targets(self, r: _Request) -> AsyncIterator[Target]:
         """Fleet nodes while attempts and budget last, then local, then static, then the
