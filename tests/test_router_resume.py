@@ -36,13 +36,13 @@ CUT_AFTER = 50
 
 @asynccontextmanager
 async def worker_process(
-    tmp_path: Path, node: str, nats_url: str, sim_url: str, slots: int = 4
+    tmp_path: Path, node: str, nats_url: str, sim_url: str, slots: int = 4, kind: str = "ollama"
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     config = tmp_path / f"{node}.toml"
     config.write_text(
         f'node_id = "{node}"\nnats_url = "{nats_url}"\nheartbeat_s = 10\ndrain_grace_s = 0.3\n'
         f"[limits]\nllm_concurrency = {slots}\n"
-        f'[[backends]]\nkind = "ollama"\nurl = "{sim_url}"\n'
+        f'[[backends]]\nkind = "{kind}"\nurl = "{sim_url}"\n'
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "node_worker", "--config", str(config), "--log-level", "WARNING",
