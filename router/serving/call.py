@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from router.attempts.resume import StreamSoFar
 from router.attempts.route import Route
 from services.deadlines import remaining_budget_ms
 from services.token_times import TokenTimes
@@ -112,6 +113,10 @@ class Call:
         on_queued: hears how long it waited, when it leaves the line to run.
         progress: what happened to it on the way (shared by `with_job` and
             `streamed_to` copies).
+        resume: False when the caller wants a broken stream's error rather than the
+            stream resumed on another node (`x-inferbus-resume: off`).
+        so_far: a stream's record of what its client already has, kept across the
+            dispatcher's passes (a resumed stream sent back to the line keeps it).
     """
 
     job: JobRequest
@@ -129,6 +134,8 @@ class Call:
     on_wait: Callable[[], Awaitable[None]] | None = None
     on_queued: Callable[[float], None] | None = None
     progress: CallProgress = field(default_factory=CallProgress)
+    resume: bool = True
+    so_far: StreamSoFar | None = None
 
     def with_job(self, job: JobRequest) -> Call:
         """The same call for another job (the gate's wire job)."""
@@ -136,7 +143,7 @@ class Call:
 
     def streamed_to(self, on_piece: PieceSink, on_model: ModelSink | None) -> Call:
         """The same call answered as a stream into these sinks."""
-        return replace(self, on_piece=on_piece, on_model=on_model)
+        return replace(self, on_piece=on_piece, on_model=on_model, so_far=StreamSoFar())
 
     def waiting_with(self, on_wait: Callable[[], Awaitable[None]]) -> Call:
         """The same call, kept alive by `on_wait` while it waits in line."""
@@ -170,6 +177,7 @@ class Calls:
         priority_note: str = "",
         gone: Callable[[], Awaitable[None]] | None = None,
         on_queued: Callable[[float], None] | None = None,
+        resume: bool = True,
     ) -> Call:
         """The call of `job`: its budget from now on the router's clock, who asks and
         how its wait in line is heard (the `Call` attributes of the same names)."""
@@ -191,4 +199,5 @@ class Calls:
             priority_note=priority_note,
             gone=gone,
             on_queued=on_queued,
+            resume=resume,
         )
