@@ -491,7 +491,8 @@ class Worker(AsyncService):
                 await self._nc.close()
         if self._own_http:
             await self._http.aclose()
-        await asyncio.to_thread(self.tracing.shutdown)  # what is left goes out
+        if self.tracing.enabled:  # what is left goes out (a thread: the exporter blocks)
+            await asyncio.to_thread(self.tracing.shutdown)
         log.info("worker %s stopped", self.node_id, extra={"node_id": self.node_id})
 
     async def _on_nats_error(self, error: Exception) -> None:

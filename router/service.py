@@ -452,4 +452,5 @@ class RouterService(AsyncService):
         with contextlib.suppress(Exception):
             await self._nc.close()
         await self._http.aclose()
-        await asyncio.to_thread(self.tracing.shutdown)  # what is left goes out
+        if self.tracing.enabled:  # what is left goes out (a thread: the exporter blocks)
+            await asyncio.to_thread(self.tracing.shutdown)
