@@ -41,6 +41,7 @@ WIRE_FEATURES: tuple[str, ...] = (
     "extra",
     "embed",  # embed jobs on node.<id>.embed.request
     "raw",  # raw prompts (legacy completions) and suffix (fill-in-the-middle)
+    "show",  # answers node.<id>.show (a served model's details, services/show.py)
 )
 
 

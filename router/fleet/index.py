@@ -115,6 +115,7 @@ class FleetIndex:
         self.router_inflight: Counter[tuple[str, str]] = Counter()
         self.version = 0  # bumped when groups or buckets appear or vanish (caches key on it)
         self.membership = 0  # bumped when any group gains or loses a node (for `/v1/models`)
+        self.running_changes = 0  # bumped when a record's `running_models` change (`/api/ps`)
         self.slot_cache: dict[object, object] = {}  # selection's orderings, per `version`
         self._groups: dict[tuple[str, ModelType], ModelGroup] = {}
         self._by_type: dict[str, dict[str, ModelGroup]] = {}
@@ -134,6 +135,8 @@ class FleetIndex:
         if known is not None and _out_of_order(known.record, record):
             return Taken.OUT_OF_ORDER
         models = {(m.name, m.type): m for m in record.served_models}
+        if known is None or known.record.running_models != record.running_models:
+            self.running_changes += 1
         if known is None:
             outcome = Taken.NEW
             bisect.insort(self.node_ids, node)

@@ -41,6 +41,7 @@ from router.fleet.view import FleetView
 from router.selection.needs import NO_NEEDS, JobNeeds, job_needs, what_is_missing
 from router.selection.select import Selection, select
 from router.serving.liveness import Liveness, LivenessSettings
+from router.serving.model_show import ModelShows
 from router.serving.node_link import NodeLink, Waits
 from services.capabilities import Capabilities
 from services.deadlines import remaining_budget_ms
@@ -103,6 +104,8 @@ class Router:
         fleet.on_forget(self.board.forget)
         subjects = Subjects(settings.subject_prefix)
         self.link = NodeLink(nc, subjects)
+        # A served model's details from a node's runtime (Ollama's `/api/show`).
+        self.shows = ModelShows(self.link, subjects, fleet.index, clock)
         offload = settings.offload
         self.liveness = Liveness(
             self.link,
