@@ -7,6 +7,8 @@
     router/http/openai_embeddings.py   POST /v1/embeddings
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
+    router/http/ollama.py              Ollama's /api/* (chat, generate, embed, tags, ps,
+                                       show, version) and "Ollama is running" at /
     router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
@@ -24,6 +26,7 @@ from router.admission.idempotency import IdempotencyGate, gate_for
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
+from router.http.ollama import ollama_routes
 from router.http.openai import method_not_allowed, not_found
 from router.http.openai_chat import chat_routes
 from router.http.openai_completions import completions_routes
@@ -46,6 +49,7 @@ def build_app(
         *embeddings_routes(api),
         *completions_routes(api),
         *models_routes(api),
+        *ollama_routes(api),
         *fleet_routes(api),
         providers_route(router.cloud),
     ]

@@ -31,12 +31,15 @@ class RequireApiKey:
         if key_matches(bearer_token(headers.get(b"authorization", b"")), self._keys):
             await self._app(scope, receive, send)
             return
-        error = {
-            "message": "a valid API key is needed: Authorization: Bearer <key>",
+        message = "a valid API key is needed: Authorization: Bearer <key>"
+        error: object = {
+            "message": message,
             "type": "invalid_request_error",
             "code": "invalid_api_key",
             "param": None,
         }
+        if scope["path"] == "/" or scope["path"].startswith("/api/"):
+            error = message  # Ollama's shape on Ollama's paths
         response = JSONResponse(
             {"error": error}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from router.attempts.route import Route
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobResponse, Piece
-from services.wire_features import ToolCall, ToolCallAssembler
+from services.wire_features import ToolCall, ToolCallAssembler, ToolCallDelta
 
 __all__ = [
     "OllamaLines",
@@ -219,6 +219,7 @@ class OllamaLines:
         self._clock = clock
         self._calls = ToolCallAssembler()
         self._has_calls = False
+        self._has_text = False
 
     def use_model(self, model: str) -> None:
         """The model actually serving the stream, known once its target is chosen."""
@@ -234,6 +235,7 @@ class OllamaLines:
 
     def delta(self, piece: Piece) -> bytes:
         if isinstance(piece, str):
+            self._has_text = self._has_text or bool(piece)
             return _line(self._piece(piece) | {"done": False})
         self._calls.add(piece)
         self._has_calls = True
@@ -246,13 +248,20 @@ class OllamaLines:
             error = response.error
             return _line({"error": _message_of(error.code, error.message, self._model)})
         out = b""
+        result = response.result
+        if not self._has_text and result is not None and result.text:
+            # A node that answered whole (a replay) streamed nothing: the text goes first.
+            out = self.delta(result.text)
+        if not self._has_calls and result is not None and result.tool_calls:
+            self._has_calls = True
+            self._calls.add([ToolCallDelta.whole(n, c) for n, c in enumerate(result.tool_calls)])
         if self._has_calls:
             calls = ollama_tool_calls(self._calls.calls())
             message = {"role": "assistant", "content": "", "tool_calls": calls}
             head = self._head()
             if self._chat:
-                out = _line(head | {"message": message, "done": False})
+                out += _line(head | {"message": message, "done": False})
             else:
-                out = _line(head | {"response": "", "tool_calls": calls, "done": False})
+                out += _line(head | {"response": "", "tool_calls": calls, "done": False})
         final = self._piece("") | _final(response, route, self._model, self._clock())
         return out + _line(final)

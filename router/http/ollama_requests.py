@@ -347,9 +347,9 @@ def embed_fields(body: Fields) -> Fields | InferbusError:
         return fields
     given = body.get("input")
     texts = given if isinstance(given, list) else [given]
-    if not texts or not all(isinstance(text, str) for text in texts):
-        return _bad("input", "a string or a non-empty list of strings")
-    fields["input"] = texts
+    if not all(isinstance(text, str) for text in texts):
+        return _bad("input", "a string or a list of strings")
+    fields["input"] = [] if texts == [""] else texts  # nothing to embed: no vectors
     dimensions = body.get("dimensions")
     if dimensions is not None:
         fields["params"] = {"dimensions": dimensions}
@@ -364,7 +364,7 @@ def embeddings_fields(body: Fields) -> Fields | InferbusError:
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         return _bad("prompt", "must be a string")
-    fields["input"] = [prompt]
+    fields["input"] = [prompt] if prompt else []
     return fields
 
 
