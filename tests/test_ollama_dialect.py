@@ -47,17 +47,33 @@ WEATHER = {
     ("options", "params", "extra"),
     [
         (None, {}, {}),
-        ({"temperature": 0.2, "top_p": 0.9, "seed": 7}, {"temperature": 0.2, "top_p": 0.9, "seed": 7}, {}),
+        (
+            {"temperature": 0.2, "top_p": 0.9, "seed": 7},
+            {"temperature": 0.2, "top_p": 0.9, "seed": 7},
+            {},
+        ),
         ({"num_predict": 64, "stop": ["\n"]}, {"max_tokens": 64, "stop": ["\n"]}, {}),
         ({"num_predict": -1}, {}, {}),  # no limit
         ({"num_predict": -2}, {}, {}),  # fill the context
-        ({"presence_penalty": 1.5, "frequency_penalty": 1.0}, {"presence_penalty": 1.5, "frequency_penalty": 1.0}, {}),
-        ({"top_k": 20, "min_p": 0.05, "num_ctx": 4096, "repeat_penalty": 1.1}, {}, {"top_k": 20, "min_p": 0.05, "num_ctx": 4096, "repeat_penalty": 1.1}),
-        ({"mirostat": 2, "mirostat_tau": 5.0, "typical_p": 0.7}, {}, {"mirostat": 2, "mirostat_tau": 5.0, "typical_p": 0.7}),
+        (
+            {"presence_penalty": 1.5, "frequency_penalty": 1.0},
+            {"presence_penalty": 1.5, "frequency_penalty": 1.0},
+            {},
+        ),
+        (
+            {"top_k": 20, "min_p": 0.05, "num_ctx": 4096, "repeat_penalty": 1.1},
+            {},
+            {"top_k": 20, "min_p": 0.05, "num_ctx": 4096, "repeat_penalty": 1.1},
+        ),
+        (
+            {"mirostat": 2, "mirostat_tau": 5.0, "typical_p": 0.7},
+            {},
+            {"mirostat": 2, "mirostat_tau": 5.0, "typical_p": 0.7},
+        ),
         ({"num_gpu": 1, "num_thread": 8, "use_mmap": True, "numa": False}, {}, {}),  # the node's
         ({"no_such_option": 1, "temperature": None}, {}, {}),  # unknown ones dropped, as Ollama
     ],
-)  # fmt: skip
+)
 def test_options_become_params_and_extras(
     options: Any, params: dict[str, Any], extra: dict[str, Any]
 ) -> None:
@@ -67,19 +83,36 @@ def test_options_become_params_and_extras(
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"model": "m", "messages": USER}, {"model": "m", "stream": True, "params": {}, "messages": USER}),
+        (
+            {"model": "m", "messages": USER},
+            {"model": "m", "stream": True, "params": {}, "messages": USER},
+        ),
         ({"model": "m", "messages": USER, "stream": False}, {"stream": False}),
         ({"model": "m", "messages": USER, "stream": None}, {"stream": True}),
-        ({"model": "m", "messages": USER, "format": "json"}, {"response_format": {"type": "json_object"}}),
+        (
+            {"model": "m", "messages": USER, "format": "json"},
+            {"response_format": {"type": "json_object"}},
+        ),
         ({"model": "m", "messages": USER, "format": ""}, {}),
         (
             {"model": "m", "messages": USER, "format": SCHEMA},
-            {"response_format": {"type": "json_schema", "json_schema": {"name": "response", "schema": SCHEMA}}},
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": SCHEMA},
+                }
+            },
         ),
-        ({"model": "m", "messages": USER, "keep_alive": "10m", "think": True}, {"extra": {"keep_alive": "10m", "think": True}}),
+        (
+            {"model": "m", "messages": USER, "keep_alive": "10m", "think": True},
+            {"extra": {"keep_alive": "10m", "think": True}},
+        ),
         ({"model": "m", "messages": USER, "keep_alive": 0}, {"extra": {"keep_alive": 0}}),
         ({"model": "m", "messages": USER, "think": "high"}, {"extra": {"think": "high"}}),
-        ({"model": "m", "messages": USER, "logprobs": True, "top_logprobs": 3}, {"params": {"logprobs": True, "top_logprobs": 3}}),
+        (
+            {"model": "m", "messages": USER, "logprobs": True, "top_logprobs": 3},
+            {"params": {"logprobs": True, "top_logprobs": 3}},
+        ),
         ({"model": "m", "messages": USER, "tools": [WEATHER]}, {"tools": [WEATHER]}),
         ({"model": "m", "messages": USER, "tools": []}, {}),
         (
@@ -87,12 +120,18 @@ def test_options_become_params_and_extras(
             {"params": {"max_tokens": 5}, "extra": {"top_k": 3}},
         ),
         (
-            {"model": "m", "messages": [{"role": "user", "content": "what is this?", "images": ["aGk="]}]},
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "what is this?", "images": ["aGk="]}],
+            },
             {"messages": [{"role": "user", "content": "what is this?", "images": ["aGk="]}]},
         ),
-        ({"model": "m", "messages": [{"role": "assistant"}]}, {"messages": [{"role": "assistant", "content": ""}]}),
+        (
+            {"model": "m", "messages": [{"role": "assistant"}]},
+            {"messages": [{"role": "assistant", "content": ""}]},
+        ),
     ],
-)  # fmt: skip
+)
 def test_chat_bodies_become_job_fields(body: dict[str, Any], expected: dict[str, Any]) -> None:
     fields = chat_fields(body)
     assert not isinstance(fields, InferbusError)
@@ -110,18 +149,35 @@ def test_chat_bodies_become_job_fields(body: dict[str, Any], expected: dict[str,
         ({"model": "m", "messages": USER, "format": "xml"}, "format:"),
         ({"model": "m", "messages": USER, "format": 3}, "format:"),
         ({"model": "m", "messages": USER, "options": [1]}, "options:"),
-        ({"model": "m", "messages": USER, "options": {"num_predict": "many"}}, "options.num_predict:"),
+        (
+            {"model": "m", "messages": USER, "options": {"num_predict": "many"}},
+            "options.num_predict:",
+        ),
         ({"model": "m", "messages": USER, "think": "very"}, "think:"),
         ({"model": "m", "messages": "hi"}, "messages:"),
         ({"model": "m", "messages": ["hi"]}, "messages.0:"),
         ({"model": "m", "messages": [{"content": "hi"}]}, "messages.0.role:"),
         ({"model": "m", "messages": [{"role": "user", "content": 3}]}, "messages.0.content:"),
         ({"model": "m", "messages": [{"role": "user", "images": "aGk="}]}, "messages.0.images:"),
-        ({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}, "messages.0.tool_calls.0:"),
-        ({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1"}}]}]}, "messages.0.tool_calls.0:"),
+        (
+            {"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]},
+            "messages.0.tool_calls.0:",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "[1"}}],
+                    }
+                ],
+            },
+            "messages.0.tool_calls.0:",
+        ),
         ({"model": "m", "messages": USER, "tools": {"a": 1}}, "tools:"),
     ],
-)  # fmt: skip
+)
 def test_chat_bodies_refused_name_the_field(body: dict[str, Any], field: str) -> None:
     refused = chat_fields(body)
     assert isinstance(refused, InferbusError)
@@ -185,11 +241,20 @@ def test_a_tool_answer_naming_its_call_keeps_that_id() -> None:
             {"model": "m", "prompt": "what?", "images": ["aGk="]},
             {"messages": [{"role": "user", "content": "what?", "images": ["aGk="]}]},
         ),
-        ({"model": "m", "prompt": "[INST] hi [/INST]", "raw": True}, {"prompt": "[INST] hi [/INST]", "raw": True}),
-        ({"model": "m", "prompt": "def f(", "suffix": "return x"}, {"prompt": "def f(", "suffix": "return x", "raw": False}),
-        ({"model": "m", "prompt": "hi", "format": "json", "stream": False}, {"response_format": {"type": "json_object"}, "stream": False}),
+        (
+            {"model": "m", "prompt": "[INST] hi [/INST]", "raw": True},
+            {"prompt": "[INST] hi [/INST]", "raw": True},
+        ),
+        (
+            {"model": "m", "prompt": "def f(", "suffix": "return x"},
+            {"prompt": "def f(", "suffix": "return x", "raw": False},
+        ),
+        (
+            {"model": "m", "prompt": "hi", "format": "json", "stream": False},
+            {"response_format": {"type": "json_object"}, "stream": False},
+        ),
     ],
-)  # fmt: skip
+)
 def test_generate_bodies_become_job_fields(body: dict[str, Any], expected: dict[str, Any]) -> None:
     fields = generate_fields(body)
     assert not isinstance(fields, InferbusError)
@@ -235,16 +300,30 @@ def test_no_input_is_a_load_request(endpoint: str, body: dict[str, Any], load: b
     ("make", "body", "expected"),
     [
         (embed_fields, {"model": "e", "input": "a"}, {"type": "embed", "input": ["a"]}),
-        (embed_fields, {"model": "e", "input": ["a", "b"], "dimensions": 4}, {"input": ["a", "b"], "params": {"dimensions": 4}}),
+        (
+            embed_fields,
+            {"model": "e", "input": ["a", "b"], "dimensions": 4},
+            {"input": ["a", "b"], "params": {"dimensions": 4}},
+        ),
         (embed_fields, {"model": "e", "input": ""}, {"input": []}),
         (embed_fields, {"model": "e", "input": []}, {"input": []}),
-        (embed_fields, {"model": "e", "input": "a", "truncate": False, "keep_alive": "1m"}, {"extra": {"truncate": False, "keep_alive": "1m"}}),
-        (embed_fields, {"model": "e", "input": "a", "options": {"num_ctx": 512}}, {"extra": {"num_ctx": 512}}),
+        (
+            embed_fields,
+            {"model": "e", "input": "a", "truncate": False, "keep_alive": "1m"},
+            {"extra": {"truncate": False, "keep_alive": "1m"}},
+        ),
+        (
+            embed_fields,
+            {"model": "e", "input": "a", "options": {"num_ctx": 512}},
+            {"extra": {"num_ctx": 512}},
+        ),
         (embeddings_fields, {"model": "e", "prompt": "a"}, {"type": "embed", "input": ["a"]}),
         (embeddings_fields, {"model": "e", "prompt": ""}, {"input": []}),
     ],
-)  # fmt: skip
-def test_embed_bodies_become_embed_jobs(make: Any, body: dict[str, Any], expected: dict[str, Any]) -> None:
+)
+def test_embed_bodies_become_embed_jobs(
+    make: Any, body: dict[str, Any], expected: dict[str, Any]
+) -> None:
     fields = make(body)
     assert not isinstance(fields, InferbusError)
     for key, value in expected.items():
@@ -270,7 +349,9 @@ def test_embed_bodies_refused_name_the_field(make: Any, body: dict[str, Any], fi
 
 NOW = 1_700_000_000.25
 ROUTE = Route(via="remote", node="gpu-a", model="m")
-CALL = ToolCall(id="call_x", function=FunctionCall(name="get_weather", arguments='{"city":"Paris"}'))
+CALL = ToolCall(
+    id="call_x", function=FunctionCall(name="get_weather", arguments='{"city":"Paris"}')
+)
 
 
 def answer(
@@ -284,9 +365,7 @@ def answer(
         job_id="j",
         status="ok",
         model="m",
-        result=Result(
-            text=text, finish_reason=finish, usage=usage or Usage(), tool_calls=calls
-        ),
+        result=Result(text=text, finish_reason=finish, usage=usage or Usage(), tool_calls=calls),
         timings=timings or Timings(),
     )
 
@@ -312,9 +391,13 @@ def test_created_at_is_rfc3339_utc_as_go_marshals_it() -> None:
             },
         ),
         # an older worker: totals only, the split left out (Go's omitempty)
-        (Timings(total_ms=3.0, backend_ms=2.0), Usage(completion_tokens=2), {"total_duration": 3_000_000, "eval_count": 2}),
+        (
+            Timings(total_ms=3.0, backend_ms=2.0),
+            Usage(completion_tokens=2),
+            {"total_duration": 3_000_000, "eval_count": 2},
+        ),
     ],
-)  # fmt: skip
+)
 def test_metrics_are_nanoseconds_of_the_nodes_timings_zero_ones_omitted(
     timings: Timings, usage: Usage, expected: dict[str, int]
 ) -> None:
@@ -335,9 +418,12 @@ def test_a_whole_chat_answer_with_tool_calls() -> None:
         "role": "assistant",
         "content": "",
         "tool_calls": [
-            {"id": "call_x", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
+            {
+                "id": "call_x",
+                "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}},
+            }
         ],
-    }  # fmt: skip
+    }
     assert body["done"] is True
     assert body["done_reason"] == "stop"
     assert body["created_at"] == created_at(NOW)
@@ -385,16 +471,31 @@ def test_a_chat_stream_is_pieces_then_calls_whole_then_the_final_object() -> Non
     lines.use_model("m")
     out = lines.delta("hel") + lines.delta("lo")
     # an OpenAI-compatible runtime streams a call in pieces: Ollama clients get it whole
-    out += lines.delta([ToolCallDelta.model_validate({"index": 0, "id": "call_x", "function": {"name": "get_weather", "arguments": '{"ci'}})])  # fmt: skip
-    out += lines.delta([ToolCallDelta.model_validate({"index": 0, "function": {"arguments": 'ty":"Paris"}'}})])  # fmt: skip
+    out += lines.delta(
+        [
+            ToolCallDelta.model_validate(
+                {
+                    "index": 0,
+                    "id": "call_x",
+                    "function": {"name": "get_weather", "arguments": '{"ci'},
+                }
+            )
+        ]
+    )
+    out += lines.delta(
+        [ToolCallDelta.model_validate({"index": 0, "function": {"arguments": 'ty":"Paris"}'}})]
+    )
     final = answer(text="hello", finish="tool_calls", calls=[CALL], timings=Timings(total_ms=2.0))
     out += lines.final(final, ROUTE)
     parsed = lines_of(out)
     assert [line["message"]["content"] for line in parsed] == ["hel", "lo", "", ""]
     assert [line["done"] for line in parsed] == [False, False, False, True]
     assert parsed[2]["message"]["tool_calls"] == [
-        {"id": "call_x", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
-    ]  # fmt: skip
+        {
+            "id": "call_x",
+            "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}},
+        }
+    ]
     assert parsed[3]["done_reason"] == "stop"
     assert parsed[3]["total_duration"] == 2_000_000
     assert {line["model"] for line in parsed} == {"m"}

@@ -53,8 +53,13 @@ def tags_of(view: TagsView) -> dict[str, Any]:
 def test_a_model_on_two_nodes_is_listed_once_with_the_details_a_node_reports() -> None:
     index = FleetIndex()
     # gpu-a serves llama without details (an older worker), gpu-b with them
-    index.take(record("gpu-a", (LLAMA.model_copy(update={"digest": None, "capabilities": ("completion",)}),)), 0.0)  # fmt: skip
-    index.take(record("gpu-b", (LLAMA.model_copy(update={"capabilities": ("vision",)}), BARE)), 0.0)  # fmt: skip
+    index.take(
+        record(
+            "gpu-a", (LLAMA.model_copy(update={"digest": None, "capabilities": ("completion",)}),)
+        ),
+        0.0,
+    )
+    index.take(record("gpu-b", (LLAMA.model_copy(update={"capabilities": ("vision",)}), BARE)), 0.0)
     tags = tags_of(TagsView(index))
     assert sorted(tags) == ["llama3.2:3b", "tiny"]
     llama = tags["llama3.2:3b"]
@@ -104,7 +109,9 @@ def test_ps_lists_each_loaded_model_with_the_node_that_runs_it() -> None:
     )
     loaded_b = loaded_a.model_copy(update={"expires_at": "2026-01-01T00:09:00Z"})
     index.take(record("gpu-a", (LLAMA,), (loaded_a,)), 0.0)
-    index.take(record("gpu-b", (LLAMA, BARE.model_copy(update={"running": False})), (loaded_b,)), 0.0)  # fmt: skip
+    index.take(
+        record("gpu-b", (LLAMA, BARE.model_copy(update={"running": False})), (loaded_b,)), 0.0
+    )
     index.take(record("gpu-c", (BARE,)), 0.0)  # llama.cpp: loaded, no expiry or vram reported
     entries = json.loads(RunningView(index).body())["models"]
     assert [(e["name"], e["node"]) for e in entries] == [
@@ -125,7 +132,7 @@ def test_ps_follows_loaded_models_and_stale_nodes() -> None:
     index.take(record("gpu-a", (LLAMA,), (RunningModel(name=LLAMA.name, expires_at="t1"),)), 0.0)
     assert json.loads(view.body())["models"][0]["expires_at"] == "t1"
     # only the expiry moved: the index's membership stays, the view follows anyway
-    index.take(record("gpu-a", (LLAMA,), (RunningModel(name=LLAMA.name, expires_at="t2"),), 2), 1.0)  # fmt: skip
+    index.take(record("gpu-a", (LLAMA,), (RunningModel(name=LLAMA.name, expires_at="t2"),), 2), 1.0)
     assert json.loads(view.body())["models"][0]["expires_at"] == "t2"
     index.sweep(100.0)  # past the ttl: the node is no longer fresh
     assert json.loads(view.body())["models"] == []

@@ -119,17 +119,17 @@ class _Dialect:
         shape: Shape = chat_fields if endpoint == "chat" else generate_fields
         whole: Whole = chat_answer if endpoint == "chat" else generate_answer
         fields = shape(raw)
+        if not isinstance(fields, InferbusError) and is_load_request(endpoint, raw):
+            model = fields["model"]
+            unload = raw.get("keep_alive") in (0, "0", "0s", "0m")
+            return self._unknown_model(model) or JSONResponse(
+                load_answer(endpoint, model, unload=unload, now_unix=time.time())
+            )
         job = await self.api.job_of(fields) if not isinstance(fields, InferbusError) else fields
         if isinstance(job, InferbusError):
             self.api.refused(label, started, job)
             return ollama_error_of(job, raw.get("model"))
         model = job.model or ""
-        if is_load_request(endpoint, raw):
-            unknown = self._unknown_model(model)
-            unload = raw.get("keep_alive") in (0, "0", "0s", "0m")
-            return unknown or JSONResponse(
-                load_answer(endpoint, model, unload=unload, now_unix=time.time())
-            )
         if job.stream:
             lines = OllamaLines(endpoint, model, time.time)
             return await stream_response(
@@ -137,9 +137,7 @@ class _Dialect:
                     request, job, agent_id=_caller(request), on_delta=sink, on_model=lines.use_model
                 ),
                 lines,
-                on_error_before_first_token=lambda response, _route: _error_answer(
-                    response, model
-                ),
+                on_error_before_first_token=lambda response, _route: _error_answer(response, model),
                 on_finished=self.api.finished(label, started),
             )
         response, route = await self.api.infer(request, job, agent_id=_caller(request))
