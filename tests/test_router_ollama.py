@@ -22,7 +22,7 @@ import pytest
 from node_worker.config import WorkerSettings
 from node_worker.worker import Worker
 from router.config import RouterSettings
-from router.http.ollama import OLLAMA_API_VERSION
+from router.http.ollama_models import OLLAMA_API_VERSION
 from router.service import RouterService
 from services.nats_server import NatsServer
 from tests.test_worker_jobs import TINY_PNG

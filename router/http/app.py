@@ -7,8 +7,9 @@
     router/http/openai_embeddings.py   POST /v1/embeddings
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
-    router/http/ollama.py              Ollama's /api/* (chat, generate, embed, tags, ps,
-                                       show, version) and "Ollama is running" at /
+    router/http/ollama_chat.py         POST /api/chat, /api/generate, /api/embed(dings)
+    router/http/ollama_models.py       GET  /api/tags, /api/ps, /api/version, POST /api/show,
+                                       "Ollama is running" at /, 501 for model management
     router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
@@ -18,41 +19,49 @@ paths included, so official clients raise the right exception class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from router.admission.idempotency import IdempotencyGate, gate_for
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
-from router.http.ollama import ollama_routes
+from router.http.ollama_chat import ollama_serving_routes
+from router.http.ollama_models import ShowModel, ollama_model_routes, ollama_unknown_route
 from router.http.openai import method_not_allowed, not_found
 from router.http.openai_chat import chat_routes
 from router.http.openai_completions import completions_routes
 from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
-from router.http.operator_fleet import fleet_routes
+from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
-from router.metrics import RouterMetrics
-from router.serving.dispatch import Router
 
 
 def build_app(
-    router: Router, metrics: RouterMetrics, gate: IdempotencyGate | None = None
+    api: Api,
+    status: FleetStatus,
+    providers_view: Callable[[], dict[str, Any]],
+    show_model: ShowModel,
 ) -> ASGIApp:
-    api = Api(router, metrics, gate or gate_for(router))
+    """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
+    `status` for the operator's routes, the cloud providers' `providers_view`, and
+    `show_model` (a model's details from a node) for Ollama's `/api/show`."""
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
     routes: list[routing.BaseRoute] = [
         *native_routes(api),
         *chat_routes(api),
         *embeddings_routes(api),
         *completions_routes(api),
-        *models_routes(api),
-        *ollama_routes(api),
-        *fleet_routes(api),
-        providers_route(router.cloud),
+        *models_routes(status.fleet.index),
+        *ollama_serving_routes(api, status.fleet.index),
+        *ollama_model_routes(status.fleet.index, show_model),
+        *fleet_routes(status),
+        providers_route(providers_view),
+        ollama_unknown_route(),  # last: every other /api/ path
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    keys = [key.get_secret_value() for key in router.settings.http.api_keys]
+    keys = [key.get_secret_value() for key in api.http.api_keys]
     return RequireApiKey(app, keys) if keys else app

@@ -1,0 +1,129 @@
+"""Ollama's routes that serve no job: the fleet's catalog and the probes clients make.
+
+    GET  /api/tags                  every model of the fleet once (router/fleet/ollama_views.py)
+    GET  /api/ps                    every loaded model, with the `node` that runs it
+    POST /api/show                  a model's details from a node's runtime (kept a minute)
+    GET  /api/version, GET|HEAD /   what Ollama clients probe ("Ollama is running")
+    /api/pull, push, create, copy, delete, blobs: 501, the fleet's models live on its nodes
+    any other /api/ path: 404 (405 for a known path asked with another method)
+
+`GET /` answers "Ollama is running" as plain text, which is what every Ollama client
+probes; a browser (an `Accept` with `text/html`) is given the router's web page when one
+is served (`page`), so both live at the same URL. Every error is Ollama's
+`{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette import routing
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from router.fleet.index import FleetIndex
+from router.fleet.ollama_views import RunningView, TagsView
+from router.http.edge import parse_json, read_body
+from router.http.ollama_answers import ollama_error, ollama_error_of
+from services.errors import InferbusError
+
+__all__ = [
+    "MANAGED_ON_NODES",
+    "OLLAMA_API_VERSION",
+    "OLLAMA_RUNNING",
+    "ShowModel",
+    "ollama_model_routes",
+    "ollama_unknown_route",
+]
+
+# The Ollama API version whose shapes the dialect answers (tools, structured outputs,
+# thinking, logprobs); clients compare it to decide which fields they may send.
+OLLAMA_API_VERSION = "0.12.11"
+OLLAMA_RUNNING = "Ollama is running"
+MANAGED_ON_NODES = (
+    "the fleet does not manage models through the router: pull, create, copy, push and "
+    "delete them on a node's own runtime (e.g. `ollama pull NAME` there); the router "
+    "serves what the nodes serve (GET /api/tags)"
+)
+_MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy")
+_SERVED = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
+_KNOWN = frozenset(
+    {*_SERVED, *_MANAGEMENT, "/api/delete", "/api/tags", "/api/ps", "/api/show", "/api/version"}
+)
+_SHOW_BODY_LIMIT = 64 * 1024
+
+# A served model's details from a node (router/serving/model_show.py): (name, verbose).
+ShowModel = Callable[[str, bool], Awaitable[dict[str, Any] | InferbusError]]
+Page = Callable[[Request], Awaitable[Response]]
+
+
+def wants_page(accept: str) -> bool:
+    """Whether an `Accept` header asks for HTML (a browser), not an API client's probe."""
+    return "text/html" in accept.lower()
+
+
+async def version(_: Request) -> Response:
+    return JSONResponse({"version": OLLAMA_API_VERSION})
+
+
+async def managed_on_nodes(_: Request) -> Response:
+    return ollama_error(501, MANAGED_ON_NODES)
+
+
+async def unknown_path(request: Request) -> Response:
+    """Every other `/api/` path, and known ones asked with the wrong method."""
+    path = request.url.path
+    if path in _KNOWN or path.startswith("/api/blobs/"):
+        return ollama_error(405, f"{request.method} is not allowed on {path}")
+    return ollama_error(404, f"no route {request.method} {path}")
+
+
+def ollama_model_routes(
+    index: FleetIndex, show_model: ShowModel, page: Page | None = None
+) -> list[routing.BaseRoute]:
+    """The catalog routes over the fleet `index`; `show_model` asks a node; `page` is the
+    web page browsers get at `/` (None: every client gets "Ollama is running")."""
+    tags_view = TagsView(index)
+    running_view = RunningView(index)
+
+    async def root(request: Request) -> Response:
+        if page is not None and wants_page(request.headers.get("accept", "")):
+            return await page(request)
+        return PlainTextResponse(OLLAMA_RUNNING)
+
+    async def tags(_: Request) -> Response:
+        return Response(tags_view.body(), media_type="application/json")
+
+    async def ps(_: Request) -> Response:
+        return Response(running_view.body(), media_type="application/json")
+
+    async def show(request: Request) -> Response:
+        body = await read_body(request, _SHOW_BODY_LIMIT)
+        raw = parse_json(body) if not isinstance(body, InferbusError) else body
+        if isinstance(raw, InferbusError):
+            return ollama_error_of(raw)
+        name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name:
+            return ollama_error(400, "model is required")
+        shown = await show_model(name, bool(raw.get("verbose")))
+        if isinstance(shown, InferbusError):
+            return ollama_error_of(shown, name)
+        return JSONResponse(shown)
+
+    return [
+        routing.Route("/", root, methods=["GET"]),
+        routing.Route("/api/version", version, methods=["GET"]),
+        routing.Route("/api/tags", tags, methods=["GET"]),
+        routing.Route("/api/ps", ps, methods=["GET"]),
+        routing.Route("/api/show", show, methods=["POST"]),
+        *(routing.Route(path, managed_on_nodes, methods=["POST"]) for path in _MANAGEMENT),
+        routing.Route("/api/delete", managed_on_nodes, methods=["DELETE"]),
+        routing.Route("/api/blobs/{digest}", managed_on_nodes, methods=["POST", "HEAD"]),
+    ]
+
+
+def ollama_unknown_route() -> routing.Route:
+    """Every other `/api/` path in Ollama's error shape: the app's last route."""
+    any_method = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    return routing.Route("/api/{rest:path}", unknown_path, methods=any_method)
