@@ -93,7 +93,7 @@ def prefixed(prefix: str, subject: str) -> str:
 
 
 def worker_permissions(node_id: str) -> dict[str, Any]:
-    """Its own jobs, cancels and caps; discovery; `$SRV`; its own heartbeats (to notice a
+    """Its own jobs, cancels, caps and show; discovery; `$SRV`; its own heartbeats (to notice a
     second process announcing its id); publish its own heartbeat and the answers to
     requests delivered to it (resp), nothing else: no `_INBOX.>`."""
     heartbeat = f"ncs.capabilities.{node_id}"
@@ -105,11 +105,11 @@ def worker_permissions(node_id: str) -> dict[str, Any]:
 
 
 def router_permissions() -> dict[str, Any]:
-    """Send jobs, cancels and caps requests; ask who is there; hear heartbeats; read its
+    """Send jobs, cancels, caps and show requests; ask who is there; hear heartbeats; read its
     own inboxes. It cannot take jobs nor pose as a node."""
     requests = [
         f"node.*.{name}"
-        for name in ("llm.request", "vision.request", "embed.request", "cancel", "caps")
+        for name in ("llm.request", "vision.request", "embed.request", "cancel", "caps", "show")
     ]
     return {
         "pub": {"allow": [*requests, "ncs.discover"]},
