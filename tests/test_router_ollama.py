@@ -3,7 +3,8 @@
 Two workers serve different models (and one in common): gpu-a in front of the simulator
 speaking Ollama's wire format, gpu-b in front of one speaking OpenAI's (as vLLM does), so
 every flow runs over both wire formats; a model only one node serves is reached the same
-way. The chat flows are parametrized over a model of each node.
+way. The chat flows are parametrized over a model of each node. One more test puts a
+real llama.cpp server (llama-cpp-python's) behind a worker for the real-runtime path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from router.config import RouterSettings
 from router.http.ollama_models import OLLAMA_API_VERSION
 from router.service import RouterService
 from services.nats_server import NatsServer
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.llamacpp import LlamaCppServer
 from tests.test_worker_jobs import TINY_PNG
 from tests.test_worker_openai_features import ASK_WEATHER, PERSON_SCHEMA, WEATHER_TOOL
 from tools.simulator import SimModel, Simulator, expected_embedding, expected_text
@@ -317,3 +320,53 @@ async def test_a_stream_refused_before_its_first_piece_is_a_plain_error(fleet: F
     assert refused.status_code == 400
     assert refused.headers["content-type"] == "application/json"
     assert "images" in refused.json()["error"]
+
+
+async def test_a_llamacpp_node_through_the_official_client(
+    llama_server: LlamaCppServer, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """The real-runtime path: llama.cpp's server (OpenAI's wire) behind a worker."""
+    model = llama_server.model
+    options = {"num_predict": 4, "temperature": 0, "top_k": 1, "seed": 1}
+    async with (
+        start_worker(backends=[backend(llama_server.url, kind="llamacpp")]) as worker,
+        start_router() as router,
+    ):
+        client = ollama.AsyncClient(host=router.url)
+        try:
+            whole = await client.chat(model, user("hello"), options=options)
+            parts = [
+                part
+                async for part in await client.chat(
+                    model, user("hello"), stream=True, options=options
+                )
+            ]
+            generated = await client.generate(model, "Once upon a time", options=options)
+            listed = await client.list()
+            running = await client.ps()
+            shown = await client.show(model)
+        finally:
+            await client.close()  # type: ignore[no-untyped-call]
+        async with httpx.AsyncClient() as http:
+            raw_ps = (await http.get(f"{router.url}/api/ps")).json()["models"]
+    assert whole.done is True
+    assert whole.eval_count == 4
+    assert whole.done_reason == "length"
+    assert whole.total_duration
+    assert "".join(part.message.content or "" for part in parts) == whole.message.content
+    assert parts[-1].done is True
+    assert parts[-1].done_reason == "length"
+    # llama-cpp-python's server sends no usage on streams, so no eval_count (as Ollama
+    # omits an unknown count); the split is the worker's own measurement
+    assert parts[-1].eval_duration  # measured by the worker: this server reports no split
+    assert generated.eval_count == 4
+    # (this module's other fleet may still be on the bus: look for this node's model)
+    assert model in [entry.model for entry in listed.models]
+    assert model in [entry.model for entry in running.models]
+    assert {"model": model, "node": worker.node_id}.items() <= next(
+        entry for entry in raw_ps if entry["node"] == worker.node_id
+    ).items()
+    assert shown.details is not None
+    assert shown.details.format == "gguf"  # what discovery knows of a llama.cpp model
+    assert shown.capabilities is not None
+    assert "completion" in shown.capabilities
