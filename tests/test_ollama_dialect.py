@@ -27,6 +27,7 @@ from router.http.ollama_requests import (
     generate_fields,
     is_load_request,
     options_fields,
+    served_name,
 )
 from services.errors import ErrorCode, InferbusError
 from services.wire import ErrorInfo, JobRequest, JobResponse, Result, Timings, Usage
@@ -343,6 +344,25 @@ def test_embed_bodies_refused_name_the_field(make: Any, body: dict[str, Any], fi
     refused = make(body)
     assert isinstance(refused, InferbusError)
     assert refused.message.startswith(field)
+
+
+SERVED = {"llama3.2:latest", "tiny", "hf.co/org/model:Q4_K_M", "qwen3:8b"}
+
+
+@pytest.mark.parametrize(
+    ("asked", "name"),
+    [
+        ("qwen3:8b", "qwen3:8b"),
+        ("llama3.2", "llama3.2:latest"),  # no tag means :latest, as in Ollama
+        ("tiny:latest", "tiny"),  # a llama.cpp or vLLM name has no tag
+        ("tiny", "tiny"),
+        ("qwen3", "qwen3"),  # no :latest served: left for the router to refuse
+        ("hf.co/org/model:Q4_K_M", "hf.co/org/model:Q4_K_M"),
+        ("nope:1b", "nope:1b"),
+    ],
+)
+def test_names_follow_ollamas_latest_rule(asked: str, name: str) -> None:
+    assert served_name(asked, SERVED.__contains__) == name
 
 
 # --- answers ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ real llama.cpp server (llama-cpp-python's) behind a worker for the real-runtime 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -253,6 +254,31 @@ async def test_generate_whole_and_streamed(client: ollama.AsyncClient, model: st
     parts = [part async for part in await client.generate(model, "tell me", stream=True)]
     assert "".join(part.response or "" for part in parts) == expected_text(model, "tell me", TOKENS)
     assert parts[-1].done is True
+
+
+async def test_a_name_without_its_tag_is_its_latest(fleet: Fleet) -> None:
+    async with Simulator(models=[SimModel("phi4:latest")], tokens=TOKENS) as sim:
+        settings = WorkerSettings(
+            node_id=f"gpu-c-{uuid.uuid4().hex[:8]}",
+            nats_url=fleet.router.settings.nats_url,
+            backends=[{"kind": "ollama", "url": sim.url}],
+        )
+        async with Worker(settings), ollama.AsyncClient(host=fleet.url) as client:
+            await until_listed(client, "phi4:latest")
+            answer = await client.chat("phi4", user("hi"))
+            shown = await client.show("phi4")
+    assert answer.message.content == expected_text("phi4:latest", "hi", TOKENS)
+    assert answer.model == "phi4:latest"
+    assert shown.details is not None
+
+
+async def until_listed(client: ollama.AsyncClient, name: str) -> None:
+    async def listed() -> bool:
+        return name in [model.model for model in (await client.list()).models]
+
+    async with asyncio.timeout(10):
+        while not await listed():
+            await asyncio.sleep(0.05)
 
 
 async def test_generate_with_a_system_message(client: ollama.AsyncClient) -> None:

@@ -26,6 +26,7 @@ from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from router.fleet.ollama_views import TagsView
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
@@ -49,6 +50,7 @@ def build_app(
     """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
     `status` for the operator's routes, the cloud providers' `providers_view`, and
     `show_model` (a model's details from a node) for Ollama's `/api/show`."""
+    ollama_catalog = TagsView(status.fleet.index)  # Ollama's /api/tags, and what it serves
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
     routes: list[routing.BaseRoute] = [
         *native_routes(api),
@@ -56,8 +58,8 @@ def build_app(
         *embeddings_routes(api),
         *completions_routes(api),
         *models_routes(status.fleet.index),
-        *ollama_serving_routes(api, status.fleet.index),
-        *ollama_model_routes(status.fleet.index, show_model),
+        *ollama_serving_routes(api, ollama_catalog),
+        *ollama_model_routes(status.fleet.index, ollama_catalog, show_model),
         *fleet_routes(status),
         providers_route(providers_view),
         ollama_unknown_route(),  # last: every other /api/ path

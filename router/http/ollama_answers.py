@@ -19,6 +19,7 @@ Pure: a `JobResponse` (or a stream's pieces) in, Ollama's objects out.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -213,7 +214,7 @@ class OllamaLines:
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, endpoint: str, model: str, clock: Any) -> None:
+    def __init__(self, endpoint: str, model: str, clock: Callable[[], float]) -> None:
         self._chat = endpoint == "chat"
         self._model = model
         self._clock = clock

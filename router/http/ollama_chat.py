@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.fleet.index import FleetIndex
 from router.fleet.ollama_views import TagsView
 from router.http.edge import Api, agent_of, retry_after_headers
 from router.http.ollama_answers import (
@@ -39,6 +38,7 @@ from router.http.ollama_requests import (
     embeddings_fields,
     generate_fields,
     is_load_request,
+    served_name,
 )
 from router.http.streams import stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
@@ -64,12 +64,15 @@ def _agent(request: Request) -> str | None:
 
 
 class _Serving:
-    def __init__(self, api: Api, index: FleetIndex) -> None:
+    def __init__(self, api: Api, catalog: TagsView) -> None:
         self.api = api
-        self.catalog = TagsView(index)  # which models the fleet serves, cached
+        self.catalog = catalog  # which models the fleet serves, cached
+
+    def _serves(self, name: str) -> bool:
+        return self.catalog.model(name) is not None
 
     def _unknown_model(self, model: str) -> Response | None:
-        if self.catalog.model(model) is not None:
+        if self._serves(model):
             return None
         message = f"model '{model}' not found"
         return ollama_error(HTTP_STATUS[ErrorCode.MODEL_NOT_FOUND], message)
@@ -85,7 +88,7 @@ class _Serving:
             model = raw.get("model") if isinstance(raw, dict) else None
             return ollama_error_of(fields, model if isinstance(model, str) else None)
         assert isinstance(raw, dict)
-        return raw, fields
+        return raw, {**fields, "model": served_name(fields["model"], self._serves)}
 
     async def generation(self, request: Request, endpoint: str) -> Response:
         """`/api/chat` or `/api/generate`, streamed or whole."""
@@ -152,8 +155,10 @@ class _Serving:
         return JSONResponse(embeddings_answer(response))
 
 
-def ollama_serving_routes(api: Api, index: FleetIndex) -> list[routing.BaseRoute]:
-    serving = _Serving(api, index)
+def ollama_serving_routes(api: Api, catalog: TagsView) -> list[routing.BaseRoute]:
+    """The job routes; `catalog` says which models the fleet serves (shared with
+    `/api/tags`)."""
+    serving = _Serving(api, catalog)
 
     async def chat(request: Request) -> Response:
         return await serving.generation(request, "chat")

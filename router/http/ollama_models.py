@@ -26,6 +26,7 @@ from router.fleet.index import FleetIndex
 from router.fleet.ollama_views import RunningView, TagsView
 from router.http.edge import parse_json, read_body
 from router.http.ollama_answers import ollama_error, ollama_error_of
+from router.http.ollama_requests import served_name
 from services.errors import InferbusError
 
 __all__ = [
@@ -80,11 +81,11 @@ async def unknown_path(request: Request) -> Response:
 
 
 def ollama_model_routes(
-    index: FleetIndex, show_model: ShowModel, page: Page | None = None
+    index: FleetIndex, catalog: TagsView, show_model: ShowModel, page: Page | None = None
 ) -> list[routing.BaseRoute]:
-    """The catalog routes over the fleet `index`; `show_model` asks a node; `page` is the
-    web page browsers get at `/` (None: every client gets "Ollama is running")."""
-    tags_view = TagsView(index)
+    """The catalog routes over the fleet `index` (`catalog`: its `/api/tags`, shared with
+    the job routes); `show_model` asks a node; `page` is the web page browsers get at `/`
+    (None: every client gets "Ollama is running")."""
     running_view = RunningView(index)
 
     async def root(request: Request) -> Response:
@@ -93,7 +94,7 @@ def ollama_model_routes(
         return PlainTextResponse(OLLAMA_RUNNING)
 
     async def tags(_: Request) -> Response:
-        return Response(tags_view.body(), media_type="application/json")
+        return Response(catalog.body(), media_type="application/json")
 
     async def ps(_: Request) -> Response:
         return Response(running_view.body(), media_type="application/json")
@@ -106,6 +107,7 @@ def ollama_model_routes(
         name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
         if not isinstance(name, str) or not name:
             return ollama_error(400, "model is required")
+        name = served_name(name, lambda model: catalog.model(model) is not None)
         shown = await show_model(name, bool(raw.get("verbose")))
         if isinstance(shown, InferbusError):
             return ollama_error_of(shown, name)

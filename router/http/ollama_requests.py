@@ -39,6 +39,7 @@ __all__ = [
     "generate_fields",
     "is_load_request",
     "options_fields",
+    "served_name",
 ]
 
 Fields = dict[str, Any]
@@ -366,6 +367,21 @@ def embeddings_fields(body: Fields) -> Fields | InferbusError:
         return _bad("prompt", "must be a string")
     fields["input"] = [prompt] if prompt else []
     return fields
+
+
+def served_name(name: str, serves: Callable[[str], bool]) -> str:
+    """The name the fleet serves a model under, by Ollama's rule that a name without a tag
+    means its `:latest`: `llama3.2` asks for `llama3.2:latest` and `tiny:latest` for a
+    model served as `tiny` (llama.cpp and vLLM names have no tag). Unchanged otherwise."""
+    if serves(name):
+        return name
+    base, colon, tag = name.rpartition(":")
+    if not colon or "/" in tag:  # no tag (a colon inside a path is not one)
+        latest = f"{name}:latest"
+        return latest if serves(latest) else name
+    if tag == "latest" and serves(base):
+        return base
+    return name
 
 
 _INPUT_OF: dict[str, Callable[[Fields], bool]] = {
