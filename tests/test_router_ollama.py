@@ -273,11 +273,11 @@ async def test_a_name_without_its_tag_is_its_latest(fleet: Fleet) -> None:
 
 
 async def until_listed(client: ollama.AsyncClient, name: str) -> None:
-    async def listed() -> bool:
-        return name in [model.model for model in (await client.list()).models]
-
+    """Wait (bounded) until the router lists a model a new worker just announced."""
     async with asyncio.timeout(10):
-        while not await listed():
+        while True:
+            if name in [model.model for model in (await client.list()).models]:
+                return
             await asyncio.sleep(0.05)
 
 
