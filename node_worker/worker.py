@@ -58,7 +58,6 @@ from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
 from services.wire import (
-    Chunk,
     JobResponse,
     JobType,
     cancel_target,
@@ -351,12 +350,9 @@ class Worker(AsyncService):
         """A kept answer replayed to a stream: its tool calls whole, then its whole text,
         one chunk each (`replay_pieces`)."""
         if response.cached and response.done and response.result is not None:
-            for seq, piece in enumerate(replay_pieces(response.result), start=1):
-                if isinstance(piece, str):
-                    chunk = Chunk(job_id=response.job_id, seq=seq, delta=piece)
-                else:
-                    chunk = Chunk(job_id=response.job_id, seq=seq, tool_calls=piece)
-                await self.nc.publish(reply_to, encode(chunk))
+            sender = ChunkSender(self.nc, reply_to, response.job_id)
+            for piece in replay_pieces(response.result):
+                await sender.piece(piece)
 
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""

@@ -26,6 +26,7 @@ from router.http.ollama_requests import (
     embeddings_fields,
     generate_fields,
     is_load_request,
+    load_fields,
     options_fields,
     served_name,
 )
@@ -297,6 +298,19 @@ def test_no_input_is_a_load_request(endpoint: str, body: dict[str, Any], load: b
     assert is_load_request(endpoint, body) is load
 
 
+def test_a_load_is_a_one_token_job_carrying_keep_alive() -> None:
+    fields = load_fields({"model": "m", "keep_alive": 0})
+    assert fields == {
+        "model": "m",
+        "prompt": "",
+        "params": {"max_tokens": 1},
+        "stream": False,
+        "extra": {"keep_alive": 0},
+    }
+    assert isinstance(JobRequest.model_validate(fields), JobRequest)
+    assert isinstance(load_fields({}), InferbusError)
+
+
 @pytest.mark.parametrize(
     ("make", "body", "expected"),
     [
@@ -306,8 +320,6 @@ def test_no_input_is_a_load_request(endpoint: str, body: dict[str, Any], load: b
             {"model": "e", "input": ["a", "b"], "dimensions": 4},
             {"input": ["a", "b"], "params": {"dimensions": 4}},
         ),
-        (embed_fields, {"model": "e", "input": ""}, {"input": []}),
-        (embed_fields, {"model": "e", "input": []}, {"input": []}),
         (
             embed_fields,
             {"model": "e", "input": "a", "truncate": False, "keep_alive": "1m"},
@@ -319,7 +331,6 @@ def test_no_input_is_a_load_request(endpoint: str, body: dict[str, Any], load: b
             {"extra": {"num_ctx": 512}},
         ),
         (embeddings_fields, {"model": "e", "prompt": "a"}, {"type": "embed", "input": ["a"]}),
-        (embeddings_fields, {"model": "e", "prompt": ""}, {"input": []}),
     ],
 )
 def test_embed_bodies_become_embed_jobs(
@@ -338,6 +349,9 @@ def test_embed_bodies_become_embed_jobs(
         (embed_fields, {"model": "e", "input": ["a", 1]}, "input:"),
         (embeddings_fields, {"model": "e", "prompt": ["a"]}, "prompt:"),
         (embed_fields, {"input": "a"}, "model is required"),
+        (embed_fields, {"model": "e", "input": ""}, "input: nothing to embed"),
+        (embed_fields, {"model": "e", "input": []}, "input: nothing to embed"),
+        (embeddings_fields, {"model": "e", "prompt": ""}, "prompt:"),
     ],
 )
 def test_embed_bodies_refused_name_the_field(make: Any, body: dict[str, Any], field: str) -> None:

@@ -1,20 +1,26 @@
-"""The router's HTTP API (Starlette): one module per API dialect over one shared `infer`.
+"""The router's HTTP API (Starlette): the API dialects, written on one template, and the
+plain routes beside them.
 
-    router/http/edge.py        what every dialect shares (body limits, JSON, images,
-                               the idempotency gate, metrics): `Api`
-    router/http/native.py       POST /infer (DESIGN §3 JobRequest / JobResponse)
+    router/http/dialect.py             the template (`Dialect`, `dialect_route`) and how
+                                       to add a dialect
+    router/http/edge.py                what every dialect shares (body limits, JSON,
+                                       images, the call, the gate, metrics): `Api`
+    router/http/native.py              POST /infer (DESIGN §3 JobRequest / JobResponse)
     router/http/openai_chat.py         POST /v1/chat/completions
     router/http/openai_embeddings.py   POST /v1/embeddings
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
-    router/http/ollama_chat.py         POST /api/chat, /api/generate, /api/embed(dings)
+    router/http/ollama_chat.py         POST /api/chat, /api/generate (Ollama)
+    router/http/ollama_embed.py        POST /api/embed, /api/embeddings (Ollama)
     router/http/ollama_models.py       GET  /api/tags, /api/ps, /api/version, POST /api/show,
                                        "Ollama is running" at /, 501 for model management
-    router/http/operator_fleet.py        GET  /nodes, /health, /ready, /metrics
+    router/http/operator_fleet.py      GET  /nodes, /health, /ready, /metrics
+    router/http/operator_providers.py  GET  /providers
 
-Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses; the
-OpenAI routes wrap them in OpenAI's error body (router/http/openai.py), unknown `/v1/`
-paths included, so official clients raise the right exception class.
+Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses in
+the error body of the path's dialect: OpenAI's under `/v1/` (router/http/openai.py), so
+official clients raise the right exception class; Ollama's under `/api/`
+(router/http/ollama.py); unknown paths and methods included.
 """
 
 from __future__ import annotations
@@ -28,17 +34,44 @@ from starlette.types import ASGIApp
 
 from router.fleet.ollama_views import TagsView
 from router.http.auth import RequireApiKey
+from router.http.dialect import Dialect, ErrorShape, dialect_route, error_handlers
 from router.http.edge import Api
-from router.http.native import native_routes
-from router.http.ollama_chat import ollama_serving_routes
-from router.http.ollama_models import ShowModel, ollama_model_routes, ollama_unknown_route
-from router.http.openai import method_not_allowed, not_found
-from router.http.openai_chat import chat_routes
-from router.http.openai_completions import completions_routes
-from router.http.openai_embeddings import embeddings_routes
+from router.http.native import Native
+from router.http.ollama import OLLAMA_ERRORS
+from router.http.ollama_chat import OllamaChat, OllamaGenerate
+from router.http.ollama_embed import OllamaEmbed, OllamaEmbeddings
+from router.http.ollama_models import ShowModel, ollama_model_routes
+from router.http.openai import OPENAI_ERRORS
+from router.http.openai_chat import ChatCompletions
+from router.http.openai_completions import Completions
+from router.http.openai_embeddings import Embeddings
 from router.http.openai_models import models_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
+
+# The dialects, one a line; a new dialect adds its line here (router/http/dialect.py).
+DIALECTS: tuple[Dialect, ...] = (
+    Native(),
+    ChatCompletions(),
+    Embeddings(),
+    Completions(),
+)
+# The error shapes of path prefixes whose routes are not all dialects.
+PREFIX_ERRORS: tuple[ErrorShape, ...] = (OPENAI_ERRORS, OLLAMA_ERRORS)
+
+
+def ollama_dialects(catalog: TagsView) -> tuple[Dialect, ...]:
+    """Ollama's job dialects; they name models as the fleet's `catalog` serves them."""
+
+    def serves(name: str) -> bool:
+        return catalog.model(name) is not None
+
+    return (
+        OllamaChat(serves),
+        OllamaGenerate(serves),
+        OllamaEmbed(serves),
+        OllamaEmbeddings(serves),
+    )
 
 
 def build_app(
@@ -51,19 +84,15 @@ def build_app(
     `status` for the operator's routes, the cloud providers' `providers_view`, and
     `show_model` (a model's details from a node) for Ollama's `/api/show`."""
     ollama_catalog = TagsView(status.fleet.index)  # Ollama's /api/tags, and what it serves
-    # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
+    dialects = (*DIALECTS, *ollama_dialects(ollama_catalog))
     routes: list[routing.BaseRoute] = [
-        *native_routes(api),
-        *chat_routes(api),
-        *embeddings_routes(api),
-        *completions_routes(api),
+        *(dialect_route(api, dialect) for dialect in dialects),
         *models_routes(status.fleet.index),
-        *ollama_serving_routes(api, ollama_catalog),
         *ollama_model_routes(status.fleet.index, ollama_catalog, show_model),
         *fleet_routes(status),
         providers_route(providers_view),
-        ollama_unknown_route(),  # last: every other /api/ path
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in dialects)]
+    app = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
     keys = [key.get_secret_value() for key in api.http.api_keys]
     return RequireApiKey(app, keys) if keys else app

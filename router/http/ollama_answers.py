@@ -11,8 +11,8 @@ Pure: a `JobResponse` (or a stream's pieces) in, Ollama's objects out.
 - Tool calls are Ollama's: arguments as an object, with `index` and the call's `id`. A
   stream delivers each call whole (as Ollama does) on one line before the final object,
   whatever pieces the node's runtime streamed them in.
-- Errors are `{"error": "..."}` with the status of our code; one that happens after
-  the stream started is one more line `{"error": "..."}` (the status is already sent).
+- An error after the stream started is one more line `{"error": "..."}` (the status is
+  already sent); before it, the dialect answers Ollama's error body (router/http/ollama.py).
 - Every final object carries `route` (how the fleet served it); clients ignore it.
 """
 
@@ -23,10 +23,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.responses import JSONResponse
-
 from router.attempts.route import Route
-from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.errors import ErrorCode
 from services.wire import JobResponse, Piece
 from services.wire_features import ToolCall, ToolCallAssembler, ToolCallDelta
 
@@ -40,8 +38,7 @@ __all__ = [
     "generate_answer",
     "load_answer",
     "metrics",
-    "ollama_error",
-    "ollama_error_of",
+    "ollama_message",
     "ollama_tool_calls",
 ]
 
@@ -187,20 +184,12 @@ def embeddings_answer(response: JobResponse) -> Body:
     return {"embedding": vectors[0]}
 
 
-def ollama_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _message_of(code: ErrorCode, message: str, model: str | None) -> str:
-    """Ollama's own words where clients read them: `model 'x' not found`."""
-    if code == ErrorCode.MODEL_NOT_FOUND and model:
-        return f"model '{model}' not found ({message})"
+def ollama_message(code: ErrorCode, message: str) -> str:
+    """An error's message as Ollama clients read it: a missing model says `not found`
+    (the `ollama` CLI offers to pull on it)."""
+    if code == ErrorCode.MODEL_NOT_FOUND and "not found" not in message:
+        return f"model not found: {message}"
     return message
-
-
-def ollama_error_of(error: InferbusError, model: str | None = None) -> JSONResponse:
-    """Ollama's error body for one of ours, with the status our code maps to."""
-    return ollama_error(HTTP_STATUS[error.code], _message_of(error.code, error.message, model))
 
 
 def _line(body: Body) -> bytes:
@@ -247,7 +236,7 @@ class OllamaLines:
             self._model = response.model
         if response.error is not None:
             error = response.error
-            return _line({"error": _message_of(error.code, error.message, self._model)})
+            return _line({"error": ollama_message(error.code, error.message)})
         out = b""
         result = response.result
         if not self._has_text and result is not None and result.text:

@@ -5,7 +5,8 @@
     POST /api/show                  a model's details from a node's runtime (kept a minute)
     GET  /api/version, GET|HEAD /   what Ollama clients probe ("Ollama is running")
     /api/pull, push, create, copy, delete, blobs: 501, the fleet's models live on its nodes
-    any other /api/ path: 404 (405 for a known path asked with another method)
+    any other /api/ path: 404 (405 for a known path asked with another method), by the
+    template's error handlers in Ollama's shape (router/http/dialect.py)
 
 `GET /` answers "Ollama is running" as plain text, which is what every Ollama client
 probes; a browser (an `Accept` with `text/html`) is given the router's web page when one
@@ -25,9 +26,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from router.fleet.index import FleetIndex
 from router.fleet.ollama_views import RunningView, TagsView
 from router.http.edge import parse_json, read_body
-from router.http.ollama_answers import ollama_error, ollama_error_of
+from router.http.ollama import OLLAMA_ERRORS, ollama_error
 from router.http.ollama_requests import served_name
-from services.errors import InferbusError
+from services.errors import ErrorCode, InferbusError
 
 __all__ = [
     "MANAGED_ON_NODES",
@@ -35,7 +36,6 @@ __all__ = [
     "OLLAMA_RUNNING",
     "ShowModel",
     "ollama_model_routes",
-    "ollama_unknown_route",
 ]
 
 # The Ollama API version whose shapes the dialect answers (tools, structured outputs,
@@ -48,10 +48,6 @@ MANAGED_ON_NODES = (
     "serves what the nodes serve (GET /api/tags)"
 )
 _MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy")
-_SERVED = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
-_KNOWN = frozenset(
-    {*_SERVED, *_MANAGEMENT, "/api/delete", "/api/tags", "/api/ps", "/api/show", "/api/version"}
-)
 _SHOW_BODY_LIMIT = 64 * 1024
 
 # A served model's details from a node (router/serving/model_show.py): (name, verbose).
@@ -70,14 +66,6 @@ async def version(_: Request) -> Response:
 
 async def managed_on_nodes(_: Request) -> Response:
     return ollama_error(501, MANAGED_ON_NODES)
-
-
-async def unknown_path(request: Request) -> Response:
-    """Every other `/api/` path, and known ones asked with the wrong method."""
-    path = request.url.path
-    if path in _KNOWN or path.startswith("/api/blobs/"):
-        return ollama_error(405, f"{request.method} is not allowed on {path}")
-    return ollama_error(404, f"no route {request.method} {path}")
 
 
 def ollama_model_routes(
@@ -103,14 +91,16 @@ def ollama_model_routes(
         body = await read_body(request, _SHOW_BODY_LIMIT)
         raw = parse_json(body) if not isinstance(body, InferbusError) else body
         if isinstance(raw, InferbusError):
-            return ollama_error_of(raw)
+            return OLLAMA_ERRORS.refusal(raw)
         name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
         if not isinstance(name, str) or not name:
             return ollama_error(400, "model is required")
         name = served_name(name, lambda model: catalog.model(model) is not None)
         shown = await show_model(name, bool(raw.get("verbose")))
         if isinstance(shown, InferbusError):
-            return ollama_error_of(shown, name)
+            if shown.code == ErrorCode.MODEL_NOT_FOUND:  # Ollama's own words
+                return ollama_error(404, f"model '{name}' not found")
+            return OLLAMA_ERRORS.refusal(shown)
         return JSONResponse(shown)
 
     return [
@@ -123,9 +113,3 @@ def ollama_model_routes(
         routing.Route("/api/delete", managed_on_nodes, methods=["DELETE"]),
         routing.Route("/api/blobs/{digest}", managed_on_nodes, methods=["POST", "HEAD"]),
     ]
-
-
-def ollama_unknown_route() -> routing.Route:
-    """Every other `/api/` path in Ollama's error shape: the app's last route."""
-    any_method = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return routing.Route("/api/{rest:path}", unknown_path, methods=any_method)

@@ -38,6 +38,7 @@ __all__ = [
     "embeddings_fields",
     "generate_fields",
     "is_load_request",
+    "load_fields",
     "options_fields",
     "served_name",
 ]
@@ -350,7 +351,9 @@ def embed_fields(body: Fields) -> Fields | InferbusError:
     texts = given if isinstance(given, list) else [given]
     if not all(isinstance(text, str) for text in texts):
         return _bad("input", "a string or a list of strings")
-    fields["input"] = [] if texts == [""] else texts  # nothing to embed: no vectors
+    if texts in ([], [""]):
+        return _bad("input", "nothing to embed")
+    fields["input"] = texts
     dimensions = body.get("dimensions")
     if dimensions is not None:
         fields["params"] = {"dimensions": dimensions}
@@ -363,9 +366,24 @@ def embeddings_fields(body: Fields) -> Fields | InferbusError:
     if isinstance(fields, InferbusError):
         return fields
     prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        return _bad("prompt", "must be a string")
-    fields["input"] = [prompt] if prompt else []
+    if not isinstance(prompt, str) or not prompt:
+        return _bad("prompt", "a non-empty string to embed")
+    fields["input"] = [prompt]
+    return fields
+
+
+def load_fields(body: Fields) -> Fields | InferbusError:
+    """A load request (no input) as a job of one token on a node that serves the model,
+    with the body's `keep_alive` (0: unload it after), answered whole."""
+    model = _model(body)
+    if isinstance(model, InferbusError):
+        return model
+    passed = _passed_on(body)
+    if isinstance(passed, InferbusError):
+        return passed
+    fields: Fields = {"model": model, "prompt": "", "params": {"max_tokens": 1}, "stream": False}
+    if passed:
+        fields["extra"] = passed
     return fields
 
 
