@@ -78,8 +78,9 @@ def test_a_path_answers_errors_in_the_shape_of_its_longest_prefix(
     [
         ("POST", "/v1/nothing-here", 404, "openai"),
         ("GET", "/v1/chat/completions", 405, "openai"),
-        ("POST", "/api/chat", 404, "ollama"),
-        ("GET", "/api/tags", 404, "ollama"),
+        ("POST", "/api/nothing-here", 404, "ollama"),
+        ("GET", "/api/chat", 405, "ollama"),
+        ("POST", "/api/tags", 405, "ollama"),
         ("DELETE", "/api/", 404, "ollama"),
         ("GET", "/infer", 405, "plain"),
         ("GET", "/nowhere", 404, "plain"),
