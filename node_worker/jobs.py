@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from node_worker.admission import Admission, slot_kind
+from node_worker.admission import Admission
 from node_worker.catalog import Catalog, CatalogModel
 from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
@@ -42,6 +42,7 @@ from services.wire import (
     is_replayable,
     new_job_id,
     replay_pieces,
+    slot_kind,
 )
 
 log = logging.getLogger("inferbus.worker.jobs")

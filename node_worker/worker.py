@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Admission, slot_kind
+from node_worker.admission import Admission
 from node_worker.backends import build_backend
 from node_worker.catalog import Catalog
 from node_worker.chunks import ChunkSender
@@ -64,6 +64,7 @@ from services.wire import (
     encode,
     new_job_id,
     replay_pieces,
+    slot_kind,
 )
 
 log = logging.getLogger("inferbus.worker")

@@ -18,10 +18,30 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.errors import ErrorCode, InferbusError, Reason
-from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
+from services.wire_features import (
+    JsonObject,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 
 JobType = Literal["llm", "vision", "code", "embed"]
 JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code", "embed")
+# A node's job slots, its load and the router's breakers come in these kinds.
+SlotKind = Literal["llm", "vision", "embed"]
+SLOT_KINDS: tuple[SlotKind, ...] = ("llm", "vision", "embed")
+
+
+def slot_kind(job_type: str) -> SlotKind:
+    """The slots a job (or a served model) of `job_type` takes on a node: vision and embed
+    have their own; code runs on the llm runtimes, so it shares the llm slots (and breaker)."""
+    if job_type == "vision":
+        return "vision"
+    if job_type == "embed":
+        return "embed"
+    return "llm"
 
 
 def new_job_id() -> str:
@@ -154,7 +174,7 @@ class JobRequest(_Lenient):
     response_format: ResponseFormat | None = None
     # Other OpenAI fields (top_k, min_p, guided_json...), passed verbatim to
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: JsonObject = Field(default_factory=dict)
     stream: bool = False
     # Models to fall through when `model` cannot be served (the router's cloud chains).
     # LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
@@ -481,4 +501,4 @@ def _describe(exc: pydantic.ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"

@@ -424,7 +424,7 @@ async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_it
         ):
             await until(lambda: router.gate.shared is not None, timeout_s=10)
             await server.stop()
-            await until(lambda: not router.router.nc.is_connected, timeout_s=10)
+            await until(lambda: not router.nc.is_connected, timeout_s=10)
             job = {"prompt": "x", "model": "m:1b", "timeout_ms": 1500}
             keyed = await http.post("/infer", json=job, headers={"Idempotency-Key": "k1"})
     assert keyed.status_code == 504, keyed.json()

@@ -397,3 +397,22 @@ async def test_a_llamacpp_node_through_the_official_client(
     assert shown.details.format == "gguf"  # what discovery knows of a llama.cpp model
     assert shown.capabilities is not None
     assert "completion" in shown.capabilities
+
+
+async def test_with_api_keys_ollama_clients_send_the_key_as_a_bearer(
+    start_router: RouterFactory,
+) -> None:
+    http = {"host": "127.0.0.1", "port": 0, "api_keys": ["ollama-key"]}
+    async with (
+        start_router(http=http) as router,
+        ollama.AsyncClient(host=router.url) as anonymous,
+        ollama.AsyncClient(
+            host=router.url, headers={"Authorization": "Bearer ollama-key"}
+        ) as keyed,
+    ):
+        with pytest.raises(ollama.ResponseError) as refused:
+            await anonymous.list()
+        listed = await keyed.list()
+    assert refused.value.status_code == 401
+    assert "API key" in refused.value.error  # Ollama's `{"error": "..."}`, read by the client
+    assert isinstance(listed.models, list)

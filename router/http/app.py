@@ -10,22 +10,25 @@ plain routes beside them.
     router/http/openai_embeddings.py   POST /v1/embeddings
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
+    router/http/responses.py           POST /v1/responses (OpenAI's Responses, stateless)
     router/http/ollama_chat.py         POST /api/chat, /api/generate (Ollama)
     router/http/ollama_embed.py        POST /api/embed, /api/embeddings (Ollama)
     router/http/ollama_models.py       GET  /api/tags, /api/ps, /api/version, POST /api/show,
                                        "Ollama is running" at /, 501 for model management
+    router/http/anthropic.py           POST /v1/messages, /v1/messages/count_tokens
     router/http/operator_fleet.py      GET  /nodes, /health, /ready, /metrics
     router/http/operator_providers.py  GET  /providers
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses in
 the error body of the path's dialect: OpenAI's under `/v1/` (router/http/openai.py), so
 official clients raise the right exception class; Ollama's under `/api/`
-(router/http/ollama.py); unknown paths and methods included.
+(router/http/ollama.py); Anthropic's under `/v1/messages` (router/http/anthropic.py);
+unknown paths and methods included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette import routing
@@ -33,6 +36,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from router.fleet.ollama_views import TagsView
+from router.http.anthropic import AnthropicMessages, CountTokens
 from router.http.auth import RequireApiKey
 from router.http.dialect import Dialect, ErrorShape, dialect_route, error_handlers
 from router.http.edge import Api
@@ -40,7 +44,7 @@ from router.http.native import Native
 from router.http.ollama import OLLAMA_ERRORS
 from router.http.ollama_chat import OllamaChat, OllamaGenerate
 from router.http.ollama_embed import OllamaEmbed, OllamaEmbeddings
-from router.http.ollama_models import ShowModel, ollama_model_routes
+from router.http.ollama_models import ShowModel, no_show, ollama_model_routes
 from router.http.openai import OPENAI_ERRORS
 from router.http.openai_chat import ChatCompletions
 from router.http.openai_completions import Completions
@@ -48,6 +52,7 @@ from router.http.openai_embeddings import Embeddings
 from router.http.openai_models import models_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.responses import Responses
 
 # The dialects, one a line; a new dialect adds its line here (router/http/dialect.py).
 DIALECTS: tuple[Dialect, ...] = (
@@ -55,6 +60,9 @@ DIALECTS: tuple[Dialect, ...] = (
     ChatCompletions(),
     Embeddings(),
     Completions(),
+    Responses(),
+    AnthropicMessages(),
+    CountTokens(),
 )
 # The error shapes of path prefixes whose routes are not all dialects.
 PREFIX_ERRORS: tuple[ErrorShape, ...] = (OPENAI_ERRORS, OLLAMA_ERRORS)
@@ -78,16 +86,18 @@ def build_app(
     api: Api,
     status: FleetStatus,
     providers_view: Callable[[], dict[str, Any]],
-    show_model: ShowModel,
+    cloud_models: Mapping[str, str] | None = None,
+    show_model: ShowModel = no_show,
 ) -> ASGIApp:
     """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
-    `status` for the operator's routes, the cloud providers' `providers_view`, and
-    `show_model` (a model's details from a node) for Ollama's `/api/show`."""
+    `status` for the operator's routes, the cloud providers' `providers_view` and the
+    models they serve (`cloud_models`, name → provider), and `show_model` (a model's
+    details from a node that serves it) for Ollama's `/api/show`."""
     ollama_catalog = TagsView(status.fleet.index)  # Ollama's /api/tags, and what it serves
     dialects = (*DIALECTS, *ollama_dialects(ollama_catalog))
     routes: list[routing.BaseRoute] = [
         *(dialect_route(api, dialect) for dialect in dialects),
-        *models_routes(status.fleet.index),
+        *models_routes(status.fleet.index, cloud_models or {}),
         *ollama_model_routes(status.fleet.index, ollama_catalog, show_model),
         *fleet_routes(status),
         providers_route(providers_view),

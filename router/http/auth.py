@@ -1,9 +1,11 @@
-"""Optional bearer keys for the router's HTTP API (a pure ASGI middleware).
+"""Optional API keys for the router's HTTP API (a pure ASGI middleware).
 
 With no keys configured every request passes. With keys, every path but the probes
-(`/health`, `/ready`) needs `Authorization: Bearer <key>`; others get 401 in OpenAI's
-error shape, which official clients turn into `AuthenticationError`. Keys are compared in
-constant time and never logged.
+(`/health`, `/ready`) needs `Authorization: Bearer <key>` or `x-api-key: <key>` (what
+Anthropic's clients send); others get 401 in the error shape of the path's API (OpenAI's,
+Anthropic's under `/v1/messages`, Ollama's under `/api/` and at `/`), which official
+clients turn into their authentication error.
+Keys are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from router.admission.tenants import bearer_token, key_matches
+from router.admission.tenants import key_matches, presented_key
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
@@ -28,19 +30,26 @@ class RequireApiKey:
             await self._app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if key_matches(bearer_token(headers.get(b"authorization", b"")), self._keys):
+        key = presented_key(headers.get(b"authorization", b""), headers.get(b"x-api-key", b""))
+        if key_matches(key, self._keys):
             await self._app(scope, receive, send)
             return
-        message = "a valid API key is needed: Authorization: Bearer <key>"
-        error: object = {
-            "message": message,
-            "type": "invalid_request_error",
-            "code": "invalid_api_key",
-            "param": None,
-        }
-        if scope["path"] == "/" or scope["path"].startswith("/api/"):
-            error = message  # Ollama's shape on Ollama's paths
         response = JSONResponse(
-            {"error": error}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            unauthorized_body(scope["path"]),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+NEEDED = "a valid API key is needed: Authorization: Bearer <key> or x-api-key: <key>"
+
+
+def unauthorized_body(path: str) -> dict[str, object]:
+    """The 401 body in the error shape of the API the path belongs to."""
+    if path.startswith("/v1/messages"):
+        return {"type": "error", "error": {"type": "authentication_error", "message": NEEDED}}
+    if path == "/" or path.startswith("/api/"):  # Ollama's
+        return {"error": NEEDED}
+    error = {"message": NEEDED, "type": "invalid_request_error", "code": "invalid_api_key"}
+    return {"error": error | {"param": None}}

@@ -44,6 +44,15 @@ def retry_after_headers(response: JobResponse) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(error.retry_after_ms / 1000)))}
 
 
+CACHED_HEADER = "x-inferbus-cached"
+
+
+def cached_headers(response: JobResponse) -> dict[str, str]:
+    """`x-inferbus-cached: true` on an answer replayed for its idempotency key (a dialect
+    whose body has no `cached` field still says so)."""
+    return {CACHED_HEADER: "true"} if response.cached else {}
+
+
 def largest_image_bytes(job: JobRequest) -> int:
     """The decoded size of the job's largest inline image (URLs count as nothing)."""
     largest = 0
@@ -137,7 +146,11 @@ class Api:
     def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
         """The request's one call: its job, tenant, deadline and trace context."""
         headers = request.headers
-        tenant = tenant_of(headers.get("authorization"), keys_configured=bool(self.http.api_keys))
+        tenant = tenant_of(
+            headers.get("authorization"),
+            keys_configured=bool(self.http.api_keys),
+            api_key=headers.get("x-api-key"),
+        )
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
         return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace)
 

@@ -35,6 +35,7 @@ __all__ = [
     "OLLAMA_API_VERSION",
     "OLLAMA_RUNNING",
     "ShowModel",
+    "no_show",
     "ollama_model_routes",
 ]
 
@@ -53,6 +54,11 @@ _SHOW_BODY_LIMIT = 64 * 1024
 # A served model's details from a node (router/serving/model_show.py): (name, verbose).
 ShowModel = Callable[[str, bool], Awaitable[dict[str, Any] | InferbusError]]
 Page = Callable[[Request], Awaitable[Response]]
+
+
+async def no_show(name: str, verbose: bool) -> dict[str, Any] | InferbusError:
+    """`/api/show` where the router wired no way to ask nodes."""
+    return InferbusError(ErrorCode.NO_ROUTE, "no node can be asked for a model's details")
 
 
 def wants_page(accept: str) -> bool:

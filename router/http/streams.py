@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from starlette.responses import Response, StreamingResponse
 
 from router.attempts.route import Route
+from router.http.edge import cached_headers
 from router.serving.call import Call, Served
 from services.errors import ErrorCode, InferbusError
 from services.wire import JobResponse, Piece
@@ -201,10 +202,19 @@ async def stream_response(
         on_finished(response, route)
         if response.error is not None:
             return on_error_before_first_token(response, route)
-        return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
+        return StreamingResponse(
+            _once(form.final(response, route)),
+            media_type=form.media_type,
+            headers=cached_headers(response),
+        )
+    # A replayed answer hands over its pieces without waiting on anything, so by the time
+    # its first piece is read here its answer is in, and the headers can say it is a replay.
+    answered = task.done() and not task.cancelled() and task.exception() is None
+    headers = cached_headers(task.result()[0]) if answered else {}
     return StreamingResponse(
         _relay(first, pieces, task, form, on_finished, call.job.job_id),
         media_type=form.media_type,
+        headers=headers,
     )
 
 
