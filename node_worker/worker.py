@@ -47,12 +47,13 @@ from node_worker.service_api import Endpoint, ServiceApi
 from node_worker.shared_claims import SharedClaims
 from node_worker.twins import TwinWatch
 from services import __version__
-from services.bus import connect_until_stopped, flush_interest
-from services.capabilities import Capabilities, Hardware
+from services.bus import connect_until_stopped, describe, flush_interest
+from services.capabilities import Capabilities, Hardware, record_ttl_s
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
+from services.reachability import NatsOutage
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
@@ -163,6 +164,7 @@ class Worker(AsyncService):
         )
         self.twins: TwinWatch | None = None
         self._stopped = False
+        self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
 
     def _inflight_reader(self, kind: str) -> Callable[[], int]:
         return lambda: self.admission.load()[kind].inflight
@@ -181,6 +183,7 @@ class Worker(AsyncService):
         self._nc = await self._connect()
         if self._nc is None:
             return  # stopped while waiting for NATS: nothing was started
+        self._say_reached()
         idempotency = self.settings.idempotency
         if idempotency.store == "jetstream":
             keys = await SharedKeys.open(
@@ -228,10 +231,11 @@ class Worker(AsyncService):
             )
             await self._metrics_server.start()
         log.info(
-            "worker %s serving %d models from %d runtimes",
+            "worker %s serving %d models from %d of %d runtimes",
             self.node_id,
             len(self.catalog.models),
             self.catalog.runtime_count,
+            len(self.backends),
             extra={"node_id": self.node_id},
         )
 
@@ -276,7 +280,7 @@ class Worker(AsyncService):
             version=__version__,
             seq=seq,
             now_unix=time.time(),
-            ttl_s=3 * self.settings.heartbeat_s,
+            ttl_s=record_ttl_s(self.settings.heartbeat_s),
             backends=self.backends,
             catalog=self.catalog,
             load=self.admission.load(),
@@ -465,7 +469,17 @@ class Worker(AsyncService):
         log.info("worker %s stopped", self.node_id, extra={"node_id": self.node_id})
 
     async def _on_nats_error(self, error: Exception) -> None:
+        if self._nc is None or not self._nc.is_connected:  # connecting or reconnecting
+            line = self._outage.failed(describe(error), time.monotonic())
+            if line is not None:
+                log.warning("%s", line, extra={"node_id": self.node_id})
+            return
         log.warning("nats: %s", error, extra={"node_id": self.node_id})
+
+    def _say_reached(self) -> None:
+        line = self._outage.reached(time.monotonic())
+        if line is not None:
+            log.info("%s", line, extra={"node_id": self.node_id})
 
     async def _on_disconnected(self) -> None:
         if self._stopped:
@@ -473,5 +487,6 @@ class Worker(AsyncService):
         log.warning("disconnected from nats; reconnecting", extra={"node_id": self.node_id})
 
     async def _on_reconnected(self) -> None:
+        self._say_reached()
         url = self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?"
         log.info("reconnected to nats at %s", url, extra={"node_id": self.node_id})

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import logging
 import sys
 from pathlib import Path
 
-from router.config import load_router_settings
+from router.config import config_warnings, load_router_settings
 from router.service import RouterService, StartupError
+from services.lifecycle import stop_on_signals
 from services.loop import run
 from services.settings import ConfigError
 from services.telemetry import configure_logging
+
+log = logging.getLogger("inferbus.router")
 
 
 async def serve(config: Path | None, port: int | None) -> int:
@@ -21,14 +24,14 @@ async def serve(config: Path | None, port: int | None) -> int:
     except ConfigError as error:
         print(f"inferbus router: {error}", file=sys.stderr)
         return 2
+    for warning in config_warnings(settings):
+        log.warning("%s", warning)
     if port is not None:
         settings = settings.model_copy(
             update={"http": settings.http.model_copy(update={"port": port})}
         )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop_on_signals(stop, log)
     try:
         async with RouterService(settings) as service:
             stopped = asyncio.create_task(stop.wait())

@@ -16,14 +16,18 @@ from pydantic_settings import SettingsConfigDict
 
 from router.attempts.board import BreakerSettings
 from router.cloud.cooldowns import FailoverSettings
-from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig
+from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig, resolve_cloud_model
 from router.fleet.view import FleetSettings
 from router.selection.profiles import SelectionConfig
 from services.images import ImageSettings
-from services.keystore import DEFAULT_BUCKET
+from services.keystore import DEFAULT_BUCKET, MAX_TTL_S
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
+from services.wire import MAX_TIMEOUT_MS
+
+# A budget the router sends travels as the job's `timeout_ms`, which workers bound.
+_BUDGET_MS = Field(gt=0, le=MAX_TIMEOUT_MS)
 
 SELECTION_KEYS = (
     "llm_profiles",
@@ -58,9 +62,9 @@ class LocalRuntime(_Section):
 
 class OffloadSettings(_Section):
     attempts: Annotated[int, Field(ge=1)] = 3  # remote tries before local, then static
-    attempt_timeout_ms: Annotated[int, Field(gt=0)] = 120_000  # cap per remote try
+    attempt_timeout_ms: Annotated[int, _BUDGET_MS] = 120_000  # cap per remote try
     remote_concurrency: Annotated[int, Field(ge=1)] = 512
-    default_budget_ms: Annotated[int, Field(gt=0)] = 120_000  # when a request sends none
+    default_budget_ms: Annotated[int, _BUDGET_MS] = 120_000  # when a request sends none
     # Streams: a node that sends no first token in time is left for the next one (before
     # the first token only: after it, switching nodes would repeat text).
     first_token_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
@@ -75,7 +79,7 @@ class OffloadSettings(_Section):
 class IdempotencySettings(_Section):
     """Answers kept per `Idempotency-Key` (router/admission/idempotency.py)."""
 
-    ttl_s: Annotated[float, Field(gt=0)] = 600
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
     # "jetstream": also replay answers workers left in the shared KV bucket (set the same
     # `store`/`bucket` on the workers, which claim keys there).
@@ -148,3 +152,19 @@ class RouterSettings(FileSettings):
 
 def load_router_settings(path: Path | None, **overrides: Any) -> RouterSettings:
     return load_settings(RouterSettings, path, **overrides)
+
+
+def config_warnings(settings: RouterSettings) -> list[str]:
+    """What the configuration names that requests will skip without a word: chain entries
+    (global and profile `fallbacks`) that no provider claims. Said at start."""
+    chains = [("fallbacks", settings.fallbacks)] + [
+        (f"llm_profiles.{name}.fallbacks", profile.fallbacks)
+        for name, profile in settings.selection.llm_profiles.items()
+    ]
+    return [
+        f"{field}[{index}]: {entry!r} is claimed by no provider, so chains skip it "
+        "(list it in a provider's models or aliases, or write provider/model)"
+        for field, chain in chains
+        for index, entry in enumerate(chain)
+        if resolve_cloud_model(entry, settings.providers) is None
+    ]

@@ -51,7 +51,9 @@ from services.bus import describe, is_auth_refusal
 from services.errors import InferbusError
 from services.keystore import SharedKeys
 from services.lifecycle import AsyncService
+from services.reachability import NatsOutage
 from services.runtimes import make_runtime, new_http_client
+from services.runtimes.errors import redact
 from services.subjects import Subjects
 
 log = logging.getLogger("inferbus.router")
@@ -206,6 +208,7 @@ class RouterService(AsyncService):
         self.fatal_cause = ""
         self.fatal_exit_code = 2  # bad credentials: restarting cannot help
         self._stopping = False
+        self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
 
     async def _show_model(self, name: str, verbose: bool) -> dict[str, Any] | InferbusError:
         """A served model's details from a node that serves it (Ollama's `/api/show`)."""
@@ -287,6 +290,7 @@ class RouterService(AsyncService):
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py's hint; a float works
             connect_timeout=2,
         )
+        self._say_reached()
         await self.link.start()
         await self.fleet.start()
         idempotency = self.settings.idempotency
@@ -306,15 +310,23 @@ class RouterService(AsyncService):
                 self._connecting.cancel()
             return
         if not self._nc.is_connected and not self._stopping:
-            log.warning("nats not reachable (%s); retrying", describe(error))
+            line = self._outage.failed(describe(error), time.monotonic())
+            if line is not None:
+                log.warning("%s", line)
             return
         log.warning("nats: %s", describe(error))
+
+    def _say_reached(self) -> None:
+        line = self._outage.reached(time.monotonic())
+        if line is not None:
+            log.info("%s", line)
 
     async def _on_disconnected(self) -> None:
         if not self._stopping:
             log.warning("disconnected from nats; reconnecting (local runtime still serves)")
 
     async def _on_reconnected(self) -> None:
+        self._say_reached()
         self._nodes.reconnected()
         log.info("reconnected to nats")
 

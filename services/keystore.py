@@ -39,6 +39,9 @@ from services.wire import JobResponse
 log = logging.getLogger("inferbus.keystore")
 
 DEFAULT_BUCKET = "inferbus_idempotency"
+# JetStream keeps a bucket's TTL in int64 nanoseconds and refuses a longer one (the bucket
+# is then never created): processes bound `idempotency.ttl_s` by it at start.
+MAX_TTL_S = (2**63 - 1) // 10**9
 
 
 def kv_key(key: str) -> str:

@@ -130,8 +130,10 @@ class Params(_Lenient):
         return self
 
 
-# Generous, but finite: larger numbers would overflow deadline arithmetic.
-_BOUNDED_MS = Field(ge=-(2**53), le=2**53)
+# Generous, but finite: larger numbers would overflow deadline arithmetic. A budget a
+# process sends (a configured default) is bounded by the same number at its start.
+MAX_TIMEOUT_MS = 2**53
+_BOUNDED_MS = Field(ge=-MAX_TIMEOUT_MS, le=MAX_TIMEOUT_MS)
 # A hand-typed `"job_id": 42` is meant as the string "42".
 _ID = Field(min_length=1, max_length=200, coerce_numbers_to_str=True)
 _PARAM_NAMES = frozenset(Params.model_fields)
