@@ -150,7 +150,9 @@ async def test_show_of_an_unknown_model_is_ollamas_404(client: ollama.AsyncClien
 
 @BOTH_WIRES
 async def test_chat_whole_with_the_nodes_timings(client: ollama.AsyncClient, model: str) -> None:
-    answer = await client.chat(model=model, messages=user("hello there"))
+    answer = await client.chat(
+        model=model, messages=user("hello there"), options={"num_ctx": 4096}, keep_alive="10m"
+    )
     assert answer.message.content == expected_text(model, "hello there", TOKENS)
     assert answer.message.role == "assistant"
     assert answer.done is True
@@ -354,14 +356,15 @@ async def test_a_llamacpp_node_through_the_official_client(
 ) -> None:
     """The real-runtime path: llama.cpp's server (OpenAI's wire) behind a worker."""
     model = llama_server.model
-    options = {"num_predict": 4, "temperature": 0, "top_k": 1, "seed": 1}
+    # num_ctx and keep_alive mean something to Ollama only: other runtimes must not choke
+    options = {"num_predict": 4, "temperature": 0, "top_k": 1, "seed": 1, "num_ctx": 512}
     async with (
         start_worker(backends=[backend(llama_server.url, kind="llamacpp")]) as worker,
         start_router() as router,
     ):
         client = ollama.AsyncClient(host=router.url)
         try:
-            whole = await client.chat(model, user("hello"), options=options)
+            whole = await client.chat(model, user("hello"), options=options, keep_alive="5m")
             parts = [
                 part
                 async for part in await client.chat(
