@@ -1,10 +1,12 @@
-"""`python -m router --config router.yml`: run the router until SIGTERM/SIGINT."""
+"""`python -m router --config router.yml`: run the router until SIGTERM/SIGINT; SIGHUP
+re-reads the config file (router/reload.py says what it applies)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -33,7 +35,17 @@ async def serve(config: Path | None, port: int | None) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop, log)
     try:
-        async with RouterService(settings) as service:
+        service = RouterService(settings, config_path=config)
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload() -> None:  # SIGHUP: re-read the config file, keep serving
+            task = asyncio.ensure_future(service.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        # Before HTTP opens: a SIGHUP from then on reloads, it never kills the router.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+        async with service:
             stopped = asyncio.create_task(stop.wait())
             failed = asyncio.create_task(service.fatal.wait())
             await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)

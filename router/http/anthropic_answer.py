@@ -134,6 +134,10 @@ class AnthropicEvents:
         self._blocks = 0  # blocks opened so far; the open one is `_blocks - 1`
         self._open: tuple[str, int] | None = None  # ("text", -1) or ("tool", call index)
 
+    def keepalive(self) -> bytes:
+        """Anthropic's own keep-alive while the call waits in line for a slot."""
+        return event("ping", {})
+
     def use_model(self, model: str) -> None:
         self._model = model
 

@@ -18,6 +18,8 @@ plain routes beside them.
     router/http/anthropic.py           POST /v1/messages, /v1/messages/count_tokens
     router/http/operator_fleet.py      GET  /nodes, /health, /ready, /metrics
     router/http/operator_providers.py  GET  /providers
+    router/http/operator_queue.py      GET  /queue, the x-inferbus-queue-ms header
+    router/http/operator_admin.py      POST /admin/reload (an admin tenant)
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses in
 the error body of the path's dialect: OpenAI's under `/v1/` (router/http/openai.py), so
@@ -50,8 +52,10 @@ from router.http.openai_chat import ChatCompletions
 from router.http.openai_completions import Completions
 from router.http.openai_embeddings import Embeddings
 from router.http.openai_models import models_routes
+from router.http.operator_admin import Reload, admin_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.operator_queue import QueueTimeHeader, queue_route
 from router.http.responses import Responses
 
 # The dialects, one a line; a new dialect adds its line here (router/http/dialect.py).
@@ -86,6 +90,7 @@ def build_app(
     api: Api,
     status: FleetStatus,
     providers_view: Callable[[], dict[str, Any]],
+    reload: Reload | None = None,
     cloud_models: Mapping[str, str] | None = None,
     show_model: ShowModel = no_show,
 ) -> ASGIApp:
@@ -101,8 +106,12 @@ def build_app(
         *ollama_model_routes(status.fleet.index, ollama_catalog, show_model),
         *fleet_routes(status),
         providers_route(providers_view),
+        *([queue_route(api.line)] if api.line is not None else []),
+        *(admin_routes(reload) if reload is not None else []),
     ]
     shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in dialects)]
     app = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
-    keys = [key.get_secret_value() for key in api.http.api_keys]
-    return RequireApiKey(app, keys) if keys else app
+    line = api.line
+    if line is None:
+        return QueueTimeHeader(app)
+    return RequireApiKey(QueueTimeHeader(app), lambda: line.directory)

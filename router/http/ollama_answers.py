@@ -215,6 +215,10 @@ class OllamaLines:
         """The model actually serving the stream, known once its target is chosen."""
         self._model = model
 
+    def keepalive(self) -> bytes:
+        """Nothing while the call waits in line: Ollama's clients parse every line as JSON."""
+        return b""
+
     def _head(self) -> Body:
         return {"model": self._model, "created_at": created_at(self._clock())}
 

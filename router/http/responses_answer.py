@@ -158,6 +158,10 @@ class ResponsesEvents:
         self._open: Item | None = None  # the item being streamed
         self._open_call_index: int | None = None
 
+    def keepalive(self) -> bytes:
+        """An SSE comment while the call waits in line for a slot."""
+        return b": waiting for a slot\n\n"
+
     def use_model(self, model: str) -> None:
         self._model = model
 

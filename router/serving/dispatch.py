@@ -114,6 +114,13 @@ class Router:
         self._connected = connected
         self._clock = clock
 
+    def reconfigure(
+        self, selection: SelectionConfig, cloud: CloudProviders, statics: StaticRuntimes
+    ) -> None:
+        """Profiles, policies and the cloud of a reloaded config (router/reload.py); calls
+        under way keep what they started with."""
+        self._selection, self.cloud, self._statics = selection, cloud, statics
+
     async def dispatch(self, call: Call) -> Served:
         """Serve one call; always returns one answer, by its deadline.
 
