@@ -31,6 +31,7 @@ from node_worker.discovery import discover
 from node_worker.hardware import read_hardware
 from node_worker.idempotency import IdempotencyStore
 from node_worker.jobs import (
+    DEFAULT_BUS_LIMIT,
     Admitted,
     JobLimits,
     JobPipeline,
@@ -46,6 +47,7 @@ from node_worker.service_api import Endpoint, ServiceApi
 from node_worker.shared_claims import SharedClaims
 from node_worker.twins import TwinWatch
 from services import __version__
+from services.big_json import encode_answer
 from services.bus import connect_until_stopped, flush_interest
 from services.capabilities import Capabilities, Hardware
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
@@ -121,6 +123,7 @@ class Worker(AsyncService):
             metrics=self.metrics,
             on_runtime_done=self._runtime_done,
             on_other_model=lambda served, named: self.follower.answered_as(served, named),
+            bus_limit=self._bus_limit,
         )
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []  # the job subjects
@@ -152,6 +155,9 @@ class Worker(AsyncService):
         )
         self.twins: TwinWatch | None = None
         self._stopped = False
+
+    def _bus_limit(self) -> int:
+        return self._nc.max_payload if self._nc is not None else DEFAULT_BUS_LIMIT
 
     def _inflight_reader(self, kind: str) -> Callable[[], int]:
         return lambda: self.admission.load()[kind].inflight
@@ -363,18 +369,21 @@ class Worker(AsyncService):
         self, reply_to: str, response: JobResponse, endpoint: str, received_s: float
     ) -> None:
         """Send the one final answer, and count it in the endpoint's service stats."""
+        payload: bytes | None
         try:
-            payload = encode(response)
+            payload = await encode_answer(response, self.nc.max_payload)
         except Exception as exc:
             log.exception("answer could not be encoded", extra={"job_id": response.job_id})
             response = internal(response.job_id, self.node_id, exc)
             payload = encode(response)
-        if len(payload) > self.nc.max_payload:
+        if payload is None:
             error = InferbusError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
-                f"the answer is {len(payload)} bytes, over the bus limit of {self.nc.max_payload}",
+                f"the answer is over the bus limit of {self.nc.max_payload} bytes",
             )
-            response = JobResponse.failure(response.job_id, error, node_id=self.node_id)
+            response = JobResponse.failure(
+                response.job_id, error, node_id=self.node_id, model=response.model
+            )
             payload = encode(response)
         headers = None
         if response.error is not None:
