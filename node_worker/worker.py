@@ -58,7 +58,15 @@ from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
-from services.wire import Chunk, JobResponse, JobType, cancel_target, encode, new_job_id
+from services.wire import (
+    Chunk,
+    JobResponse,
+    JobType,
+    cancel_target,
+    encode,
+    new_job_id,
+    replay_pieces,
+)
 
 log = logging.getLogger("inferbus.worker")
 
@@ -335,10 +343,15 @@ class Worker(AsyncService):
         await self._reply(reply_to, response, endpoint, received_s)
 
     async def _replay_chunk(self, reply_to: str, response: JobResponse) -> None:
-        """A kept answer replayed to a stream arrives as one chunk with the whole text."""
+        """A kept answer replayed to a stream: its tool calls whole, then its whole text,
+        one chunk each (`replay_pieces`)."""
         if response.cached and response.done and response.result is not None:
-            chunk = Chunk(job_id=response.job_id, seq=1, delta=response.result.text)
-            await self.nc.publish(reply_to, encode(chunk))
+            for seq, piece in enumerate(replay_pieces(response.result), start=1):
+                if isinstance(piece, str):
+                    chunk = Chunk(job_id=response.job_id, seq=seq, delta=piece)
+                else:
+                    chunk = Chunk(job_id=response.job_id, seq=seq, tool_calls=piece)
+                await self.nc.publish(reply_to, encode(chunk))
 
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""

@@ -103,7 +103,7 @@ class RouterSettings(FileSettings):
     idempotency: IdempotencySettings = IdempotencySettings()
     fleet: FleetSettings = FleetSettings()
     selection: SelectionConfig = SelectionConfig()
-    # Cloud providers and the global model chain (issue 13; router/cloud/targets.py).
+    # Cloud providers and the global model chain (router/cloud/targets.py).
     providers: dict[Annotated[str, Field(pattern=PROVIDER_NAME_PATTERN)], ProviderConfig] = Field(
         default_factory=dict
     )

@@ -19,12 +19,15 @@ import time
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
-from router.admission.idempotency import gate_for
+from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings
 from router.fleet.view import FleetView
 from router.http.app import build_app
+from router.http.edge import Api
+from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
+from router.serving.call import Calls
 from router.serving.dispatch import Router
 from services.bus import describe, is_auth_refusal
 from services.keystore import SharedKeys
@@ -70,11 +73,23 @@ class RouterService(AsyncService):
             local_node=settings.local_node,
             settings=settings.fleet,
         )
+        clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
         try:
-            self.router = Router(settings, nc=self._nc, fleet=self.fleet, http=self._http)
+            self.router = Router(
+                settings, nc=self._nc, fleet=self.fleet, http=self._http, clock=clock
+            )
         except ProviderConfigError as error:  # a key's variable is unset: it names it
             raise StartupError(str(error)) from None
-        self.gate = gate_for(self.router)
+        idempotency = settings.idempotency
+        self.gate = IdempotencyGate(
+            self.router.dispatch,
+            resolve_model=fleet_model(settings.selection, self.fleet),
+            answers=KeptAnswers(
+                ttl_s=idempotency.ttl_s, max_entries=idempotency.max_entries, clock=clock
+            ),
+            clock=clock,
+        )
+        self._calls = Calls(settings.offload.default_budget_ms, clock=clock)
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -98,8 +113,16 @@ class RouterService(AsyncService):
             lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
         )
         self.fleet.on_forget(metrics.forget)
+        api = Api(self.settings.http, self.settings.images, self._calls, self.gate, metrics)
+        status = FleetStatus(
+            self.fleet,
+            breakers_of=self.router.board.of_node,
+            bus_connected=lambda: self._nc.is_connected,
+            has_local_runtime=self.router.local_runtime is not None,
+            registry=metrics.registry,
+        )
         config = uvicorn.Config(
-            build_app(self.router, metrics, self.gate),
+            build_app(api, status, self.router.cloud.view),
             log_level="warning",
             access_log=False,
             lifespan="off",

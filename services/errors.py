@@ -62,7 +62,7 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
 
 
 class Reason(StrEnum):
-    """Why a runtime or provider refused a call (issue 13); beside the code, never instead."""
+    """Why a runtime or provider refused a call; beside the code, never instead."""
 
     RATE_LIMITED = "rate_limited"  # 429: this key is over its rate; Retry-After says how long
     AUTH = "auth"  # 401/403, "invalid api key": this key is revoked or wrong

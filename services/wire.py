@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -169,8 +170,8 @@ class JobRequest(_Lenient):
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
     extra: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
-    # Models to fall through when `model` cannot be served (the router's cloud chains,
-    # issue 13). LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
+    # Models to fall through when `model` cannot be served (the router's cloud chains).
+    # LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
     # None (not sent on the wire) unless the caller gave some.
     fallback_models: list[str] | None = Field(
         default=None, validation_alias=pydantic.AliasChoices("fallback_models", "fallbacks")
@@ -303,7 +304,7 @@ class ErrorInfo(BaseModel):
     message: str
     retryable: bool = False
     retry_after_ms: int | None = None
-    # Additive (issue 13): absent from older senders, ignored by older readers.
+    # Additive: absent from older senders, ignored by older readers.
     reason: Reason | None = None
 
     @field_validator("reason", mode="before")
@@ -383,6 +384,21 @@ class Chunk(BaseModel):
 
 # One piece of a streamed answer as the router relays it: text, or tool-call deltas.
 Piece = str | list[ToolCallDelta]
+# Where a stream's pieces go, as they are produced.
+PieceSink = Callable[[Piece], Awaitable[None]]
+# Hears the model that serves a stream, once its target is chosen.
+ModelSink = Callable[[str], None]
+
+
+def replay_pieces(result: Result) -> list[Piece]:
+    """A kept answer as a stream replays it: its tool calls whole, then its whole text
+    (also when empty and there are no tool calls, so the stream has a first piece)."""
+    pieces: list[Piece] = []
+    if result.tool_calls:
+        pieces.append([ToolCallDelta.whole(at, call) for at, call in enumerate(result.tool_calls)])
+    if result.text or not pieces:
+        pieces.append(result.text)
+    return pieces
 
 
 def encode(message: BaseModel) -> bytes:

@@ -1,4 +1,4 @@
-"""The cloud branch of the next-action decision: every row of issue 13's table."""
+"""The cloud branch of the next-action decision: every row of the reason table."""
 
 from __future__ import annotations
 

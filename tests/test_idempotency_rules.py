@@ -15,6 +15,7 @@ from router.admission.idempotency import (
 )
 from router.admission.tenants import SHARED_SCOPE, tenant_of
 from router.attempts.route import Route
+from router.serving.call import Call, Calls
 from services.errors import ErrorCode, InferbusError
 from services.keystore import Found, Next, Record, decide_claim, kv_key
 from services.wire import JobRequest, JobResponse, Result
@@ -139,24 +140,17 @@ def test_kept_answers_expire_after_their_ttl_and_the_oldest_go_first() -> None:
 
 
 class CountingInfer:
-    """A stand-in for `Router.infer` that counts calls and answers when released."""
+    """A stand-in for `Router.dispatch` that counts calls and answers when released."""
 
     def __init__(self, answer: JobResponse) -> None:
         self.answer = answer
         self.calls = 0
         self.release = asyncio.Event()
 
-    async def __call__(
-        self,
-        job: JobRequest,
-        *,
-        agent_id: str | None = None,
-        on_delta: object = None,
-        on_model: object = None,
-    ) -> tuple[JobResponse, Route]:
+    async def __call__(self, call: Call) -> tuple[JobResponse, Route]:
         self.calls += 1
         await self.release.wait()
-        return self.answer.model_copy(update={"job_id": job.job_id}), Route(via="remote")
+        return self.answer.model_copy(update={"job_id": call.job.job_id}), Route(via="remote")
 
 
 def gate(infer: CountingInfer) -> IdempotencyGate:
@@ -164,19 +158,21 @@ def gate(infer: CountingInfer) -> IdempotencyGate:
         infer,
         resolve_model=lambda _job, _agent: "m",
         answers=KeptAnswers(ttl_s=60, max_entries=10, clock=Clock()),
-        default_budget_ms=10_000,
     )
 
 
-KEYED = JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"})
+KEYED = Calls(default_budget_ms=10_000).make(
+    JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"}),
+    tenant=SHARED_SCOPE,
+)
 
 
 async def test_a_duplicate_runs_the_job_itself_when_the_first_caller_left() -> None:
     infer = CountingInfer(JobResponse(job_id="", status="ok", result=Result(text="t")))
     keyed = gate(infer)
-    first = asyncio.create_task(keyed.infer(KEYED))
+    first = asyncio.create_task(keyed.serve(KEYED))
     await asyncio.sleep(0)
-    duplicate = asyncio.create_task(keyed.infer(KEYED))
+    duplicate = asyncio.create_task(keyed.serve(KEYED))
     await asyncio.sleep(0)
     first.cancel()  # the first client went away before an answer
     infer.release.set()
@@ -191,9 +187,9 @@ async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
     failed = JobResponse.failure("", InferbusError(ErrorCode.BACKEND_ERROR, "boom"))
     infer = CountingInfer(failed)
     keyed = gate(infer)
-    first = asyncio.create_task(keyed.infer(KEYED))
+    first = asyncio.create_task(keyed.serve(KEYED))
     await asyncio.sleep(0)
-    duplicate = asyncio.create_task(keyed.infer(KEYED))
+    duplicate = asyncio.create_task(keyed.serve(KEYED))
     await asyncio.sleep(0)
     infer.release.set()
     answers = [answer for answer, _ in await asyncio.gather(first, duplicate)]
@@ -201,6 +197,6 @@ async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
     assert [answer.cached for answer in answers] == [False, False]
     assert infer.calls == 1
     infer.answer = JobResponse(job_id="", status="ok", result=Result(text="t"))
-    later, _ = await keyed.infer(KEYED)
+    later, _ = await keyed.serve(KEYED)
     assert later.status == "ok"
     assert infer.calls == 2

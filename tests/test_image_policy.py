@@ -1,4 +1,4 @@
-"""`images.remote_urls` end to end: router and worker with real processes (issue 11).
+"""`images.remote_urls` end to end: router and worker with real processes.
 
 A caller's image URL is never handed to a runtime. By default both the router and the
 worker refuse it (400 / BAD_REQUEST naming the field) without touching the URL; with

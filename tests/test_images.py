@@ -1,4 +1,4 @@
-"""Images: what counts as one, how URLs are judged, and the guarded download (issue 11).
+"""Images: what counts as one, how URLs are judged, and the guarded download.
 
 The download tests use a real HTTP server on loopback. Loopback is exactly what a caller
 must not be able to reach, so a positive fetch needs the test-only allow-list

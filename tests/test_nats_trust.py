@@ -1,6 +1,6 @@
 """One worker's credentials, in an attacker's hands, cannot reach another node's jobs.
 
-Issue 11: with gpu-a's credentials (password or creds file), a second connection tries to
+With gpu-a's credentials (password or creds file), a second connection tries to
 read the jobs sent to gpu-b and to publish forged chunks and answers into the reply and
 stream inboxes of a job gpu-b is serving. The committed setups (accounts.conf and the
 operator-mode one from make_jwt_fleet.py) must refuse both: the server answers with a

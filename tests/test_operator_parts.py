@@ -1,4 +1,4 @@
-"""The pure decisions behind issue 12's operator fixes, by tables of cases."""
+"""The pure decisions behind the operator's tools, by tables of cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reason a refusal carries, read from real providers' error bodies (issue 13).
+"""The reason a refusal carries, read from real providers' error bodies.
 
 Every body below was seen in the wild; its source is the last column. Where a source quoted
 only the message (a client printed `402 Insufficient Balance`), the envelope around it is the

@@ -1,4 +1,4 @@
-"""Issue 9: a node is judged by its own faults only. Real router, workers, simulators, NATS.
+"""A node is judged by its own faults only. Real router, workers, simulators, NATS.
 
 Each test is one item of the issue, as it was reproduced on the old router.
 """
@@ -226,7 +226,7 @@ async def test_bad_bodies_get_400_or_413_never_500(start_router: RouterFactory) 
 async def test_streamed_openai_chunks_carry_the_model_that_serves(
     simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
 ) -> None:
-    """Issue 12 item 7: every chunk said `"model": ""` but the last."""
+    """Every chunk names the model, not only the last one."""
     async with (
         start_worker(backends=[backend(simulator.url)]),
         start_router() as router,
@@ -283,7 +283,7 @@ async def test_replies_come_on_node_scoped_unguessable_inboxes_and_forgeries_are
     nats_server: NatsServer,
     node_id: str,
 ) -> None:
-    """Issue 11 item 2: inboxes were sequential and any message on them was taken."""
+    """Inboxes are unguessable, and a message on one is taken only when it names the job."""
     async with (
         start_worker(backends=[backend(simulator.url)]),
         start_router() as router,

@@ -1,4 +1,4 @@
-"""Chaos (issue 9): steady mixed load through the router over three worker processes while
+"""Chaos: steady mixed load through the router over three worker processes while
 one is SIGKILLed, one SIGSTOPped for 5 s, nats-server restarted, and one runtime answers
 500s for a while, then recovers.
 

@@ -64,7 +64,7 @@ async def test_infer_returns_the_answer_with_its_route(
     assert answer["route"]["via"] == "remote"
     assert answer["route"]["node"] == node_id
     assert answer["route"]["attempts"][0]["outcome"] == "ok"
-    assert unknown.status_code == 404  # nothing serves it: not NO_ROUTE (issue 9 item 9)
+    assert unknown.status_code == 404  # nothing serves it: not NO_ROUTE
     assert unknown.json()["error"]["code"] == "MODEL_NOT_FOUND"
     assert bad.status_code == 400
     assert bad.json()["error"]["code"] == "BAD_REQUEST"

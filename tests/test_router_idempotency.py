@@ -1,4 +1,4 @@
-"""One runtime call per idempotency key through the router (issue 9, item 7).
+"""One runtime call per idempotency key through the router.
 
 Real processes: nats-server with JetStream, workers in front of the simulator (whose
 per-model call counts are the runtime calls), routers over HTTP, and for the SIGKILL case

@@ -1,4 +1,4 @@
-"""Issue 9 items 5 and 6: a node that dies or freezes while it holds the only job in flight.
+"""A node that dies or freezes while it holds the only job in flight.
 
 Worker processes heartbeat every 10 s (a stale record would take 30 s), so within the
 budgets here only the router's liveness probe can notice the node is gone.

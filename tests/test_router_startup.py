@@ -1,4 +1,4 @@
-"""The router's start and stop (issue 9 item 11, issue 12 items 3-4, router side): HTTP
+"""The router's start and stop: HTTP
 at once whatever NATS does, signals honoured at every moment, fatal causes are exit 2."""
 
 from __future__ import annotations

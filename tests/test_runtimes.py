@@ -379,7 +379,7 @@ def test_openai_gets_data_uris_with_sniffed_type(image: str, expected: str) -> N
 
 @pytest.mark.parametrize("image", ["https://example.com/cat.png", "http://10.0.0.5/a.png"])
 def test_neither_adapter_passes_an_image_url_to_its_runtime(image: str) -> None:
-    """vLLM and others would fetch the URL from inside the GPU network (issue 11)."""
+    """vLLM and others would fetch the URL from inside the GPU network."""
     message = Message(content="look", images=[image])
     for adapt in (openai_compat.openai_message, ollama.ollama_message):
         with pytest.raises(InferbusError) as caught:

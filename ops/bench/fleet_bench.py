@@ -22,7 +22,7 @@ contract) in a few processes, and the real router, then measures from this proce
               nodes serving it (40 per simulator process), relative to a fair share
 
 The machine is shared and noisy: read rows against N = 1 from the same run. Timings are
-printed, never asserted. Before figures (issue 10, same machine) are printed beside.
+printed, never asserted. Figures from before the fleet index (same machine) are printed beside.
 Usage: python ops/bench/fleet_bench.py [--sizes 1,150,1000,3000] [--heartbeats 10,1]
        [--seconds 3]
 """
@@ -56,7 +56,7 @@ NODES_PER_PROCESS = 1000
 BODY = json.dumps(
     {"model": POPULAR.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 ).encode()
-BEFORE = {  # issue 10's table: selection ms, c1 p50 ms, c32 req/s, idle CPU % (10 s), /nodes ms
+BEFORE = {  # pre-index figures: selection ms, c1 p50 ms, c32 req/s, idle CPU % (10 s), /nodes ms
     1: ("0.12-0.18", "2.3-5", "350-490", "0.2", "1-5"),
     150: ("15-19", "36", "25", "1.75", "48"),
     1000: ("85-175", "520", "2.7", "31.6", "665"),
@@ -303,7 +303,7 @@ async def join_and_death(
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"\nfleet benchmark, {os.cpu_count()} cores (shared); before = issue 10's figures\n")
+    print(f"\nfleet benchmark, {os.cpu_count()} cores (shared); before = pre-index figures\n")
     print(
         f"{'nodes':>5} {'hb':>3} | {'select µs':>9} {'best µs':>8} {'take µs':>7} | "
         f"{'c1 p50':>7} {'c1 p99':>7} {'c32 r/s':>7} {'µs/req':>6} {'err':>3} | "
@@ -318,7 +318,7 @@ def print_rows(rows: list[Row]) -> None:
             f"{r.stale_seen:5d} {r.slow_consumer:5d} | {r.new_node_ms:7.1f} {r.death_ms:8.1f} | "
             f"{r.nodes_ms:6.2f} {r.models_ms:7.2f} | {r.spread_max:6.2f}/{r.spread_min:<6.2f}"
         )
-    print("\nbefore (issue 10): selection ms | c1 p50 ms | c32 req/s | idle % (10 s) | /nodes ms")
+    print("\npre-index: selection ms | c1 p50 ms | c32 req/s | idle % (10 s) | /nodes ms")
     for nodes, figures in BEFORE.items():
         print(f"{nodes:5d}: " + " | ".join(figures))
 

@@ -1,4 +1,7 @@
-"""One runtime call per idempotency key, through the router: a gate in front of `Router.infer`.
+"""One runtime call per idempotency key, through the router: a gate before the dispatcher.
+
+`IdempotencyGate.serve(call)` stands in front of `Router.dispatch(call)`
+(router/serving/call.py has the call both take).
 
 Only an explicit key (`Idempotency-Key` header or `idempotency_key` field) dedupes. A
 client's `job_id` is its own label, not a key: two callers that both send `job_id: "1"`
@@ -10,13 +13,14 @@ With a key, the key is scoped to the caller's tenant (the API key it authenticat
 none configured → one shared scope) and hashed into the wire key, so two tenants' "42"
 never meet and no API key travels on the bus. Then, per scoped key:
 - an answer kept here (for `idempotency.ttl_s`) or in the shared JetStream store is
-  replayed (`cached: true`) — to a stream as one chunk with the whole text;
+  replayed (`cached: true`) — to a stream as its tool calls whole, then its whole text
+  (`services.wire.replay_pieces`);
 - a request already in flight through this router is waited for, not sent again: all
   duplicates reach one node and one runtime call. Its answer is theirs when it would be
   kept (ok, or the request's own fault); a failure worth retrying is passed on as what it
   is, as the worker does; if the first caller went away before an answer, the next
   duplicate runs the job itself;
-- anything else is served by `Router.infer`, and workers (with their own and the shared
+- anything else is served by `Router.dispatch`, and workers (with their own and the shared
   store) keep the key to one runtime call across routers and restarts.
 
 A duplicate must mean the same job: the same type, input and params
@@ -34,37 +38,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from router.admission.tenants import SHARED_SCOPE
 from router.attempts.route import Route
+from router.fleet.view import FleetView
+from router.selection.profiles import SelectionConfig
 from router.selection.select import select
-from router.serving.dispatch import ModelSink, Router, job_type_of
-from services.deadlines import remaining_budget_ms
+from router.serving.call import Call, Served
+from router.serving.dispatch import job_type_of
 from services.errors import ErrorCode, InferbusError
 from services.keystore import SharedKeys
-from services.wire import JobRequest, JobResponse, Piece, is_replayable, new_job_id
-from services.wire_features import ToolCallDelta
+from services.wire import JobRequest, JobResponse, is_replayable, new_job_id, replay_pieces
 
 log = logging.getLogger("inferbus.router")
 
-DeltaSink = Callable[[Piece], Awaitable[None]]
-Served = tuple[JobResponse, Route]
+# What the gate stands in front of: the dispatcher (`Router.dispatch`).
+Dispatch = Callable[[Call], Awaitable[Served]]
 ResolveModel = Callable[[JobRequest, str | None], str | None]
-
-
-class Infer(Protocol):
-    """`Router.infer`'s shape: what the gate stands in front of."""
-
-    def __call__(
-        self,
-        job: JobRequest,
-        *,
-        agent_id: str | None = ...,
-        on_delta: DeltaSink | None = ...,
-        on_model: ModelSink | None = ...,
-    ) -> Awaitable[Served]: ...
-
 
 SHARED_READ_S = 0.25  # the longest a keyed request waits for the shared store
 
@@ -130,99 +119,76 @@ class KeptAnswers:
 class IdempotencyGate:
     def __init__(
         self,
-        infer: Infer,
+        dispatch: Dispatch,
         *,
         resolve_model: ResolveModel,
         answers: KeptAnswers,
-        default_budget_ms: int,
         shared: SharedKeys | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._infer = infer
+        """`clock` is the one the calls' deadlines are on (the dispatcher's)."""
+        self._dispatch = dispatch
         self._resolve_model = resolve_model
         self._answers = answers
-        self._default_budget_ms = default_budget_ms
         self._shared = shared
         self._clock = clock
         self._in_flight: dict[str, InFlight] = {}
 
-    async def infer(
-        self,
-        job: JobRequest,
-        *,
-        agent_id: str | None = None,
-        on_delta: DeltaSink | None = None,
-        on_model: ModelSink | None = None,
-        tenant: str = SHARED_SCOPE,
-    ) -> Served:
-        """`Router.infer`, with duplicates of an explicit key served once (module doc)."""
-        client_job_id = job.job_id
+    async def serve(self, call: Call) -> Served:
+        """The dispatcher, with duplicates of an explicit key served once (module doc)."""
+        job = call.job
         # A job id the router generated (the caller sent none) is unique already, and
         # keeping it lets the caller's answer be found in the workers' logs.
         wire_id = new_job_id() if "job_id" in job.model_fields_set else job.job_id
+        job_type = job_type_of(job)
         if job.idempotency_key is None:
-            wire = job.model_copy(update={"job_id": wire_id, "idempotency_key": wire_id})
-            response, route = await self._infer(
-                wire, agent_id=agent_id, on_delta=on_delta, on_model=on_model
-            )
-            return _for_caller(response, client_job_id), route
-        key = scoped_key(tenant, job.idempotency_key)
-        wire = job.model_copy(update={"job_id": wire_id, "idempotency_key": key})
-        keyed = self._keyed(wire, agent_id)
-        deadline = self._clock() + self._budget_ms(job) / 1000.0
+            update = {"job_id": wire_id, "idempotency_key": wire_id, "type": job_type}
+            response, route = await self._dispatch(call.with_job(job.model_copy(update=update)))
+            return _for_caller(response, job.job_id), route
+        key = scoped_key(call.tenant, job.idempotency_key)
+        wire = job.model_copy(update={"job_id": wire_id, "idempotency_key": key, "type": job_type})
+        keyed = self._keyed(wire, call.agent_id)
         while True:
             kept = self._answers.get(key)
             if kept is None and key not in self._in_flight:
-                kept = await self._shared_answer(key, deadline - self._clock())
+                kept = await self._shared_answer(key, call.left_s(self._clock()))
                 if kept is None and (key in self._in_flight or self._answers.get(key)):
                     continue  # it started or finished here while the store was read
             if kept is not None:
                 if not kept.job.same_job(keyed.fingerprint, keyed.models):
                     return _mismatch(job), Route()
-                return await _replay(kept, job, on_delta, on_model), _replayed_route(kept.route)
+                return await _replay(kept, call), _replayed_route(kept.route)
             in_flight = self._in_flight.get(key)
             if in_flight is None:
                 # What the gate spent (store read, waiting on a first caller that left) is
-                # the caller's budget too: the serving path gets only what is left.
-                left_ms = max(0, int((deadline - self._clock()) * 1000.0))
-                wire = wire.model_copy(update={"timeout_ms": left_ms})
-                return await self._serve_first(key, keyed, wire, job, agent_id, on_delta, on_model)
+                # the caller's budget too: the call's deadline stands.
+                return await self._serve_first(key, keyed, call.with_job(wire), job.job_id)
             if not in_flight.job.same_job(keyed.fingerprint, keyed.models):
                 return _mismatch(job), Route()
-            left_s = deadline - self._clock()
             try:
-                async with asyncio.timeout(max(left_s, 0.0)):
+                async with asyncio.timeout(max(call.left_s(self._clock()), 0.0)):
                     first = await asyncio.shield(in_flight.outcome)
             except TimeoutError:
                 error = InferbusError(
                     ErrorCode.DEADLINE_EXCEEDED, "budget spent waiting for the same key"
                 )
-                return JobResponse.failure(client_job_id, error), Route()
+                return JobResponse.failure(job.job_id, error), Route()
             if first is None:
                 continue  # the first caller left: this one runs it
             response, route = first
             if is_replayable(response):
                 replay = Kept(in_flight.job, response, route)
-                return await _replay(replay, job, on_delta, on_model), _replayed_route(route)
-            return _for_caller(response, client_job_id), route
+                return await _replay(replay, call), _replayed_route(route)
+            return _for_caller(response, job.job_id), route
 
     async def _serve_first(
-        self,
-        key: str,
-        keyed: KeyedJob,
-        wire: JobRequest,
-        job: JobRequest,
-        agent_id: str | None,
-        on_delta: DeltaSink | None,
-        on_model: ModelSink | None,
+        self, key: str, keyed: KeyedJob, wire_call: Call, client_job_id: str
     ) -> Served:
         in_flight = InFlight(keyed, asyncio.get_running_loop().create_future())
         self._in_flight[key] = in_flight
         served: Served | None = None
         try:
-            served = await self._infer(
-                wire, agent_id=agent_id, on_delta=on_delta, on_model=on_model
-            )
+            served = await self._dispatch(wire_call)
         finally:
             if served is not None and is_replayable(served[0]):
                 answered = served[0].model
@@ -231,7 +197,7 @@ class IdempotencyGate:
             del self._in_flight[key]
             in_flight.outcome.set_result(served)
         response, route = served
-        return _for_caller(response, job.job_id), route
+        return _for_caller(response, client_job_id), route
 
     @property
     def shared(self) -> SharedKeys | None:
@@ -242,10 +208,10 @@ class IdempotencyGate:
         self._shared = shared
 
     def _keyed(self, wire: JobRequest, agent_id: str | None) -> KeyedJob:
-        typed = wire.model_copy(update={"type": job_type_of(wire)})
-        resolved = self._resolve_model(typed, agent_id)
+        """What a key is used for; `wire` carries the job's type already."""
+        resolved = self._resolve_model(wire, agent_id)
         models = frozenset(name for name in (wire.model, resolved) if name)
-        return KeyedJob(typed.fingerprint(), models)
+        return KeyedJob(wire.fingerprint(), models)
 
     async def _shared_answer(self, key: str, left_s: float) -> Kept | None:
         """The answer another router or worker left in the shared store, if it can be read
@@ -265,64 +231,35 @@ class IdempotencyGate:
         route = Route(via="remote", node=response.node_id, model=response.model)
         return Kept(KeyedJob(record.job, models), response, route)
 
-    def _budget_ms(self, job: JobRequest) -> float:
-        return remaining_budget_ms(
-            timeout_ms=job.timeout_ms,
-            deadline_unix_ms=job.deadline_unix_ms,
-            default_timeout_ms=self._default_budget_ms,
-            now_unix_ms=time.time() * 1000.0,
-        )
 
-
-def gate_for(router: Router, shared: SharedKeys | None = None) -> IdempotencyGate:
-    """The gate in front of `router.infer`, from the router's `idempotency` settings."""
-    settings = router.settings.idempotency
-    return IdempotencyGate(
-        router.infer,
-        resolve_model=fleet_model(router),
-        answers=KeptAnswers(
-            ttl_s=settings.ttl_s, max_entries=settings.max_entries, clock=time.monotonic
-        ),
-        default_budget_ms=router.settings.offload.default_budget_ms,
-        shared=shared,
-    )
-
-
-def fleet_model(router: Router) -> ResolveModel:
+def fleet_model(selection: SelectionConfig, fleet: FleetView) -> ResolveModel:
     """What a job's `model` (named or omitted) resolves to on the fleet now."""
 
     def resolve(job: JobRequest, agent_id: str | None) -> str | None:
-        selection = select(
-            router.settings.selection,
-            router.fleet.index,
+        chosen = select(
+            selection,
+            fleet.index,
             agent_id=agent_id,
             request_model=job.model,
             job_type=job.type,
-            now=router.fleet.clock(),
+            now=fleet.clock(),
         )
-        return selection.model if selection is not None else None
+        return chosen.model if chosen is not None else None
 
     return resolve
 
 
-async def _replay(
-    kept: Kept, job: JobRequest, on_delta: DeltaSink | None, on_model: ModelSink | None
-) -> JobResponse:
-    """A kept answer for a duplicate; a stream gets its tool calls whole, then the whole
-    text, as one chunk each."""
+async def _replay(kept: Kept, call: Call) -> JobResponse:
+    """A kept answer for a duplicate; to a stream as `replay_pieces` sends it (its tool
+    calls whole, then its whole text)."""
     response = kept.response
-    if on_model is not None and response.model:
-        on_model(response.model)
-    result = response.result
-    if on_delta is not None and result is not None:
-        if result.tool_calls:
-            await on_delta(
-                [ToolCallDelta.whole(at, call) for at, call in enumerate(result.tool_calls)]
-            )
-        if result.text or not result.tool_calls:
-            await on_delta(result.text)
-    done = True if job.stream else None
-    return response.model_copy(update={"job_id": job.job_id, "cached": True, "done": done})
+    if call.on_model is not None and response.model:
+        call.on_model(response.model)
+    if call.on_piece is not None and response.result is not None:
+        for piece in replay_pieces(response.result):
+            await call.on_piece(piece)
+    done = True if call.job.stream else None
+    return response.model_copy(update={"job_id": call.job.job_id, "cached": True, "done": done})
 
 
 def _replayed_route(route: Route) -> Route:
@@ -332,7 +269,9 @@ def _replayed_route(route: Route) -> Route:
 
 
 def _for_caller(response: JobResponse, job_id: str) -> JobResponse:
-    """The answer under the caller's own job id (the wire carried a fresh one)."""
+    """The answer under the caller's own job id (the wire may have carried a fresh one)."""
+    if response.job_id == job_id:
+        return response
     return response.model_copy(update={"job_id": job_id})
 
 

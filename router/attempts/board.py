@@ -137,7 +137,7 @@ class BreakerBoard:
     """Every breaker the router keeps, by node then slot kind; mutable, clock-free.
 
     Indexed by node so that every query and update touches one node's breakers only:
-    nothing here is in proportion to the fleet (issue 10), and `forget` drops a node whole.
+    nothing here is in proportion to the fleet, and `forget` drops a node whole.
     """
 
     def __init__(self, settings: BreakerSettings | None = None) -> None:

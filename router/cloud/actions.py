@@ -1,8 +1,8 @@
 """What one cloud outcome means: the next action, and what the health board should remember.
 
 `next_cloud_action` is the cloud branch of the router's one next-action decision (DESIGN §6,
-issue 9's `next_action(outcome, state, now)`): pure, table-tested, numbers from
-`FailoverSettings`. By reason (issue 13):
+`next_action(outcome, state, now)`): pure, table-tested, numbers from
+`FailoverSettings`. By reason:
 
 | outcome                 | board                                   | action                    |
 |-------------------------|-----------------------------------------|---------------------------|

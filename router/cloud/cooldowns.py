@@ -3,7 +3,7 @@
 The cloud half of the health board (DESIGN §6), beside the breakers. What outlives a request:
 
 - **Key cooldowns**, keyed by the *pair* (provider, key id): a 429 on provider A's key
-  `default` must never block provider B's key of the same name (seed 004's sibling-bleed
+  `default` must never block provider B's key of the same name (a sibling-bleed
   bug). A cooldown lasts `min_s · factor^hits`, between `min_s` and `max_s`; a Retry-After
   wins when it asks for longer (up to `retry_after_max_s`, so a garbage header cannot park a
   key for a year). `hits` counts cooldowns since the key last answered: the entry outlives

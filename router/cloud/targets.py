@@ -13,7 +13,7 @@ start-up error naming the variable), one adapter per (provider, key id), the clo
 board (cooldowns beside the breakers) and the usage ledger `/providers` shows. Every error
 message that leaves here has the keys removed.
 
-Where clouds sit (issue 13): a request whose profile names a configured provider goes to
+Where clouds sit: a request whose profile names a configured provider goes to
 its provider chain only; any other request reaches the cloud only through configured
 fallbacks, after the fleet, the local runtime and the static profile.
 """

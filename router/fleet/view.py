@@ -3,7 +3,7 @@
 Fed by `ncs.capabilities.<id>` heartbeats. At start, one `ncs.discover` scatter-gather
 makes every worker announce itself at once; the view is complete when `start` returns.
 
-Trust (issue 11, DESIGN §7): the subject is the identity. A record is taken only when its
+Trust (DESIGN §7): the subject is the identity. A record is taken only when its
 body's `node_id` equals the subject's last token — the token that per-node permissions pin
 (`ops/nats/accounts.conf`). Discovery *replies* come back on the router's inbox, which any
 worker may answer, so their bodies are never taken: a worker answers `ncs.discover` by

@@ -16,11 +16,13 @@ paths included, so official clients raise the right exception class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from router.admission.idempotency import IdempotencyGate, gate_for
 from router.http.auth import RequireApiKey
 from router.http.edge import Api
 from router.http.native import native_routes
@@ -29,26 +31,25 @@ from router.http.openai_chat import chat_routes
 from router.http.openai_completions import completions_routes
 from router.http.openai_embeddings import embeddings_routes
 from router.http.openai_models import models_routes
-from router.http.operator_fleet import fleet_routes
+from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
-from router.metrics import RouterMetrics
-from router.serving.dispatch import Router
 
 
 def build_app(
-    router: Router, metrics: RouterMetrics, gate: IdempotencyGate | None = None
+    api: Api, status: FleetStatus, providers_view: Callable[[], dict[str, Any]]
 ) -> ASGIApp:
-    api = Api(router, metrics, gate or gate_for(router))
+    """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
+    `status` for the operator's routes, the cloud providers' `providers_view`."""
     # The routes, one dialect (or operator group) a line; a new dialect adds its line here.
     routes: list[routing.BaseRoute] = [
         *native_routes(api),
         *chat_routes(api),
         *embeddings_routes(api),
         *completions_routes(api),
-        *models_routes(api),
-        *fleet_routes(api),
-        providers_route(router.cloud),
+        *models_routes(status.fleet.index),
+        *fleet_routes(status),
+        providers_route(providers_view),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    keys = [key.get_secret_value() for key in router.settings.http.api_keys]
+    keys = [key.get_secret_value() for key in api.http.api_keys]
     return RequireApiKey(app, keys) if keys else app

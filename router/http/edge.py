@@ -1,9 +1,10 @@
-"""What every API dialect of the router shares: reading a body, the one `infer`, metrics.
+"""What every API dialect of the router shares: reading a body, the one call, metrics.
 
-Each dialect (router/api_*.py) turns its own request shape into a `JobRequest`, hands it
-to `Api.infer` (the idempotency gate in front of `Router.infer`) and shapes the answer its
-own way. The checks every body gets live here once: the size limit (never buffered past
-it), usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
+Each dialect (router/http/*.py) turns its own request shape into a `JobRequest`; `Api`
+makes it the request's one `Call` (router/serving/call.py) and serves it through the
+idempotency gate in front of the dispatcher; the dialect shapes the answer its own way.
+The checks every body gets live here once: the size limit (never buffered past it),
+usable JSON, a JSON object, the `Idempotency-Key` header, image size and policy.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any
 
 from starlette.requests import Request
 
-from router.admission.idempotency import DeltaSink, IdempotencyGate, Served
+from router.admission.idempotency import IdempotencyGate
 from router.admission.tenants import tenant_of
 from router.attempts.route import Route
+from router.config import HttpSettings
 from router.http.images import checked_images
 from router.metrics import RouterMetrics
-from router.serving.dispatch import ModelSink, Router
+from router.serving.call import Call, Calls, Served, trace_context
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
+from services.images import ImageSettings
 from services.wire import JobRequest, JobResponse, request_from_fields
 
 Finished = Callable[[JobResponse, Route], None]
@@ -94,15 +97,18 @@ def agent_of(value: object) -> str | None:
 
 @dataclass(frozen=True)
 class Api:
-    """The router as every dialect sees it."""
+    """The router as every dialect sees it: the settings it reads, the gate it serves
+    calls through (router/service.py wires them)."""
 
-    router: Router
+    http: HttpSettings
+    images: ImageSettings
+    calls: Calls
+    gate: IdempotencyGate
     metrics: RouterMetrics
-    keyed: IdempotencyGate
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
-        body = await read_body(request, self.router.settings.http.max_body_bytes)
+        body = await read_body(request, self.http.max_body_bytes)
         if isinstance(body, InferbusError):
             return body
         raw = parse_json(body)
@@ -120,35 +126,24 @@ class Api:
         decoded = request_from_fields(fields)  # no `type`: the router decides (images → vision)
         if isinstance(decoded, InferbusError):
             return decoded
-        limit = self.router.settings.http.max_image_bytes
+        limit = self.http.max_image_bytes
         too_big = largest_image_bytes(decoded)
         if too_big > limit:
             return InferbusError(
                 ErrorCode.PAYLOAD_TOO_LARGE, f"an image is {too_big} bytes; the limit is {limit}"
             )
-        return await checked_images(decoded, self.router.settings.images)
+        return await checked_images(decoded, self.images)
 
-    def tenant(self, request: Request) -> str:
-        configured = bool(self.router.settings.http.api_keys)
-        return tenant_of(request.headers.get("authorization"), keys_configured=configured)
+    def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
+        """The request's one call: its job, tenant, deadline and trace context."""
+        headers = request.headers
+        tenant = tenant_of(headers.get("authorization"), keys_configured=bool(self.http.api_keys))
+        trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
+        return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace)
 
-    async def infer(
-        self,
-        request: Request,
-        job: JobRequest,
-        *,
-        agent_id: str | None,
-        on_delta: DeltaSink | None = None,
-        on_model: ModelSink | None = None,
-    ) -> Served:
-        """The one way every dialect serves a job (idempotency gate → router)."""
-        return await self.keyed.infer(
-            job,
-            agent_id=agent_id,
-            on_delta=on_delta,
-            on_model=on_model,
-            tenant=self.tenant(request),
-        )
+    async def serve(self, call: Call) -> Served:
+        """The one way every dialect serves a call (idempotency gate → dispatcher)."""
+        return await self.gate.serve(call)
 
     def finished(self, api: str, started: float) -> Finished:
         """Counts one answer of dialect `api` in the metrics when called."""

@@ -30,15 +30,16 @@ def native_routes(api: Api) -> list[routing.BaseRoute]:
             api.refused("infer", started, job)
             return native_answer(JobResponse.failure("", job), Route())
         assert not isinstance(fields, InferbusError)
-        agent_id = agent_of(fields.get("agent_id"))
+        call = api.call(request, job, agent_of(fields.get("agent_id")))
         if job.stream:
             return await stream_response(
-                lambda sink: api.infer(request, job, agent_id=agent_id, on_delta=sink),
+                api.serve,
+                call,
                 NdjsonLines(job.job_id),
                 on_error_before_first_token=native_answer,
                 on_finished=api.finished("infer", started),
             )
-        response, route = await api.infer(request, job, agent_id=agent_id)
+        response, route = await api.serve(call)
         api.finished("infer", started)(response, route)
         return native_answer(response, route)
 

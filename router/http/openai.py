@@ -119,18 +119,16 @@ async def serve_openai(
     if isinstance(parsed, JSONResponse):
         return parsed
     job, raw = parsed
-    agent_id = caller_agent(raw, request)
+    call = api.call(request, job, caller_agent(raw, request))
     if job.stream and stream_as is not None:
-        chunks = stream_as(job.job_id, job.model, include_usage(raw))
         return await stream_response(
-            lambda sink: api.infer(
-                request, job, agent_id=agent_id, on_delta=sink, on_model=chunks.use_model
-            ),
-            chunks,
+            api.serve,
+            call,
+            stream_as(job.job_id, job.model, include_usage(raw)),
             on_error_before_first_token=openai_error_answer,
             on_finished=api.finished(label, started),
         )
-    response, route = await api.infer(request, job, agent_id=agent_id)
+    response, route = await api.serve(call)
     api.finished(label, started)(response, route)
     if response.error is not None:
         return openai_error_of(response)

@@ -8,14 +8,14 @@ from starlette import routing
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from router.fleet.index import FleetIndex
 from router.fleet.views import ModelsView
-from router.http.edge import Api
 from router.http.openai import openai_error
 from services.errors import ErrorCode
 
 
-def models_routes(api: Api) -> list[routing.BaseRoute]:
-    view = ModelsView(api.router.fleet.index)
+def models_routes(index: FleetIndex) -> list[routing.BaseRoute]:
+    view = ModelsView(index)
 
     async def models(_: Request) -> Response:
         return Response(view.body(), media_type="application/json")

@@ -1,10 +1,10 @@
 """Streaming answers over HTTP: OpenAI's SSE chunks and native NDJSON.
 
-The router's `infer` hands each delta to a queue the moment it arrives; the response
+Serving the call hands each piece to a queue the moment it arrives; the response
 relays the queue without buffering. The HTTP status is decided by the first event: an
 error before any token is a plain JSON error (the caller never sees a broken stream),
 after the first token the stream ends with an error event. A client that goes away
-cancels `infer`, which cancels the job on the node.
+cancels the serving, which cancels the job on the node.
 """
 
 from __future__ import annotations
@@ -13,21 +13,25 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.responses import Response, StreamingResponse
 
 from router.attempts.route import Route
+from router.serving.call import Call, Served
 from services.wire import JobResponse, Piece
 
-Infer = Callable[
-    [Callable[[Piece], Awaitable[None]]], Coroutine[Any, Any, tuple[JobResponse, Route]]
-]
+Serve = Callable[[Call], Awaitable[Served]]
 
 
 class StreamFormat(Protocol):
+    """How a dialect writes a stream: each piece, then the final event(s)."""
+
     media_type: str
+
+    def use_model(self, model: str) -> None:
+        """The model actually serving the stream, known once its target is chosen."""
 
     def delta(self, piece: Piece) -> bytes: ...
 
@@ -152,6 +156,9 @@ class NdjsonLines:
         self._job_id = job_id
         self._seq = 0
 
+    def use_model(self, model: str) -> None:
+        """The final answer names the model: nothing to change before it."""
+
     def delta(self, piece: Piece) -> bytes:
         self._seq += 1
         line: dict[str, Any] = {"job_id": self._job_id, "seq": self._seq}
@@ -168,16 +175,18 @@ class NdjsonLines:
 
 
 async def stream_response(
-    infer: Infer,
+    serve: Serve,
+    call: Call,
     form: StreamFormat,
     on_error_before_first_token: Callable[[JobResponse, Route], Response],
     on_finished: Callable[[JobResponse, Route], None],
 ) -> Response:
-    """Start `infer`; answer as a stream once the first token is in, else as `on_error…`."""
-    deltas: asyncio.Queue[Piece | None] = asyncio.Queue()
-    task = asyncio.create_task(_infer_then_end(infer, deltas))
+    """Serve `call` as a stream in `form` once the first piece is in, else answer as
+    `on_error_before_first_token`."""
+    pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
+    task = asyncio.create_task(_serve_then_end(serve, call, form, pieces))
     try:
-        first = await deltas.get()
+        first = await pieces.get()
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -188,20 +197,20 @@ async def stream_response(
             return on_error_before_first_token(response, route)
         return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
     return StreamingResponse(
-        _relay(first, deltas, task, form, on_finished), media_type=form.media_type
+        _relay(first, pieces, task, form, on_finished), media_type=form.media_type
     )
 
 
-async def _infer_then_end(
-    infer: Infer, queue: asyncio.Queue[Piece | None]
-) -> tuple[JobResponse, Route]:
-    """Run `infer`, feeding its deltas to `queue`; None goes in after the last one."""
+async def _serve_then_end(
+    serve: Serve, call: Call, form: StreamFormat, queue: asyncio.Queue[Piece | None]
+) -> Served:
+    """Serve the call, feeding its pieces to `queue`; None goes in after the last one."""
 
-    async def put(delta: Piece) -> None:
-        queue.put_nowait(delta)
+    async def put(piece: Piece) -> None:
+        queue.put_nowait(piece)
 
     try:
-        return await infer(put)
+        return await serve(call.streamed_to(put, form.use_model))
     finally:
         queue.put_nowait(None)
 
@@ -209,7 +218,7 @@ async def _infer_then_end(
 async def _relay(
     first: Piece,
     queue: asyncio.Queue[Piece | None],
-    task: asyncio.Task[tuple[JobResponse, Route]],
+    task: asyncio.Task[Served],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],
 ) -> AsyncIterator[bytes]:

@@ -1,6 +1,6 @@
 """Which served models may take a job: what it needs from the model and from the worker.
 
-Two things must hold before a node is even ranked (DESIGN §6, issue 14):
+Two things must hold before a node is even ranked (DESIGN §6):
 
 - the served model can do what the job asks (`services.needs.needed_capabilities`: tools
   → `tools`, images → `vision`, an embed job → `embedding`, `suffix` → `insert`). A model

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -40,18 +40,15 @@ from router.config import RouterSettings
 from router.fleet.view import FleetView
 from router.selection.needs import NO_NEEDS, JobNeeds, job_needs, what_is_missing
 from router.selection.select import Selection, select
+from router.serving.call import Call, Served
 from router.serving.liveness import Liveness, LivenessSettings
 from router.serving.node_link import NodeLink, Waits
 from services.capabilities import Capabilities
-from services.deadlines import remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.runtimes import make_runtime
 from services.runtimes.base import Runtime, RuntimeKind
 from services.subjects import Subjects
-from services.wire import JobRequest, JobResponse, JobType, Piece
-
-DeltaSink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
-ModelSink = Callable[[str], None]
+from services.wire import JobRequest, JobResponse, JobType, ModelSink, PieceSink
 
 
 def job_type_of(job: JobRequest) -> JobType:
@@ -65,7 +62,7 @@ class _Request:
     job: JobRequest
     agent_id: str | None
     deadline: float  # on the router's clock
-    on_delta: DeltaSink | None
+    on_delta: PieceSink | None
     on_model: ModelSink | None
     needs: JobNeeds = NO_NEEDS  # what the model and worker must be able to do
     route: Route = field(default_factory=Route)
@@ -128,32 +125,20 @@ class Router:
         """The router's own NATS connection is back: no responders mean little for a while."""
         self._bus_settled_at = self._clock()
 
-    async def infer(
-        self,
-        job: JobRequest,
-        *,
-        agent_id: str | None = None,
-        on_delta: DeltaSink | None = None,
-        on_model: ModelSink | None = None,
-    ) -> tuple[JobResponse, Route]:
-        """Serve one request; always returns one answer, by its deadline.
+    async def dispatch(self, call: Call) -> Served:
+        """Serve one call; always returns one answer, by its deadline.
 
-        With `on_delta`, the answer is streamed: each piece of text goes to `on_delta` as
-        it is produced, and the returned answer ends the stream; `on_model` hears the model
-        of each target before its first piece. Until the first piece, a failing target is
-        left for the next one; after it, the stream ends with the error instead.
+        With `call.on_piece`, the answer is streamed: each piece goes to it as it is
+        produced, and the returned answer ends the stream; `call.on_model` hears the
+        model of each target before its first piece. Until the first piece, a failing
+        target is left for the next one; after it, the stream ends with the error instead.
         """
-        budget_ms = remaining_budget_ms(
-            timeout_ms=job.timeout_ms,
-            deadline_unix_ms=job.deadline_unix_ms,
-            default_timeout_ms=self.settings.offload.default_budget_ms,
-            now_unix_ms=time.time() * 1000.0,
-        )
-        job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
-        deadline = self._clock() + budget_ms / 1000.0
+        job = call.job
+        if job.idempotency_key is None or job.type is None:  # the gate sets both
+            job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
         needs = job_needs(job, job.type or "llm")
-        request = _Request(job, agent_id, deadline, on_delta, on_model, needs)
-        if budget_ms <= 0:
+        request = _Request(job, call.agent_id, call.deadline, call.on_piece, call.on_model, needs)
+        if self._left_s(request) <= 0:
             spent = _fail(job, ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival")
             return spent, request.route
         async for target in self._targets(request):

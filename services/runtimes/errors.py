@@ -167,7 +167,7 @@ def _code_of(
         return InferbusError(ErrorCode.PAYLOAD_TOO_LARGE, message)
     if status is not None and 400 <= status < 500 and status not in _NOT_THE_REQUEST:
         # The runtime rejected this request's content: another runtime would too. It is
-        # the request's fault, neutral for every node's health (issue 9).
+        # the request's fault, neutral for every node's health.
         return InferbusError(ErrorCode.BAD_REQUEST, message)
     return InferbusError(ErrorCode.BACKEND_ERROR, message)
 

@@ -1,0 +1,134 @@
+"""One call through the router: who asks, for what, until when, and where the answer goes.
+
+A `Call` is made once, at the HTTP edge (`Calls.make`), and handed down unchanged: the
+idempotency gate (`IdempotencyGate.serve`) and the dispatcher (`Router.dispatch`) take
+it whole, so a new fact about a request (its priority, how long it queued) is one field
+here, set where it is known and read where it matters, not a new argument on every
+layer. Its budget is computed once, on arrival, into a deadline on the router's clock.
+
+The job inside is the one parsed from the body; a layer that must send a different one
+(the gate's wire job, under a fresh id and the tenant's key) hands down
+`call.with_job(wire)`, a new call around the same sinks, never a copy per layer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from router.attempts.route import Route
+from services.deadlines import remaining_budget_ms
+from services.wire import JobRequest, JobResponse, ModelSink, PieceSink
+
+__all__ = ["Call", "Calls", "ModelSink", "PieceSink", "Served", "TraceContext", "trace_context"]
+
+# What serving a call gives back: the answer and how it was served.
+Served = tuple[JobResponse, Route]
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """The caller's W3C trace context (`traceparent`, `tracestate`), kept as sent."""
+
+    traceparent: str
+    tracestate: str | None = None
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
+
+    @property
+    def parent_id(self) -> str:
+        return self.traceparent[36:52]
+
+
+def trace_context(traceparent: str | None, tracestate: str | None) -> TraceContext | None:
+    """The trace context of a request's headers, or None when there is no valid one.
+
+    W3C Trace Context: `version-traceid-parentid-flags`, lowercase hex; version `ff`,
+    an all-zero trace or parent id are invalid. A future version may append fields
+    (after a `-`); version 00 may not. An invalid `traceparent` voids `tracestate` too.
+    """
+    if not traceparent:
+        return None
+    value = traceparent.strip()
+    matched = _TRACEPARENT.fullmatch(value)
+    if matched is None:
+        return None
+    version, trace_id, parent_id, _flags, more = matched.groups()
+    if version == "ff" or (version == "00" and more is not None):
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    state = tracestate.strip() if tracestate else ""
+    return TraceContext(value, state or None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """One request on its way through the router (made by `Calls.make` at the edge).
+
+    Attributes:
+        job: what is asked, as parsed from the body (the gate hands the dispatcher its
+            wire job instead: `with_job`).
+        tenant: the idempotency scope of the caller (router/admission/tenants.py).
+        agent_id: the agent the caller speaks for, which selection may route by.
+        deadline: when the answer is due, on the router's monotonic clock.
+        trace: the caller's W3C trace context, if it sent one.
+        on_piece: with a stream, where each piece goes as it is produced (text, or
+            tool-call deltas); None for a whole answer.
+        on_model: hears the model of each target before its first piece.
+    """
+
+    job: JobRequest
+    tenant: str
+    agent_id: str | None = None
+    deadline: float
+    trace: TraceContext | None = None
+    on_piece: PieceSink | None = None
+    on_model: ModelSink | None = None
+
+    def with_job(self, job: JobRequest) -> Call:
+        """The same call for another job (the gate's wire job)."""
+        return replace(self, job=job)
+
+    def streamed_to(self, on_piece: PieceSink, on_model: ModelSink | None) -> Call:
+        """The same call answered as a stream into these sinks."""
+        return replace(self, on_piece=on_piece, on_model=on_model)
+
+    def left_s(self, now: float) -> float:
+        """Seconds left until the deadline (negative once passed)."""
+        return self.deadline - now
+
+
+@dataclass(frozen=True, slots=True)
+class Calls:
+    """Makes calls: the budget of each job computed once, on the router's clock.
+
+    `clock` must be the dispatcher's (`Router`'s) clock: the deadline is compared with it.
+    """
+
+    default_budget_ms: int
+    clock: Callable[[], float] = time.monotonic
+    wall_clock_ms: Callable[[], float] = lambda: time.time() * 1000.0
+
+    def make(
+        self,
+        job: JobRequest,
+        *,
+        tenant: str,
+        agent_id: str | None = None,
+        trace: TraceContext | None = None,
+    ) -> Call:
+        budget_ms = remaining_budget_ms(
+            timeout_ms=job.timeout_ms,
+            deadline_unix_ms=job.deadline_unix_ms,
+            default_timeout_ms=self.default_budget_ms,
+            now_unix_ms=self.wall_clock_ms(),
+        )
+        deadline = self.clock() + budget_ms / 1000.0
+        return Call(job=job, tenant=tenant, agent_id=agent_id, deadline=deadline, trace=trace)
