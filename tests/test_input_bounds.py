@@ -217,6 +217,12 @@ async def test_an_answer_over_the_bus_is_413_and_one_that_fits_arrives_whole(
              "stop": ["s"] * 1_000},
             None,
         ),
+        (
+            "/v1/chat/completions",
+            {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}],
+             "metadata": {"nested": [[[]]] * 200_000}},
+            None,
+        ),
     ],
 )  # fmt: skip
 async def test_the_router_refuses_an_input_beyond_its_bound_with_400_at_once(
