@@ -18,13 +18,13 @@ from node_worker.admission import Admission, slot_kind
 from node_worker.catalog import Catalog, CatalogModel
 from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
-from node_worker.shared_claims import SharedClaims
 from services.big_json import decode_job
 from services.bounds import embeddings_over_bus
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.image_fetch import inline_url_images
 from services.images import ImageSettings, refuse_urls, url_images
+from services.keystore import Record
 from services.needs import refusal
 from services.runtimes.base import ChatCall, EmbedCall, Runtime
 from services.runtimes.calls import (
@@ -34,6 +34,7 @@ from services.runtimes.calls import (
     embed_within,
     stream_within,
 )
+from services.shared_claims import Ran, Refused, SharedClaims
 from services.wire import (
     JobRequest,
     JobResponse,
@@ -270,19 +271,20 @@ class JobPipeline:
         if self._shared is None:
             return await self._call_runtime(job, started_s, on_delta, on_tool_calls)
         request = job.request
-        answer = await self._shared.run_once(
+        fingerprint, model = request.fingerprint(), job.served.name
+        outcome = await self._shared.run_once(
             request.key,
-            request.fingerprint(),
-            job.served.name,
+            Record(state="running", job=fingerprint, model=model),
+            lambda found: found.job == fingerprint and found.model == model,
             job.deadline_s,
             lambda: self._call_runtime(job, started_s, on_delta, on_tool_calls),
+            lambda answer: answer,
         )
-        if not answer.cached:
-            if not answer.job_id:  # a refusal from the shared store
-                answer = answer.model_copy(
-                    update={"job_id": request.job_id, "node_id": self._node_id}
-                )
-            return answer
+        if isinstance(outcome, Ran):
+            return outcome.value
+        answer = outcome.answer
+        if isinstance(outcome, Refused):
+            return answer.model_copy(update={"job_id": request.job_id, "node_id": self._node_id})
         self._metrics.idempotency_hit("shared")
         if on_delta is not None and request.stream and answer.result is not None:
             await on_delta(answer.result.text)

@@ -20,6 +20,7 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
+from router.admission.sealing import SealedRecords
 from router.cloud.providers import ProviderConfigError
 from router.config import RouterSettings
 from router.fleet.view import FleetView
@@ -30,14 +31,18 @@ from router.metrics import RouterMetrics
 from router.serving.call import Calls
 from router.serving.dispatch import Router
 from services.bus import describe, is_auth_refusal
-from services.keystore import SharedKeys
+from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
 from services.runtimes import new_http_client
+from services.shared_claims import SharedClaims
 from services.subjects import Subjects
 
 log = logging.getLogger("inferbus.router")
 
 STARTUP_WAIT_S = 2.0
+# The longest one step of the shared idempotency store may take before a keyed request
+# goes on without it: an unreachable store must not eat the caller's budget.
+SHARED_STEP_S = 0.5
 
 
 class StartupError(Exception):
@@ -74,6 +79,7 @@ class RouterService(AsyncService):
             settings=settings.fleet,
         )
         clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
+        self._clock = clock
         try:
             self.router = Router(
                 settings, nc=self._nc, fleet=self.fleet, http=self._http, clock=clock
@@ -174,8 +180,21 @@ class RouterService(AsyncService):
         idempotency = self.settings.idempotency
         if idempotency.store == "jetstream":
             # Until NATS is reached, duplicates are caught by this router's memory alone.
+            keys = await SharedKeys.make(
+                self._nc,
+                bucket=idempotency.bucket,
+                ttl_s=idempotency.ttl_s,
+                space=ROUTER_SPACE,
+                codec=SealedRecords(idempotency.sealing_key()),
+            )
             self.gate.share(
-                await SharedKeys.open(self._nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s)
+                SharedClaims(
+                    keys,
+                    owner="router",
+                    lease_s=idempotency.lease_s,
+                    op_timeout_s=SHARED_STEP_S,
+                    monotonic=self._clock,
+                )
             )
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
 
