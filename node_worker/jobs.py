@@ -122,6 +122,11 @@ class JobPipeline:
         """Claim every key in the shared store before its runtime call (set at start)."""
         self._shared = shared
 
+    @property
+    def guarded(self) -> bool:
+        """Whether keys are claimed in the shared store."""
+        return self._shared is not None
+
     async def admit(self, data: bytes, subject_type: JobType, received_s: float) -> Decision:
         """Decide a message's fate; never raises, never waits on a runtime."""
         if len(data) > self._limits.max_request_bytes:

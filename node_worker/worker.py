@@ -247,7 +247,7 @@ class Worker(AsyncService):
         try:
             keys = await self._store_keys()
         except BucketMissing as missing:
-            if not await self._make_bucket():
+            if self._has_identity() or not await self._make_bucket():
                 log.warning(
                     "%s: jobs run without the shared guard until a router makes it", missing
                 )
@@ -256,9 +256,15 @@ class Worker(AsyncService):
             keys = await self._store_keys()
         self._guard(keys)
 
+    def _has_identity(self) -> bool:
+        """Logged in as someone: then grants decide, and the shipped ones leave making the
+        bucket to routers (trying would only put a permissions violation in the log)."""
+        auth = self.settings.nats
+        return any((auth.user, auth.token, auth.nkey_seed_file, auth.creds_file))
+
     async def _make_bucket(self) -> bool:
-        """Make the bucket as routers do, where this worker may (an open server; the
-        shipped grants leave it to routers). False when it may not."""
+        """Make the bucket as routers do, on an open server (`inferbus up`, a lab): there
+        every process may. False when it could not."""
         idempotency = self.settings.idempotency
         try:
             await SharedKeys.make(
@@ -278,7 +284,7 @@ class Worker(AsyncService):
             self.nc,
             bucket=self.settings.idempotency.bucket,
             space=worker_space(self.node_id),
-            refused=lambda: self._refusals[-1] if self._refusals else None,
+            refused=lambda: "; ".join(dict.fromkeys(self._refusals)) or None,
             timeout_s=STORE_JOIN_TIMEOUT_S,
         )
 

@@ -254,6 +254,8 @@ class SharedKeys:
         except nats.errors.NoRespondersError:
             raise StoreUnavailable("JetStream is not enabled on the NATS server") from None
         except nats.js.errors.APIError as error:
+            if error.description is None:  # the server's own 503: nothing serves $JS.API
+                raise StoreUnavailable("JetStream is not enabled on the NATS server") from None
             raise StoreUnavailable(f"JetStream refused this account: {error.description}") from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise StoreUnavailable(_no_answer("$JS.API.INFO", refused())) from None

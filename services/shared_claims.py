@@ -135,16 +135,18 @@ class SharedClaims:
         run: Callable[[], Awaitable[T]],
         answer_of: Callable[[T], JobResponse | None],
     ) -> T:
-        renewing = asyncio.create_task(self._renew(key, revision, claim))
+        # Stopped by an event, never cancelled: a cancellation landing in the middle of a
+        # renewal could be lost inside the NATS client (the renewals then go on forever),
+        # or leave us without the revision the server wrote (the answer is then refused).
+        stop = asyncio.Event()
+        renewing = asyncio.create_task(self._renew(key, revision, claim, stop))
         answer: JobResponse | None = None
         try:
             result = await run()
             answer = answer_of(result)
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            last = _last_revision(renewing, revision)
+            stop.set()
+            last = await renewing
             if answer is not None and is_replayable(answer):
                 done = claim.model_copy(
                     update={"state": "done", "owner": "", "lease_until_unix_ms": 0.0}
@@ -154,20 +156,21 @@ class SharedClaims:
                 await self._keys.release(key, last)
         return result
 
-    async def _renew(self, key: str, revision: int, claim: Record) -> int:
-        """Extend the lease until cancelled; the result is the revision last written."""
-        try:
-            while True:
-                await asyncio.sleep(self._lease_s / 3)
-                renewed = claim.model_copy(update={"lease_until_unix_ms": self._lease_until()})
-                result = await self._keys.renew(key, renewed, revision)
-                if result.result is ClaimResult.LOST:
-                    log.warning("claim on %s taken over: our lease had run out", key)
-                    return revision
-                if result.result is ClaimResult.WON:
-                    revision = result.revision
-        except asyncio.CancelledError:
-            return revision
+    async def _renew(self, key: str, revision: int, claim: Record, stop: asyncio.Event) -> int:
+        """Extend the lease until `stop`; the result is the revision last written."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease_s / 3):
+                    await stop.wait()
+            if stop.is_set():
+                return revision
+            renewed = claim.model_copy(update={"lease_until_unix_ms": self._lease_until()})
+            result = await self._keys.renew(key, renewed, revision)
+            if result.result is ClaimResult.LOST:
+                log.warning("claim on %s taken over: our lease had run out", key)
+                return revision
+            if result.result is ClaimResult.WON:
+                revision = result.revision
 
     async def _within(self, step: Awaitable[T], deadline_s: float, otherwise: T) -> T:
         """A store step, given up (`otherwise`) past the budget or `op_timeout_s`: an
@@ -201,12 +204,6 @@ class SharedClaims:
 
 _SPENT_WAITING = "budget spent waiting for the process that runs the same key"
 _NO_STORE = "the idempotency store did not answer"
-
-
-def _last_revision(renewing: asyncio.Task[int], first: int) -> int:
-    if renewing.done() and not renewing.cancelled() and renewing.exception() is None:
-        return renewing.result()
-    return first
 
 
 def _mismatch(key: str) -> str:
