@@ -14,11 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from services.wire import JobType
-
-
-def slot_kind(job_type: JobType) -> str:
-    return job_type if job_type in ("vision", "embed") else "llm"
+from services.wire import JobType, slot_kind
 
 
 @dataclass

@@ -7,7 +7,7 @@ import asyncio
 
 from nats.aio.client import Client as NatsClient
 
-from services.wire import Chunk, encode
+from services.wire import Chunk, Piece, encode
 from services.wire_features import ToolCallDelta
 
 
@@ -34,3 +34,10 @@ class ChunkSender:
 
     async def tool_calls(self, deltas: list[ToolCallDelta]) -> None:
         await self._send(Chunk(job_id=self._job_id, seq=0, tool_calls=deltas))
+
+    async def piece(self, piece: Piece) -> None:
+        """Text or tool-call pieces, whichever `piece` is."""
+        if isinstance(piece, str):
+            await self.text(piece)
+        else:
+            await self.tool_calls(piece)

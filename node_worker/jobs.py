@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from node_worker.admission import Admission, slot_kind
+from node_worker.admission import Admission
 from node_worker.catalog import Catalog, CatalogModel
 from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
@@ -43,6 +43,8 @@ from services.wire import (
     Timings,
     is_replayable,
     new_job_id,
+    replay_pieces,
+    slot_kind,
 )
 
 log = logging.getLogger("inferbus.worker.jobs")
@@ -292,7 +294,11 @@ class JobPipeline:
             return answer.model_copy(update={"job_id": request.job_id, "node_id": self._node_id})
         self._metrics.idempotency_hit("shared")
         if on_delta is not None and request.stream and answer.result is not None:
-            await on_delta(answer.result.text)
+            for piece in replay_pieces(answer.result):
+                if isinstance(piece, str):
+                    await on_delta(piece)
+                elif on_tool_calls is not None:
+                    await on_tool_calls(piece)
         return replayed(answer, request)
 
     async def _call_runtime(
@@ -413,7 +419,7 @@ class JobPipeline:
 
 def replayed(response: JobResponse, request: JobRequest) -> JobResponse:
     """A kept answer given to a duplicate: its own job id, `cached`, and `done` when it
-    asked for a stream (the worker then sends the whole text as one chunk first)."""
+    asked for a stream (the worker first sends it as `replay_pieces` says)."""
     done = True if request.stream else None
     return response.model_copy(update={"job_id": request.job_id, "cached": True, "done": done})
 

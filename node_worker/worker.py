@@ -23,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from node_worker.admission import Admission, slot_kind
+from node_worker.admission import Admission
 from node_worker.backends import build_backend
 from node_worker.catalog import Catalog
 from node_worker.chunks import ChunkSender
@@ -66,13 +66,13 @@ from services.runtimes.errors import redact
 from services.shared_claims import SharedClaims
 from services.subjects import WORKER_QUEUE_GROUP, Subjects, inbox_prefix
 from services.wire import (
-    Chunk,
     JobResponse,
     JobType,
     cancel_target,
     encode,
     new_job_id,
     replay_pieces,
+    slot_kind,
 )
 
 log = logging.getLogger("inferbus.worker")
@@ -424,12 +424,9 @@ class Worker(AsyncService):
         """A kept answer replayed to a stream: its tool calls whole, then its whole text,
         one chunk each (`replay_pieces`)."""
         if response.cached and response.done and response.result is not None:
-            for seq, piece in enumerate(replay_pieces(response.result), start=1):
-                if isinstance(piece, str):
-                    chunk = Chunk(job_id=response.job_id, seq=seq, delta=piece)
-                else:
-                    chunk = Chunk(job_id=response.job_id, seq=seq, tool_calls=piece)
-                await self.nc.publish(reply_to, encode(chunk))
+            sender = ChunkSender(self.nc, reply_to, response.job_id)
+            for piece in replay_pieces(response.result):
+                await sender.piece(piece)
 
     async def _on_cancel(self, msg: Msg) -> None:
         """`node.<id>.cancel` `{"job_id": ...}`: stop that job's runtime call now."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -17,7 +17,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class _BreakerStates(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
+    def __init__(self, snapshot: Callable[[], Mapping[str, Mapping[str, str]]]) -> None:
         self._snapshot = snapshot
 
     def collect(self):  # type: ignore[no-untyped-def]
@@ -91,7 +91,7 @@ class _CloudProviders(Collector):
 class RouterMetrics:
     def __init__(
         self,
-        breaker_snapshot: Callable[[], dict[str, dict[str, str]]],
+        breaker_snapshot: Callable[[], Mapping[str, Mapping[str, str]]],
         providers_view: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()

@@ -1,5 +1,9 @@
 """The router process: the HTTP API at once, NATS and the fleet view in the background.
 
+The router's parts are built and wired here, once (`wire_router`): each receives the
+settings section and the collaborators it uses, never the whole settings; nothing below
+reads the environment.
+
 HTTP opens first, so `/health`, `/ready` and the local and static routes answer while
 NATS is unreachable (`/ready` says so); the connection is tried in the background until
 it succeeds, then the fleet view and the reply inboxes start. A taken HTTP port or bad
@@ -13,15 +17,24 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+import httpx
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.sealing import SealedRecords
+from router.attempts.board import BreakerBoard
+from router.attempts.health import HealthBoard, HealthEvents
+from router.attempts.runtime_target import StaticRuntimes
+from router.cloud.cooldowns import CloudHealthBoard
 from router.cloud.providers import ProviderConfigError
+from router.cloud.targets import CloudProviders
 from router.config import RouterSettings
 from router.fleet.view import FleetView
 from router.http.app import build_app
@@ -29,11 +42,14 @@ from router.http.edge import Api
 from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
 from router.serving.call import Calls
-from router.serving.dispatch import Router
+from router.serving.dispatch import LocalRuntime, Router
+from router.serving.liveness import Liveness, LivenessSettings
+from router.serving.node_link import NodeLink
+from router.serving.node_target import NodeCalls
 from services.bus import describe, is_auth_refusal
 from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
-from services.runtimes import new_http_client
+from services.runtimes import make_runtime, new_http_client
 from services.shared_claims import SharedClaims
 from services.subjects import Subjects
 
@@ -66,6 +82,83 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Wired:
+    """The router's parts, as `wire_router` built them."""
+
+    router: Router
+    health: HealthBoard
+    link: NodeLink
+    liveness: Liveness
+    nodes: NodeCalls
+
+
+def wire_router(
+    settings: RouterSettings,
+    *,
+    nc: NatsClient,
+    fleet: FleetView,
+    http: httpx.AsyncClient,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+) -> Wired:
+    """Build the dispatcher and its collaborators, and hook them to the fleet view.
+
+    Raises:
+        ProviderConfigError: a cloud provider's key variable is unset (it names it).
+    """
+    events = HealthEvents()
+    breakers = BreakerBoard(settings.breakers, events)
+    cloud_board = CloudHealthBoard(settings.failover, events)
+    health = HealthBoard(breakers, cloud_board, events)
+    cloud = CloudProviders(
+        settings.providers,
+        selection=settings.selection,
+        fallbacks=tuple(settings.fallbacks),
+        board=cloud_board,
+        http=http,
+        environ=environ,
+        clock=clock,
+    )
+    link = NodeLink(nc, Subjects(settings.subject_prefix))
+    offload = settings.offload
+    liveness = Liveness(
+        link,
+        link.node_lost,
+        LivenessSettings(
+            offload.liveness_interval_ms / 1000.0,
+            offload.liveness_timeout_ms / 1000.0,
+            offload.liveness_misses,
+        ),
+    )
+
+    def connected() -> bool:
+        return nc.is_connected
+
+    nodes = NodeCalls(link, liveness, fleet, breakers, offload, connected=connected, clock=clock)
+    local = settings.local_runtime
+    local_runtime = None
+    if local is not None:
+        key = environ.get(local.api_key_env) if local.api_key_env else None
+        runtime = make_runtime(local.kind, local.url, http, api_key=key)
+        local_runtime = LocalRuntime(runtime, settings.local_node)
+    router = Router(
+        offload=offload,
+        selection=settings.selection,
+        fleet=fleet,
+        health=health,
+        nodes=nodes,
+        cloud=cloud,
+        statics=StaticRuntimes(settings.selection, http, environ),
+        local=local_runtime,
+        connected=connected,
+        clock=clock,
+    )
+    fleet.on_record(router.heard_from)
+    fleet.on_forget(lambda node: breakers.forget(node, clock()))
+    return Wired(router, health, link, liveness, nodes)
+
+
 class RouterService(AsyncService):
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
@@ -81,11 +174,18 @@ class RouterService(AsyncService):
         clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
         self._clock = clock
         try:
-            self.router = Router(
-                settings, nc=self._nc, fleet=self.fleet, http=self._http, clock=clock
+            wired = wire_router(
+                settings,
+                nc=self._nc,
+                fleet=self.fleet,
+                http=self._http,
+                environ=os.environ,
+                clock=clock,
             )
         except ProviderConfigError as error:  # a key's variable is unset: it names it
             raise StartupError(str(error)) from None
+        self.router, self.health, self.link = wired.router, wired.health, wired.link
+        self._liveness, self._nodes = wired.liveness, wired.nodes
         idempotency = settings.idempotency
         self.gate = IdempotencyGate(
             self.router.dispatch,
@@ -116,15 +216,15 @@ class RouterService(AsyncService):
         http = self.settings.http
         sock = bind_http(http.host, http.port)
         metrics = RouterMetrics(
-            lambda: self.router.board.snapshot(time.monotonic()), self.router.cloud.view
+            lambda: self.health.snapshot(time.monotonic()).breakers, self.router.cloud.view
         )
         self.fleet.on_forget(metrics.forget)
         api = Api(self.settings.http, self.settings.images, self._calls, self.gate, metrics)
         status = FleetStatus(
             self.fleet,
-            breakers_of=self.router.board.of_node,
+            breakers_of=self.health.breakers_of,
             bus_connected=lambda: self._nc.is_connected,
-            has_local_runtime=self.router.local_runtime is not None,
+            has_local_runtime=self.router.local is not None,
             registry=metrics.registry,
         )
         config = uvicorn.Config(
@@ -175,7 +275,7 @@ class RouterService(AsyncService):
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py's hint; a float works
             connect_timeout=2,
         )
-        await self.router.link.start()
+        await self.link.start()
         await self.fleet.start()
         idempotency = self.settings.idempotency
         if idempotency.store == "jetstream":
@@ -216,8 +316,12 @@ class RouterService(AsyncService):
             log.warning("disconnected from nats; reconnecting (local runtime still serves)")
 
     async def _on_reconnected(self) -> None:
-        self.router.reconnected()
+        self._nodes.reconnected()
         log.info("reconnected to nats")
+
+    @property
+    def nc(self) -> NatsClient:
+        return self._nc
 
     @property
     def url(self) -> str:
@@ -237,7 +341,8 @@ class RouterService(AsyncService):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._serving, 10)
             self._serving = None
-        await self.router.stop()
+        await self._liveness.stop()
+        await self.link.stop()
         await self.fleet.stop()
         with contextlib.suppress(Exception):
             await self._nc.close()

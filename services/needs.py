@@ -21,14 +21,6 @@ from services.errors import ErrorCode, InferbusError
 from services.wire import JobRequest, JobType
 
 Capability = Literal["completion", "tools", "vision", "embedding", "thinking", "insert"]
-CAPABILITIES: tuple[Capability, ...] = (
-    "completion",
-    "tools",
-    "vision",
-    "embedding",
-    "thinking",
-    "insert",
-)
 
 # The job fields beyond DESIGN §3's first version that this worker honours or refuses by
 # name; published in the record as `wire_features` so routers know who understands them.

@@ -30,6 +30,19 @@ from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta
 
 JobType = Literal["llm", "vision", "code", "embed"]
 JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code", "embed")
+# A node's job slots, its load and the router's breakers come in these kinds.
+SlotKind = Literal["llm", "vision", "embed"]
+SLOT_KINDS: tuple[SlotKind, ...] = ("llm", "vision", "embed")
+
+
+def slot_kind(job_type: str) -> SlotKind:
+    """The slots a job (or a served model) of `job_type` takes on a node: vision and embed
+    have their own; code runs on the llm runtimes, so it shares the llm slots (and breaker)."""
+    if job_type == "vision":
+        return "vision"
+    if job_type == "embed":
+        return "embed"
+    return "llm"
 
 
 def new_job_id() -> str:

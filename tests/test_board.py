@@ -129,7 +129,7 @@ def test_nodes_and_slot_kinds_are_independent() -> None:
         "gpu2": {"llm": "closed"},
     }
     assert board.snapshot(200)["gpu1"]["llm"] == "half_open"
-    board.forget("gpu1")
+    board.forget("gpu1", 200)
     assert board.snapshot(3) == {"gpu2": {"llm": "closed"}}
 
 
@@ -180,7 +180,7 @@ def test_queries_touch_one_node_and_forget_drops_it() -> None:
     assert not board.is_open("a", "llm", 4)
     assert not board.is_open("b", "vision", 4)
     assert board.open_nodes("code", 4) == frozenset({"b"})  # code shares the llm breaker
-    board.forget("b")
+    board.forget("b", 4)
     assert not board.is_open("b", "llm", 4)
     assert board.open_nodes("llm", 4) == frozenset()
     assert "b" not in board.snapshot(4)

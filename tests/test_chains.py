@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from router.attempts.route import Attempt as RouteAttempt
 from router.cloud.chain import ChainResult, run_cloud_chain
 from router.cloud.chains import (
     ChainCursor,
@@ -389,23 +390,25 @@ async def test_every_attempt_is_recorded_for_the_route() -> None:
     assert result.reply == "answer"
     assert result.target is not None
     assert result.target.key_id == "KEY_B"
-    assert [record.to_route() for record in result.attempts] == [
-        {
-            "kind": "cloud",
-            "provider": "openai",
-            "key_id": "KEY_A",
-            "model": "gpt-4o",
-            "outcome": "rate_limited",
-            "ms": 0.0,
-        },
-        {
-            "kind": "cloud",
-            "provider": "openai",
-            "key_id": "KEY_B",
-            "model": "gpt-4o",
-            "outcome": "ok",
-            "ms": 0.0,
-        },
+    assert result.attempts == [
+        RouteAttempt(
+            via="cloud",
+            node=None,
+            provider="openai",
+            key_id="KEY_A",
+            model="gpt-4o",
+            outcome="rate_limited",
+            ms=0.0,
+        ),
+        RouteAttempt(
+            via="cloud",
+            node=None,
+            provider="openai",
+            key_id="KEY_B",
+            model="gpt-4o",
+            outcome="ok",
+            ms=0.0,
+        ),
     ]
 
 

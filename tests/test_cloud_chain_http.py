@@ -86,7 +86,7 @@ def cloud(alpha: Simulator, beta: Simulator, client: httpx.AsyncClient) -> Cloud
     return Cloud(alpha, beta, client)
 
 
-def key_ids(result: ChainResult[str]) -> list[tuple[str, str, str]]:
+def key_ids(result: ChainResult[str]) -> list[tuple[str | None, str | None, str]]:
     return [(a.provider, a.key_id, a.outcome) for a in result.attempts]
 
 

@@ -85,7 +85,7 @@ def test_a_success_forgets_the_pairs_history() -> None:
     board = CloudHealthBoard()
     board.cool_key("p", "A", Reason.RATE_LIMITED, 0)
     board.cool_key("p", "A", Reason.RATE_LIMITED, 5)
-    board.key_succeeded("p", "A")
+    board.key_succeeded("p", "A", 10)
     assert board.cool_key("p", "A", Reason.RATE_LIMITED, 20) == 25
 
 
@@ -94,8 +94,7 @@ def test_long_expired_entries_are_collected_and_their_hits_forgotten() -> None:
     board.cool_key("p", "A", Reason.RATE_LIMITED, 0)  # until 5
     board.cool_key("q", "B", Reason.RATE_LIMITED, 0)
     assert board.key_entry("p", "A", 5 + 299) is not None  # remembered, not cooling
-    board.collect(now=5 + 300)
-    assert list(board.key_pairs()) == []
+    assert board.key_states(now=5 + 300) == ()  # what /providers would show
     assert board.cool_key("p", "A", Reason.RATE_LIMITED, 400) == 405  # back at the floor
 
 
@@ -103,18 +102,7 @@ def test_a_read_collects_the_entry_it_finds_expired() -> None:
     board = CloudHealthBoard()
     board.cool_key("p", "A", Reason.RATE_LIMITED, 0)
     assert board.key_cooling_until("p", "A", 1_000) is None
-    assert list(board.key_pairs()) == []
-
-
-def test_earliest_release_among_pairs_still_cooling() -> None:
-    board = CloudHealthBoard()
-    board.cool_key("p", "A", Reason.RATE_LIMITED, 0, retry_after_s=60)
-    board.cool_key("p", "B", Reason.RATE_LIMITED, 0, retry_after_s=20)
-    board.cool_key("q", "A", Reason.RATE_LIMITED, 0, retry_after_s=7)
-    pairs = [("p", "A"), ("p", "B"), ("p", "C")]
-    assert board.earliest_key_release(pairs, now=1) == 20
-    assert board.earliest_key_release(pairs, now=30) == 60
-    assert board.earliest_key_release(pairs, now=61) is None
+    assert board.cool_key("p", "A", Reason.RATE_LIMITED, 1_000) == 1_005  # its hits forgotten
 
 
 # --- model health -------------------------------------------------------------------------
@@ -134,7 +122,7 @@ def test_a_cooling_model_is_skipped_until_its_cooling_ends() -> None:
         False,
     )
     assert board.model_status("p", "m", 40) == "healthy"
-    assert list(board.models()) == []  # collected on that read
+    assert board.model_states(40) == ()  # collected on that read
 
 
 def test_a_disabled_model_is_rechecked_after_its_period_and_healed_by_a_success() -> None:
@@ -151,7 +139,7 @@ def test_a_disabled_model_is_rechecked_after_its_period_and_healed_by_a_success(
     assert not board.model_callable("p", "m", 599)
     assert board.model_status("p", "m", 600) == "rechecking"
     assert board.model_callable("p", "m", 600)
-    board.model_succeeded("p", "m")
+    board.model_succeeded("p", "m", 600)
     assert board.model_status("p", "m", 601) == "healthy"
 
 

@@ -18,13 +18,14 @@ import pydantic
 import pytest
 
 from router.attempts.board import BreakerBoard
-from router.fleet.candidates import Candidate, slot_kind
+from router.fleet.candidates import Candidate
 from router.fleet.index import FleetIndex, Taken
 from router.fleet.views import servers_of
 from router.selection.picking import SCAN_LIMIT
 from router.selection.profiles import HardDefault, SelectionConfig
 from router.selection.select import select
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
+from services.wire import slot_kind
 
 
 def model(
@@ -403,7 +404,7 @@ def test_less_loaded_node_wins_among_equals() -> None:
 def test_forgotten_node_loses_its_breakers_and_inflight_counts() -> None:
     index = FleetIndex(drop_after_ttls=2)
     board = BreakerBoard()
-    index.on_forget(board.forget)
+    index.on_forget(lambda node: board.forget(node, 0))
     for node in ("a", "b"):
         index.take(record(node, LLAMA, ttl_s=10), 0)
         for _ in range(3):
@@ -448,7 +449,7 @@ def test_breaker_queries_answer_per_node_without_changing_state() -> None:
     assert not board.is_open("gpu1", "llm", 200)  # half-open: the trial may go ...
     assert not board.is_open("gpu1", "llm", 200)  # ... and asking did not start it
     assert board.allows("gpu1", "llm", 200)
-    board.forget("gpu1")
+    board.forget("gpu1", 201)
     assert board.of_node("gpu1", 201) == {}
 
 

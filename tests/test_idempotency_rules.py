@@ -178,18 +178,20 @@ def gate(infer: CountingInfer) -> IdempotencyGate:
     )
 
 
-KEYED = Calls(default_budget_ms=10_000).make(
-    JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"}),
-    tenant=SHARED_SCOPE,
-)
+KEYED = JobRequest.model_validate({"prompt": "hi", "idempotency_key": "k", "job_id": "mine"})
+
+
+def keyed_call() -> Call:
+    """A call for KEYED with its budget from now."""
+    return Calls(default_budget_ms=10_000).make(KEYED, tenant=SHARED_SCOPE)
 
 
 async def test_a_duplicate_runs_the_job_itself_when_the_first_caller_left() -> None:
     infer = CountingInfer(JobResponse(job_id="", status="ok", result=Result(text="t")))
     keyed = gate(infer)
-    first = asyncio.create_task(keyed.serve(KEYED))
+    first = asyncio.create_task(keyed.serve(keyed_call()))
     await asyncio.sleep(0)
-    duplicate = asyncio.create_task(keyed.serve(KEYED))
+    duplicate = asyncio.create_task(keyed.serve(keyed_call()))
     await asyncio.sleep(0)
     first.cancel()  # the first client went away before an answer
     infer.release.set()
@@ -204,9 +206,9 @@ async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
     failed = JobResponse.failure("", InferbusError(ErrorCode.BACKEND_ERROR, "boom"))
     infer = CountingInfer(failed)
     keyed = gate(infer)
-    first = asyncio.create_task(keyed.serve(KEYED))
+    first = asyncio.create_task(keyed.serve(keyed_call()))
     await asyncio.sleep(0)
-    duplicate = asyncio.create_task(keyed.serve(KEYED))
+    duplicate = asyncio.create_task(keyed.serve(keyed_call()))
     await asyncio.sleep(0)
     infer.release.set()
     answers = [answer for answer, _ in await asyncio.gather(first, duplicate)]
@@ -214,7 +216,7 @@ async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
     assert [answer.cached for answer in answers] == [False, False]
     assert infer.calls == 1
     infer.answer = JobResponse(job_id="", status="ok", result=Result(text="t"))
-    later, _ = await keyed.serve(KEYED)
+    later, _ = await keyed.serve(keyed_call())
     assert later.status == "ok"
     assert infer.calls == 2
 

@@ -263,7 +263,7 @@ async def test_a_nats_restart_opens_no_breaker(
         worker.send_signal(signal.SIGSTOP)
         await private_nats.stop()
         await private_nats.start()  # the same port: everyone reconnects
-        await until(lambda: router.router.nc.is_connected, timeout_s=10)
+        await until(lambda: router.nc.is_connected, timeout_s=10)
         while_settling = [await http.post("/infer", json=JOB) for _ in range(4)]
         worker.send_signal(signal.SIGCONT)
         probe = await nats.connect(private_nats.url)
@@ -310,7 +310,7 @@ async def test_replies_come_on_node_scoped_unguessable_inboxes_and_forgeries_are
         whole = await http.post("/infer", json=JOB)
         streamed = await http.post("/infer", json={**JOB, "stream": True})
         await spy.close()  # flushes the forgeries; the router takes them in its own time
-        link = router.router.link
+        link = router.link
         await until(lambda: link.dropped >= 6)  # three per job, whenever they arrived
     assert whole.status_code == 200
     assert "FORGED" not in whole.json()["result"]["text"]

@@ -18,8 +18,10 @@ import pytest
 
 from router.config import RouterSettings
 from router.service import RouterService, StartupError
+from services.wire_features import ToolCallAssembler, ToolCallDelta
 from tests.cloud_sims import FALLBACK, PRIMARY, TOKENS
 from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.test_worker_openai_features import ASK_WEATHER, WEATHER_TOOL
 from tools.simulator import Fault, KeyBehaviour, SimModel, Simulator, expected_text
 
 FLEET_MODEL, PROMPT = "llama3:8b", "hi"
@@ -211,6 +213,32 @@ async def test_a_stream_fails_over_before_its_first_token(
         pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     assert "".join(pieces) == expected_text(PRIMARY, PROMPT, TOKENS)
     assert alpha.key_calls == {SECRETS["KEY_A"]: 1, SECRETS["KEY_B"]: 1}
+
+
+async def test_a_streamed_cloud_tool_call_reaches_the_client_as_the_whole_answers_calls(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    asked: Any = [{"role": "user", "content": ASK_WEATHER}]
+    tools: Any = [WEATHER_TOOL]
+    async with start_router(**cloud(alpha, beta)) as router, client(router.url) as openai_client:
+        whole = await openai_client.chat.completions.create(
+            model=PRIMARY, messages=asked, tools=tools
+        )
+        stream = await openai_client.chat.completions.create(
+            model=PRIMARY, messages=asked, tools=tools, stream=True
+        )
+        assembler, finishes = ToolCallAssembler(), []
+        async for chunk in stream:
+            for choice in chunk.choices:
+                finishes.append(choice.finish_reason)
+                for piece in choice.delta.tool_calls or ():
+                    assembler.add([ToolCallDelta.model_validate(piece.model_dump())])
+    assert whole.choices[0].message.tool_calls is not None
+    expected = [call.model_dump() for call in whole.choices[0].message.tool_calls]
+    assert expected
+    assert [call.model_dump() for call in assembler.calls()] == expected
+    assert [reason for reason in finishes if reason] == ["tool_calls"]
+    assert alpha.key_calls == {SECRETS["KEY_A"]: 2}
 
 
 async def test_a_stream_whose_key_sends_no_first_token_in_time_fails_over(

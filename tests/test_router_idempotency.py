@@ -31,6 +31,7 @@ from services.wire import decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import llm, until
 from tests.test_worker_lifecycle import start_worker_process
+from tests.test_worker_openai_features import ASK_WEATHER, MODELS, TOOL_MODEL, WEATHER_TOOL
 from tools.simulator import SimModel, Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,6 +401,43 @@ async def test_an_answered_key_replays_after_the_worker_restarts(
     assert simulator.calls["llama3:8b"] == 1
 
 
+async def test_an_answer_from_the_shared_store_replays_its_tool_calls_to_a_stream(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    """A restarted worker finds the answer in the shared store only: it replays the tool
+    calls as stream chunks, not only in the final answer."""
+    ask = {
+        "model": TOOL_MODEL,
+        "messages": [{"role": "user", "content": ASK_WEATHER}],
+        "tools": [WEATHER_TOOL],
+    }
+    key = {"Idempotency-Key": f"tools-{uuid.uuid4().hex}"}
+    async with Simulator(models=list(MODELS)) as sim:
+        async with (
+            start_worker(backends=[backend(sim.url)], idempotency=SHARED),
+            start_router() as first,
+            httpx.AsyncClient(base_url=first.url, timeout=30) as http,
+        ):
+            await sees(first, [node_id])
+            whole = (await http.post("/v1/chat/completions", json=ask, headers=key)).json()
+        async with (
+            start_worker(backends=[backend(sim.url)], idempotency=SHARED),
+            start_router() as second,  # its own memory never saw the key
+            httpx.AsyncClient(base_url=second.url, timeout=30) as http,
+        ):
+            await sees(second, [node_id])
+            streamed = await http.post(
+                "/v1/chat/completions", json={**ask, "stream": True}, headers=key
+            )
+    events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    deltas = [json.loads(event)["choices"][0]["delta"] for event in events[:-1]]
+    pieces = [piece for delta in deltas for piece in delta.get("tool_calls", [])]
+    calls = whole["choices"][0]["message"]["tool_calls"]
+    assert [piece["function"] for piece in pieces] == [call["function"] for call in calls]
+    assert [piece["id"] for piece in pieces] == [call["id"] for call in calls]
+    assert sim.calls[TOOL_MODEL] == 1
+
+
 async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_its_budget(
     tmp_path: Path,
 ) -> None:
@@ -422,7 +460,7 @@ async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_it
         ):
             await until(lambda: router.gate.shared is not None, timeout_s=10)
             await server.stop()
-            await until(lambda: not router.router.nc.is_connected, timeout_s=10)
+            await until(lambda: not router.nc.is_connected, timeout_s=10)
             job = {"prompt": "x", "model": "m:1b", "timeout_ms": 1500}
             keyed = await http.post("/infer", json=job, headers={"Idempotency-Key": "k1"})
     assert keyed.status_code == 504, keyed.json()

@@ -175,7 +175,7 @@ async def test_a_draining_node_finishes_the_job_it_holds_and_is_not_taken_for_de
         job = {"prompt": "x", "model": MODEL, "timeout_ms": 8000}
         following = await held.http.post("/infer", json=job, timeout=20)
         exit_code = await asyncio.wait_for(held.process.wait(), 20)
-        breakers = held.router.router.board.of_node(leaving, held.router.fleet.clock())
+        breakers = held.router.health.breakers_of(leaving, held.router.fleet.clock())
     body = answer.json()
     assert answer.status_code == 200, body
     assert [attempt["node"] for attempt in body["route"]["attempts"]] == [leaving]

@@ -307,6 +307,39 @@ async def test_a_replayed_stream_carries_the_tool_calls(
     assert sim.calls[TOOL_MODEL] == 1  # the stream was the kept answer, replayed
 
 
+async def test_an_answer_kept_by_the_worker_replays_its_tool_calls_to_a_stream(
+    sim: Simulator, start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    """The second router never saw the key: the worker that kept the answer replays it,
+    its tool calls as stream chunks, not only in the final answer."""
+    headers = {"Idempotency-Key": f"tools-{node_id}"}
+    async with (
+        start_worker(backends=[backend(sim.url)]),
+        start_router() as first,
+        start_router() as second,
+    ):
+        await until(lambda: node_id in first.fleet.nodes, timeout_s=10)
+        await until(lambda: node_id in second.fleet.nodes, timeout_s=10)
+        one = openai.AsyncOpenAI(base_url=f"{first.url}/v1", api_key="x", max_retries=0)
+        two = openai.AsyncOpenAI(base_url=f"{second.url}/v1", api_key="x", max_retries=0)
+        whole = await one.chat.completions.create(
+            model=TOOL_MODEL, messages=ask_weather(), tools=[WEATHER], extra_headers=headers
+        )
+        replay = await two.chat.completions.create(
+            model=TOOL_MODEL,
+            messages=ask_weather(),
+            tools=[WEATHER],
+            stream=True,
+            extra_headers=headers,
+        )
+        streamed = await assembled(replay)
+        await one.close()
+        await two.close()
+    assert whole.choices[0].message.tool_calls is not None
+    assert streamed == [call.model_dump() for call in whole.choices[0].message.tool_calls]
+    assert sim.calls[TOOL_MODEL] == 1  # the worker's kept answer, replayed
+
+
 def announced(node: str, model: str, capabilities: tuple[str, ...]) -> bytes:
     """A record as an older worker (no `wire_features`) would publish it."""
     record = Capabilities(

@@ -174,7 +174,7 @@ async def test_nats_gone_under_a_running_router_is_a_typed_answer_and_no_breaker
     ):
         await until(lambda: node_id in router.fleet.nodes)
         await private_nats.stop()
-        await until(lambda: not router.router.nc.is_connected)
+        await until(lambda: not router.nc.is_connected)
         answers = [await http.post("/infer", json=job), await http.post("/infer", json=job)]
         nodes = (await http.get("/nodes")).json()["nodes"]
     assert [a.status_code for a in answers] == [503, 503]

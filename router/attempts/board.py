@@ -1,5 +1,5 @@
-"""The health board: circuit breakers per (node, slot kind) — a pure state machine plus
-one small mutable board that holds them (and, later, cloud keys' cooldowns).
+"""Circuit breakers per (node, slot kind): a pure state machine, and the board that holds
+them (the breaker part of the health board, router/attempts/health.py).
 
 DESIGN §6: 3 failures within `window_s` open a breaker for `open_s`; then exactly one trial
 request goes through; its success closes the breaker, its failure reopens it. BUSY and the
@@ -26,6 +26,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.attempts.health import HealthChange, HealthEvents
+from services.wire import slot_kind
+
 __all__ = [
     "CLOSED",
     "BreakerBoard",
@@ -33,7 +36,6 @@ __all__ = [
     "BreakerState",
     "Outcome",
     "allows",
-    "breaker_kind",
     "current",
     "is_open",
     "record",
@@ -49,11 +51,6 @@ class BreakerSettings(BaseModel):
     failures_to_open: int = Field(default=3, gt=0)
     window_s: float = Field(default=60, gt=0)
     open_s: float = Field(default=120, gt=0)
-
-
-def breaker_kind(job_type: str) -> str:
-    """The breaker key's second half: code jobs share the node's llm breaker."""
-    return "llm" if job_type == "code" else job_type
 
 
 @dataclass(frozen=True)
@@ -137,34 +134,46 @@ class BreakerBoard:
     """Every breaker the router keeps, by node then slot kind; mutable, clock-free.
 
     Indexed by node so that every query and update touches one node's breakers only:
-    nothing here is in proportion to the fleet, and `forget` drops a node whole.
+    nothing here is in proportion to the fleet, and `forget` drops a node whole. Every
+    status it writes that differs from the one before goes to `events`.
+    `job_type` arguments take a job type or a slot kind (`slot_kind` maps them).
     """
 
-    def __init__(self, settings: BreakerSettings | None = None) -> None:
+    def __init__(
+        self, settings: BreakerSettings | None = None, events: HealthEvents | None = None
+    ) -> None:
         self.settings = settings or BreakerSettings()
+        self._events = events if events is not None else HealthEvents()
         self._nodes: dict[str, dict[str, BreakerState]] = {}
         self._troubled: set[str] = set()  # nodes with a breaker that is not closed
 
     def _get(self, node: str, job_type: str) -> BreakerState:
         kinds = self._nodes.get(node)
-        return kinds.get(breaker_kind(job_type), CLOSED) if kinds else CLOSED
+        return kinds.get(slot_kind(job_type), CLOSED) if kinds else CLOSED
 
-    def _put(self, node: str, job_type: str, state: BreakerState) -> None:
+    def _put(self, node: str, kind: str, state: BreakerState, now: float) -> None:
         kinds = self._nodes.setdefault(node, {})
-        kinds[breaker_kind(job_type)] = state
+        before = kinds.get(kind, CLOSED).status
+        kinds[kind] = state
         if state.status != "closed":
             self._troubled.add(node)
         elif all(other.status == "closed" for other in kinds.values()):
             self._troubled.discard(node)
+        if state.status != before and self._events.listening:
+            until = state.opened_at + self.settings.open_s if state.opened_at is not None else None
+            change = HealthChange("breaker", node, kind, state.status, now, until=until)
+            self._events.emit(change)
 
     def allows(self, node: str, job_type: str, now: float) -> bool:
         """Ask before each attempt; a True may have started the half-open trial."""
-        allowed, state = allows(self._get(node, job_type), now, self.settings)
-        self._put(node, job_type, state)
+        kind = slot_kind(job_type)
+        allowed, state = allows(self._get(node, kind), now, self.settings)
+        self._put(node, kind, state, now)
         return allowed
 
     def record(self, node: str, job_type: str, outcome: Outcome, now: float) -> None:
-        self._put(node, job_type, record(self._get(node, job_type), outcome, now, self.settings))
+        kind = slot_kind(job_type)
+        self._put(node, kind, record(self._get(node, kind), outcome, now, self.settings), now)
 
     def status(self, node: str, job_type: str, now: float) -> Status:
         return current(self._get(node, job_type), now, self.settings).status
@@ -197,9 +206,13 @@ class BreakerBoard:
         """The node announced itself with every runtime healthy (see `heard_from`)."""
         kinds = self._nodes.get(node, {})
         for kind, state in list(kinds.items()):
-            kinds[kind] = heard_from(state, now)
+            self._put(node, kind, heard_from(state, now), now)
 
-    def forget(self, node: str) -> None:
-        """Drop a node's breakers, when the fleet view drops the node."""
-        self._nodes.pop(node, None)
+    def forget(self, node: str, now: float) -> None:
+        """Drop a node's breakers, when the fleet view drops the node (a "forgotten"
+        change per breaker it had)."""
+        kinds = self._nodes.pop(node, {})
         self._troubled.discard(node)
+        if self._events.listening:
+            for kind in kinds:
+                self._events.emit(HealthChange("breaker", node, kind, "forgotten", now))

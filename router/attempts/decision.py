@@ -1,6 +1,11 @@
 """The one decision after every attempt: answer the caller or try the next target, and
 what the attempt says about the target's health (the fault-attribution rules).
 
+Every target's outcome comes here, whatever its kind (router/attempts/targets.py). A target
+that makes several calls keeps its own table between them nested behind this one: the
+cloud chain's per-reason table (router/cloud/actions.py) chooses among its (provider, key,
+model) calls, and the chain's outcome as a whole is judged here like any other.
+
 Pure: an `Outcome` in, a `Verdict` out; no clock, no I/O. Every rule is a row in
 `tests/test_decision.py`, and `ops/offload_routing.md` states them for operators:
 
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.attempts.board import Outcome as Health
+from router.attempts.route import Attempt
 from services.errors import ErrorCode
 from services.wire import JobResponse
 
@@ -70,7 +76,13 @@ _ANSWERED: dict[ErrorCode, tuple[Action, Health]] = {
 
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt's result, classified where it happened (the NATS or HTTP edge)."""
+    """One attempt's result, classified where it happened (the NATS or HTTP edge).
+
+    `attempts` are the calls the target made, as the answer's route lists them: one for
+    a node or a runtime, one per (provider, key, model) for a cloud chain. `conclusive`:
+    when nothing after it answers either, this answer is the request's (a cloud chain's
+    failure already says most: when its keys cool down, which model it ended on).
+    """
 
     response: JobResponse
     ending: Ending = "answered"
@@ -80,6 +92,8 @@ class Outcome:
     budget_bound: bool = True
     bus_settling: bool = False  # the router's connection was down or just reconnected
     elapsed_ms: float = 0.0
+    attempts: tuple[Attempt, ...] = ()
+    conclusive: bool = False
 
     @property
     def code(self) -> ErrorCode | None:

@@ -1,10 +1,15 @@
-"""How a request was served: the `route` record every answer carries."""
+"""How a request was served: the `route` record every answer carries, one `Attempt` per
+call to a target (a node, the local runtime, a static profile, one cloud (provider, key,
+model)), whatever its kind."""
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from pydantic import BaseModel
+
+__all__ = ["Attempt", "Route", "Via", "elapsed_ms"]
 
 Via = Literal["remote", "local", "static", "cloud"]
 
@@ -33,3 +38,10 @@ class Route(BaseModel):
     attempts: list[Attempt] = []
     fallback_reason: str = ""
     caps_age_s: float | None = None
+
+
+def elapsed_ms(started: float, now: float | None = None) -> float:
+    """Milliseconds from `started` to `now` (default: `time.perf_counter()` now), to the
+    microsecond: every attempt's and answer's `ms`."""
+    end = time.perf_counter() if now is None else now
+    return round((end - started) * 1000.0, 3)

@@ -1,78 +1,84 @@
-"""Everything a request can be sent to, and how a runtime target is attempted.
+"""What a request can be sent to: the `Target` protocol every kind of target implements.
 
-    Target
-    ├── NodeTarget     a fleet node, over NATS (attempted by `router/serving/node_link.py`)
-    ├── RuntimeTarget  a runtime over HTTP, no node in between:
-    │                  "local"  — the router node's own runtime (works while NATS is down)
-    │                  "static" — a profile's static `base_url`
-    └── CloudChainTarget  a chain of cloud (provider, key, model)s, walked by
-                       `router/cloud/targets.py` with cooldowns on the cloud health board
+    Target: label, reason, attempt(asked) -> Outcome
+    ├── NodeTarget        a fleet node, over NATS                router/serving/node_target.py
+    ├── RuntimeTarget     a runtime over HTTP, no node between   router/attempts/runtime_target.py
+    │                     "local": the router node's own runtime (works while NATS is down)
+    │                     "static": a profile's static `base_url`
+    └── CloudChainTarget  a chain of cloud (provider, key, model)s   router/cloud/targets.py
 
-Each attempt ends as an `Outcome` (`router/attempts/decision.py`); what happens next is decided
-there, not here.
+A target makes its calls, writes what they say about health to the health board
+(router/attempts/health.py), and ends as one `Outcome` (router/attempts/decision.py) that
+carries one `Attempt` record per call (router/attempts/route.py). The dispatcher
+(router/serving/dispatch.py) decides what comes next with `next_action` and writes the
+route; it never asks what kind a target is. A new kind of target is one module
+implementing `Target`, and a line in the dispatcher's order.
+
+Also here, for every target that talks to a runtime: the call a job means (`call_of`),
+the reply as the job's answer (`answer_of`), and the one way a runtime stream is relayed
+(`stream_pieces`: text and tool-call deltas to the same sink, so no target can drop one).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Protocol
 
 from router.attempts.decision import Outcome
-from router.cloud.providers import CloudModel
-from services.errors import InferbusError
-from services.runtimes.base import ChatCall, ChatReply, EmbedCall, Runtime
-from services.runtimes.calls import chat_within, clean_text, embed_within, stream_within
-from services.wire import JobRequest, JobResponse, JobType, Piece, Result, Timings
+from services.runtimes.base import ChatCall, ChatReply, Runtime
+from services.runtimes.calls import clean_text, stream_within
+from services.wire import JobRequest, JobResponse, ModelSink, PieceSink, Result, Timings
 
-Sink = Callable[[Piece], Awaitable[None]]
+__all__ = [
+    "Asked",
+    "Target",
+    "answer_of",
+    "call_of",
+    "result_of",
+    "stream_pieces",
+]
 
 
-@dataclass(frozen=True)
-class NodeTarget:
-    node: str
-    model: str
-    job_type: JobType
-    slot_type: str  # the served model's type: which of the node's slots the job takes
+class Asked(Protocol):
+    """One request as every target sees it (the dispatcher's request satisfies it)."""
+
+    @property
+    def job(self) -> JobRequest: ...
+
+    @property
+    def deadline(self) -> float:
+        """When the answer is due, on the router's clock (the targets' clock)."""
+        ...
+
+    @property
+    def on_piece(self) -> PieceSink | None:
+        """With a stream: where each piece goes as it is produced."""
+        ...
+
+    @property
+    def on_model(self) -> ModelSink | None:
+        """Hears the model of a target before its first piece."""
+        ...
+
+
+class Target(Protocol):
+    """Something one request can be sent to."""
 
     @property
     def label(self) -> str:
-        return self.node
-
-
-@dataclass(frozen=True)
-class RuntimeTarget:
-    via: Literal["local", "static"]
-    runtime: Runtime
-    model: str
-    node: str | None  # the router's local node, for `route`
-    reason: str  # why the request came here (fallback_reason)
+        """What logs call it: the node's id, "local", "static", "cloud"."""
+        ...
 
     @property
-    def label(self) -> str:
-        return self.via
+    def reason(self) -> str:
+        """Why the request came here, for the route's `fallback_reason` when it answers
+        ("" for a fleet node: selection's reason says it)."""
+        ...
 
-
-@dataclass(frozen=True)
-class CloudChainTarget:
-    """The request's cloud chain: each (provider, key, model) in it is tried in turn, and
-    failing over between them is the chain's own decision (router/cloud/actions.py)."""
-
-    chain: tuple[CloudModel, ...]
-    reason: str  # why the request came here (fallback_reason)
-
-    @property
-    def model(self) -> str:
-        return self.chain[0].model
-
-    @property
-    def label(self) -> str:
-        return "cloud"
-
-
-Target = NodeTarget | RuntimeTarget | CloudChainTarget
+    async def attempt(self, asked: Asked) -> Outcome:
+        """Call the target within the request's deadline; never raises but for
+        cancellation. The outcome carries an `Attempt` record per call made."""
+        ...
 
 
 def call_of(job: JobRequest, model: str, *, drop_max_tokens: bool = False) -> ChatCall:
@@ -119,62 +125,9 @@ def answer_of(
     )
 
 
-async def attempt_runtime(
-    target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
-) -> Outcome:
-    """One call to a runtime over HTTP within `left_s` (the caller's remaining budget).
-
-    The call carries every field of the job (`ChatCall.of`: tools, response_format,
-    extra...); an embed job calls the runtime's embeddings endpoint instead."""
-    started = time.perf_counter()
-    delivered = 0
-
-    async def counted(piece: Piece) -> None:
-        nonlocal delivered
-        delivered += 1
-        assert on_delta is not None
-        await on_delta(piece)
-
-    done = True if on_delta is not None else None
-    try:
-        result = await _run(target, job, left_s, counted if on_delta is not None else None)
-    except InferbusError as error:
-        failure = JobResponse.failure(
-            job.job_id, error, model=target.model, runtime=target.runtime.kind, done=done
-        )
-        return Outcome(
-            failure,
-            "answered",
-            delivered,  # a runtime target always has the caller's whole remaining budget
-            elapsed_ms=_ms(started),
-        )
-    elapsed = _ms(started)
-    answer = answer_of(
-        job,
-        result,
-        model=target.model,
-        runtime=target.runtime.kind,
-        node=target.node,
-        elapsed_ms=elapsed,
-        done=done,
-    )
-    return Outcome(answer, "answered", delivered, elapsed_ms=elapsed)
-
-
-async def _run(
-    target: RuntimeTarget, job: JobRequest, left_s: float, on_delta: Sink | None
-) -> Result:
-    if job.type == "embed":
-        call = EmbedCall(target.model, job.embed_inputs(), job.params.dimensions, job.extra)
-        embedded = await embed_within(target.runtime, call, left_s)
-        return Result(finish_reason="stop", usage=embedded.usage, embeddings=embedded.vectors)
-    chat = call_of(job, target.model)
-    if on_delta is None:
-        reply = await chat_within(target.runtime, chat, left_s)
-    else:
-        reply = await stream_within(target.runtime, chat, left_s, on_delta, on_tool_calls=on_delta)
-    return result_of(reply)
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)
+async def stream_pieces(
+    runtime: Runtime, call: ChatCall, left_s: float, on_piece: PieceSink
+) -> ChatReply:
+    """Stream `call` within `left_s`: every piece, text and tool-call deltas alike, goes to
+    `on_piece` as it arrives; returns the whole reply (raises InferbusError)."""
+    return await stream_within(runtime, call, left_s, on_piece, on_tool_calls=on_piece)

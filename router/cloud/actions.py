@@ -1,8 +1,9 @@
 """What one cloud outcome means: the next action, and what the health board should remember.
 
-`next_cloud_action` is the cloud branch of the router's one next-action decision (DESIGN §6,
-`next_action(outcome, state, now)`): pure, table-tested, numbers from
-`FailoverSettings`. By reason:
+`next_cloud_action` is the table nested behind the router's one decision
+(router/attempts/decision.py `next_action`): the dispatcher judges a cloud chain's outcome
+like any target's, and inside the chain this table decides between its (provider, key,
+model) calls. Pure, table-tested, numbers from `FailoverSettings`. By reason:
 
 | outcome                 | board                                   | action                    |
 |-------------------------|-----------------------------------------|---------------------------|
@@ -21,7 +22,7 @@
 
 "Every key of the model is out" (quota or auth on all of them → disable the model) is read
 from the board after each key failure (`disable_if_keys_all_out`); `apply_effects` writes
-the rest. `router/cloud_chain.run_cloud_chain` is the loop around them.
+the rest. `router/cloud/chain.py` `run_cloud_chain` is the loop around them.
 """
 
 from __future__ import annotations
@@ -155,9 +156,9 @@ def apply_effects(
     for effect in effects:
         reason = effect.reason or Reason.UNKNOWN
         if effect.kind == "key_ok":
-            board.key_succeeded(provider, key_id)
+            board.key_succeeded(provider, key_id, now)
         elif effect.kind == "model_ok":
-            board.model_succeeded(provider, model)
+            board.model_succeeded(provider, model, now)
         elif effect.kind == "cool_key":
             board.cool_key(provider, key_id, reason, now, retry_after_s=effect.retry_after_s)
         elif effect.kind == "cool_key_for":

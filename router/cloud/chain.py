@@ -10,8 +10,9 @@
 that failover happens before the first token and never after), the clock and the sleep.
 It never waits past the deadline: a retry whose wait would cross it is not made, and every
 attempt is told the budget left.
-Every attempt is recorded for the answer's `route` (target kind, provider, key id, model,
-outcome reason, ms).
+Every call is recorded as the answer's `route` lists every target's calls
+(router/attempts/route.py `Attempt`: via "cloud", provider, key id, model, the outcome's
+reason, ms on the chain's clock).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
+from router.attempts.route import Attempt, elapsed_ms
 from router.cloud.actions import (
     AttemptState,
     apply_effects,
@@ -43,49 +45,28 @@ from router.cloud.cooldowns import CloudHealthBoard
 from router.cloud.providers import CloudModel
 from services.errors import ErrorCode, InferbusError, Reason
 
-__all__ = ["AttemptRecord", "ChainResult", "run_cloud_chain"]
+__all__ = ["Call", "ChainResult", "run_cloud_chain"]
 
 Reply = TypeVar("Reply")
 # (target, drop max_tokens?, budget left in s) → the reply; failures raise InferbusError.
-Attempt = Callable[[CloudTarget, bool, float], Awaitable[Reply]]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """One call to one (provider, key, model), as the answer's route lists it."""
-
-    provider: str
-    key_id: str
-    model: str
-    outcome: str  # "ok", or the failure's reason (its code when it has none)
-    ms: float
-
-    def to_route(self) -> dict[str, Any]:
-        return {
-            "kind": "cloud",
-            "provider": self.provider,
-            "key_id": self.key_id,
-            "model": self.model,
-            "outcome": self.outcome,
-            "ms": round(self.ms, 1),
-        }
+Call = Callable[[CloudTarget, bool, float], Awaitable[Reply]]
 
 
 @dataclass(slots=True)
 class ChainResult(Generic[Reply]):
-    """The reply (and which target gave it), or the error to answer; every attempt made."""
+    """The reply (and which target gave it), or the error to answer; every call made."""
 
     reply: Reply | None = None
     target: CloudTarget | None = None
     error: InferbusError | None = None
-    attempts: list[AttemptRecord] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 async def run_cloud_chain(
     chain: Sequence[CloudModel],
     keys_of: Mapping[str, Sequence[str]],
     board: CloudHealthBoard,
-    attempt: Attempt[Reply],
+    attempt: Call[Reply],
     *,
     deadline: float,
     max_tokens_sent: bool,
@@ -129,14 +110,15 @@ async def run_cloud_chain(
             except InferbusError as failure:
                 error = failure
             now = clock()
-            outcome = "ok" if error is None else str(error.reason or error.code)
             result.attempts.append(
-                AttemptRecord(
-                    target.provider,
-                    target.key_id,
-                    target.model.model,
-                    outcome,
-                    (now - started) * 1000,
+                Attempt(
+                    via="cloud",
+                    node=None,
+                    model=target.model.model,
+                    outcome="ok" if error is None else str(error.reason or error.code),
+                    ms=elapsed_ms(started, now),
+                    provider=target.provider,
+                    key_id=target.key_id,
                 )
             )
             state = AttemptState(
@@ -170,7 +152,7 @@ async def run_cloud_chain(
 def _final_error(
     found: AllCooling | ChainExhausted,
     last: InferbusError | None,
-    attempts: Sequence[AttemptRecord],
+    attempts: Sequence[Attempt],
     states: Sequence[ModelState],
     now: float,
 ) -> InferbusError:

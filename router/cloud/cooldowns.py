@@ -3,30 +3,32 @@
 The cloud half of the health board (DESIGN §6), beside the breakers. What outlives a request:
 
 - **Key cooldowns**, keyed by the *pair* (provider, key id): a 429 on provider A's key
-  `default` must never block provider B's key of the same name (a sibling-bleed
-  bug). A cooldown lasts `min_s · factor^hits`, between `min_s` and `max_s`; a Retry-After
-  wins when it asks for longer (up to `retry_after_max_s`, so a garbage header cannot park a
-  key for a year). `hits` counts cooling periods since the key last answered — failures that
-  arrive while the key already cools (calls made before its first failure came back) add
-  none, only their Retry-After as a floor: the entry outlives its cooldown by `max_s` so
-  that a key failing again soon cools longer; after that, or on a success, it is collected.
+  `default` must never block provider B's key of the same name. A cooldown lasts
+  `min_s · factor^hits`, between `min_s` and `max_s`; a Retry-After wins when it asks for
+  longer (up to `retry_after_max_s`, so a garbage header cannot park a key for a year).
+  `hits` counts cooling periods since the key last answered — failures that arrive while
+  the key already cools (calls made before its first failure came back) add none, only
+  their Retry-After as a floor: the entry outlives its cooldown by `max_s` so that a key
+  failing again soon cools longer; after that, or on a success, it is collected.
 - **Model health**: `healthy`, `cooling(until)` (its keys failed transiently; skip it a
   while) or `disabled(reason, since)` (quota, model missing, or auth on every key). A
   disabled model is re-checked after `disabled_recheck_s`: it becomes callable again, shows
   as `rechecking`, and its next outcome either heals it or disables it anew.
 
 Reads are O(1) per (provider, key) or (provider, model) and collect what they find expired,
-so nothing per request scans the board; `collect(now)` sweeps it all for a periodic caller.
+so nothing per request scans the board; `key_states`/`model_states` (the health board's
+snapshot, router/attempts/health.py) read it all. Every write that changes a key's or a
+model's state is told to the health board's events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from router.attempts.health import HealthChange, HealthEvents, KeyState, ModelState, ModelStatus
 from services.errors import Reason
 
 __all__ = [
@@ -38,8 +40,6 @@ __all__ = [
     "cooldown_seconds",
     "retry_after_floor",
 ]
-
-ModelStatus = Literal["healthy", "cooling", "disabled", "rechecking"]
 
 
 class FailoverSettings(BaseModel):
@@ -126,10 +126,26 @@ class ModelHealth:
 class CloudHealthBoard:
     """Key cooldowns and model health for every configured provider; mutable, clock-free."""
 
-    def __init__(self, settings: FailoverSettings | None = None) -> None:
+    def __init__(
+        self, settings: FailoverSettings | None = None, events: HealthEvents | None = None
+    ) -> None:
         self.settings = settings or FailoverSettings()
+        self._events = events if events is not None else HealthEvents()
         self._keys: dict[tuple[str, str], KeyCooldown] = {}
         self._models: dict[tuple[str, str], ModelHealth] = {}
+
+    def _tell(
+        self,
+        kind: Literal["key", "model"],
+        pair: tuple[str, str],
+        state: str,
+        now: float,
+        reason: Reason | None = None,
+        until: float | None = None,
+    ) -> None:
+        if self._events.listening:
+            why = None if reason is None else str(reason)
+            self._events.emit(HealthChange(kind, pair[0], pair[1], state, now, why, until))
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -176,24 +192,17 @@ class CloudHealthBoard:
         )
         until = now + length
         self._keys[provider, key_id] = KeyCooldown(until, hits, reason)
+        self._tell("key", (provider, key_id), "cooling", now, reason, until)
         return until
 
-    def key_succeeded(self, provider: str, key_id: str) -> None:
+    def key_succeeded(self, provider: str, key_id: str, now: float) -> None:
         """The pair answered: its cooldown history is over."""
-        self._keys.pop((provider, key_id), None)
+        if self._keys.pop((provider, key_id), None) is not None:
+            self._tell("key", (provider, key_id), "ok", now)
 
     def key_entry(self, provider: str, key_id: str, now: float) -> KeyCooldown | None:
         """The pair's entry (cooling or remembered), for the /providers view."""
         return self._key(provider, key_id, now)
-
-    def earliest_key_release(self, pairs: Iterable[tuple[str, str]], now: float) -> float | None:
-        """The soonest end among the given pairs' cooldowns that are still running."""
-        ends = [
-            until
-            for provider, key_id in pairs
-            if (until := self.key_cooling_until(provider, key_id, now)) is not None
-        ]
-        return min(ends, default=None)
 
     # --- models -------------------------------------------------------------------------
 
@@ -226,6 +235,7 @@ class CloudHealthBoard:
             return
         until = now + self.settings.model_cooling_s
         self._models[provider, model] = ModelHealth("cooling", reason, now, until)
+        self._tell("model", (provider, model), "cooling", now, reason, until)
 
     def disable_model(
         self, provider: str, model: str, reason: Reason, now: float, message: str = ""
@@ -233,22 +243,42 @@ class CloudHealthBoard:
         """Out of rotation with its reason, until re-checked after `disabled_recheck_s`."""
         until = now + self.settings.disabled_recheck_s
         self._models[provider, model] = ModelHealth("disabled", reason, now, until, message)
+        self._tell("model", (provider, model), "disabled", now, reason, until)
 
-    def model_succeeded(self, provider: str, model: str) -> None:
-        self._models.pop((provider, model), None)
+    def model_succeeded(self, provider: str, model: str, now: float) -> None:
+        if self._models.pop((provider, model), None) is not None:
+            self._tell("model", (provider, model), "healthy", now)
 
-    # --- housekeeping -------------------------------------------------------------------
+    # --- the health board's snapshot ----------------------------------------------------
 
-    def collect(self, now: float) -> None:
-        """Drop every expired entry (reads already drop the ones they touch)."""
-        for provider, key_id in list(self._keys):
-            self._key(provider, key_id, now)
-        for provider, model in list(self._models):
-            self._model(provider, model, now)
+    def key_states(self, now: float) -> tuple[KeyState, ...]:
+        """Every (provider, key) the board remembers, sorted (expired ones collected)."""
+        found = []
+        for provider, key_id in sorted(self._keys):
+            entry = self._key(provider, key_id, now)
+            if entry is not None:
+                cooling = now < entry.until
+                found.append(
+                    KeyState(provider, key_id, cooling, entry.until, entry.reason, entry.hits + 1)
+                )
+        return tuple(found)
 
-    def key_pairs(self) -> Iterator[tuple[str, str]]:
-        """Every pair with an entry, for the /providers view (not for per-request use)."""
-        return iter(sorted(self._keys))
-
-    def models(self) -> Iterator[tuple[str, str]]:
-        return iter(sorted(self._models))
+    def model_states(self, now: float) -> tuple[ModelState, ...]:
+        """Every (provider, model) that is not plainly healthy, sorted."""
+        found = []
+        for provider, model in sorted(self._models):
+            entry = self._model(provider, model, now)
+            if entry is not None:
+                status = self.model_status(provider, model, now)
+                found.append(
+                    ModelState(
+                        provider,
+                        model,
+                        status,
+                        entry.reason,
+                        entry.since,
+                        entry.until,
+                        entry.message,
+                    )
+                )
+        return tuple(found)

@@ -1,20 +1,21 @@
-"""Cloud providers on the serving path: keys, one adapter per (provider, key), the chain run.
+"""The cloud chain as a target: keys, one adapter per (provider, key), the chain run.
 
-    Router._targets ─► CloudChainTarget(chain) ─► CloudProviders.attempt
+    CloudProviders.target_for(job) ─► CloudChainTarget(chain).attempt(asked)
         run_cloud_chain(chain, keys_of, board, call): failover across keys and models
         call = one (provider, key, model): whole → the adapter's chat; stream → open it
                and return once its first piece arrived, so that failing over happens
                before the first token and never after it
-    ─► one Outcome for the router's decision (router/attempts/decision.py), and one
-       AttemptRecord per call for the answer's `route`
+    ─► one Outcome for the router's decision (router/attempts/decision.py), with one
+       `Attempt` per call for the answer's `route`
 
-Built once at start: keys read from the environment (a named variable that is unset is a
-start-up error naming the variable), one adapter per (provider, key id), the cloud health
-board (cooldowns beside the breakers) and the usage ledger `/providers` shows. Every error
-message that leaves here has the keys removed.
+Built once at start: keys read from the environment given (a named variable that is unset
+is a start-up error naming the variable), one adapter per (provider, key id), and the
+usage ledger `/providers` shows; cooldowns and model health are the cloud half of the
+health board (router/cloud/cooldowns.py), passed in. Every error message that leaves here
+has the keys removed.
 
-Where clouds sit: a request whose profile names a configured provider goes to
-its provider chain only; any other request reaches the cloud only through configured
+Where clouds sit: a request whose profile names a configured provider goes to its
+provider chain only; any other request reaches the cloud only through configured
 fallbacks, after the fleet, the local runtime and the static profile.
 """
 
@@ -29,11 +30,11 @@ from typing import Any
 import httpx
 
 from router.attempts.decision import Outcome
-from router.attempts.route import Attempt
-from router.attempts.targets import CloudChainTarget, answer_of, call_of
-from router.cloud.chain import AttemptRecord, run_cloud_chain
+from router.attempts.route import elapsed_ms
+from router.attempts.targets import Asked, answer_of, call_of, stream_pieces
+from router.cloud.chain import run_cloud_chain
 from router.cloud.chains import CloudTarget, build_chain, resolve_cloud_chain
-from router.cloud.cooldowns import CloudHealthBoard, FailoverSettings
+from router.cloud.cooldowns import CloudHealthBoard
 from router.cloud.providers import CloudModel, ProviderConfig, resolve_keys
 from router.cloud.usage import UsageLedger, render_providers
 from router.selection.profiles import LlmProfile, SelectionConfig
@@ -41,14 +42,28 @@ from router.selection.select import resolve_profile
 from services.errors import ErrorCode, InferbusError, Reason
 from services.runtimes import make_runtime
 from services.runtimes.base import ChatReply, Runtime
-from services.runtimes.calls import chat_within, stream_within
+from services.runtimes.calls import chat_within
 from services.runtimes.errors import redact
-from services.wire import JobRequest, JobResponse
+from services.wire import JobRequest, JobResponse, ModelSink, Piece, PieceSink
 
-__all__ = ["CloudProviders"]
+__all__ = ["CloudChainTarget", "CloudProviders"]
 
-Sink = Callable[[str], Awaitable[None]]
-ModelSink = Callable[[str], None]
+
+@dataclass(frozen=True, slots=True)
+class CloudChainTarget:
+    """The request's cloud chain: each (provider, key, model) in it is tried in turn, and
+    failing over between them is the chain's own table (router/cloud/actions.py)."""
+
+    chain: tuple[CloudModel, ...]
+    reason: str  # why the request came here (fallback_reason)
+    providers: CloudProviders
+
+    @property
+    def label(self) -> str:
+        return "cloud"
+
+    async def attempt(self, asked: Asked) -> Outcome:
+        return await self.providers.attempt(self.chain, asked)
 
 
 @dataclass(slots=True)
@@ -70,7 +85,7 @@ class CloudProviders:
         *,
         selection: SelectionConfig,
         fallbacks: tuple[str, ...],
-        failover: FailoverSettings,
+        board: CloudHealthBoard,
         http: httpx.AsyncClient,
         environ: Mapping[str, str],
         clock: Callable[[], float] = time.monotonic,
@@ -91,8 +106,8 @@ class CloudProviders:
             for name, found in keys.items()
             for key in found
         }
-        self.board = CloudHealthBoard(failover)
-        self._first_answer_s = failover.first_answer_timeout_s
+        self.board = board
+        self._first_answer_s = board.settings.first_answer_timeout_s
         self.ledger = UsageLedger()
         self._clock = clock
 
@@ -115,7 +130,7 @@ class CloudProviders:
         cloud_only = self.is_cloud_profile(profile)
         chain = self.chain_for(job, profile)
         why = "a cloud profile" if cloud_only else "configured cloud fallbacks"
-        return (CloudChainTarget(chain, why) if chain else None), cloud_only
+        return (CloudChainTarget(chain, why, self) if chain else None), cloud_only
 
     def chain_for(self, job: JobRequest, profile: LlmProfile | None) -> tuple[CloudModel, ...]:
         """The request's cloud chain: the entries of its model chain a provider claims.
@@ -142,33 +157,29 @@ class CloudProviders:
         """The `/providers` document (key ids, never keys)."""
         return render_providers(self.providers, self.board, self.ledger, self._clock())
 
-    async def attempt(
-        self,
-        target: CloudChainTarget,
-        job: JobRequest,
-        deadline: float,
-        on_delta: Sink | None,
-        on_model: ModelSink | None,
-    ) -> tuple[Outcome, list[Attempt]]:
-        """Walk the chain within the deadline (on this object's clock): one outcome, and
+    async def attempt(self, chain: tuple[CloudModel, ...], asked: Asked) -> Outcome:
+        """Walk the chain within the request's deadline (on this object's clock): one
+        outcome, conclusive when it fails (nothing after the cloud says more), carrying
         each call as the route lists it."""
         started = time.perf_counter()
+        job, on_piece = asked.job, asked.on_piece
         result = await run_cloud_chain(
-            target.chain,
+            chain,
             self.keys_of,
             self.board,
-            self._counted(job, on_delta, on_model),
-            deadline=deadline,
+            self._counted(job, on_piece, asked.on_model),
+            deadline=asked.deadline,
             max_tokens_sent=job.params.max_tokens is not None,
             clock=self._clock,
         )
-        calls = [_route_attempt(record) for record in result.attempts]
-        done = True if on_delta is not None else None
+        calls = tuple(result.attempts)
+        done = True if on_piece is not None else None
         opened = result.reply
         if opened is None:
             error = result.error or InferbusError(ErrorCode.NO_ROUTE, "no cloud target answered")
             failure = JobResponse.failure(job.job_id, self._scrubbed(error), done=done)
-            return Outcome(failure, elapsed_ms=_ms(started)), calls
+            took = elapsed_ms(started)
+            return Outcome(failure, elapsed_ms=took, attempts=calls, conclusive=True)
         model = opened.target.model.model
         reply = opened.reply
         if opened.rest is not None:
@@ -179,23 +190,20 @@ class CloudProviders:
                 failure = JobResponse.failure(
                     job.job_id, clean, model=model, runtime=opened.runtime.kind, done=True
                 )
-                return Outcome(failure, delivered=1, elapsed_ms=_ms(started)), calls
+                took = elapsed_ms(started)
+                return Outcome(failure, delivered=1, elapsed_ms=took, attempts=calls)
             self._succeeded(opened.target, reply)
         assert reply is not None
+        took = elapsed_ms(started)
         answer = answer_of(
-            job,
-            reply,
-            model=model,
-            runtime=opened.runtime.kind,
-            node=None,
-            elapsed_ms=_ms(started),
+            job, reply, model=model, runtime=opened.runtime.kind, node=None, elapsed_ms=took,
             done=done,
-        )
+        )  # fmt: skip
         delivered = 1 if opened.rest is not None else 0
-        return Outcome(answer, delivered=delivered, elapsed_ms=_ms(started)), calls
+        return Outcome(answer, delivered=delivered, elapsed_ms=took, attempts=calls)
 
     def _counted(
-        self, job: JobRequest, on_delta: Sink | None, on_model: ModelSink | None
+        self, job: JobRequest, on_piece: PieceSink | None, on_model: ModelSink | None
     ) -> Callable[[CloudTarget, bool, float], Awaitable[_Opened]]:
         """The chain's call for one target, with the ledger kept and keys scrubbed."""
 
@@ -203,7 +211,7 @@ class CloudProviders:
             runtime = self._runtimes[target.provider, target.key_id]
             first_s = min(left_s, self._first_answer_s)
             try:
-                if on_delta is None:
+                if on_piece is None:
                     reply = await chat_within(
                         runtime,
                         call_of(job, target.model.model, drop_max_tokens=drop_max_tokens),
@@ -212,7 +220,7 @@ class CloudProviders:
                     self._succeeded(target, reply)
                     return _Opened(target, runtime, reply=reply)
                 opened = await _open_stream(
-                    target, runtime, job, drop_max_tokens, (first_s, left_s), on_delta, on_model
+                    target, runtime, job, drop_max_tokens, (first_s, left_s), on_piece, on_model
                 )
             except InferbusError as error:
                 if error.code == ErrorCode.DEADLINE_EXCEEDED and first_s < left_s:
@@ -263,7 +271,7 @@ async def _open_stream(
     job: JobRequest,
     drop_max_tokens: bool,
     limits_s: tuple[float, float],
-    on_delta: Sink,
+    on_piece: PieceSink,
     on_model: ModelSink | None,
 ) -> _Opened:
     """Start the stream; return once its first piece reached the caller (the rest runs on),
@@ -274,15 +282,15 @@ async def _open_stream(
     model = target.model.model
     first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def sink(piece: str) -> None:
+    async def sink(piece: Piece) -> None:
         if not first.done():
             if on_model is not None:
                 on_model(model)
             first.set_result(None)
-        await on_delta(piece)
+        await on_piece(piece)
 
     call = call_of(job, model, drop_max_tokens=drop_max_tokens)
-    rest = asyncio.create_task(stream_within(runtime, call, left_s, sink))
+    rest = asyncio.create_task(stream_pieces(runtime, call, left_s, sink))
     try:
         waiting: set[asyncio.Future[Any]] = {rest, first}
         await asyncio.wait(waiting, timeout=first_s, return_when=asyncio.FIRST_COMPLETED)
@@ -299,19 +307,3 @@ async def _open_stream(
     if on_model is not None:
         on_model(model)
     return _Opened(target, runtime, reply=reply)
-
-
-def _route_attempt(record: AttemptRecord) -> Attempt:
-    return Attempt(
-        via="cloud",
-        node=None,
-        model=record.model,
-        outcome=record.outcome,
-        ms=round(record.ms, 1),
-        provider=record.provider,
-        key_id=record.key_id,
-    )
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)

@@ -6,8 +6,9 @@ provider — never the key), each key's state and cooldown left; its models' hea
 truncated message from which every secret has been removed.
 
 `UsageLedger` is what the serving path (router/cloud/targets.py) records into after each
-cloud call; `render_providers` reads it with the health board and the config, clock passed
-in. Nothing here does I/O; `GET /providers` (router/http/operator_providers.py) only serialises it.
+cloud call; `render_providers` reads it with the cloud part of the health board's snapshot
+(`key_states`, `model_states`) and the config, clock passed in. Nothing here does I/O;
+`GET /providers` (router/http/operator_providers.py) only serialises it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.cloud.cooldowns import CloudHealthBoard
+from router.attempts.health import CloudHealth, KeyState, ModelState
 from router.cloud.providers import KEYLESS_ID, ProviderConfig
 from services.errors import InferbusError
 from services.runtimes.errors import redact
@@ -95,50 +96,52 @@ def _key_ids(provider: ProviderConfig) -> list[str]:
     return list(provider.api_keys) or [KEYLESS_ID]
 
 
-def _key_view(board: CloudHealthBoard, name: str, key_id: str, now: float) -> dict[str, Any]:
-    entry = board.key_entry(name, key_id, now)
-    cooling = entry is not None and now < entry.until
+def _key_view(key_id: str, entry: KeyState | None, now: float) -> dict[str, Any]:
+    cooling = entry is not None and entry.cooling
     return {
         "key_id": key_id,
         "state": "cooling" if cooling else "ok",
         "cooldown_left_s": round(entry.until - now, 3) if entry is not None and cooling else 0.0,
         "reason": str(entry.reason) if entry is not None and cooling else None,
-        "consecutive_cooldowns": entry.hits + 1 if entry is not None else 0,
+        "consecutive_cooldowns": entry.consecutive_cooldowns if entry is not None else 0,
     }
 
 
-def _model_view(board: CloudHealthBoard, name: str, model: str, now: float) -> dict[str, Any]:
-    status = board.model_status(name, model, now)
-    entry = board.model_entry(name, model, now)
-    view: dict[str, Any] = {"model": model, "state": status}
+def _model_view(model: str, entry: ModelState | None, now: float) -> dict[str, Any]:
+    view: dict[str, Any] = {"model": model, "state": entry.status if entry else "healthy"}
     if entry is not None:
         view["reason"] = str(entry.reason)
         view["since_s_ago"] = round(now - entry.since, 3)
-        if status in ("cooling", "disabled"):
+        if entry.status in ("cooling", "disabled"):
             view["left_s"] = round(max(0.0, entry.until - now), 3)
     return view
 
 
 def render_providers(
     providers: Mapping[str, ProviderConfig],
-    board: CloudHealthBoard,
+    health: CloudHealth,
     ledger: UsageLedger,
     now: float,
 ) -> dict[str, Any]:
     """The `/providers` document: JSON-ready, with key ids and never keys."""
+    keys = {(k.provider, k.key_id): k for k in health.key_states(now)}
+    states = {(m.provider, m.model): m for m in health.model_states(now)}
     rendered = []
     for name, provider in providers.items():
         usage = ledger.of_provider(name)
         models = dict.fromkeys(provider.models or [])
         models.update(dict.fromkeys(model for _key, model, _stats in usage))
-        models.update(dict.fromkeys(model for owner, model in board.models() if owner == name))
+        models.update(dict.fromkeys(model for owner, model in states if owner == name))
         rendered.append(
             {
                 "provider": name,
                 "kind": provider.kind,
                 "base_url": scrub_secrets(provider.base_url),
-                "keys": [_key_view(board, name, key_id, now) for key_id in _key_ids(provider)],
-                "models": [_model_view(board, name, model, now) for model in models],
+                "keys": [
+                    _key_view(key_id, keys.get((name, key_id)), now)
+                    for key_id in _key_ids(provider)
+                ],
+                "models": [_model_view(model, states.get((name, model)), now) for model in models],
                 "usage": [
                     {
                         "key_id": key_id,

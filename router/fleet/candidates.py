@@ -10,13 +10,6 @@ from dataclasses import dataclass
 
 from services.capabilities import ModelType
 
-SLOT_KINDS = ("llm", "vision", "embed")
-
-
-def slot_kind(model_type: str) -> str:
-    """The node's slots a model's jobs take: vision and embed their own, the rest llm's."""
-    return model_type if model_type in ("vision", "embed") else "llm"
-
 
 @dataclass(frozen=True)
 class Candidate:

@@ -32,9 +32,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from router.fleet.candidates import SLOT_KINDS, Candidate, slot_kind
+from router.fleet.candidates import Candidate
 from router.fleet.nodeset import NodeSet
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
+from services.wire import SLOT_KINDS, slot_kind
 
 __all__ = ["BucketKey", "FleetIndex", "ModelGroup", "NodeEntry", "Taken"]
 

@@ -32,7 +32,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.fleet.candidates import slot_kind
 from router.fleet.index import FleetIndex, NodeEntry, Taken
 from router.fleet.records import RecordDecoder
 from services.bus import flush_interest
@@ -40,6 +39,7 @@ from services.capabilities import Capabilities
 from services.fleet_scan import collect_fleet
 from services.lifecycle import AsyncService
 from services.subjects import Subjects
+from services.wire import slot_kind
 
 __all__ = ["FleetSettings", "FleetView"]
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.fleet.candidates import SLOT_KINDS
 from router.fleet.index import FleetIndex
+from services.wire import SLOT_KINDS
 
 __all__ = [
     "DEFAULT_PAGE",

@@ -1,17 +1,18 @@
 """The native dialect: `POST /infer` takes a JobRequest (DESIGN §3) and answers a
-JobResponse with its `route`; `stream: true` answers NDJSON chunks, then the answer."""
+JobResponse with its `route`; `stream: true` answers NDJSON chunks, then the answer.
+Its errors are JobResponses too (`status: error`, `error: {code, message, ...}`)."""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
-from starlette import routing
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api, agent_of, retry_after_headers, status_of
-from router.http.streams import NdjsonLines, stream_response
+from router.http.dialect import PLAIN_ERRORS, Asked, JobFields
+from router.http.edge import agent_of, retry_after_headers, status_of
+from router.http.streams import NdjsonLines, StreamFormat
 from services.errors import InferbusError
 from services.wire import JobResponse
 
@@ -21,26 +22,32 @@ def native_answer(response: JobResponse, route: Route) -> JSONResponse:
     return JSONResponse(body, status_of(response), headers=retry_after_headers(response))
 
 
-def native_routes(api: Api) -> list[routing.BaseRoute]:
-    async def infer(request: Request) -> Response:
-        started = time.perf_counter()
-        fields = await api.read_fields(request)
-        job = await api.job_of(fields) if not isinstance(fields, InferbusError) else fields
-        if isinstance(job, InferbusError):
-            api.refused("infer", started, job)
-            return native_answer(JobResponse.failure("", job), Route())
-        assert not isinstance(fields, InferbusError)
-        call = api.call(request, job, agent_of(fields.get("agent_id")))
-        if job.stream:
-            return await stream_response(
-                api.serve,
-                call,
-                NdjsonLines(job.job_id),
-                on_error_before_first_token=native_answer,
-                on_finished=api.finished("infer", started),
-            )
-        response, route = await api.serve(call)
-        api.finished("infer", started)(response, route)
+class NativeErrors:
+    """A refusal is a failed JobResponse; unknown paths outside every dialect's prefix
+    answer in the plain shape."""
+
+    prefix = "/infer"
+
+    def refusal(self, error: InferbusError) -> Response:
+        return native_answer(JobResponse.failure("", error), Route())
+
+    def unknown(self, code: str, message: str, status: int) -> Response:
+        return PLAIN_ERRORS.unknown(code, message, status)
+
+
+class Native:
+    name = "infer"
+    path = "/infer"
+    errors = NativeErrors()
+
+    def read(self, body: dict[str, Any], headers: Headers) -> JobFields:
+        return JobFields(body, agent_of(body.get("agent_id")))
+
+    def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
         return native_answer(response, route)
 
-    return [routing.Route("/infer", infer, methods=["POST"])]
+    def stream(self, asked: Asked) -> StreamFormat:
+        return NdjsonLines(asked.job.job_id)
+
+    def failed(self, response: JobResponse, route: Route) -> Response:
+        return native_answer(response, route)

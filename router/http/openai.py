@@ -10,18 +10,17 @@ refuse by name.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api, agent_of, retry_after_headers
-from router.http.streams import SseChunks, stream_response
+from router.http.dialect import Asked, JobFields
+from router.http.edge import agent_of, retry_after_headers
+from router.http.streams import StreamFormat
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
-from services.wire import JobRequest, JobResponse, openai_job_fields
+from services.wire import JobResponse, openai_job_fields
 
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -60,89 +59,51 @@ def openai_error_of(response: JobResponse) -> JSONResponse:
     return answer
 
 
-def openai_error_answer(response: JobResponse, _route: object) -> JSONResponse:
-    """`stream_response`'s answer for a stream that failed before its first piece."""
-    return openai_error_of(response)
-
-
 def include_usage(fields: dict[str, Any]) -> bool:
     """`stream_options.include_usage`: a last chunk with the usage and no choices."""
     options = fields.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
-def caller_agent(fields: dict[str, Any], request: Request) -> str | None:
+def caller_agent(fields: dict[str, Any], headers: Headers) -> str | None:
     """The agent an OpenAI caller speaks for: `user`, else the `X-Agent-Id` header."""
-    return agent_of(fields.get("user") or request.headers.get("x-agent-id"))
+    return agent_of(fields.get("user") or headers.get("x-agent-id"))
 
 
-async def read_openai_job(
-    api: Api,
-    request: Request,
-    label: str,
-    started: float,
-    shape: Callable[[dict[str, Any]], dict[str, Any] | InferbusError],
-) -> tuple[JobRequest, dict[str, Any]] | JSONResponse:
-    """An OpenAI body as a job (its own fields, `shape`d by the dialect, the rest under
-    `extra`) plus the raw body; or the OpenAI error answer, already counted."""
-    raw = await api.read_fields(request)
-    shaped = shape(raw) if not isinstance(raw, InferbusError) else raw
-    job = await api.job_of(openai_job_fields(shaped)) if isinstance(shaped, dict) else shaped
-    if isinstance(job, InferbusError):
-        api.refused(label, started, job)
-        return openai_error_from(job)
-    assert isinstance(raw, dict)
-    return job, raw
+class OpenAIErrors:
+    """OpenAI's error body, for every path under `/v1/` (module doc)."""
+
+    prefix = "/v1/"
+
+    def refusal(self, error: InferbusError) -> Response:
+        return openai_error_from(error)
+
+    def unknown(self, code: str, message: str, status: int) -> Response:
+        return openai_error(code, message, status)
 
 
-Whole = Callable[[JobResponse, Route, JobRequest, dict[str, Any]], dict[str, Any]]
-Fields = Callable[[dict[str, Any]], dict[str, Any] | InferbusError]
+OPENAI_ERRORS = OpenAIErrors()
 
 
-def _as_is(fields: dict[str, Any]) -> dict[str, Any]:
-    return fields
+class OpenAIDialect:
+    """What the OpenAI dialects share: how a body is read (`shape`, then its unknown
+    fields under `extra`), the caller's agent, and the error shape. A dialect adds its
+    `name`, `path`, `answer` and `stream`, and `shape` when its body needs one."""
 
+    errors: OpenAIErrors = OPENAI_ERRORS
 
-async def serve_openai(
-    api: Api,
-    request: Request,
-    label: str,
-    whole: Whole,
-    stream_as: Callable[[str, str | None, bool], SseChunks] | None,
-    shape: Fields = _as_is,
-) -> Response:
-    """One OpenAI request, every dialect the same way: the body as a job, the one `infer`,
-    the answer `whole` (or streamed as `stream_as` events when asked and the dialect
-    streams), errors in OpenAI's shape; counted in the metrics as `label`."""
-    started = time.perf_counter()
-    parsed = await read_openai_job(api, request, label, started, shape)
-    if isinstance(parsed, JSONResponse):
-        return parsed
-    job, raw = parsed
-    call = api.call(request, job, caller_agent(raw, request))
-    if job.stream and stream_as is not None:
-        return await stream_response(
-            api.serve,
-            call,
-            stream_as(job.job_id, job.model, include_usage(raw)),
-            on_error_before_first_token=openai_error_answer,
-            on_finished=api.finished(label, started),
-        )
-    response, route = await api.serve(call)
-    api.finished(label, started)(response, route)
-    if response.error is not None:
+    def shape(self, body: dict[str, Any]) -> dict[str, Any] | InferbusError:
+        """The body in the job's names, before unknown fields move under `extra`."""
+        return body
+
+    def read(self, body: dict[str, Any], headers: Headers) -> JobFields | InferbusError:
+        shaped = self.shape(body)
+        if isinstance(shaped, InferbusError):
+            return shaped
+        return JobFields(openai_job_fields(shaped), caller_agent(body, headers))
+
+    def stream(self, asked: Asked) -> StreamFormat | None:
+        return None
+
+    def failed(self, response: JobResponse, route: Route) -> Response:
         return openai_error_of(response)
-    return JSONResponse(whole(response, route, job, raw))
-
-
-async def not_found(request: Request, _exc: Exception) -> JSONResponse:
-    """Unknown paths: OpenAI's 404 under /v1 (clients raise NotFoundError), else plain."""
-    message = f"no route {request.method} {request.url.path}"
-    if request.url.path.startswith("/v1/"):
-        return openai_error("NOT_FOUND", message, 404)
-    return JSONResponse({"error": {"code": "NOT_FOUND", "message": message}}, 404)
-
-
-async def method_not_allowed(request: Request, _exc: Exception) -> JSONResponse:
-    message = f"{request.method} is not allowed on {request.url.path}"
-    return openai_error("METHOD_NOT_ALLOWED", message, 405)

@@ -12,20 +12,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from starlette import routing
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api
-from router.http.openai import serve_openai
-from router.http.streams import OpenAIChunks, usage_body
+from router.http.dialect import Asked
+from router.http.openai import OpenAIDialect, include_usage
+from router.http.streams import OpenAIChunks, StreamFormat, usage_body
 from services.wire import JobRequest, JobResponse
 
 
-def openai_completion(
-    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
-) -> dict[str, Any]:
+def openai_completion(response: JobResponse, route: Route, job: JobRequest) -> dict[str, Any]:
     result = response.result
     calls = result.tool_calls if result else None
     text = result.text if result else ""
@@ -46,8 +42,13 @@ def openai_completion(
     }
 
 
-def chat_routes(api: Api) -> list[routing.BaseRoute]:
-    async def chat_completions(request: Request) -> Response:
-        return await serve_openai(api, request, "openai", openai_completion, OpenAIChunks)
+class ChatCompletions(OpenAIDialect):
+    name = "openai"
+    path = "/v1/chat/completions"
 
-    return [routing.Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+    def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
+        return JSONResponse(openai_completion(response, route, asked.job))
+
+    def stream(self, asked: Asked) -> StreamFormat:
+        job = asked.job
+        return OpenAIChunks(job.job_id, job.model, include_usage(asked.body))

@@ -10,14 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from starlette import routing
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api
-from router.http.openai import serve_openai
-from router.http.streams import SseChunks, usage_body
+from router.http.dialect import Asked
+from router.http.openai import OpenAIDialect, include_usage
+from router.http.streams import SseChunks, StreamFormat, usage_body
 from services.errors import ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse, Piece
 
@@ -37,9 +35,7 @@ def _choice(text: str, finish: str | None) -> dict[str, Any]:
     return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
 
 
-def text_completion(
-    response: JobResponse, route: Route, job: JobRequest, _raw: dict[str, Any]
-) -> dict[str, Any]:
+def text_completion(response: JobResponse, route: Route, job: JobRequest) -> dict[str, Any]:
     result = response.result
     return {
         "id": f"cmpl-{response.job_id}",
@@ -69,10 +65,16 @@ class CompletionChunks(SseChunks):
         return _choice("", finish)
 
 
-def completions_routes(api: Api) -> list[routing.BaseRoute]:
-    async def completions(request: Request) -> Response:
-        return await serve_openai(
-            api, request, "completions", text_completion, CompletionChunks, completion_fields
-        )
+class Completions(OpenAIDialect):
+    name = "completions"
+    path = "/v1/completions"
 
-    return [routing.Route("/v1/completions", completions, methods=["POST"])]
+    def shape(self, body: dict[str, Any]) -> dict[str, Any] | InferbusError:
+        return completion_fields(body)
+
+    def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
+        return JSONResponse(text_completion(response, route, asked.job))
+
+    def stream(self, asked: Asked) -> StreamFormat:
+        job = asked.job
+        return CompletionChunks(job.job_id, job.model, include_usage(asked.body))

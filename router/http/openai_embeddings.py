@@ -12,13 +12,11 @@ import base64
 import struct
 from typing import Any
 
-from starlette import routing
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api
-from router.http.openai import serve_openai
+from router.http.dialect import Asked
+from router.http.openai import OpenAIDialect
 from services.errors import ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse
 
@@ -48,9 +46,7 @@ def encoded(vector: list[float], encoding: str) -> list[float] | str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-def embeddings_body(
-    response: JobResponse, _route: Route, job: JobRequest, raw: dict[str, Any]
-) -> dict[str, Any]:
+def embeddings_body(response: JobResponse, job: JobRequest, raw: dict[str, Any]) -> dict[str, Any]:
     encoding = str(raw.get("encoding_format", "float"))
     result = response.result
     vectors = (result.embeddings if result else None) or []
@@ -66,8 +62,14 @@ def embeddings_body(
     }
 
 
-def embeddings_routes(api: Api) -> list[routing.BaseRoute]:
-    async def embeddings(request: Request) -> Response:
-        return await serve_openai(api, request, "embeddings", embeddings_body, None, embed_fields)
+class Embeddings(OpenAIDialect):
+    """Embeddings are answered whole, also when a body asks for a stream."""
 
-    return [routing.Route("/v1/embeddings", embeddings, methods=["POST"])]
+    name = "embeddings"
+    path = "/v1/embeddings"
+
+    def shape(self, body: dict[str, Any]) -> dict[str, Any] | InferbusError:
+        return embed_fields(body)
+
+    def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
+        return JSONResponse(embeddings_body(response, asked.job, asked.body))

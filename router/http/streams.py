@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -20,7 +21,12 @@ from starlette.responses import Response, StreamingResponse
 
 from router.attempts.route import Route
 from router.serving.call import Call, Served
+from services.errors import ErrorCode, InferbusError
 from services.wire import JobResponse, Piece
+
+log = logging.getLogger("inferbus.router.http")
+
+INTERNAL_MESSAGE = "the router failed on this request (it is logged); please retry"
 
 Serve = Callable[[Call], Awaitable[Served]]
 
@@ -197,7 +203,8 @@ async def stream_response(
             return on_error_before_first_token(response, route)
         return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
     return StreamingResponse(
-        _relay(first, pieces, task, form, on_finished), media_type=form.media_type
+        _relay(first, pieces, task, form, on_finished, call.job.job_id),
+        media_type=form.media_type,
     )
 
 
@@ -221,6 +228,7 @@ async def _relay(
     task: asyncio.Task[Served],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],
+    job_id: str,
 ) -> AsyncIterator[bytes]:
     """Relay deltas as they come; what is already queued goes out in one write."""
     try:
@@ -240,7 +248,7 @@ async def _relay(
                     out = form.delta(item)
                     continue
                 out = b""
-            response, route = await task
+            response, route = await _served(task, job_id)
             on_finished(response, route)
             yield out + form.final(response, route)
             return
@@ -249,6 +257,17 @@ async def _relay(
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+
+async def _served(task: asyncio.Task[Served], job_id: str) -> Served:
+    """How the call was served; a stream already under way ends with an INTERNAL error
+    event when serving failed unexpectedly (logged once, with its stack)."""
+    try:
+        return await task
+    except Exception:
+        log.exception("serving a stream failed unexpectedly")
+        internal = InferbusError(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+        return JobResponse.failure(job_id, internal), Route()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ indexed first: tests and tools). Reads only the groups of the wanted types and, 
 
 Decisions:
 - A profile's prefer list that matches nothing falls to the best candidate of its type (as
-  the seed and DESIGN do): a profile is a role, and a served model of that type fills it
+  DESIGN says): a profile is a role, and a served model of that type fills it
   better than a static endpoint the fleet does not confirm. `fallback_reason` names the
   missed list; after `"*"` the best candidate is intended and the reason stays empty. A
   bare request model (no profile) never falls to the best candidate: it is a name.
@@ -36,7 +36,7 @@ Decisions:
   models. Names also map "embed" to the embed type.
 - `node`/`local`/`runtime`/`caps_age_s` describe fleet picks; static and hard-default picks
   carry `provider`/`base_url`/`api_key_env` (no `base_url` on a local provider: the router
-  node's own runtime). `"direct"` is for callers that bypass selection; never returned here.
+  node's own runtime).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Requirements:
 class Selection:
     model: str
     type: str
-    source: Literal["fleet", "static", "hard_default", "direct"]
+    source: Literal["fleet", "static", "hard_default"]
     node: str | None = None
     local: bool = False
     runtime: str | None = None

@@ -66,10 +66,6 @@ class Liveness:
         else:
             self._holders.pop(node, None)
 
-    @property
-    def probing(self) -> int:
-        return len(self._probes)
-
     async def _probe(self, node: str) -> None:
         settings = self.settings
         missed = 0

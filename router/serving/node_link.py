@@ -21,7 +21,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,26 +30,28 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from router.attempts.decision import Ending, Outcome
+from router.attempts.route import elapsed_ms
+from router.serving.replies import (
+    NO_RESPONDERS,
+    Answered,
+    Foreign,
+    NoWorker,
+    Waits,
+    expired,
+    read_reply,
+    wait_limit,
+)
 from services.errors import ErrorCode, InferbusError
 from services.subjects import Subjects
-from services.wire import (
-    Chunk,
-    JobRequest,
-    JobResponse,
-    JobType,
-    Piece,
-    decode_response,
-    encode,
-)
+from services.wire import Chunk, JobRequest, JobResponse, JobType, PieceSink, encode
+
+__all__ = ["Lost", "NodeLink", "Probed", "Waits"]
 
 log = logging.getLogger("inferbus.router.link")
 
-_NO_RESPONDERS = "503"
 # The worker is told a little less than the router waits, so that when the budget runs
 # out its own DEADLINE_EXCEEDED arrives before the router's timer fires.
 DEADLINE_MARGIN_S = 0.05
-
-Sink = Callable[[Piece], Awaitable[None]]  # text, or tool-call deltas
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,6 @@ class _Pending:
     job_id: str | None  # None: a liveness probe, answered by the node's record
     queue: asyncio.Queue[Msg | Lost] = field(default_factory=asyncio.Queue)
     dropped: int = 0
-
-
-@dataclass(frozen=True)
-class Waits:
-    """How long one attempt may wait, on the loop's clock."""
-
-    total_s: float  # the whole attempt
-    budget_bound: bool  # `total_s` is the caller's remaining budget (not a cap of ours)
-    first_token_s: float | None = None  # streams: until the first piece
-    idle_s: float | None = None  # streams: between two pieces
 
 
 class NodeLink:
@@ -131,7 +122,7 @@ class NodeLink:
         finally:
             self._pending.pop(token, None)
         if isinstance(msg, Msg) and not msg.data and msg.headers:
-            return "gone" if msg.headers.get("Status") == _NO_RESPONDERS else "alive"
+            return "gone" if msg.headers.get("Status") == NO_RESPONDERS else "alive"
         return "alive"
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -147,10 +138,13 @@ class NodeLink:
         node: str,
         job_type: JobType,
         job: JobRequest,
+        model: str,
         waits: Waits,
-        on_delta: Sink | None,
+        on_piece: PieceSink | None,
     ) -> Outcome:
-        """Send `job` to `node` and wait for its answer (streamed to `on_delta` if given)."""
+        """Send `job` for `model` to `node` and wait for its answer (streamed to `on_piece`
+        if given). The job on the wire is one copy, with the model, the budget left and
+        whether it streams."""
         started = time.perf_counter()
         if not self._nc.is_connected or self._subscription is None:
             return _ended(job, "bus_down", started, "the router is not connected to NATS")
@@ -160,7 +154,8 @@ class NodeLink:
         self._pending[token] = pending
         self._by_node.setdefault(node, set()).add(token)
         sent_ms = max(1, int((waits.total_s - DEADLINE_MARGIN_S) * 1000))
-        request = job.model_copy(update={"timeout_ms": sent_ms, "stream": on_delta is not None})
+        update = {"model": model, "timeout_ms": sent_ms, "stream": on_piece is not None}
+        request = job.model_copy(update=update)
         finished = False
         try:
             try:
@@ -173,11 +168,11 @@ class NodeLink:
                     ErrorCode.PAYLOAD_TOO_LARGE,
                     f"the job is over the bus limit of {self._nc.max_payload} bytes",
                 )
-                return Outcome(_failure(job, error, on_delta), elapsed_ms=_ms(started))
+                return Outcome(_failure(job, error, on_piece), elapsed_ms=elapsed_ms(started))
             except (nats.errors.Error, OSError) as exc:
                 finished = True
                 return _ended(job, "bus_down", started, f"bus error: {type(exc).__name__}")
-            outcome = await self._wait(node, pending, job, waits, on_delta, started)
+            outcome = await self._wait(pending, job, waits, on_piece, started)
             finished = outcome.ending in ("answered", "no_responders")
             return outcome
         finally:
@@ -192,79 +187,56 @@ class NodeLink:
 
     async def _wait(
         self,
-        node: str,
         pending: _Pending,
         job: JobRequest,
         waits: Waits,
-        on_delta: Sink | None,
+        on_piece: PieceSink | None,
         started: float,
     ) -> Outcome:
+        """Take the inbox's messages until the answer (`read_reply` says what each means),
+        relaying a stream's chunks in order; or until the wait, or the node, is lost."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + waits.total_s
+        streaming = on_piece is not None
         delivered, next_seq, early = 0, 1, dict[int, Chunk]()
         while True:
             left = deadline - loop.time()
-            limit = left
-            if on_delta is not None:
-                step = waits.first_token_s if delivered == 0 else waits.idle_s
-                limit = min(left, step) if step is not None else left
+            limit = wait_limit(waits, left, streaming=streaming, delivered=delivered)
             try:
                 if limit <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(limit):
                     item = await pending.queue.get()
             except TimeoutError:
-                bound = waits.budget_bound and limit >= left
-                what = "the job's budget" if bound else f"{limit * 1000:.0f} ms"
-                error = InferbusError(
-                    ErrorCode.DEADLINE_EXCEEDED if bound else ErrorCode.BACKEND_UNAVAILABLE,
-                    f"no answer from {node} within {what}",
-                )
-                return Outcome(
-                    _failure(job, error, on_delta),
-                    "timed_out",
-                    delivered,
-                    budget_bound=bound,
-                    elapsed_ms=_ms(started),
-                )
+                error, bound = expired(waits, limit, left, pending.node)
+                failure = _failure(job, error, on_piece)
+                took = elapsed_ms(started)
+                return Outcome(failure, "timed_out", delivered, budget_bound=bound, elapsed_ms=took)
             if isinstance(item, Lost):
                 error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, item.why)
+                failure = _failure(job, error, on_piece)
+                return Outcome(failure, "lost", delivered, elapsed_ms=elapsed_ms(started))
+            status = item.headers.get("Status") if item.headers else None
+            reply = read_reply(
+                item.data, status, job_id=job.job_id, node=pending.node, streaming=streaming
+            )
+            if isinstance(reply, NoWorker):
+                failure = _failure(job, reply.error, on_piece)
+                took = elapsed_ms(started)
+                return Outcome(failure, "no_responders", delivered, elapsed_ms=took)
+            if isinstance(reply, Answered):
+                bound, took = waits.budget_bound, elapsed_ms(started)
                 return Outcome(
-                    _failure(job, error, on_delta), "lost", delivered, elapsed_ms=_ms(started)
+                    reply.response, "answered", delivered, budget_bound=bound, elapsed_ms=took
                 )
-            if not item.data and item.headers and item.headers.get("Status") == _NO_RESPONDERS:
-                error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"no worker on node {node}")
-                return Outcome(
-                    _failure(job, error, on_delta),
-                    "no_responders",
-                    delivered,
-                    elapsed_ms=_ms(started),
-                )
-            event = _event_of(item.data) if on_delta is not None else decode_response(item.data)
-            if isinstance(event, JobResponse) and not _names_a_job(item.data):
-                # Unreadable, naming no job: only a party that got the job knows this
-                # unguessable inbox (with the committed permissions, only the asked node),
-                # so it is that node's INTERNAL fault, not a silent wait to the budget.
-                event = event.model_copy(update={"job_id": pending.job_id})
-            if event.job_id != pending.job_id:
-                self._drop(pending, event.job_id)
+            if isinstance(reply, Foreign) or on_piece is None:
+                self._drop(pending, reply.job_id if isinstance(reply, Foreign) else job.job_id)
                 continue
-            if isinstance(event, JobResponse):
-                return Outcome(
-                    event,
-                    "answered",
-                    delivered,
-                    budget_bound=waits.budget_bound,
-                    elapsed_ms=_ms(started),
-                )
-            if on_delta is None:
-                self._drop(pending, event.job_id)
-                continue
-            early[event.seq] = event
+            early[reply.chunk.seq] = reply.chunk
             while next_seq in early:
                 delivered += 1
                 for piece in early.pop(next_seq).pieces():
-                    await on_delta(piece)
+                    await on_piece(piece)
                 next_seq += 1
 
     def _drop(self, pending: _Pending, job_id: str) -> None:
@@ -285,31 +257,10 @@ class NodeLink:
             )
 
 
-def _names_a_job(data: bytes) -> bool:
-    """Whether a message carries a job id at all (one that is wrong is a forgery: dropped)."""
-    try:
-        parsed = json.loads(data)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(parsed, dict) and isinstance(parsed.get("job_id"), str)
-
-
-def _event_of(data: bytes) -> Chunk | JobResponse:
-    """A chunk (it has `seq` and `delta`), else the final answer."""
-    try:
-        return Chunk.model_validate_json(data)
-    except ValueError:
-        return decode_response(data)
-
-
-def _failure(job: JobRequest, error: InferbusError, on_delta: Sink | None) -> JobResponse:
-    return JobResponse.failure(job.job_id, error, done=True if on_delta is not None else None)
+def _failure(job: JobRequest, error: InferbusError, on_piece: PieceSink | None) -> JobResponse:
+    return JobResponse.failure(job.job_id, error, done=True if on_piece is not None else None)
 
 
 def _ended(job: JobRequest, ending: Ending, started: float, message: str) -> Outcome:
     error = InferbusError(ErrorCode.BACKEND_UNAVAILABLE, message)
-    return Outcome(JobResponse.failure(job.job_id, error), ending, elapsed_ms=_ms(started))
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)
+    return Outcome(JobResponse.failure(job.job_id, error), ending, elapsed_ms=elapsed_ms(started))

@@ -20,7 +20,6 @@ Checked against ollama/ollama `docs/api.md` and `api/types.go` (ChatRequest `too
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from services.errors import ErrorCode, InferbusError
@@ -209,7 +208,3 @@ def vectors_of(data: Any) -> list[list[float]]:
             ErrorCode.BACKEND_ERROR, "unreadable runtime response: /api/embed has no embeddings"
         )
     return [[float(x) for x in vector] for vector in vectors]
-
-
-def dumps_compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
