@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import logging
 import sys
 from pathlib import Path
 
@@ -12,9 +12,12 @@ from node_worker.config import load_worker_settings
 from node_worker.worker import Worker
 from services.bus import BusAuthRefused
 from services.keystore import StoreUnavailable
+from services.lifecycle import stop_on_signals
 from services.loop import run
 from services.settings import ConfigError
 from services.telemetry import configure_logging
+
+log = logging.getLogger("inferbus.worker")
 
 
 async def serve(config: Path | None) -> int:
@@ -24,9 +27,7 @@ async def serve(config: Path | None) -> int:
         print(f"inferbus worker: {error}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop_on_signals(stop, log)
     try:
         async with Worker(settings, stop=stop):
             await stop.wait()

@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.capabilities import Pricing
+from services.capabilities import HEARTBEATS_PER_TTL, MAX_HEARTBEAT_S, MAX_RECORD_TTL_S, Pricing
 from services.images import ImageSettings
-from services.keystore import DEFAULT_BUCKET
+from services.keystore import DEFAULT_BUCKET, MAX_TTL_S
 from services.needs import Capability
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
+from services.wire import MAX_TIMEOUT_MS
 
 
 class _Section(BaseModel):
@@ -36,7 +37,7 @@ class Limits(_Section):
 
 
 class Idempotency(_Section):
-    ttl_s: Annotated[float, Field(gt=0)] = 600
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
     # "jetstream": keys are also claimed in a NATS JetStream KV bucket shared by every
     # worker and router, so duplicates across nodes and restarts run once.
@@ -78,7 +79,7 @@ class WorkerSettings(FileSettings):
     nats_url: NatsUrls = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     nats: NatsAuth = NatsAuth()
     subject_prefix: str = ""
-    default_timeout_ms: Annotated[int, Field(gt=0)] = 120_000
+    default_timeout_ms: Annotated[int, Field(gt=0, le=MAX_TIMEOUT_MS)] = 120_000
     rediscover_s: Annotated[float, Field(gt=0)] = 300
     heartbeat_s: Annotated[float, Field(gt=0)] = 10
     drain_grace_s: Annotated[float, Field(ge=0)] = 30
@@ -102,6 +103,18 @@ class WorkerSettings(FileSettings):
     @classmethod
     def _prefix_is_tokens(cls, prefix: str) -> str:
         return validate_prefix(prefix)
+
+    @field_validator("heartbeat_s")
+    @classmethod
+    def _record_can_carry_the_heartbeat(cls, heartbeat_s: float) -> float:
+        """The record lives a few heartbeats, and routers refuse a record that would live
+        longer than their bound: such a worker would be invisible to the whole fleet."""
+        if not heartbeat_s <= MAX_HEARTBEAT_S:
+            raise ValueError(
+                f"at most {MAX_HEARTBEAT_S:g} s: a node's record lives {HEARTBEATS_PER_TTL} "
+                f"heartbeats and routers refuse records that live over {MAX_RECORD_TTL_S:g} s"
+            )
+        return heartbeat_s
 
 
 def load_worker_settings(path: Path | None, **overrides: Any) -> WorkerSettings:

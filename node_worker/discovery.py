@@ -25,6 +25,7 @@ async def refresh(backend: Backend, policy: Health, *, relist: bool) -> None:
     if backend.runtime is None:
         return
     was_serving = backend.serving
+    first_probe = backend.state == "unknown"
     try:
         latency_ms = await backend.runtime.health()
         backend.probed(latency_ms, None, policy)
@@ -37,13 +38,15 @@ async def refresh(backend: Backend, policy: Health, *, relist: bool) -> None:
         backend.probed(
             None, InferbusError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), policy
         )
-    if was_serving and not backend.serving:
+    if not backend.serving and (was_serving or first_probe):
+        # At start too: a runtime that never answered must be named with its error, not
+        # only missed in a count of zero models.
         log.warning(
-            "backend %s at %s is %s: %s",
+            "backend %s at %s is %s%s",
             backend.config.kind,
             backend.config.url,
             backend.state,
-            backend.last_error,
+            f": {backend.last_error}" if backend.last_error else "",
         )
     elif backend.serving and not was_serving:
         log.info(

@@ -48,8 +48,8 @@ from node_worker.service_api import Endpoint, ServiceApi
 from node_worker.twins import TwinWatch
 from services import __version__
 from services.big_json import encode_answer
-from services.bus import connect_until_stopped, flush_interest
-from services.capabilities import Capabilities, Hardware
+from services.bus import connect_until_stopped, describe, flush_interest
+from services.capabilities import Capabilities, Hardware, record_ttl_s
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.keystore import (
     BucketMissing,
@@ -60,6 +60,7 @@ from services.keystore import (
 )
 from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
+from services.reachability import NatsOutage
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
@@ -175,6 +176,7 @@ class Worker(AsyncService):
         self._stopped = False
         self._joining: asyncio.Task[None] | None = None
         self._refusals: list[str] = []  # the server's last permission violations
+        self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
 
     def _bus_limit(self) -> int:
         return self._nc.max_payload if self._nc is not None else DEFAULT_BUS_LIMIT
@@ -196,6 +198,7 @@ class Worker(AsyncService):
         self._nc = await self._connect()
         if self._nc is None:
             return  # stopped while waiting for NATS: nothing was started
+        self._say_reached()
         if self.settings.idempotency.store == "jetstream":
             try:
                 await self._join_store()
@@ -233,10 +236,11 @@ class Worker(AsyncService):
             )
             await self._metrics_server.start()
         log.info(
-            "worker %s serving %d models from %d runtimes",
+            "worker %s serving %d models from %d of %d runtimes",
             self.node_id,
             len(self.catalog.models),
             self.catalog.runtime_count,
+            len(self.backends),
             extra={"node_id": self.node_id},
         )
 
@@ -349,7 +353,7 @@ class Worker(AsyncService):
             version=__version__,
             seq=seq,
             now_unix=time.time(),
-            ttl_s=3 * self.settings.heartbeat_s,
+            ttl_s=record_ttl_s(self.settings.heartbeat_s),
             backends=self.backends,
             catalog=self.catalog,
             load=self.admission.load(),
@@ -544,7 +548,17 @@ class Worker(AsyncService):
     async def _on_nats_error(self, error: Exception) -> None:
         if "permissions violation" in str(error).lower():
             self._refusals = [*self._refusals[-9:], str(error)]
+        if self._nc is None or not self._nc.is_connected:  # connecting or reconnecting
+            line = self._outage.failed(describe(error), time.monotonic())
+            if line is not None:
+                log.warning("%s", line, extra={"node_id": self.node_id})
+            return
         log.warning("nats: %s", error, extra={"node_id": self.node_id})
+
+    def _say_reached(self) -> None:
+        line = self._outage.reached(time.monotonic())
+        if line is not None:
+            log.info("%s", line, extra={"node_id": self.node_id})
 
     async def _on_disconnected(self) -> None:
         if self._stopped:
@@ -552,5 +566,6 @@ class Worker(AsyncService):
         log.warning("disconnected from nats; reconnecting", extra={"node_id": self.node_id})
 
     async def _on_reconnected(self) -> None:
+        self._say_reached()
         url = self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?"
         log.info("reconnected to nats at %s", url, extra={"node_id": self.node_id})

@@ -1,18 +1,23 @@
-"""`python -m router --config router.yml`: run the router until SIGTERM/SIGINT."""
+"""`python -m router --config router.yml`: run the router until SIGTERM/SIGINT; SIGHUP
+re-reads the config file (router/reload.py says what it applies)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from pathlib import Path
 
-from router.config import load_router_settings
+from router.config import config_warnings, load_router_settings
 from router.service import RouterService, StartupError
+from services.lifecycle import stop_on_signals
 from services.loop import run
 from services.settings import ConfigError
 from services.telemetry import configure_logging
+
+log = logging.getLogger("inferbus.router")
 
 
 async def serve(config: Path | None, port: int | None) -> int:
@@ -21,16 +26,26 @@ async def serve(config: Path | None, port: int | None) -> int:
     except ConfigError as error:
         print(f"inferbus router: {error}", file=sys.stderr)
         return 2
+    for warning in config_warnings(settings):
+        log.warning("%s", warning)
     if port is not None:
         settings = settings.model_copy(
             update={"http": settings.http.model_copy(update={"port": port})}
         )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop_on_signals(stop, log)
     try:
-        async with RouterService(settings) as service:
+        service = RouterService(settings, config_path=config)
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload() -> None:  # SIGHUP: re-read the config file, keep serving
+            task = asyncio.ensure_future(service.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        # Before HTTP opens: a SIGHUP from then on reloads, it never kills the router.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+        async with service:
             stopped = asyncio.create_task(stop.wait())
             failed = asyncio.create_task(service.fatal.wait())
             await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)

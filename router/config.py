@@ -4,11 +4,23 @@ Selection keys (`llm_profiles`, `selection_policies`, `agents`, `default_profile
 `hard_default`, `cloud_providers`) sit at the top level of the file, as operators write
 them, and are gathered into one `SelectionConfig`. Cloud keys (`providers`, `fallbacks`,
 `failover`) sit at the top level too (router/cloud/providers.py, router/cloud/cooldowns.py).
+Tenants are `http.api_keys` (router/admission/tenants.py); the queue's classes and bounds:
+
+    admission:
+      classes: [interactive, batch]   # highest first; a tenant's `priority` names one
+      default_class: interactive      # tenants that name none, plain keys, no keys at all
+      lower_class_share: 0.05         # of the starts while a higher class waits too
+      max_wait_ms: 30000              # the longest a call waits for a slot
+      max_queued: 10000               # calls waiting in this router, all tenants together
+      keepalive_ms: 5000              # a waiting stream hears a comment this often
+    limits:
+      shared: false                   # true: rpm and tpm across routers (JetStream KV)
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,14 +29,18 @@ from pydantic_settings import SettingsConfigDict
 
 from router.attempts.board import BreakerSettings
 from router.cloud.cooldowns import FailoverSettings
-from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig
+from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig, resolve_cloud_model
 from router.fleet.view import FleetSettings
 from router.selection.profiles import SelectionConfig
 from services.images import ImageSettings
-from services.keystore import DEFAULT_BUCKET
+from services.keystore import DEFAULT_BUCKET, MAX_TTL_S
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
+from services.wire import MAX_TIMEOUT_MS
+
+# A budget the router sends travels as the job's `timeout_ms`, which workers bound.
+_BUDGET_MS = Field(gt=0, le=MAX_TIMEOUT_MS)
 
 SELECTION_KEYS = (
     "llm_profiles",
@@ -40,13 +56,132 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_CLASS_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class AdmissionSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    classes: Annotated[
+        tuple[Annotated[str, Field(pattern=_CLASS_NAME)], ...], Field(min_length=1)
+    ] = ("interactive", "batch")
+    default_class: str | None = None  # None: the first (highest) class
+    # While a higher class waits too, each lower class that waits still gets this share of
+    # the starts, so it never starves; 0 makes priority strict.
+    lower_class_share: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    max_wait_ms: Annotated[int, Field(ge=0)] = 30_000
+    max_queued: Annotated[int, Field(ge=0)] = 10_000
+    keepalive_ms: Annotated[int, Field(ge=100)] = 5_000
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_are_distinct(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(classes)) != len(classes):
+            raise ValueError("a class is named twice")
+        return classes
+
+    @model_validator(mode="after")
+    def _default_is_a_class(self) -> AdmissionSettings:
+        if self.default_class is not None and self.default_class not in self.classes:
+            raise ValueError(
+                f"default_class: {self.default_class!r} is not one of classes {list(self.classes)}"
+            )
+        return self
+
+    @property
+    def fallback_class(self) -> str:
+        return self.default_class or self.classes[0]
+
+    def rank(self, class_name: str) -> int:
+        """0 for the highest class; raises KeyError for a name that is not a class."""
+        return self.classes.index(class_name) if class_name in self.classes else _no(class_name)
+
+
+def _no(class_name: str) -> int:
+    raise KeyError(class_name)
+
+
+class LimitsSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Count tenants' rpm and tpm across every router in JetStream KV
+    # (router/admission/shared_limits.py); max_concurrent stays per router.
+    shared: bool = False
+    bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = "inferbus_limits"
+
+
+_Limit = Annotated[int | None, Field(ge=0)]
+
+
+class TenantConfig(BaseModel):
+    """One entry of `http.api_keys` written as a tenant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key: SecretStr | None = None
+    key_env: Annotated[str | None, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = None
+    priority: str | None = None  # a class of `admission.classes`; None: the default class
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    max_concurrent: _Limit = None
+    rpm: _Limit = None  # requests per minute
+    tpm: _Limit = None  # tokens per minute, counted from usage as answers come back
+    max_queued: _Limit = None  # calls of this tenant waiting at once (0: never wait)
+    models: tuple[str, ...] | None = None  # the models it may use; None: any
+    admin: bool = False  # may call the operator's write routes (POST /admin/reload)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> TenantConfig:
+        if self.key is None and self.key_env is None:
+            raise ValueError(f"tenant {self.name!r} needs a key: `key` or `key_env`")
+        if self.key is not None and self.key_env is not None:
+            raise ValueError(f"tenant {self.name!r}: `key` or `key_env`, not both")
+        if self.key is not None and not self.key.get_secret_value():
+            raise ValueError(f"tenant {self.name!r}: the key is empty")
+        return self
+
+
+def tenant_configs(entries: Sequence[SecretStr | TenantConfig]) -> list[TenantConfig]:
+    """Every entry as a tenant: a plain key becomes tenant `key-<n>` of the default class."""
+    return [
+        entry if isinstance(entry, TenantConfig) else TenantConfig(name=f"key-{n}", key=entry)
+        for n, entry in enumerate(entries)
+    ]
+
+
+def check_tenant_entries(
+    entries: Sequence[SecretStr | TenantConfig], admission: AdmissionSettings
+) -> None:
+    """What the config alone can tell is wrong, naming the entry: a raise of ValueError."""
+    names: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    for n, tenant in enumerate(tenant_configs(entries)):
+        where = f"http.api_keys[{n}]"
+        if tenant.name in names:
+            raise ValueError(
+                f"{where}.name: {tenant.name!r} is also api_keys[{names[tenant.name]}]"
+            )
+        names[tenant.name] = n
+        if tenant.priority is not None and tenant.priority not in admission.classes:
+            raise ValueError(
+                f"{where}.priority: {tenant.priority!r} is not a class of "
+                f"admission.classes {list(admission.classes)}"
+            )
+        if tenant.key is not None:
+            secret = tenant.key.get_secret_value()
+            if secret in keys:
+                raise ValueError(f"{where}.key: the same key as api_keys[{keys[secret]}]")
+            keys[secret] = n
+
+
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8090
     max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
     max_image_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024  # each, decoded
-    # Bearer keys; none = open. Also INFERBUS_HTTP__API_KEYS='["k1","k2"]'.
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    # Tenants, or plain bearer keys; none = open (router/admission/tenants.py).
+    # Also INFERBUS_HTTP__API_KEYS='["k1","k2"]'.
+    api_keys: list[SecretStr | TenantConfig] = Field(default_factory=list)
 
 
 class LocalRuntime(_Section):
@@ -59,9 +194,9 @@ class LocalRuntime(_Section):
 
 class OffloadSettings(_Section):
     attempts: Annotated[int, Field(ge=1)] = 3  # remote tries before local, then static
-    attempt_timeout_ms: Annotated[int, Field(gt=0)] = 120_000  # cap per remote try
+    attempt_timeout_ms: Annotated[int, _BUDGET_MS] = 120_000  # cap per remote try
     remote_concurrency: Annotated[int, Field(ge=1)] = 512
-    default_budget_ms: Annotated[int, Field(gt=0)] = 120_000  # when a request sends none
+    default_budget_ms: Annotated[int, _BUDGET_MS] = 120_000  # when a request sends none
     # Streams: a node that sends no first token in time is left for the next one (before
     # the first token only: after it, switching nodes would repeat text).
     first_token_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
@@ -76,7 +211,7 @@ class OffloadSettings(_Section):
 class IdempotencySettings(_Section):
     """Answers kept per `Idempotency-Key` (router/admission/idempotency.py)."""
 
-    ttl_s: Annotated[float, Field(gt=0)] = 600
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
     # "jetstream": keys are also claimed, and answers kept, in the shared KV bucket, so
     # duplicates through any router reach one runtime call (ops/nats/README.md).
@@ -137,6 +272,8 @@ class RouterSettings(FileSettings):
     fallbacks: list[str] = Field(default_factory=list)
     failover: FailoverSettings = FailoverSettings()
     images: ImageSettings = ImageSettings()  # URL images: refuse (default) or fetch here
+    admission: AdmissionSettings = AdmissionSettings()  # classes and the queue's bounds
+    limits: LimitsSettings = LimitsSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +299,12 @@ class RouterSettings(FileSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _tenants_are_sound(self) -> RouterSettings:
+        """Names and literal keys unique, every priority a configured class."""
+        check_tenant_entries(self.http.api_keys, self.admission)
+        return self
+
     @field_validator("local_node")
     @classmethod
     def _node_id_is_a_token(cls, node_id: str | None) -> str | None:
@@ -175,3 +318,19 @@ class RouterSettings(FileSettings):
 
 def load_router_settings(path: Path | None, **overrides: Any) -> RouterSettings:
     return load_settings(RouterSettings, path, **overrides)
+
+
+def config_warnings(settings: RouterSettings) -> list[str]:
+    """What the configuration names that requests will skip without a word: chain entries
+    (global and profile `fallbacks`) that no provider claims. Said at start."""
+    chains = [("fallbacks", settings.fallbacks)] + [
+        (f"llm_profiles.{name}.fallbacks", profile.fallbacks)
+        for name, profile in settings.selection.llm_profiles.items()
+    ]
+    return [
+        f"{field}[{index}]: {entry!r} is claimed by no provider, so chains skip it "
+        "(list it in a provider's models or aliases, or write provider/model)"
+        for field, chain in chains
+        for index, entry in enumerate(chain)
+        if resolve_cloud_model(entry, settings.providers) is None
+    ]

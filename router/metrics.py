@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -13,6 +13,7 @@ from router.attempts.route import Route
 
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _MODEL_STATE_VALUES = {"healthy": 0, "rechecking": 1, "cooling": 2, "disabled": 3}
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -114,6 +115,31 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.queue_depth = Gauge(
+            "inferbus_router_queue_depth",
+            "Calls waiting in the router's line for a slot, by tenant and class.",
+            ["tenant", "class"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "inferbus_router_queue_wait_seconds",
+            "Time a call waited in the router's line, by tenant and class.",
+            ["tenant", "class"],
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "inferbus_router_rejections",
+            "Calls turned away with 429, by reason: rpm, tpm, max_queued, queue, max_wait.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.tenant_tokens = Counter(
+            "inferbus_router_tenant_tokens",
+            "Tokens used per tenant (prompt and completion), from the answers' usage.",
+            ["tenant", "kind"],
+            registry=self.registry,
+        )
         self._outcomes_of: dict[str, set[str]] = {}  # node -> outcomes it has series for
         self.registry.register(_BreakerStates(breaker_snapshot))
         if providers_view is not None:
@@ -132,3 +158,18 @@ class RouterMetrics:
         """The fleet forgot the node: its series go too (state follows the fleet)."""
         for outcome in self._outcomes_of.pop(node, ()):
             self.attempts.remove(node, outcome)
+
+    # The admission line's events (router/admission/line.py `QueueMetrics`).
+
+    def depth(self, tenant: str, priority: str, change: int) -> None:
+        self.queue_depth.labels(tenant, priority).inc(change)
+
+    def waited(self, tenant: str, priority: str, seconds: float) -> None:
+        self.queue_wait.labels(tenant, priority).observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+    def tokens(self, tenant: str, prompt: int, completion: int) -> None:
+        self.tenant_tokens.labels(tenant, "prompt").inc(prompt)
+        self.tenant_tokens.labels(tenant, "completion").inc(completion)

@@ -22,25 +22,32 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
+from router.admission.line import Admission
 from router.admission.sealing import SealedRecords
+from router.admission.shared_limits import SharedCounters
+from router.admission.slots import LaneSlots
+from router.admission.tenants import TenantConfigError, TenantDirectory
 from router.attempts.board import BreakerBoard
 from router.attempts.health import HealthBoard, HealthEvents
 from router.attempts.runtime_target import StaticRuntimes
 from router.cloud.cooldowns import CloudHealthBoard
-from router.cloud.providers import ProviderConfigError
+from router.cloud.providers import ProviderConfigError, listed_models
 from router.cloud.targets import CloudProviders
-from router.config import RouterSettings
+from router.config import RouterSettings, load_router_settings
 from router.fleet.view import FleetView
 from router.http.app import build_app
 from router.http.edge import Api
 from router.http.operator_fleet import FleetStatus
 from router.metrics import RouterMetrics
+from router.reload import plan_reload
 from router.serving.call import Calls
 from router.serving.dispatch import LocalRuntime, Router
 from router.serving.liveness import Liveness, LivenessSettings
@@ -49,7 +56,10 @@ from router.serving.node_target import NodeCalls
 from services.bus import describe, is_auth_refusal
 from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
+from services.reachability import NatsOutage
 from services.runtimes import make_runtime, new_http_client
+from services.runtimes.errors import redact
+from services.settings import ConfigError
 from services.shared_claims import SharedClaims
 from services.subjects import Subjects
 
@@ -91,6 +101,27 @@ class Wired:
     link: NodeLink
     liveness: Liveness
     nodes: NodeCalls
+    cloud_board: CloudHealthBoard  # a reload's new cloud providers keep their cooldowns here
+
+
+def cloud_providers(
+    settings: RouterSettings,
+    board: CloudHealthBoard,
+    http: httpx.AsyncClient,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+) -> CloudProviders:
+    """The cloud providers of `settings` (raises ProviderConfigError naming an unset key
+    variable); their cooldowns and model health live on `board`, which outlives a reload."""
+    return CloudProviders(
+        settings.providers,
+        selection=settings.selection,
+        fallbacks=tuple(settings.fallbacks),
+        board=board,
+        http=http,
+        environ=environ,
+        clock=clock,
+    )
 
 
 def wire_router(
@@ -111,15 +142,7 @@ def wire_router(
     breakers = BreakerBoard(settings.breakers, events)
     cloud_board = CloudHealthBoard(settings.failover, events)
     health = HealthBoard(breakers, cloud_board, events)
-    cloud = CloudProviders(
-        settings.providers,
-        selection=settings.selection,
-        fallbacks=tuple(settings.fallbacks),
-        board=cloud_board,
-        http=http,
-        environ=environ,
-        clock=clock,
-    )
+    cloud = cloud_providers(settings, cloud_board, http, environ, clock)
     link = NodeLink(nc, Subjects(settings.subject_prefix))
     offload = settings.offload
     liveness = Liveness(
@@ -156,12 +179,13 @@ def wire_router(
     )
     fleet.on_record(router.heard_from)
     fleet.on_forget(lambda node: breakers.forget(node, clock()))
-    return Wired(router, health, link, liveness, nodes)
+    return Wired(router, health, link, liveness, nodes, cloud_board)
 
 
 class RouterService(AsyncService):
-    def __init__(self, settings: RouterSettings) -> None:
+    def __init__(self, settings: RouterSettings, *, config_path: Path | None = None) -> None:
         self.settings = settings
+        self._config_path = config_path  # what a reload reads (SIGHUP, POST /admin/reload)
         self._http = new_http_client()
         self._nc = NatsClient()
         self.fleet = FleetView(
@@ -182,13 +206,39 @@ class RouterService(AsyncService):
                 environ=os.environ,
                 clock=clock,
             )
-        except ProviderConfigError as error:  # a key's variable is unset: it names it
+            directory = TenantDirectory.build(
+                settings.http.api_keys, settings.admission, os.environ
+            )
+        except (ProviderConfigError, TenantConfigError) as error:  # names the unset variable
             raise StartupError(str(error)) from None
         self.router, self.health, self.link = wired.router, wired.health, wired.link
         self._liveness, self._nodes = wired.liveness, wired.nodes
+        self._cloud_board = wired.cloud_board
+        self.metrics = RouterMetrics(
+            lambda: self.health.snapshot(time.monotonic()).breakers,
+            lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
+        )
+        slots = LaneSlots(
+            self.fleet,
+            self.health.breakers,
+            selection=lambda: self.settings.selection,
+            connected=lambda: self._nc.is_connected,
+            clock=clock,
+        )
+        self.admission = Admission(
+            self.router.dispatch,
+            slots,
+            settings.admission,
+            directory,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        # Capacity may free: a worker's record (a slot announced free), a breaker's change.
+        self.fleet.on_record(self.admission.wake)
+        self.health.subscribe(self.admission.wake)
         idempotency = settings.idempotency
         self.gate = IdempotencyGate(
-            self.router.dispatch,
+            self.admission.dispatch,
             resolve_model=fleet_model(settings.selection, self.fleet),
             answers=KeptAnswers(
                 ttl_s=idempotency.ttl_s, max_entries=idempotency.max_entries, clock=clock
@@ -204,6 +254,7 @@ class RouterService(AsyncService):
         self.fatal_cause = ""
         self.fatal_exit_code = 2  # bad credentials: restarting cannot help
         self._stopping = False
+        self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
 
     async def start(self) -> None:
         try:
@@ -215,11 +266,10 @@ class RouterService(AsyncService):
     async def _start(self) -> None:
         http = self.settings.http
         sock = bind_http(http.host, http.port)
-        metrics = RouterMetrics(
-            lambda: self.health.snapshot(time.monotonic()).breakers, self.router.cloud.view
-        )
+        metrics = self.metrics
         self.fleet.on_forget(metrics.forget)
-        api = Api(self.settings.http, self.settings.images, self._calls, self.gate, metrics)
+        settings = self.settings
+        api = Api(settings.http, settings.images, self._calls, self.gate, metrics, self.admission)
         status = FleetStatus(
             self.fleet,
             breakers_of=self.health.breakers_of,
@@ -228,7 +278,13 @@ class RouterService(AsyncService):
             registry=metrics.registry,
         )
         config = uvicorn.Config(
-            build_app(api, status, self.router.cloud.view),
+            build_app(
+                api,
+                status,
+                lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
+                reload=self.reload,
+                cloud_models=listed_models(self.settings.providers),
+            ),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -275,6 +331,7 @@ class RouterService(AsyncService):
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py's hint; a float works
             connect_timeout=2,
         )
+        self._say_reached()
         await self.link.start()
         await self.fleet.start()
         idempotency = self.settings.idempotency
@@ -296,6 +353,12 @@ class RouterService(AsyncService):
                     monotonic=self._clock,
                 )
             )
+        limits = self.settings.limits
+        if limits.shared:
+            # Until NATS is reached, each router counts its tenants' rpm and tpm alone.
+            self.admission.share(
+                await SharedCounters.open(self._nc, bucket=limits.bucket, wall_clock=time.time)
+            )
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
 
     async def _on_nats_error(self, error: Exception) -> None:
@@ -307,17 +370,52 @@ class RouterService(AsyncService):
                 self._connecting.cancel()
             return
         if not self._nc.is_connected and not self._stopping:
-            log.warning("nats not reachable (%s); retrying", describe(error))
+            line = self._outage.failed(describe(error), time.monotonic())
+            if line is not None:
+                log.warning("%s", line)
             return
         log.warning("nats: %s", describe(error))
+
+    def _say_reached(self) -> None:
+        line = self._outage.reached(time.monotonic())
+        if line is not None:
+            log.info("%s", line)
 
     async def _on_disconnected(self) -> None:
         if not self._stopping:
             log.warning("disconnected from nats; reconnecting (local runtime still serves)")
 
     async def _on_reconnected(self) -> None:
+        self._say_reached()
         self._nodes.reconnected()
         log.info("reconnected to nats")
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the config file again and apply what can change while running (tenants,
+        keys, limits, the queue's classes, profiles, providers); calls in flight and
+        waiting go on. A file that does not load, or names an unset key variable,
+        changes nothing: the answer (and the log) says why."""
+        if self._config_path is None:
+            return {"reloaded": False, "error": "the router was started without a config file"}
+        try:
+            loaded = load_router_settings(self._config_path)
+            plan = plan_reload(self.settings, loaded)
+            new = plan.settings
+            directory = TenantDirectory.build(new.http.api_keys, new.admission, os.environ)
+            cloud = self.router.cloud
+            if plan.cloud_changed:
+                cloud = cloud_providers(new, self._cloud_board, self._http, os.environ)
+        except (ConfigError, TenantConfigError, ProviderConfigError) as error:
+            log.error("reload refused, the running config stays: %s", error)
+            return {"reloaded": False, "error": str(error)}
+        self.settings = new
+        if plan.cloud_changed:
+            statics = StaticRuntimes(new.selection, self._http, os.environ)
+            self.router.reconfigure(new.selection, cloud, statics)
+        self.admission.configure(new.admission, directory)
+        applied, waiting = list(plan.applied), list(plan.needs_restart)
+        log.info("config reloaded: applied %s; needs a restart: %s", applied, waiting)
+        return plan.report()
 
     @property
     def nc(self) -> NatsClient:

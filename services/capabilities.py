@@ -17,6 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 HealthState = Literal["unknown", "healthy", "degraded", "loading", "unhealthy", "disabled"]
 ModelType = Literal["llm", "vision", "code", "embed"]
 
+# How long a router keeps a node's record without a newer one before it takes the node for
+# stale: a worker sends one every heartbeat and says its record lives three of them, so
+# one or two lost heartbeats do not flap a node. The bound keeps a record (and a dead node
+# with it) from being kept longer than an hour; a worker whose heartbeat would make its
+# record longer-lived is refused at start (node_worker/config.py).
+MAX_RECORD_TTL_S = 3600.0
+HEARTBEATS_PER_TTL = 3
+MAX_HEARTBEAT_S = MAX_RECORD_TTL_S / HEARTBEATS_PER_TTL
+
+
+def record_ttl_s(heartbeat_s: float) -> float:
+    """The `ttl_s` a worker announcing every `heartbeat_s` gives its record."""
+    return HEARTBEATS_PER_TTL * heartbeat_s
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -92,7 +106,7 @@ class Capabilities(_Record):
     seq: int
     ts: float = Field(description="unix seconds when the record was built (display only)")
     # Bounded and finite: a record saying Infinity would be kept (and its node) forever.
-    ttl_s: float = Field(gt=0, le=3600, allow_inf_nan=False)
+    ttl_s: float = Field(gt=0, le=MAX_RECORD_TTL_S, allow_inf_nan=False)
     runtimes: tuple[RuntimeStatus, ...] = ()
     served_models: tuple[ServedModel, ...] = ()
     load: dict[str, Load] = Field(default_factory=dict)

@@ -59,6 +59,9 @@ DEFAULT_BUCKET = "inferbus_idempotency"
 ROUTER_SPACE = "r"
 # How long one store operation may take before the store counts as unreachable.
 OP_TIMEOUT_S = 5.0
+# JetStream keeps a bucket's TTL in int64 nanoseconds and refuses a longer one (the bucket
+# is then never created): processes bound `idempotency.ttl_s` by it at start.
+MAX_TTL_S = (2**63 - 1) // 10**9
 
 
 def worker_space(node_id: str) -> str:

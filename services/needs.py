@@ -60,7 +60,24 @@ def needed_capabilities(request: JobRequest, job_type: JobType) -> list[Need]:
         needs.append(Need("tools", "tools"))
     if _may_have_images(request) and request.has_images():
         needs.append(Need("vision", "images"))
+    thinking = wants_thinking(request)
+    if thinking is not None:
+        needs.append(Need("thinking", thinking))
     return needs
+
+
+def wants_thinking(request: JobRequest) -> str | None:
+    """The field that asks the model to think (Ollama's `think`, or the chat template's
+    `enable_thinking` that vLLM and llama.cpp read), None when none does."""
+    extra = request.extra
+    if not extra:
+        return None
+    if extra.get("think"):
+        return "extra.think"
+    kwargs = extra.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("enable_thinking"):
+        return "extra.chat_template_kwargs.enable_thinking"
+    return None
 
 
 def _may_have_images(request: JobRequest) -> bool:

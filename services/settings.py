@@ -3,15 +3,24 @@ environment overrides, validated at start with the failing field named."""
 
 from __future__ import annotations
 
+import re
 import ssl
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 
@@ -27,6 +36,22 @@ def _url_list(value: Any) -> Any:
 
 
 NatsUrls = Annotated[list[str], NoDecode, BeforeValidator(_url_list)]
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host; the value is not repeated (it may carry a password)."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise ValueError(f"must be an http:// or https:// URL, not {scheme}")
+    if not parts.hostname or any(character.isspace() for character in value):
+        raise ValueError("must be an http:// or https:// URL with a host and no spaces")
+    return value
+
+
+# Where an HTTP client will be sent: checked at start, so a typo fails there and not on
+# every request that reaches it.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class FileSettings(BaseSettings):
@@ -55,14 +80,38 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
     try:
         values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        kind = "TOML" if path.suffix == ".toml" else "YAML"
-        raise ConfigError(f"config {path} is not valid {kind}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_toml_error(path, exc)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"config {path} must be a mapping of settings")
     return values
+
+
+_TOML_AT = re.compile(r"^(?P<what>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
+
+
+def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """`file:line:column: not valid TOML: what`, as editors and compilers say it."""
+    found = _TOML_AT.match(str(exc))
+    if found is None:
+        return f"{path}: not valid TOML: {exc}"
+    return f"{path}:{found['line']}:{found['column']}: not valid TOML: {found['what']}"
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """`file:line:column: not valid YAML: what`, with where the broken construct began."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"{path}: not valid YAML: {exc}"
+    mark = exc.problem_mark
+    what = exc.problem or "cannot be read"
+    if exc.context and exc.context_mark is not None:
+        began = exc.context_mark
+        what += f" ({exc.context} at line {began.line + 1}, column {began.column + 1})"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}"
 
 
 def load_settings(cls: type[S], path: Path | None, **overrides: Any) -> S:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from services.wire import JobType
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# NATS refuses a protocol line over its max_control_line (4 KiB by default), and every
+# subject rides one: with a bounded prefix and node id the longest subject stays far below.
+MAX_PREFIX_LENGTH = 255
 WORKER_QUEUE_GROUP = "node_worker"
 
 
@@ -28,6 +31,11 @@ def inbox_prefix(node_id: str) -> str:
 
 def validate_prefix(prefix: str) -> str:
     """A prefix is empty or dot-separated subject-safe tokens, e.g. `prod`."""
+    if len(prefix) > MAX_PREFIX_LENGTH:
+        raise ValueError(
+            f"subject prefix is {len(prefix)} characters: at most {MAX_PREFIX_LENGTH}, "
+            "so every subject fits on a NATS protocol line"
+        )
     if prefix and not all(NODE_ID_PATTERN.fullmatch(token) for token in prefix.split(".")):
         raise ValueError(f"subject prefix {prefix!r} must be dot-separated [A-Za-z0-9_-] tokens")
     return prefix

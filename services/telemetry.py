@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-_CONTEXT_FIELDS = ("job_id", "node_id", "trace", "model", "code", "subject")
+_CONTEXT_FIELDS = ("job_id", "node_id", "trace", "model", "code", "subject", "signal")
 
 
 class JsonFormatter(logging.Formatter):

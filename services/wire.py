@@ -26,7 +26,14 @@ from services.bounds import (
     check_tools,
 )
 from services.errors import ErrorCode, InferbusError, Reason
-from services.wire_features import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
+from services.wire_features import (
+    JsonObject,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 
 JobType = Literal["llm", "vision", "code", "embed"]
 JOB_TYPES: tuple[JobType, ...] = ("llm", "vision", "code", "embed")
@@ -137,8 +144,10 @@ class Params(_Lenient):
         return self
 
 
-# Generous, but finite: larger numbers would overflow deadline arithmetic.
-_BOUNDED_MS = Field(ge=-(2**53), le=2**53)
+# Generous, but finite: larger numbers would overflow deadline arithmetic. A budget a
+# process sends (a configured default) is bounded by the same number at its start.
+MAX_TIMEOUT_MS = 2**53
+_BOUNDED_MS = Field(ge=-MAX_TIMEOUT_MS, le=MAX_TIMEOUT_MS)
 # A hand-typed `"job_id": 42` is meant as the string "42".
 _ID = Field(min_length=1, max_length=200, coerce_numbers_to_str=True)
 _PARAM_NAMES = frozenset(Params.model_fields)
@@ -181,7 +190,7 @@ class JobRequest(_Lenient):
     response_format: ResponseFormat | None = None
     # Other OpenAI fields (top_k, min_p, guided_json...), passed verbatim to
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: JsonObject = Field(default_factory=dict)
     stream: bool = False
     # Models to fall through when `model` cannot be served (the router's cloud chains).
     # LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
@@ -536,4 +545,4 @@ def _describe(exc: pydantic.ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"

@@ -17,7 +17,40 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# How deeply a free-form JSON value of a job (a tool's parameters, a response schema,
+# `extra`) may nest. Real schemas stay far below it; the wire encoder gives up at about
+# 250 levels, so a deeper value would be accepted here and fail on its way to a node.
+MAX_JSON_DEPTH = 128
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects and arrays more than `limit` levels deep (iterative:
+    a value too deep for recursion is still measured)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _shallow(value: Any) -> Any:
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+# A free-form JSON object of a job, refused (naming the field) when nested too deep.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_shallow)]
 
 # OpenAI's limit for function names: `^[a-zA-Z0-9_-]{1,64}$`; local runtimes take dots too.
 _FUNCTION_NAME = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -30,7 +63,7 @@ class _Shape(BaseModel):
 class FunctionDefinition(_Shape):
     name: Annotated[str, _FUNCTION_NAME]
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: JsonObject | None = None
     strict: bool | None = None
 
 
@@ -102,7 +135,7 @@ class JsonSchemaSpec(_Shape):
     name: str = "response"
     description: str | None = None
     # `schema` is a BaseModel attribute, so the field has another name in Python.
-    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    json_schema: JsonObject = Field(alias="schema")
     strict: bool | None = None
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
@@ -113,6 +146,13 @@ class ResponseFormat(_Shape):
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        """A `json_schema` format names its schema, as OpenAI requires."""
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema: required when type is json_schema")
+        return self
 
     @property
     def wants_json(self) -> bool:

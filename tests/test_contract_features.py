@@ -301,14 +301,6 @@ def test_ollama_options_take_penalties_and_known_extras() -> None:
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"tools": [TOOL], "tool_choice": "required"}, "tool_choice"),
-        (
-            {
-                "tools": [TOOL],
-                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-            },
-            "tool_choice",
-        ),
         ({"extra": {"best_of": 2}}, "extra.best_of"),
         (
             {

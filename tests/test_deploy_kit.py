@@ -726,7 +726,7 @@ def test_dockerignore_rules() -> None:
 # ---------------------------------------------------------------------------------------
 # end to end, where a Docker engine exists
 
-SKIP_REASON = "testcontainers not installed / no Docker engine"
+SKIP_REASON = "the compose stack runs with `pip install testcontainers` and a running Docker engine"
 
 
 def docker_engine() -> str | None:

@@ -206,8 +206,7 @@ def reference_candidates(index: FleetIndex, now: float) -> list[Candidate]:
             continue
         for served in entry.record.served_models:
             kind = slot_kind(served.type)
-            reported = entry.record.load[kind]
-            own = index.router_inflight.get((node, kind), 0)
+            inflight, capacity = index.load(node, kind)  # the record's moved by the router's own
             found.append(
                 Candidate(
                     name=served.name,
@@ -218,8 +217,8 @@ def reference_candidates(index: FleetIndex, now: float) -> list[Candidate]:
                     runtime=served.runtime,
                     running=served.running,
                     size_gb=served.size_gb,
-                    inflight=max(reported.inflight, own),
-                    capacity=reported.capacity,
+                    inflight=inflight,
+                    capacity=capacity,
                 )
             )
     return found
@@ -459,3 +458,43 @@ def test_a_record_with_an_unbounded_ttl_is_refused(ttl: str) -> None:
     raw = json.dumps(record).replace(f'"{ttl}"', ttl)
     with pytest.raises(pydantic.ValidationError):
         Capabilities.model_validate_json(raw)
+
+
+def _node_with_slots(index: FleetIndex, node: str, inflight: int, capacity: int, seq: int) -> None:
+    record = Capabilities(
+        node_id=node,
+        version="t",
+        seq=seq,
+        ts=0.0,
+        ttl_s=60.0,
+        served_models=(ServedModel(name="m", type="llm", runtime="ollama"),),
+        load={"llm": Load(inflight=inflight, capacity=capacity)},
+    )
+    index.take(record, 0.0)
+
+
+def test_an_answer_of_the_routers_own_frees_its_slot_before_the_next_record() -> None:
+    index = FleetIndex()
+    _node_with_slots(index, "n", 0, 2, seq=1)
+    index.job_started("n", "llm")
+    index.job_started("n", "llm")
+    _node_with_slots(index, "n", 2, 2, seq=2)  # the worker says full
+    assert index.load("n", "llm") == (2, 2)
+    index.job_ended("n", "llm")
+    assert index.load("n", "llm") == (1, 2)  # not still full until the worker's next record
+    group = index.group("m", "llm")
+    assert group is not None
+    assert "n" in group.unsaturated
+
+
+def test_a_busy_answer_makes_the_node_full_until_its_next_record() -> None:
+    index = FleetIndex()
+    _node_with_slots(index, "n", 0, 2, seq=1)  # another router's jobs are not seen yet
+    index.heard_busy("n", "llm")
+    group = index.group("m", "llm")
+    assert group is not None
+    assert index.load("n", "llm") == (2, 2)
+    assert "n" not in group.unsaturated
+    _node_with_slots(index, "n", 1, 2, seq=2)  # a slot freed
+    assert index.load("n", "llm") == (1, 2)
+    assert "n" in group.unsaturated

@@ -28,6 +28,7 @@ from services.keystore import (
     worker_space,
 )
 from services.wire import JobRequest, JobResponse, Result
+from tests.jobs import until
 
 NOW = 1_000_000.0
 
@@ -190,9 +191,9 @@ async def test_a_duplicate_runs_the_job_itself_when_the_first_caller_left() -> N
     infer = CountingInfer(JobResponse(job_id="", status="ok", result=Result(text="t")))
     keyed = gate(infer)
     first = asyncio.create_task(keyed.serve(keyed_call()))
-    await asyncio.sleep(0)
+    await until(lambda: infer.calls == 1)  # the first holds the key
     duplicate = asyncio.create_task(keyed.serve(keyed_call()))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)  # the duplicate waits on the first
     first.cancel()  # the first client went away before an answer
     infer.release.set()
     response, _ = await duplicate
@@ -207,9 +208,9 @@ async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
     infer = CountingInfer(failed)
     keyed = gate(infer)
     first = asyncio.create_task(keyed.serve(keyed_call()))
-    await asyncio.sleep(0)
+    await until(lambda: infer.calls == 1)  # the first holds the key
     duplicate = asyncio.create_task(keyed.serve(keyed_call()))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)  # the duplicate waits on the first
     infer.release.set()
     answers = [answer for answer, _ in await asyncio.gather(first, duplicate)]
     assert [answer.error.code for answer in answers if answer.error] == ["BACKEND_ERROR"] * 2

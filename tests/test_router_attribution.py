@@ -164,10 +164,12 @@ async def test_a_worker_cancels_a_whole_job_on_the_cancel_subject(
     assert worker.admission.load()["llm"].inflight == 0
 
 
-async def test_every_node_busy_is_429_with_the_smallest_retry_after(
+async def test_with_the_line_off_every_node_busy_is_429_with_the_smallest_retry_after(
     start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
 ) -> None:
-    """Item 9: a saturated fleet answered 503 NO_ROUTE without Retry-After."""
+    """Item 9: a saturated fleet answered 503 NO_ROUTE without Retry-After. When calls may
+    not wait in the router's line (`admission.max_wait_ms: 0`), the nodes' BUSY is the
+    answer: 429 with the smallest Retry-After they gave."""
     async with (
         Simulator(models=[SimModel("m:1b")], latency_ms=1500) as slow,
         start_worker(
@@ -180,7 +182,7 @@ async def test_every_node_busy_is_429_with_the_smallest_retry_after(
             backends=[backend(slow.url)],
             limits={"llm_concurrency": 1, "retry_after_ms": 1200},
         ),
-        start_router() as router,
+        start_router(admission={"max_wait_ms": 0}) as router,
         httpx.AsyncClient(base_url=router.url, timeout=10) as http,
     ):
         job = {"prompt": "x", "model": "m:1b"}

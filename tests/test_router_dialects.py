@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from router.admission.idempotency import IdempotencyGate, KeptAnswers
 from router.attempts.route import Route
 from router.config import HttpSettings
+from router.http.anthropic import AnthropicErrors
 from router.http.app import DIALECTS, PREFIX_ERRORS
 from router.http.dialect import PLAIN_ERRORS, dialect_route, error_handlers, shape_for
 from router.http.edge import Api
@@ -33,21 +34,7 @@ from services.wire import JobResponse, Result
 from tests.conftest import RouterFactory
 from tests.jobs import until
 
-
-class MessagesErrors:
-    """A dialect family under a longer prefix inside another's (as Anthropic's would be)."""
-
-    prefix = "/v1/messages"
-
-    def refusal(self, error: Any) -> Any:
-        raise NotImplementedError
-
-    def unknown(self, code: str, message: str, status: int) -> Any:
-        raise NotImplementedError
-
-
-MESSAGES = MessagesErrors()
-SHAPES = [*PREFIX_ERRORS, *(dialect.errors for dialect in DIALECTS), MESSAGES]
+SHAPES = [*PREFIX_ERRORS, *(dialect.errors for dialect in DIALECTS)]
 
 
 @pytest.mark.parametrize(
@@ -56,8 +43,9 @@ SHAPES = [*PREFIX_ERRORS, *(dialect.errors for dialect in DIALECTS), MESSAGES]
         ("/v1/chat/completions", OpenAIErrors),
         ("/v1/", OpenAIErrors),
         ("/v1/nothing/here", OpenAIErrors),
-        ("/v1/messages", MessagesErrors),  # the longest prefix wins
-        ("/v1/messages/count_tokens", MessagesErrors),
+        ("/v1/messages", AnthropicErrors),  # the longest prefix wins
+        ("/v1/messages/count_tokens", AnthropicErrors),
+        ("/v1/messages/batches", AnthropicErrors),
         ("/api/chat", OllamaErrors),
         ("/api/", OllamaErrors),
         ("/infer", NativeErrors),
@@ -78,6 +66,8 @@ def test_a_path_answers_errors_in_the_shape_of_its_longest_prefix(
     [
         ("POST", "/v1/nothing-here", 404, "openai"),
         ("GET", "/v1/chat/completions", 405, "openai"),
+        ("GET", "/v1/messages", 405, "anthropic"),
+        ("POST", "/v1/messages/batches", 404, "anthropic"),
         ("POST", "/api/chat", 404, "ollama"),
         ("GET", "/api/tags", 404, "ollama"),
         ("DELETE", "/api/", 404, "ollama"),
@@ -96,6 +86,9 @@ async def test_unknown_paths_and_methods_answer_in_their_prefix_dialects_shape(
     if body_of == "openai":
         assert body["error"]["code"] == code
         assert set(body["error"]) == {"message", "type", "code", "param"}
+    elif body_of == "anthropic":
+        assert body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"}
     elif body_of == "ollama":
         assert set(body) == {"error"}
         assert path in body["error"]

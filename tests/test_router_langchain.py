@@ -68,3 +68,13 @@ async def test_max_tokens_is_honoured(router: RouterService) -> None:
     answer = await chat_model(router, max_tokens=3).ainvoke("hello there")
     assert answer.usage_metadata is not None
     assert answer.usage_metadata["output_tokens"] == 3
+
+
+async def test_with_structured_output_by_function_calling_on_ollama(
+    router: RouterService,
+) -> None:
+    """LangChain forces the schema's tool (`tool_choice` naming it); the worker's Ollama
+    runtime cannot be told to call a tool, so its output is held to the tool's schema."""
+    structured = chat_model(router).with_structured_output(Person, method="function_calling")
+    person = await structured.ainvoke("a person")
+    assert isinstance(person, Person)

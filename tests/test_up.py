@@ -139,7 +139,11 @@ async def test_up_serves_the_printed_examples_survives_a_killed_worker_and_ctrl_
         nodes = (await http.get(f"{router_url}/nodes")).json()["nodes"]
     assert sorted(node["node_id"] for node in nodes) == ["demo", "demo-2"]
 
-    # The failover demo: kill one worker's PID; up says so and keeps the rest running.
+    # The failover demo names the node taking the jobs, by the PID to kill.
+    assert f"  kill {pid_of(printed, 'demo')} " in "".join(printed)
+    assert any(line.startswith("Failover: node 'demo' takes the jobs") for line in printed)
+
+    # Kill one worker's PID; up says so and keeps the rest running.
     killed = pid_of(printed, "demo-2")
     assert killed in children
     os.kill(killed, signal.SIGKILL)
@@ -147,7 +151,7 @@ async def test_up_serves_the_printed_examples_survives_a_killed_worker_and_ctrl_
         while "exited" not in (line := (await up.stdout.readline()).decode()):
             assert line, "inferbus up exited after one worker died"
     assert "worker 'demo-2'" in line
-    assert "killed by signal 9" in line
+    assert "killed by SIGKILL" in line
     restart = (await up.stdout.readline()).decode()
     assert "To restart it:" in restart
     assert up.returncode is None

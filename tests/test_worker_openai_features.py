@@ -219,21 +219,42 @@ async def test_what_a_model_cannot_do_is_refused_before_the_runtime_is_called(
     assert sim.calls[PLAIN_MODEL] == sim.calls[EMBED_MODEL] == sim.calls[TOOL_MODEL] == 0
 
 
-async def test_ollama_refuses_what_its_api_cannot_promise(
+async def test_ollama_refuses_what_it_has_no_parameter_for(
     nc: NatsClient, sim: Simulator, start_worker: WorkerFactory, node_id: str
 ) -> None:
     async with start_worker(backends=[backend(sim.url, kind="ollama")]):
-        forced = await ask(nc, llm(node_id), tool_job(tool_choice="required"))
         unknown = await ask(nc, llm(node_id), {"prompt": "hi", "extra": {"best_of": 3}})
         mapped = await ask(
             nc, llm(node_id), {"prompt": "hi", "extra": {"top_k": 5, "store": False}}
         )
-    assert forced.error is not None
-    assert forced.error.message.startswith("tool_choice: ")
     assert unknown.error is not None
     assert unknown.error.message.startswith("extra.best_of: ")
-    assert forced.error.code == unknown.error.code == "BAD_REQUEST"
+    assert unknown.error.code == "BAD_REQUEST"
     assert mapped.status == "ok", mapped.error
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+async def test_ollama_answers_a_forced_tool_call_held_to_its_schema(
+    nc: NatsClient, sim: Simulator, start_worker: WorkerFactory, node_id: str, choice: Any
+) -> None:
+    job = tool_job(messages=[{"role": "user", "content": "no tool named here"}], tool_choice=choice)
+    job["stream"] = False
+    async with start_worker(backends=[backend(sim.url, kind="ollama")]):
+        whole = await ask(nc, llm(node_id), job)
+        chunks, final = await stream(nc, llm(node_id), job)
+    assert whole.result is not None, whole.error
+    assert whole.result.finish_reason == "tool_calls"
+    assert whole.result.text == ""
+    assert whole.result.tool_calls is not None
+    (call,) = whole.result.tool_calls
+    assert call.function.name == "get_weather"
+    schema: Any = WEATHER_TOOL["function"]
+    jsonschema.validate(json.loads(call.function.arguments), schema["parameters"])
+    assert final.result is not None
+    assert final.result.tool_calls == whole.result.tool_calls
+    assert all(not chunk.delta for chunk in chunks)  # the JSON text is never sent as text
 
 
 async def test_openai_compatible_runtimes_get_extra_fields_and_forced_tools(

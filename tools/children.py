@@ -1,12 +1,13 @@
 """The processes `inferbus up` starts: each with a role, its stderr relayed to ours line by
-line (so the last words of one that dies can be quoted), waited for against its own exit,
-and stopped in reverse order."""
+line (so why one of them stopped can be quoted), waited for against its own exit, and
+stopped in reverse order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from collections import deque
 from collections.abc import Coroutine
@@ -18,7 +19,8 @@ T = TypeVar("T")
 
 @dataclass
 class Child:
-    """A process `up` started: what to call it, and what it last said on stderr."""
+    """A process `up` started: what to call it, and the last things it said that may tell
+    why it stops (see `telling`)."""
 
     role: str  # "simulator", "worker 'local-2'", "router"
     process: asyncio.subprocess.Process
@@ -26,11 +28,24 @@ class Child:
     last_words: deque[str] = field(default_factory=lambda: deque(maxlen=3))
 
     def cause(self) -> str:
-        """Its exit code and last stderr line, for a one-line report."""
-        code = self.process.returncode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-        said = self.last_words[-1] if self.last_words else ""
-        return f"{how}: {said}" if said else how
+        """Why it exited, in one line: the signal that killed it, or its exit code and the
+        last telling line it wrote (an error, the signal it stopped on, a traceback's end)."""
+        return exit_cause(self.process.returncode, self.last_words[-1] if self.last_words else "")
+
+
+def exit_cause(returncode: int | None, said: str) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        return f"killed by {signal_name(-returncode)}"
+    return f"exit {returncode}: {said}" if said else f"exit {returncode}"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class ChildExited(Exception):
@@ -77,9 +92,9 @@ class Children:
         while line := await child.process.stderr.readline():
             sys.stderr.buffer.write(line)
             sys.stderr.flush()
-            text = line.decode(errors="replace").strip()
-            if text:
-                child.last_words.append(_message_of(text))
+            said = telling(line.decode(errors="replace").strip())
+            if said:
+                child.last_words.append(said)
 
     async def until(self, child: Child, ready: Coroutine[Any, Any, T]) -> T:
         """`ready`'s result; ChildExited the moment `child` exits first, Interrupted the
@@ -112,17 +127,28 @@ class Children:
         await asyncio.gather(*self._relays, return_exceptions=True)
 
 
-def _message_of(line: str) -> str:
-    """The `msg` of a JSON log line, else the line."""
-    if line.startswith("{"):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return line
-        message = record.get("msg") if isinstance(record, dict) else None
-        if isinstance(message, str):
-            return message
-    return line
+_TELLING_LEVELS = frozenset({"error", "critical"})
+
+
+def telling(line: str) -> str | None:
+    """What a stderr line says about why its process may stop, or None when it says
+    nothing about that. Our processes log JSON: an error, or the signal they stop on
+    (`signal` field), tells; info and warnings do not. Anything else is printed on the way
+    out (`inferbus router: port 8090 is in use`, a traceback, whose last line is the
+    error), so it tells."""
+    if not line:
+        return None
+    if not line.startswith("{"):
+        return line
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict) or not isinstance(message := record.get("msg"), str):
+        return line
+    if record.get("level") in _TELLING_LEVELS or "signal" in record:
+        return message
+    return None
 
 
 async def stop_process(process: asyncio.subprocess.Process) -> None:

@@ -25,7 +25,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from services.capabilities import Capabilities, Load, ModelType, ServedModel, encode_capabilities
+from services.capabilities import (
+    Capabilities,
+    Load,
+    ModelType,
+    ServedModel,
+    encode_capabilities,
+    record_ttl_s,
+)
 from services.lifecycle import AsyncService
 from services.subjects import Subjects
 from services.wire import JobResponse, Result, Usage, encode
@@ -128,7 +135,7 @@ class SimulatedFleet(AsyncService):
         node = self.nodes.get(msg.subject.split(".")[-2])
         if node is not None and msg.reply:
             await self._nc.publish(
-                msg.reply, encode_capabilities(node.record(3 * self.heartbeat_s))
+                msg.reply, encode_capabilities(node.record(record_ttl_s(self.heartbeat_s)))
             )
 
     async def add(self, node: SimNode) -> None:
@@ -145,7 +152,7 @@ class SimulatedFleet(AsyncService):
                 await self._nc.publish(reply, data)
 
     async def announce(self, node: SimNode) -> bytes:
-        data = encode_capabilities(node.record(3 * self.heartbeat_s))
+        data = encode_capabilities(node.record(record_ttl_s(self.heartbeat_s)))
         await self._nc.publish(self._subjects.capabilities(node.node_id), data)
         return data
 

@@ -27,6 +27,7 @@ import yaml
 from node_worker.config import BackendConfig, WorkerSettings
 from router.config import HttpSettings, LocalRuntime, RouterSettings
 from services.bus import wait_for_worker
+from services.capabilities import record_ttl_s
 from services.errors import InferbusError
 from services.localnet import free_port, port_open
 from services.nats_server import NatsServer
@@ -38,6 +39,10 @@ from tools.children import Child, ChildExited, Children, Interrupted
 # The router is ready (NATS connected, a route possible) within seconds; past this,
 # something is wrong and its own log says what.
 ROUTER_READY_S = 60.0
+
+# Its workers announce themselves this often (a GPU node's default is 10 s): a worker
+# killed outright shows as stale within 3 heartbeats, seconds into the failover demo.
+UP_HEARTBEAT_S = 2.0
 
 # Where runtimes listen by default on a GPU box.
 LOCAL_RUNTIMES: tuple[tuple[RuntimeKind, str], ...] = (
@@ -112,6 +117,7 @@ def worker_config(node_id: str, nats_url: str, backends: list[tuple[RuntimeKind,
     settings = WorkerSettings(
         node_id=node_id,
         nats_url=[nats_url],
+        heartbeat_s=UP_HEARTBEAT_S,
         backends=[BackendConfig(kind=kind, url=url) for kind, url in backends],
     )
     return _yaml(settings.model_dump(mode="json", exclude_defaults=True))
@@ -173,6 +179,33 @@ def inferbus_command() -> str:
     with contextlib.suppress(ValueError):
         return str(script.relative_to(Path.cwd()))
     return str(script)
+
+
+def job_examples(router_url: str, nats_url: str, node_id: str, inferbus: str) -> list[str]:
+    """The jobs to paste, each runnable as printed; the NATS CLI's last, as it is the one
+    a fresh machine lacks."""
+    subject = Subjects().job(node_id, "llm")
+    return [
+        "Send a job:",
+        f"  curl -s {router_url}/v1/chat/completions -H 'Content-Type: application/json' "
+        '-d \'{"messages":[{"role":"user","content":"Say hello"}]}\'',
+        f"  {inferbus} req {node_id} 'Say hello' --server {nats_url}",
+        f"  curl -s {router_url}/nodes        # the fleet as the router sees it",
+        "With the NATS CLI installed (https://github.com/nats-io/natscli):",
+        f'  nats req {subject} \'{{"prompt":"Say hello"}}\' --server {nats_url}',
+    ]
+
+
+def failover_demo(router_url: str, node_id: str, pid: int) -> list[str]:
+    """How to watch failover: stop the node that takes the jobs (the router's own node
+    comes first), and what each way of stopping it shows."""
+    stale_s = record_ttl_s(UP_HEARTBEAT_S)
+    return [
+        f"Failover: node {node_id!r} takes the jobs (the router's own node comes first).",
+        f"  kill {pid}       # a clean stop: it withdraws at once, jobs go to the others",
+        f"  kill -9 {pid}    # a crash: jobs go to the others at once; {router_url}/nodes",
+        f"                     shows it stale: true within {stale_s:g} s (3 heartbeats)",
+    ]
 
 
 class UpRefused(Exception):
@@ -251,7 +284,8 @@ async def _runtimes_or_simulator(children: Children) -> list[tuple[RuntimeKind, 
 async def _up(options: UpOptions) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal `up` runs in was closed; its children must not outlive it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     try:
         validate_node_id(options.node_id)
@@ -294,7 +328,6 @@ async def _up(options: UpOptions) -> int:
             runtimes = ", ".join(f"{kind} {url}" for kind, url in node_backends)
             subject = Subjects().job(node_id, "llm")
             say(f"worker: node {node_id!r} pid {worker.process.pid} on {subject} ({runtimes})")
-        subject = Subjects().job(options.node_id, "llm")
         router_file = data_dir / "router.yml"
         router_file.write_text(
             router_config(options.node_id, nats_url, options.http_port, backends[0])
@@ -310,14 +343,13 @@ async def _up(options: UpOptions) -> int:
         if nats_server is not None and nats_server.pid is not None:
             say(f"nats: pid {nats_server.pid}")
         say("")
-        say("Send a job:")
-        say(
-            f"  curl -s {router_url}/v1/chat/completions -H 'Content-Type: application/json' "
-            '-d \'{"messages":[{"role":"user","content":"Say hello"}]}\''
-        )
-        say(f"  {inferbus} req {options.node_id} 'Say hello' --server {nats_url}")
-        say(f'  nats req {subject} \'{{"prompt":"Say hello"}}\' --server {nats_url}')
-        say(f"  curl -s {router_url}/nodes        # the fleet as the router sees it")
+        for line in job_examples(router_url, nats_url, options.node_id, inferbus):
+            say(line)
+        if len(workers) > 1:
+            say("")
+            first = workers[0][0]
+            for line in failover_demo(router_url, options.node_id, first.process.pid):
+                say(line)
         say("")
         say("Ctrl-C stops everything.")
         return await _watch(children, router, stop)

@@ -240,12 +240,14 @@ class Fleet:
         return await self.python(name, "node_worker", config)
 
     async def router(
-        self, http: aiohttp.ClientSession, worker: asyncio.subprocess.Process
+        self, http: aiohttp.ClientSession, worker: asyncio.subprocess.Process, extra_yaml: str = ""
     ) -> tuple[asyncio.subprocess.Process, str]:
         """The router, waited for until it can route to `worker`; returns it and its URL."""
         port = free_port()
         config = self.tmp / "router.yml"
-        config.write_text(f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n")
+        config.write_text(
+            f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n{extra_yaml}"
+        )
         router = await self.python("router", "router", config)
         url = f"http://127.0.0.1:{port}"
 

@@ -38,6 +38,9 @@ class Route(BaseModel):
     attempts: list[Attempt] = []
     fallback_reason: str = ""
     caps_age_s: float | None = None
+    queue_ms: float = 0.0  # time spent waiting in the router's line for a slot
+    priority: str | None = None  # the class it ran in (router/admission/tenants.py)
+    priority_note: str = ""  # why that class, when the request asked for another
 
 
 def elapsed_ms(started: float, now: float | None = None) -> float:

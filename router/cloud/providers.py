@@ -110,6 +110,18 @@ class ProviderConfig(BaseModel):
         return self.pricing.get(model) or self.pricing.get("default")
 
 
+def listed_models(providers: Mapping[str, ProviderConfig]) -> dict[str, str]:
+    """Every model name a request may use to reach a provider (its allow-list and its
+    aliases), each with the provider it reaches: the first that claims it, in file order,
+    as `resolve_cloud_model` resolves a bare name. A provider without an allow-list serves
+    whatever it is asked for, so it lists only its aliases."""
+    listed: dict[str, str] = {}
+    for provider_name, provider in providers.items():
+        for name in [*(provider.models or ()), *provider.aliases]:
+            listed.setdefault(name, provider_name)
+    return listed
+
+
 @dataclass(frozen=True, slots=True)
 class CloudModel:
     """A chain entry resolved: which provider, and the model id to send it."""

@@ -80,6 +80,17 @@ class NodeEntry:
     received_s: float  # the router's own clock; a sender's `ts` is display only
     models: dict[tuple[str, ModelType], ServedModel]
     fresh: bool = True  # indexed into groups (cleared by `sweep` after the ttl)
+    # The node's models by slot kind, and each kind's saturation as last applied to the
+    # groups: a load-only record touches only the groups of a kind whose saturation moved.
+    by_kind: dict[str, tuple[tuple[str, ModelType], ...]] = field(default_factory=dict)
+    saturated: dict[str, bool] = field(default_factory=dict)
+
+    def models_changed(self) -> None:
+        kinds: dict[str, list[tuple[str, ModelType]]] = {}
+        for key in self.models:
+            kinds.setdefault(slot_kind(key[1]), []).append(key)
+        self.by_kind = {kind: tuple(keys) for kind, keys in kinds.items()}
+        self.saturated = {}
 
     @property
     def stale_at(self) -> float:
@@ -114,6 +125,9 @@ class FleetIndex:
         self.nodes: dict[str, NodeEntry] = {}
         self.node_ids: list[str] = []  # sorted, for paging `/nodes`
         self.router_inflight: Counter[tuple[str, str]] = Counter()
+        # The router's own starts minus its own ends on a (node, kind) since that node's
+        # last record: a slot freed by an answer counts at once, not at the next record.
+        self._since_record: dict[tuple[str, str], int] = {}
         self.version = 0  # bumped when groups or buckets appear or vanish (caches key on it)
         self.membership = 0  # bumped when any group gains or loses a node (for `/v1/models`)
         self.slot_cache: dict[object, object] = {}  # selection's orderings, per `version`
@@ -134,27 +148,33 @@ class FleetIndex:
             return Taken.FLEET_FULL
         if known is not None and _out_of_order(known.record, record):
             return Taken.OUT_OF_ORDER
-        models = {(m.name, m.type): m for m in record.served_models}
-        if known is None:
-            outcome = Taken.NEW
-            bisect.insort(self.node_ids, node)
-            entry = NodeEntry(record, now, models)
-            self.nodes[node] = entry
-            self._index_models(node, models, {})
-        elif not known.fresh:
-            outcome = Taken.REVIVED
+        if known is not None and known.fresh and _same_models(known.record, record):
+            outcome = Taken.LOAD_ONLY  # the cheap path: a heartbeat, a slot taken or freed
             entry = known
-            entry.record, entry.received_s, entry.models, entry.fresh = record, now, models, True
-            self._index_models(node, models, {})
+            entry.record, entry.received_s = record, now
         else:
-            entry = known
-            same = known.record.served_models == record.served_models
-            outcome = Taken.LOAD_ONLY if same else Taken.CHANGED
-            previous = known.models
-            entry.record, entry.received_s, entry.models = record, now, models
-            if not same:
+            models = {(m.name, m.type): m for m in record.served_models}
+            if known is None:
+                outcome = Taken.NEW
+                bisect.insort(self.node_ids, node)
+                entry = NodeEntry(record, now, models)
+                self.nodes[node] = entry
+                self._index_models(node, models, {})
+            elif not known.fresh:
+                outcome = Taken.REVIVED
+                entry = known
+                entry.record, entry.received_s, entry.fresh = record, now, True
+                entry.models = models
+                self._index_models(node, models, {})
+            else:
+                outcome = Taken.CHANGED
+                entry = known
+                previous = known.models
+                entry.record, entry.received_s, entry.models = record, now, models
                 self._index_models(node, models, previous)
+            entry.models_changed()
         for kind in SLOT_KINDS:
+            self._since_record.pop((node, kind), None)
             self._refresh_saturation(node, kind)
         heapq.heappush(self._expiries, (entry.stale_at, node))
         return outcome
@@ -190,6 +210,7 @@ class FleetIndex:
             del self.node_ids[where]
         for kind in SLOT_KINDS:
             self.router_inflight.pop((node, kind), None)
+            self._since_record.pop((node, kind), None)
         for listener in self._forget_listeners:
             listener(node)
 
@@ -197,6 +218,7 @@ class FleetIndex:
 
     def job_started(self, node: str, kind: str) -> None:
         self.router_inflight[node, kind] += 1
+        self._since_record[node, kind] = self._since_record.get((node, kind), 0) + 1
         self._refresh_saturation(node, kind)
 
     def job_ended(self, node: str, kind: str) -> None:
@@ -206,6 +228,16 @@ class FleetIndex:
             self.router_inflight.pop(key, None)
         else:
             self.router_inflight[key] = count - 1
+        self._since_record[key] = self._since_record.get(key, 0) - 1
+        self._refresh_saturation(node, kind)
+
+    def heard_busy(self, node: str, kind: str) -> None:
+        """The node answered BUSY: it is full until its next record or an answer of ours."""
+        entry = self.nodes.get(node)
+        reported = entry.record.load.get(kind) if entry is not None else None
+        if reported is None:
+            return
+        self._since_record[node, kind] = reported.capacity - reported.inflight
         self._refresh_saturation(node, kind)
 
     # --- reads for selection ----------------------------------------------------------------
@@ -215,13 +247,15 @@ class FleetIndex:
         return entry is not None and entry.fresh and not entry.stale(now)
 
     def load(self, node: str, kind: str) -> tuple[int, int]:
-        """(inflight, capacity): the larger of the heartbeat's count and the router's own."""
+        """(inflight, capacity): the record's count moved by the router's own starts and
+        ends since that record, and never less than the router's own count."""
         entry = self.nodes.get(node)
         reported = entry.record.load.get(kind) if entry is not None else None
         own = self.router_inflight.get((node, kind), 0)
         if reported is None:
             return own, 1
-        return max(reported.inflight, own), reported.capacity
+        since = self._since_record.get((node, kind), 0)
+        return max(reported.inflight + since, own, 0), reported.capacity
 
     def load_ratio(self, node: str, kind: str) -> float:
         inflight, capacity = self.load(node, kind)
@@ -344,14 +378,21 @@ class FleetIndex:
         return inflight >= capacity
 
     def _refresh_saturation(self, node: str, kind: str) -> None:
-        """Keep each group's `unsaturated` set right after a load change: O(node's models)."""
+        """Keep each group's `unsaturated` set right after a load change: nothing when the
+        kind's saturation did not move, else O(node's models of that kind)."""
         entry = self.nodes.get(node)
         if entry is None or not entry.fresh:
             return
+        keys = entry.by_kind.get(kind)
+        if not keys:
+            return
         saturated = self._saturated(node, kind)
-        for key in entry.models:
+        if entry.saturated.get(kind) is saturated:
+            return
+        entry.saturated[kind] = saturated
+        for key in keys:
             group = self._groups.get(key)
-            if group is None or group.kind != kind:
+            if group is None:
                 continue
             if saturated:
                 group.unsaturated.discard(node)
@@ -388,6 +429,13 @@ class FleetIndex:
             )
             index.take(record, now - held[0].node_age_s)
         return index
+
+
+def _same_models(known: Capabilities, record: Capabilities) -> bool:
+    """The same served models (the record decoder reuses the tuple when they are)."""
+    return (
+        known.served_models is record.served_models or known.served_models == record.served_models
+    )
 
 
 def _out_of_order(known: Capabilities, record: Capabilities) -> bool:

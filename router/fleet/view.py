@@ -103,6 +103,7 @@ class FleetView(AsyncService):
             max_models_per_node=self.settings.max_models_per_node,
         )
         self._listeners: list[Callable[[Capabilities], None]] = []
+        self._job_listeners: list[Callable[[str, str, bool], None]] = []
         self._subject_head = subjects.capabilities("")  # "<prefix.>ncs.capabilities."
         self.refusals = _RefusalLog()
         self._decoder = RecordDecoder()
@@ -190,10 +191,19 @@ class FleetView(AsyncService):
         """Count a job the router has in flight on a node while the block runs."""
         kind = slot_kind(model_type)
         self.index.job_started(node_id, kind)
+        for listener in self._job_listeners:
+            listener(node_id, kind, True)
         try:
             yield
         finally:
             self.index.job_ended(node_id, kind)
+            for listener in self._job_listeners:
+                listener(node_id, kind, False)
+
+    def on_job(self, listener: Callable[[str, str, bool], None]) -> None:
+        """Call `listener(node, kind, started)` when a job of the router's own takes a
+        slot (started) and when it gives it back."""
+        self._job_listeners.append(listener)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

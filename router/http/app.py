@@ -10,24 +10,30 @@ plain routes beside them.
     router/http/openai_embeddings.py   POST /v1/embeddings
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
+    router/http/responses.py           POST /v1/responses (OpenAI's Responses, stateless)
+    router/http/anthropic.py           POST /v1/messages, /v1/messages/count_tokens
     router/http/operator_fleet.py      GET  /nodes, /health, /ready, /metrics
     router/http/operator_providers.py  GET  /providers
+    router/http/operator_queue.py      GET  /queue, the x-inferbus-queue-ms header
+    router/http/operator_admin.py      POST /admin/reload (an admin tenant)
 
 Every answer says how it was served (`route`). Errors use DESIGN §3's HTTP statuses in
 the error body of the path's dialect: OpenAI's under `/v1/` (router/http/openai.py), so
 official clients raise the right exception class; Ollama's under `/api/`
-(router/http/ollama.py); unknown paths and methods included.
+(router/http/ollama.py); Anthropic's under `/v1/messages` (router/http/anthropic.py);
+unknown paths and methods included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from router.http.anthropic import AnthropicMessages, CountTokens
 from router.http.auth import RequireApiKey
 from router.http.dialect import Dialect, ErrorShape, dialect_route, error_handlers
 from router.http.edge import Api
@@ -38,8 +44,11 @@ from router.http.openai_chat import ChatCompletions
 from router.http.openai_completions import Completions
 from router.http.openai_embeddings import Embeddings
 from router.http.openai_models import models_routes
+from router.http.operator_admin import Reload, admin_routes
 from router.http.operator_fleet import FleetStatus, fleet_routes
 from router.http.operator_providers import providers_route
+from router.http.operator_queue import QueueTimeHeader, queue_route
+from router.http.responses import Responses
 
 # The dialects, one a line; a new dialect adds its line here (router/http/dialect.py).
 DIALECTS: tuple[Dialect, ...] = (
@@ -47,23 +56,35 @@ DIALECTS: tuple[Dialect, ...] = (
     ChatCompletions(),
     Embeddings(),
     Completions(),
+    Responses(),
+    AnthropicMessages(),
+    CountTokens(),
 )
 # The error shapes of path prefixes whose routes are not all dialects.
 PREFIX_ERRORS: tuple[ErrorShape, ...] = (OPENAI_ERRORS, OLLAMA_ERRORS)
 
 
 def build_app(
-    api: Api, status: FleetStatus, providers_view: Callable[[], dict[str, Any]]
+    api: Api,
+    status: FleetStatus,
+    providers_view: Callable[[], dict[str, Any]],
+    reload: Reload | None = None,
+    cloud_models: Mapping[str, str] | None = None,
 ) -> ASGIApp:
     """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
-    `status` for the operator's routes, the cloud providers' `providers_view`."""
+    `status` for the operator's routes, the cloud providers' `providers_view` and the
+    models they serve (`cloud_models`, name → provider)."""
     routes: list[routing.BaseRoute] = [
         *(dialect_route(api, dialect) for dialect in DIALECTS),
-        *models_routes(status.fleet.index),
+        *models_routes(status.fleet.index, cloud_models or {}),
         *fleet_routes(status),
         providers_route(providers_view),
+        *([queue_route(api.line)] if api.line is not None else []),
+        *(admin_routes(reload) if reload is not None else []),
     ]
     shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in DIALECTS)]
     app = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
-    keys = [key.get_secret_value() for key in api.http.api_keys]
-    return RequireApiKey(app, keys) if keys else app
+    line = api.line
+    if line is None:
+        return QueueTimeHeader(app)
+    return RequireApiKey(QueueTimeHeader(app), lambda: line.directory)

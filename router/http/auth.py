@@ -1,43 +1,57 @@
-"""Optional bearer keys for the router's HTTP API (a pure ASGI middleware).
+"""Who is asking, for the router's HTTP API (a pure ASGI middleware).
 
-With no keys configured every request passes. With keys, every path but the probes
-(`/health`, `/ready`) needs `Authorization: Bearer <key>`; others get 401 in OpenAI's
-error shape, which official clients turn into `AuthenticationError`. Keys are compared in
-constant time and never logged.
+With no keys configured every request passes as the one anonymous tenant. With keys,
+every path but the probes (`/health`, `/ready`) needs the key of a configured tenant in
+`Authorization: Bearer <key>` or `x-api-key: <key>` (what Anthropic's clients send);
+others get 401 in the error shape of the path's API (OpenAI's, Anthropic's under
+`/v1/messages`), which official clients turn into `AuthenticationError`. The tenant
+found is left in the request's state (`request.state.tenant`). The directory is asked per
+request, so a reload that removes a key refuses it from the next request on. Keys are
+compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from router.admission.tenants import bearer_token, key_matches
+from router.admission.tenants import TenantDirectory
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 class RequireApiKey:
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, directory: Callable[[], TenantDirectory]) -> None:
         self._app = app
-        self._keys = [key.encode() for key in keys]
+        self._directory = directory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if key_matches(bearer_token(headers.get(b"authorization", b"")), self._keys):
+        authorization = headers.get(b"authorization", b"")
+        tenant = self._directory().identify(authorization, headers.get(b"x-api-key", b""))
+        if tenant is not None or scope["path"] in OPEN_PATHS:
+            scope.setdefault("state", {})["tenant"] = tenant
             await self._app(scope, receive, send)
             return
-        error = {
-            "message": "a valid API key is needed: Authorization: Bearer <key>",
-            "type": "invalid_request_error",
-            "code": "invalid_api_key",
-            "param": None,
-        }
         response = JSONResponse(
-            {"error": error}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            unauthorized_body(scope["path"]),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+NEEDED = "a valid API key is needed: Authorization: Bearer <key> or x-api-key: <key>"
+
+
+def unauthorized_body(path: str) -> dict[str, object]:
+    """The 401 body in the error shape of the API the path belongs to."""
+    if path.startswith("/v1/messages"):
+        return {"type": "error", "error": {"type": "authentication_error", "message": NEEDED}}
+    error = {"message": NEEDED, "type": "invalid_request_error", "code": "invalid_api_key"}
+    return {"error": error | {"param": None}}

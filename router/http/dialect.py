@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
-from router.http.edge import Api
+from router.http.edge import Api, cached_headers
 from router.http.streams import INTERNAL_MESSAGE, StreamFormat, stream_response
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.wire import JobRequest, JobResponse
@@ -197,7 +197,9 @@ async def _serve(api: Api, dialect: Dialect, request: Request, started: float) -
     finished(response, route)
     if response.error is not None:
         return dialect.failed(response, route)
-    return dialect.answer(response, route, asked)
+    answer = dialect.answer(response, route, asked)
+    answer.headers.update(cached_headers(response))
+    return answer
 
 
 def _refused(api: Api, dialect: Dialect, started: float, error: InferbusError) -> Response:

@@ -19,9 +19,10 @@ from typing import Any
 from starlette.requests import Request
 
 from router.admission.idempotency import IdempotencyGate
-from router.admission.tenants import tenant_of
+from router.admission.line import Admission
+from router.admission.tenants import ANONYMOUS, Tenant, effective_class
 from router.attempts.route import Route
-from router.config import HttpSettings
+from router.config import AdmissionSettings, HttpSettings
 from router.http.images import checked_images
 from router.metrics import RouterMetrics
 from router.serving.call import Call, Calls, Served, trace_context
@@ -43,6 +44,15 @@ def retry_after_headers(response: JobResponse) -> dict[str, str]:
     if error is None or error.retry_after_ms is None:
         return {}
     return {"Retry-After": str(max(1, math.ceil(error.retry_after_ms / 1000)))}
+
+
+CACHED_HEADER = "x-inferbus-cached"
+
+
+def cached_headers(response: JobResponse) -> dict[str, str]:
+    """`x-inferbus-cached: true` on an answer replayed for its idempotency key (a dialect
+    whose body has no `cached` field still says so)."""
+    return {CACHED_HEADER: "true"} if response.cached else {}
 
 
 def largest_image_bytes(job: JobRequest) -> int:
@@ -107,6 +117,7 @@ class Api:
     calls: Calls
     gate: IdempotencyGate
     metrics: RouterMetrics
+    line: Admission | None = None  # None: every caller anonymous, in the default class
 
     async def read_fields(self, request: Request) -> dict[str, Any] | InferbusError:
         """The body as a JSON object, the Idempotency-Key header applied."""
@@ -137,11 +148,35 @@ class Api:
         return await checked_images(decoded, self.images)
 
     def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
-        """The request's one call: its job, tenant, deadline and trace context."""
+        """The request's one call: its job, tenant and class, deadline, trace context,
+        and how its wait in line is heard (its client gone, the queue time header)."""
         headers = request.headers
-        tenant = tenant_of(headers.get("authorization"), keys_configured=bool(self.http.api_keys))
+        found: Tenant | None = getattr(request.state, "tenant", None)
+        anonymous = self.line.directory.anonymous if self.line is not None else None
+        tenant = found or anonymous or Tenant(ANONYMOUS, "")
+        settings = self.line.settings if self.line is not None else AdmissionSettings()
+        own_class = tenant.priority or settings.fallback_class
+        priority, note = effective_class(own_class, headers.get("x-priority"), settings)
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
-        return self.calls.make(job, tenant=tenant, agent_id=agent_id, trace=trace)
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        def queued(queue_ms: float) -> None:
+            request.state.queue_ms = queue_ms
+
+        return self.calls.make(
+            job,
+            tenant=tenant.scope,
+            agent_id=agent_id,
+            trace=trace,
+            tenant_name=tenant.name,
+            priority=priority,
+            priority_note=note,
+            gone=gone,
+            on_queued=queued,
+        )
 
     async def serve(self, call: Call) -> Served:
         """The one way every dialect serves a call (idempotency gate → dispatcher)."""

@@ -17,7 +17,9 @@ from starlette.responses import JSONResponse, Response
 from router.attempts.route import Route
 from router.http.dialect import Asked
 from router.http.openai import OpenAIDialect, include_usage
+from router.http.openai_checks import chat_fields
 from router.http.streams import OpenAIChunks, StreamFormat, usage_body
+from services.errors import InferbusError
 from services.wire import JobRequest, JobResponse
 
 
@@ -45,6 +47,10 @@ def openai_completion(response: JobResponse, route: Route, job: JobRequest) -> d
 class ChatCompletions(OpenAIDialect):
     name = "openai"
     path = "/v1/chat/completions"
+
+    def shape(self, body: dict[str, Any]) -> dict[str, Any] | InferbusError:
+        """The body as it is, unless OpenAI would refuse its conversation."""
+        return chat_fields(body)
 
     def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
         return JSONResponse(openai_completion(response, route, asked.job))

@@ -5,6 +5,11 @@ relays the queue without buffering. The HTTP status is decided by the first even
 error before any token is a plain JSON error (the caller never sees a broken stream),
 after the first token the stream ends with an error event. A client that goes away
 cancels the serving, which cancels the job on the node.
+
+A stream that waits in the router's line for a slot hears a keep-alive every
+`admission.keepalive_ms` (an SSE comment; NDJSON has none, and stays unanswered while
+it waits), so proxies do not cut it: the first one commits the answer to a 200 stream,
+and a failure after it is the stream's error event.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Protocol
 from starlette.responses import Response, StreamingResponse
 
 from router.attempts.route import Route
+from router.http.edge import cached_headers
 from router.serving.call import Call, Served
 from services.errors import ErrorCode, InferbusError
 from services.wire import JobResponse, Piece
@@ -41,7 +47,19 @@ class StreamFormat(Protocol):
 
     def delta(self, piece: Piece) -> bytes: ...
 
+    def keepalive(self) -> bytes:
+        """What the stream sends while it waits in line (b"": nothing)."""
+        ...
+
     def final(self, response: JobResponse, route: Route) -> bytes: ...
+
+
+class _KeepAlive:
+    """A queue item: the stream waits in line (not a piece of the answer)."""
+
+
+KEEPALIVE = _KeepAlive()
+Item = Piece | _KeepAlive | None  # None: the answer is in
 
 
 def sse(body: object) -> bytes:
@@ -114,6 +132,9 @@ class SseChunks:
     def delta(self, piece: Piece) -> bytes:
         return self._event([self._piece_choice(piece)])
 
+    def keepalive(self) -> bytes:
+        return b": waiting for a slot\n\n"
+
     def final(self, response: JobResponse, route: Route) -> bytes:
         if response.model:
             self._model = response.model
@@ -165,6 +186,9 @@ class NdjsonLines:
     def use_model(self, model: str) -> None:
         """The final answer names the model: nothing to change before it."""
 
+    def keepalive(self) -> bytes:
+        return b""
+
     def delta(self, piece: Piece) -> bytes:
         self._seq += 1
         line: dict[str, Any] = {"job_id": self._job_id, "seq": self._seq}
@@ -189,10 +213,12 @@ async def stream_response(
 ) -> Response:
     """Serve `call` as a stream in `form` once the first piece is in, else answer as
     `on_error_before_first_token`."""
-    pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
+    pieces: asyncio.Queue[Item] = asyncio.Queue()
     task = asyncio.create_task(_serve_then_end(serve, call, form, pieces))
     try:
         first = await pieces.get()
+        while isinstance(first, _KeepAlive) and not form.keepalive():
+            first = await pieces.get()  # nothing to send while waiting: stay uncommitted
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -201,30 +227,46 @@ async def stream_response(
         on_finished(response, route)
         if response.error is not None:
             return on_error_before_first_token(response, route)
-        return StreamingResponse(_once(form.final(response, route)), media_type=form.media_type)
+        return StreamingResponse(
+            _once(form.final(response, route)),
+            media_type=form.media_type,
+            headers=cached_headers(response),
+        )
+    # A replayed answer hands over its pieces without waiting on anything, so by the time
+    # its first piece is read here its answer is in, and the headers can say it is a replay.
+    answered = task.done() and not task.cancelled() and task.exception() is None
+    headers = cached_headers(task.result()[0]) if answered else {}
     return StreamingResponse(
         _relay(first, pieces, task, form, on_finished, call.job.job_id),
         media_type=form.media_type,
+        headers=headers,
     )
 
 
 async def _serve_then_end(
-    serve: Serve, call: Call, form: StreamFormat, queue: asyncio.Queue[Piece | None]
+    serve: Serve, call: Call, form: StreamFormat, queue: asyncio.Queue[Item]
 ) -> Served:
     """Serve the call, feeding its pieces to `queue`; None goes in after the last one."""
 
     async def put(piece: Piece) -> None:
         queue.put_nowait(piece)
 
+    async def waiting() -> None:
+        queue.put_nowait(KEEPALIVE)
+
     try:
-        return await serve(call.streamed_to(put, form.use_model))
+        return await serve(call.streamed_to(put, form.use_model).waiting_with(waiting))
     finally:
         queue.put_nowait(None)
 
 
+def _bytes_of(item: Piece | _KeepAlive, form: StreamFormat) -> bytes:
+    return form.keepalive() if isinstance(item, _KeepAlive) else form.delta(item)
+
+
 async def _relay(
-    first: Piece,
-    queue: asyncio.Queue[Piece | None],
+    first: Piece | _KeepAlive,
+    queue: asyncio.Queue[Item],
     task: asyncio.Task[Served],
     form: StreamFormat,
     on_finished: Callable[[JobResponse, Route], None],
@@ -232,7 +274,7 @@ async def _relay(
 ) -> AsyncIterator[bytes]:
     """Relay deltas as they come; what is already queued goes out in one write."""
     try:
-        out = form.delta(first)
+        out = _bytes_of(first, form)
         while True:
             ended = False
             while not queue.empty():
@@ -240,12 +282,12 @@ async def _relay(
                 if item is None:
                     ended = True
                     break
-                out += form.delta(item)
+                out += _bytes_of(item, form)
             if not ended:
                 yield out
                 item = await queue.get()
                 if item is not None:
-                    out = form.delta(item)
+                    out = _bytes_of(item, form)
                     continue
                 out = b""
             response, route = await _served(task, job_id)

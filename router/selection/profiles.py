@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.settings import HttpUrl
+
 __all__ = [
     "DEFAULT_CLOUD_PROVIDERS",
     "AgentConfig",
@@ -47,7 +49,7 @@ class LlmProfile(_Frozen):
 
     provider: _Name = "ollama"
     model: _Name
-    base_url: str | None = None
+    base_url: HttpUrl | None = None
     api_key_env: str | None = None
     fallbacks: list[str] = []
 
@@ -77,7 +79,7 @@ class HardDefault(_Frozen):
 
     provider: _Name = "ollama"
     model: _Name = "llama3.2:3b"
-    base_url: str | None = None
+    base_url: HttpUrl | None = None
 
 
 class SelectionConfig(_Frozen):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from router.attempts.route import Route
@@ -82,6 +82,15 @@ class Call:
         on_piece: with a stream, where each piece goes as it is produced (text, or
             tool-call deltas); None for a whole answer.
         on_model: hears the model of each target before its first piece.
+        tenant_name: the tenant asking, whose limits and fair share the line applies.
+        priority: the class it waits in (router/admission/tenants.py `effective_class`);
+            "" for its tenant's own.
+        priority_note: why that class, when the request asked for another.
+        queue_ms: how long it waited in the router's line (set by the line).
+        gone: returns when the client has gone away (the line stops waiting for it).
+        on_wait: called every `admission.keepalive_ms` while it waits (a stream's
+            keep-alive).
+        on_queued: hears how long it waited, when it leaves the line to run.
     """
 
     job: JobRequest
@@ -91,6 +100,13 @@ class Call:
     trace: TraceContext | None = None
     on_piece: PieceSink | None = None
     on_model: ModelSink | None = None
+    tenant_name: str = "anonymous"
+    priority: str = ""
+    priority_note: str = ""
+    queue_ms: float = 0.0
+    gone: Callable[[], Awaitable[None]] | None = None
+    on_wait: Callable[[], Awaitable[None]] | None = None
+    on_queued: Callable[[float], None] | None = None
 
     def with_job(self, job: JobRequest) -> Call:
         """The same call for another job (the gate's wire job)."""
@@ -99,6 +115,10 @@ class Call:
     def streamed_to(self, on_piece: PieceSink, on_model: ModelSink | None) -> Call:
         """The same call answered as a stream into these sinks."""
         return replace(self, on_piece=on_piece, on_model=on_model)
+
+    def waiting_with(self, on_wait: Callable[[], Awaitable[None]]) -> Call:
+        """The same call, kept alive by `on_wait` while it waits in line."""
+        return replace(self, on_wait=on_wait)
 
     def left_s(self, now: float) -> float:
         """Seconds left until the deadline (negative once passed)."""
@@ -123,7 +143,14 @@ class Calls:
         tenant: str,
         agent_id: str | None = None,
         trace: TraceContext | None = None,
+        tenant_name: str = "anonymous",
+        priority: str = "",
+        priority_note: str = "",
+        gone: Callable[[], Awaitable[None]] | None = None,
+        on_queued: Callable[[float], None] | None = None,
     ) -> Call:
+        """The call of `job`: its budget from now on the router's clock, who asks and
+        how its wait in line is heard (the `Call` attributes of the same names)."""
         budget_ms = remaining_budget_ms(
             timeout_ms=job.timeout_ms,
             deadline_unix_ms=job.deadline_unix_ms,
@@ -131,4 +158,15 @@ class Calls:
             now_unix_ms=self.wall_clock_ms(),
         )
         deadline = self.clock() + budget_ms / 1000.0
-        return Call(job=job, tenant=tenant, agent_id=agent_id, deadline=deadline, trace=trace)
+        return Call(
+            job=job,
+            tenant=tenant,
+            agent_id=agent_id,
+            deadline=deadline,
+            trace=trace,
+            tenant_name=tenant_name,
+            priority=priority,
+            priority_note=priority_note,
+            gone=gone,
+            on_queued=on_queued,
+        )

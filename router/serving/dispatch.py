@@ -1,8 +1,11 @@
 """One request's way through the router: targets in order, one attempt model.
 
     fleet nodes (selection, off open breakers and nodes already tried)
-      → the router node's own runtime over HTTP (works without NATS)
-      → the profile's static config or the hard default
+      → the router node's own runtime over HTTP (works without NATS), for the request's
+        own model
+      → the profile's static config (or, failing one, its fallback's or the hard default's)
+      → the router node's own runtime for what selection fell back to there: a fallback
+        profile's model, the hard default
       → the cloud chain, when configured fallbacks name cloud models
     a profile naming a configured provider: its cloud chain only (router/cloud/targets.py)
 
@@ -32,7 +35,7 @@ from router.config import OffloadSettings
 from router.fleet.view import FleetView
 from router.selection.needs import NO_NEEDS, JobNeeds, job_needs, what_is_missing
 from router.selection.profiles import SelectionConfig
-from router.selection.select import Selection, select
+from router.selection.select import Selection, resolve_profile, select
 from router.serving.call import Call, Served
 from router.serving.node_target import NodeCalls
 from services.capabilities import Capabilities
@@ -53,6 +56,17 @@ class LocalRuntime:
 
     runtime: Runtime
     node: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _LocalPick:
+    """A model for the local runtime; `own` when it is the request's own (tried before
+    the static config), else a fallback's (tried after it)."""
+
+    model: str
+    profile: str | None
+    fallback_reason: str
+    own: bool
 
 
 @dataclass
@@ -100,6 +114,13 @@ class Router:
         self._connected = connected
         self._clock = clock
 
+    def reconfigure(
+        self, selection: SelectionConfig, cloud: CloudProviders, statics: StaticRuntimes
+    ) -> None:
+        """Profiles, policies and the cloud of a reloaded config (router/reload.py); calls
+        under way keep what they started with."""
+        self._selection, self.cloud, self._statics = selection, cloud, statics
+
     async def dispatch(self, call: Call) -> Served:
         """Serve one call; always returns one answer, by its deadline.
 
@@ -139,7 +160,8 @@ class Router:
             yield cloud
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
-        """What runs inside the building: fleet nodes, the local runtime, static."""
+        """What runs inside the building: fleet nodes, the local runtime serving the
+        request's own model, the static config, the local runtime serving a fallback."""
         breakers = self._health.breakers
         job_type = r.job.type or "llm"
         for _ in range(self._offload.attempts):
@@ -164,12 +186,15 @@ class Router:
                 continue
             _describe(r.route, selection)
             yield self._nodes.target(node, selection.model, job_type, selection.type)
-        local = self._local_target(r)
-        if local is not None:
-            yield local
+        local = self._local_pick(r)
+        own_model = local is not None and local.own
+        if local is not None and own_model:
+            yield self._local_target(r, local)
         static = self._static_target(r)
         if static is not None:
             yield static
+        if local is not None and not own_model and self._left_s(r) > 0:
+            yield self._local_target(r, local)
 
     def _select(
         self,
@@ -198,20 +223,32 @@ class Router:
             needs=r.needs if filtered else NO_NEEDS,
         )
 
-    def _local_target(self, r: _Request) -> RuntimeTarget | None:
+    def _local_pick(self, r: _Request) -> _LocalPick | None:
+        """What the router node's own runtime would serve: the request's own model (its
+        profile's, or the model it names), or what selection fell back to."""
         if self.local is None or self._left_s(r) <= 0:
             return None
         selection = self._select(r, force_local=True)
-        model = selection.model if selection is not None else r.job.model
-        if model is None:
-            return None
-        reason = (
-            "remote attempts failed; local runtime"
-            if r.route.attempts
-            else "no remote node; local runtime"
-        )
+        if selection is None:
+            return None if r.job.model is None else _LocalPick(r.job.model, None, "", own=True)
+        wanted = resolve_profile(self._selection, agent_id=r.agent_id, request_model=r.job.model)
+        own = selection.source != "hard_default" and selection.profile == wanted
+        return _LocalPick(selection.model, selection.profile, selection.fallback_reason, own)
+
+    def _local_target(self, r: _Request, pick: _LocalPick) -> RuntimeTarget:
+        assert self.local is not None  # a pick exists only with a local runtime
+        if pick.own:
+            reason = (
+                "remote attempts failed; local runtime"
+                if r.route.attempts
+                else "no remote node; local runtime"
+            )
+        else:  # after the static config: the route says what was used instead
+            reason = f"{pick.fallback_reason}; local runtime"
+            r.route.profile = pick.profile
+            r.route.fallback_reason = reason
         return RuntimeTarget(
-            "local", self.local.runtime, model, self.local.node, reason, self._clock
+            "local", self.local.runtime, pick.model, self.local.node, reason, self._clock
         )
 
     def _static_target(self, r: _Request) -> RuntimeTarget | None:

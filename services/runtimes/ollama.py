@@ -16,6 +16,7 @@ ListModelResponse, ProcessModelResponse with `context_length`, ShowResponse with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -38,6 +39,7 @@ from services.runtimes.base import (
     StreamEvent,
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
+from services.runtimes.forced_tools import as_forced_reply, as_forced_stream, forced_call
 from services.runtimes.http import RuntimeSession
 from services.runtimes.ollama_features import (
     as_deltas,
@@ -120,6 +122,11 @@ class OllamaRuntime:
         return self._chat_url, chat_body(call, stream=stream)
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
+        forced = forced_call(call)
+        reply = await self._chat(call, timeout_s=timeout_s)
+        return reply if forced is None else as_forced_reply(reply, forced)
+
+    async def _chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
         url, body = self._request(call, stream=False)
         data = await self._http.post_json(url, body, timeout_s=timeout_s)
         if not isinstance(data, dict):
@@ -157,8 +164,17 @@ class OllamaRuntime:
 
         The line with `"done": true` ends the stream; reaching the end of the body without
         it raises BACKEND_ERROR. Use `contextlib.aclosing` so stopping early closes the
-        connection at once.
+        connection at once. A forced tool call's JSON is answered as that call.
         """
+        forced = forced_call(call)
+        async with contextlib.aclosing(self._stream(call, timeout_s=timeout_s)) as events:
+            pieces = events if forced is None else as_forced_stream(events, forced)
+            async for event in pieces:
+                yield event
+
+    async def _stream(
+        self, call: ChatCall, *, timeout_s: float
+    ) -> AsyncGenerator[StreamEvent, None]:
         deadline = asyncio.get_running_loop().time() + timeout_s
         end: StreamEnd | None = None
         calls_seen = 0

@@ -15,7 +15,8 @@ Checked against ollama/ollama `docs/api.md` and `api/types.go` (ChatRequest `too
   bytes, top_logprobs}]` per chunk; an older Ollama answers none, which `require_logprobs`
   turns into a refusal rather than a silent drop.
 - Ollama has no `tool_choice`: `auto` is its behaviour, `none` is honoured by not sending
-  the tools, `required` or a named function cannot be promised and are refused.
+  the tools, `required` or a named function hold the output to the function's parameters
+  with `format` and the answer becomes that call (services/runtimes/forced_tools.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from services.errors import ErrorCode, InferbusError
 from services.runtimes.base import ChatCall, EmbedCall
+from services.runtimes.forced_tools import forced_call
 from services.wire import Message
 from services.wire_features import (
     FunctionCall,
@@ -61,13 +63,13 @@ def feature_fields(call: ChatCall) -> tuple[dict[str, Any], dict[str, Any]]:
     """(top-level fields, extra options) of `/api/chat` for the call's OpenAI features."""
     body: dict[str, Any] = {}
     options: dict[str, Any] = {}
-    choice = call.tool_choice
-    if call.tools and choice != "none":
-        if choice == "required" or (choice is not None and not isinstance(choice, str)):
-            raise _bad("tool_choice", "Ollama cannot be made to call a tool; use auto or none")
+    if call.tools and call.tool_choice != "none":
         body["tools"] = [tool.model_dump(exclude_none=True) for tool in call.tools]
+    forced = forced_call(call)
     response_format = call.response_format
-    if response_format is not None and response_format.wants_json:
+    if forced is not None:
+        body["format"] = forced.schema()
+    elif response_format is not None and response_format.wants_json:
         body["format"] = response_format.schema_ or "json"
     params = call.params
     if params.presence_penalty is not None:

@@ -52,9 +52,9 @@ def parse_models(spec: str) -> list[SimModel]:
     return models
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.simulator",
+        prog=prog,
         description="A fake inference runtime speaking the Ollama and OpenAI APIs.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
@@ -72,10 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the embedding models' own width (numbers per vector when a request names no "
         "dimensions; default 16)",
     )
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering")
-    parser.add_argument("--tokens", type=int, default=16, help="tokens per answer")
     parser.add_argument(
-        "--token-interval-ms", type=float, default=0.0, help="delay between streamed tokens"
+        "--latency-ms", type=float, default=0.0, help="delay before answering, ms (default 0)"
+    )
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (default 16)")
+    parser.add_argument(
+        "--token-interval-ms",
+        type=float,
+        default=0.0,
+        help="delay between streamed tokens, ms (default 0)",
     )
     parser.add_argument(
         "--llama-server",
@@ -119,9 +124,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def run_cli(argv: list[str] | None = None) -> int:
+def run_cli(argv: list[str] | None = None, prog: str = "python -m tools.simulator") -> int:
     """Run the simulator until SIGINT/SIGTERM; returns the process exit code."""
-    parser = _parser()
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     try:
         models = None if args.models is None else parse_models(args.models)

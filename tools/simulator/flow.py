@@ -106,6 +106,7 @@ async def serve_generation(request: web.Request, wire: WireFormat) -> web.Stream
             model_name = named
             state.calls[named] += 1
     state.open_connections += 1
+    state.peak_connections = max(state.peak_connections, state.open_connections)
     try:
         if isinstance(payload, Rejection):
             return wire.reject(payload, model_name)

@@ -135,6 +135,11 @@ class Simulator(AsyncService):
         """Generation requests being handled right now."""
         return self._state.open_connections
 
+    @property
+    def peak_connections(self) -> int:
+        """The most inference calls that were open at once since the start."""
+        return self._state.peak_connections
+
     def set_fault(self, model: str, fault: Fault) -> None:
         """Arm ``fault`` for ``model`` (``"*"``: every model), replacing the previous one."""
         self._state.faults.set(model, fault)

@@ -45,6 +45,7 @@ class SimState:
         self.keys = KeyTable()  # per-API-key provider behaviour (cloud.py)
         self.calls: Counter[str] = Counter()
         self.open_connections = 0
+        self.peak_connections = 0  # the most inference calls open at once
         self.stopping = asyncio.Event()
 
     def replace_models(self, models: Iterable[SimModel]) -> None:

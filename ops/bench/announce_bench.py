@@ -1,0 +1,97 @@
+"""What one load-only announcement (a slot taken or freed) costs the router, in-process.
+
+A worker re-announces its record at once when a slot type fills up or frees; the router's
+line wakes on those records, so their cost bounds how large a fleet one router follows.
+This measures the router's own code for one record, as the NATS callback runs it
+(`FleetView.take_message`: size check, JSON parse, node id, steady-part compare, moving
+fields validated, the index updated, the router's and the line's listeners called), on
+real encoded records of simulated nodes (5-20 models each), at 1, 1,000 and 3,000 nodes:
+
+  idle        nobody waits in the line (the line's listener is one check)
+  waiting     1,000 calls wait in 50 lanes while the fleet is full: each record makes
+              the line look for a free slot in every lane with waiters
+
+nats-py's own per-message dispatch (a task per message is not made: one callback per
+subscription, run in turn) comes on top and is not measured here. Timings are printed,
+never asserted. Usage: python ops/bench/announce_bench.py [--sizes 1,1000,3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+from router.admission.line import _Waiter
+from router.admission.tenants import Tenant
+from router.config import RouterSettings
+from router.service import RouterService
+from services.capabilities import Load, encode_capabilities
+from services.subjects import Subjects
+from tools.simfleet import MODEL_POOL, SimNode, random_nodes
+
+ROUNDS = 5
+
+
+def encoded_rounds(nodes: list[SimNode], rounds: int) -> list[list[tuple[str, bytes]]]:
+    """Per round, each node's next record with one slot taken or freed."""
+    subjects = Subjects("")
+    out = []
+    for round_number in range(rounds):
+        batch = []
+        for node in nodes:
+            record = node.record(30.0)
+            inflight = node.capacity if round_number % 2 == 0 else node.capacity - 1
+            load = {"llm": Load(inflight=inflight, capacity=node.capacity)}
+            record = record.model_copy(update={"load": {**record.load, **load}})
+            batch.append((subjects.capabilities(node.node_id), encode_capabilities(record)))
+        out.append(batch)
+    return out
+
+
+async def one_size(count: int, waiting: bool) -> float:
+    nodes = random_nodes("n", count, random.Random(7))
+    service = RouterService(RouterSettings())  # wired as it runs, never started: no I/O
+    view, line = service.fleet, service.admission
+    subjects = Subjects("")
+    for node in nodes:
+        view.take_message(
+            subjects.capabilities(node.node_id), encode_capabilities(node.record(30.0))
+        )
+    if waiting:
+        loop = asyncio.get_running_loop()
+        lanes = [(name, kind) for name, kind, _size in MODEL_POOL]
+        for n in range(1000):
+            tenant = Tenant(f"t{n % 7}", "interactive")
+            waiter = _Waiter(
+                tenant, "interactive", lanes[n % len(lanes)], 0.0, loop.create_future()
+            )
+            line._enqueue(waiter, front=False)  # a bench may reach in: no HTTP in front
+    rounds = encoded_rounds(nodes, ROUNDS)
+    started = time.process_time()
+    for batch in rounds:
+        for subject, data in batch:
+            view.take_message(subject, data)
+    spent = time.process_time() - started
+    await service.stop()
+    return spent / (ROUNDS * count) * 1e6
+
+
+async def main(sizes: list[int]) -> None:
+    print(f"{'nodes':>6} {'idle µs/record':>15} {'1,000 waiting µs/record':>24}")
+    for count in sizes:
+        idle = await one_size(count, waiting=False)
+        busy = await one_size(count, waiting=True)
+        print(f"{count:>6} {idle:>15.1f} {busy:>24.1f}")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,1000,3000")
+    args = parser.parse_args()
+    asyncio.run(main([int(size) for size in args.sizes.split(",")]))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,258 @@
+"""Where the router answered what OpenAI refuses, or answered in no client's shape: the
+conversation refusals with their `param`, schemas nested too deep on every route, replays
+that say so, the providers' models in `/v1/models`, and a bug answered in the path's
+dialect — the official `openai` client and plain HTTP against router + NATS + worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from langchain_openai import OpenAIEmbeddings
+from nats.aio.client import Client as NatsClient
+from pydantic import SecretStr
+
+from router.http.openai_checks import conversation_refusal
+from router.service import RouterService
+from services.errors import ErrorCode
+from services.wire import JobResponse, decode_request
+from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.test_worker_openai_features import (
+    ASK_WEATHER,
+    EMBED_MODEL,
+    MODELS,
+    TOOL_MODEL,
+    WEATHER_TOOL,
+)
+from tools.simulator import Simulator, expected_embedding
+
+USER = {"role": "user", "content": ASK_WEATHER}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+ASSISTANT = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+
+
+def nested_schema(levels: int) -> dict[str, Any]:
+    """An object schema whose property holds an object schema, `levels` times."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([USER], None),
+        ([USER, ASSISTANT, {"role": "tool", "tool_call_id": "call_1", "content": "ok"}], None),
+        ([{"role": "developer", "content": "be brief"}, USER], None),
+        ([{"content": "no role is a user"}], None),
+        ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
+        ([USER, {"role": "usr", "content": "hi"}], "messages[1].role"),
+        ([USER, ASSISTANT, {"role": "tool", "content": "ok"}], "messages[2].tool_call_id"),
+        (
+            [USER, ASSISTANT, {"role": "tool", "tool_call_id": "call_9", "content": "ok"}],
+            "messages[2].tool_call_id",
+        ),
+        ([USER, {"role": "tool", "tool_call_id": "call_1", "content": "ok"}], "messages[1]"),
+    ],
+)
+def test_conversation_refusals_name_the_param(messages: list[Any], param: str | None) -> None:
+    refusal = conversation_refusal({"messages": messages})
+    if param is None:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert refusal.code == ErrorCode.BAD_REQUEST
+        assert refusal.message.startswith(param)
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "exceeds"),
+    [
+        ("flat", 0, False),
+        ({}, 1, False),
+        ({"a": {}}, 1, True),
+        ([[[]]], 3, False),
+        ([[[]]], 2, True),
+        ({"a": [1, {"b": [2]}]}, 4, False),
+        ({"a": [1, {"b": [2]}]}, 3, True),
+        (nested_schema(130), MAX_JSON_DEPTH, True),
+        (nested_schema(40), MAX_JSON_DEPTH, False),
+    ],
+)
+def test_json_depth_is_measured_without_recursion(value: Any, limit: int, exceeds: bool) -> None:
+    assert json_depth_exceeds(value, limit) is exceeds
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(models=list(MODELS), tokens=6) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def router(
+    sim: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> AsyncIterator[RouterService]:
+    async with start_worker(backends=[backend(sim.url)]), start_router() as service:
+        yield service
+
+
+@pytest.fixture
+async def client(router: RouterService) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+    yield client
+    await client.close()
+
+
+REFUSED_BODIES = [
+    pytest.param(
+        {"messages": [USER, ASSISTANT, {"role": "tool", "content": "ok"}]},
+        "messages[2].tool_call_id",
+        id="tool-without-call-id",
+    ),
+    pytest.param(
+        {"messages": [USER, ASSISTANT, {"role": "tool", "tool_call_id": "x", "content": "ok"}]},
+        "messages[2].tool_call_id",
+        id="tool-answering-no-call",
+    ),
+    pytest.param(
+        {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", id="wizard"
+    ),
+    pytest.param(
+        {
+            "messages": [USER],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+        },
+        "response_format.json_schema.schema",
+        id="json-schema-without-schema",
+    ),
+    pytest.param(
+        {
+            "messages": [USER],
+            "tools": [
+                {"type": "function", "function": {"name": "deep", "parameters": nested_schema(130)}}
+            ],
+        },
+        "tools.0.function.parameters",
+        id="tool-schema-too-deep",
+    ),
+    pytest.param(
+        {
+            "messages": [USER],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "deep", "schema": nested_schema(130)},
+            },
+        },
+        "response_format.json_schema.schema",
+        id="response-schema-too-deep",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), REFUSED_BODIES)
+async def test_what_openai_refuses_is_a_400_with_its_param_and_reaches_no_runtime(
+    client: openai.AsyncOpenAI, sim: Simulator, body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(model=TOOL_MODEL, **body)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert sim.calls.get(TOOL_MODEL, 0) == 0
+
+
+async def test_a_schema_nested_too_deep_is_a_400_naming_the_field_on_every_route(
+    router: RouterService, nc: NatsClient, node_id: str
+) -> None:
+    deep = [{"type": "function", "function": {"name": "deep", "parameters": nested_schema(130)}}]
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        native = await http.post("/infer", json={"messages": [USER], "tools": deep})
+        streamed = await http.post("/infer", json={"prompt": "x", "tools": deep, "stream": True})
+        completions = await http.post(
+            "/v1/completions",
+            json={"model": TOOL_MODEL, "prompt": "x", "extra": {"schema": nested_schema(130)}},
+        )
+    for answer in (native, streamed):
+        assert answer.status_code == 400
+        assert answer.json()["error"]["message"].startswith("tools.0.function.parameters:")
+    assert completions.status_code == 400
+    assert completions.json()["error"]["param"] == "extra"
+    # Straight to a node: the worker refuses it too (its JSON parser stops first).
+    raw = json.dumps({"messages": [USER], "tools": deep}).encode()
+    reply = await nc.request(f"node.{node_id}.llm.request", raw, timeout=10)
+    assert json.loads(reply.data)["error"]["code"] == "BAD_REQUEST"
+
+
+@pytest.mark.parametrize("levels", [70, 130])
+def test_a_node_decodes_a_deep_schema_into_a_refusal(levels: int) -> None:
+    deep = [{"type": "function", "function": {"name": "deep", "parameters": nested_schema(levels)}}]
+    raw = json.dumps({"prompt": "x", "tools": deep}).encode()
+    decoded = decode_request(raw, default_type="llm")
+    assert isinstance(decoded, JobResponse)
+    assert decoded.error is not None
+    assert decoded.error.code == ErrorCode.BAD_REQUEST
+
+
+async def test_a_replayed_chat_answer_says_so_in_a_header(router: RouterService) -> None:
+    body = {"model": TOOL_MODEL, "messages": [USER], "tools": [WEATHER_TOOL]}
+    headers = {"Idempotency-Key": "replay-me"}
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        first = await http.post("/v1/chat/completions", json=body, headers=headers)
+        again = await http.post("/v1/chat/completions", json=body, headers=headers)
+        streamed = await http.post(
+            "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+        )
+    assert first.status_code == again.status_code == streamed.status_code == 200
+    assert "x-inferbus-cached" not in first.headers
+    assert again.headers["x-inferbus-cached"] == "true"
+    assert streamed.headers["x-inferbus-cached"] == "true"
+    assert again.json()["choices"] == first.json()["choices"]
+
+
+async def test_models_lists_the_providers_models_owned_by_their_provider(
+    sim: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    providers = {
+        "cloudy": {"base_url": "http://127.0.0.1:9/v1", "models": ["gpt-sim", TOOL_MODEL]},
+        "aliased": {"base_url": "http://127.0.0.1:9/v1", "aliases": {"fast": "gpt-x"}},
+    }
+    async with (
+        start_worker(backends=[backend(sim.url)]),
+        start_router(providers=providers) as service,
+    ):
+        client = openai.AsyncOpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0)
+        listed = {model.id: model.owned_by async for model in client.models.list()}
+        fast = await client.models.retrieve("fast")
+        await client.close()
+    assert listed["gpt-sim"] == "cloudy"
+    assert listed["fast"] == "aliased"
+    assert listed[TOOL_MODEL] != "cloudy"  # the fleet's entry: its nodes own it
+    assert fast.owned_by == "aliased"
+
+
+async def test_langchain_embeddings_work_with_text_inputs(router: RouterService) -> None:
+    """LangChain's OpenAIEmbeddings sends token ids unless told not to (which no local
+    runtime behind the fleet takes, and which needs tiktoken's files from the internet):
+    `check_embedding_ctx_length=False` sends the texts, as the README says."""
+    async with httpx.AsyncClient() as http:
+        embeddings = OpenAIEmbeddings(
+            model=EMBED_MODEL,
+            openai_api_base=f"{router.url}/v1",
+            openai_api_key=SecretStr("unused"),
+            check_embedding_ctx_length=False,
+            max_retries=0,
+            http_async_client=http,
+        )
+        vectors = await embeddings.aembed_documents(["alpha", "beta"])
+        query = await embeddings.aembed_query("alpha")
+    assert len(vectors) == 2
+    assert query == pytest.approx(vectors[0], abs=1e-6)
+    assert query == pytest.approx(expected_embedding(EMBED_MODEL, "alpha"), abs=1e-6)
