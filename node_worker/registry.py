@@ -30,7 +30,7 @@ from services.capabilities import (
     encode_capabilities,
 )
 from services.lifecycle import AsyncService
-from services.needs import WIRE_FEATURES
+from services.needs import node_wire_features
 from services.subjects import WORKER_QUEUE_GROUP, Subjects
 
 log = logging.getLogger("inferbus.worker.registry")
@@ -76,7 +76,7 @@ def build_capabilities(
         load={kind: Load(inflight=s.inflight, capacity=s.capacity) for kind, s in load.items()},
         hardware=hardware,
         instance=instance,
-        wire_features=WIRE_FEATURES,
+        wire_features=node_wire_features(b.config.kind for b in backends if b.runtime is not None),
     )
 
 

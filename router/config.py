@@ -206,6 +206,11 @@ class OffloadSettings(_Section):
     liveness_interval_ms: Annotated[int, Field(gt=0)] = 200
     liveness_timeout_ms: Annotated[int, Field(gt=0)] = 600
     liveness_misses: Annotated[int, Field(ge=1)] = 3
+    # A stream whose node is lost after its first piece goes on on another node serving
+    # the model, which continues the text so far (router/attempts/resume.py), at most
+    # `resume_attempts` times per request.
+    resume: bool = True
+    resume_attempts: Annotated[int, Field(ge=0, le=10)] = 2
 
 
 class IdempotencySettings(_Section):

@@ -13,7 +13,7 @@ list means "unknown" (a record from an older worker) and refuses nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +33,22 @@ WIRE_FEATURES: tuple[str, ...] = (
     "extra",
     "embed",  # embed jobs on node.<id>.embed.request
     "raw",  # raw prompts (legacy completions) and suffix (fill-in-the-middle)
+    "continue",  # continue_final: every chat runtime of the node continues a prefill
 )
+
+
+# Runtimes that continue a final assistant message instead of answering it: Ollama's
+# templates leave a last assistant turn open, llama.cpp's server prefills it, vLLM takes
+# `continue_final_message`. Other OpenAI-compatible servers answer it as a new turn.
+CONTINUING_RUNTIMES = frozenset({"ollama", "llamacpp", "vllm"})
+
+
+def node_wire_features(runtime_kinds: Iterable[str]) -> tuple[str, ...]:
+    """The node's `wire_features`: `continue` only when every runtime it serves from can
+    continue a message, so a router never resumes a stream on one that would start over."""
+    if all(kind in CONTINUING_RUNTIMES for kind in runtime_kinds):
+        return WIRE_FEATURES
+    return tuple(feature for feature in WIRE_FEATURES if feature != "continue")
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,10 @@ class JobRequest(_Lenient):
     # OpenAI-compatible runtimes; the Ollama adapter maps, drops or refuses each by name.
     extra: JsonObject = Field(default_factory=dict)
     stream: bool = False
+    # The last message is the assistant's answer so far: the runtime continues it rather
+    # than answering it (a stream resumed on another node after its first one was lost).
+    # None (not sent on the wire) unless set.
+    continue_final: bool | None = None
     # Models to fall through when `model` cannot be served (the router's cloud chains).
     # LiteLLM callers send `fallbacks`, whose items may be {"model": name}.
     # None (not sent on the wire) unless the caller gave some.
@@ -244,6 +248,12 @@ class JobRequest(_Lenient):
             taken = sorted(_RESERVED_IN_EXTRA.intersection(self.extra))
             if taken:
                 raise ValueError(f"extra.{taken[0]} is a field of the job itself; set it there")
+        if self.continue_final:
+            last = self.messages[-1] if self.messages else None
+            if last is None or last.role != "assistant" or last.tool_calls:
+                raise ValueError(
+                    "continue_final: the last message must be the assistant's text to continue"
+                )
         return self
 
     def embed_inputs(self) -> list[str]:

@@ -25,6 +25,9 @@ class Attempt(BaseModel):
     ms: float
     provider: str | None = None  # cloud: the provider's name
     key_id: str | None = None  # cloud: the key's id (its env var's name), never the key
+    # A stream broken here after this many pieces reached the client, then resumed on the
+    # next target (which continued the text so far).
+    resumed_after: int | None = None
 
 
 class Route(BaseModel):
@@ -41,6 +44,7 @@ class Route(BaseModel):
     queue_ms: float = 0.0  # time spent waiting in the router's line for a slot
     priority: str | None = None  # the class it ran in (router/admission/tenants.py)
     priority_note: str = ""  # why that class, when the request asked for another
+    resumed: int = 0  # times the stream went on on another node after a node was lost
 
 
 def elapsed_ms(started: float, now: float | None = None) -> float:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from router.admission.idempotency import IdempotencyGate
 from router.admission.line import Admission
 from router.admission.tenants import ANONYMOUS, Tenant, effective_class
+from router.attempts.resume import RESUME_HEADER
 from router.attempts.route import Route
 from router.config import AdmissionSettings, HttpSettings
 from router.http.images import checked_images
@@ -158,6 +159,7 @@ class Api:
         own_class = tenant.priority or settings.fallback_class
         priority, note = effective_class(own_class, headers.get("x-priority"), settings)
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
+        resume = headers.get(RESUME_HEADER, "on").strip().lower() not in ("off", "false", "0")
 
         async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -176,6 +178,7 @@ class Api:
             priority_note=note,
             gone=gone,
             on_queued=queued,
+            resume=resume,
         )
 
     async def serve(self, call: Call) -> Served:

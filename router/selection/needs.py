@@ -54,6 +54,7 @@ def wire_features_of(job: JobRequest, job_type: JobType) -> tuple[str, ...]:
         "extra": bool(job.extra),
         "embed": job_type == "embed",
         "raw": job.raw or job.suffix is not None,
+        "continue": bool(job.continue_final),
     }
     return tuple(name for name, used in uses.items() if used)
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from router.attempts.resume import StreamSoFar
 from router.attempts.route import Route
 from services.deadlines import remaining_budget_ms
 from services.wire import JobRequest, JobResponse, ModelSink, PieceSink
@@ -91,6 +92,10 @@ class Call:
         on_wait: called every `admission.keepalive_ms` while it waits (a stream's
             keep-alive).
         on_queued: hears how long it waited, when it leaves the line to run.
+        resume: False when the caller wants a broken stream's error rather than the
+            stream resumed on another node (`x-inferbus-resume: off`).
+        so_far: a stream's record of what its client already has, kept across the
+            dispatcher's passes (a resumed stream sent back to the line keeps it).
     """
 
     job: JobRequest
@@ -107,6 +112,8 @@ class Call:
     gone: Callable[[], Awaitable[None]] | None = None
     on_wait: Callable[[], Awaitable[None]] | None = None
     on_queued: Callable[[float], None] | None = None
+    resume: bool = True
+    so_far: StreamSoFar | None = None
 
     def with_job(self, job: JobRequest) -> Call:
         """The same call for another job (the gate's wire job)."""
@@ -114,7 +121,7 @@ class Call:
 
     def streamed_to(self, on_piece: PieceSink, on_model: ModelSink | None) -> Call:
         """The same call answered as a stream into these sinks."""
-        return replace(self, on_piece=on_piece, on_model=on_model)
+        return replace(self, on_piece=on_piece, on_model=on_model, so_far=StreamSoFar())
 
     def waiting_with(self, on_wait: Callable[[], Awaitable[None]]) -> Call:
         """The same call, kept alive by `on_wait` while it waits in line."""
@@ -148,6 +155,7 @@ class Calls:
         priority_note: str = "",
         gone: Callable[[], Awaitable[None]] | None = None,
         on_queued: Callable[[float], None] | None = None,
+        resume: bool = True,
     ) -> Call:
         """The call of `job`: its budget from now on the router's clock, who asks and
         how its wait in line is heard (the `Call` attributes of the same names)."""
@@ -169,4 +177,5 @@ class Calls:
             priority_note=priority_note,
             gone=gone,
             on_queued=on_queued,
+            resume=resume,
         )

@@ -26,6 +26,7 @@ from functools import partial
 
 from router.attempts.decision import Outcome, next_action
 from router.attempts.health import HealthBoard
+from router.attempts.resume import StreamSoFar, continuing_job, may_resume, whole_answer
 from router.attempts.route import Route
 from router.attempts.runtime_target import RuntimeTarget, StaticRuntimes
 from router.attempts.targets import Target
@@ -84,6 +85,7 @@ class _Request:
     skipped_open: bool = False  # a node that serves it was left out for its breaker
     retry_after_ms: list[int] = field(default_factory=list)
     conclusive: JobResponse | None = None  # a target's failure that says most
+    broken: JobResponse | None = None  # a stream's error, if no node could resume it
 
 
 class Router:
@@ -132,22 +134,68 @@ class Router:
         job = call.job
         if job.idempotency_key is None or job.type is None:  # the gate sets both
             job = job.model_copy(update={"idempotency_key": job.key, "type": job_type_of(job)})
+        so_far = call.so_far if call.on_piece is not None else None
+        on_piece = so_far.relay(call.on_piece) if so_far and call.on_piece else call.on_piece
+        first = job
+        if so_far is not None and so_far.resumes:  # back from the line, still to resume
+            job = continuing_job(first, so_far.text, so_far.resumes)
         needs = job_needs(job, job.type or "llm")
-        request = _Request(job, call.agent_id, call.deadline, call.on_piece, call.on_model, needs)
+        request = _Request(job, call.agent_id, call.deadline, on_piece, call.on_model, needs)
+        if so_far is not None:
+            request.route.resumed = so_far.resumes
         if self._left_s(request) <= 0:
             error = InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the budget was spent on arrival")
             return JobResponse.failure(job.job_id, error), request.route
+        allowed = self._offload.resume_attempts if self._offload.resume and call.resume else 0
         async for target in self._targets(request):
             outcome = await target.attempt(request)
             request.route.attempts.extend(outcome.attempts)
-            if next_action(outcome).action == "return":
+            verdict = next_action(outcome)
+            if verdict.action == "return" and so_far is not None and outcome.delivered:
+                node_fault = verdict.health == "failure"
+                if may_resume(so_far, node_fault=node_fault, allowed=allowed, job=first):
+                    self._resume(request, first, so_far, outcome)
+                    continue
+            if verdict.action == "return":
                 _served_by(request.route, target, outcome)
+                if so_far is not None and so_far.resumes:
+                    return _whole(outcome.response, so_far), request.route
                 return outcome.response, request.route
             if outcome.conclusive:
                 request.conclusive = outcome.response
             elif outcome.code == ErrorCode.BUSY and outcome.response.error is not None:
                 request.retry_after_ms.append(outcome.response.error.retry_after_ms or 1000)
+        if so_far is not None and so_far.resumes:
+            return self._not_resumed(request, so_far), request.route
         return self._nothing_answered(request), request.route
+
+    def _resume(self, r: _Request, job: JobRequest, so_far: StreamSoFar, broken: Outcome) -> None:
+        """Go on on another node with the text so far as the assistant's prefill: the
+        next targets are chosen for the continuing job (nodes that can continue)."""
+        so_far.resumed()
+        r.route.resumed = so_far.resumes
+        if r.route.attempts:
+            last = r.route.attempts[-1]
+            r.route.attempts[-1] = last.model_copy(update={"resumed_after": broken.delivered})
+        r.broken = broken.response
+        r.job = continuing_job(job, so_far.text, so_far.resumes)
+        r.needs = job_needs(r.job, r.job.type or "llm")
+        r.route.fallback_reason = f"resumed after {broken.code.value if broken.code else 'loss'}"
+
+    def _not_resumed(self, r: _Request, so_far: StreamSoFar) -> JobResponse:
+        """A resumed stream no node took: BUSY while nodes that can continue it are busy
+        (the line puts the call back at the head of its place, the text so far kept with
+        it), else the error that broke it."""
+        if r.retry_after_ms:
+            error = InferbusError(
+                ErrorCode.BUSY,
+                f"every node that can continue the stream is busy ({so_far.pieces} pieces sent)",
+                retry_after_ms=min(r.retry_after_ms),
+            )
+            return JobResponse.failure(r.job.job_id, error)
+        if r.broken is not None:
+            return r.broken
+        return self._nothing_answered(r)
 
     async def _targets(self, r: _Request) -> AsyncIterator[Target]:
         """Fleet nodes while attempts and budget last, then local, then static, then the
@@ -319,6 +367,13 @@ class Router:
 
     def _left_s(self, r: _Request) -> float:
         return r.deadline - self._clock()
+
+
+def _whole(response: JobResponse, so_far: StreamSoFar) -> JobResponse:
+    """A resumed stream's final answer, whole: what a duplicate of its key replays."""
+    if response.result is None:
+        return response
+    return response.model_copy(update={"result": whole_answer(response.result, so_far)})
 
 
 def _served_by(route: Route, target: Target, outcome: Outcome) -> None:

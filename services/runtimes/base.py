@@ -34,6 +34,8 @@ class ChatCall:
     # for fill-in-the-middle, the text that follows the gap.
     raw_prompt: str | None = None
     suffix: str | None = None
+    # The last message is the answer so far, to be continued (assistant prefill).
+    continue_final: bool = False
 
     @classmethod
     def of(cls, model: str, request: JobRequest) -> ChatCall:
@@ -50,6 +52,7 @@ class ChatCall:
             extra=request.extra,
             raw_prompt=request.prompt if completion else None,
             suffix=request.suffix,
+            continue_final=bool(request.continue_final),
         )
 
 

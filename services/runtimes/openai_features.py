@@ -36,7 +36,7 @@ _JOB_SET = frozenset({"model", "messages", "prompt", "input", "stream", "stream_
 
 def feature_fields(call: ChatCall, kind: RuntimeKind = "openai") -> dict[str, Any]:
     """Top-level request fields for the call's tools, format and extras."""
-    body: dict[str, Any] = {}
+    body: dict[str, Any] = continuation_fields(call, kind)
     if call.tools:
         body["tools"] = [tool.model_dump(exclude_none=True) for tool in call.tools]
     if call.tool_choice is not None:
@@ -53,6 +53,21 @@ def feature_fields(call: ChatCall, kind: RuntimeKind = "openai") -> dict[str, An
             body["response_format"] = response_format.model_dump(exclude_none=True, by_alias=True)
     body.update(_extra(call.extra, set(body) | _JOB_SET))
     return body
+
+
+def continuation_fields(call: ChatCall, kind: RuntimeKind) -> dict[str, Any]:
+    """How this server is told to continue the last (assistant) message instead of
+    answering it: vLLM by its flags, llama.cpp's server prefills a final assistant message
+    by itself; others cannot, and a job asking it is refused by name."""
+    if not call.continue_final:
+        return {}
+    if kind == "vllm":
+        return {"continue_final_message": True, "add_generation_prompt": False}
+    if kind == "llamacpp":
+        return {}
+    raise InferbusError(
+        ErrorCode.BAD_REQUEST, f"continue_final: a {kind} runtime cannot continue a message"
+    )
 
 
 def _extra(extra: dict[str, Any], taken: set[str]) -> dict[str, Any]:

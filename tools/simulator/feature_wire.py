@@ -23,6 +23,18 @@ def _users_turn(messages: list[Any]) -> bool:
     return isinstance(last, dict) and last.get("role") == "user"
 
 
+def _prefill(messages: list[Any]) -> str:
+    """A final assistant message's text: the answer so far, which the model continues."""
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant" or last.get("tool_calls"):
+        return ""
+    content = last.get("content")
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        content = "".join(part for part in parts if isinstance(part, str))
+    return content if isinstance(content, str) else ""
+
+
 def ollama_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any] | Rejection:
     """GenRequest keywords from an `/api/chat` body's tools, format and logprobs."""
     tools = parse_tools(payload.get("tools"))
@@ -34,6 +46,7 @@ def ollama_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
     return {
         "tools": tools,
         "users_turn": _users_turn(messages),
+        "prefill": _prefill(messages),
         "json_mode": bool(fmt),
         "json_schema": fmt if isinstance(fmt, dict) else None,
         "logprobs": payload.get("logprobs") is True,
@@ -71,6 +84,7 @@ def openai_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
         "tools": tools,
         "forced_tool": forced,
         "users_turn": _users_turn(messages),
+        "prefill": _prefill(messages),
         "json_mode": kind in ("json_object", "json_schema"),
         "json_schema": schema,
         "logprobs": payload.get("logprobs") is True,

@@ -41,6 +41,9 @@ class GenRequest:
         tools: the tools offered (none when `tool_choice` is "none").
         forced_tool: a tool the model must call (`"*"`: any; OpenAI `tool_choice`).
         users_turn: the last message is the user's, so a tool call may answer it.
+        prefill: a final assistant message to continue (the answer so far); when it is a
+            prefix of the answer this request would get without it, the answer is
+            exactly the rest, so a resumed stream's seam can be checked to the piece.
         json_mode: answer JSON; `json_schema` is the schema it must match, if any.
         logprobs: the client asked for log probabilities.
     """
@@ -56,6 +59,7 @@ class GenRequest:
     tools: tuple[ToolSpec, ...] = ()
     forced_tool: str | None = None
     users_turn: bool = True
+    prefill: str = ""
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
     logprobs: bool = False
@@ -128,11 +132,27 @@ def plan_generation(request: GenRequest, model: SimModel | None, tokens: int) ->
             request.json_schema, model=request.model, prompt_text=request.prompt_text
         )
         return Plan(json_pieces(text), "stop", request.prompt_tokens, logprobs=request.logprobs)
-    if request.max_tokens is not None and request.max_tokens < tokens:
-        capped = token_pieces(request.model, request.prompt_text, request.max_tokens)
-        return Plan(capped, "length", request.prompt_tokens, logprobs=request.logprobs)
     pieces = token_pieces(request.model, request.prompt_text, tokens)
+    pieces = pieces[continued_from(pieces, request.prefill) :]
+    if request.max_tokens is not None and request.max_tokens < len(pieces):
+        capped = pieces[: request.max_tokens]
+        return Plan(capped, "length", request.prompt_tokens, logprobs=request.logprobs)
     return Plan(pieces, "stop", request.prompt_tokens, logprobs=request.logprobs)
+
+
+def continued_from(pieces: tuple[str, ...], prefill: str) -> int:
+    """How many of `pieces` the prefill already holds: all of them up to a piece boundary,
+    or none when the prefill is not a prefix of the answer (the answer starts over)."""
+    if not prefill:
+        return 0
+    held = 0
+    for count, piece in enumerate(pieces, start=1):
+        held += len(piece)
+        if held == len(prefill):
+            return count if "".join(pieces[:count]) == prefill else 0
+        if held > len(prefill):
+            return 0
+    return 0
 
 
 def rejection_for_fault(kind: str, request: GenRequest, model: SimModel | None) -> Rejection:

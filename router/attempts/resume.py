@@ -1,0 +1,127 @@
+"""Resuming a broken stream on another node: what the client already has, whether the
+stream may go on elsewhere, and the job that continues it.
+
+Pure. The dispatcher keeps a `StreamSoFar` per streamed call (fed by the same sink that
+relays pieces to the client); when an attempt that already delivered pieces fails by the
+node's own fault, `may_resume` decides and `continuing_job` makes the job for the next
+node: the same request plus the text so far as a final assistant message to continue
+(`continue_final`), so the client sees one stream with no repeated or missing piece.
+
+A tool call is never resumed half-way: once any tool-call piece went out, the client
+holds a call it cannot be told to forget, so the stream ends with the error instead.
+A raw prompt (legacy completions) continues by appending the text to the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from services.wire import JobRequest, Message, Piece, PieceSink, Result, Usage
+
+__all__ = [
+    "RESUME_HEADER",
+    "StreamSoFar",
+    "continuing_job",
+    "may_resume",
+    "whole_answer",
+]
+
+RESUME_HEADER = "x-inferbus-resume"  # "off": the caller wants the error, not a resumed stream
+
+
+@dataclass
+class StreamSoFar:
+    """What one streamed call has handed to its client, across every attempt."""
+
+    text: str = ""
+    pieces: int = 0
+    tool_calls_sent: bool = False
+    resumes: int = 0
+    text_before_resume: str = ""  # what the client had when the last resume began
+    pieces_before_resume: int = 0
+
+    def took(self, piece: Piece) -> None:
+        self.pieces += 1
+        if isinstance(piece, str):
+            self.text += piece
+        else:
+            self.tool_calls_sent = True
+
+    def relay(self, sink: PieceSink) -> PieceSink:
+        """`sink`, noting each piece on its way to the client."""
+
+        async def noted(piece: Piece) -> None:
+            self.took(piece)
+            await sink(piece)
+
+        return noted
+
+    def resumed(self) -> None:
+        self.resumes += 1
+        self.text_before_resume = self.text
+        self.pieces_before_resume = self.pieces
+
+
+def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobRequest) -> bool:
+    """Whether a stream broken after its first piece goes on on another node.
+
+    Only a failure of the node's own making (the caller's budget, a cancellation, a
+    malformed request never are), at most `allowed` times per call (0: resume is off,
+    for the router or this caller), never after a tool-call piece went out, and only
+    for jobs whose answer is text.
+    """
+    if not node_fault or so_far.resumes >= allowed:
+        return False
+    if so_far.pieces == 0 or so_far.tool_calls_sent:
+        return False
+    return job.type in (None, "llm", "code", "vision") and job.input is None
+
+
+def continuing_job(job: JobRequest, text_so_far: str, resumes: int) -> JobRequest:
+    """The job that makes another node continue `text_so_far` rather than start over.
+
+    Args:
+        job: the call's own job, as first sent (not an earlier resumed one).
+        text_so_far: every piece of text the client has, over all attempts.
+        resumes: how many times the stream has resumed, this one included: the
+            continuation is a job of its own for the node's idempotency (another key),
+            while the router keeps the whole answer under the caller's key.
+    """
+    key = _continuation_key(job.key, resumes)
+    if job.raw or job.suffix is not None:
+        update = {"prompt": (job.prompt or "") + text_so_far, "idempotency_key": key}
+        return job.model_copy(update=update)
+    messages = job.chat_messages()
+    last = messages[-1]
+    if job.continue_final and isinstance(last.content, str):  # the caller's own prefill
+        messages = messages[:-1]
+        text_so_far = last.content + text_so_far
+    prefill = Message(role="assistant", content=text_so_far)
+    return job.model_copy(
+        update={
+            "messages": [*messages, prefill],
+            "prompt": None,
+            "images": [],
+            "continue_final": True,
+            "idempotency_key": key,
+        }
+    )
+
+
+def _continuation_key(key: str, resumes: int) -> str:
+    digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return f"resume{resumes}-{digest}"
+
+
+def whole_answer(result: Result, so_far: StreamSoFar) -> Result:
+    """The continuing node's answer made the whole answer: the text the client had before
+    the last resume, then the continuation; usage summed over the attempts (a broken
+    attempt's completion counted as the pieces it delivered, its prompt unknown)."""
+    usage = Usage(
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens + so_far.pieces_before_resume,
+    )
+    return result.model_copy(
+        update={"text": so_far.text_before_resume + result.text, "usage": usage}
+    )
