@@ -95,7 +95,7 @@ def ollama_model_routes(
 
     async def show(request: Request) -> Response:
         body = await read_body(request, _SHOW_BODY_LIMIT)
-        raw = parse_json(body) if not isinstance(body, InferbusError) else body
+        raw = await parse_json(body) if not isinstance(body, InferbusError) else body
         if isinstance(raw, InferbusError):
             return OLLAMA_ERRORS.refusal(raw)
         name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
