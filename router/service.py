@@ -31,6 +31,7 @@ from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
+from router.admission.sealing import SealedRecords
 from router.admission.shared_limits import SharedCounters
 from router.admission.slots import LaneSlots
 from router.admission.tenants import TenantConfigError, TenantDirectory
@@ -52,21 +53,27 @@ from router.reload import plan_reload
 from router.serving.call import Calls
 from router.serving.dispatch import LocalRuntime, Router
 from router.serving.liveness import Liveness, LivenessSettings
+from router.serving.model_show import ModelShows
 from router.serving.node_link import NodeLink
 from router.serving.node_target import NodeCalls
 from services.bus import describe, is_auth_refusal
-from services.keystore import SharedKeys
+from services.errors import InferbusError
+from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
 from services.reachability import NatsOutage
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.errors import redact
 from services.settings import ConfigError
+from services.shared_claims import SharedClaims
 from services.subjects import Subjects
 from services.tracing import Tracing
 
 log = logging.getLogger("inferbus.router")
 
 STARTUP_WAIT_S = 2.0
+# The longest one step of the shared idempotency store may take before a keyed request
+# goes on without it: an unreachable store must not eat the caller's budget.
+SHARED_STEP_S = 0.5
 
 
 class StartupError(Exception):
@@ -101,6 +108,7 @@ class Wired:
     nodes: NodeCalls
     tracing: Tracing
     cloud_board: CloudHealthBoard  # a reload's new cloud providers keep their cooldowns here
+    shows: ModelShows  # a served model's details from a node (Ollama's `/api/show`)
 
 
 def cloud_providers(
@@ -143,7 +151,10 @@ def wire_router(
     cloud_board = CloudHealthBoard(settings.failover, events)
     health = HealthBoard(breakers, cloud_board, events)
     cloud = cloud_providers(settings, cloud_board, http, environ, clock)
-    link = NodeLink(nc, Subjects(settings.subject_prefix))
+    subjects = Subjects(settings.subject_prefix)
+    link = NodeLink(nc, subjects)
+    # A served model's details from a node's runtime (Ollama's `/api/show`).
+    shows = ModelShows(link, subjects, fleet.index, clock)
     offload = settings.offload
     liveness = Liveness(
         link,
@@ -180,7 +191,7 @@ def wire_router(
     )
     fleet.on_record(router.heard_from)
     fleet.on_forget(lambda node: breakers.forget(node, clock()))
-    return Wired(router, health, link, liveness, nodes, tracing, cloud_board)
+    return Wired(router, health, link, liveness, nodes, tracing, cloud_board, shows)
 
 
 class RouterService(AsyncService):
@@ -197,6 +208,7 @@ class RouterService(AsyncService):
             settings=settings.fleet,
         )
         clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
+        self._clock = clock
         try:
             wired = wire_router(
                 settings,
@@ -215,6 +227,7 @@ class RouterService(AsyncService):
         self._liveness, self._nodes = wired.liveness, wired.nodes
         self.tracing = wired.tracing
         self._cloud_board = wired.cloud_board
+        self.shows = wired.shows
         self.metrics = RouterMetrics(
             lambda: self.health.snapshot(time.monotonic()).breakers,
             lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
@@ -264,6 +277,10 @@ class RouterService(AsyncService):
         self._stopping = False
         self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
 
+    async def _show_model(self, name: str, verbose: bool) -> dict[str, Any] | InferbusError:
+        """A served model's details from a node that serves it (Ollama's `/api/show`)."""
+        return await self.shows.show(name, verbose=verbose)
+
     async def start(self) -> None:
         try:
             await self._start()
@@ -301,6 +318,7 @@ class RouterService(AsyncService):
                 lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
                 reload=self.reload,
                 cloud_models=listed_models(self.settings.providers),
+                show_model=self._show_model,
                 live=self.live,
             ),
             log_level="warning",
@@ -356,8 +374,21 @@ class RouterService(AsyncService):
         idempotency = self.settings.idempotency
         if idempotency.store == "jetstream":
             # Until NATS is reached, duplicates are caught by this router's memory alone.
+            keys = await SharedKeys.make(
+                self._nc,
+                bucket=idempotency.bucket,
+                ttl_s=idempotency.ttl_s,
+                space=ROUTER_SPACE,
+                codec=SealedRecords(idempotency.sealing_key()),
+            )
             self.gate.share(
-                await SharedKeys.open(self._nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s)
+                SharedClaims(
+                    keys,
+                    owner="router",
+                    lease_s=idempotency.lease_s,
+                    op_timeout_s=SHARED_STEP_S,
+                    monotonic=self._clock,
+                )
             )
         limits = self.settings.limits
         if limits.shared:

@@ -14,7 +14,6 @@ budget, so a runtime that trickles bytes cannot keep a job past its deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, cast
@@ -22,6 +21,7 @@ from typing import Any, cast
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from services.big_json import loads
 from services.runtimes.errors import (
     classify_http_error,
     classify_transport_error,
@@ -125,7 +125,7 @@ async def request_json(
             secrets=secrets,
         )
     try:
-        return json.loads(response.content)
+        return await loads(response.content)
     except ValueError as exc:
         raise invalid_response(f"not JSON: {response.content[:80]!r}") from exc
 
