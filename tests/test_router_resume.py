@@ -229,8 +229,7 @@ async def test_an_ollama_stream_resumes_the_same_way(
 ) -> None:
     pieces: list[str] = []
     last = None
-    async with scene() as s:
-        client = ollama.AsyncClient(host=s.router.url)
+    async with scene() as s, ollama.AsyncClient(host=s.router.url) as client:
         parts = await client.chat(
             model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
         )
@@ -240,7 +239,6 @@ async def test_an_ollama_stream_resumes_the_same_way(
                 last = part
                 if len(pieces) == CUT_AFTER:
                     s.cut()
-        await client.close()
     assert "".join(pieces) == WHOLE
     assert last is not None
     assert last.done
