@@ -19,8 +19,10 @@ import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, cast
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from services.runtimes.errors import (
     classify_http_error,
@@ -44,9 +46,49 @@ class RuntimeClient(httpx.AsyncClient):
     are not called.
     """
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
+    def __init__(
+        self, *, transport: AiohttpTransport, connect_timeout_s: float, **options: Any
+    ) -> None:
         super().__init__(transport=transport, **options)
         self._direct = transport
+        self._session_timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
+        self._default_headers = {"User-Agent": USER_AGENT}
+        self._json_headers = {**self._default_headers, "Content-Type": "application/json"}
+
+    async def exchange(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One whole request and answer on the transport's aiohttp session, without
+        building httpx's Request and Response: status, body, headers. Failures are raised
+        as httpx's exceptions (the transport's own mapping), so the one edge that turns
+        them into ours stays `classify_transport_error`. aiohttp undoes gzip/deflate itself.
+        """
+        content = None
+        request_headers = self._default_headers
+        if body is not None:  # as httpx encodes `json=`
+            content = json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            request_headers = self._json_headers
+        if headers:
+            request_headers = {**request_headers, **headers}
+        if not isinstance(self._direct.client, aiohttp.ClientSession):
+            self._direct.client = self._direct.get_client()
+        with map_aiohttp_exceptions():
+            async with self._direct.client.request(
+                method,
+                str(url),
+                data=content,
+                headers=request_headers,
+                allow_redirects=False,
+                timeout=self._session_timeout,
+            ) as response:
+                return response.status, await response.read(), response.headers
 
     async def send(
         self,
@@ -88,6 +130,7 @@ def new_http_client(
     transport = AiohttpTransport(limits=limits, trust_env=False)
     return RuntimeClient(
         transport=transport,
+        connect_timeout_s=connect_timeout_s,
         limits=limits,
         timeout=httpx.Timeout(None, connect=connect_timeout_s),
         trust_env=False,
@@ -109,21 +152,31 @@ async def request_json(
     """Send one request and return its parsed JSON body, or raise InferbusError."""
     try:
         async with asyncio.timeout(timeout_s):
-            response = await client.request(method, url, json=body, headers=headers)
+            if isinstance(client, RuntimeClient):
+                status, content, response_headers = await client.exchange(
+                    method, url, body=body, headers=headers
+                )
+            else:
+                response = await client.request(method, url, json=body, headers=headers)
+                status, content, response_headers = (
+                    response.status_code,
+                    response.content,
+                    response.headers,
+                )
     except (httpx.HTTPError, TimeoutError) as exc:
         raise classify_transport_error(exc, secrets=secrets) from exc
-    if response.status_code >= 400:
+    if status >= 400:
         raise classify_http_error(
-            response.status_code,
-            response.content,
-            response.headers,
+            status,
+            content,
+            response_headers,
             now_unix_s=time.time(),  # an HTTP-date Retry-After needs the wall clock
             secrets=secrets,
         )
     try:
-        return json.loads(response.content)
+        return json.loads(content)
     except ValueError as exc:
-        raise invalid_response(f"not JSON: {response.content[:80]!r}") from exc
+        raise invalid_response(f"not JSON: {content[:80]!r}") from exc
 
 
 async def stream_lines(
