@@ -185,8 +185,10 @@ class Figures:
     c1: list[Sample] = field(default_factory=list)
     c32: list[Sample] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
+    cpu_ms_of: dict[str, list[float]] = field(default_factory=dict)  # by process
     ttft_ms: list[float] = field(default_factory=list)
     worker_rate: list[float] = field(default_factory=list)
+    worker_cpu_ms: list[float] = field(default_factory=list)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -279,8 +281,9 @@ async def first_token_ms(http: aiohttp.ClientSession, url: str, seconds: float) 
     return harness.percentile(times, 0.5)
 
 
-async def worker_rate(nats_url: str, seconds: float) -> float:
-    """Jobs per second at c64 straight to the worker over NATS (answers with status ok)."""
+async def worker_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[float, float]:
+    """Jobs per second at c64 straight to the worker over NATS (answers with status ok),
+    and the worker's CPU ms per job."""
     connection = await nats.connect(nats_url)
     ok = 0
 
@@ -293,10 +296,12 @@ async def worker_rate(nats_url: str, seconds: float) -> float:
         for _ in range(50):
             await step()
         ok = 0
+        before = cpu_seconds(worker_pid)
         took = await harness.for_seconds(step, WORKER_CONCURRENCY, seconds)
+        spent = cpu_seconds(worker_pid) - before
     finally:
         await connection.close()
-    return ok / took
+    return ok / took, 1000 * spent / max(ok, 1)
 
 
 async def measure_path(
@@ -317,13 +322,16 @@ async def measure_path(
     targets = {}
     if spy is not None:
         targets = {name: (pids[name], spy[1] / f"{name}.raw") for name in ("router", "worker")}
-    before = sum(cpu_seconds(pid) for pid in pids.values())
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     async with harness.profiling(spy[0] if spy else Children(Path()), targets, seconds, 250):
         c32 = await measure(call, CONCURRENCY, seconds)
-    spent = sum(cpu_seconds(pid) for pid in pids.values()) - before
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     into.c32.append(c32)
     if pids:
-        into.cpu_ms.append(1000 * spent / max(len(c32.latencies_ms) - c32.errors, 1))
+        answered = max(len(c32.latencies_ms) - c32.errors, 1)
+        into.cpu_ms.append(1000 * sum(spent.values()) / answered)
+        for name, seconds in spent.items():
+            into.cpu_ms_of.setdefault(name, []).append(1000 * seconds / answered)
     into.ttft_ms.append(await first_token_ms(http, chat, seconds / 2))
 
 
@@ -436,9 +444,11 @@ async def main(args: argparse.Namespace) -> None:
                             await measure_path(
                                 http, stack.url, stack.pids, args.seconds, figures[name]
                             )
-                            figures[name].worker_rate.append(
-                                await worker_rate(stack.nats_url, args.seconds)
+                            rate, cpu_ms = await worker_rate(
+                                stack.nats_url, stack.pids["worker"], args.seconds
                             )
+                            figures[name].worker_rate.append(rate)
+                            figures[name].worker_cpu_ms.append(cpu_ms)
                         if litellm_url is not None:
                             await measure_path(
                                 http, litellm_url, {}, args.seconds, figures["litellm"]
@@ -473,7 +483,7 @@ def report(
     )
     header = (
         f"{'':<10} {'commit':<14} {'add p50':>8} {'add p99':>8} {'CPU/req':>8} "
-        f"{'c32 r/s':>8} {'add TTFT':>8} {'wkr c64':>8} {'errors':>6}"
+        f"{'c32 r/s':>8} {'add TTFT':>8} {'wkr c64':>8} {'wkr CPU':>8} {'errors':>6}"
     )
     print(header)
     rows: list[str] = []
@@ -490,13 +500,15 @@ def report(
         errors = sum(s.errors for s in f.c1 + f.c32)
         cpu = mean(f.cpu_ms)
         wrate = mean(f.worker_rate)
+        wcpu = mean(f.worker_cpu_ms)
+        split = ", ".join(f"{who} {mean(ms):.3f}" for who, ms in f.cpu_ms_of.items())
         print(
             f"{name:<10} {commit:<14} {added_p50:8.3f} {added_p99:8.3f} {cpu:8.3f} "
-            f"{rate:8.0f} {ttft:8.3f} {wrate:8.0f} {errors:6d}"
+            f"{rate:8.0f} {ttft:8.3f} {wrate:8.0f} {wcpu:8.3f} {errors:6d}  ({split})"
         )
         rows.append(
             f"| {stamp} | {name} | {commit} | {added_p50:.2f} | {added_p99:.2f} | {cpu:.2f} "
-            f"| {rate:.0f} | {ttft:.2f} | {wrate:.0f} | {errors} |"
+            f"| {rate:.0f} | {ttft:.2f} | {wrate:.0f} | {wcpu:.3f} | {errors} | {split} |"
         )
     if "baseline" in figures and figures["baseline"].c1 and figures["this"].c1:
         this, base = figures["this"], figures["baseline"]
