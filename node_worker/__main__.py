@@ -11,6 +11,7 @@ from pathlib import Path
 from node_worker.config import load_worker_settings
 from node_worker.worker import Worker
 from services.bus import BusAuthRefused
+from services.keystore import StoreUnavailable
 from services.lifecycle import stop_on_signals
 from services.loop import run
 from services.settings import ConfigError
@@ -34,6 +35,11 @@ async def serve(config: Path | None) -> int:
         # A wrong password never gets better by retrying: exit 2, which the systemd units
         # treat as "do not restart".
         print(f"inferbus worker: NATS refused the credentials: {error}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as error:
+        # The shared idempotency store is configured but cannot work here: JetStream off,
+        # a grant missing. A restart cannot help either.
+        print(f"inferbus worker: idempotency store: {error}", file=sys.stderr)
         return 2
     return 0
 

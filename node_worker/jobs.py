@@ -18,11 +18,13 @@ from node_worker.admission import Admission
 from node_worker.catalog import Catalog, CatalogModel
 from node_worker.idempotency import IdempotencyStore, Running
 from node_worker.metrics import WorkerMetrics
-from node_worker.shared_claims import SharedClaims
+from services.big_json import decode_job
+from services.bounds import embeddings_over_bus
 from services.deadlines import left_ms, remaining_budget_ms
 from services.errors import ErrorCode, InferbusError
 from services.image_fetch import inline_url_images
 from services.images import ImageSettings, refuse_urls, url_images
+from services.keystore import Record
 from services.needs import refusal
 from services.runtimes.base import ChatCall, EmbedCall, Runtime
 from services.runtimes.calls import (
@@ -32,13 +34,13 @@ from services.runtimes.calls import (
     embed_within,
     stream_within,
 )
+from services.shared_claims import Ran, Refused, SharedClaims
 from services.wire import (
     JobRequest,
     JobResponse,
     JobType,
     Result,
     Timings,
-    decode_request,
     is_replayable,
     new_job_id,
     replay_pieces,
@@ -48,6 +50,8 @@ from services.wire import (
 log = logging.getLogger("inferbus.worker.jobs")
 
 DeltaSink = Callable[[str], Awaitable[None]]
+# NATS's default max_payload, until the connection says what its server allows.
+DEFAULT_BUS_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class JobPipeline:
         on_other_model: Callable[[CatalogModel, str], None] = lambda _served, _named: None,
         monotonic: Callable[[], float] = time.monotonic,
         unix_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+        bus_limit: Callable[[], int] = lambda: DEFAULT_BUS_LIMIT,
     ) -> None:
         self._node_id = node_id
         self._limits = limits
@@ -111,10 +116,18 @@ class JobPipeline:
         self._on_other_model = on_other_model
         self._monotonic = monotonic
         self._unix_ms = unix_ms
+        # The most one message may carry (the NATS server's max_payload): an answer that
+        # cannot fit is refused at once, never computed and then dropped.
+        self._bus_limit = bus_limit
 
     def guard_with(self, shared: SharedClaims) -> None:
         """Claim every key in the shared store before its runtime call (set at start)."""
         self._shared = shared
+
+    @property
+    def guarded(self) -> bool:
+        """Whether keys are claimed in the shared store."""
+        return self._shared is not None
 
     async def admit(self, data: bytes, subject_type: JobType, received_s: float) -> Decision:
         """Decide a message's fate; never raises, never waits on a runtime."""
@@ -128,7 +141,7 @@ class JobPipeline:
                     f"{self._limits.max_request_bytes}",
                 ),
             )
-        decoded = decode_request(data, default_type=subject_type)
+        decoded = await decode_job(data, default_type=subject_type)
         if isinstance(decoded, JobResponse):
             self._metrics.job_finished(subject_type, None, decoded, 0.0)
             return decoded.model_copy(update={"node_id": self._node_id})
@@ -149,17 +162,9 @@ class JobPipeline:
             )
         deadline_s = received_s + budget_ms / 1000.0
 
-        if job_type == "vision" and not request.has_images():
-            return self._refuse(
-                request.job_id,
-                job_type,
-                InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image"),
-            )
-        if self._limits.images.remote_urls == "refuse":
-            try:
-                refuse_urls(request)
-            except InferbusError as error:
-                return self._refuse(request.job_id, job_type, error)
+        unfit = self._unfit(request, job_type)
+        if unfit is not None:
+            return self._refuse(request.job_id, job_type, unfit)
 
         try:
             served: CatalogModel | None = self._catalog().resolve(request.model, job_type)
@@ -212,6 +217,20 @@ class JobPipeline:
         self._idempotency.begin(request.key, fingerprint, served.name)
         return Admitted(request, job_type, served, received_s, deadline_s)
 
+    def _unfit(self, request: JobRequest, job_type: JobType) -> InferbusError | None:
+        """Why this job cannot be run as sent, whatever model serves it; None if it can."""
+        if job_type == "embed" and request.params.dimensions is not None:
+            inputs = len(request.embed_inputs())
+            return embeddings_over_bus([request.params.dimensions] * inputs, self._bus_limit())
+        if job_type == "vision" and not request.has_images():
+            return InferbusError(ErrorCode.BAD_REQUEST, "a vision job needs at least one image")
+        if self._limits.images.remote_urls == "refuse":
+            try:
+                refuse_urls(request)
+            except InferbusError as error:
+                return error
+        return None
+
     async def run(
         self,
         job: Admitted,
@@ -259,19 +278,20 @@ class JobPipeline:
         if self._shared is None:
             return await self._call_runtime(job, started_s, on_delta, on_tool_calls)
         request = job.request
-        answer = await self._shared.run_once(
+        fingerprint, model = request.fingerprint(), job.served.name
+        outcome = await self._shared.run_once(
             request.key,
-            request.fingerprint(),
-            job.served.name,
+            Record(state="running", job=fingerprint, model=model),
+            lambda found: found.job == fingerprint and found.model == model,
             job.deadline_s,
             lambda: self._call_runtime(job, started_s, on_delta, on_tool_calls),
+            lambda answer: answer,
         )
-        if not answer.cached:
-            if not answer.job_id:  # a refusal from the shared store
-                answer = answer.model_copy(
-                    update={"job_id": request.job_id, "node_id": self._node_id}
-                )
-            return answer
+        if isinstance(outcome, Ran):
+            return outcome.value
+        answer = outcome.answer
+        if isinstance(outcome, Refused):
+            return answer.model_copy(update={"job_id": request.job_id, "node_id": self._node_id})
         self._metrics.idempotency_hit("shared")
         if on_delta is not None and request.stream and answer.result is not None:
             for piece in replay_pieces(answer.result):
@@ -328,7 +348,12 @@ class JobPipeline:
                 served.runtime_id, request.embed_inputs(), params.dimensions, request.extra
             )
             embedded = await embed_within(served.runtime, embed_call, remaining_s)
-            return Result(
+            too_large = embeddings_over_bus([len(v) for v in embedded.vectors], self._bus_limit())
+            if too_large is not None:
+                raise too_large
+            # The adapter checked every number already; validating millions of them again
+            # would hold the event loop.
+            return Result.model_construct(
                 finish_reason="stop",
                 usage=embedded.usage,
                 cost=self._cost(served, embedded.usage.prompt_tokens, 0),

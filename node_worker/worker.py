@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -31,6 +32,7 @@ from node_worker.discovery import discover
 from node_worker.hardware import read_hardware
 from node_worker.idempotency import IdempotencyStore
 from node_worker.jobs import (
+    DEFAULT_BUS_LIMIT,
     Admitted,
     JobLimits,
     JobPipeline,
@@ -43,20 +45,27 @@ from node_worker.metrics import WorkerMetrics
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.runtime_follow import RuntimeFollower
 from node_worker.service_api import Endpoint, ServiceApi
-from node_worker.shared_claims import SharedClaims
 from node_worker.twins import TwinWatch
 from services import __version__
+from services.big_json import encode_answer
 from services.bus import connect_until_stopped, describe, flush_interest
 from services.capabilities import Capabilities, Hardware, record_ttl_s
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
-from services.keystore import SharedKeys
+from services.keystore import (
+    BucketMissing,
+    PlainRecords,
+    SharedKeys,
+    StoreUnavailable,
+    worker_space,
+)
 from services.lifecycle import AsyncService
 from services.metrics_http import MetricsServer
 from services.reachability import NatsOutage
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
-from services.subjects import WORKER_QUEUE_GROUP, Subjects
+from services.shared_claims import SharedClaims
+from services.subjects import WORKER_QUEUE_GROUP, Subjects, inbox_prefix
 from services.wire import (
     JobResponse,
     JobType,
@@ -72,6 +81,9 @@ log = logging.getLogger("inferbus.worker")
 SERVICE_NAME = "inferbus-node"
 # One subscription (and slot kind) each; code jobs ride the llm subject.
 JOB_SUBJECT_TYPES: tuple[JobType, ...] = ("llm", "vision", "embed")
+STORE_JOIN_TIMEOUT_S = 3.0
+STORE_JOIN_RETRY_S = 2.0
+BUCKET_MAKE_TIMEOUT_S = 1.0
 
 
 def header_safe(text: str, limit: int = 256) -> str:
@@ -130,6 +142,7 @@ class Worker(AsyncService):
             metrics=self.metrics,
             on_runtime_done=self._runtime_done,
             on_other_model=lambda served, named: self.follower.answered_as(served, named),
+            bus_limit=self._bus_limit,
         )
         self._nc: NatsClient | None = None
         self._subscriptions: list[Subscription] = []  # the job subjects
@@ -161,7 +174,12 @@ class Worker(AsyncService):
         )
         self.twins: TwinWatch | None = None
         self._stopped = False
+        self._joining: asyncio.Task[None] | None = None
+        self._refusals: list[str] = []  # the server's last permission violations
         self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
+
+    def _bus_limit(self) -> int:
+        return self._nc.max_payload if self._nc is not None else DEFAULT_BUS_LIMIT
 
     def _inflight_reader(self, kind: str) -> Callable[[], int]:
         return lambda: self.admission.load()[kind].inflight
@@ -181,14 +199,12 @@ class Worker(AsyncService):
         if self._nc is None:
             return  # stopped while waiting for NATS: nothing was started
         self._say_reached()
-        idempotency = self.settings.idempotency
-        if idempotency.store == "jetstream":
-            keys = await SharedKeys.open(
-                self.nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s
-            )
-            self.pipeline.guard_with(
-                SharedClaims(keys, node_id=self.node_id, lease_s=idempotency.lease_s)
-            )
+        if self.settings.idempotency.store == "jetstream":
+            try:
+                await self._join_store()
+            except StoreUnavailable:
+                await self.stop()
+                raise
         for job_type in JOB_SUBJECT_TYPES:
             subject = self.subjects.job(self.node_id, job_type)
             self._subscriptions.append(
@@ -228,6 +244,71 @@ class Worker(AsyncService):
             extra={"node_id": self.node_id},
         )
 
+    async def _join_store(self) -> None:
+        """Claim keys in this node's space of the shared bucket. A bucket that is not there
+        yet (routers make it) is joined in the background; JetStream off or a missing
+        grant raises StoreUnavailable, which stops the process (exit 2)."""
+        try:
+            keys = await self._store_keys()
+        except BucketMissing as missing:
+            if self._has_identity() or not await self._make_bucket():
+                log.warning(
+                    "%s: jobs run without the shared guard until a router makes it", missing
+                )
+                self._joining = asyncio.create_task(self._join_later())
+                return
+            keys = await self._store_keys()
+        self._guard(keys)
+
+    def _has_identity(self) -> bool:
+        """Logged in as someone: then grants decide, and the shipped ones leave making the
+        bucket to routers (trying would only put a permissions violation in the log)."""
+        auth = self.settings.nats
+        return any((auth.user, auth.token, auth.nkey_seed_file, auth.creds_file))
+
+    async def _make_bucket(self) -> bool:
+        """Make the bucket as routers do, on an open server (`inferbus up`, a lab): there
+        every process may. False when it could not."""
+        idempotency = self.settings.idempotency
+        try:
+            await SharedKeys.make(
+                self.nc,
+                bucket=idempotency.bucket,
+                ttl_s=idempotency.ttl_s,
+                space=worker_space(self.node_id),
+                codec=PlainRecords(),
+                timeout_s=BUCKET_MAKE_TIMEOUT_S,
+            )
+        except (StoreUnavailable, nats.errors.Error, TimeoutError):
+            return False
+        return True
+
+    async def _store_keys(self) -> SharedKeys:
+        return await SharedKeys.join(
+            self.nc,
+            bucket=self.settings.idempotency.bucket,
+            space=worker_space(self.node_id),
+            refused=lambda: "; ".join(dict.fromkeys(self._refusals)) or None,
+            timeout_s=STORE_JOIN_TIMEOUT_S,
+        )
+
+    async def _join_later(self) -> None:
+        while True:
+            await asyncio.sleep(STORE_JOIN_RETRY_S)
+            try:
+                keys = await self._store_keys()
+            except StoreUnavailable as error:
+                if not isinstance(error, BucketMissing):
+                    log.error("idempotency store: %s", error)
+                continue
+            self._guard(keys)
+            log.info("idempotency store joined: keys are claimed in the shared bucket")
+            return
+
+    def _guard(self, keys: SharedKeys) -> None:
+        lease_s = self.settings.idempotency.lease_s
+        self.pipeline.guard_with(SharedClaims(keys, owner=self.node_id, lease_s=lease_s))
+
     async def _connect(self) -> NatsClient | None:
         """Connect, waiting for NATS if it is not up yet: start order must not matter.
 
@@ -244,6 +325,9 @@ class Worker(AsyncService):
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=2,
+            # Its own inboxes, which its grants name (`_INBOX_<node>.>`): JetStream's
+            # answers to the shared store come there, and no other node can listen.
+            inbox_prefix=inbox_prefix(self.node_id),
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
@@ -377,18 +461,21 @@ class Worker(AsyncService):
         self, reply_to: str, response: JobResponse, endpoint: str, received_s: float
     ) -> None:
         """Send the one final answer, and count it in the endpoint's service stats."""
+        payload: bytes | None
         try:
-            payload = encode(response)
+            payload = await encode_answer(response, self.nc.max_payload)
         except Exception as exc:
             log.exception("answer could not be encoded", extra={"job_id": response.job_id})
             response = internal(response.job_id, self.node_id, exc)
             payload = encode(response)
-        if len(payload) > self.nc.max_payload:
+        if payload is None:
             error = InferbusError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
-                f"the answer is {len(payload)} bytes, over the bus limit of {self.nc.max_payload}",
+                f"the answer is over the bus limit of {self.nc.max_payload} bytes",
             )
-            response = JobResponse.failure(response.job_id, error, node_id=self.node_id)
+            response = JobResponse.failure(
+                response.job_id, error, node_id=self.node_id, model=response.model
+            )
             payload = encode(response)
         headers = None
         if response.error is not None:
@@ -431,6 +518,9 @@ class Worker(AsyncService):
             await self._announcer.withdraw()
         if self.twins is not None:
             await self.twins.stop()
+        if self._joining is not None:
+            self._joining.cancel()
+            await asyncio.gather(self._joining, return_exceptions=True)
         await self.service.stop()
         if self._tasks:
             # ...while the jobs it holds run on: it still answers the routers' liveness
@@ -456,6 +546,8 @@ class Worker(AsyncService):
         log.info("worker %s stopped", self.node_id, extra={"node_id": self.node_id})
 
     async def _on_nats_error(self, error: Exception) -> None:
+        if "permissions violation" in str(error).lower():
+            self._refusals = [*self._refusals[-9:], str(error)]
         if self._nc is None or not self._nc.is_connected:  # connecting or reconnecting
             line = self._outage.failed(describe(error), time.monotonic())
             if line is not None:

@@ -19,6 +19,7 @@ Tenants are `http.api_keys` (router/admission/tenants.py); the queue's classes a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -217,10 +218,36 @@ class IdempotencySettings(_Section):
 
     ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
-    # "jetstream": also replay answers workers left in the shared KV bucket (set the same
-    # `store`/`bucket` on the workers, which claim keys there).
+    # "jetstream": keys are also claimed, and answers kept, in the shared KV bucket, so
+    # duplicates through any router reach one runtime call (ops/nats/README.md).
     store: Literal["memory", "jetstream"] = "memory"
     bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = DEFAULT_BUCKET
+    # A router's claim not renewed for this long is free again (the router died or hung).
+    lease_s: Annotated[float, Field(gt=0)] = 3
+    # The key every router seals its kept answers with: 64 hex characters (32 bytes), the
+    # same on every router, known to no worker. Needed with store "jetstream"; best given
+    # as INFERBUS_IDEMPOTENCY__SEAL_KEY.
+    seal_key: SecretStr | None = None
+
+    @field_validator("seal_key")
+    @classmethod
+    def _hex_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value.get_secret_value()):
+            raise ValueError("must be 64 hex characters (32 bytes; `openssl rand -hex 32`)")
+        return value
+
+    @model_validator(mode="after")
+    def _sealed_when_shared(self) -> IdempotencySettings:
+        if self.store == "jetstream" and self.seal_key is None:
+            raise ValueError(
+                "idempotency.seal_key is needed with idempotency.store = jetstream: routers "
+                "seal the answers they keep (64 hex characters, the same on every router)"
+            )
+        return self
+
+    def sealing_key(self) -> bytes:
+        assert self.seal_key is not None
+        return bytes.fromhex(self.seal_key.get_secret_value())
 
 
 class RouterSettings(FileSettings):

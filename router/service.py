@@ -31,6 +31,7 @@ from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
+from router.admission.sealing import SealedRecords
 from router.admission.shared_limits import SharedCounters
 from router.admission.slots import LaneSlots
 from router.admission.tenants import TenantConfigError, TenantDirectory
@@ -53,17 +54,21 @@ from router.serving.liveness import Liveness, LivenessSettings
 from router.serving.node_link import NodeLink
 from router.serving.node_target import NodeCalls
 from services.bus import describe, is_auth_refusal
-from services.keystore import SharedKeys
+from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
 from services.reachability import NatsOutage
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.errors import redact
 from services.settings import ConfigError
+from services.shared_claims import SharedClaims
 from services.subjects import Subjects
 
 log = logging.getLogger("inferbus.router")
 
 STARTUP_WAIT_S = 2.0
+# The longest one step of the shared idempotency store may take before a keyed request
+# goes on without it: an unreachable store must not eat the caller's budget.
+SHARED_STEP_S = 0.5
 
 
 class StartupError(Exception):
@@ -191,6 +196,7 @@ class RouterService(AsyncService):
             settings=settings.fleet,
         )
         clock = time.monotonic  # the one clock of deadlines, breakers and kept answers
+        self._clock = clock
         try:
             wired = wire_router(
                 settings,
@@ -331,8 +337,21 @@ class RouterService(AsyncService):
         idempotency = self.settings.idempotency
         if idempotency.store == "jetstream":
             # Until NATS is reached, duplicates are caught by this router's memory alone.
+            keys = await SharedKeys.make(
+                self._nc,
+                bucket=idempotency.bucket,
+                ttl_s=idempotency.ttl_s,
+                space=ROUTER_SPACE,
+                codec=SealedRecords(idempotency.sealing_key()),
+            )
             self.gate.share(
-                await SharedKeys.open(self._nc, bucket=idempotency.bucket, ttl_s=idempotency.ttl_s)
+                SharedClaims(
+                    keys,
+                    owner="router",
+                    lease_s=idempotency.lease_s,
+                    op_timeout_s=SHARED_STEP_S,
+                    monotonic=self._clock,
+                )
             )
         limits = self.settings.limits
         if limits.shared:

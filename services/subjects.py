@@ -23,6 +23,12 @@ def validate_node_id(node_id: str) -> str:
     return node_id
 
 
+def inbox_prefix(node_id: str) -> str:
+    """A worker's inboxes: `_INBOX_<node>.<random>`, a root of their own that its grants
+    name, so no node needs (or gets) `_INBOX.>`. Not prefixed by the fleet's prefix."""
+    return f"_INBOX_{node_id}"
+
+
 def validate_prefix(prefix: str) -> str:
     """A prefix is empty or dot-separated subject-safe tokens, e.g. `prod`."""
     if len(prefix) > MAX_PREFIX_LENGTH:

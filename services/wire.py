@@ -17,6 +17,14 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.bounds import (
+    MAX_DIMENSIONS,
+    MAX_TOKENS,
+    check_embed_inputs,
+    check_messages,
+    check_stop,
+    check_tools,
+)
 from services.errors import ErrorCode, InferbusError, Reason
 from services.wire_features import (
     JsonObject,
@@ -96,6 +104,7 @@ class Message(_Lenient):
 
 
 _PENALTY = Field(ge=-2, le=2)
+_TOKENS = Field(gt=0, le=MAX_TOKENS)
 
 
 class Params(_Lenient):
@@ -108,8 +117,8 @@ class Params(_Lenient):
 
     temperature: Annotated[float, Field(ge=0)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
-    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_tokens: Annotated[int, _TOKENS] | None = None
+    max_completion_tokens: Annotated[int, _TOKENS] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: Annotated[float, _PENALTY] | None = None
@@ -118,7 +127,12 @@ class Params(_Lenient):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     user: str | None = None
-    dimensions: Annotated[int, Field(gt=0)] | None = None  # embeddings only
+    dimensions: Annotated[int, Field(gt=0, le=MAX_DIMENSIONS)] | None = None  # embeddings only
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _bounded_stop(cls, value: Any) -> Any:
+        return check_stop(value)
 
     @model_validator(mode="after")
     def _one_token_cap(self) -> Params:
@@ -202,6 +216,21 @@ class JobRequest(_Lenient):
             if given is None or isinstance(given, dict):
                 data = {**data, "params": {**lifted, **(given or {})}}
         return data
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bounded_input(cls, value: Any) -> Any:
+        return check_embed_inputs(value)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _bounded_messages(cls, value: Any) -> Any:
+        return check_messages(value)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _bounded_tools(cls, value: Any) -> Any:
+        return check_tools(value)
 
     @field_validator("fallback_models", mode="before")
     @classmethod
@@ -409,13 +438,37 @@ def encode(message: BaseModel) -> bytes:
 
 
 def decode_request(data: bytes, *, default_type: JobType) -> JobRequest | JobResponse:
-    """Parse a job; bad bytes or a wrong shape give a BAD_REQUEST response instead."""
+    """Parse a job; bad bytes or a wrong shape give a BAD_REQUEST response instead.
+
+    The JSON is parsed first and validated after (`request_of`). A process that takes
+    jobs from the bus parses big ones off its event loop: `services.big_json.decode_job`.
+    """
     try:
-        request = JobRequest.model_validate_json(data)
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        return not_json(exc)
+    return request_of(parsed, default_type=default_type)
+
+
+def not_json(exc: Exception) -> JobResponse:
+    """The answer to a job that is not JSON (or not JSON within the bounds)."""
+    error = InferbusError(ErrorCode.BAD_REQUEST, f"body: not usable JSON ({exc})"[:200])
+    return JobResponse.failure(new_job_id(), error)
+
+
+def request_of(parsed: Any, *, default_type: JobType) -> JobRequest | JobResponse:
+    """A job from parsed JSON, or BAD_REQUEST naming the field.
+
+    Validated from plain Python values, not with pydantic's JSON mode: the bounds on list
+    lengths (services/bounds.py) then see plain lists, where JSON mode would first turn
+    every item of an over-long list into Python objects (half a second for 200,000
+    messages, all of it holding the event loop).
+    """
+    try:
+        request = JobRequest.model_validate(parsed)
     except pydantic.ValidationError as exc:
-        return JobResponse.failure(
-            _job_id_of(data), InferbusError(ErrorCode.BAD_REQUEST, _describe(exc))
-        )
+        error = InferbusError(ErrorCode.BAD_REQUEST, _describe(exc))
+        return JobResponse.failure(_job_id_of(parsed), error)
     if request.type is None:
         request.type = default_type
     return request
@@ -489,16 +542,13 @@ def decode_response(data: bytes) -> JobResponse:
         return JobResponse.failure("", error)
 
 
-class _JobIdOnly(_Lenient):
-    job_id: Annotated[str, _ID]
-
-
-def _job_id_of(data: bytes) -> str:
-    """The job id of a request that failed validation, when one can be read."""
-    try:
-        return _JobIdOnly.model_validate_json(data).job_id
-    except pydantic.ValidationError:
+def _job_id_of(parsed: Any) -> str:
+    """The job id of a job that failed validation, when it has a usable one."""
+    job_id = parsed.get("job_id") if isinstance(parsed, dict) else None
+    if isinstance(job_id, bool) or not isinstance(job_id, str | int):
         return new_job_id()
+    text = str(job_id)
+    return text if 1 <= len(text) <= 200 else new_job_id()
 
 
 def _describe(exc: pydantic.ValidationError) -> str:

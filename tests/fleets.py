@@ -74,12 +74,17 @@ def make_jwt_setup(directory: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def fleet_server(setup: str, directory: Path) -> AsyncIterator[Fleet]:
+    """The setup's server, with JetStream on (`-js`, as single.conf has it) for the shared
+    idempotency store."""
+    store = directory / "jetstream"
     if setup == "accounts":
-        async with NatsServer(config_file=OPS_NATS / "accounts.conf") as server:
+        async with NatsServer(
+            config_file=OPS_NATS / "accounts.conf", jetstream_dir=store
+        ) as server:
             yield Fleet(setup, server)
         return
     config = make_jwt_setup(directory)
-    async with NatsServer(config_file=config) as server:
+    async with NatsServer(config_file=config, jetstream_dir=store) as server:
         yield Fleet(setup, server, directory / "creds")
 
 

@@ -19,6 +19,7 @@ from router.cloud.chains import (
     ChainExhausted,
     CloudTarget,
     build_chain,
+    chain_states,
     next_target,
     request_fallbacks,
     resolve_cloud_chain,
@@ -424,3 +425,65 @@ async def test_the_attempt_is_told_the_budget_left_and_nothing_starts_after_the_
     assert budgets == [5.0, 1.5]  # 3 s call + 0.5 s wait; the 2 s wait would cross it
     assert result.error is not None
     assert result.error.reason == Reason.TRANSIENT
+
+
+async def test_an_exhausted_chain_names_each_models_state_and_reason() -> None:
+    """gpt-4o's keys: revoked and out of balance (the model is disabled: quota); the
+    fallback's only key rate limited. The answer says so per model, with the first
+    model's reason, not rate_limited for the whole chain."""
+    board, clock = CloudHealthBoard(FailoverSettings(disabled_recheck_s=600)), Clock()
+    provider = Provider(
+        {
+            ("openai", "KEY_A", "gpt-4o"): [err(Reason.AUTH)],
+            ("openai", "KEY_B", "gpt-4o"): [err(Reason.QUOTA)],
+            ("deepseek", "KEY_A", "deepseek-chat"): [
+                err(Reason.RATE_LIMITED, retry_after_ms=6_000)
+            ],
+        }
+    )
+    first = await drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
+    again = await drive(["gpt-4o", "deepseek-chat"], provider, board, clock)
+    for answer in (first, again):
+        assert isinstance(answer, InferbusError)
+        assert (answer.code, answer.reason, answer.retry_after_ms) == (
+            ErrorCode.NO_ROUTE,
+            Reason.QUOTA,
+            6_000,
+        )
+        assert "openai/gpt-4o disabled (quota, 600.0 s left)" in answer.message
+        assert "deepseek/deepseek-chat keys cooling (rate_limited, 6.0 s left)" in answer.message
+    assert len(provider.calls) == 3  # the second request asked nobody
+
+
+@pytest.mark.parametrize(
+    ("prepare", "described"),
+    [
+        (lambda board: None, ["openai/gpt-4o healthy"]),
+        (
+            lambda board: board.cool_model("openai", "gpt-4o", Reason.TRANSIENT, 0),
+            ["openai/gpt-4o cooling (transient, 30.0 s left)"],
+        ),
+        (
+            lambda board: board.disable_model("openai", "gpt-4o", Reason.MODEL_MISSING, -600),
+            ["openai/gpt-4o rechecking"],
+        ),
+        (
+            lambda board: [
+                board.cool_key("openai", key, Reason.RATE_LIMITED, 0, retry_after_s=seconds)
+                for key, seconds in (("KEY_A", 40), ("KEY_B", 12))
+            ],
+            ["openai/gpt-4o keys cooling (rate_limited, 12.0 s left)"],
+        ),
+        (
+            lambda board: board.cool_key("openai", "KEY_A", Reason.AUTH, 0),
+            ["openai/gpt-4o healthy"],  # KEY_B is still there to try
+        ),
+    ],
+)
+def test_chain_states_describe_the_model_or_its_keys(
+    prepare: Callable[[CloudHealthBoard], object], described: list[str]
+) -> None:
+    board = CloudHealthBoard()
+    prepare(board)
+    chain = (CloudModel("openai", "gpt-4o", "gpt-4o"),)
+    assert [state.describe(0) for state in chain_states(chain, KEYS, board, 0)] == described

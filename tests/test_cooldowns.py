@@ -162,3 +162,62 @@ def test_model_health_is_per_provider() -> None:
     board = CloudHealthBoard()
     board.disable_model("openai", "gpt-4o", Reason.QUOTA, now=0)
     assert board.model_callable("openrouter", "gpt-4o", 1)
+
+
+# --- a burst of answers while the key already cools -----------------------------------------
+
+RL, QUOTA, AUTH = Reason.RATE_LIMITED, Reason.QUOTA, Reason.AUTH
+BURST_OF_20 = [(10.0 + i / 100, RL, 6.0, None) for i in range(20)]  # arriving over 0.19 s
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        pytest.param(BURST_OF_20, (16.19, 0, RL), id="20 answers with Retry-After 6: one period"),
+        pytest.param(
+            [*BURST_OF_20, (17.0, RL, 6.0, None)],
+            (27.0, 1, RL),
+            id="the next period, after the first ended, escalates once",
+        ),
+        pytest.param(
+            [(0.0, RL, None, None), (0.1, RL, None, None), (4.9, RL, None, None)],
+            (5.0, 0, RL),
+            id="without Retry-After the burst keeps the first cooldown",
+        ),
+        pytest.param(
+            [(0.0, RL, 6.0, None), (0.1, RL, 60.0, None)],
+            (60.1, 0, RL),
+            id="a longer Retry-After while cooling is the floor",
+        ),
+        pytest.param(
+            [(0.0, RL, 60.0, None), (0.1, RL, 6.0, None)],
+            (60.0, 0, RL),
+            id="a shorter Retry-After never shortens it",
+        ),
+        pytest.param(
+            [(0.0, RL, 6.0, None), (1.0, QUOTA, None, 600.0)],
+            (601.0, 0, QUOTA),
+            id="quota while rate limited: its own length and reason, no hit",
+        ),
+        pytest.param(
+            [(0.0, RL, 6.0, None), (1.0, AUTH, None, None)],
+            (6.0, 0, AUTH),
+            id="auth while cooling takes the reason, keeps the end",
+        ),
+        pytest.param(
+            [(0.0, RL, 86_400.0, None), (1.0, RL, 86_400.0, None)],
+            (3601.0, 0, RL),
+            id="the Retry-After cap holds while cooling too",
+        ),
+    ],
+)
+def test_failures_arriving_while_a_key_cools_escalate_nothing_and_keep_retry_after_as_floor(
+    answers: list[tuple[float, Reason, float | None, float | None]],
+    expected: tuple[float, int, Reason],
+) -> None:
+    board = CloudHealthBoard()
+    for now, reason, retry_after_s, seconds in answers:
+        board.cool_key("p", "A", reason, now, retry_after_s=retry_after_s, seconds=seconds)
+    entry = board.key_entry("p", "A", answers[-1][0])
+    assert entry is not None
+    assert (round(entry.until, 6), entry.hits, entry.reason) == expected

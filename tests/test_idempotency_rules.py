@@ -13,11 +13,20 @@ from router.admission.idempotency import (
     KeyedJob,
     scoped_key,
 )
+from router.admission.sealing import SealedRecords
 from router.admission.tenants import SHARED_SCOPE, tenant_of
 from router.attempts.route import Route
 from router.serving.call import Call, Calls
 from services.errors import ErrorCode, InferbusError
-from services.keystore import Found, Next, Record, decide_claim, kv_key
+from services.keystore import (
+    ROUTER_SPACE,
+    Found,
+    Next,
+    Record,
+    decide_claim,
+    kv_key,
+    worker_space,
+)
 from services.wire import JobRequest, JobResponse, Result
 from tests.jobs import until
 
@@ -75,10 +84,18 @@ def test_each_api_key_is_a_scope_of_its_own_and_never_travels() -> None:
     assert len(scoped_key(one, "x" * 200)) <= 200
 
 
-def test_kv_keys_are_safe_for_any_idempotency_key() -> None:
+def test_kv_keys_are_safe_for_any_idempotency_key_and_stay_in_their_space() -> None:
     for key in ("order 42", "a.b>c*", "ünïcode/", "x" * 200):
-        assert kv_key(key).isalnum()
-    assert kv_key("a") != kv_key("b")
+        for space in (ROUTER_SPACE, worker_space("gpu-a")):
+            prefix, _, last = kv_key(space, key).rpartition(".")
+            assert prefix == space
+            assert last.isalnum()
+    assert kv_key(ROUTER_SPACE, "a") != kv_key(ROUTER_SPACE, "b")
+    assert kv_key("n.gpu-a", "a").startswith("n.gpu-a.k")
+
+
+def test_an_unreadable_or_unverified_record_is_taken_over_never_replayed() -> None:
+    assert decide_claim(Found(None, revision=3), NOW) is Next.TAKE
 
 
 @pytest.mark.parametrize(
@@ -203,3 +220,28 @@ async def test_a_failure_worth_retrying_is_passed_on_and_not_kept() -> None:
     later, _ = await keyed.serve(keyed_call())
     assert later.status == "ok"
     assert infer.calls == 2
+
+
+SEAL = bytes(range(32))
+SEALED_ANSWER = Record(
+    state="done", job="fp", model="m", response=JobResponse(job_id="x", status="ok")
+)
+
+
+def test_a_sealed_record_opens_only_under_its_key_and_kv_key_unchanged() -> None:
+    sealed = SealedRecords(SEAL)
+    data = sealed.encode("r.kabc", SEALED_ANSWER)
+    assert b"fp" not in data  # secret to whoever reads the bucket without the key
+    assert sealed.decode("r.kabc", data) == SEALED_ANSWER
+    assert SealedRecords(bytes(32)).decode("r.kabc", data) is None  # another key
+    assert sealed.decode("r.kother", data) is None  # moved to another KV key
+    flipped = data[:-3] + (b"A" if data[-3:-2] != b"A" else b"B") + data[-2:]
+    assert sealed.decode("r.kabc", flipped) is None  # changed
+    planted = SEALED_ANSWER.model_dump_json().encode()
+    assert sealed.decode("r.kabc", planted) is None  # made up, unsealed
+    assert sealed.decode("r.kabc", b"s1.not base64!") is None
+
+
+def test_a_sealing_key_is_32_bytes() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        SealedRecords(b"short")

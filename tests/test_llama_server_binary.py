@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,16 @@ import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from services.bus import wait_for_worker
 from services.capabilities import MAX_HEARTBEAT_S
 from services.errors import InferbusError
 from services.localnet import free_port
+from services.nats_server import NatsServer
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.errors import RuntimeLoading
-from tests.conftest import WorkerFactory, backend
-from tests.jobs import ask, llm
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.jobs import ask, llm, until
+from tests.test_router_resume import worker_process
 from tests.test_worker_llama_server import caps, caps_until
 from tests.tiny_gguf import write_tiny_llama_gguf
 from tools.children import stop_process
@@ -75,6 +80,15 @@ async def llama_server(
     model: Path, *args: str, port: int | None = None, wait: bool = True
 ) -> AsyncIterator[str]:
     """A real llama-server on loopback; its URL."""
+    async with llama_server_process(model, *args, port=port, wait=wait) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def llama_server_process(
+    model: Path, *args: str, port: int | None = None, wait: bool = True
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """A real llama-server on loopback; its URL and its process."""
     port = port or free_port()
     process = await asyncio.create_subprocess_exec(
         BINARY,
@@ -88,8 +102,10 @@ async def llama_server(
     try:
         if wait:
             await _wait_healthy(url, process)
-        yield url
+        yield url, process
     finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)
         await stop_process(process)
 
 
@@ -190,3 +206,56 @@ async def test_the_probe_reads_loading_while_the_model_loads(gguf_dir: Path) -> 
                 await asyncio.sleep(0.01)
     assert "loading" in seen
     assert seen[-1] == "loading"  # and then healthy: loading ends in serving
+
+
+async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: NatsClient,
+    start_router: RouterFactory,
+    node_id: str,
+    gguf_dir: Path,
+) -> None:
+    """Two workers, each in front of its own llama-server serving the same model. The
+    stream starts on the first; after its first piece that node's llama-server is frozen,
+    a second node joins, and the first node's worker is killed: the stream goes on on the
+    second node, which is sent the text so far to continue (its prompt is longer by it),
+    and the client's stream stays contiguous."""
+    path = gguf_dir / "tiny-first.gguf"
+    victim, other = f"{node_id}-victim", f"{node_id}-other"
+    ask_for = {"model": "tiny-first", "prompt": "hi", "max_tokens": 200, "temperature": 0}
+    lines: list[dict[str, Any]] = []
+    async with (
+        llama_server_process(path, "-c", "1024") as (first_url, first_server),
+        llama_server(path, "-c", "1024") as second_url,
+        worker_process(tmp_path, victim, nats_server.url, first_url, kind="llamacpp") as killed,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with (
+            start_router() as router,
+            httpx.AsyncClient(base_url=router.url, timeout=60) as http,
+            http.stream("POST", "/infer", json={**ask_for, "stream": True}) as response,
+        ):
+            stream = response.aiter_lines()
+            lines.append(json.loads(await anext(stream)))
+            first_server.send_signal(signal.SIGSTOP)  # the answer stops mid-way
+            async with worker_process(
+                tmp_path, other, nats_server.url, second_url, kind="llamacpp"
+            ):
+                await wait_for_worker(nc, llm(other))
+                await until(lambda: other in router.fleet.nodes, timeout_s=10)
+                plain = await ask(nc, llm(other), {**ask_for, "max_tokens": 1})
+                killed.kill()
+                lines.extend([json.loads(line) async for line in stream])
+    final = lines[-1]
+    assert plain.result is not None
+    assert final["status"] == "ok", final
+    route = final["route"]
+    assert route["resumed"] == 1
+    assert [attempt["node"] for attempt in route["attempts"]] == [victim, other]
+    assert [line["seq"] for line in lines[:-1]] == list(range(1, len(lines)))
+    sent_first = route["attempts"][0]["resumed_after"]
+    prefix = "".join(line["delta"] for line in lines[:sent_first])
+    assert final["result"]["text"].startswith(prefix)
+    # the continuing node was sent the text so far: its prompt is longer than the question's
+    assert final["result"]["usage"]["prompt_tokens"] > plain.result.usage.prompt_tokens

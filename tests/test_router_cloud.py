@@ -7,6 +7,7 @@ KEY_A (and holding the same secret): a 429 on alpha's KEY_A must not cool beta's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -21,7 +22,7 @@ from services.wire_features import ToolCallAssembler, ToolCallDelta
 from tests.cloud_sims import FALLBACK, PRIMARY, TOKENS
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.test_worker_openai_features import ASK_WEATHER, WEATHER_TOOL
-from tools.simulator import Fault, KeyBehaviour, Simulator, expected_text
+from tools.simulator import Fault, KeyBehaviour, SimModel, Simulator, expected_text
 
 FLEET_MODEL, PROMPT = "llama3:8b", "hi"
 SECRETS = {"KEY_A": "tenant-alpha-aaaa1111", "KEY_B": "tenant-alpha-bbbb2222"}  # not sk-…
@@ -79,6 +80,33 @@ async def test_key_b_answers_after_key_as_429_and_the_next_request_skips_a(
     assert all(a["model"] == PRIMARY for a in route["attempts"])
     assert calls(second) == [("alpha", "KEY_B", "ok")]
     assert alpha.key_calls == {SECRETS["KEY_A"]: 1, SECRETS["KEY_B"]: 2}
+
+
+async def test_a_burst_that_reaches_a_key_before_its_first_429_cools_it_once(
+    beta: Simulator, start_router: RouterFactory
+) -> None:
+    """20 concurrent requests all reach KEY_A of a slow provider (1 s to answer, 429 with
+    Retry-After 6) before its first 429 is back: one cooling period, not twenty (which
+    parked the key for five minutes); every request then gets KEY_B's answer."""
+    async with Simulator(models=[SimModel(PRIMARY)], tokens=TOKENS, latency_ms=1_000) as slow:
+        slow.set_key(SECRETS["KEY_A"], KeyBehaviour("rate_limited", retry_after_s=6))
+        async with (
+            start_router(**cloud(slow, beta)) as router,
+            httpx.AsyncClient(base_url=router.url, timeout=60) as http,
+        ):
+            body = {"model": PRIMARY, "messages": MESSAGES}
+            answers = await asyncio.gather(
+                *(http.post("/v1/chat/completions", json=body) for _ in range(20))
+            )
+            providers = (await http.get("/providers")).json()["providers"]
+    by_provider = {p["provider"]: p for p in providers}
+    keys = {key["key_id"]: key for key in by_provider["alpha"]["keys"]}
+    print(f"KEY_A after the burst: {keys['KEY_A']}")
+    assert [answer.status_code for answer in answers] == [200] * 20
+    assert slow.key_calls == {SECRETS["KEY_A"]: 20, SECRETS["KEY_B"]: 20}
+    assert (keys["KEY_A"]["state"], keys["KEY_A"]["reason"]) == ("cooling", "rate_limited")
+    assert keys["KEY_A"]["consecutive_cooldowns"] == 1
+    assert 0 < keys["KEY_A"]["cooldown_left_s"] <= 6.0  # Retry-After, from the last 429
 
 
 async def test_a_sibling_provider_is_not_cooled_by_the_first_ones_429(
@@ -244,6 +272,21 @@ async def test_everything_cooling_is_an_answer_with_retry_after(
         assert raised.response.headers["Retry-After"] in ("29", "30")
         assert "cooling" in raised.message
     assert alpha.key_calls == {SECRETS["KEY_A"]: 1, SECRETS["KEY_B"]: 1}  # second: none asked
+
+
+async def test_an_exhausted_chain_answer_names_each_models_state_and_reason(
+    alpha: Simulator, beta: Simulator, start_router: RouterFactory
+) -> None:
+    alpha.set_key(SECRETS["KEY_A"], KeyBehaviour("revoked"))
+    alpha.set_key(SECRETS["KEY_B"], KeyBehaviour("no_balance"))
+    beta.set_key(SECRETS["KEY_A"], KeyBehaviour("rate_limited", retry_after_s=6))
+    async with start_router(**cloud(alpha, beta, fallbacks=[FALLBACK])) as router:
+        with pytest.raises(openai.APIStatusError) as raised:
+            await ask(router.url)
+    error = raised.value
+    assert error.status_code == 503
+    assert f"alpha/{PRIMARY} disabled (quota" in error.message
+    assert f"beta/{FALLBACK} keys cooling (rate_limited" in error.message
 
 
 async def test_a_cloud_profile_goes_to_its_provider_chain(

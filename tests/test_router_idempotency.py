@@ -8,8 +8,10 @@ a worker in a process of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,7 +34,11 @@ from tests.test_worker_lifecycle import start_worker_process
 from tests.test_worker_openai_features import ASK_WEATHER, MODELS, TOOL_MODEL, WEATHER_TOOL
 from tools.simulator import SimModel, Simulator
 
-SHARED = {"store": "jetstream"}
+ROOT = Path(__file__).resolve().parents[1]
+
+SHARED = {"store": "jetstream"}  # a worker's
+SEAL_KEY = "5e" * 32
+ROUTERS_SHARED = {"store": "jetstream", "seal_key": SEAL_KEY, "lease_s": 1}
 
 
 def job(prompt: str, **extra: Any) -> dict[str, Any]:
@@ -233,8 +239,8 @@ async def test_two_routers_sharing_the_jetstream_store_make_one_runtime_call(
     async with (
         Simulator(models=[SimModel("llama3:8b")], latency_ms=400) as sim,
         fleet(start_worker, node_id, sim.url, idempotency=SHARED) as nodes,
-        start_router(idempotency=SHARED) as one,
-        start_router(idempotency=SHARED) as two,
+        start_router(idempotency=ROUTERS_SHARED) as one,
+        start_router(idempotency=ROUTERS_SHARED) as two,
         httpx.AsyncClient(timeout=30) as http,
     ):
         await sees(one, nodes)
@@ -248,7 +254,7 @@ async def test_two_routers_sharing_the_jetstream_store_make_one_runtime_call(
         )
         calls_after_concurrent = sim.calls["llama3:8b"]
         later = await http.post(f"{two.url}/infer", json=job("once across routers"), headers=key)
-        async with start_router(idempotency=SHARED) as third:  # it never saw the key
+        async with start_router(idempotency=ROUTERS_SHARED) as third:  # it never saw the key
             fresh = await http.post(
                 f"{third.url}/infer", json=job("once across routers"), headers=key
             )
@@ -260,27 +266,30 @@ async def test_two_routers_sharing_the_jetstream_store_make_one_runtime_call(
     assert sim.calls["llama3:8b"] == 1
 
 
-async def test_a_key_held_by_a_killed_worker_is_run_elsewhere_after_its_lease(
+async def test_a_key_held_by_a_killed_process_of_a_node_is_run_by_another_after_its_lease(
     nats_server: NatsServer,
     nc: NatsClient,
     start_worker: WorkerFactory,
     node_id: str,
     tmp_path: Path,
 ) -> None:
+    """Two processes of one node (its space of the store is theirs; here each on a subject
+    prefix of its own, so the test chooses which one a job reaches): the retry waits while
+    the doomed process's lease lives, then runs."""
     async with (
         Simulator(models=[SimModel("llama3:8b")], latency_ms=30_000) as doomed_runtime,
         Simulator(models=[SimModel("llama3:8b")]) as other_runtime,
-        worker_process(nc, nats_server, f"{node_id}-doomed", doomed_runtime.url, tmp_path)
+        worker_process(nc, nats_server, node_id, doomed_runtime.url, tmp_path, prefix="a")
         as doomed,
-        start_worker(node_id=f"{node_id}-other", backends=[backend(other_runtime.url)],
+        start_worker(backends=[backend(other_runtime.url)], subject_prefix="b", replicas=True,
                      idempotency={**SHARED, "lease_s": 1}) as other,
     ):  # fmt: skip
         key = f"kill-{uuid.uuid4().hex}"
         payload = json.dumps(job("run me once", idempotency_key=key)).encode()
-        await nc.publish(llm(f"{node_id}-doomed"), payload, reply=nc.new_inbox())
+        await nc.publish(f"a.{llm(node_id)}", payload, reply=nc.new_inbox())
         await until(lambda: doomed_runtime.open_connections == 1, timeout_s=10)
-        retry = asyncio.create_task(nc.request(llm(f"{node_id}-other"), payload, timeout=15))
-        # The retry holds its slot but waits: the doomed worker's claim is alive.
+        retry = asyncio.create_task(nc.request(f"b.{llm(node_id)}", payload, timeout=15))
+        # The retry holds its slot but waits: the doomed process's claim is alive.
         await until(lambda: other.admission.load()["llm"].inflight == 1)
         calls_while_claimed = other_runtime.calls["llama3:8b"]
         doomed.send_signal(signal.SIGKILL)
@@ -292,30 +301,28 @@ async def test_a_key_held_by_a_killed_worker_is_run_elsewhere_after_its_lease(
     assert calls_while_claimed == 0
     assert answer.status == "ok", answer.error
     assert answer.cached is False
-    assert answer.node_id == f"{node_id}-other"
     assert other_runtime.calls["llama3:8b"] == 1
 
 
-async def test_a_duplicate_on_another_worker_waits_for_the_claims_answer(
+async def test_a_duplicate_on_another_process_of_the_node_waits_for_the_claims_answer(
     nc: NatsClient, start_worker: WorkerFactory, node_id: str
 ) -> None:
+    shared = {"idempotency": SHARED, "replicas": True}
     async with (
         Simulator(models=[SimModel("llama3:8b")], latency_ms=300) as first_runtime,
         Simulator(models=[SimModel("llama3:8b")]) as second_runtime,
-        start_worker(node_id=f"{node_id}-1", backends=[backend(first_runtime.url)],
-                     idempotency=SHARED),
-        start_worker(node_id=f"{node_id}-2", backends=[backend(second_runtime.url)],
-                     idempotency=SHARED),
-    ):  # fmt: skip
+        start_worker(backends=[backend(first_runtime.url)], subject_prefix="a", **shared),
+        start_worker(backends=[backend(second_runtime.url)], subject_prefix="b", **shared),
+    ):
         key = f"wait-{uuid.uuid4().hex}"
         payload = json.dumps(job("one call", idempotency_key=key)).encode()
-        first = asyncio.create_task(nc.request(llm(f"{node_id}-1"), payload, timeout=15))
+        first = asyncio.create_task(nc.request(f"a.{llm(node_id)}", payload, timeout=15))
         await until(lambda: first_runtime.open_connections == 1)
-        duplicate = decode_response((await nc.request(llm(f"{node_id}-2"), payload, 15)).data)
+        duplicate = decode_response((await nc.request(f"b.{llm(node_id)}", payload, 15)).data)
         original = decode_response((await first).data)
         mismatch_payload = json.dumps(job("other job", idempotency_key=key)).encode()
         mismatch = decode_response(
-            (await nc.request(llm(f"{node_id}-2"), mismatch_payload, timeout=15)).data
+            (await nc.request(f"b.{llm(node_id)}", mismatch_payload, timeout=15)).data
         )
     assert original.status == "ok"
     assert duplicate.cached is True
@@ -325,15 +332,44 @@ async def test_a_duplicate_on_another_worker_waits_for_the_claims_answer(
     assert mismatch.error.code == "IDEMPOTENCY_MISMATCH"
 
 
+async def test_another_nodes_claims_are_not_its_own(
+    nc: NatsClient, start_worker: WorkerFactory, node_id: str
+) -> None:
+    """Each node claims keys in its own space: across nodes, routers keep a key to one
+    call (above); a node reached directly knows only its own claims."""
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=300) as first_runtime,
+        Simulator(models=[SimModel("llama3:8b")]) as second_runtime,
+        start_worker(node_id=f"{node_id}-1", backends=[backend(first_runtime.url)],
+                     idempotency=SHARED),
+        start_worker(node_id=f"{node_id}-2", backends=[backend(second_runtime.url)],
+                     idempotency=SHARED),
+    ):  # fmt: skip
+        payload = json.dumps(job("one call", idempotency_key=uuid.uuid4().hex)).encode()
+        first = asyncio.create_task(nc.request(llm(f"{node_id}-1"), payload, timeout=15))
+        await until(lambda: first_runtime.open_connections == 1)
+        other = decode_response((await nc.request(llm(f"{node_id}-2"), payload, 15)).data)
+        await first
+    assert (other.status, other.cached) == ("ok", False)
+    assert second_runtime.calls["llama3:8b"] == 1
+
+
 @asynccontextmanager
 async def worker_process(
-    nc: NatsClient, nats_server: NatsServer, node_id: str, runtime_url: str, tmp_path: Path
+    nc: NatsClient,
+    nats_server: NatsServer,
+    node_id: str,
+    runtime_url: str,
+    tmp_path: Path,
+    prefix: str = "",
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A worker in a process of its own (shared store, 1 s lease), ready to take jobs."""
     config = tmp_path / f"{node_id}.toml"
     config.write_text(
         f'node_id = "{node_id}"\n'
         f'nats_url = ["{nats_server.url}"]\n'
+        f'subject_prefix = "{prefix}"\n'
+        "replicas = true\n"
         "[idempotency]\n"
         'store = "jetstream"\n'
         "lease_s = 1\n"
@@ -343,7 +379,7 @@ async def worker_process(
     )
     process = await start_worker_process(config)
     try:
-        await wait_for_worker(nc, llm(node_id))
+        await wait_for_worker(nc, f"{prefix}.{llm(node_id)}" if prefix else llm(node_id))
         yield process
     finally:
         if process.returncode is None:
@@ -416,7 +452,7 @@ async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_it
             http={"host": "127.0.0.1", "port": 0},
             local_node="here",
             local_runtime={"kind": "ollama", "url": local.url},
-            idempotency=SHARED,
+            idempotency=ROUTERS_SHARED,
         )
         async with (
             RouterService(settings) as router,
@@ -429,3 +465,77 @@ async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_it
             keyed = await http.post("/infer", json=job, headers={"Idempotency-Key": "k1"})
     assert keyed.status_code == 504, keyed.json()
     assert keyed.json()["error"]["code"] == "DEADLINE_EXCEEDED"
+
+
+@asynccontextmanager
+async def router_process(
+    tmp_path: Path, settings: dict[str, Any], sees: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """A router in a process of its own (`python -m router`), once it serves and its fleet
+    view holds the node `sees`; yields the process and its URL."""
+    port = free_port()
+    config = tmp_path / f"router-{port}.json"  # JSON is YAML
+    config.write_text(json.dumps({**settings, "http": {"host": "127.0.0.1", "port": port}}))
+    log = (tmp_path / f"router-{port}.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router", "--config", str(config), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=2) as http:
+
+            async def sees_node() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return sees in (await http.get("/nodes")).text
+                return False
+
+            async with asyncio.timeout(30):
+                while not await sees_node():
+                    assert process.returncode is None, (tmp_path / log.name).read_text()
+                    await asyncio.sleep(0.1)
+        yield process, url
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+
+
+async def test_a_key_whose_router_died_runs_through_another_router_after_its_lease(
+    nats_server: NatsServer,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    node_id: str,
+    tmp_path: Path,
+) -> None:
+    """Router one claims the key and sends the job, then is killed: the duplicate through
+    router two waits while its lease (1 s) lives, then takes the key over; the node still
+    runs the first job, so the duplicate joins it: one runtime call in all."""
+    async with (
+        Simulator(models=[SimModel("llama3:8b")], latency_ms=4_000) as sim,
+        start_worker(backends=[backend(sim.url)], idempotency=SHARED),
+        router_process(
+            tmp_path,
+            {"nats_url": [nats_server.url], "idempotency": ROUTERS_SHARED},
+            sees=node_id,
+        ) as (doomed, doomed_url),
+        start_router(idempotency=ROUTERS_SHARED) as other,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        await sees(other, [node_id])
+        key = {"Idempotency-Key": f"orphan-{uuid.uuid4().hex}"}
+        body = job("run me once")
+        lost = asyncio.create_task(http.post(f"{doomed_url}/infer", json=body, headers=key))
+        await until(lambda: sim.open_connections == 1, timeout_s=10)
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        killed_at = time.perf_counter()
+        answer = await http.post(f"{other.url}/infer", json=body, headers=key)
+        took_s = time.perf_counter() - killed_at
+        with contextlib.suppress(httpx.HTTPError):
+            await lost
+    print(f"the duplicate through router two answered {took_s:.2f} s after the SIGKILL")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["cached"]) == ("ok", True)
+    assert sim.calls["llama3:8b"] == 1

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -36,13 +37,13 @@ CUT_AFTER = 50
 
 @asynccontextmanager
 async def worker_process(
-    tmp_path: Path, node: str, nats_url: str, sim_url: str, slots: int = 4
+    tmp_path: Path, node: str, nats_url: str, sim_url: str, slots: int = 4, kind: str = "ollama"
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     config = tmp_path / f"{node}.toml"
     config.write_text(
         f'node_id = "{node}"\nnats_url = "{nats_url}"\nheartbeat_s = 10\ndrain_grace_s = 0.3\n'
         f"[limits]\nllm_concurrency = {slots}\n"
-        f'[[backends]]\nkind = "ollama"\nurl = "{sim_url}"\n'
+        f'[[backends]]\nkind = "{kind}"\nurl = "{sim_url}"\n'
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "node_worker", "--config", str(config), "--log-level", "WARNING",
@@ -290,3 +291,38 @@ async def test_a_resumed_stream_waits_in_line_while_the_nodes_that_can_continue_
     assert final["route"]["node"] == other
     assert second.peak_connections == 1  # the stream went on only once the slot was free
     assert final["route"]["queue_ms"] > 0  # it waited in line for that slot
+
+
+async def test_an_anthropic_stream_resumes_the_same_way(
+    tmp_path: Path, nats_server: NatsServer, nc: Any, start_router: RouterFactory, node_id: str
+) -> None:
+    victim, other = f"{node_id}-victim", f"{node_id}-other"
+    async with (
+        Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=15) as first,
+        Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=1) as second,
+        worker_process(tmp_path, victim, nats_server.url, first.url) as process,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with start_router() as router:
+            await until(lambda: victim in router.fleet.nodes, timeout_s=10)
+            client = anthropic.AsyncAnthropic(base_url=router.url, api_key="x", max_retries=0)
+            pieces: list[str] = []
+            async with (
+                client.messages.stream(
+                    model=MODEL,
+                    max_tokens=1000,
+                    messages=[{"role": "user", "content": QUESTION}],
+                ) as stream,
+                worker_process(tmp_path, other, nats_server.url, second.url),
+            ):
+                await wait_for_worker(nc, llm(other))
+                await until(lambda: other in router.fleet.nodes, timeout_s=10)
+                async for text in stream.text_stream:
+                    pieces.append(text)
+                    if len(pieces) == CUT_AFTER:
+                        process.send_signal(signal.SIGKILL)
+                message = await stream.get_final_message()
+            await client.close()
+    assert "".join(pieces) == expected_text(MODEL, QUESTION, TOKENS)
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens == TOKENS

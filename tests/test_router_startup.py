@@ -188,7 +188,7 @@ async def test_a_failed_start_up_step_after_the_connect_exits_with_its_cause(
     """The shared idempotency store needs JetStream; a server without it is said, not
     served around silently (exit 1: not a config error a restart cannot mend)."""
     async with NatsServer(port=free_port()) as server:  # no JetStream
-        store = "idempotency:\n  store: jetstream\n"
+        store = f"idempotency:\n  store: jetstream\n  seal_key: {'0f' * 32}\n"
         process = await run_router(router_config(tmp_path, server.url, free_port(), store))
         try:
             _, stderr = await asyncio.wait_for(process.communicate(), 30)
@@ -198,4 +198,21 @@ async def test_a_failed_start_up_step_after_the_connect_exits_with_its_cause(
                 await process.wait()
     assert process.returncode == 1
     assert "NATS start-up failed" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+
+
+async def test_a_router_with_the_shared_store_and_no_seal_key_does_not_start(
+    tmp_path: Path,
+) -> None:
+    async with NatsServer(port=free_port(), jetstream_dir=tmp_path / "js") as server:
+        store = "idempotency:\n  store: jetstream\n"
+        process = await run_router(router_config(tmp_path, server.url, free_port(), store))
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 2
+    assert "idempotency.seal_key is needed" in stderr.decode()
     assert "Traceback" not in stderr.decode()

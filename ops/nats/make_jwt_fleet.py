@@ -1,10 +1,11 @@
 """Make a decentralised-auth (operator mode) NATS setup for an inferbus fleet.
 
 What `nsc` would make, with the same permissions as `accounts.conf`: an operator, one
-account `INFERBUS`, and one user per worker, one for the routers and (unless `--no-ops`)
-one for operators. Every key is an nkey (Ed25519); every identity is a JWT signed by the
-key above it, so the server stores no secret at all: it trusts the operator's public key
-and checks each user's JWT and its signature of the connection nonce.
+account `INFERBUS` (JetStream on, for the shared idempotency store), and one user per
+worker, one for the routers and (unless `--no-ops`) one for operators. Every key is an
+nkey (Ed25519); every identity is a JWT signed by the key above it, so the server stores no
+secret at all: it trusts the operator's public key and checks each user's JWT and its
+signature of the connection nonce.
 
     python ops/nats/make_jwt_fleet.py /etc/nats/inferbus --node gpu-a --node gpu-b
 
@@ -46,6 +47,8 @@ import nkeys
 RESPONSES_MAX = 100_000
 RESPONSES_TTL_NS = 15 * 60 * 1_000_000_000
 NO_LIMIT = -1
+# The shared idempotency store's KV bucket (services.keystore.DEFAULT_BUCKET).
+BUCKET = "inferbus_idempotency"
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -86,33 +89,45 @@ def _write_secret(path: Path, data: bytes) -> None:
 
 
 def prefixed(prefix: str, subject: str) -> str:
-    """Fleet subjects gain the prefix; inboxes and the services protocol do not."""
-    if not prefix or subject.startswith(("_INBOX.", "$SRV.")):
+    """Fleet subjects gain the prefix; inboxes and the `$` subjects ($SRV, $JS, $KV) do not."""
+    if not prefix or subject.startswith(("_INBOX", "$")):
         return subject
     return f"{prefix}.{subject}"
 
 
+def store_grants(space: str, bucket: str = BUCKET) -> list[str]:
+    """Read (direct get on the key's own subject) and write one space of the bucket."""
+    return [
+        f"$KV.{bucket}.{space}.>",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{space}.>",
+    ]
+
+
 def worker_permissions(node_id: str) -> dict[str, Any]:
     """Its own jobs, cancels and caps; discovery; `$SRV`; its own heartbeats (to notice a
-    second process announcing its id); publish its own heartbeat and the answers to
-    requests delivered to it (resp), nothing else: no `_INBOX.>`."""
+    second process announcing its id); its own inboxes (`_INBOX_<node>`, where JetStream
+    answers it); publish its own heartbeat, the answers to requests delivered to it
+    (resp), and its own space of the idempotency bucket, nothing else: no `_INBOX.>`."""
     heartbeat = f"ncs.capabilities.{node_id}"
+    subscribe = [f"node.{node_id}.>", "ncs.discover", "$SRV.>", heartbeat, f"_INBOX_{node_id}.>"]
     return {
-        "sub": {"allow": [f"node.{node_id}.>", "ncs.discover", "$SRV.>", heartbeat]},
-        "pub": {"allow": [heartbeat]},
+        "sub": {"allow": subscribe},
+        "pub": {"allow": [heartbeat, "$JS.API.INFO", *store_grants(f"n.{node_id}")]},
         "resp": {"max": RESPONSES_MAX, "ttl": RESPONSES_TTL_NS},
     }
 
 
 def router_permissions() -> dict[str, Any]:
     """Send jobs, cancels and caps requests; ask who is there; hear heartbeats; read its
-    own inboxes. It cannot take jobs nor pose as a node."""
+    own inboxes; make the idempotency bucket and read and write its routers' space. It
+    cannot take jobs nor pose as a node."""
     requests = [
         f"node.*.{name}"
         for name in ("llm.request", "vision.request", "embed.request", "cancel", "caps")
     ]
+    bucket = [f"$JS.API.STREAM.{verb}.KV_{BUCKET}" for verb in ("CREATE", "INFO")]
     return {
-        "pub": {"allow": [*requests, "ncs.discover"]},
+        "pub": {"allow": [*requests, "ncs.discover", *bucket, *store_grants("r")]},
         "sub": {"allow": ["ncs.capabilities.*", "_INBOX.>"]},
     }
 
@@ -137,12 +152,16 @@ def user_jwt(name: str, user: nkeys.KeyPair, account: nkeys.KeyPair, perms: dict
     return encode_jwt({"name": name, "sub": user.public_key.decode(), "nats": nats}, account)
 
 
-def account_jwt(name: str, account: nkeys.KeyPair, operator: nkeys.KeyPair) -> str:
-    """No limits on connections, subscriptions or data. JetStream stays off, as in
-    accounts.conf (inferbus does not use it)."""
-    limits = {
+def account_jwt(
+    name: str, account: nkeys.KeyPair, operator: nkeys.KeyPair, *, jetstream: bool = False
+) -> str:
+    """No limits on connections, subscriptions or data; with `jetstream`, JetStream on
+    without limits (the fleet's shared idempotency store), as accounts.conf has it."""
+    limits: dict[str, Any] = {
         key: NO_LIMIT for key in ("subs", "data", "payload", "imports", "exports", "conn", "leaf")
     }
+    if jetstream:
+        limits |= {key: NO_LIMIT for key in ("mem_storage", "disk_storage", "streams", "consumer")}
     nats = {"limits": {**limits, "wildcards": True}, "type": "account", "version": 2}
     claims = {"name": name, "sub": account.public_key.decode(), "nats": nats}
     return encode_jwt(claims, operator)
@@ -184,7 +203,8 @@ def make_fleet(out: Path, nodes: list[str], prefix: str = "", with_ops: bool = T
         _write_secret(out / "creds" / f"{name}.creds", creds_file(jwt, bytes(user.seed)))
     accounts = {"INFERBUS": account, "SYS": system}
     preload = "".join(
-        f"  {key.public_key.decode()}: {account_jwt(name, key, operator)}\n"
+        f"  {key.public_key.decode()}: "
+        f"{account_jwt(name, key, operator, jetstream=name == 'INFERBUS')}\n"
         for name, key in accounts.items()
     )
     (out / "operator.conf").write_text(

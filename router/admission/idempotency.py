@@ -12,16 +12,19 @@ its wire key is that wire id; the caller always gets its own `job_id` back.
 With a key, the key is scoped to the caller's tenant (the API key it authenticated with;
 none configured → one shared scope) and hashed into the wire key, so two tenants' "42"
 never meet and no API key travels on the bus. Then, per scoped key:
-- an answer kept here (for `idempotency.ttl_s`) or in the shared JetStream store is
-  replayed (`cached: true`) — to a stream as its tool calls whole, then its whole text
-  (`services.wire.replay_pieces`);
+- an answer kept here (for `idempotency.ttl_s`) is replayed (`cached: true`) — to a
+  stream as its tool calls whole, then its whole text (`services.wire.replay_pieces`);
 - a request already in flight through this router is waited for, not sent again: all
   duplicates reach one node and one runtime call. Its answer is theirs when it would be
   kept (ok, or the request's own fault); a failure worth retrying is passed on as what it
   is, as the worker does; if the first caller went away before an answer, the next
   duplicate runs the job itself;
-- anything else is served by `Router.dispatch`, and workers (with their own and the shared
-  store) keep the key to one runtime call across routers and restarts.
+- anything else is served by `Router.dispatch`. With the shared JetStream store, first
+  through the routers' space of it (`services.shared_claims`): this router claims the
+  key with a lease it renews while it dispatches, then keeps the answer there, sealed
+  (router/admission/sealing.py); a router that finds the key claimed waits for that
+  answer while the lease lives and replays it, so duplicates across routers reach one
+  node and one runtime call, and a key whose router died is run again after its lease.
 
 A duplicate must mean the same job: the same type, input and params
 (`JobRequest.fingerprint`, which ignores `stream`), and a model that resolves the same —
@@ -46,7 +49,8 @@ from router.selection.select import select
 from router.serving.call import Call, Served
 from router.serving.dispatch import job_type_of
 from services.errors import ErrorCode, InferbusError
-from services.keystore import SharedKeys
+from services.keystore import Record
+from services.shared_claims import Ran, Refused, SharedClaims
 from services.wire import JobRequest, JobResponse, is_replayable, new_job_id, replay_pieces
 
 log = logging.getLogger("inferbus.router")
@@ -54,8 +58,6 @@ log = logging.getLogger("inferbus.router")
 # What the gate stands in front of: the dispatcher (`Router.dispatch`).
 Dispatch = Callable[[Call], Awaitable[Served]]
 ResolveModel = Callable[[JobRequest, str | None], str | None]
-
-SHARED_READ_S = 0.25  # the longest a keyed request waits for the shared store
 
 
 def scoped_key(tenant: str, key: str) -> str:
@@ -70,6 +72,7 @@ class KeyedJob:
 
     fingerprint: str
     models: frozenset[str]  # the model as named, as resolved, and as it answered
+    resolved: str | None = None  # what the shared store records as its model
 
     def same_job(self, fingerprint: str, models: frozenset[str]) -> bool:
         if fingerprint != self.fingerprint:
@@ -123,7 +126,7 @@ class IdempotencyGate:
         *,
         resolve_model: ResolveModel,
         answers: KeptAnswers,
-        shared: SharedKeys | None = None,
+        shared: SharedClaims | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`clock` is the one the calls' deadlines are on (the dispatcher's)."""
@@ -150,19 +153,15 @@ class IdempotencyGate:
         keyed = self._keyed(wire, call.agent_id)
         while True:
             kept = self._answers.get(key)
-            if kept is None and key not in self._in_flight:
-                kept = await self._shared_answer(key, call.left_s(self._clock()))
-                if kept is None and (key in self._in_flight or self._answers.get(key)):
-                    continue  # it started or finished here while the store was read
             if kept is not None:
                 if not kept.job.same_job(keyed.fingerprint, keyed.models):
                     return _mismatch(job), Route()
                 return await _replay(kept, call), _replayed_route(kept.route)
             in_flight = self._in_flight.get(key)
             if in_flight is None:
-                # What the gate spent (store read, waiting on a first caller that left) is
-                # the caller's budget too: the call's deadline stands.
-                return await self._serve_first(key, keyed, call.with_job(wire), job.job_id)
+                # What the gate spent (the shared store, waiting on a first caller that
+                # left) is the caller's budget too: the call's deadline stands.
+                return await self._serve_first(key, keyed, call, wire)
             if not in_flight.job.same_job(keyed.fingerprint, keyed.models):
                 return _mismatch(job), Route()
             try:
@@ -181,14 +180,15 @@ class IdempotencyGate:
                 return await _replay(replay, call), _replayed_route(route)
             return _for_caller(response, job.job_id), route
 
-    async def _serve_first(
-        self, key: str, keyed: KeyedJob, wire_call: Call, client_job_id: str
-    ) -> Served:
+    async def _serve_first(self, key: str, keyed: KeyedJob, call: Call, wire: JobRequest) -> Served:
         in_flight = InFlight(keyed, asyncio.get_running_loop().create_future())
         self._in_flight[key] = in_flight
         served: Served | None = None
         try:
-            served = await self._dispatch(wire_call)
+            if self._shared is None:
+                served = await self._dispatch(call.with_job(wire))
+            else:
+                served = await self._serve_shared(key, keyed, call, wire)
         finally:
             if served is not None and is_replayable(served[0]):
                 answered = served[0].model
@@ -197,39 +197,53 @@ class IdempotencyGate:
             del self._in_flight[key]
             in_flight.outcome.set_result(served)
         response, route = served
-        return _for_caller(response, client_job_id), route
+        return _for_caller(response, call.job.job_id), route
+
+    async def _serve_shared(
+        self, key: str, keyed: KeyedJob, call: Call, wire: JobRequest
+    ) -> Served:
+        """Through the routers' space of the shared store: this router claims the key and
+        dispatches, or replays the answer another router keeps (after waiting for it
+        while that router's lease lives)."""
+        assert self._shared is not None
+
+        def same_job(found: Record) -> bool:
+            answered = found.response.model if found.response is not None else None
+            models = frozenset(name for name in (found.model, answered) if name)
+            return KeyedJob(found.job, models).same_job(keyed.fingerprint, keyed.models)
+
+        outcome = await self._shared.run_once(
+            key,
+            Record(state="running", job=keyed.fingerprint, model=keyed.resolved),
+            same_job,
+            call.deadline,
+            lambda: self._dispatch(call.with_job(wire)),
+            lambda served: served[0],
+        )
+        if isinstance(outcome, Ran):
+            return outcome.value
+        answer = outcome.answer
+        if isinstance(outcome, Refused):
+            if answer.error is not None and answer.error.code == ErrorCode.IDEMPOTENCY_MISMATCH:
+                return _mismatch(call.job), Route()
+            return answer, Route()
+        route = Route(via="remote", node=answer.node_id, model=answer.model)
+        replayed = Kept(keyed, answer, route)
+        return await _replay(replayed, call.with_job(wire)), _replayed_route(route)
 
     @property
-    def shared(self) -> SharedKeys | None:
+    def shared(self) -> SharedClaims | None:
         return self._shared
 
-    def share(self, shared: SharedKeys) -> None:
-        """From now on, keys are also claimed in (and answers read from) the shared store."""
+    def share(self, shared: SharedClaims) -> None:
+        """From now on, keys are also claimed in (and answers kept in) the shared store."""
         self._shared = shared
 
     def _keyed(self, wire: JobRequest, agent_id: str | None) -> KeyedJob:
         """What a key is used for; `wire` carries the job's type already."""
         resolved = self._resolve_model(wire, agent_id)
         models = frozenset(name for name in (wire.model, resolved) if name)
-        return KeyedJob(wire.fingerprint(), models)
-
-    async def _shared_answer(self, key: str, left_s: float) -> Kept | None:
-        """The answer another router or worker left in the shared store, if it can be read
-        quickly: an unreachable store must not eat the caller's budget."""
-        if self._shared is None or left_s <= 0:
-            return None
-        try:
-            async with asyncio.timeout(min(left_s, SHARED_READ_S)):
-                found = await self._shared.read(key)
-        except TimeoutError:
-            log.warning("idempotency store did not answer within %.0f ms", SHARED_READ_S * 1000)
-            return None
-        if found is None or found.record.state != "done" or found.record.response is None:
-            return None
-        record, response = found.record, found.record.response
-        models = frozenset(name for name in (record.model, response.model) if name)
-        route = Route(via="remote", node=response.node_id, model=response.model)
-        return Kept(KeyedJob(record.job, models), response, route)
+        return KeyedJob(wire.fingerprint(), models, resolved or wire.model)
 
 
 def fleet_model(selection: SelectionConfig, fleet: FleetView) -> ResolveModel:

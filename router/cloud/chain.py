@@ -35,8 +35,10 @@ from router.cloud.chains import (
     ChainCursor,
     ChainExhausted,
     CloudTarget,
+    ModelState,
     all_cooling_error,
     chain_exhausted_error,
+    chain_states,
     next_target,
 )
 from router.cloud.cooldowns import CloudHealthBoard
@@ -89,7 +91,9 @@ async def run_cloud_chain(
     while True:
         found = next_target(chain, keys_of, board, cursor, clock())
         if isinstance(found, AllCooling | ChainExhausted):
-            result.error = _final_error(found, last, result.attempts, clock())
+            now = clock()
+            states = chain_states(chain, keys_of, board, now)
+            result.error = _final_error(found, last, result.attempts, states, now)
             return result
         target, retries = found, 0
         while True:
@@ -149,6 +153,7 @@ def _final_error(
     found: AllCooling | ChainExhausted,
     last: InferbusError | None,
     attempts: Sequence[Attempt],
+    states: Sequence[ModelState],
     now: float,
 ) -> InferbusError:
     """Nothing left to try: "all cooling, free again at …", or the last failure.
@@ -158,6 +163,6 @@ def _final_error(
     """
     cooling = last is None or last.reason == Reason.RATE_LIMITED
     if isinstance(found, AllCooling) or (cooling and found.until is not None):
-        return all_cooling_error(found.until, now)
+        return all_cooling_error(found.until, now, states)
     assert last is not None
-    return chain_exhausted_error(last, len({(a.provider, a.model) for a in attempts}))
+    return chain_exhausted_error(last, len({(a.provider, a.model) for a in attempts}), states, now)

@@ -8,7 +8,8 @@
              rotation order, skipping cooling pairs and keys this request already used
              up for that model                                              next_target
     answer = everything cooling → NO_ROUTE with when the earliest cooldown ends;
-             nothing left → the last failure, saying the chain is exhausted
+             nothing left → the last failure, saying the chain is exhausted; both
+             name each model's state and reason                      chain_states
 
 Pure: the board is read, never written (router/cloud/actions.py decides the writes), and
 the clock is passed in. A request's own progress is the `ChainCursor` it carries.
@@ -32,9 +33,11 @@ __all__ = [
     "ChainCursor",
     "ChainExhausted",
     "CloudTarget",
+    "ModelState",
     "all_cooling_error",
     "build_chain",
     "chain_exhausted_error",
+    "chain_states",
     "keys_all_out",
     "next_target",
     "request_fallbacks",
@@ -205,32 +208,103 @@ def keys_all_out(
     return Reason.QUOTA if Reason.QUOTA in reasons else Reason.AUTH
 
 
-def all_cooling_error(until: float | None, now: float) -> InferbusError:
-    """Everything in the chain is cooling: say so, and when the earliest cooldown ends."""
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """Where one model of the chain stands now, for the answer that says why none served.
+
+    `state`: healthy, rechecking, cooling or disabled (the model itself), or "keys cooling"
+    (the model is fine, every key of its provider is not); `reason` and `free_at` of
+    whichever applies.
+    """
+
+    name: str  # provider/model
+    state: str
+    reason: Reason | None = None
+    free_at: float | None = None
+
+    def describe(self, now: float) -> str:
+        if self.reason is None:
+            return f"{self.name} {self.state}"
+        left = "" if self.free_at is None else f", {max(0.0, self.free_at - now):.1f} s left"
+        return f"{self.name} {self.state} ({self.reason}{left})"
+
+
+def chain_states(
+    chain: Sequence[CloudModel],
+    keys_of: Mapping[str, Sequence[str]],
+    board: CloudHealthBoard,
+    now: float,
+) -> tuple[ModelState, ...]:
+    """Every model of the chain as the board sees it now."""
+    return tuple(
+        _model_state(model, keys_of.get(model.provider, ()), board, now) for model in chain
+    )
+
+
+def _model_state(
+    model: CloudModel, key_ids: Sequence[str], board: CloudHealthBoard, now: float
+) -> ModelState:
+    name = f"{model.provider}/{model.model}"
+    status = board.model_status(model.provider, model.model, now)
+    entry = board.model_entry(model.provider, model.model, now)
+    if entry is not None and status in ("cooling", "disabled"):
+        return ModelState(name, status, entry.reason, entry.until)
+    cooling = [
+        cooled
+        for key_id in key_ids
+        if (cooled := board.key_entry(model.provider, key_id, now)) is not None
+        and now < cooled.until
+    ]
+    if key_ids and len(cooling) == len(key_ids):
+        soonest = min(cooling, key=lambda cooled: cooled.until)
+        return ModelState(name, "keys cooling", soonest.reason, soonest.until)
+    return ModelState(name, status)
+
+
+def _states_text(states: Sequence[ModelState], now: float) -> str:
+    return "; ".join(state.describe(now) for state in states)
+
+
+def all_cooling_error(
+    until: float | None, now: float, states: Sequence[ModelState] = ()
+) -> InferbusError:
+    """Nothing in the chain is callable: say what each model is waiting for, and when the
+    earliest cooldown ends. The reason is the first model's (the one the caller asked
+    for): rate_limited only when that is what keeps it out."""
+    reason = next((state.reason for state in states if state.reason is not None), None)
+    detail = f": {_states_text(states, now)}" if states else ""
     if until is None:
         return InferbusError(
             ErrorCode.NO_ROUTE,
-            "every model of the chain is disabled or has no key to try",
-            reason=Reason.UNKNOWN,
+            f"every model of the chain is disabled or has no key to try{detail}",
+            reason=reason or Reason.UNKNOWN,
         )
     wait_ms = max(0, int((until - now) * 1000))
     return InferbusError(
         ErrorCode.NO_ROUTE,
-        f"every key and model of the chain is cooling; the earliest is free in {wait_ms} ms",
+        f"every key and model of the chain is cooling or disabled; the earliest is free in "
+        f"{wait_ms} ms{detail}",
         retry_after_ms=wait_ms,
-        reason=Reason.RATE_LIMITED,
+        reason=reason or Reason.RATE_LIMITED,
     )
 
 
-def chain_exhausted_error(last: InferbusError | None, models_tried: int) -> InferbusError:
-    """The chain ran out: the last failure, saying so (its code and reason kept)."""
+def chain_exhausted_error(
+    last: InferbusError | None,
+    models_tried: int,
+    states: Sequence[ModelState] = (),
+    now: float = 0.0,
+) -> InferbusError:
+    """The chain ran out: the last failure, saying so (its code and reason kept), and
+    where each model stands."""
+    detail = f" [{_states_text(states, now)}]" if states else ""
     if last is None:
         return InferbusError(
-            ErrorCode.NO_ROUTE, "the model chain is exhausted", reason=Reason.UNKNOWN
+            ErrorCode.NO_ROUTE, f"the model chain is exhausted{detail}", reason=Reason.UNKNOWN
         )
     return InferbusError(
         last.code,
-        f"model chain exhausted ({models_tried} tried); last error: {last.message}",
+        f"model chain exhausted ({models_tried} tried){detail}; last error: {last.message}",
         retryable=last.retryable,
         retry_after_ms=last.retry_after_ms,
         reason=last.reason,

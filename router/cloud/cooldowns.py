@@ -6,9 +6,10 @@ The cloud half of the health board (DESIGN §6), beside the breakers. What outli
   `default` must never block provider B's key of the same name. A cooldown lasts
   `min_s · factor^hits`, between `min_s` and `max_s`; a Retry-After wins when it asks for
   longer (up to `retry_after_max_s`, so a garbage header cannot park a key for a year).
-  `hits` counts cooldowns since the key last answered: the entry outlives its cooldown by
-  `max_s` so that a key failing again soon cools longer; after that, or on a success, it
-  is collected.
+  `hits` counts cooling periods since the key last answered — failures that arrive while
+  the key already cools (calls made before its first failure came back) add none, only
+  their Retry-After as a floor: the entry outlives its cooldown by `max_s` so that a key
+  failing again soon cools longer; after that, or on a success, it is collected.
 - **Model health**: `healthy`, `cooling(until)` (its keys failed transiently; skip it a
   while) or `disabled(reason, since)` (quota, model missing, or auth on every key). A
   disabled model is re-checked after `disabled_recheck_s`: it becomes callable again, shows
@@ -37,6 +38,7 @@ __all__ = [
     "ModelHealth",
     "ModelStatus",
     "cooldown_seconds",
+    "retry_after_floor",
 ]
 
 
@@ -94,6 +96,11 @@ def cooldown_seconds(hits: int, retry_after_s: float | None, settings: FailoverS
     if retry_after_s is not None and retry_after_s > backoff:
         return min(retry_after_s, settings.retry_after_max_s)
     return backoff
+
+
+def retry_after_floor(retry_after_s: float | None, settings: FailoverSettings) -> float:
+    """What a Retry-After alone asks for (0 without one), capped at `retry_after_max_s`."""
+    return min(retry_after_s, settings.retry_after_max_s) if retry_after_s else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +171,21 @@ class CloudHealthBoard:
         retry_after_s: float | None = None,
         seconds: float | None = None,
     ) -> float:
-        """Cool the pair; returns when it ends. `seconds` fixes the length (quota)."""
+        """Cool the pair; returns when it ends. `seconds` fixes the length (quota).
+
+        A failure that arrives while the pair is already cooling (a burst of calls made
+        before its first failure came back) adds no hit: the cooldown escalates once per
+        cooling period. It still lasts at least as long as that answer asks (its
+        Retry-After, or `seconds`), and takes that answer's reason.
+        """
         entry = self._key(provider, key_id, now)
+        if entry is not None and now < entry.until:
+            asked = (
+                seconds if seconds is not None else retry_after_floor(retry_after_s, self.settings)
+            )
+            until = max(entry.until, now + asked)
+            self._keys[provider, key_id] = KeyCooldown(until, entry.hits, reason)
+            return until
         hits = 0 if entry is None else entry.hits + 1
         length = (
             seconds if seconds is not None else cooldown_seconds(hits, retry_after_s, self.settings)

@@ -27,6 +27,7 @@ from router.config import AdmissionSettings, HttpSettings
 from router.http.images import checked_images
 from router.metrics import RouterMetrics
 from router.serving.call import Call, Calls, Served, trace_context
+from services.big_json import loads_request
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.images import ImageSettings
 from services.wire import JobRequest, JobResponse, request_from_fields
@@ -89,11 +90,12 @@ def _too_large(size: int, limit: int, *, at_least: bool = False) -> InferbusErro
     )
 
 
-def parse_json(body: bytes) -> Any:
+async def parse_json(body: bytes) -> Any:
     """The JSON value, or BAD_REQUEST for anything the parser (or UTF-8) cannot take:
-    not JSON, nested too deep, lone surrogates that could never be sent on."""
+    not JSON, nested too deep, more JSON containers than a job may hold (a big body is
+    parsed in pieces off the event loop), lone surrogates that could never be sent on."""
     try:
-        raw = json.loads(body)
+        raw = await loads_request(body)
         # Lone surrogates ("\ud800") are valid JSON but no valid UTF-8: refuse them here,
         # not when the job is encoded for a node.
         json.dumps(raw, ensure_ascii=False).encode()
@@ -123,7 +125,7 @@ class Api:
         body = await read_body(request, self.http.max_body_bytes)
         if isinstance(body, InferbusError):
             return body
-        raw = parse_json(body)
+        raw = await parse_json(body)
         if isinstance(raw, InferbusError):
             return raw
         if not isinstance(raw, dict):

@@ -24,6 +24,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+from services.big_json import loads
 from services.runtimes.errors import (
     classify_http_error,
     classify_transport_error,
@@ -174,7 +175,7 @@ async def request_json(
             secrets=secrets,
         )
     try:
-        return json.loads(content)
+        return await loads(content)
     except ValueError as exc:
         raise invalid_response(f"not JSON: {content[:80]!r}") from exc
 

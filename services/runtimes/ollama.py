@@ -153,7 +153,9 @@ class OllamaRuntime:
         data = await self._http.post_json(self._embed_url, embed_body(call), timeout_s=timeout_s)
         if isinstance(data, dict) and "error" in data:
             raise classify_stream_error(data, secrets=self._secrets)
-        return EmbedReply(vectors=vectors_of(data), usage=usage_of(data))
+        # Millions of numbers are checked one by one: off the event loop.
+        vectors = await asyncio.to_thread(vectors_of, data)
+        return EmbedReply(vectors=vectors, usage=usage_of(data))
 
     async def stream(
         self, call: ChatCall, *, timeout_s: float

@@ -145,7 +145,9 @@ class OpenAICompatRuntime:
         )
         if isinstance(data, dict) and ("error" in data or data.get("object") == "error"):
             raise classify_stream_error(data, secrets=self._secrets)
-        return EmbedReply(vectors=vectors_of(data), usage=usage_of(data.get("usage")))
+        # Millions of numbers are checked one by one: off the event loop.
+        vectors = await asyncio.to_thread(vectors_of, data)
+        return EmbedReply(vectors=vectors, usage=usage_of(data.get("usage")))
 
     def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
         """A raw prompt goes to `/v1/completions`, everything else to chat completions."""

@@ -66,6 +66,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         f"(default: {','.join(m.name + (':vision' if m.vision else '') for m in DEFAULT_MODELS)})",
     )
     parser.add_argument(
+        "--embedding-dimensions",
+        type=int,
+        metavar="N",
+        help="the embedding models' own width (numbers per vector when a request names no "
+        "dimensions; default 16)",
+    )
+    parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="delay before answering, ms (default 0)"
     )
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (default 16)")
@@ -123,6 +130,13 @@ def run_cli(argv: list[str] | None = None, prog: str = "python -m tools.simulato
     args = parser.parse_args(argv)
     try:
         models = None if args.models is None else parse_models(args.models)
+        if args.embedding_dimensions is not None:
+            models = [
+                dataclasses.replace(model, embedding_dimensions=args.embedding_dimensions)
+                if model.embedding
+                else model
+                for model in (DEFAULT_MODELS if models is None else models)
+            ]
         if args.api_key is not None and args.llama_server is None:
             raise ValueError("--api-key needs --llama-server")
         traits = None

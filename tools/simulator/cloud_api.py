@@ -17,7 +17,8 @@ from tools.simulator.state import SimState
 
 
 async def key_gate(request: web.Request, state: SimState) -> web.StreamResponse | None:
-    """The armed refusal for this request's key, or None to serve it normally."""
+    """The armed refusal for this request's key (after the simulator's latency), or None
+    to serve it normally."""
     key = key_of(request)
     behaviour = state.keys.take(key)
     if behaviour is None or behaviour.kind == "ok":
@@ -34,6 +35,9 @@ async def key_gate(request: web.Request, state: SimState) -> web.StreamResponse 
     refusal = refusal_for(behaviour, fields, key)
     if refusal is not None and isinstance(fields.get("model"), str):
         state.calls[fields["model"]] += 1
+    # A slow provider is slow to refuse too: a burst reaches the key before its first 429.
+    if refusal is not None and await state.pause(state.latency_ms / 1000):
+        return drop_connection(request)
     return refusal
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tools.simulator.features import DEFAULT_DIMENSIONS, embedding
+from tools.simulator.features import embedding
 from tools.simulator.flow import STATE_KEY, json_response, read_json_object
 from tools.simulator.models import count_words
 from tools.simulator.plan import Rejection
@@ -31,10 +31,10 @@ def _inputs(payload: dict[str, Any]) -> list[str] | str:
     return "input must be a string or a non-empty list of strings"
 
 
-def _dimensions(payload: dict[str, Any]) -> int | str:
+def _dimensions(payload: dict[str, Any], own: int) -> int | str:
     raw = payload.get("dimensions")
     if raw is None:
-        return DEFAULT_DIMENSIONS
+        return own
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         return "dimensions must be an integer >= 1"
     return raw
@@ -65,7 +65,7 @@ async def _embed(
     if not model.embedding:
         return fail(400, f"model '{model_name}' does not support embeddings")
     inputs = _inputs(payload)
-    dimensions = _dimensions(payload)
+    dimensions = _dimensions(payload, model.embedding_dimensions)
     if isinstance(inputs, str) or isinstance(dimensions, str):
         return fail(400, inputs if isinstance(inputs, str) else str(dimensions))
     if openai and payload.get("encoding_format") not in (None, "float"):

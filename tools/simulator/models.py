@@ -41,6 +41,8 @@ class SimModel:
             whose model or chat template has no tool support).
         embedding: whether ``/api/embed`` and ``/v1/embeddings`` answer for it.
         chat: whether it generates at all (an embedding-only model does not).
+        embedding_dimensions: how many numbers its vectors have when a request names no
+            `dimensions` (the model's own width).
     """
 
     name: str
@@ -52,12 +54,17 @@ class SimModel:
     tools: bool = True
     embedding: bool = False
     chat: bool = True
+    embedding_dimensions: int = 16
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
             raise ValueError(f"SimModel.name must be a non-empty name, got {self.name!r}")
         if self.size_bytes < 0:
             raise ValueError(f"SimModel.size_bytes must be >= 0, got {self.size_bytes}")
+        if self.embedding_dimensions < 1:
+            raise ValueError(
+                f"SimModel.embedding_dimensions must be >= 1, got {self.embedding_dimensions}"
+            )
         if self.context_window < 1:
             raise ValueError(f"SimModel.context_window must be >= 1, got {self.context_window}")
 
