@@ -20,7 +20,8 @@ baseline, this; `--rounds` pairs) and each figure is the mean over its rounds. W
 same upstream, and gets the same rows.
 
 The box is shared: read ratios within one run, not absolute numbers. Timings are
-printed, never asserted. `--record` appends the run's rows to ops/bench/RESULTS.md.
+printed, never asserted. `--record` adds the run's rows to the whole-path table in
+ops/bench/RESULTS.md.
 
 Usage: python ops/bench/whole_path_bench.py [--seconds 4] [--rounds 1] [--baseline DIR]
        [--litellm PATH] [--record]
@@ -52,8 +53,10 @@ from services.localnet import free_port
 from services.loop import run
 from services.nats_server import NatsServer
 
-STACK_CPU = 0
-LOAD_CPU = 1
+# The first two CPUs this process may use: the stack's and the load's.
+_CPUS = sorted(os.sched_getaffinity(0))
+STACK_CPU = _CPUS[0]
+LOAD_CPU = _CPUS[1] if len(_CPUS) > 1 else _CPUS[0]
 CONCURRENCY = 32
 WORKER_CONCURRENCY = 64
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -63,6 +66,7 @@ STREAM_BODY = json.dumps(
 ).encode()
 JOB = json.dumps({"model": MODEL, "messages": MESSAGES, "params": {"max_tokens": 16}}).encode()
 RESULTS = Path(__file__).with_name("RESULTS.md")
+ROWS_MARKER = "<!-- whole_path_bench rows go above this line -->"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Targets of the whole path on one core (c1 added p50/p99, CPU per request, req/s, TTFT).
@@ -373,6 +377,8 @@ def commit_of(tree: Path) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if STACK_CPU == LOAD_CPU:
+        raise SystemExit("the whole-path bench needs two CPUs: one for the stack, one for the load")
     here = harness.ROOT
     trees = {"this": here}
     if args.baseline:
@@ -385,11 +391,8 @@ async def main(args: argparse.Namespace) -> None:
         children = Children(tmp)
         try:
             upstream_port = free_port()
-            upstream = await children.spawn(
+            upstream = await children.spawn(  # on the load's CPU, as this process is now
                 "upstream",
-                "taskset",
-                "-c",
-                str(LOAD_CPU),
                 sys.executable,
                 str(Path(__file__)),
                 "--upstream",
@@ -530,9 +533,20 @@ def report(
         "c32 ≥ {rate:.0f} req/s, add TTFT ≤ {ttft} ms".format(**TARGETS)
     )
     if args.record:
-        with RESULTS.open("a") as out:
-            out.write("\n" + "\n".join(rows) + "\n")
-        print(f"rows appended to {RESULTS}")
+        record(rows)
+
+
+def record(rows: list[str]) -> None:
+    """The run's rows into RESULTS.md's whole-path table (before its marker line), or
+    at the end of the file when it has no such table."""
+    text = RESULTS.read_text()
+    added = "\n".join(rows) + "\n"
+    if ROWS_MARKER in text:
+        text = text.replace(ROWS_MARKER, added + ROWS_MARKER, 1)
+    else:
+        text += "\n" + added
+    RESULTS.write_text(text)
+    print(f"rows recorded in {RESULTS}")
 
 
 def cli() -> None:
@@ -545,7 +559,7 @@ def cli() -> None:
         "--baseline", type=Path, metavar="DIR", help="a worktree with its own .venv"
     )
     parser.add_argument("--litellm", metavar="PATH", help="LiteLLM's executable (or LITELLM_BIN)")
-    parser.add_argument("--record", action="store_true", help="append the rows to RESULTS.md")
+    parser.add_argument("--record", action="store_true", help="add the rows to RESULTS.md's table")
     parser.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="profile router and worker at c32 first"
     )
