@@ -26,7 +26,7 @@ from services.image_fetch import inline_url_images
 from services.images import ImageSettings, refuse_urls, url_images
 from services.keystore import Record
 from services.needs import refusal
-from services.runtimes.base import ChatCall, EmbedCall, Runtime
+from services.runtimes.base import ChatCall, EmbedCall, Runtime, RuntimeTimings
 from services.runtimes.calls import (
     ToolDeltaSink,
     chat_within,
@@ -320,7 +320,7 @@ class JobPipeline:
         try:
             if url_images(request):  # admitted only with images.remote_urls = fetch
                 job = replace(job, request=await inline_url_images(request, self._limits.images))
-            result = await self._result_of(job, remaining_s, on_delta, on_tool_calls)
+            result, spent = await self._result_of(job, remaining_s, on_delta, on_tool_calls)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
@@ -329,7 +329,7 @@ class JobPipeline:
             job_id=request.job_id,
             status="ok",
             result=result,
-            timings=self._timings(job, started_s),
+            timings=self._timings(job, started_s, spent),
             **fields,
         )
 
@@ -339,8 +339,8 @@ class JobPipeline:
         remaining_s: float,
         on_delta: DeltaSink | None,
         on_tool_calls: ToolDeltaSink | None,
-    ) -> Result:
-        """The runtime's answer as our Result; raises InferbusError."""
+    ) -> tuple[Result, RuntimeTimings | None]:
+        """The runtime's answer as our Result, and its timings; raises InferbusError."""
         served, request = job.served, job.request
         if job.job_type == "embed":
             params = request.params
@@ -353,12 +353,13 @@ class JobPipeline:
                 raise too_large
             # The adapter checked every number already; validating millions of them again
             # would hold the event loop.
-            return Result.model_construct(
+            embedding = Result.model_construct(
                 finish_reason="stop",
                 usage=embedded.usage,
                 cost=self._cost(served, embedded.usage.prompt_tokens, 0),
                 embeddings=embedded.vectors,
             )
+            return embedding, embedded.timings
         call = ChatCall.of(served.runtime_id, request)
         if request.stream and on_delta is not None:
             reply = await stream_within(served.runtime, call, remaining_s, on_delta, on_tool_calls)
@@ -366,7 +367,7 @@ class JobPipeline:
             reply = await chat_within(served.runtime, call, remaining_s)
         if reply.model is not None and not served.answers_as(reply.model):
             self._on_other_model(served, reply.model)
-        return Result(
+        answer = Result(
             text=clean_text(reply.text),
             finish_reason=reply.finish_reason,
             usage=reply.usage,
@@ -374,6 +375,7 @@ class JobPipeline:
             tool_calls=reply.tool_calls,
             logprobs=reply.logprobs,
         )
+        return answer, reply.timings
 
     @staticmethod
     def _cost(served: CatalogModel, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -401,12 +403,18 @@ class JobPipeline:
         done = True if job.request.stream else None
         return first.model_copy(update={"job_id": job.request.job_id, "done": done})
 
-    def _timings(self, job: Admitted, started_s: float) -> Timings:
+    def _timings(
+        self, job: Admitted, started_s: float, spent: RuntimeTimings | None = None
+    ) -> Timings:
         now = self._monotonic()
+        split = spent or RuntimeTimings()
         return Timings(
             queue_ms=round((started_s - job.received_s) * 1000.0, 3),
             backend_ms=round((now - started_s) * 1000.0, 3),
             total_ms=round((now - job.received_s) * 1000.0, 3),
+            load_ms=split.load_ms,
+            prompt_ms=split.prompt_ms,
+            eval_ms=split.eval_ms,
         )
 
     def _refuse(

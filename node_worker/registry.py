@@ -26,6 +26,7 @@ from services.capabilities import (
     Capabilities,
     Hardware,
     Load,
+    RunningModel,
     ServedModel,
     encode_capabilities,
 )
@@ -49,6 +50,7 @@ def build_capabilities(
     hardware: Hardware | None,
     instance: str | None = None,
 ) -> Capabilities:
+    models = sorted(catalog.models.values(), key=lambda m: m.name)
     served = tuple(
         ServedModel(
             name=model.name,
@@ -62,8 +64,25 @@ def build_capabilities(
             family=model.info.family,
             capabilities=model.info.capabilities,
             pricing=model.pricing,
+            size_bytes=model.info.size_bytes,
+            digest=model.info.digest,
+            modified_at=model.info.modified_at,
+            format=model.info.format,
+            parameter_size=model.info.parameter_size,
+            quantization_level=model.info.quantization_level,
         )
-        for model in sorted(catalog.models.values(), key=lambda m: m.name)
+        for model in models
+    )
+    running = tuple(
+        RunningModel(
+            name=model.name,
+            size_bytes=model.info.size_bytes,
+            size_vram=model.info.size_vram,
+            expires_at=model.info.expires_at,
+            context_length=model.info.context_window,
+        )
+        for model in models
+        if model.info.running
     )
     return Capabilities(
         node_id=node_id,
@@ -77,6 +96,7 @@ def build_capabilities(
         hardware=hardware,
         instance=instance,
         wire_features=node_wire_features(b.config.kind for b in backends if b.runtime is not None),
+        running_models=running,
     )
 
 

@@ -42,6 +42,7 @@ from node_worker.jobs import (
     stopped,
 )
 from node_worker.metrics import WorkerMetrics
+from node_worker.model_show import ModelShow
 from node_worker.registry import Announcer, build_capabilities
 from node_worker.runtime_follow import RuntimeFollower
 from node_worker.service_api import Endpoint, ServiceApi
@@ -151,6 +152,7 @@ class Worker(AsyncService):
         self._running: dict[str, asyncio.Task[Any]] = {}  # job id -> task, for cancellation
         self._cancelled: set[str] = set()
         self._announcer: Announcer | None = None
+        self._show: ModelShow | None = None
         self.service = ServiceApi(
             name=SERVICE_NAME,
             version=__version__,
@@ -161,6 +163,7 @@ class Worker(AsyncService):
                 Endpoint("vision", self.subjects.job(self.node_id, "vision"), WORKER_QUEUE_GROUP),
                 Endpoint("embed", self.subjects.job(self.node_id, "embed"), WORKER_QUEUE_GROUP),
                 Endpoint("caps", self.subjects.caps(self.node_id), WORKER_QUEUE_GROUP),
+                Endpoint("show", self.subjects.show(self.node_id), WORKER_QUEUE_GROUP),
             ],
         )
         self._metrics_server: MetricsServer | None = None
@@ -215,6 +218,14 @@ class Worker(AsyncService):
         self._cancels = await self.nc.subscribe(
             self.subjects.cancel(self.node_id), cb=self._on_cancel
         )
+        self._show = ModelShow(
+            self.nc,
+            self.subjects,
+            self.node_id,
+            lambda: self.catalog,
+            lambda elapsed_s, error: self.service.record("show", elapsed_s=elapsed_s, error=error),
+        )
+        await self._show.start()
         await flush_interest(self.nc)
         self._announcer = Announcer(
             self.nc,
@@ -534,6 +545,8 @@ class Worker(AsyncService):
         if self._cancels is not None:
             with contextlib.suppress(Exception):
                 await self._cancels.unsubscribe()
+        if self._show is not None:
+            await self._show.stop()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         if self._nc is not None:

@@ -51,9 +51,11 @@ from router.reload import plan_reload
 from router.serving.call import Calls
 from router.serving.dispatch import LocalRuntime, Router
 from router.serving.liveness import Liveness, LivenessSettings
+from router.serving.model_show import ModelShows
 from router.serving.node_link import NodeLink
 from router.serving.node_target import NodeCalls
 from services.bus import describe, is_auth_refusal
+from services.errors import InferbusError
 from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
 from services.reachability import NatsOutage
@@ -102,6 +104,7 @@ class Wired:
     liveness: Liveness
     nodes: NodeCalls
     cloud_board: CloudHealthBoard  # a reload's new cloud providers keep their cooldowns here
+    shows: ModelShows  # a served model's details from a node (Ollama's `/api/show`)
 
 
 def cloud_providers(
@@ -143,7 +146,10 @@ def wire_router(
     cloud_board = CloudHealthBoard(settings.failover, events)
     health = HealthBoard(breakers, cloud_board, events)
     cloud = cloud_providers(settings, cloud_board, http, environ, clock)
-    link = NodeLink(nc, Subjects(settings.subject_prefix))
+    subjects = Subjects(settings.subject_prefix)
+    link = NodeLink(nc, subjects)
+    # A served model's details from a node's runtime (Ollama's `/api/show`).
+    shows = ModelShows(link, subjects, fleet.index, clock)
     offload = settings.offload
     liveness = Liveness(
         link,
@@ -179,7 +185,7 @@ def wire_router(
     )
     fleet.on_record(router.heard_from)
     fleet.on_forget(lambda node: breakers.forget(node, clock()))
-    return Wired(router, health, link, liveness, nodes, cloud_board)
+    return Wired(router, health, link, liveness, nodes, cloud_board, shows)
 
 
 class RouterService(AsyncService):
@@ -214,6 +220,7 @@ class RouterService(AsyncService):
         self.router, self.health, self.link = wired.router, wired.health, wired.link
         self._liveness, self._nodes = wired.liveness, wired.nodes
         self._cloud_board = wired.cloud_board
+        self.shows = wired.shows
         self.metrics = RouterMetrics(
             lambda: self.health.snapshot(time.monotonic()).breakers,
             lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
@@ -256,6 +263,10 @@ class RouterService(AsyncService):
         self._stopping = False
         self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
 
+    async def _show_model(self, name: str, verbose: bool) -> dict[str, Any] | InferbusError:
+        """A served model's details from a node that serves it (Ollama's `/api/show`)."""
+        return await self.shows.show(name, verbose=verbose)
+
     async def start(self) -> None:
         try:
             await self._start()
@@ -284,6 +295,7 @@ class RouterService(AsyncService):
                 lambda: self.router.cloud.view(),  # the cloud a reload made, when it did
                 reload=self.reload,
                 cloud_models=listed_models(self.settings.providers),
+                show_model=self._show_model,
             ),
             log_level="warning",
             access_log=False,

@@ -69,6 +69,10 @@ class RuntimeStatus(_Record):
 
 
 class ServedModel(_Record):
+    """One model the node serves. The facts after `pricing` are what the runtime reports
+    about the model file (Ollama's `/api/tags` details), shown by the router's `/api/tags`;
+    runtimes that report none leave them out."""
+
     name: str
     type: ModelType
     runtime: str
@@ -78,6 +82,25 @@ class ServedModel(_Record):
     family: str | None = None
     capabilities: tuple[str, ...] = ()
     pricing: Pricing | None = None
+    size_bytes: int | None = None
+    digest: str | None = None
+    modified_at: str | None = None
+    format: str | None = None
+    parameter_size: str | None = None
+    quantization_level: str | None = None
+
+
+class RunningModel(_Record):
+    """A model loaded in a runtime of the node now (Ollama's `/api/ps` entry): the memory
+    it takes and, for runtimes that unload idle models, when it will be unloaded. Apart
+    from `served_models` because `expires_at` moves with every job: the router's index
+    (and what it caches) does not change when only these do."""
+
+    name: str
+    size_bytes: int | None = None
+    size_vram: int | None = None
+    expires_at: str | None = None
+    context_length: int | None = None
 
 
 class Load(_Record):
@@ -117,6 +140,8 @@ class Capabilities(_Record):
     # older than a field drops it without a word, so a router sends a job that uses one
     # only to nodes that list it; absent means none of them.
     wire_features: tuple[str, ...] = ()
+    # What is loaded now, with memory and expiry (Ollama's `/api/ps`); older workers send none.
+    running_models: tuple[RunningModel, ...] = ()
 
 
 def encode_capabilities(record: Capabilities) -> bytes:

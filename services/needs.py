@@ -33,6 +33,7 @@ WIRE_FEATURES: tuple[str, ...] = (
     "extra",
     "embed",  # embed jobs on node.<id>.embed.request
     "raw",  # raw prompts (legacy completions) and suffix (fill-in-the-middle)
+    "show",  # answers node.<id>.show (a served model's details, services/show.py)
     "continue",  # continue_final: every chat runtime of the node continues a prefill
 )
 

@@ -60,6 +60,10 @@ class Subjects:
     def caps(self, node_id: str) -> str:
         return self._p(f"node.{node_id}.caps")
 
+    def show(self, node_id: str) -> str:
+        """Where node `node_id` describes a model it serves (services/show.py)."""
+        return self._p(f"node.{node_id}.show")
+
     def capabilities(self, node_id: str) -> str:
         return self._p(f"ncs.capabilities.{node_id}")
 

@@ -359,9 +359,17 @@ class ErrorInfo(BaseModel):
 
 
 class Timings(BaseModel):
+    """Where the job's time went on the node. The runtime's own split of `backend_ms`
+    (`load_ms` loading the model, `prompt_ms` reading the prompt, `eval_ms` generating)
+    is there when the runtime reports it or the worker measured it (a stream's first
+    piece); older workers and silent runtimes leave those out."""
+
     queue_ms: float = 0.0
     backend_ms: float = 0.0
     total_ms: float = 0.0
+    load_ms: float | None = None
+    prompt_ms: float | None = None
+    eval_ms: float | None = None
 
 
 class JobResponse(BaseModel):

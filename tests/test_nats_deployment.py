@@ -118,6 +118,7 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
             (await as_router.request("node.gpu-a.caps", b"", timeout=5)).data
         )
         routed = (await http.post("/infer", json=JOB)).json()
+        shown = await http.post("/api/show", json={"model": "llama3:8b"})  # node.gpu-a.show
         ping = await ops.request("$SRV.PING.inferbus-node", b"", timeout=5)
         await until(lambda: "gpu-a" in heartbeats)
 
@@ -129,6 +130,8 @@ async def test_a_worker_and_a_router_work_within_their_committed_permissions(
     assert caps.node_id == "gpu-a"
     assert routed["status"] == "ok", routed
     assert routed["route"]["node"] == "gpu-a"  # the router found the node by ncs.discover
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["details"]["family"] == "llama"
     assert b'"inferbus-node"' in ping.data
     assert "permissions violation" not in caplog.text.lower()
 

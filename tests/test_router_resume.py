@@ -19,6 +19,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -326,3 +327,36 @@ async def test_an_anthropic_stream_resumes_the_same_way(
     assert "".join(pieces) == expected_text(MODEL, QUESTION, TOKENS)
     assert message.stop_reason == "end_turn"
     assert message.usage.output_tokens == TOKENS
+
+
+async def test_an_ollama_stream_resumes_the_same_way(
+    tmp_path: Path, nats_server: NatsServer, nc: Any, start_router: RouterFactory, node_id: str
+) -> None:
+    victim, other = f"{node_id}-victim", f"{node_id}-other"
+    async with (
+        Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=15) as first,
+        Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=1) as second,
+        worker_process(tmp_path, victim, nats_server.url, first.url) as process,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with start_router() as router:
+            await until(lambda: victim in router.fleet.nodes, timeout_s=10)
+            client = ollama.AsyncClient(host=router.url)
+            pieces: list[str] = []
+            last = None
+            stream = await client.chat(
+                model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
+            )
+            async with worker_process(tmp_path, other, nats_server.url, second.url):
+                await wait_for_worker(nc, llm(other))
+                await until(lambda: other in router.fleet.nodes, timeout_s=10)
+                async for part in stream:
+                    pieces.append(part.message.content or "")
+                    last = part
+                    if len(pieces) == CUT_AFTER:
+                        process.send_signal(signal.SIGKILL)
+    assert "".join(pieces) == expected_text(MODEL, QUESTION, TOKENS)
+    assert last is not None
+    assert last.done
+    assert last.done_reason == "stop"
+    assert last.eval_count == TOKENS

@@ -33,6 +33,7 @@ async def test_info_names_the_node_and_its_endpoints(
         "vision": f"node.{node_id}.vision.request",
         "embed": f"node.{node_id}.embed.request",
         "caps": f"node.{node_id}.caps",
+        "show": f"node.{node_id}.show",
     }
     assert {endpoint.queue_group for endpoint in info.endpoints} == {"node_worker"}
 
@@ -46,6 +47,8 @@ async def test_stats_count_real_jobs_and_errors(
         await ask(nc, llm(node_id), {"prompt": "hi"})
         await ask(nc, llm(node_id), {"prompt": "hi", "model": "nope"})
         await nc.request(f"node.{node_id}.caps", b"", timeout=5)
+        await nc.request(f"node.{node_id}.show", b'{"model": "llama3:8b"}', timeout=5)
+        await nc.request(f"node.{node_id}.show", b'{"model": "nope"}', timeout=5)
         after = ServiceStats.from_dict(json.loads((await nc.request(subject, b"")).data))
     counts = {e.name: (e.num_requests, e.num_errors) for e in after.endpoints}
     assert {e.name: e.num_requests for e in before.endpoints} == {
@@ -53,8 +56,15 @@ async def test_stats_count_real_jobs_and_errors(
         "vision": 0,
         "embed": 0,
         "caps": 0,
+        "show": 0,
     }
-    assert counts == {"llm": (2, 1), "vision": (0, 0), "embed": (0, 0), "caps": (1, 0)}
+    assert counts == {
+        "llm": (2, 1),
+        "vision": (0, 0),
+        "embed": (0, 0),
+        "caps": (1, 0),
+        "show": (2, 1),
+    }
     llm_stats = next(e for e in after.endpoints if e.name == "llm")
     assert "MODEL_NOT_FOUND" in (llm_stats.last_error or "")
     assert llm_stats.processing_time > 0
@@ -134,7 +144,7 @@ async def test_stats_read_by_the_js_services_client_carry_an_object_not_null_as_
         out, err = await asyncio.wait_for(node.communicate(), 60)
     assert node.returncode == 0, err.decode()
     names = [endpoint["name"] for endpoint in raw["endpoints"]]
-    assert sorted(names) == ["caps", "embed", "llm", "vision"]
+    assert sorted(names) == ["caps", "embed", "llm", "show", "vision"]
     assert [endpoint.get("data", {}) for endpoint in raw["endpoints"]] == [{}] * len(names)
     seen = [endpoint for endpoint in json.loads(out) if endpoint["name"] in ("llm", "caps")]
     assert seen

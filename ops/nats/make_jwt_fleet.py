@@ -104,7 +104,7 @@ def store_grants(space: str, bucket: str = BUCKET) -> list[str]:
 
 
 def worker_permissions(node_id: str) -> dict[str, Any]:
-    """Its own jobs, cancels and caps; discovery; `$SRV`; its own heartbeats (to notice a
+    """Its own jobs, cancels, caps and show; discovery; `$SRV`; its own heartbeats (to notice a
     second process announcing its id); its own inboxes (`_INBOX_<node>`, where JetStream
     answers it); publish its own heartbeat, the answers to requests delivered to it
     (resp), and its own space of the idempotency bucket, nothing else: no `_INBOX.>`."""
@@ -118,12 +118,12 @@ def worker_permissions(node_id: str) -> dict[str, Any]:
 
 
 def router_permissions() -> dict[str, Any]:
-    """Send jobs, cancels and caps requests; ask who is there; hear heartbeats; read its
+    """Send jobs, cancels, caps and show requests; ask who is there; hear heartbeats; read its
     own inboxes; make the idempotency bucket and read and write its routers' space. It
     cannot take jobs nor pose as a node."""
     requests = [
         f"node.*.{name}"
-        for name in ("llm.request", "vision.request", "embed.request", "cancel", "caps")
+        for name in ("llm.request", "vision.request", "embed.request", "cancel", "caps", "show")
     ]
     bucket = [f"$JS.API.STREAM.{verb}.KV_{BUCKET}" for verb in ("CREATE", "INFO")]
     return {

@@ -120,8 +120,22 @@ def answer_of(
         model=model,
         runtime=runtime,
         result=reply if isinstance(reply, Result) else result_of(reply),
-        timings=Timings(backend_ms=elapsed_ms, total_ms=elapsed_ms),
+        timings=_timings(reply, elapsed_ms),
         done=done,
+    )
+
+
+def _timings(reply: ChatReply | Result, elapsed_ms: float) -> Timings:
+    """The call's time, and the runtime's own split of it when it reported one."""
+    split = reply.timings if isinstance(reply, ChatReply) else None
+    if split is None:
+        return Timings(backend_ms=elapsed_ms, total_ms=elapsed_ms)
+    return Timings(
+        backend_ms=elapsed_ms,
+        total_ms=elapsed_ms,
+        load_ms=split.load_ms,
+        prompt_ms=split.prompt_ms,
+        eval_ms=split.eval_ms,
     )
 
 

@@ -130,6 +130,7 @@ class FleetIndex:
         self._since_record: dict[tuple[str, str], int] = {}
         self.version = 0  # bumped when groups or buckets appear or vanish (caches key on it)
         self.membership = 0  # bumped when any group gains or loses a node (for `/v1/models`)
+        self.running_changes = 0  # bumped when a record's `running_models` change (`/api/ps`)
         self.slot_cache: dict[object, object] = {}  # selection's orderings, per `version`
         self._groups: dict[tuple[str, ModelType], ModelGroup] = {}
         self._by_type: dict[str, dict[str, ModelGroup]] = {}
@@ -148,6 +149,8 @@ class FleetIndex:
             return Taken.FLEET_FULL
         if known is not None and _out_of_order(known.record, record):
             return Taken.OUT_OF_ORDER
+        if known is None or known.record.running_models != record.running_models:
+            self.running_changes += 1
         if known is not None and known.fresh and _same_models(known.record, record):
             outcome = Taken.LOAD_ONLY  # the cheap path: a heartbeat, a slot taken or freed
             entry = known

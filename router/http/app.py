@@ -11,6 +11,10 @@ plain routes beside them.
     router/http/openai_completions.py  POST /v1/completions (legacy)
     router/http/openai_models.py       GET  /v1/models, /v1/models/{id}
     router/http/responses.py           POST /v1/responses (OpenAI's Responses, stateless)
+    router/http/ollama_chat.py         POST /api/chat, /api/generate (Ollama)
+    router/http/ollama_embed.py        POST /api/embed, /api/embeddings (Ollama)
+    router/http/ollama_models.py       GET  /api/tags, /api/ps, /api/version, POST /api/show,
+                                       "Ollama is running" at /, 501 for model management
     router/http/anthropic.py           POST /v1/messages, /v1/messages/count_tokens
     router/http/operator_fleet.py      GET  /nodes, /health, /ready, /metrics
     router/http/operator_providers.py  GET  /providers
@@ -33,12 +37,16 @@ from starlette import routing
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from router.fleet.ollama_views import TagsView
 from router.http.anthropic import AnthropicMessages, CountTokens
 from router.http.auth import RequireApiKey
 from router.http.dialect import Dialect, ErrorShape, dialect_route, error_handlers
 from router.http.edge import Api
 from router.http.native import Native
 from router.http.ollama import OLLAMA_ERRORS
+from router.http.ollama_chat import OllamaChat, OllamaGenerate
+from router.http.ollama_embed import OllamaEmbed, OllamaEmbeddings
+from router.http.ollama_models import ShowModel, no_show, ollama_model_routes
 from router.http.openai import OPENAI_ERRORS
 from router.http.openai_chat import ChatCompletions
 from router.http.openai_completions import Completions
@@ -64,25 +72,44 @@ DIALECTS: tuple[Dialect, ...] = (
 PREFIX_ERRORS: tuple[ErrorShape, ...] = (OPENAI_ERRORS, OLLAMA_ERRORS)
 
 
+def ollama_dialects(catalog: TagsView) -> tuple[Dialect, ...]:
+    """Ollama's job dialects; they name models as the fleet's `catalog` serves them."""
+
+    def serves(name: str) -> bool:
+        return catalog.model(name) is not None
+
+    return (
+        OllamaChat(serves),
+        OllamaGenerate(serves),
+        OllamaEmbed(serves),
+        OllamaEmbeddings(serves),
+    )
+
+
 def build_app(
     api: Api,
     status: FleetStatus,
     providers_view: Callable[[], dict[str, Any]],
     reload: Reload | None = None,
     cloud_models: Mapping[str, str] | None = None,
+    show_model: ShowModel = no_show,
 ) -> ASGIApp:
     """The HTTP API over what router/service.py wired: the dialects' `api`, the fleet's
     `status` for the operator's routes, the cloud providers' `providers_view` and the
-    models they serve (`cloud_models`, name → provider)."""
+    models they serve (`cloud_models`, name → provider), and `show_model` (a model's
+    details from a node that serves it) for Ollama's `/api/show`."""
+    ollama_catalog = TagsView(status.fleet.index)  # Ollama's /api/tags, and what it serves
+    dialects = (*DIALECTS, *ollama_dialects(ollama_catalog))
     routes: list[routing.BaseRoute] = [
-        *(dialect_route(api, dialect) for dialect in DIALECTS),
+        *(dialect_route(api, dialect) for dialect in dialects),
         *models_routes(status.fleet.index, cloud_models or {}),
+        *ollama_model_routes(status.fleet.index, ollama_catalog, show_model),
         *fleet_routes(status),
         providers_route(providers_view),
         *([queue_route(api.line)] if api.line is not None else []),
         *(admin_routes(reload) if reload is not None else []),
     ]
-    shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in DIALECTS)]
+    shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in dialects)]
     app = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
     line = api.line
     if line is None:

@@ -4,7 +4,8 @@ With no keys configured every request passes as the one anonymous tenant. With k
 every path but the probes (`/health`, `/ready`) needs the key of a configured tenant in
 `Authorization: Bearer <key>` or `x-api-key: <key>` (what Anthropic's clients send);
 others get 401 in the error shape of the path's API (OpenAI's, Anthropic's under
-`/v1/messages`), which official clients turn into `AuthenticationError`. The tenant
+`/v1/messages`, Ollama's under `/api/` and at `/`), which official clients turn into
+their authentication error. The tenant
 found is left in the request's state (`request.state.tenant`). The directory is asked per
 request, so a reload that removes a key refuses it from the next request on. Keys are
 compared in constant time and never logged.
@@ -53,5 +54,7 @@ def unauthorized_body(path: str) -> dict[str, object]:
     """The 401 body in the error shape of the API the path belongs to."""
     if path.startswith("/v1/messages"):
         return {"type": "error", "error": {"type": "authentication_error", "message": NEEDED}}
+    if path == "/" or path.startswith("/api/"):  # Ollama's
+        return {"error": NEEDED}
     error = {"message": NEEDED, "type": "invalid_request_error", "code": "invalid_api_key"}
     return {"error": error | {"param": None}}

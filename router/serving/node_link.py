@@ -125,6 +125,35 @@ class NodeLink:
             return "gone" if msg.headers.get("Status") == NO_RESPONDERS else "alive"
         return "alive"
 
+    async def ask(self, node: str, subject: str, data: bytes, timeout_s: float) -> bytes:
+        """One request to `node` on a node-scoped inbox (as jobs go); its reply's bytes.
+
+        Raises InferbusError: BACKEND_UNAVAILABLE for no responders, silence within
+        `timeout_s` or a bus that is down.
+        """
+        if not self._nc.is_connected or self._subscription is None:
+            raise InferbusError(ErrorCode.BACKEND_UNAVAILABLE, "the router is not connected")
+        inbox = self.inbox_for(node)
+        token = inbox.rsplit(".", 1)[1]
+        self._pending[token] = pending = _Pending(node, None)
+        try:
+            await self._nc.publish(subject, data, reply=inbox)
+            async with asyncio.timeout(timeout_s):
+                msg = await pending.queue.get()
+        except TimeoutError:
+            raise InferbusError(
+                ErrorCode.BACKEND_UNAVAILABLE, f"no answer from {node} within {timeout_s} s"
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            raise InferbusError(
+                ErrorCode.BACKEND_UNAVAILABLE, f"bus error: {type(exc).__name__}"
+            ) from None
+        finally:
+            self._pending.pop(token, None)
+        if isinstance(msg, Lost) or (not msg.data and msg.headers):
+            raise InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"no worker on node {node}")
+        return msg.data
+
     async def _on_reply(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
         pending = self._pending.get(parts[-1]) if len(parts) == 4 else None

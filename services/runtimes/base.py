@@ -57,6 +57,16 @@ class ChatCall:
 
 
 @dataclass(frozen=True)
+class RuntimeTimings:
+    """How long the runtime says it took, in ms, for the parts it reports (Ollama's
+    load/prompt-eval/eval durations, llama.cpp's `timings`); None where it says nothing."""
+
+    load_ms: float | None = None
+    prompt_ms: float | None = None
+    eval_ms: float | None = None
+
+
+@dataclass(frozen=True)
 class ChatReply:
     text: str
     finish_reason: str | None
@@ -66,6 +76,7 @@ class ChatReply:
     model: str | None = None
     tool_calls: list[ToolCall] | None = None
     logprobs: dict[str, Any] | None = None
+    timings: RuntimeTimings | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class EmbedCall:
 class EmbedReply:
     vectors: list[list[float]]
     usage: Usage
+    timings: RuntimeTimings | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class StreamEnd:
     finish_reason: str | None
     usage: Usage
     model: str | None = None
+    timings: RuntimeTimings | None = None
 
 
 StreamEvent = StreamDelta | StreamEnd
@@ -121,6 +134,15 @@ class ModelInfo:
     runtime_id: str | None = None
     # Jobs its server runs at once, when the server says (llama.cpp: `/props` total_slots).
     parallel: int | None = None
+    # The model file as the runtime describes it (Ollama's `/api/tags` details).
+    digest: str | None = None
+    modified_at: str | None = None
+    format: str | None = None
+    parameter_size: str | None = None
+    quantization_level: str | None = None
+    # While loaded (Ollama's `/api/ps`): memory on the GPU and when it will be unloaded.
+    size_vram: int | None = None
+    expires_at: str | None = None
 
 
 class Runtime(Protocol):
@@ -134,6 +156,11 @@ class Runtime(Protocol):
         ...
 
     async def list_models(self) -> list[ModelInfo]: ...
+
+    async def describe(self, model: ModelInfo, *, verbose: bool) -> dict[str, Any] | None:
+        """The runtime's own description of a model in Ollama's ShowResponse shape
+        (Ollama's `/api/show`), or None when it has none beyond what it listed."""
+        ...
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply: ...
 

@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.errors import ErrorCode, InferbusError
-from services.runtimes.base import ChatCall, ChatReply, EmbedCall, EmbedReply, Runtime, StreamEnd
+from services.runtimes.base import (
+    ChatCall,
+    ChatReply,
+    EmbedCall,
+    EmbedReply,
+    Runtime,
+    RuntimeTimings,
+    StreamEnd,
+)
 from services.wire_features import ToolCallAssembler, ToolCallDelta
 
 ToolDeltaSink = Callable[[list[ToolCallDelta]], Awaitable[None]]
@@ -96,6 +104,9 @@ async def stream_within(
     pieces: list[str] = []
     calls = ToolCallAssembler()
     logprobs: list[dict[str, Any]] = []
+    clock = asyncio.get_running_loop().time
+    started = clock()
+    first_piece: float | None = None
     try:
         async with asyncio.timeout(remaining_s):
             async with contextlib.aclosing(runtime.stream(call, timeout_s=remaining_s)) as events:
@@ -110,8 +121,12 @@ async def stream_within(
                                 event.model,
                                 tool_calls=calls.calls() or None,
                                 logprobs={"content": logprobs} if logprobs else None,
+                                timings=event.timings
+                                or measured_timings(started, first_piece, clock()),
                             ),
                         )
+                    if first_piece is None:
+                        first_piece = clock()
                     if event.logprobs:
                         logprobs.extend(event.logprobs)
                     deltas = event.tool_calls
@@ -131,3 +146,16 @@ async def stream_within(
             f"the stream did not end within the job's budget ({remaining_s * 1000:.0f} ms)",
         ) from None
     raise InferbusError(ErrorCode.BACKEND_ERROR, "the runtime's stream ended without its end")
+
+
+def measured_timings(
+    started: float, first_piece: float | None, ended: float
+) -> RuntimeTimings | None:
+    """A stream's split as the worker saw it, for runtimes that report none: until the
+    first piece the prompt was read, after it the answer generated."""
+    if first_piece is None:
+        return None
+    return RuntimeTimings(
+        prompt_ms=round((first_piece - started) * 1000.0, 3),
+        eval_ms=round((ended - first_piece) * 1000.0, 3),
+    )

@@ -34,6 +34,7 @@ from services.runtimes.base import (
     EmbedReply,
     ModelInfo,
     RuntimeKind,
+    RuntimeTimings,
     StreamDelta,
     StreamEnd,
     StreamEvent,
@@ -115,6 +116,17 @@ class OllamaRuntime:
         body = await self._http.post_json(self._show_url, {"model": name}, timeout_s=LIST_TIMEOUT_S)
         return model_from_show(name, body)
 
+    async def describe(self, model: ModelInfo, *, verbose: bool) -> dict[str, Any] | None:
+        """`POST /api/show`, as the server answers it (the router's `/api/show` passes it on)."""
+        body = await self._http.post_json(
+            self._show_url,
+            {"model": model.runtime_id or model.name, "verbose": verbose},
+            timeout_s=LIST_TIMEOUT_S,
+        )
+        if not isinstance(body, dict):
+            raise invalid_response("/api/show answer is not an object")
+        return body
+
     def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
         """A raw prompt goes to `/api/generate`, everything else to `/api/chat`."""
         if call.raw_prompt is not None:
@@ -146,6 +158,7 @@ class OllamaRuntime:
             usage=usage_of(data),
             tool_calls=calls or None,
             logprobs={"content": logprobs} if logprobs else None,
+            timings=timings_of(data),
         )
 
     async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply:
@@ -155,7 +168,7 @@ class OllamaRuntime:
             raise classify_stream_error(data, secrets=self._secrets)
         # Millions of numbers are checked one by one: off the event loop.
         vectors = await asyncio.to_thread(vectors_of, data)
-        return EmbedReply(vectors=vectors, usage=usage_of(data))
+        return EmbedReply(vectors=vectors, usage=usage_of(data), timings=timings_of(data))
 
     async def stream(
         self, call: ChatCall, *, timeout_s: float
@@ -194,7 +207,9 @@ class OllamaRuntime:
             raise InferbusError(
                 ErrorCode.BACKEND_ERROR, "Ollama stream ended without its final `done` line"
             )
-        yield StreamEnd(finish_reason_of(end.finish_reason, calls_seen > 0), end.usage)
+        yield StreamEnd(
+            finish_reason_of(end.finish_reason, calls_seen > 0), end.usage, timings=end.timings
+        )
 
 
 def _parse_line(
@@ -220,7 +235,8 @@ def _parse_line(
         logprobs=logprob_entries(data) or None,
     )
     if data.get("done"):
-        return delta, StreamEnd(finish_reason=data.get("done_reason"), usage=usage_of(data))
+        end = StreamEnd(data.get("done_reason"), usage_of(data), timings=timings_of(data))
+        return delta, end
     return delta, None
 
 
@@ -307,6 +323,23 @@ def usage_of(data: dict[str, Any]) -> Usage:
     )
 
 
+def _ms(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return round(value / 1e6, 3)
+
+
+def timings_of(data: dict[str, Any]) -> RuntimeTimings | None:
+    """Ollama's Metrics (nanoseconds; omitted when zero) in ms; None when it sent none."""
+    timings = RuntimeTimings(
+        load_ms=_ms(data, "load_duration"),
+        prompt_ms=_ms(data, "prompt_eval_duration"),
+        eval_ms=_ms(data, "eval_duration"),
+    )
+    return timings if timings != RuntimeTimings() else None
+
+
 def models_from_listing(tags: Any, ps: Any | None) -> list[ModelInfo]:
     """ModelInfo per model of `/api/tags`, plus loaded ones `/api/tags` does not list.
 
@@ -332,16 +365,32 @@ def _model_info(
 ) -> ModelInfo:
     name = _name(entry)
     details = entry.get("details") or {}
-    running_entry = loaded.get(name)
-    context = (running_entry or {}).get("context_length") or details.get("context_length")
+    details = details if isinstance(details, dict) else {}
+    running_entry = loaded.get(name) or {}
+    context = running_entry.get("context_length") or details.get("context_length")
     return ModelInfo(
         name=name,
-        size_bytes=entry.get("size"),
-        running=running_entry is not None if ps_known else None,
+        size_bytes=_int(entry.get("size")),
+        running=bool(running_entry) if ps_known else None,
         context_window=context or None,
         family=details.get("family") or None,
         capabilities=tuple(entry.get("capabilities") or ()),
+        digest=_text(entry.get("digest")),
+        modified_at=_text(entry.get("modified_at")),
+        format=_text(details.get("format")),
+        parameter_size=_text(details.get("parameter_size")),
+        quantization_level=_text(details.get("quantization_level")),
+        size_vram=_int(running_entry.get("size_vram")),
+        expires_at=_text(running_entry.get("expires_at")),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _name(entry: dict[str, Any]) -> str:

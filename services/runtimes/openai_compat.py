@@ -44,6 +44,7 @@ from services.runtimes.base import (
     EmbedReply,
     ModelInfo,
     RuntimeKind,
+    RuntimeTimings,
     StreamDelta,
     StreamEnd,
     StreamEvent,
@@ -129,6 +130,10 @@ class OpenAICompatRuntime:
             return models
         return [dataclasses.replace(models[0], capabilities=capabilities)]
 
+    async def describe(self, model: ModelInfo, *, verbose: bool) -> dict[str, Any] | None:
+        """Nothing beyond discovery: OpenAI's API describes a model by its id only."""
+        return None
+
     async def _props(self, url: httpx.URL) -> Any:
         """llama.cpp's `/props`; None where the server has none (llama-cpp-python)."""
         try:
@@ -175,6 +180,7 @@ class OpenAICompatRuntime:
             model=answer_model(data),
             tool_calls=tool_calls_of(message) or None,
             logprobs=logprobs_of(choice),
+            timings=llamacpp_timings(data.get("timings")),
         )
 
     async def stream(
@@ -204,7 +210,10 @@ class OpenAICompatRuntime:
                 ErrorCode.BACKEND_ERROR, "stream ended without its final `data: [DONE]`"
             )
         yield StreamEnd(
-            finish_reason=reader.finish_reason, usage=usage_of(reader.usage), model=reader.model
+            finish_reason=reader.finish_reason,
+            usage=usage_of(reader.usage),
+            model=reader.model,
+            timings=llamacpp_timings(reader.timings),
         )
 
 
@@ -217,6 +226,7 @@ class _SseChunks:
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Any = None
+        self.timings: Any = None  # llama.cpp's, on its last chunks
         self.model: str | None = None
 
     def feed(self, line: str) -> StreamDelta | None:
@@ -242,6 +252,9 @@ class _SseChunks:
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
+        timings = chunk.get("timings")
+        if timings:
+            self.timings = timings
         choices = chunk.get("choices")
         if not choices:
             return None
@@ -369,6 +382,21 @@ def openai_params(params: Params) -> dict[str, Any]:
     if params.seed is not None:
         out["seed"] = params.seed
     return out
+
+
+def llamacpp_timings(timings: Any) -> RuntimeTimings | None:
+    """llama.cpp's `timings` (`prompt_ms`, `predicted_ms`); None when the server sent none."""
+    if not isinstance(timings, dict):
+        return None
+
+    def ms(key: str) -> float | None:
+        value = timings.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            return None
+        return round(float(value), 3)
+
+    found = RuntimeTimings(prompt_ms=ms("prompt_ms"), eval_ms=ms("predicted_ms"))
+    return found if found != RuntimeTimings() else None
 
 
 def usage_of(usage: Any) -> Usage:

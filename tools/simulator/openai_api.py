@@ -200,13 +200,33 @@ class OpenAIChat:
             ],
             "usage": _usage(plan),
         }
+        if self._served_as() is not None:
+            body["timings"] = llamacpp_timings(plan, timings)
         return json_response(200, body)
 
     def encoder(self, request: GenRequest) -> _ChunkEncoder:
-        return _ChunkEncoder(request)
+        return _ChunkEncoder(request, timings=self._served_as() is not None)
 
 
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+
+
+def llamacpp_timings(plan: Plan, timings: Timings) -> dict[str, Any]:
+    """llama-server's `timings` (server-task.cpp `result_timings`), measured: reading the
+    prompt until the first token, generating after it."""
+    prompt_ms = max(1, timings.first_token_ns - timings.planned_ns) / 1e6
+    predicted_ms = max(1, time.perf_counter_ns() - timings.first_token_ns) / 1e6
+    prompt_n, predicted_n = max(1, plan.prompt_tokens), max(1, plan.completion_tokens)
+    return {
+        "prompt_n": plan.prompt_tokens,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n,
+        "prompt_per_second": prompt_n / prompt_ms * 1000,
+        "predicted_n": plan.completion_tokens,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / predicted_n,
+        "predicted_per_second": predicted_n / predicted_ms * 1000,
+    }
 
 
 def _message(plan: Plan) -> dict[str, Any]:
@@ -229,14 +249,20 @@ class _ChunkEncoder:
 
     object_name = "chat.completion.chunk"
 
-    def __init__(self, request: GenRequest) -> None:
+    def __init__(self, request: GenRequest, *, timings: bool = False) -> None:
+        self._timings = timings  # llama-server: `timings` on the finish chunk
         self._id = f"{_ID_PREFIX}{next(_id_counter)}"
         self._created = int(time.time())
         self._model = request.model
         self._include_usage = request.include_usage
         self._logprobs = request.logprobs
 
-    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def _event(
+        self,
+        choices: list[dict[str, Any]],
+        usage: dict[str, int] | None = None,
+        timings: dict[str, Any] | None = None,
+    ) -> bytes:
         chunk: dict[str, Any] = {
             "id": self._id,
             "object": self.object_name,
@@ -248,6 +274,8 @@ class _ChunkEncoder:
         if self._include_usage:
             # With include_usage every chunk carries "usage": null but the last one.
             chunk["usage"] = usage
+        if timings is not None:
+            chunk["timings"] = timings
         return b"data: " + json_bytes(chunk) + b"\n\n"
 
     @staticmethod
@@ -270,7 +298,8 @@ class _ChunkEncoder:
             self._event(self._choice({"tool_calls": [delta]}))
             for delta in openai_tool_call_deltas(plan)
         )
-        tail = calls + self._event(self._choice({}, plan.finish_reason))
+        spent = llamacpp_timings(plan, timings) if self._timings else None
+        tail = calls + self._event(self._choice({}, plan.finish_reason), timings=spent)
         if self._include_usage:
             tail += self._event([], _usage(plan))
         return tail + b"data: [DONE]\n\n"
