@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -69,6 +69,23 @@ class RuntimeClient(httpx.AsyncClient):
         as httpx's exceptions (the transport's own mapping), so the one edge that turns
         them into ours stays `classify_transport_error`. aiohttp undoes gzip/deflate itself.
         """
+        response = await self.open(method, url, body=body, headers=headers)
+        try:
+            with map_aiohttp_exceptions():
+                return response.status, await response.read(), response.headers
+        finally:
+            await close_response(response)
+
+    async def open(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request on the aiohttp session; the answer's head is read, its body not
+        (`close_response` when done). Failures are raised as httpx's exceptions."""
         content = None
         request_headers = self._default_headers
         if body is not None:  # as httpx encodes `json=`
@@ -81,31 +98,21 @@ class RuntimeClient(httpx.AsyncClient):
         if not isinstance(self._direct.client, aiohttp.ClientSession):
             self._direct.client = self._direct.get_client()
         with map_aiohttp_exceptions():
-            async with self._direct.client.request(
+            return await self._direct.client.request(
                 method,
                 str(url),
                 data=content,
                 headers=request_headers,
                 allow_redirects=False,
                 timeout=self._session_timeout,
-            ) as response:
-                return response.status, await response.read(), response.headers
+            )
 
-    async def send(
-        self,
-        request: httpx.Request,
-        *,
-        stream: bool = False,
-        auth: Any = httpx.USE_CLIENT_DEFAULT,
-        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
-    ) -> httpx.Response:
-        response = await self._direct.handle_async_request(request)
-        if not stream:
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        return response
+
+async def close_response(response: aiohttp.ClientResponse) -> None:
+    """Give the connection back, or close it when the body was not read to its end (so
+    a runtime still generating stops)."""
+    with map_aiohttp_exceptions():
+        await response.__aexit__(None, None, None)
 
 
 def new_http_client(
@@ -195,6 +202,66 @@ async def stream_lines(
     consumer being cancelled) closes the HTTP response, and with it the connection when the
     body was not read to its end, so the runtime stops generating.
     """
+    if isinstance(client, RuntimeClient):
+        lines = _aiohttp_lines(client, url, body, deadline, headers, secrets)
+    else:
+        lines = _httpx_lines(client, url, body, deadline, headers, secrets)
+    try:
+        async for line in lines:
+            yield line
+    finally:
+        await lines.aclose()
+
+
+async def _aiohttp_lines(
+    client: RuntimeClient,
+    url: httpx.URL,
+    body: Any,
+    deadline: float,
+    headers: Mapping[str, str] | None,
+    secrets: Iterable[str],
+) -> AsyncGenerator[str, None]:
+    """`stream_lines` on the aiohttp session itself (`RuntimeClient.open`)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await client.open("POST", url, body=body, headers=headers)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise classify_transport_error(exc, secrets=secrets) from exc
+    try:
+        if response.status >= 400:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    with map_aiohttp_exceptions():
+                        error_body = await response.read()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise classify_transport_error(exc, secrets=secrets) from exc
+            raise classify_http_error(
+                response.status,
+                error_body,
+                response.headers,
+                now_unix_s=time.time(),
+                secrets=secrets,
+            )
+
+        async def read() -> bytes:
+            with map_aiohttp_exceptions():
+                return await response.content.readany()
+
+        async for line in _lines_of(read, deadline, secrets):
+            yield line
+    finally:
+        await close_response(response)
+
+
+async def _httpx_lines(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    body: Any,
+    deadline: float,
+    headers: Mapping[str, str] | None,
+    secrets: Iterable[str],
+) -> AsyncGenerator[str, None]:
+    """`stream_lines` through httpx's API, for any other client."""
     request = client.build_request("POST", url, json=body, headers=headers)
     try:
         async with asyncio.timeout_at(deadline):
@@ -215,28 +282,43 @@ async def stream_lines(
                 now_unix_s=time.time(),
                 secrets=secrets,
             )
-        # One timer per network read, not per line: a burst of tokens is one read.
         pieces = cast(AsyncGenerator[bytes, None], response.aiter_raw())
-        pending = b""
+
+        async def read() -> bytes:
+            try:
+                return await anext(pieces)
+            except StopAsyncIteration:
+                return b""
+
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        piece = await anext(pieces)
-                except StopAsyncIteration:
-                    break
-                except (httpx.HTTPError, TimeoutError) as exc:
-                    raise classify_transport_error(exc, mid_stream=True, secrets=secrets) from exc
-                *complete, pending = (pending + piece).split(b"\n")
-                for line in complete:
-                    if line.strip():
-                        yield line.decode("utf-8", "replace").rstrip("\r")
-            if pending.strip():
-                yield pending.decode("utf-8", "replace").rstrip("\r")
+            async for line in _lines_of(read, deadline, secrets):
+                yield line
         finally:
             await pieces.aclose()
     finally:
         await response.aclose()
+
+
+async def _lines_of(
+    read: Callable[[], Awaitable[bytes]], deadline: float, secrets: Iterable[str]
+) -> AsyncGenerator[str, None]:
+    """The non-empty lines of a body that `read` gives piece by piece (b"" at its end).
+    One timer per network read, not per line: a burst of tokens is one read."""
+    pending = b""
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                piece = await read()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise classify_transport_error(exc, mid_stream=True, secrets=secrets) from exc
+        if not piece:
+            break
+        *complete, pending = (pending + piece).split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line.decode("utf-8", "replace").rstrip("\r")
+    if pending.strip():
+        yield pending.decode("utf-8", "replace").rstrip("\r")
 
 
 class RuntimeSession:
