@@ -4,7 +4,10 @@
 concurrent requests httpx's own pool stalls on contention, aiohttp's does not (DESIGN §4,
 ops/bench). Adapters then use `request_json` (one JSON answer) and `stream_lines` (NDJSON
 or SSE), which enforce the job's deadline with `asyncio.timeout` and translate every
-failure through `services.runtimes.errors`.
+failure through `services.runtimes.errors`. On that client both go straight to the
+transport's aiohttp session (`RuntimeClient.exchange` / `open`), without an httpx Request
+and Response per call (ops/bench/whole_path_bench.py measured the difference); aiohttp's
+failures still arrive as httpx's, through the transport's own mapping.
 
 The deadline is ours, not httpx's: the transport only gets a connect timeout, and the
 whole call (or, for a stream, each wait for the next line) runs under the job's remaining
@@ -42,9 +45,10 @@ class RuntimeClient(httpx.AsyncClient):
 
     Runtimes use no cookies, auth or redirects, and httpx's generic send path for them
     (cookie jar round trip, auth and redirect generators, stream wrapping) cost about a
-    quarter of a worker's CPU per job (py-spy, ops/bench). Requests are still built by
-    httpx and answered as httpx Responses; transport errors are still httpx's. Event hooks
-    are not called.
+    quarter of a worker's CPU per job (py-spy, ops/bench). `send` still builds httpx
+    Requests and Responses (health probes, any caller of httpx's API); `exchange` and
+    `open`, which the adapters' calls use, skip them. Transport errors are httpx's either
+    way. Event hooks are not called.
     """
 
     def __init__(
