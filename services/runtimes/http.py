@@ -46,7 +46,7 @@ class RuntimeClient(httpx.AsyncClient):
     Runtimes use no cookies, auth or redirects, and httpx's generic send path for them
     (cookie jar round trip, auth and redirect generators, stream wrapping) cost about a
     quarter of a worker's CPU per job (py-spy, ops/bench). `send` still builds httpx
-    Requests and Responses (health probes, any caller of httpx's API); `exchange` and
+    Requests and Responses (for any caller of httpx's API); `exchange` and
     `open`, which the adapters' calls use, skip them. Transport errors are httpx's either
     way. Event hooks are not called.
     """
