@@ -33,9 +33,9 @@ from services.runtimes import make_runtime, new_http_client
 from services.runtimes.errors import RuntimeLoading
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import ask, llm, until
-from tests.test_router_resume import worker_process
 from tests.test_worker_llama_server import caps, caps_until
 from tests.tiny_gguf import write_tiny_llama_gguf
+from tests.worker_process import worker_process
 from tools.children import stop_process
 
 BINARY = os.environ.get("LLAMA_SERVER_BIN", "")

@@ -20,7 +20,7 @@ from services.nats_server import NatsServer
 from services.wire import decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import until
-from tests.test_router_liveness import worker_process
+from tests.worker_process import worker_process
 from tools.simfleet import SimNode
 from tools.simulator import Fault, SimModel, Simulator
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,32 +23,11 @@ from services.bus import wait_for_worker
 from services.nats_server import NatsServer
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import llm, until
+from tests.worker_process import worker_process
 from tools.simulator import SimModel, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "m:1b"
-
-
-@asynccontextmanager
-async def worker_process(
-    tmp_path: Path, node: str, nats_url: str, sim_url: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    config = tmp_path / f"{node}.toml"
-    config.write_text(
-        f'node_id = "{node}"\nnats_url = "{nats_url}"\nheartbeat_s = 10\n'
-        f'[[backends]]\nkind = "ollama"\nurl = "{sim_url}"\n'
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node_worker", "--config", str(config), "--log-level", "WARNING",
-        cwd=ROOT, env=os.environ.copy(),
-    )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-        await process.wait()
 
 
 async def holding_the_job(sim: Simulator) -> None:
