@@ -44,6 +44,7 @@ format: setup-dev
 bench: setup-dev
 	$(PY) ops/bench/worker_bench.py
 	$(PY) ops/bench/router_bench.py
+	$(PY) ops/bench/whole_path_bench.py
 	$(PY) ops/bench/stream_bench.py
 	$(PY) ops/bench/allow_responses_bench.py
 

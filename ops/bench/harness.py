@@ -111,13 +111,13 @@ class Children:
         self.processes: list[asyncio.subprocess.Process] = []
 
     async def spawn(
-        self, name: str, *argv: str, env: dict[str, str] | None = None
+        self, name: str, *argv: str, env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> asyncio.subprocess.Process:
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,

@@ -4,7 +4,10 @@
 concurrent requests httpx's own pool stalls on contention, aiohttp's does not (DESIGN §4,
 ops/bench). Adapters then use `request_json` (one JSON answer) and `stream_lines` (NDJSON
 or SSE), which enforce the job's deadline with `asyncio.timeout` and translate every
-failure through `services.runtimes.errors`.
+failure through `services.runtimes.errors`. On that client both go straight to the
+transport's aiohttp session (`RuntimeClient.exchange` / `open`), without an httpx Request
+and Response per call (ops/bench/whole_path_bench.py measured the difference); aiohttp's
+failures still arrive as httpx's, through the transport's own mapping.
 
 The deadline is ours, not httpx's: the transport only gets a connect timeout, and the
 whole call (or, for a stream, each wait for the next line) runs under the job's remaining
@@ -14,12 +17,15 @@ budget, so a runtime that trickles bytes cannot keep a job past its deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from services.big_json import loads
 from services.runtimes.errors import (
@@ -40,30 +46,78 @@ class RuntimeClient(httpx.AsyncClient):
 
     Runtimes use no cookies, auth or redirects, and httpx's generic send path for them
     (cookie jar round trip, auth and redirect generators, stream wrapping) cost about a
-    quarter of a worker's CPU per job (py-spy, ops/bench). Requests are still built by
-    httpx and answered as httpx Responses; transport errors are still httpx's. Event hooks
-    are not called.
+    quarter of a worker's CPU per job (py-spy, ops/bench). `send` still builds httpx
+    Requests and Responses (for any caller of httpx's API); `exchange` and
+    `open`, which the adapters' calls use, skip them. Transport errors are httpx's either
+    way. Event hooks are not called.
     """
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
+    def __init__(
+        self, *, transport: AiohttpTransport, connect_timeout_s: float, **options: Any
+    ) -> None:
         super().__init__(transport=transport, **options)
         self._direct = transport
+        self._session_timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
+        self._default_headers = {"User-Agent": USER_AGENT}
+        self._json_headers = {**self._default_headers, "Content-Type": "application/json"}
 
-    async def send(
+    async def exchange(
         self,
-        request: httpx.Request,
+        method: str,
+        url: httpx.URL,
         *,
-        stream: bool = False,
-        auth: Any = httpx.USE_CLIENT_DEFAULT,
-        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
-    ) -> httpx.Response:
-        response = await self._direct.handle_async_request(request)
-        if not stream:
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        return response
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One whole request and answer on the transport's aiohttp session, without
+        building httpx's Request and Response: status, body, headers. Failures are raised
+        as httpx's exceptions (the transport's own mapping), so the one edge that turns
+        them into ours stays `classify_transport_error`. aiohttp undoes gzip/deflate itself.
+        """
+        response = await self.open(method, url, body=body, headers=headers)
+        try:
+            with map_aiohttp_exceptions():
+                return response.status, await response.read(), response.headers
+        finally:
+            await close_response(response)
+
+    async def open(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request on the aiohttp session; the answer's head is read, its body not
+        (`close_response` when done). Failures are raised as httpx's exceptions."""
+        content = None
+        request_headers = self._default_headers
+        if body is not None:  # as httpx encodes `json=`
+            content = json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            request_headers = self._json_headers
+        if headers:
+            request_headers = {**request_headers, **headers}
+        if not isinstance(self._direct.client, aiohttp.ClientSession):
+            self._direct.client = self._direct.get_client()
+        with map_aiohttp_exceptions():
+            return await self._direct.client.request(
+                method,
+                str(url),
+                data=content,
+                headers=request_headers,
+                allow_redirects=False,
+                timeout=self._session_timeout,
+            )
+
+
+async def close_response(response: aiohttp.ClientResponse) -> None:
+    """Give the connection back, or close it when the body was not read to its end (so
+    a runtime still generating stops)."""
+    with map_aiohttp_exceptions():
+        await response.__aexit__(None, None, None)
 
 
 def new_http_client(
@@ -89,6 +143,7 @@ def new_http_client(
     transport = AiohttpTransport(limits=limits, trust_env=False)
     return RuntimeClient(
         transport=transport,
+        connect_timeout_s=connect_timeout_s,
         limits=limits,
         timeout=httpx.Timeout(None, connect=connect_timeout_s),
         trust_env=False,
@@ -113,21 +168,31 @@ async def request_json(
     headers = _traced(headers)
     try:
         async with asyncio.timeout(timeout_s):
-            response = await client.request(method, url, json=body, headers=headers)
+            if isinstance(client, RuntimeClient):
+                status, content, response_headers = await client.exchange(
+                    method, url, body=body, headers=headers
+                )
+            else:
+                response = await client.request(method, url, json=body, headers=headers)
+                status, content, response_headers = (
+                    response.status_code,
+                    response.content,
+                    response.headers,
+                )
     except (httpx.HTTPError, TimeoutError) as exc:
         raise classify_transport_error(exc, secrets=secrets) from exc
-    if response.status_code >= 400:
+    if status >= 400:
         raise classify_http_error(
-            response.status_code,
-            response.content,
-            response.headers,
+            status,
+            content,
+            response_headers,
             now_unix_s=time.time(),  # an HTTP-date Retry-After needs the wall clock
             secrets=secrets,
         )
     try:
-        return await loads(response.content)
+        return await loads(content)
     except ValueError as exc:
-        raise invalid_response(f"not JSON: {response.content[:80]!r}") from exc
+        raise invalid_response(f"not JSON: {content[:80]!r}") from exc
 
 
 async def stream_lines(
@@ -145,7 +210,68 @@ async def stream_lines(
     consumer being cancelled) closes the HTTP response, and with it the connection when the
     body was not read to its end, so the runtime stops generating.
     """
-    request = client.build_request("POST", url, json=body, headers=_traced(headers))
+    headers = _traced(headers)
+    if isinstance(client, RuntimeClient):
+        lines = _aiohttp_lines(client, url, body, deadline, headers, secrets)
+    else:
+        lines = _httpx_lines(client, url, body, deadline, headers, secrets)
+    try:
+        async for line in lines:
+            yield line
+    finally:
+        await lines.aclose()
+
+
+async def _aiohttp_lines(
+    client: RuntimeClient,
+    url: httpx.URL,
+    body: Any,
+    deadline: float,
+    headers: Mapping[str, str] | None,
+    secrets: Iterable[str],
+) -> AsyncGenerator[str, None]:
+    """`stream_lines` on the aiohttp session itself (`RuntimeClient.open`)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await client.open("POST", url, body=body, headers=headers)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise classify_transport_error(exc, secrets=secrets) from exc
+    try:
+        if response.status >= 400:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    with map_aiohttp_exceptions():
+                        error_body = await response.read()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise classify_transport_error(exc, secrets=secrets) from exc
+            raise classify_http_error(
+                response.status,
+                error_body,
+                response.headers,
+                now_unix_s=time.time(),
+                secrets=secrets,
+            )
+
+        async def read() -> bytes:
+            with map_aiohttp_exceptions():
+                return await response.content.readany()
+
+        async for line in _lines_of(read, deadline, secrets):
+            yield line
+    finally:
+        await close_response(response)
+
+
+async def _httpx_lines(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    body: Any,
+    deadline: float,
+    headers: Mapping[str, str] | None,
+    secrets: Iterable[str],
+) -> AsyncGenerator[str, None]:
+    """`stream_lines` through httpx's API, for any other client."""
+    request = client.build_request("POST", url, json=body, headers=headers)
     try:
         async with asyncio.timeout_at(deadline):
             response = await client.send(request, stream=True)
@@ -165,24 +291,17 @@ async def stream_lines(
                 now_unix_s=time.time(),
                 secrets=secrets,
             )
-        # One timer per network read, not per line: a burst of tokens is one read.
         pieces = cast(AsyncGenerator[bytes, None], response.aiter_raw())
-        pending = b""
+
+        async def read() -> bytes:
+            try:
+                return await anext(pieces)
+            except StopAsyncIteration:
+                return b""
+
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        piece = await anext(pieces)
-                except StopAsyncIteration:
-                    break
-                except (httpx.HTTPError, TimeoutError) as exc:
-                    raise classify_transport_error(exc, mid_stream=True, secrets=secrets) from exc
-                *complete, pending = (pending + piece).split(b"\n")
-                for line in complete:
-                    if line.strip():
-                        yield line.decode("utf-8", "replace").rstrip("\r")
-            if pending.strip():
-                yield pending.decode("utf-8", "replace").rstrip("\r")
+            async for line in _lines_of(read, deadline, secrets):
+                yield line
         finally:
             await pieces.aclose()
     finally:
@@ -190,10 +309,33 @@ async def stream_lines(
 
 
 def _traced(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """`headers` and the trace context runtime calls made now send, if any."""
     trace = runtime_trace_headers()
     if trace is None:
         return headers
     return {**headers, **trace} if headers else trace
+
+
+async def _lines_of(
+    read: Callable[[], Awaitable[bytes]], deadline: float, secrets: Iterable[str]
+) -> AsyncGenerator[str, None]:
+    """The non-empty lines of a body that `read` gives piece by piece (b"" at its end).
+    One timer per network read, not per line: a burst of tokens is one read."""
+    pending = b""
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                piece = await read()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise classify_transport_error(exc, mid_stream=True, secrets=secrets) from exc
+        if not piece:
+            break
+        *complete, pending = (pending + piece).split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line.decode("utf-8", "replace").rstrip("\r")
+    if pending.strip():
+        yield pending.decode("utf-8", "replace").rstrip("\r")
 
 
 class RuntimeSession:
