@@ -198,8 +198,8 @@ class OffloadSettings(_Section):
     attempt_timeout_ms: Annotated[int, _BUDGET_MS] = 120_000  # cap per remote try
     remote_concurrency: Annotated[int, Field(ge=1)] = 512
     default_budget_ms: Annotated[int, _BUDGET_MS] = 120_000  # when a request sends none
-    # Streams: a node that sends no first token in time is left for the next one (before
-    # the first token only: after it, switching nodes would repeat text).
+    # Streams: a node that sends no first token in time is left for the next one; after
+    # the first token a lost node's stream is resumed instead (`resume` below).
     first_token_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
     idle_timeout_ms: Annotated[int, Field(gt=0)] = 30_000  # between two tokens
     # While a node holds jobs, it is probed on node.<id>.caps: no responders = gone at

@@ -24,8 +24,9 @@ Pure: an `Outcome` in, a `Verdict` out; no clock, no I/O. Every rule is a row in
   is the bus's fault, neutral; otherwise the node is gone: next target, failure.
 - A node found gone or hung by the liveness probe while it held the job: next, failure.
 - Runtime and worker failures (BACKEND_UNAVAILABLE, BACKEND_ERROR, INTERNAL): next, failure.
-- Once a streamed answer has delivered text, whatever follows is returned: switching
-  targets would repeat text.
+- Once a streamed answer has delivered text, whatever follows is returned: starting over
+  on the next target would repeat text. The dispatcher may still go on with a job that
+  continues the text so far (router/attempts/resume.py), when the failure was the node's.
 """
 
 from __future__ import annotations
