@@ -15,7 +15,7 @@ A raw prompt (legacy completions) continues by appending the text to the prompt.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.wire import JobRequest, Message, Piece, PieceSink, Result, Usage
 
@@ -32,19 +32,27 @@ RESUME_HEADER = "x-inferbus-resume"  # "off": the caller wants the error, not a 
 
 @dataclass
 class StreamSoFar:
-    """What one streamed call has handed to its client, across every attempt."""
+    """What one streamed call has handed to its client, across every attempt.
 
-    text: str = ""
+    Pieces are kept as a list and joined only when a resume needs the text: noting a
+    piece costs the same however long the answer already is.
+    """
+
     pieces: int = 0
     tool_calls_sent: bool = False
     resumes: int = 0
     text_before_resume: str = ""  # what the client had when the last resume began
     pieces_before_resume: int = 0
+    _texts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._texts)
 
     def took(self, piece: Piece) -> None:
         self.pieces += 1
         if isinstance(piece, str):
-            self.text += piece
+            self._texts.append(piece)
         else:
             self.tool_calls_sent = True
 

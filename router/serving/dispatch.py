@@ -201,7 +201,7 @@ class Router:
             last = r.route.attempts[-1]
             r.route.attempts[-1] = last.model_copy(update={"resumed_after": broken.delivered})
         r.broken = broken.response
-        r.job = continuing_job(job, so_far.text, so_far.resumes)
+        r.job = continuing_job(job, so_far.text_before_resume, so_far.resumes)
         r.needs = job_needs(r.job, r.job.type or "llm")
         r.route.fallback_reason = f"resumed after {broken.code.value if broken.code else 'loss'}"
 
