@@ -23,8 +23,10 @@ The box is shared: read ratios within one run, not absolute numbers. Timings are
 printed, never asserted. `--record` adds the run's rows to the whole-path table in
 ops/bench/RESULTS.md.
 
+`--worker-only` measures the worker columns alone (quick ABBA rounds for worker changes).
+
 Usage: python ops/bench/whole_path_bench.py [--seconds 4] [--rounds 1] [--baseline DIR]
-       [--litellm PATH] [--record]
+       [--litellm PATH] [--record] [--worker-only]
 """
 
 from __future__ import annotations
@@ -441,18 +443,22 @@ async def main(args: argparse.Namespace) -> None:
                         print_profiles(args.py_spy)
                     order = ["this", "baseline", "baseline", "this"] if args.baseline else ["this"]
                     for _ in range(args.rounds):
-                        await measure_path(http, upstream_url, {}, args.seconds, figures["direct"])
+                        if not args.worker_only:
+                            await measure_path(
+                                http, upstream_url, {}, args.seconds, figures["direct"]
+                            )
                         for name in order:
                             stack = stacks[name]
-                            await measure_path(
-                                http, stack.url, stack.pids, args.seconds, figures[name]
-                            )
+                            if not args.worker_only:
+                                await measure_path(
+                                    http, stack.url, stack.pids, args.seconds, figures[name]
+                                )
                             rate, cpu_ms = await worker_rate(
                                 stack.nats_url, stack.pids["worker"], args.seconds
                             )
                             figures[name].worker_rate.append(rate)
                             figures[name].worker_cpu_ms.append(cpu_ms)
-                        if litellm_url is not None:
+                        if litellm_url is not None and not args.worker_only:
                             await measure_path(
                                 http, litellm_url, {}, args.seconds, figures["litellm"]
                             )
@@ -493,7 +499,7 @@ def report(
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     for name in (*trees, "litellm"):
         f = figures[name]
-        if not f.c1:
+        if not f.c1 and not f.worker_rate:
             continue
         commit = commit_of(trees[name]) if name in trees else "LiteLLM"
         added_p50 = mean([s.pct(0.5) for s in f.c1]) - floor_p50
@@ -513,13 +519,14 @@ def report(
             f"| {stamp} | {name} | {commit} | {added_p50:.2f} | {added_p99:.2f} | {cpu:.2f} "
             f"| {rate:.0f} | {ttft:.2f} | {wrate:.0f} | {wcpu:.3f} | {errors} | {split} |"
         )
-    if "baseline" in figures and figures["baseline"].c1 and figures["this"].c1:
+    if "baseline" in figures and figures["baseline"].worker_rate and figures["this"].worker_rate:
         this, base = figures["this"], figures["baseline"]
         rate_ratio = mean([s.rate for s in this.c32]) / mean([s.rate for s in base.c32])
         print(
             f"\nthis / baseline: c32 req/s x{rate_ratio:.2f}, "
             f"CPU/req x{mean(this.cpu_ms) / mean(base.cpu_ms):.2f}, "
-            f"worker c64 x{mean(this.worker_rate) / mean(base.worker_rate):.2f}"
+            f"worker c64 x{mean(this.worker_rate) / mean(base.worker_rate):.2f}, "
+            f"worker CPU/job x{mean(this.worker_cpu_ms) / mean(base.worker_cpu_ms):.2f}"
         )
     if figures["litellm"].c1:
         ratio = mean([s.rate for s in figures["this"].c32]) / mean(
@@ -559,6 +566,11 @@ def cli() -> None:
         "--baseline", type=Path, metavar="DIR", help="a worktree with its own .venv"
     )
     parser.add_argument("--litellm", metavar="PATH", help="LiteLLM's executable (or LITELLM_BIN)")
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="only the worker columns (NATS straight to the worker), no HTTP phases",
+    )
     parser.add_argument("--record", action="store_true", help="add the rows to RESULTS.md's table")
     parser.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="profile router and worker at c32 first"
