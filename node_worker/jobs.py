@@ -179,13 +179,13 @@ class JobPipeline:
         # resolve to the same model.
         model = served.name if served is not None else request.model
         fingerprint = request.fingerprint()
-        completed = await self._idempotency.completed(request.key)
+        # No await from here to begin(): nothing can start the same key in between.
+        completed = self._idempotency.completed(request.key)
         if completed is not None:
             if not completed.same_job(fingerprint, model):
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("completed")
             return replayed(completed.response, request)
-        # No await from here to begin(): nothing can start the same key in between.
         running = self._idempotency.running(request.key)
         if running is not None:
             if not running.same_job(fingerprint, model):
@@ -266,7 +266,7 @@ class JobPipeline:
             self._admission.release(job.job_type)
             if not ran.cached:  # a replay from the shared store called no runtime
                 self._on_runtime_done(job.served.runtime, ran)
-            await self._idempotency.finish(job.request.key, response)
+            self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
             )
