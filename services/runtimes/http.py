@@ -33,6 +33,7 @@ from services.runtimes.errors import (
     classify_transport_error,
     invalid_response,
 )
+from services.runtimes.plain_http import PlainHttp
 from services.tracing import runtime_trace_headers
 
 # Below uvicorn's 5 s keep-alive (vLLM, many OpenAI-compatible servers): a connection the
@@ -53,13 +54,25 @@ class RuntimeClient(httpx.AsyncClient):
     """
 
     def __init__(
-        self, *, transport: AiohttpTransport, connect_timeout_s: float, **options: Any
+        self,
+        *,
+        transport: AiohttpTransport,
+        connect_timeout_s: float,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+        max_idle: int = 512,
+        **options: Any,
     ) -> None:
         super().__init__(transport=transport, **options)
         self._direct = transport
         self._session_timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
         self._default_headers = {"User-Agent": USER_AGENT}
         self._json_headers = {**self._default_headers, "Content-Type": "application/json"}
+        self._plain = PlainHttp(
+            connect_timeout_s=connect_timeout_s,
+            keepalive_s=keepalive_expiry_s,
+            max_idle=max_idle,
+            user_agent=USER_AGENT,
+        )
 
     async def exchange(
         self,
@@ -72,8 +85,19 @@ class RuntimeClient(httpx.AsyncClient):
         """One whole request and answer on the transport's aiohttp session, without
         building httpx's Request and Response: status, body, headers. Failures are raised
         as httpx's exceptions (the transport's own mapping), so the one edge that turns
-        them into ours stays `classify_transport_error`. aiohttp undoes gzip/deflate itself.
+        them into ours stays `classify_transport_error`. Both undo gzip/deflate.
+
+        A plain `http://` runtime is called on `PlainHttp`'s kept-alive connections;
+        `https://` through aiohttp.
         """
+        if url.scheme == "http":
+            answer = await self._plain.exchange(
+                method,
+                url,
+                content=None if body is None else _json_bytes(body),
+                headers=_plain_headers(body is not None, headers),
+            )
+            return answer.status, answer.body, answer.headers
         response = await self.open(method, url, body=body, headers=headers)
         try:
             with map_aiohttp_exceptions():
@@ -94,9 +118,7 @@ class RuntimeClient(httpx.AsyncClient):
         content = None
         request_headers = self._default_headers
         if body is not None:  # as httpx encodes `json=`
-            content = json.dumps(
-                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode()
+            content = _json_bytes(body)
             request_headers = self._json_headers
         if headers:
             request_headers = {**request_headers, **headers}
@@ -111,6 +133,23 @@ class RuntimeClient(httpx.AsyncClient):
                 allow_redirects=False,
                 timeout=self._session_timeout,
             )
+
+    async def aclose(self) -> None:
+        self._plain.close()
+        await super().aclose()
+
+
+def _json_bytes(body: Any) -> bytes:
+    """A JSON body as httpx encodes `json=`."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+_JSON_TYPE = (("Content-Type", "application/json"),)
+
+
+def _plain_headers(has_body: bool, headers: Mapping[str, str] | None) -> Iterable[tuple[str, str]]:
+    given = tuple(headers.items()) if headers else ()
+    return _JSON_TYPE + given if has_body else given
 
 
 async def close_response(response: aiohttp.ClientResponse) -> None:
@@ -144,6 +183,8 @@ def new_http_client(
     return RuntimeClient(
         transport=transport,
         connect_timeout_s=connect_timeout_s,
+        keepalive_expiry_s=keepalive_expiry_s,
+        max_idle=max_connections,
         limits=limits,
         timeout=httpx.Timeout(None, connect=connect_timeout_s),
         trust_env=False,
