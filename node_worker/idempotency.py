@@ -18,27 +18,65 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.wire import JobResponse, is_replayable
+from services.wire import JobRequest, JobResponse, JobType, decode_request, is_replayable
+
+# A kept answer holds its job's bytes up to this size, to fingerprint them only if a
+# duplicate comes; a bigger job is fingerprinted when its answer is kept.
+KEEP_JOB_BYTES = 4096
+
+
+class JobFingerprint:
+    """`JobRequest.fingerprint()` of a job, worked out only when a duplicate of its key
+    needs it: most keys never repeat, and the fingerprint serialises the whole job."""
+
+    __slots__ = ("_data", "_request", "_type", "_value")
+
+    def __init__(self, request: JobRequest, data: bytes, job_type: JobType) -> None:
+        self._request: JobRequest | None = request
+        self._data: bytes | None = data
+        self._type = job_type
+        self._value: str | None = None
+
+    @property
+    def value(self) -> str:
+        if self._value is None:
+            request = self._request or decode_request(self._data or b"", default_type=self._type)
+            assert isinstance(request, JobRequest), "the job was read once already"
+            self._value = request.fingerprint()
+            self._request = self._data = None
+        return self._value
+
+    def kept(self) -> JobFingerprint:
+        """Ready to be kept with an answer: the job's bytes if small, else the value."""
+        if self._value is None and len(self._data or b"") > KEEP_JOB_BYTES:
+            _ = self.value
+        self._request = None
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobFingerprint) and self.value == other.value
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
 class Running:
-    fingerprint: str
+    fingerprint: JobFingerprint
     model: str | None
     outcome: asyncio.Future[JobResponse]
 
-    def same_job(self, fingerprint: str, model: str | None) -> bool:
-        return self.fingerprint == fingerprint and self.model == model
+    def same_job(self, fingerprint: JobFingerprint, model: str | None) -> bool:
+        return self.model == model and self.fingerprint == fingerprint
 
 
 @dataclass(frozen=True)
 class Completed:
-    fingerprint: str
+    fingerprint: JobFingerprint
     model: str | None
     response: JobResponse
 
-    def same_job(self, fingerprint: str, model: str | None) -> bool:
-        return self.fingerprint == fingerprint and self.model == model
+    def same_job(self, fingerprint: JobFingerprint, model: str | None) -> bool:
+        return self.model == model and self.fingerprint == fingerprint
 
 
 class IdempotencyStore:
@@ -69,7 +107,7 @@ class IdempotencyStore:
             return None
         return completed
 
-    def begin(self, key: str, fingerprint: str, model: str | None) -> Running:
+    def begin(self, key: str, fingerprint: JobFingerprint, model: str | None) -> Running:
         """Mark a job as running so duplicates arriving meanwhile wait for it."""
         running = Running(fingerprint, model, asyncio.get_running_loop().create_future())
         self._running[key] = running
@@ -81,7 +119,8 @@ class IdempotencyStore:
         if running is None:
             return
         if is_replayable(response):
-            self._remember(key, Completed(running.fingerprint, running.model, response))
+            kept = Completed(running.fingerprint.kept(), running.model, response)
+            self._remember(key, kept)
         if not running.outcome.done():
             running.outcome.set_result(response)
 

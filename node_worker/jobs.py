@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from node_worker.admission import Admission
 from node_worker.catalog import Catalog, CatalogModel
-from node_worker.idempotency import IdempotencyStore, Running
+from node_worker.idempotency import IdempotencyStore, JobFingerprint, Running
 from node_worker.metrics import WorkerMetrics
 from services.big_json import decode_job
 from services.bounds import embeddings_over_bus
@@ -178,7 +178,7 @@ class JobPipeline:
         # The model as resolved: `model` omitted and named are the same job when they
         # resolve to the same model.
         model = served.name if served is not None else request.model
-        fingerprint = request.fingerprint()
+        fingerprint = JobFingerprint(request, data, job_type)
         # No await from here to begin(): nothing can start the same key in between.
         completed = self._idempotency.completed(request.key)
         if completed is not None:
