@@ -49,6 +49,7 @@ import aiohttp
 import harness
 import nats
 from harness import Children, Sample, measure
+from nats.aio.msg import Msg
 from router_bench import MODEL, find_litellm, start_litellm
 
 from services.localnet import free_port
@@ -67,6 +68,9 @@ STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": MESSAGES, "max_tokens": 16, "stream": True}
 ).encode()
 JOB = json.dumps({"model": MODEL, "messages": MESSAGES, "params": {"max_tokens": 16}}).encode()
+STREAM_JOB = json.dumps(
+    {"model": MODEL, "messages": MESSAGES, "params": {"max_tokens": 16}, "stream": True}
+).encode()
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ROWS_MARKER = "<!-- whole_path_bench rows go above this line -->"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -194,6 +198,8 @@ class Figures:
     cpu_ms_of: dict[str, list[float]] = field(default_factory=dict)  # by process
     ttft_ms: list[float] = field(default_factory=list)
     worker_rate: list[float] = field(default_factory=list)
+    stream_rate: list[float] = field(default_factory=list)
+    stream_cpu_ms: list[float] = field(default_factory=list)
     worker_cpu_ms: list[float] = field(default_factory=list)
 
 
@@ -285,6 +291,43 @@ async def first_token_ms(http: aiohttp.ClientSession, url: str, seconds: float) 
         if response.status == 200 and first is not None:
             times.append((first - started) * 1000)
     return harness.percentile(times, 0.5)
+
+
+async def worker_stream_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[float, float]:
+    """Streamed jobs per second at c64 straight to the worker (16 pieces each, then the
+    final answer), and the worker's CPU ms per job."""
+    connection = await nats.connect(nats_url)
+    waiting: dict[str, asyncio.Future[None]] = {}
+    ok = 0
+
+    async def on_reply(msg: Msg) -> None:
+        if b'"done"' in msg.data:
+            found = waiting.pop(msg.subject, None)
+            if found is not None and not found.done():
+                found.set_result(None)
+
+    await connection.subscribe("bench.streams.*", cb=on_reply)
+    counter = 0
+
+    async def step() -> None:
+        nonlocal ok, counter
+        counter += 1
+        inbox = f"bench.streams.{counter}"
+        waiting[inbox] = asyncio.get_running_loop().create_future()
+        await connection.publish("node.bench.llm.request", STREAM_JOB, reply=inbox)
+        await asyncio.wait_for(waiting[inbox], 10)
+        ok += 1
+
+    try:
+        for _ in range(20):
+            await step()
+        ok = 0
+        before = cpu_seconds(worker_pid)
+        took = await harness.for_seconds(step, WORKER_CONCURRENCY, seconds)
+        spent = cpu_seconds(worker_pid) - before
+    finally:
+        await connection.close()
+    return ok / took, 1000 * spent / max(ok, 1)
 
 
 async def worker_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[float, float]:
@@ -420,6 +463,7 @@ async def main(args: argparse.Namespace) -> None:
                             children, http, tree, name, server, upstream_url, tmp
                         )
                     litellm_url = None
+                    litellm_pids: dict[str, int] = {}
                     if litellm_argv is not None:
                         litellm_url = await start_litellm(
                             children,
@@ -428,6 +472,8 @@ async def main(args: argparse.Namespace) -> None:
                             upstream_url,
                             lambda url: harness.answers(http, url),
                         )
+                        # The proxy's own process (its CPU per request, as the stacks').
+                        litellm_pids = {"litellm": children.processes[-1].pid}
                     os.sched_setaffinity(0, {LOAD_CPU})
                     if args.py_spy:
                         args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -457,10 +503,16 @@ async def main(args: argparse.Namespace) -> None:
                                 stack.nats_url, stack.pids["worker"], args.seconds
                             )
                             figures[name].worker_rate.append(rate)
+                            if args.worker_stream:
+                                streamed, stream_ms = await worker_stream_rate(
+                                    stack.nats_url, stack.pids["worker"], args.seconds
+                                )
+                                figures[name].stream_rate.append(streamed)
+                                figures[name].stream_cpu_ms.append(stream_ms)
                             figures[name].worker_cpu_ms.append(cpu_ms)
                         if litellm_url is not None and not args.worker_only:
                             await measure_path(
-                                http, litellm_url, {}, args.seconds, figures["litellm"]
+                                http, litellm_url, litellm_pids, args.seconds, figures["litellm"]
                             )
                 finally:
                     os.sched_setaffinity(0, {LOAD_CPU})
@@ -528,6 +580,12 @@ def report(
             f"worker c64 x{mean(this.worker_rate) / mean(base.worker_rate):.2f}, "
             f"worker CPU/job x{mean(this.worker_cpu_ms) / mean(base.worker_cpu_ms):.2f}"
         )
+    for name in trees:
+        if figures[name].stream_rate:
+            print(
+                f"{name}: worker streamed c64 {mean(figures[name].stream_rate):.0f} jobs/s, "
+                f"CPU {mean(figures[name].stream_cpu_ms):.3f} ms/job"
+            )
     if figures["litellm"].c1:
         ratio = mean([s.rate for s in figures["this"].c32]) / mean(
             [s.rate for s in figures["litellm"].c32]
@@ -566,6 +624,11 @@ def cli() -> None:
         "--baseline", type=Path, metavar="DIR", help="a worktree with its own .venv"
     )
     parser.add_argument("--litellm", metavar="PATH", help="LiteLLM's executable (or LITELLM_BIN)")
+    parser.add_argument(
+        "--worker-stream",
+        action="store_true",
+        help="also streamed jobs straight to the worker at c64 (printed, not recorded)",
+    )
     parser.add_argument(
         "--worker-only",
         action="store_true",

@@ -50,10 +50,13 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[None] | None = None
+        self._busy = False  # a request was sent and its answer is not read to its end
+        self._waiter: asyncio.Future[None] | None = None  # woken by any progress
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
         self._complete = False
         self._keep_alive = False
         self._failure: httpx.TransportError | None = None
@@ -64,7 +67,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection is unusable
+        if not self._busy:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
         try:
@@ -76,11 +79,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._waiter is None or self._waiter.done():
+        if not self._busy or self._complete or self._failure is not None:
             return
-        if self._status and not self._complete and self._reads_to_end():
+        if self._status and self._reads_to_end():
             self._complete = True  # no length given: the body ends with the connection
-            self._waiter.set_result(None)
+            self._wake()
             return
         if exc is not None:
             failure: httpx.TransportError = httpx.ReadError(f"{type(exc).__name__}: {exc}")
@@ -95,46 +98,86 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        self._wake()
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > _MAX_BUFFERED and self.transport is not None and not self._paused:
+            self._paused = True  # a stream read slower than it comes: let TCP hold it
+            self.transport.pause_reading()
+        self._wake()
 
     def on_message_complete(self) -> None:
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()  # the parser resets after this
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
 
-    # -- one exchange -------------------------------------------------------------------
+    # -- one request and its answer -----------------------------------------------------
 
-    async def exchange(self, request: bytes) -> Answer:
-        """Write `request`, wait for the whole answer. Raises httpx.TransportError."""
+    def send(self, request: bytes) -> None:
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._busy = True
         self.transport.write(request)
-        await self._waiter
+
+    async def head(self) -> tuple[int, httpx.Headers]:
+        """The answer's status and headers, once read. Raises httpx.TransportError."""
+        while not self._status and self._failure is None:
+            await self._progress()
         if self._failure is not None:
             raise self._failure
-        self._waiter = None
-        headers = httpx.Headers(self._headers)
-        body = b"".join(self._body)
-        encoding = headers.get("content-encoding", "").lower()
-        if encoding in ("gzip", "deflate"):
-            body = _decompressed(body, encoding)
-        answer = Answer(self._status, body, headers)
-        keep = self._keep_alive
-        self._reset()
-        if not keep:
-            self.close()
-        return answer
+        return self._status, httpx.Headers(self._headers)
 
-    def _reset(self) -> None:
-        """Ready for the next answer (the parser readies itself after each message)."""
+    async def whole_body(self) -> bytes:
+        """The rest of the body, read to its end. Raises httpx.TransportError."""
+        while not self._complete and self._failure is None:
+            await self._progress()
+        if self._failure is not None:
+            raise self._failure
+        return self._take_body()
+
+    async def read(self) -> bytes:
+        """The body read since the last call, waiting for some; b"" at its end."""
+        while True:
+            if self._body:
+                return self._take_body()
+            if self._failure is not None:
+                raise self._failure
+            if self._complete:
+                return b""
+            await self._progress()
+
+    def reusable(self) -> bool:
+        """Whether the answer was read to its end and the connection may carry another;
+        then it is ready for the next request (the parser readies itself)."""
+        if self.closed or not self._complete or not self._keep_alive or self._body:
+            return False
+        self._busy = False
         self._status = 0
         self._headers = []
-        self._body = []
         self._complete = False
         self._keep_alive = False
+        return True
+
+    def _take_body(self) -> bytes:
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return body
+
+    async def _progress(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _reads_to_end(self) -> bool:
         """An answer without Content-Length or chunked framing: its body is all until EOF."""
@@ -144,13 +187,64 @@ class _Connection(asyncio.Protocol):
     def _fail(self, failure: httpx.TransportError) -> None:
         self._failure = failure
         self.close()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class Opened:
+    """An answer whose head is read: its body comes with `read()`; `close()` when done
+    (the connection goes back to the pool when the body was read to its end, else it is
+    closed, so a runtime still generating stops)."""
+
+    def __init__(
+        self,
+        pool: PlainHttp,
+        key: tuple[str, int],
+        connection: _Connection,
+        status: int,
+        headers: httpx.Headers,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self._pool = pool
+        self._key = key
+        self._connection = connection
+        self._decoder = _decoder_for(headers)
+
+    async def read(self) -> bytes:
+        """The next piece of the body (decompressed), b"" at its end."""
+        piece = await self._connection.read()
+        if self._decoder is None:
+            return piece
+        try:
+            return self._decoder.decompress(piece) if piece else self._decoder.flush()
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"the answer's compressed body is corrupt: {exc}") from exc
+
+    async def read_all(self) -> bytes:
+        pieces = []
+        while piece := await self.read():
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        self._pool.give_back(self._key, self._connection)
+
+
+_MAX_BUFFERED = 1 << 20
+
+
+def _decoder_for(headers: httpx.Headers) -> zlib._Decompress | None:
+    encoding = headers.get("content-encoding", "").lower()
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    return None
 
 
 def _decompressed(body: bytes, encoding: str) -> bytes:
@@ -189,16 +283,51 @@ class PlainHttp:
     ) -> Answer:
         """One request and its whole answer. Raises httpx.TransportError (and
         httpx.LocalProtocolError for a header that would break the request)."""
-        host, port = url.host, url.port or 80
-        request = self._request_bytes(method, url, host, port, content, headers)
-        connection = await self._connection(host, port)
+        key = (url.host, url.port or 80)
+        connection = await self._send(method, url, key, content, headers)
         try:
-            answer = await connection.exchange(request)
+            status, answer_headers = await connection.head()
+            body = await connection.whole_body()
         except BaseException:
             connection.close()  # cancelled or broken: never reused
             raise
-        self._give_back(host, port, connection)
-        return answer
+        self.give_back(key, connection)
+        encoding = answer_headers.get("content-encoding", "").lower()
+        if encoding in ("gzip", "deflate"):
+            body = _decompressed(body, encoding)
+        return Answer(status, body, answer_headers)
+
+    async def open(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        content: bytes | None,
+        headers: Iterable[tuple[str, str]],
+    ) -> Opened:
+        """Send a request and read the answer's head; its body is read with the answer's
+        `read()`. Raises httpx.TransportError."""
+        key = (url.host, url.port or 80)
+        connection = await self._send(method, url, key, content, headers)
+        try:
+            status, answer_headers = await connection.head()
+        except BaseException:
+            connection.close()
+            raise
+        return Opened(self, key, connection, status, answer_headers)
+
+    async def _send(
+        self,
+        method: str,
+        url: httpx.URL,
+        key: tuple[str, int],
+        content: bytes | None,
+        headers: Iterable[tuple[str, str]],
+    ) -> _Connection:
+        request = self._request_bytes(method, url, key[0], key[1], content, headers)
+        connection = await self._connection(*key)
+        connection.send(request)
+        return connection
 
     def _request_bytes(
         self,
@@ -254,10 +383,13 @@ class PlainHttp:
             raise httpx.ConnectError(f"Cannot connect to host {host}:{port} ({exc})") from exc
         return connection
 
-    def _give_back(self, host: str, port: int, connection: _Connection) -> None:
-        if connection.closed:
+    def give_back(self, key: tuple[str, int], connection: _Connection) -> None:
+        """A connection whose answer was read: kept for the next call when it may carry
+        one, closed otherwise."""
+        if not connection.reusable():
+            connection.close()
             return
-        idle = self._idle.setdefault((host, port), [])
+        idle = self._idle.setdefault(key, [])
         if len(idle) >= self._max_idle:
             connection.close()
             return
