@@ -200,6 +200,7 @@ class Figures:
     worker_rate: list[float] = field(default_factory=list)
     stream_rate: list[float] = field(default_factory=list)
     stream_cpu_ms: list[float] = field(default_factory=list)
+    first_chunk_ms: list[float] = field(default_factory=list)
     worker_cpu_ms: list[float] = field(default_factory=list)
 
 
@@ -328,6 +329,39 @@ async def worker_stream_rate(nats_url: str, worker_pid: int, seconds: float) -> 
     finally:
         await connection.close()
     return ok / took, 1000 * spent / max(ok, 1)
+
+
+async def worker_first_chunk_ms(nats_url: str, seconds: float) -> float:
+    """Median time from sending a streamed job straight to the worker to its first chunk,
+    one at a time (the worker's part of a stream's time to first token)."""
+    connection = await nats.connect(nats_url)
+    first: asyncio.Future[float] | None = None
+    done: asyncio.Future[None] | None = None
+    inbox = ""
+
+    async def on_chunk(msg: Msg) -> None:
+        if first is None or done is None or msg.subject != inbox:
+            return
+        if not first.done():
+            first.set_result(time.perf_counter())
+        if b'"done"' in msg.data and not done.done():
+            done.set_result(None)
+
+    await connection.subscribe("bench.first.>", cb=on_chunk)
+    times: list[float] = []
+    try:
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            first = asyncio.get_running_loop().create_future()
+            done = asyncio.get_running_loop().create_future()
+            inbox = f"bench.first.{len(times)}"
+            started = time.perf_counter()
+            await connection.publish("node.bench.llm.request", STREAM_JOB, reply=inbox)
+            times.append((await asyncio.wait_for(first, 10) - started) * 1000)
+            await asyncio.wait_for(done, 10)  # the whole stream, before the next
+    finally:
+        await connection.close()
+    return harness.percentile(times[5:], 0.5)
 
 
 async def worker_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[float, float]:
@@ -509,6 +543,9 @@ async def main(args: argparse.Namespace) -> None:
                                 )
                                 figures[name].stream_rate.append(streamed)
                                 figures[name].stream_cpu_ms.append(stream_ms)
+                                figures[name].first_chunk_ms.append(
+                                    await worker_first_chunk_ms(stack.nats_url, args.seconds / 2)
+                                )
                             figures[name].worker_cpu_ms.append(cpu_ms)
                         if litellm_url is not None and not args.worker_only:
                             await measure_path(
@@ -584,7 +621,8 @@ def report(
         if figures[name].stream_rate:
             print(
                 f"{name}: worker streamed c64 {mean(figures[name].stream_rate):.0f} jobs/s, "
-                f"CPU {mean(figures[name].stream_cpu_ms):.3f} ms/job"
+                f"CPU {mean(figures[name].stream_cpu_ms):.3f} ms/job; c1 first chunk "
+                f"p50 {mean(figures[name].first_chunk_ms):.3f} ms"
             )
     if figures["litellm"].c1:
         ratio = mean([s.rate for s in figures["this"].c32]) / mean(
@@ -627,7 +665,8 @@ def cli() -> None:
     parser.add_argument(
         "--worker-stream",
         action="store_true",
-        help="also streamed jobs straight to the worker at c64 (printed, not recorded)",
+        help="also streamed jobs straight to the worker: c64 rate and CPU, c1 time to the "
+        "first chunk (printed, not recorded)",
     )
     parser.add_argument(
         "--worker-only",

@@ -56,6 +56,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._buffered = 0
+        self._streamed = False  # read piece by piece: reading pauses while much is unread
         self._paused = False
         self._complete = False
         self._keep_alive = False
@@ -103,7 +104,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
         self._buffered += len(body)
-        if self._buffered > _MAX_BUFFERED and self.transport is not None and not self._paused:
+        if (
+            self._streamed
+            and self._buffered > _MAX_BUFFERED
+            and self.transport is not None
+            and not self._paused
+        ):
             self._paused = True  # a stream read slower than it comes: let TCP hold it
             self.transport.pause_reading()
         self._wake()
@@ -115,9 +121,10 @@ class _Connection(asyncio.Protocol):
 
     # -- one request and its answer -----------------------------------------------------
 
-    def send(self, request: bytes) -> None:
+    def send(self, request: bytes, *, streamed: bool) -> None:
         assert self.transport is not None
         self._busy = True
+        self._streamed = streamed
         self.transport.write(request)
 
     async def head(self) -> tuple[int, httpx.Headers]:
@@ -284,7 +291,7 @@ class PlainHttp:
         """One request and its whole answer. Raises httpx.TransportError (and
         httpx.LocalProtocolError for a header that would break the request)."""
         key = (url.host, url.port or 80)
-        connection = await self._send(method, url, key, content, headers)
+        connection = await self._send(method, url, key, content, headers, streamed=False)
         try:
             status, answer_headers = await connection.head()
             body = await connection.whole_body()
@@ -308,7 +315,7 @@ class PlainHttp:
         """Send a request and read the answer's head; its body is read with the answer's
         `read()`. Raises httpx.TransportError."""
         key = (url.host, url.port or 80)
-        connection = await self._send(method, url, key, content, headers)
+        connection = await self._send(method, url, key, content, headers, streamed=True)
         try:
             status, answer_headers = await connection.head()
         except BaseException:
@@ -323,10 +330,12 @@ class PlainHttp:
         key: tuple[str, int],
         content: bytes | None,
         headers: Iterable[tuple[str, str]],
+        *,
+        streamed: bool,
     ) -> _Connection:
         request = self._request_bytes(method, url, key[0], key[1], content, headers)
         connection = await self._connection(*key)
-        connection.send(request)
+        connection.send(request, streamed=streamed)
         return connection
 
     def _request_bytes(
