@@ -103,7 +103,6 @@ class TenantUsage:
     requests: SlidingWindow = field(default_factory=SlidingWindow)
     tokens: SlidingWindow = field(default_factory=SlidingWindow)
     running: int = 0  # started, not answered
-    queued: int = 0
 
     def may_start(self, limits: TenantLimits) -> bool:
         return limits.max_concurrent is None or self.running < limits.max_concurrent
