@@ -253,7 +253,7 @@ class RouterService(AsyncService):
         idempotency = settings.idempotency
         self.gate = IdempotencyGate(
             self.admission.dispatch,
-            resolve_model=fleet_model(settings.selection, self.fleet),
+            resolve_model=fleet_model(lambda: self.settings.selection, self.fleet),
             answers=KeptAnswers(
                 ttl_s=idempotency.ttl_s, max_entries=idempotency.max_entries, clock=clock
             ),
