@@ -32,7 +32,8 @@ from nats.aio.client import Client as NatsClient
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
 from router.admission.sealing import SealedRecords
-from router.admission.shared_limits import SharedCounters
+from router.admission.shared_limits import SharedCounters, open_bucket
+from router.admission.shared_running import SharedRunning
 from router.admission.slots import LaneSlots
 from router.admission.tenants import TenantConfigError, TenantDirectory
 from router.attempts.board import BreakerBoard
@@ -276,6 +277,7 @@ class RouterService(AsyncService):
         self.fatal_exit_code = 2  # bad credentials: restarting cannot help
         self._stopping = False
         self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
+        self._shared_running: SharedRunning | None = None
 
     async def _show_model(self, name: str, verbose: bool) -> dict[str, Any] | InferbusError:
         """A served model's details from a node that serves it (Ollama's `/api/show`)."""
@@ -392,10 +394,14 @@ class RouterService(AsyncService):
             )
         limits = self.settings.limits
         if limits.shared:
-            # Until NATS is reached, each router counts its tenants' rpm and tpm alone.
-            self.admission.share(
-                await SharedCounters.open(self._nc, bucket=limits.bucket, wall_clock=time.time)
+            # Until NATS is reached, each router counts its tenants' limits alone.
+            kv = await open_bucket(self._nc, limits.bucket)
+            running = SharedRunning(
+                kv, lease_s=limits.lease_s, wall_clock=time.time, on_change=self.admission.wake
             )
+            self._shared_running = running
+            await running.start(self._nc, limits.bucket)
+            self.admission.share(SharedCounters(kv, time.time), running)
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
 
     async def _on_nats_error(self, error: Exception) -> None:
@@ -478,6 +484,8 @@ class RouterService(AsyncService):
                 await asyncio.wait_for(self._serving, 10)
             self._serving = None
         await self._liveness.stop()
+        if self._shared_running is not None:
+            await self._shared_running.stop()
         await self.link.stop()
         await self.fleet.stop()
         with contextlib.suppress(Exception):

@@ -17,7 +17,10 @@ In front of the dispatcher (`Router.dispatch`), behind the idempotency gate. A c
    BUSY (another router took the slot first), for as long as its budget lasts.
 
 With `limits.shared`, rpm and tpm are counted across routers in JetStream KV
-(router/admission/shared_limits.py) instead of in this router.
+(router/admission/shared_limits.py) instead of in this router, and a tenant's running
+calls too (router/admission/shared_running.py): a call let go is counted there before it
+runs, and one the routers together have no room for goes back to the head of its place in
+line, where it waits until another router's call of its tenant ends.
 
 Free slots, and the holds of calls let go that have not taken theirs yet, are
 router/admission/slots.py's.
@@ -35,6 +38,7 @@ from typing import Any
 from router.admission.lanes import Lanes, QueueMetrics, Unmeasured, Waiter
 from router.admission.limits import Refusal, TenantUsage, check_arrival, queue_refusal
 from router.admission.shared_limits import SharedCounters
+from router.admission.shared_running import SharedRunning
 from router.admission.slots import Hold, Lane, LaneSlots
 from router.admission.tenants import Tenant, TenantDirectory
 from router.attempts.route import Route
@@ -89,6 +93,7 @@ class Admission:
         )
         slots.when_freed(self._lanes.pump)
         self.shared: SharedCounters | None = None
+        self.running: SharedRunning | None = None
 
     def wake(self, *_news: object) -> None:
         """Capacity may have freed (a worker's record, a breaker's change): let calls go.
@@ -96,9 +101,11 @@ class Admission:
         if len(self._lanes):
             self._lanes.pump()
 
-    def share(self, shared: SharedCounters) -> None:
-        """From now on, tenants' rpm and tpm are counted across routers (`limits.shared`)."""
+    def share(self, shared: SharedCounters, running: SharedRunning) -> None:
+        """From now on, tenants' rpm, tpm and running calls are counted across routers
+        (`limits.shared`)."""
         self.shared = shared
+        self.running = running
 
     def configure(self, settings: AdmissionSettings, directory: TenantDirectory) -> None:
         """New classes, bounds and tenants (a reload); calls waiting keep their place."""
@@ -140,15 +147,40 @@ class Admission:
             turn = await self._turn(call, tenant, lane, totals, again=again)
             if isinstance(turn, JobResponse):
                 return turn, self._route(Route(), call, totals)
-            response, route = await self._run(call, tenant, turn, totals)
+            shared = await self._take_shared(tenant, turn)
+            if shared is None:
+                again = True  # at max_concurrent across routers: back to its place in line
+                continue
+            response, route = await self._run(call, tenant, turn, totals, shared=shared)
             left_s = call.left_s(self._clock())
             if not self._busy_everywhere(response) or lane is None or left_s <= 0:
                 return response, self._route(route, call, totals)
             again = True  # back to the head of its place in line
             lane = self._lane_of(job, call.agent_id) or lane
 
-    async def _run(self, call: Call, tenant: Tenant, hold: Hold, totals: _Totals) -> Served:
-        """One pass through the dispatcher."""
+    async def _take_shared(self, tenant: Tenant, hold: Hold) -> bool | None:
+        """Count a call let go as running across routers, when its tenant has a shared
+        `max_concurrent`: True (counted: given back when it ends), False (nothing to count),
+        None (the routers together are at the limit: it does not start)."""
+        running, limit = self.running, tenant.limits.max_concurrent
+        if running is None or limit is None:
+            return False
+        # A call not for the fleet never waits for the limit here; it is counted all the same.
+        try:
+            taken = await running.take(tenant.name, limit if hold.lane is not None else None)
+        except BaseException:
+            self._give_back(tenant, hold)
+            raise
+        if not taken:
+            self._give_back(tenant, hold)
+            return None
+        return True
+
+    async def _run(
+        self, call: Call, tenant: Tenant, hold: Hold, totals: _Totals, *, shared: bool
+    ) -> Served:
+        """One pass through the dispatcher; `shared`: its tenant's call is counted across
+        routers, and given back there when it ends."""
         queue_ms = round(totals.waited_s * 1000.0, 1)
         if call.on_queued is not None:
             call.on_queued(queue_ms)
@@ -157,11 +189,13 @@ class Admission:
                 response, route = await self._dispatch(replace(call, queue_ms=queue_ms))
         finally:
             self._usage_of(tenant).running -= 1
+            if shared and self.running is not None:
+                self.running.give_back(tenant.name)
             self._lanes.pump()
         totals.attempts.extend(route.attempts)
         self.slots.heard_busy(route, job_type_of(call.job))
         tokens = self._count_tokens(tenant, response)
-        if self.shared is not None:
+        if self.shared is not None and tenant.limits.tpm is not None:
             await self.shared.used(tenant.name, tokens)
         return response, route
 
@@ -199,7 +233,7 @@ class Admission:
             if not waiter.granted.done():
                 self._lanes.leave(waiter)
             elif ended != "granted":  # let go in the same instant it stopped waiting
-                self._give_back(waiter)
+                self._give_back(tenant, Hold(lane, reserved=True))
         if ended == "granted":
             return Hold(lane, reserved=True)
         if ended == "gone":
@@ -249,14 +283,17 @@ class Admission:
                 with contextlib.suppress(BaseException):
                     await gone
 
-    def _give_back(self, waiter: Waiter) -> None:
+    def _give_back(self, tenant: Tenant, hold: Hold) -> None:
         """A call let go that will not run after all: its turn goes to the next."""
-        self._usage_of(waiter.tenant).running -= 1
-        self.slots.release(Hold(waiter.lane, reserved=True))
+        self._usage_of(tenant).running -= 1
+        self.slots.release(hold)
         self._lanes.pump()
 
     def _may_start(self, tenant: Tenant) -> bool:
-        return self._usage_of(tenant).may_start(tenant.limits)
+        elsewhere = 0
+        if self.running is not None and tenant.limits.max_concurrent is not None:
+            elsewhere = self.running.elsewhere(tenant.name)
+        return self._usage_of(tenant).may_start(tenant.limits, elsewhere)
 
     def _started(self, tenant: Tenant) -> None:
         self._usage_of(tenant).running += 1

@@ -7,7 +7,8 @@ for the minute's first): of two routers racing for a tenant's last request of th
 exactly one gets it, so routers together never grant more than the limit in a minute.
 The windows are the wall clock's minutes (routers' clocks kept in sync, NTP): a tenant
 may spend its limit at the end of one minute and again at the start of the next, where
-the in-process count is a sliding 60 s. Counters expire with the bucket's TTL.
+the in-process count is a sliding 60 s. Counters expire with the bucket's TTL. The same
+bucket holds the tenants' running calls (`max_concurrent`, router/admission/shared_running.py).
 
 Availability first: a store that cannot be read or written admits the request (and says
 so in the log, once per outage); the router's own in-process counts do not stand in.
@@ -28,7 +29,7 @@ from nats.js.kv import KeyValue
 from router.admission.limits import Refusal
 from router.admission.tenants import TenantLimits
 
-__all__ = ["SharedCounters"]
+__all__ = ["SharedCounters", "open_bucket"]
 
 log = logging.getLogger("inferbus.router.limits")
 
@@ -43,19 +44,6 @@ class SharedCounters:
         self._kv = kv
         self._wall_clock = wall_clock
         self._unavailable = False
-
-    @classmethod
-    async def open(
-        cls, nc: NatsClient, *, bucket: str, wall_clock: Callable[[], float]
-    ) -> SharedCounters:
-        """Create the bucket, or bind to an existing one. Raises `nats.errors.Error` when
-        JetStream is not there (a configuration error, for start-up)."""
-        js = nc.jetstream()
-        try:
-            kv = await js.create_key_value(bucket=bucket, ttl=_TTL_S, history=1)
-        except nats.js.errors.BadRequestError:
-            kv = await js.key_value(bucket)
-        return cls(kv, wall_clock)
 
     async def admit(self, tenant: str, limits: TenantLimits) -> Refusal | None:
         """Count one request of `tenant` across routers, or say which limit refuses it."""
@@ -121,6 +109,26 @@ class SharedCounters:
         if not self._unavailable:
             log.warning("shared limits store unavailable (%s): admitting", type(error).__name__)
         self._unavailable = True
+
+
+async def open_bucket(nc: NatsClient, bucket: str) -> KeyValue:
+    """Create the shared limits' bucket, or bind to the one there. Reads are direct gets
+    (`$JS.API.DIRECT.GET.KV_<bucket>.>`, the grant ops/nats gives routers). Raises
+    `nats.errors.Error` when JetStream is not there (a configuration error, for start-up)."""
+    js = nc.jetstream()
+    try:
+        kv = await js.create_key_value(bucket=bucket, ttl=_TTL_S, history=1, direct=True)
+    except nats.js.errors.BadRequestError:
+        kv = await js.key_value(bucket)
+        info = await js.stream_info(f"KV_{bucket}")
+        if not info.config.allow_direct:
+            log.warning(
+                "the shared limits bucket %s reads without direct get, which the shipped "
+                "NATS permissions do not grant: delete it (nats kv del %s) and restart",
+                bucket,
+                bucket,
+            )
+    return kv
 
 
 def _key(limit: str, tenant: str, minute: int) -> str:
