@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 from router.admission.limits import Refusal
 from router.admission.tenants import TenantLimits
 
-__all__ = ["SharedCounters", "open_bucket"]
+__all__ = ["LimitsStoreUnavailable", "SharedCounters", "open_bucket"]
 
 log = logging.getLogger("inferbus.router.limits")
 
@@ -111,13 +111,28 @@ class SharedCounters:
         self._unavailable = True
 
 
+class LimitsStoreUnavailable(Exception):
+    """The shared limits' bucket cannot be made or bound at start-up: what is missing."""
+
+
 async def open_bucket(nc: NatsClient, bucket: str) -> KeyValue:
     """Create the shared limits' bucket, or bind to the one there. Reads are direct gets
     (`$JS.API.DIRECT.GET.KV_<bucket>.>`, the grant ops/nats gives routers). Raises
-    `nats.errors.Error` when JetStream is not there (a configuration error, for start-up)."""
+    LimitsStoreUnavailable, or `nats.errors.Error` when JetStream refuses otherwise (a
+    configuration error, for start-up)."""
     js = nc.jetstream()
     try:
         kv = await js.create_key_value(bucket=bucket, ttl=_TTL_S, history=1, direct=True)
+    except nats.errors.NoRespondersError:
+        raise LimitsStoreUnavailable(
+            f"limits.shared: JetStream is not enabled on the NATS server (bucket {bucket})"
+        ) from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise LimitsStoreUnavailable(
+            f"limits.shared: no answer to $JS.API.STREAM.CREATE.KV_{bucket}: JetStream is off "
+            "for this account, or the router's NATS user lacks the limits bucket's grants "
+            "(ops/nats/README.md)"
+        ) from None
     except nats.js.errors.BadRequestError:
         kv = await js.key_value(bucket)
         info = await js.stream_info(f"KV_{bucket}")
