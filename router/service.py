@@ -392,17 +392,29 @@ class RouterService(AsyncService):
                     monotonic=self._clock,
                 )
             )
-        limits = self.settings.limits
-        if limits.shared:
+        if self.settings.limits.shared:
             # Until NATS is reached, each router counts its tenants' limits alone.
-            kv = await open_bucket(self._nc, limits.bucket)
-            running = SharedRunning(
-                kv, lease_s=limits.lease_s, wall_clock=time.time, on_change=self.admission.wake
-            )
-            self._shared_running = running
-            await running.start(self._nc, limits.bucket)
-            self.admission.share(SharedCounters(kv, time.time), running)
+            await self._share_limits()
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
+
+    async def _share_limits(self) -> None:
+        """Tenants' rpm, tpm and running calls counted with the other routers, in KV."""
+        limits = self.settings.limits
+        kv = await open_bucket(self._nc, limits.bucket)
+
+        def connected() -> bool:
+            return self._nc.is_connected
+
+        running = SharedRunning(
+            kv,
+            lease_s=limits.lease_s,
+            wall_clock=time.time,
+            on_change=self.admission.wake,
+            connected=connected,
+        )
+        self._shared_running = running
+        await running.start(self._nc, limits.bucket)
+        self.admission.share(SharedCounters(kv, time.time, connected), running)
 
     async def _on_nats_error(self, error: Exception) -> None:
         if is_auth_refusal(error):

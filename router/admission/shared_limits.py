@@ -40,9 +40,17 @@ _RACES = 16  # compare-and-set retries before the request is admitted anyway
 class SharedCounters:
     """The KV edge of shared limits; every method answers, none raises."""
 
-    def __init__(self, kv: KeyValue, wall_clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        wall_clock: Callable[[], float],
+        connected: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """While not `connected` the store counts as unreachable at once (a request would
+        wait for its timeout)."""
         self._kv = kv
         self._wall_clock = wall_clock
+        self._connected = connected
         self._unavailable = False
 
     async def admit(self, tenant: str, limits: TenantLimits) -> Refusal | None:
@@ -70,6 +78,9 @@ class SharedCounters:
 
     async def _read(self, key: str) -> tuple[int, int]:
         """(value, revision); (0, 0) for a counter nobody wrote (or an unreadable one)."""
+        if not self._connected():
+            self._lost(ConnectionError("not connected to NATS"))
+            return 0, 0
         try:
             entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
@@ -86,6 +97,9 @@ class SharedCounters:
 
     async def _add(self, key: str, amount: int, *, ceiling: int | None) -> bool:
         """Add `amount` unless that would pass `ceiling`; False: it would have."""
+        if not self._connected():
+            self._lost(ConnectionError("not connected to NATS"))
+            return True
         for _ in range(_RACES):
             value, revision = await self._read(key)
             if ceiling is not None and value + amount > ceiling:

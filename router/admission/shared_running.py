@@ -140,11 +140,14 @@ class SharedRunning:
         lease_s: float,
         wall_clock: Callable[[], float],
         on_change: Callable[[], None],
+        connected: Callable[[], bool] = lambda: True,
         router_id: str | None = None,
     ) -> None:
         """`on_change` hears that another router's holdings changed or may have run out
-        (the line wakes on it)."""
+        (the line wakes on it); while not `connected` the store counts as unreachable at
+        once (a request would wait for its timeout)."""
         self._kv = kv
+        self._connected = connected
         self._lease_s = lease_s
         self._wall_clock = wall_clock
         self._on_change = on_change
@@ -252,6 +255,9 @@ class SharedRunning:
 
     async def _read(self, key: str) -> tuple[Holdings, int] | None:
         """(holdings, revision): ({}, 0) for a key nobody wrote; None: unreachable."""
+        if not self._connected():
+            self._lost(ConnectionError("not connected to NATS"))
+            return None
         try:
             entry = await self._kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
