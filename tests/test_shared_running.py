@@ -15,10 +15,11 @@ import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from router.admission.shared_running import (
+from router.admission.leases import (
     Holding,
     decode_holdings,
     encode_holdings,
+    grant,
     held_elsewhere,
     merge_heard,
     with_holding,
@@ -99,6 +100,24 @@ def test_what_is_known_of_a_key(
     expected: dict[str, Holding],
 ) -> None:
     assert merge_heard(known, incoming, NOW, only_lower=only_lower) == expected
+
+
+@pytest.mark.parametrize(
+    ("limits", "elsewhere", "mine", "expected"),
+    [
+        pytest.param([2], 0, 0, [True], id="room"),
+        pytest.param([2, 2, 2], 0, 0, [True, True, False], id="a-batch-fills-the-limit"),
+        pytest.param([2], 1, 1, [False], id="full-across-routers"),
+        pytest.param([None, 2], 2, 0, [True, False], id="not-for-the-fleet-counted-anyway"),
+        pytest.param([3, 2, 3], 0, 1, [True, False, True], id="each-call-its-tenants-limit-then"),
+        pytest.param([0], 0, 0, [False], id="zero"),
+        pytest.param([], 5, 5, [], id="nobody-asks"),
+    ],
+)
+def test_which_calls_asking_at_once_may_start(
+    limits: list[int | None], elsewhere: int, mine: int, expected: list[bool]
+) -> None:
+    assert grant(limits, elsewhere, mine) == expected
 
 
 # --- end to end -------------------------------------------------------------------------------

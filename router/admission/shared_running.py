@@ -1,8 +1,8 @@
 """Tenants' running calls counted across every router, for `max_concurrent` with
 `limits.shared`: leases in JetStream KV, one key per tenant.
 
-The key `running.<tenant>` holds what each router holds of that tenant:
-`{"<router id>": [calls running, lease end (unix s), seq]}`. A router starts a call of a
+The key `running.<tenant>` holds what each router holds of that tenant
+(router/admission/leases.py has the value and the arithmetic). A router starts a call of a
 tenant by a compare-and-set write (`kv.update` at the revision read) of its own holding
 plus one, made only when every router's holding whose lease has not run out leaves room
 under `max_concurrent`: of two routers racing for a tenant's last slot exactly one gets
@@ -12,7 +12,10 @@ lease has run out, so a crashed router cannot keep a tenant's slots for longer t
 
 Why leases per router in one key per tenant: a plain counter would keep a crashed
 router's calls counted for ever; a key per router would have to be listed (a consumer)
-on every start. One key costs a start one read and one write, an end the same.
+on every start. One key costs a start one write (and a read when another router wrote
+since), an end the same. A router writes a tenant's key one write at a time: calls that
+start or end while a write is under way go together in the next one, so calls of one
+router never race each other for the key.
 
 Routers hear each other's writes on the keys' own subjects (a plain subscription to
 `$KV.<bucket>.running.>`), and the line reads what the others hold from what it heard
@@ -30,12 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
@@ -44,89 +45,36 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
-__all__ = [
-    "Holding",
-    "SharedRunning",
-    "decode_holdings",
-    "encode_holdings",
-    "held_elsewhere",
-    "merge_heard",
-    "with_holding",
-]
+from router.admission.leases import (
+    Holding,
+    Holdings,
+    decode_holdings,
+    encode_holdings,
+    grant,
+    held_elsewhere,
+    merge_heard,
+    with_holding,
+)
+
+__all__ = ["SharedRunning"]
 
 log = logging.getLogger("inferbus.router.limits")
 
-_RACES = 16  # compare-and-set retries before a start is admitted anyway
+_RACES = 16  # compare-and-set retries before the calls asking are admitted anyway
 PREFIX = "running"
 
-Holdings = dict[str, "Holding"]
+_Ask = tuple[int | None, "asyncio.Future[bool]"]  # a call asking to start: its limit
 
 
-@dataclass(frozen=True)
-class Holding:
-    """What one router holds of a tenant: its running calls, until `lease_end` (unix s);
-    `seq` orders one router's writes."""
+@dataclass
+class _Tenant:
+    """This router's side of one tenant's key."""
 
-    running: int
-    lease_end: float
-    seq: int
-
-
-def decode_holdings(data: bytes | None) -> Holdings:
-    """A key's value; anything unreadable is nothing held (a store is not trusted to
-    block a tenant)."""
-    try:
-        raw = json.loads(data or b"{}")
-    except ValueError:
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    holdings: Holdings = {}
-    for router, value in raw.items():
-        try:
-            running, lease_end, seq = value
-            holdings[str(router)] = Holding(int(running), float(lease_end), int(seq))
-        except (TypeError, ValueError):
-            continue
-    return holdings
-
-
-def encode_holdings(holdings: Holdings) -> bytes:
-    body = {router: [h.running, round(h.lease_end, 3), h.seq] for router, h in holdings.items()}
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-
-
-def held_elsewhere(holdings: Holdings, me: str, now: float) -> int:
-    """Calls the other routers hold under a lease that has not run out at `now`."""
-    return sum(
-        max(0, h.running) for router, h in holdings.items() if router != me and h.lease_end > now
-    )
-
-
-def with_holding(holdings: Holdings, me: str, mine: Holding, now: float) -> Holdings:
-    """The value to write: this router's holding replaced, leases run out dropped."""
-    kept = {router: h for router, h in holdings.items() if router != me and h.lease_end > now}
-    return kept | {me: mine}
-
-
-def merge_heard(
-    heard: Holdings, incoming: Holdings, now: float, *, only_lower: bool = False
-) -> Holdings:
-    """What is known of a key, with a value read or heard: per router the later write (by
-    its `seq`) wins, so a write heard late never undoes a newer one; leases run out are
-    dropped. `only_lower`: a value heard on the key's subject, which may be a write the
-    store refused (a lost compare-and-set is delivered to subscribers all the same): it
-    may lower what a router holds, never raise it — what a router takes is learnt by
-    reading the key."""
-    merged = dict(heard)
-    for router, holding in incoming.items():
-        known = merged.get(router)
-        if known is not None and holding.seq < known.seq:
-            continue
-        if only_lower and (known is None or holding.running > known.running):
-            continue
-        merged[router] = holding
-    return {router: h for router, h in merged.items() if h.lease_end > now}
+    held: int = 0  # calls of the tenant this router counts as its own
+    asking: list[_Ask] = field(default_factory=list)  # calls waiting for the next write
+    dirty: bool = False  # `held` moved, or the lease wants renewing: a write is due
+    known: tuple[Holdings, int] | None = None  # the value and revision last read or written
+    writing: asyncio.Task[None] | None = None
 
 
 class SharedRunning:
@@ -152,10 +100,9 @@ class SharedRunning:
         self._wall_clock = wall_clock
         self._on_change = on_change
         self.router_id = router_id or uuid.uuid4().hex[:16]
-        self._held: Counter[str] = Counter()  # this router's calls per tenant
+        self._tenants: dict[str, _Tenant] = {}
         self._heard: dict[str, Holdings] = {}  # per tenant, every router's holding heard
         self._seq = 0
-        self._writes: set[asyncio.Task[None]] = set()
         self._renewing: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
         self._unavailable = False
@@ -172,8 +119,11 @@ class SharedRunning:
             with contextlib.suppress(BaseException):
                 await self._renewing
             self._renewing = None
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=2.0)
+        writing = {state.writing for state in self._tenants.values() if state.writing}
+        if writing:
+            await asyncio.wait(writing, timeout=2.0)
+        for task in writing:
+            task.cancel()
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
@@ -190,68 +140,110 @@ class SharedRunning:
         """Count one call of `tenant` as this router's; False: the routers together hold
         `limit` already (None: count it whatever they hold). True when the store cannot
         be reached (availability first)."""
+        state = self._state(tenant)
+        asked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        state.asking.append((limit, asked))
+        self._write_soon(tenant, state)
         try:
-            return await self._take(tenant, limit)
+            return await asked
         except asyncio.CancelledError:
-            self._write_later(tenant)  # a write may have landed: the store gets ours again
+            if asked.done() and not asked.cancelled() and asked.result():
+                self.give_back(tenant)  # counted in the instant its caller went
             raise
-
-    async def _take(self, tenant: str, limit: int | None) -> bool:
-        key = _key(tenant)
-        for _ in range(_RACES):
-            found = await self._read(key)
-            if found is None:
-                break  # unreachable: admitted, counted here
-            holdings, revision = found
-            now = self._wall_clock()
-            self._hear(tenant, holdings, now)
-            want = self._held[tenant] + 1
-            if limit is not None and held_elsewhere(holdings, self.router_id, now) + want > limit:
-                return False
-            written = await self._write(key, holdings, revision, want, now)
-            if written is None:
-                break
-            if written:
-                self._held[tenant] += 1
-                return True
-        else:
-            log.warning("shared max_concurrent of %r: too many racing routers; admitted", tenant)
-        self._held[tenant] += 1
-        return True
 
     def give_back(self, tenant: str) -> None:
         """One call of `tenant` taken here has ended: written in the background."""
-        self._held[tenant] -= 1
-        if self._held[tenant] <= 0:
-            del self._held[tenant]
-        self._write_later(tenant)
+        state = self._state(tenant)
+        state.held = max(0, state.held - 1)
+        state.dirty = True
+        self._write_soon(tenant, state)
 
-    def _write_later(self, tenant: str) -> None:
-        task = asyncio.create_task(self._write_mine(tenant))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+    # --- writing ---------------------------------------------------------------------------
 
-    # --- the store -----------------------------------------------------------------------
+    def _state(self, tenant: str) -> _Tenant:
+        state = self._tenants.get(tenant)
+        if state is None:
+            state = self._tenants[tenant] = _Tenant()
+        return state
 
-    async def _write_mine(self, tenant: str) -> None:
-        """Write this router's holding of `tenant` as it is now, with a fresh lease."""
+    def _write_soon(self, tenant: str, state: _Tenant) -> None:
+        if state.writing is None:
+            state.writing = asyncio.create_task(self._write_while_due(tenant, state))
+
+    async def _write_while_due(self, tenant: str, state: _Tenant) -> None:
+        """One write at a time per tenant: what asks meanwhile goes in the next one."""
+        try:
+            while state.asking or state.dirty:
+                asking = [(limit, asked) for limit, asked in state.asking if not asked.done()]
+                state.asking, state.dirty = [], False
+                limits = [limit for limit, _ in asking]
+                try:
+                    granted = await self._write(tenant, state, limits)
+                except Exception:  # a bug must not leave calls waiting for ever
+                    log.exception("shared max_concurrent of %r: write failed; admitted", tenant)
+                    state.held += len(limits)
+                    granted = [True] * len(limits)
+                for (_, asked), started in zip(asking, granted, strict=True):
+                    if asked.cancelled():
+                        if started:  # its caller went while the write was under way
+                            state.held -= 1
+                            state.dirty = True
+                    else:
+                        asked.set_result(started)
+        finally:
+            state.writing = None
+            if state.held == 0 and not state.asking and not state.dirty:
+                self._tenants.pop(tenant, None)
+
+    async def _write(self, tenant: str, state: _Tenant, limits: list[int | None]) -> list[bool]:
+        """Write this router's holding with the calls asking that fit, and a fresh lease;
+        which of them start. A refusal is only ever decided on a value just read."""
         key = _key(tenant)
         for _ in range(_RACES):
-            found = await self._read(key)
-            if found is None:
-                return
-            holdings, revision = found
+            fresh = state.known is None
+            if state.known is None:
+                state.known = await self._read(key)
+                if state.known is None:  # unreachable: admitted, counted here
+                    break
+            holdings, revision = state.known
             now = self._wall_clock()
-            self._hear(tenant, holdings, now)
-            if await self._write(key, holdings, revision, self._held[tenant], now) is not False:
-                return
+            if fresh:
+                self._hear(tenant, holdings, now)
+            mine = state.held
+            granted = grant(limits, held_elsewhere(holdings, self.router_id, now), mine)
+            if not all(granted) and not fresh:
+                state.known = None  # read again before saying no
+                continue
+            self._seq += 1
+            holding = Holding(mine + sum(granted), now + self._lease_s, self._seq)
+            value = with_holding(holdings, self.router_id, holding, now)
+            written = await self._put(key, value, revision)
+            if written is None:
+                state.known = None
+                break
+            if written == 0:  # another router wrote first
+                state.known = None
+                continue
+            state.known = value, written
+            state.held += sum(granted)
+            if state.held != holding.running:  # calls ended during the write
+                state.dirty = True
+            return granted
+        else:
+            log.warning("shared max_concurrent of %r: too many racing routers; admitted", tenant)
+        state.held += len(limits)
+        return [True] * len(limits)
 
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self._lease_s / 3)
-            for tenant in list(self._held):
-                await self._write_mine(tenant)
+            for tenant, state in list(self._tenants.items()):
+                if state.held > 0:
+                    state.dirty = True
+                    self._write_soon(tenant, state)
             self._on_change()  # leases of other routers may have run out
+
+    # --- the store -------------------------------------------------------------------------
 
     async def _read(self, key: str) -> tuple[Holdings, int] | None:
         """(holdings, revision): ({}, 0) for a key nobody wrote; None: unreachable."""
@@ -268,24 +260,21 @@ class SharedRunning:
         self._unavailable = False
         return decode_holdings(entry.value), entry.revision or 0
 
-    async def _write(
-        self, key: str, holdings: Holdings, revision: int, running: int, now: float
-    ) -> bool | None:
-        """True: written; False: another router wrote first; None: unreachable."""
-        self._seq += 1
-        mine = Holding(running, now + self._lease_s, self._seq)
-        data = encode_holdings(with_holding(holdings, self.router_id, mine, now))
+    async def _put(self, key: str, holdings: Holdings, revision: int) -> int | None:
+        """The new revision; 0: another router wrote first; None: unreachable."""
+        if not self._connected():
+            self._lost(ConnectionError("not connected to NATS"))
+            return None
+        data = encode_holdings(holdings)
         try:
             if revision == 0:
-                await self._kv.create(key, data)
-            else:
-                await self._kv.update(key, data, last=revision)
+                return await self._kv.create(key, data)
+            return await self._kv.update(key, data, last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            return False
+            return 0
         except (nats.errors.Error, OSError, TimeoutError) as error:
             self._lost(error)
             return None
-        return True
 
     async def _heard_write(self, msg: Msg) -> None:
         tenant = _tenant_of(msg.subject)
