@@ -498,6 +498,8 @@ class RouterService(AsyncService):
         await self._liveness.stop()
         if self._shared_running is not None:
             await self._shared_running.stop()
+        if self.admission.shared is not None:
+            await self.admission.shared.stop()
         await self.link.stop()
         await self.fleet.stop()
         with contextlib.suppress(Exception):

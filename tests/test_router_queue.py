@@ -393,3 +393,32 @@ async def test_two_routers_sharing_limits_cannot_exceed_a_tenants_rpm_together(
     refused = [a for a in answers if a.status_code == 429]
     assert all(a.json()["error"]["message"].startswith("rpm:") for a in refused)
     assert all(int(a.headers["retry-after"]) <= 60 for a in refused)
+
+
+async def test_two_routers_counting_at_once_grant_a_shared_rpm_exactly(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """Twelve calls at once, six per router, against rpm 5: each router counts the calls
+    that arrive together in one write, and the two race for the counter."""
+    seconds_into_minute = time.time() % 60
+    if seconds_into_minute > 50:
+        await asyncio.sleep(61 - seconds_into_minute)
+    limits = {"shared": True, "bucket": f"limits_{uuid.uuid4().hex[:12]}"}
+    tenants = [{"name": "shared", "key": "key-shared", "rpm": 5}]
+    http_settings = {"host": "127.0.0.1", "port": 0, "api_keys": tenants}
+    job = {"prompt": "x", "model": "llama3:8b"}
+    async with (
+        start_worker(backends=[backend(simulator.url)], limits={"llm_concurrency": 12}),
+        start_router(http=http_settings, limits=limits) as first,
+        start_router(http=http_settings, limits=limits) as second,
+        client(first, "key-shared") as one,
+        client(second, "key-shared") as two,
+    ):
+        await until(lambda: first.admission.shared is not None, 10)
+        await until(lambda: second.admission.shared is not None, 10)
+        answers = await asyncio.gather(
+            *((one if n % 2 else two).post("/infer", json=job) for n in range(12))
+        )
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [429] * 7
+    refused = [a for a in answers if a.status_code == 429]
+    assert all(a.json()["error"]["message"].startswith("rpm:") for a in refused)

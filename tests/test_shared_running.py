@@ -24,6 +24,7 @@ from router.admission.leases import (
     merge_heard,
     with_holding,
 )
+from router.admission.shared_limits import fits_under
 from tests.conftest import RouterFactory, WorkerFactory
 from tests.jobs import until
 from tests.test_router_idempotency import router_process
@@ -118,6 +119,21 @@ def test_which_calls_asking_at_once_may_start(
     limits: list[int | None], elsewhere: int, mine: int, expected: list[bool]
 ) -> None:
     assert grant(limits, elsewhere, mine) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "adds", "expected"),
+    [
+        pytest.param(0, [(1, 2), (1, 2), (1, 2)], [True, True, False], id="requests-to-the-limit"),
+        pytest.param(4, [(1, 5), (30, None), (1, 5)], [True, True, False], id="tokens-no-ceiling"),
+        pytest.param(5, [(1, 5)], [False], id="at-the-limit"),
+        pytest.param(0, [], [], id="nothing"),
+    ],
+)
+def test_which_adds_fit_under_their_ceiling(
+    value: int, adds: list[tuple[int, int | None]], expected: list[bool]
+) -> None:
+    assert fits_under(value, adds) == expected
 
 
 # --- end to end -------------------------------------------------------------------------------

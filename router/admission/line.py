@@ -196,7 +196,7 @@ class Admission:
         self.slots.heard_busy(route, job_type_of(call.job))
         tokens = self._count_tokens(tenant, response)
         if self.shared is not None and tenant.limits.tpm is not None:
-            await self.shared.used(tenant.name, tokens)
+            self.shared.used(tenant.name, tokens)
         return response, route
 
     # --- waiting -----------------------------------------------------------------------

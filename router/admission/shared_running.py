@@ -191,9 +191,7 @@ class SharedRunning:
                     else:
                         asked.set_result(started)
         finally:
-            state.writing = None
-            if state.held == 0 and not state.asking and not state.dirty:
-                self._tenants.pop(tenant, None)
+            state.writing = None  # the state stays (one per tenant): its value is cached
 
     async def _write(self, tenant: str, state: _Tenant, limits: list[int | None]) -> list[bool]:
         """Write this router's holding with the calls asking that fit, and a fresh lease;
