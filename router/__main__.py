@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -46,6 +47,10 @@ async def serve(config: Path | None, port: int | None) -> int:
         # Before HTTP opens: a SIGHUP from then on reloads, it never kills the router.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
         async with service:
+            # What is alive once started (modules, the fleet's records from discovery) lives
+            # as long as the process: full collections no longer walk it again and again (at
+            # 3,000 nodes each took ~0.2 s of CPU, every request stalled meanwhile).
+            gc.freeze()
             stopped = asyncio.create_task(stop.wait())
             failed = asyncio.create_task(service.fatal.wait())
             await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
