@@ -1,12 +1,16 @@
 """Decoding heartbeats cheaply: a record whose substance did not change is not re-validated.
 
-A heartbeat is mostly the same bytes as the node's last one: only `seq`, `ts`, `instance`
-and `load` move. Fully validating a 1.5 KB record with 5-20 models costs ~70 µs here
-(pydantic), which at 3,000 nodes on 1 s heartbeats is a fifth of a core for nothing. So
-the JSON is parsed (C, a few µs), the node id is read before anything else (a forged one
-costs nothing more), the unchanged part is compared with the node's previous one (dict
-equality, in C), and only the moving fields are validated and copied onto the previous
-record. Anything else gets the full validation. Measured: `ops/bench/fleet_bench.py`.
+A heartbeat is mostly the same bytes as the node's last one. What moves: `seq`, `ts`,
+`instance`, `load`, and what a worker says of its runtimes now — `runtimes` (probe
+latency, counters of the jobs served: a slot freed by a finished job changes them) and
+`running_models` (Ollama's expiry moves with every use). Fully validating a 1.5 KB record
+with 5-20 models costs ~70 µs here (pydantic), which at 3,000 nodes on 1 s heartbeats is a
+fifth of a core for nothing. So the JSON is parsed (C, a few µs), the node id is read
+before anything else (a forged one costs nothing more), the unchanged part (the served
+models above all) is compared with the node's previous one (dict equality, in C), and only
+the moving fields are validated — with `Capabilities`' own field definitions — and copied
+onto the previous record. Anything else gets the full validation. Measured:
+`ops/bench/fleet_bench.py`, `ops/bench/announce_bench.py`.
 """
 
 from __future__ import annotations
@@ -16,24 +20,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from services.capabilities import Capabilities, Load
+from services.capabilities import Capabilities
 
 __all__ = ["Decoded", "RecordDecoder"]
 
-_MOVING = frozenset({"seq", "ts", "instance", "load"})
+_MOVING = ("seq", "ts", "instance", "load", "runtimes", "running_models")
+_IS_MOVING = frozenset(_MOVING)
 
-
-class _Moving(BaseModel):
-    """The fields of a record that change on every heartbeat, validated alone."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    seq: int
-    ts: float
-    instance: str | None = None
-    load: dict[str, Load] = Field(default_factory=dict)
+# The moving fields validated alone, exactly as `Capabilities` validates them.
+_Moving: type[BaseModel] = pydantic.create_model(
+    "_Moving",
+    __config__=ConfigDict(extra="ignore", frozen=True),
+    **{
+        name: (Capabilities.model_fields[name].annotation, Capabilities.model_fields[name])
+        for name in _MOVING
+    },  # type: ignore[call-overload]
+)
 
 
 @dataclass(frozen=True)
@@ -64,17 +68,12 @@ class RecordDecoder:
 
     def decode(self, node: str, raw: dict[str, Any]) -> Decoded | None:
         """A validated record of `node`, or None when `raw` is not one."""
-        steady = {key: value for key, value in raw.items() if key not in _MOVING}
+        steady = {key: value for key, value in raw.items() if key not in _IS_MOVING}
         known = self._steady.get(node)
         try:
             if known is not None and known[0] == steady:
                 moving = _Moving.model_validate(raw)
-                update = {
-                    "seq": moving.seq,
-                    "ts": moving.ts,
-                    "instance": moving.instance,
-                    "load": moving.load,
-                }
+                update = {name: getattr(moving, name) for name in _MOVING}
                 return Decoded(known[1].model_copy(update=update), steady, reused=True)
             return Decoded(Capabilities.model_validate(raw), steady, reused=False)
         except pydantic.ValidationError:
