@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from services.capabilities import Capabilities
 
-__all__ = ["Decoded", "RecordDecoder"]
+__all__ = ["Decoded", "RecordDecoder", "Refused", "parse_object"]
 
 _MOVING = ("seq", "ts", "instance", "load", "runtimes", "running_models")
 _IS_MOVING = frozenset(_MOVING)
@@ -45,44 +45,102 @@ class Decoded:
     record: Capabilities
     steady: dict[str, Any]  # the record's JSON without its moving fields
     reused: bool  # only the moving fields were validated
+    prefix: bytes | None = None  # the bytes before its moving fields, when those come last
+
+
+class Refused(NamedTuple):
+    reason: str  # "forged" or "not a record"
+    detail: str
+
+
+_FORGED = "forged"
+_NOT_A_RECORD = Refused("not a record", "does not validate")
+
+
+@dataclass(frozen=True)
+class _Known:
+    steady: dict[str, Any]
+    record: Capabilities
+    prefix: bytes | None
 
 
 class RecordDecoder:
-    """Bytes → a record, reusing each node's previous record when only load moved.
+    """Bytes → a record, reusing each node's previous record when only its moving fields
+    moved.
 
     Holds one steady part per node taken (`keep`), none for refused ones, and drops it
     with the node (`forget`).
     """
 
     def __init__(self) -> None:
-        self._steady: dict[str, tuple[dict[str, Any], Capabilities]] = {}
+        self._known: dict[str, _Known] = {}
+
+    def decode(self, node: str, data: bytes) -> Decoded | Refused:
+        """A validated record of `node` (the subject's token) from `data`, or why not."""
+        known = self._known.get(node)
+        if known is not None and known.prefix is not None and data.startswith(known.prefix):
+            tail = parse_object(b"{" + data[len(known.prefix) :])
+            if tail is not None and tail.keys() <= _IS_MOVING:
+                return self._reuse(known, tail)
+        raw = parse_object(data)
+        if raw is None:
+            return _NOT_A_RECORD
+        claimed = raw.get("node_id")
+        if claimed is not None and claimed != node:
+            return Refused(_FORGED, f"body says node_id {claimed!r}")
+        steady = {key: value for key, value in raw.items() if key not in _IS_MOVING}
+        if known is not None and known.steady == steady:
+            return self._reuse(known, raw)
+        try:
+            record = Capabilities.model_validate(raw)
+        except pydantic.ValidationError:
+            return _NOT_A_RECORD
+        return Decoded(record, steady, reused=False, prefix=_steady_prefix(data, raw, steady))
 
     @staticmethod
-    def parse(data: bytes) -> dict[str, Any] | None:
-        """The JSON object, or None for anything else (never raises)."""
+    def _reuse(known: _Known, moving_fields: dict[str, Any]) -> Decoded | Refused:
         try:
-            raw = json.loads(data)
-        except ValueError:
-            return None
-        return raw if isinstance(raw, dict) else None
-
-    def decode(self, node: str, raw: dict[str, Any]) -> Decoded | None:
-        """A validated record of `node`, or None when `raw` is not one."""
-        steady = {key: value for key, value in raw.items() if key not in _IS_MOVING}
-        known = self._steady.get(node)
-        try:
-            if known is not None and known[0] == steady:
-                moving = _Moving.model_validate(raw)
-                update = {name: getattr(moving, name) for name in _MOVING}
-                return Decoded(known[1].model_copy(update=update), steady, reused=True)
-            return Decoded(Capabilities.model_validate(raw), steady, reused=False)
+            moving = _Moving.model_validate(moving_fields)
         except pydantic.ValidationError:
-            return None
+            return _NOT_A_RECORD
+        update = {name: getattr(moving, name) for name in _MOVING}
+        record = known.record.model_copy(update=update)
+        return Decoded(record, known.steady, reused=True, prefix=known.prefix)
 
     def keep(self, node: str, decoded: Decoded) -> None:
         """Remember a taken record's steady part, to compare the next one with."""
         if not decoded.reused:
-            self._steady[node] = (decoded.steady, decoded.record)
+            self._known[node] = _Known(decoded.steady, decoded.record, decoded.prefix)
 
     def forget(self, node: str) -> None:
-        self._steady.pop(node, None)
+        self._known.pop(node, None)
+
+
+def parse_object(data: bytes) -> dict[str, Any] | None:
+    """The JSON object, or None for anything else (never raises)."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _steady_prefix(data: bytes, raw: dict[str, Any], steady: dict[str, Any]) -> bytes | None:
+    """The bytes of `data` up to its first moving field, when every field after it moves
+    (the last occurrence of each moving key: a nested one of the same name comes earlier).
+
+    Proved on this record, not assumed: its bytes up to there, closed, parse to exactly
+    its steady part, and the rest, opened, to exactly its moving part. A later record
+    that starts with the same bytes then parses as this steady part plus its own rest.
+    """
+    starts = [data.rfind(b',"' + name.encode() + b'":') for name in _MOVING]
+    found = [start for start in starts if start >= 0]
+    if not found:
+        return None
+    cut = min(found)
+    moving = {key: value for key, value in raw.items() if key in _IS_MOVING}
+    if parse_object(data[:cut] + b"}") != steady:
+        return None
+    if parse_object(b"{" + data[cut + 1 :]) != moving:
+        return None
+    return data[: cut + 1]
