@@ -279,6 +279,18 @@ class Fleet:
         await self.children.wait_ready(name, router, routable, 60)
         return router, url
 
+    async def router_alone(
+        self, http: aiohttp.ClientSession, *, name: str = "router"
+    ) -> tuple[asyncio.subprocess.Process, str]:
+        """The router with no worker of its own, waited for until its HTTP answers."""
+        port = free_port()
+        config = self.tmp / f"{name}.yml"
+        config.write_text(f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n")
+        router = await self.python(name, "router", config)
+        url = f"http://127.0.0.1:{port}"
+        await self.children.wait_ready(name, router, lambda: answers(http, f"{url}/health"), 60)
+        return router, url
+
     async def python(
         self, name: str, module: str, config: Path, *, code: Path | None = None
     ) -> asyncio.subprocess.Process:
