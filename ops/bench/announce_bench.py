@@ -32,7 +32,7 @@ import time
 import harness
 from fleet_bench import cpu_seconds, start_sims, wait_for
 
-from router.admission.line import _Waiter
+from router.admission.lanes import Waiter
 from router.admission.tenants import Tenant
 from router.config import RouterSettings
 from router.service import RouterService
@@ -73,10 +73,8 @@ async def one_size(count: int, waiting: bool) -> float:
         lanes = [(name, kind) for name, kind, _size in MODEL_POOL]
         for n in range(1000):
             tenant = Tenant(f"t{n % 7}", "interactive")
-            waiter = _Waiter(
-                tenant, "interactive", lanes[n % len(lanes)], 0.0, loop.create_future()
-            )
-            line._enqueue(waiter, front=False)  # a bench may reach in: no HTTP in front
+            waiter = Waiter(tenant, "interactive", lanes[n % len(lanes)], 0.0, loop.create_future())
+            line._lanes.join(waiter, front=False)  # a bench may reach in: no HTTP in front
     rounds = encoded_rounds(nodes, ROUNDS)
     started = time.process_time()
     for batch in rounds:
