@@ -155,3 +155,109 @@ async def test_a_stream_read_slowly_is_whole_and_one_closed_early_is_not_reused(
     assert last.body == big
     assert seen.count(b"connection") == 2
     client.close()
+
+
+async def _start_stream_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+async def test_a_gzip_stream_whose_first_piece_decodes_to_nothing_is_read_whole() -> None:
+    # A piece of a compressed stream may decompress to no bytes yet (here the gzip header
+    # alone); that is not the end of the body.
+    compressed = gzip.compress(b"line one\nline two\n")
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"a\r\n" + compressed[:10] + b"\r\n"
+        )
+        await release.wait()
+        rest = compressed[10:]
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+        await writer.drain()
+
+    server, url = await _start_stream_server(handler)
+    client = pool()
+    opened = await client.open("POST", httpx.URL(url), content=b"{}", headers=[])
+    reading = asyncio.create_task(opened.read_all())
+    await asyncio.sleep(0)
+    release.set()
+    assert await reading == b"line one\nline two\n"
+    opened.close()
+    client.close()
+    server.close()
+
+
+async def test_an_interim_1xx_answer_is_skipped_for_the_final_one() -> None:
+    # RFC 9110 §15.2: a client must parse 1xx answers before the final one, expected or not.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the interim answer arrives on its own
+        writer.write(by_length(b'{"ok":1}'))
+        await writer.drain()
+
+    server, url = await _start_stream_server(handler)
+    client = pool()
+    answer = await client.exchange("POST", httpx.URL(url), content=b"{}", headers=[])
+    assert (answer.status, answer.body) == (200, b'{"ok":1}')
+    client.close()
+    server.close()
+
+
+async def test_a_connection_the_server_closed_after_its_answer_is_not_reused() -> None:
+    # A server that closes after each answer without saying `Connection: close` (or whose
+    # keep-alive ends just then): the next GET must not fail on the dead connection. The
+    # aiohttp session this client replaced answered all of these.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(by_length(b'{"ok":1}'))
+        await writer.drain()
+        writer.close()
+
+    server, url = await _start_stream_server(handler)
+    client = pool()
+    for _ in range(4):
+        answer = await client.exchange("GET", httpx.URL(url), content=None, headers=[])
+        assert answer.body == b'{"ok":1}'
+    client.close()
+    server.close()
+
+
+def test_a_client_used_on_a_second_event_loop_still_answers() -> None:
+    # Connections kept by a loop that has ended are dropped, not closed through that loop
+    # (asyncio.run per test or per command).
+    client = pool()
+
+    async def one_call() -> bytes:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            writer.write(by_length(b'{"ok":1}'))
+            await writer.drain()
+
+        server, url = await _start_stream_server(handler)
+        try:
+            answer = await client.exchange("GET", httpx.URL(url), content=None, headers=[])
+        finally:
+            server.close()
+        return answer.body
+
+    assert asyncio.run(one_call()) == b'{"ok":1}'
+    assert asyncio.run(one_call()) == b'{"ok":1}'
+    client.close()
