@@ -141,6 +141,22 @@ async def test_oversized_and_overfull_records_are_refused(
     assert refused == 1
 
 
+async def test_a_record_with_a_string_no_utf8_can_hold_leaves_the_fleet_page_working(
+    nc: NatsClient, start_router: RouterFactory, node_id: str
+) -> None:
+    """One node's record with a lone surrogate escape (valid JSON, not text) must not make
+    every operator's fleet listing fail."""
+    odd, plain = f"{node_id}-odd", f"{node_id}-plain"
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        data = forged(odd, "bait:1b", seq=1).replace(b"bait:1b", b"bait\\ud800")
+        await nc.publish(SUBJECTS.capabilities(odd), data)
+        await nc.publish(SUBJECTS.capabilities(plain), forged(plain, "a:1b", seq=1))
+        await until(lambda: plain in fleet_of(router))
+        page = await http.get("/nodes")
+    assert page.status_code == 200
+    assert plain in page.text
+
+
 async def test_hundreds_of_simulated_nodes_route_correctly_while_records_flood_in(
     nc: NatsClient, start_router: RouterFactory
 ) -> None:

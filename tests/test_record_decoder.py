@@ -131,6 +131,7 @@ STEADY = FIRST[: FIRST.index(b',"instance":') + 1]
         pytest.param(b"}", "refused", id="trailing-comma"),
         pytest.param(b'"seq":2,"ts":3.5}, "x": 1}', "refused", id="extra-data"),
         pytest.param(b'"seq":2,"ts":3.5,"load":{"llm":{"inflight":-1}}}', "refused", id="bad-load"),
+        pytest.param(b'"seq":2,"ts":3.5,"instance":"r\\ud800"}', "refused", id="lone-surrogate"),
     ],
 )
 def test_the_rest_after_known_steady_bytes_is_judged_as_full_parsing_would(
@@ -154,3 +155,12 @@ def test_the_rest_after_known_steady_bytes_is_judged_as_full_parsing_would(
         assert not isinstance(decoded, Refused)
         assert decoded.record == full
         assert decoded.reused is (expected == "reused")
+
+
+def test_a_lone_surrogate_escape_is_not_a_record() -> None:
+    """JSON may spell a string that is not text (`\\ud800` alone): no UTF-8 encodes it, so a
+    record holding one could never be written out again (`/nodes`, the live page)."""
+    decoder = RecordDecoder()
+    data = FIRST.replace(LLAMA.name.encode(), b"llama\\ud800", 1)
+    assert decode_capabilities(data) is None
+    assert isinstance(decoder.decode("a", data), Refused)
