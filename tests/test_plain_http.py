@@ -286,3 +286,15 @@ def test_a_client_used_on_a_second_event_loop_still_answers() -> None:
         gc.collect()  # what the ended loops left, collected while its warnings are ignored
         server.shutdown()
         server.server_close()
+
+
+async def test_bytes_after_an_answers_end_are_not_part_of_its_body(serve: Serve) -> None:
+    # A runtime that sends more than its answer (another answer nobody asked for): the
+    # answer is what its Content-Length says, and the connection is not reused.
+    url, seen = await serve(lambda _head: by_length(b"ok") + by_length(b"unasked"))
+    client = pool()
+    for _ in range(2):
+        answer = await client.exchange("GET", httpx.URL(url), content=None, headers=[])
+        assert answer.body == b"ok"
+    assert seen.count(b"connection") == 2
+    client.close()
