@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import uuid
 
 import httpx
@@ -155,6 +156,24 @@ async def test_a_record_with_a_string_no_utf8_can_hold_leaves_the_fleet_page_wor
         page = await http.get("/nodes")
     assert page.status_code == 200
     assert plain in page.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(b'"ts":', b"NaN"), (b'"size_gb":', b"1e999")], ids=["ts", "size"]
+)
+async def test_a_record_with_a_number_json_cannot_carry_leaves_the_listings_working(
+    nc: NatsClient, start_router: RouterFactory, node_id: str, field: bytes, value: bytes
+) -> None:
+    """NaN, Infinity or 1e999 in one node's record must not make the fleet listing or
+    Ollama's /api/ps fail for everyone."""
+    odd, plain = f"{node_id}-odd", f"{node_id}-plain"
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        record = re.sub(re.escape(field) + rb"[0-9.e+]+", field + value, forged(odd, "bait:1b"))
+        await nc.publish(SUBJECTS.capabilities(odd), record)
+        await nc.publish(SUBJECTS.capabilities(plain), forged(plain, "a:1b", seq=1))
+        await until(lambda: plain in fleet_of(router))
+        statuses = [(await http.get(path)).status_code for path in ("/nodes", "/api/ps")]
+    assert statuses == [200, 200]
 
 
 async def test_hundreds_of_simulated_nodes_route_correctly_while_records_flood_in(

@@ -132,6 +132,8 @@ STEADY = FIRST[: FIRST.index(b',"instance":') + 1]
         pytest.param(b'"seq":2,"ts":3.5}, "x": 1}', "refused", id="extra-data"),
         pytest.param(b'"seq":2,"ts":3.5,"load":{"llm":{"inflight":-1}}}', "refused", id="bad-load"),
         pytest.param(b'"seq":2,"ts":3.5,"instance":"r\\ud800"}', "refused", id="lone-surrogate"),
+        pytest.param(b'"seq":2,"ts":NaN}', "refused", id="ts-nan"),
+        pytest.param(b'"seq":2,"ts":1e999}', "refused", id="ts-overflows"),
     ],
 )
 def test_the_rest_after_known_steady_bytes_is_judged_as_full_parsing_would(
@@ -163,4 +165,14 @@ def test_a_lone_surrogate_escape_is_not_a_record() -> None:
     decoder = RecordDecoder()
     data = FIRST.replace(LLAMA.name.encode(), b"llama\\ud800", 1)
     assert decode_capabilities(data) is None
+    assert isinstance(decoder.decode("a", data), Refused)
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_a_number_json_cannot_carry_is_not_a_record(number: bytes) -> None:
+    """Python's JSON reader takes NaN and Infinity (and 1e999 as infinity); no JSON answer
+    can say them again (`/nodes`), nor can a size in bytes be computed from them (`/api/ps`)."""
+    decoder = RecordDecoder()
+    data = FIRST.replace(b'"size_gb":4.0', b'"size_gb":' + number, 1)
+    assert data != FIRST
     assert isinstance(decoder.decode("a", data), Refused)
