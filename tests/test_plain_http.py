@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from services.errors import InferbusError
+from services.runtimes.http import new_http_client, request_json
 from services.runtimes.plain_http import PlainHttp
 
 Answer = Callable[[bytes], bytes | None]  # a request's head -> the answer (None: hang up)
@@ -298,3 +300,21 @@ async def test_bytes_after_an_answers_end_are_not_part_of_its_body(serve: Serve)
         assert answer.body == b"ok"
     assert seen.count(b"connection") == 2
     client.close()
+
+
+async def test_a_key_outside_latin1_gets_the_runtimes_answer_as_an_error_with_a_code(
+    serve: Serve,
+) -> None:
+    # A bearer key (from the environment) with a character Latin-1 has not: the runtime
+    # judges it, as it did through aiohttp (UTF-8 on the wire), and its 401 is an error with
+    # a stable code, not a UnicodeEncodeError out of the request's head.
+    refused = (
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 19\r\n\r\n{"error":"bad key"}'
+    )
+    url, _ = await serve(lambda _head: refused)
+    async with new_http_client() as client:
+        with pytest.raises(InferbusError):
+            await request_json(
+                client, "GET", httpx.URL(url), timeout_s=5, headers={"Authorization": "Bearer k€y"}
+            )
