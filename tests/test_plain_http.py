@@ -313,8 +313,30 @@ async def test_a_key_outside_latin1_gets_the_runtimes_answer_as_an_error_with_a_
         b'Content-Length: 19\r\n\r\n{"error":"bad key"}'
     )
     url, _ = await serve(lambda _head: refused)
+    client = new_http_client()
+    with pytest.raises(InferbusError):
+        await request_json(
+            client, "GET", httpx.URL(url), timeout_s=5, headers={"Authorization": "Bearer k€y"}
+        )
+    await client.aclose()
+
+
+async def test_leaving_the_client_as_a_context_closes_its_plain_connections() -> None:
+    # `async with new_http_client()` (tools/up.py, tests): httpx's __aexit__ does not call
+    # aclose(), so the kept-alive plain connections must be closed there too.
+    hung_up = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(by_length(b'{"ok":1}'))
+        await writer.drain()
+        rest = await reader.read()  # b"" once the client closes the connection
+        writer.close()
+        hung_up.set_result(rest)
+
+    server, url = await _start_stream_server(handler)
     async with new_http_client() as client:
-        with pytest.raises(InferbusError):
-            await request_json(
-                client, "GET", httpx.URL(url), timeout_s=5, headers={"Authorization": "Bearer k€y"}
-            )
+        assert await request_json(client, "GET", httpx.URL(url), timeout_s=5) == {"ok": 1}
+    assert await asyncio.wait_for(hung_up, 10) == b""
+    server.close()
+    await server.wait_closed()
