@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,11 +102,16 @@ async def parse_json(body: bytes) -> Any:
     try:
         raw = await loads_request(body)
         # Lone surrogates ("\ud800") are valid JSON but no valid UTF-8: refuse them here,
-        # not when the job is encoded for a node.
-        json.dumps(raw, ensure_ascii=False).encode()
+        # not when the job is encoded for a node. One can only come from a `\u` escape
+        # or from the bytes of one (UTF-8 lead byte 0xED): other bodies skip the check.
+        if _MAY_HOLD_SURROGATE.search(body):
+            json.dumps(raw, ensure_ascii=False).encode()
     except (ValueError, RecursionError, UnicodeError) as error:
         return InferbusError(ErrorCode.BAD_REQUEST, f"the body is not usable JSON ({error})"[:200])
     return raw
+
+
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD]|\xed")
 
 
 def agent_of(value: object) -> str | None:
