@@ -152,7 +152,9 @@ async def test_hundreds_of_simulated_nodes_route_correctly_while_records_flood_i
         start_router() as router,
         httpx.AsyncClient(base_url=router.url, timeout=10) as http,
     ):
-        assert len(fleet_of(router)) >= 300  # discovery completed the view before serving
+        # Discovery's replies end at a quiet gap, which a loaded box can open early; the
+        # announcements it asked for still arrive on the records subject.
+        await until(lambda: len(fleet_of(router)) >= 300)
         flooding = asyncio.create_task(flood(sims, nodes, rounds=20))
         wanted = [random.Random(i).choice(sorted(served_by[nodes[i].node_id])) for i in range(40)]
         answers: list[tuple[str, httpx.Response]] = []

@@ -311,7 +311,10 @@ async def test_replies_come_on_node_scoped_unguessable_inboxes_and_forgeries_are
         await flush_interest(spy)
         whole = await http.post("/infer", json=JOB)
         streamed = await http.post("/infer", json={**JOB, "stream": True})
-        await spy.close()  # flushes the forgeries; the router takes them in its own time
+        # drain, not close: the forger's callbacks run to their end (a close could cancel
+        # one still queued), then its forgeries are flushed; the router takes them in its
+        # own time
+        await spy.drain()
         link = router.link
         await until(lambda: link.dropped >= 6)  # three per job, whenever they arrived
     assert whole.status_code == 200
