@@ -29,7 +29,7 @@ from router.http.images import checked_images
 from router.http.live.feed import LiveFeed
 from router.http.live.rows import RequestFacts
 from router.metrics import RouterMetrics
-from router.serving.call import Call, Calls, Served, trace_context
+from router.serving.call import Call, CallProgress, Calls, Served, trace_context
 from services.big_json import loads_request
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.images import ImageSettings
@@ -177,9 +177,14 @@ class Api:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
 
+        # The call's progress, once it is made: holding the call itself here would make a
+        # cycle (call -> on_queued -> call) that only the garbage collector frees.
+        progress: CallProgress | None = None
+
         def queued(queue_ms: float) -> None:
             request.state.queue_ms = queue_ms
-            call.progress.queue_ms = queue_ms
+            if progress is not None:
+                progress.queue_ms = queue_ms
             if queue_ms > 0:  # a call that started at once has no wait to show
                 attributes = {"inferbus.tenant": tenant.name, "inferbus.class": priority}
                 self.tracing.past("queue wait", queue_ms / 1000.0, attributes)
@@ -196,6 +201,7 @@ class Api:
             on_queued=queued,
             resume=resume,
         )
+        progress = call.progress
         return call
 
     async def serve(self, call: Call) -> Served:
