@@ -105,10 +105,12 @@ def _no(class_name: str) -> int:
 class LimitsSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Count tenants' rpm and tpm across every router in JetStream KV
-    # (router/admission/shared_limits.py); max_concurrent stays per router.
+    # Count tenants' rpm, tpm and max_concurrent across every router in JetStream KV
+    # (router/admission/shared_limits.py, shared_running.py); max_queued stays per router.
     shared: bool = False
     bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = "inferbus_limits"
+    # How long a router's running calls count after it stopped renewing them (it died).
+    lease_s: Annotated[float, Field(ge=1, le=60)] = 10.0
 
 
 _Limit = Annotated[int | None, Field(ge=0)]

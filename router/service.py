@@ -32,7 +32,8 @@ from nats.aio.client import Client as NatsClient
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.line import Admission
 from router.admission.sealing import SealedRecords
-from router.admission.shared_limits import SharedCounters
+from router.admission.shared_limits import SharedCounters, open_bucket
+from router.admission.shared_running import SharedRunning
 from router.admission.slots import LaneSlots
 from router.admission.tenants import TenantConfigError, TenantDirectory
 from router.attempts.board import BreakerBoard
@@ -253,7 +254,7 @@ class RouterService(AsyncService):
         idempotency = settings.idempotency
         self.gate = IdempotencyGate(
             self.admission.dispatch,
-            resolve_model=fleet_model(settings.selection, self.fleet),
+            resolve_model=fleet_model(lambda: self.settings.selection, self.fleet),
             answers=KeptAnswers(
                 ttl_s=idempotency.ttl_s, max_entries=idempotency.max_entries, clock=clock
             ),
@@ -276,6 +277,7 @@ class RouterService(AsyncService):
         self.fatal_exit_code = 2  # bad credentials: restarting cannot help
         self._stopping = False
         self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
+        self._shared_running: SharedRunning | None = None
 
     async def _show_model(self, name: str, verbose: bool) -> dict[str, Any] | InferbusError:
         """A served model's details from a node that serves it (Ollama's `/api/show`)."""
@@ -390,13 +392,29 @@ class RouterService(AsyncService):
                     monotonic=self._clock,
                 )
             )
-        limits = self.settings.limits
-        if limits.shared:
-            # Until NATS is reached, each router counts its tenants' rpm and tpm alone.
-            self.admission.share(
-                await SharedCounters.open(self._nc, bucket=limits.bucket, wall_clock=time.time)
-            )
+        if self.settings.limits.shared:
+            # Until NATS is reached, each router counts its tenants' limits alone.
+            await self._share_limits()
         log.info("connected to nats; %d nodes known", len(self.fleet.nodes))
+
+    async def _share_limits(self) -> None:
+        """Tenants' rpm, tpm and running calls counted with the other routers, in KV."""
+        limits = self.settings.limits
+        kv = await open_bucket(self._nc, limits.bucket)
+
+        def connected() -> bool:
+            return self._nc.is_connected
+
+        running = SharedRunning(
+            kv,
+            lease_s=limits.lease_s,
+            wall_clock=time.time,
+            on_change=self.admission.wake,
+            connected=connected,
+        )
+        self._shared_running = running
+        await running.start(self._nc, limits.bucket)
+        self.admission.share(SharedCounters(kv, time.time, connected), running)
 
     async def _on_nats_error(self, error: Exception) -> None:
         if is_auth_refusal(error):
@@ -478,6 +496,10 @@ class RouterService(AsyncService):
                 await asyncio.wait_for(self._serving, 10)
             self._serving = None
         await self._liveness.stop()
+        if self._shared_running is not None:
+            await self._shared_running.stop()
+        if self.admission.shared is not None:
+            await self.admission.shared.stop()
         await self.link.stop()
         await self.fleet.stop()
         with contextlib.suppress(Exception):

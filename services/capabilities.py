@@ -124,24 +124,27 @@ class Hardware(_Record):
 
 
 class Capabilities(_Record):
+    # What a node serves, then what moves from one heartbeat to the next. The order is the
+    # order on the wire: a router compares the bytes before the moving fields with the
+    # node's previous record and parses only the rest (router/fleet/records.py).
     node_id: str
     version: str
-    seq: int
-    ts: float = Field(description="unix seconds when the record was built (display only)")
     # Bounded and finite: a record saying Infinity would be kept (and its node) forever.
     ttl_s: float = Field(gt=0, le=MAX_RECORD_TTL_S, allow_inf_nan=False)
-    runtimes: tuple[RuntimeStatus, ...] = ()
     served_models: tuple[ServedModel, ...] = ()
-    load: dict[str, Load] = Field(default_factory=dict)
     hardware: Hardware | None = None
-    # Random per worker process: two processes announcing one node id can be told apart.
-    instance: str | None = None
     # Job fields this worker honours or refuses (services.needs.WIRE_FEATURES). A worker
     # older than a field drops it without a word, so a router sends a job that uses one
     # only to nodes that list it; absent means none of them.
     wire_features: tuple[str, ...] = ()
+    # Random per worker process: two processes announcing one node id can be told apart.
+    instance: str | None = None
+    runtimes: tuple[RuntimeStatus, ...] = ()
     # What is loaded now, with memory and expiry (Ollama's `/api/ps`); older workers send none.
     running_models: tuple[RunningModel, ...] = ()
+    load: dict[str, Load] = Field(default_factory=dict)
+    seq: int
+    ts: float = Field(description="unix seconds when the record was built (display only)")
 
 
 def encode_capabilities(record: Capabilities) -> bytes:

@@ -152,6 +152,36 @@ def test_stale_node_is_revived_by_its_next_record_and_gone_after_the_drop_time()
     assert forgotten == ["a"]
 
 
+def test_a_node_heard_every_second_stays_fresh_and_goes_stale_a_ttl_after_its_last_record() -> None:
+    index = FleetIndex(drop_after_ttls=10)
+    for second in range(10):
+        index.take(record("a", LLAMA, seq=second + 1, ttl_s=3), second)
+        index.sweep(second + 0.5)
+        assert index.live("a", second + 0.5)
+        assert servers(index, "llama3:8b") == {"a"}
+    index.sweep(9 + 2.9)
+    assert servers(index, "llama3:8b") == {"a"}
+    index.sweep(9 + 3.1)
+    assert servers(index, "llama3:8b") == set()
+    index.sweep(9 + 29.9)
+    assert "a" in index.nodes
+    index.sweep(9 + 30.1)
+    assert "a" not in index.nodes
+
+
+def test_a_shorter_ttl_brings_staleness_forward_and_a_record_after_staleness_revives() -> None:
+    index = FleetIndex(drop_after_ttls=10)
+    index.take(record("a", LLAMA, ttl_s=30), 0)
+    index.take(record("a", LLAMA, seq=2, ttl_s=3), 1)
+    index.sweep(4.5)
+    assert servers(index, "llama3:8b") == set()
+    assert index.take(record("a", LLAMA, seq=3, ttl_s=30), 5) is Taken.REVIVED
+    index.sweep(30)  # the first record's expiry: long superseded
+    assert servers(index, "llama3:8b") == {"a"}
+    index.sweep(35.5)
+    assert servers(index, "llama3:8b") == set()
+
+
 def test_unswept_node_past_its_ttl_is_never_selected() -> None:
     index = FleetIndex()
     index.take(record("a", LLAMA, ttl_s=10), 0)

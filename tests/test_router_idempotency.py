@@ -469,13 +469,15 @@ async def test_an_unreachable_shared_store_costs_a_keyed_request_no_more_than_it
 
 @asynccontextmanager
 async def router_process(
-    tmp_path: Path, settings: dict[str, Any], sees: str
+    tmp_path: Path, settings: dict[str, Any], sees: str, api_key: str | None = None
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """A router in a process of its own (`python -m router`), once it serves and its fleet
-    view holds the node `sees`; yields the process and its URL."""
+    view holds the node `sees` (asked with `api_key` when its settings name tenants);
+    yields the process and its URL."""
     port = free_port()
     config = tmp_path / f"router-{port}.json"  # JSON is YAML
-    config.write_text(json.dumps({**settings, "http": {"host": "127.0.0.1", "port": port}}))
+    listen = {"host": "127.0.0.1", "port": port}
+    config.write_text(json.dumps({**settings, "http": {**settings.get("http", {}), **listen}}))
     log = (tmp_path / f"router-{port}.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router", "--config", str(config), cwd=ROOT,
@@ -483,7 +485,8 @@ async def router_process(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=2) as http:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        async with httpx.AsyncClient(base_url=url, timeout=2, headers=headers) as http:
 
             async def sees_node() -> bool:
                 with contextlib.suppress(httpx.HTTPError):

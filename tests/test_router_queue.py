@@ -317,6 +317,42 @@ async def test_a_waiting_stream_hears_keepalives_then_its_answer(
     assert answer.text.rstrip().endswith("data: [DONE]")
 
 
+async def test_a_waiting_infer_stream_hears_waiting_lines_then_its_answer(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str, nc: NatsClient
+) -> None:
+    async with (
+        slow_fleet(start_worker, node_id, nodes=1, slots=1, latency_ms=20) as (sim, [worker]),
+        start_router(admission={"keepalive_ms": 100}) as router,
+        client(router) as http,
+    ):
+        holders = Holders(nc, f"{node_id}-0")
+        await holders.take(sim, worker, router, 1)
+        body = {"prompt": "x", "model": MODEL, "stream": True, "job_id": "waits"}
+        lines: list[dict[str, Any]] = []
+
+        async def read() -> int:
+            async with http.stream("POST", "/infer", json=body) as answer:
+                async for line in answer.aiter_lines():
+                    lines.append(json.loads(line))
+                return answer.status_code
+
+        streamed = asyncio.ensure_future(read())
+        await until(lambda: len(lines) >= 2, 20)  # heard while it waits, before any token
+        await holders.free()
+        status = await streamed
+    waiting = [line for line in lines if line.get("waiting")]
+    pieces = [line for line in lines if "delta" in line]
+    assert status == 200
+    assert lines[: len(waiting)] == waiting  # every keep-alive comes before the answer
+    assert all(set(line) == {"job_id", "waiting", "queue_ms"} for line in waiting)
+    assert all(line["job_id"] == "waits" for line in waiting)
+    assert [line["queue_ms"] for line in waiting] == sorted(line["queue_ms"] for line in waiting)
+    assert "".join(line["delta"] for line in pieces)
+    assert lines[-1]["done"] is True
+    assert lines[-1]["status"] == "ok"
+    assert lines[-1]["route"]["queue_ms"] > 0
+
+
 async def test_two_routers_sharing_four_slots_answer_forty_calls(
     start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
 ) -> None:
@@ -362,6 +398,35 @@ async def test_two_routers_sharing_limits_cannot_exceed_a_tenants_rpm_together(
     refused = [a for a in answers if a.status_code == 429]
     assert all(a.json()["error"]["message"].startswith("rpm:") for a in refused)
     assert all(int(a.headers["retry-after"]) <= 60 for a in refused)
+
+
+async def test_two_routers_counting_at_once_grant_a_shared_rpm_exactly(
+    simulator: Simulator, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """Twelve calls at once, six per router, against rpm 5: each router counts the calls
+    that arrive together in one write, and the two race for the counter."""
+    seconds_into_minute = time.time() % 60
+    if seconds_into_minute > 50:
+        await asyncio.sleep(61 - seconds_into_minute)
+    limits = {"shared": True, "bucket": f"limits_{uuid.uuid4().hex[:12]}"}
+    tenants = [{"name": "shared", "key": "key-shared", "rpm": 5}]
+    http_settings = {"host": "127.0.0.1", "port": 0, "api_keys": tenants}
+    job = {"prompt": "x", "model": "llama3:8b"}
+    async with (
+        start_worker(backends=[backend(simulator.url)], limits={"llm_concurrency": 12}),
+        start_router(http=http_settings, limits=limits) as first,
+        start_router(http=http_settings, limits=limits) as second,
+        client(first, "key-shared") as one,
+        client(second, "key-shared") as two,
+    ):
+        await until(lambda: first.admission.shared is not None, 10)
+        await until(lambda: second.admission.shared is not None, 10)
+        answers = await asyncio.gather(
+            *((one if n % 2 else two).post("/infer", json=job) for n in range(12))
+        )
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [429] * 7
+    refused = [a for a in answers if a.status_code == 429]
+    assert all(a.json()["error"]["message"].startswith("rpm:") for a in refused)
 
 
 async def test_a_call_that_did_not_wait_goes_to_the_node_its_lane_was_picked_on(

@@ -17,6 +17,7 @@ from router.service import RouterService
 from services.localnet import free_port
 from services.nats_server import NatsServer
 from tests.conftest import WorkerFactory, backend
+from tests.jobs import until
 from tools.simulator import SimModel, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,3 +129,42 @@ async def test_sighup_reloads_the_keys_of_a_running_router(
         await asyncio.wait_for(process.wait(), 15)
     assert before.status_code == 401
     assert old.status_code == 401
+
+
+def profiles(model: str) -> dict[str, Any]:
+    """One profile, the default, whose fleet model is `model`."""
+    return {
+        "llm_profiles": {"chat": {"model": model}},
+        "selection_policies": {"chat": {"prefer": [model]}},
+        "default_profile": "chat",
+    }
+
+
+async def test_keyed_calls_resolve_the_profiles_a_reload_brought(
+    tmp_path: Path, nats_server: NatsServer, start_worker: WorkerFactory
+) -> None:
+    """A key first used with `model` omitted is the job of the model that resolves to now:
+    after a reload moved the default profile from a:1b to b:1b, a duplicate naming a:1b
+    is another job (422), not a replay of b:1b's answer."""
+    path = tmp_path / "router.yml"
+    write_config(path, nats_server.url, 0, [ADMIN], **profiles("a:1b"))
+    key = {"Idempotency-Key": "order-1", **bearer("key-admin")}
+    async with (
+        Simulator(models=[SimModel("a:1b"), SimModel("b:1b")]) as sim,
+        start_worker(backends=[backend(sim.url)]),
+        RouterService(load_router_settings(path), config_path=path) as router,
+        httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+    ):
+        await until(lambda: bool(router.fleet.nodes))
+        write_config(path, nats_server.url, 0, [ADMIN], **profiles("b:1b"))
+        reloaded = await http.post("/admin/reload", headers=bearer("key-admin"))
+        first = await http.post("/infer", json={"prompt": "x"}, headers=key)
+        same = await http.post("/infer", json={"prompt": "x", "model": "b:1b"}, headers=key)
+        other = await http.post("/infer", json={"prompt": "x", "model": "a:1b"}, headers=key)
+    assert reloaded.json()["applied"] == ["selection"], reloaded.text
+    assert first.json()["model"] == "b:1b", first.text
+    assert same.json()["cached"] is True
+    assert other.status_code == 422, other.text
+    assert other.json()["error"]["code"] == "IDEMPOTENCY_MISMATCH"
+    assert sim.calls["b:1b"] == 1
+    assert sim.calls["a:1b"] == 0

@@ -1,7 +1,8 @@
 """Many simulated nodes on one NATS connection, for fleet-scale tests and benchmarks.
 
 Each simulated node speaks the wire contract as a worker does: it publishes a valid
-capabilities record (built with `services.capabilities`) on its own
+capabilities record (built with `services.capabilities`; its runtime's probe latency and
+job counters move from one record to the next, as a real worker's do) on its own
 `ncs.capabilities.<id>` every heartbeat, announces itself there when `ncs.discover` is
 asked, and answers `node.<id>.llm.request` / `vision.request` jobs with a `JobResponse` that
 names the node and model it served, so a test can check where the router sent each job.
@@ -26,9 +27,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.capabilities import (
+    BackendStats,
     Capabilities,
     Load,
     ModelType,
+    RuntimeStatus,
     ServedModel,
     encode_capabilities,
     record_ttl_s,
@@ -60,6 +63,16 @@ class SimNode:
             instance=self.instance,
             ts=round(time.time(), 3),
             ttl_s=ttl_s,
+            runtimes=(
+                RuntimeStatus(
+                    kind="ollama",
+                    url="http://127.0.0.1:11434",
+                    state="healthy",
+                    latency_ms=round(0.8 + (self.seq % 7) * 0.13, 2),
+                    models=len(self.models),
+                    stats=BackendStats(invocations=self.served, tokens_out=4 * self.served),
+                ),
+            ),
             served_models=self.models,
             load={
                 "llm": Load(inflight=0, capacity=self.capacity),

@@ -21,10 +21,13 @@ contract) in a few processes, and the real router, then measures from this proce
   spread      over 1,200 requests at c=8 for the popular model: max and min share of the
               nodes serving it (40 per simulator process), relative to a fair share
 
-The machine is shared and noisy: read rows against N = 1 from the same run. Timings are
-printed, never asserted. Figures from before the fleet index (same machine) are printed beside.
+The machine is shared and noisy: read rows against N = 1 from the same run. With
+`--baseline DIR` (another checkout of the project, e.g. a `git worktree` of main) every
+row runs the router from this checkout and from DIR in turn on the same simulated fleet,
+A B B A for `--rounds 2`, and the summary gives each one's means. Timings are printed,
+never asserted. Figures from before the fleet index (same machine) are printed beside.
 Usage: python ops/bench/fleet_bench.py [--sizes 1,150,1000,3000] [--heartbeats 10,1]
-       [--seconds 3]
+       [--seconds 3] [--baseline DIR [--rounds 2]]
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiohttp
 import harness
@@ -68,6 +72,7 @@ BEFORE = {  # pre-index figures: selection ms, c1 p50 ms, c32 req/s, idle CPU % 
 class Row:
     nodes: int
     heartbeat_s: float
+    code: str = "this"  # which checkout's router: "this" or "base"
     select_us: float = 0.0
     best_us: float = 0.0
     take_us: float = 0.0
@@ -152,36 +157,51 @@ async def infer(http: aiohttp.ClientSession, url: str, model: str) -> tuple[int,
         return response.status, await response.json()
 
 
-async def one_row(nodes: int, heartbeat_s: float, seconds: float) -> Row:
-    row = Row(nodes, heartbeat_s)
-    row.select_us, row.best_us, row.take_us = selection_cost(nodes)
+async def one_row(
+    nodes: int, heartbeat_s: float, seconds: float, codes: list[tuple[str, Path | None]]
+) -> list[Row]:
+    """One fleet; a router from each of `codes` (label, checkout) in turn measured on it."""
+    in_process = Row(nodes, heartbeat_s)
+    in_process.select_us, in_process.best_us, in_process.take_us = selection_cost(nodes)
+    rows = []
     async with harness.fleet("fleet-bench-") as fleet, harness.http_session() as http:
         sim_url = await fleet.simulator(http, "/api/tags", "--tokens", "4")
         worker = await fleet.worker(sim_url, "ollama", llm_concurrency=64)
         await start_sims(fleet, nodes, heartbeat_s)
-        router, url = await fleet.router(http, worker)
-        await wait_for(http, url, nodes + 1)
-        call = caller(http, f"{url}/v1/chat/completions")
-        await measure(call, 4, 1.0)  # warm-up
-        c1 = await measure(call, 1, seconds)
-        busy_before = cpu_seconds(router.pid)
-        c32 = await measure(call, 32, seconds)
-        busy_s = cpu_seconds(router.pid) - busy_before
-        row.c1_p50, row.c1_p99, row.c32_rate = c1.pct(0.5), c1.pct(0.99), c32.rate
-        row.errors = c1.errors + c32.errors
-        row.idle_cpu, row.stale_seen = await idle_window(http, url, router.pid, 2 * seconds)
-        idle_s = row.idle_cpu / 100 * c32.seconds
-        row.request_us = max(0.0, busy_s - idle_s) / max(1, len(c32.latencies_ms)) * 1e6
-        row.rss_mb = rss_mb(router.pid)
-        row.nodes_ms = await latency(http, f"{url}/nodes")
-        row.models_ms = await latency(http, f"{url}/v1/models")
-        row.spread_max, row.spread_min = await spread(http, url)
-        row.new_node_ms, row.death_ms = await join_and_death(http, url, fleet.nats_url)
-        router_log = fleet.children.tail("router", 100000)
-        row.slow_consumer = router_log.lower().count("slow consumer")
-        if row.death_ms > 5000:
-            print(f"router log, {nodes} nodes:\n{router_log[-3000:]}", file=sys.stderr)
-    return row
+        for turn, (label, code) in enumerate(codes):
+            row = replace(in_process, code=label)
+            name = f"router{turn}"
+            router, url = await fleet.router(http, worker, name=name, code=code)
+            await wait_for(http, url, nodes + 1)
+            await measure_router(row, http, url, router.pid, fleet.nats_url, seconds)
+            router_log = fleet.children.tail(name, 100000)
+            row.slow_consumer = router_log.lower().count("slow consumer")
+            if row.death_ms > 5000:
+                print(f"router log, {nodes} nodes:\n{router_log[-3000:]}", file=sys.stderr)
+            await fleet.children.stop(router)
+            rows.append(row)
+    return rows
+
+
+async def measure_router(
+    row: Row, http: aiohttp.ClientSession, url: str, pid: int, nats_url: str, seconds: float
+) -> None:
+    call = caller(http, f"{url}/v1/chat/completions")
+    await measure(call, 4, 1.0)  # warm-up
+    c1 = await measure(call, 1, seconds)
+    busy_before = cpu_seconds(pid)
+    c32 = await measure(call, 32, seconds)
+    busy_s = cpu_seconds(pid) - busy_before
+    row.c1_p50, row.c1_p99, row.c32_rate = c1.pct(0.5), c1.pct(0.99), c32.rate
+    row.errors = c1.errors + c32.errors
+    row.idle_cpu, row.stale_seen = await idle_window(http, url, pid, 2 * seconds)
+    idle_s = row.idle_cpu / 100 * c32.seconds
+    row.request_us = max(0.0, busy_s - idle_s) / max(1, len(c32.latencies_ms)) * 1e6
+    row.rss_mb = rss_mb(pid)
+    row.nodes_ms = await latency(http, f"{url}/nodes")
+    row.models_ms = await latency(http, f"{url}/v1/models")
+    row.spread_max, row.spread_min = await spread(http, url)
+    row.new_node_ms, row.death_ms = await join_and_death(http, url, nats_url)
 
 
 async def start_sims(fleet: Fleet, nodes: int, heartbeat_s: float) -> None:
@@ -305,30 +325,63 @@ async def join_and_death(
 def print_rows(rows: list[Row]) -> None:
     print(f"\nfleet benchmark, {os.cpu_count()} cores (shared); before = pre-index figures\n")
     print(
-        f"{'nodes':>5} {'hb':>3} | {'select µs':>9} {'best µs':>8} {'take µs':>7} | "
+        f"{'nodes':>5} {'hb':>3} {'code':>4} | {'select µs':>9} {'best µs':>8} {'take µs':>7} | "
         f"{'c1 p50':>7} {'c1 p99':>7} {'c32 r/s':>7} {'µs/req':>6} {'err':>3} | "
         f"{'idle %':>6} {'RSS MB':>6} {'stale':>5} {'slowc':>5} | {'join ms':>7} "
         f"{'death ms':>8} | {'/nodes':>6} {'/models':>7} | {'spread max/min':>14}"
     )
     for r in rows:
         print(
-            f"{r.nodes:5d} {r.heartbeat_s:3g} | {r.select_us:9.1f} {r.best_us:8.1f} "
+            f"{r.nodes:5d} {r.heartbeat_s:3g} {r.code:>4} | {r.select_us:9.1f} {r.best_us:8.1f} "
             f"{r.take_us:7.1f} | {r.c1_p50:7.2f} {r.c1_p99:7.2f} {r.c32_rate:7.0f} "
             f"{r.request_us:6.0f} {r.errors:3d} | {r.idle_cpu:6.2f} {r.rss_mb:6.0f} "
             f"{r.stale_seen:5d} {r.slow_consumer:5d} | {r.new_node_ms:7.1f} {r.death_ms:8.1f} | "
             f"{r.nodes_ms:6.2f} {r.models_ms:7.2f} | {r.spread_max:6.2f}/{r.spread_min:<6.2f}"
         )
+    print_means(rows)
     print("\npre-index: selection ms | c1 p50 ms | c32 req/s | idle % (10 s) | /nodes ms")
     for nodes, figures in BEFORE.items():
         print(f"{nodes:5d}: " + " | ".join(figures))
 
 
-async def main(sizes: list[int], heartbeats: list[float], seconds: float) -> None:
+def print_means(rows: list[Row]) -> None:
+    """Per heartbeat, size and checkout: mean c=32 rate (and its ratio to the same
+    checkout's smallest fleet), router µs per request, idle CPU and join time."""
+    groups: dict[tuple[float, int, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.heartbeat_s, r.nodes, r.code), []).append(r)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    print(
+        f"\n{'hb':>3} {'nodes':>5} {'code':>4} | {'c32 r/s':>7} {'ratio':>5} "
+        f"{'µs/req':>6} {'idle %':>6} {'join ms':>7} | runs"
+    )
+    for (hb, nodes, code), group in sorted(groups.items()):
+        smallest = min(n for (h, n, c) in groups if h == hb and c == code)
+        base_rate = mean([r.c32_rate for r in groups[hb, smallest, code]])
+        rate = mean([r.c32_rate for r in group])
+        print(
+            f"{hb:3g} {nodes:5d} {code:>4} | {rate:7.0f} {rate / base_rate:5.2f} "
+            f"{mean([r.request_us for r in group]):6.0f} "
+            f"{mean([r.idle_cpu for r in group]):6.2f} "
+            f"{mean([r.new_node_ms for r in group]):7.1f} | {len(group)}"
+        )
+
+
+async def main(
+    sizes: list[int], heartbeats: list[float], seconds: float, baseline: Path | None, rounds: int
+) -> None:
+    codes: list[tuple[str, Path | None]] = [("this", None)]
+    if baseline is not None:
+        pair = [("this", None), ("base", baseline)]
+        codes = [entry for turn in range(rounds) for entry in pair[:: 1 if turn % 2 == 0 else -1]]
     rows = []
     for heartbeat_s in heartbeats:
         for nodes in sizes:
             print(f"row: {nodes} nodes, {heartbeat_s:g} s heartbeats", file=sys.stderr)
-            rows.append(await one_row(nodes, heartbeat_s, seconds))
+            rows.extend(await one_row(nodes, heartbeat_s, seconds, codes))
     print_rows(rows)
 
 
@@ -343,10 +396,14 @@ def cli() -> None:
     parser.add_argument("--sizes", default="1,150,1000,3000")
     parser.add_argument("--heartbeats", default="10,1")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
+    parser.add_argument("--rounds", type=int, default=2, help="A B (B A ...) turns")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     heartbeats = [float(h) for h in args.heartbeats.split(",")]
-    harness.run_cli(main(sizes, heartbeats, args.seconds), "fleet benchmark")
+    harness.run_cli(
+        main(sizes, heartbeats, args.seconds, args.baseline, args.rounds), "fleet benchmark"
+    )
 
 
 if __name__ == "__main__":

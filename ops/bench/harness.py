@@ -158,21 +158,30 @@ class Children:
     async def stop_all(self) -> None:
         """SIGTERM every child's process group, newest first; SIGKILL what lingers."""
         for process in reversed(self.processes):
-            if process.returncode is not None:
-                _LIVE_GROUPS.discard(process.pid)
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-            with contextlib.suppress(ProcessLookupError):  # the group's stragglers
-                os.killpg(process.pid, signal.SIGKILL)
-            _LIVE_GROUPS.discard(process.pid)
+            await self._stop(process)
         self.processes.clear()
+
+    async def stop(self, process: asyncio.subprocess.Process) -> None:
+        """Stop one child (its process group) before the others."""
+        await self._stop(process)
+        self.processes.remove(process)
+
+    @staticmethod
+    async def _stop(process: asyncio.subprocess.Process) -> None:
+        if process.returncode is not None:
+            _LIVE_GROUPS.discard(process.pid)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        with contextlib.suppress(ProcessLookupError):  # the group's stragglers
+            os.killpg(process.pid, signal.SIGKILL)
+        _LIVE_GROUPS.discard(process.pid)
 
 
 @contextlib.asynccontextmanager
@@ -248,14 +257,17 @@ class Fleet:
         extra_yaml: str = "",
         *,
         name: str = "router",
+        code: Path | None = None,
     ) -> tuple[asyncio.subprocess.Process, str]:
-        """The router, waited for until it can route to `worker`; returns it and its URL."""
+        """The router, waited for until it can route to `worker`; returns it and its URL.
+
+        `code`: another checkout of the project to run the router from (a baseline)."""
         port = free_port()
         config = self.tmp / f"{name}.yml"
         config.write_text(
             f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n{extra_yaml}"
         )
-        router = await self.python(name, "router", config)
+        router = await self.python(name, "router", config, code=code)
         url = f"http://127.0.0.1:{port}"
 
         async def routable() -> bool:
@@ -267,9 +279,35 @@ class Fleet:
         await self.children.wait_ready(name, router, routable, 60)
         return router, url
 
-    async def python(self, name: str, module: str, config: Path) -> asyncio.subprocess.Process:
+    async def router_alone(
+        self, http: aiohttp.ClientSession, *, name: str = "router"
+    ) -> tuple[asyncio.subprocess.Process, str]:
+        """The router with no worker of its own, waited for until its HTTP answers."""
+        port = free_port()
+        config = self.tmp / f"{name}.yml"
+        config.write_text(f"nats_url: {self.nats_url}\nhttp:\n  host: 127.0.0.1\n  port: {port}\n")
+        router = await self.python(name, "router", config)
+        url = f"http://127.0.0.1:{port}"
+        await self.children.wait_ready(name, router, lambda: answers(http, f"{url}/health"), 60)
+        return router, url
+
+    async def python(
+        self, name: str, module: str, config: Path, *, code: Path | None = None
+    ) -> asyncio.subprocess.Process:
+        """`python -m module` from this checkout, or from `code` (its packages first on the
+        path, so this venv runs another version of the project)."""
+        env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
         return await self.children.spawn(
-            name, sys.executable, "-m", module, "--config", str(config), "--log-level", "WARNING"
+            name,
+            sys.executable,
+            "-m",
+            module,
+            "--config",
+            str(config),
+            "--log-level",
+            "WARNING",
+            env=env,
+            cwd=code or ROOT,
         )
 
 

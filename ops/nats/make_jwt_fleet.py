@@ -49,6 +49,8 @@ RESPONSES_TTL_NS = 15 * 60 * 1_000_000_000
 NO_LIMIT = -1
 # The shared idempotency store's KV bucket (services.keystore.DEFAULT_BUCKET).
 BUCKET = "inferbus_idempotency"
+# The routers' shared limits (router config `limits.bucket`): routers only.
+LIMITS_BUCKET = "inferbus_limits"
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -117,18 +119,33 @@ def worker_permissions(node_id: str) -> dict[str, Any]:
     }
 
 
+def limits_grants(bucket: str = LIMITS_BUCKET) -> tuple[list[str], list[str]]:
+    """(publish, subscribe) for the routers' shared limits: make the bucket (or read how it
+    is made), read (direct get) and write its keys, and hear the running-calls keys'
+    writes (router/admission/shared_running.py). Nobody else gets any of it."""
+    publish = [
+        f"$JS.API.STREAM.CREATE.KV_{bucket}",
+        f"$JS.API.STREAM.INFO.KV_{bucket}",
+        f"$KV.{bucket}.>",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.>",
+    ]
+    return publish, [f"$KV.{bucket}.running.>"]
+
+
 def router_permissions() -> dict[str, Any]:
     """Send jobs, cancels, caps and show requests; ask who is there; hear heartbeats; read its
-    own inboxes; make the idempotency bucket and read and write its routers' space. It
-    cannot take jobs nor pose as a node."""
+    own inboxes; make the idempotency bucket and read and write its routers' space; the
+    shared limits' bucket. It cannot take jobs nor pose as a node."""
     requests = [
         f"node.*.{name}"
         for name in ("llm.request", "vision.request", "embed.request", "cancel", "caps", "show")
     ]
     bucket = [f"$JS.API.STREAM.{verb}.KV_{BUCKET}" for verb in ("CREATE", "INFO")]
+    limits_publish, limits_subscribe = limits_grants()
+    publish = [*requests, "ncs.discover", *bucket, *store_grants("r"), *limits_publish]
     return {
-        "pub": {"allow": [*requests, "ncs.discover", *bucket, *store_grants("r")]},
-        "sub": {"allow": ["ncs.capabilities.*", "_INBOX.>"]},
+        "pub": {"allow": publish},
+        "sub": {"allow": ["ncs.capabilities.*", "_INBOX.>", *limits_subscribe]},
     }
 
 

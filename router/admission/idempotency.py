@@ -246,12 +246,13 @@ class IdempotencyGate:
         return KeyedJob(wire.fingerprint(), models, resolved or wire.model)
 
 
-def fleet_model(selection: SelectionConfig, fleet: FleetView) -> ResolveModel:
-    """What a job's `model` (named or omitted) resolves to on the fleet now."""
+def fleet_model(selection: Callable[[], SelectionConfig], fleet: FleetView) -> ResolveModel:
+    """What a job's `model` (named or omitted) resolves to on the fleet now, with the
+    profiles running now (`selection` gives them: a reload swaps them)."""
 
     def resolve(job: JobRequest, agent_id: str | None) -> str | None:
         chosen = select(
-            selection,
+            selection(),
             fleet.index,
             agent_id=agent_id,
             request_model=job.model,

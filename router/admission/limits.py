@@ -103,10 +103,11 @@ class TenantUsage:
     requests: SlidingWindow = field(default_factory=SlidingWindow)
     tokens: SlidingWindow = field(default_factory=SlidingWindow)
     running: int = 0  # started, not answered
-    queued: int = 0
 
-    def may_start(self, limits: TenantLimits) -> bool:
-        return limits.max_concurrent is None or self.running < limits.max_concurrent
+    def may_start(self, limits: TenantLimits, elsewhere: int = 0) -> bool:
+        """Whether one more call may start; `elsewhere`: the tenant's calls other routers
+        run (shared limits)."""
+        return limits.max_concurrent is None or self.running + elsewhere < limits.max_concurrent
 
 
 def check_arrival(

@@ -7,8 +7,8 @@ In front of the dispatcher (`Router.dispatch`), behind the idempotency gate. A c
 2. finds its lane: the (model, type) selection picks for it on the fleet. Calls that
    selection sends elsewhere (the local runtime, static, a cloud) never wait here;
 3. starts at once when its lane has a free slot that nobody waiting is owed and its tenant
-   is under `max_concurrent`; otherwise waits in the lane's `FairQueue`
-   (router/admission/fair_queue.py) — or is turned away (429) when its tenant's
+   is under `max_concurrent`; otherwise waits in its lane (router/admission/lanes.py, in
+   the order of router/admission/fair_queue.py) — or is turned away (429) when its tenant's
    `max_queued`, the router's `admission.max_queued`, or a `max_wait_ms` of 0 says so;
 4. leaves the line when a slot frees for it — a worker's record (a slot announced free,
    a BUSY node heard from again), an answer of the router's own — at its deadline
@@ -17,12 +17,13 @@ In front of the dispatcher (`Router.dispatch`), behind the idempotency gate. A c
    BUSY (another router took the slot first), for as long as its budget lasts.
 
 With `limits.shared`, rpm and tpm are counted across routers in JetStream KV
-(router/admission/shared_limits.py) instead of in this router.
+(router/admission/shared_limits.py) instead of in this router, and a tenant's running
+calls too (router/admission/shared_running.py): a call let go is counted there before it
+runs, and one the routers together have no room for goes back to the head of its place in
+line, where it waits until another router's call of its tenant ends.
 
-Free slots are read from the fleet index (records' load moved by the router's own starts
-and ends, nodes that answered BUSY counted full); slots granted to calls that have not
-taken them yet are reserved, so one freed slot wakes one call. A call's reservation ends
-when its job takes a slot on a node (the fleet view tells, in the call's own context).
+Free slots, and the holds of calls let go that have not taken theirs yet, are
+router/admission/slots.py's.
 """
 
 from __future__ import annotations
@@ -32,18 +33,12 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-from router.admission.fair_queue import FairQueue
-from router.admission.limits import (
-    DrainRate,
-    Refusal,
-    TenantUsage,
-    check_arrival,
-    queue_refusal,
-    queue_retry_after_ms,
-)
+from router.admission.lanes import Lanes, QueueMetrics, Unmeasured, Waiter
+from router.admission.limits import Refusal, TenantUsage, check_arrival, queue_refusal
 from router.admission.shared_limits import SharedCounters
+from router.admission.shared_running import SharedRunning
 from router.admission.slots import Hold, Lane, LaneSlots
 from router.admission.tenants import Tenant, TenantDirectory
 from router.attempts.route import Route
@@ -57,38 +52,6 @@ from services.wire import JobRequest, JobResponse
 __all__ = ["Admission", "Dispatch", "Lane", "QueueMetrics"]
 
 Dispatch = Callable[[Call], Awaitable[Served]]  # what the line stands in front of
-
-
-class QueueMetrics(Protocol):
-    """What the line tells the metrics (router/metrics.py implements it)."""
-
-    def depth(self, tenant: str, priority: str, change: int) -> None: ...
-    def waited(self, tenant: str, priority: str, seconds: float) -> None: ...
-    def rejected(self, reason: str) -> None: ...
-    def tokens(self, tenant: str, prompt: int, completion: int) -> None: ...
-
-
-class _Unmeasured:
-    def depth(self, tenant: str, priority: str, change: int) -> None:
-        pass
-
-    def waited(self, tenant: str, priority: str, seconds: float) -> None:
-        pass
-
-    def rejected(self, reason: str) -> None:
-        pass
-
-    def tokens(self, tenant: str, prompt: int, completion: int) -> None:
-        pass
-
-
-@dataclass(eq=False)
-class _Waiter:
-    tenant: Tenant
-    priority: str
-    lane: Lane
-    since: float
-    granted: asyncio.Future[None]
 
 
 @dataclass
@@ -116,60 +79,48 @@ class Admission:
         records and the health board's changes to it)."""
         self._dispatch = dispatch
         self._clock = clock
-        self.metrics: QueueMetrics = metrics or _Unmeasured()
+        self.metrics: QueueMetrics = metrics or Unmeasured()
         self.directory = directory
         self.settings = settings
-        self._lanes: dict[Lane, FairQueue[_Waiter]] = {}
-        self._waiters: dict[_Waiter, None] = {}  # every waiting call, oldest first
         self._usage: dict[str, TenantUsage] = {}
-        self._tenants: dict[str, Tenant] = {}  # the newest Tenant seen per name
         self.slots = slots
-        slots.when_freed(self._pump)
+        self._lanes = Lanes(
+            slots,
+            settings,
+            may_start=self._may_start,
+            started=self._started,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        slots.when_freed(self._lanes.pump)
         self.shared: SharedCounters | None = None
-        self._drain: dict[Lane, DrainRate] = {}
-        self._pumping = False
+        self.running: SharedRunning | None = None
 
     def wake(self, *_news: object) -> None:
         """Capacity may have freed (a worker's record, a breaker's change): let calls go.
         O(1) when nobody waits."""
-        if self._waiters:
-            self._pump()
+        if len(self._lanes):
+            self._lanes.pump()
 
-    def share(self, shared: SharedCounters) -> None:
-        """From now on, tenants' rpm and tpm are counted across routers (`limits.shared`)."""
+    def share(self, shared: SharedCounters, running: SharedRunning) -> None:
+        """From now on, tenants' rpm, tpm and running calls are counted across routers
+        (`limits.shared`)."""
         self.shared = shared
+        self.running = running
 
     def configure(self, settings: AdmissionSettings, directory: TenantDirectory) -> None:
         """New classes, bounds and tenants (a reload); calls waiting keep their place."""
         self.settings = settings
         self.directory = directory
-        for name in list(self._tenants):  # waiting calls go by their tenant's new limits
-            self._tenants[name] = directory.tenants.get(name, self._tenants[name])
-        for lane, queue in list(self._lanes.items()):
-            rebuilt: FairQueue[_Waiter] = FairQueue(settings.classes, settings.lower_class_share)
-            for waiter, priority, tenant in list(queue.waiting()):
-                weight = self._tenants[tenant].weight
-                rebuilt.push(waiter, tenant=tenant, priority=priority, weight=weight)
-            self._lanes[lane] = rebuilt
-        self._pump()
+        self._lanes.reconfigure(settings, directory.tenants)
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._lanes)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The waiting calls, oldest first (no content): for `GET /queue`."""
-        now = self._clock()
-        return [
-            {
-                "tenant": waiter.tenant.name,
-                "class": waiter.priority,
-                "model": waiter.lane[0],
-                "type": waiter.lane[1],
-                "age_ms": round((now - waiter.since) * 1000.0, 1),
-            }
-            for waiter in self._waiters
-        ]
+        return self._lanes.snapshot()
 
     async def dispatch(self, call: Call) -> Served:
         """`Router.dispatch` behind the tenant's limits and the line (module doc)."""
@@ -198,19 +149,50 @@ class Admission:
             turn = await self._turn(call, tenant, lane, totals, again=again)
             if isinstance(turn, JobResponse):
                 return turn, self._route(Route(), call, totals)
-            fresh = pick if totals.first_queued is None and not again else None
-            response, route = await self._run(call, tenant, turn, totals, fresh)
+            shared = await self._take_shared(tenant, turn)
+            if shared is None:
+                again = True  # at max_concurrent across routers: back to its place in line
+                continue
+            # The lane's pick stands for the first attempt when nothing came between (no
+            # wait in line, no count across routers).
+            fresh = pick if totals.first_queued is None and not again and not shared else None
+            response, route = await self._run(call, tenant, turn, totals, shared=shared, pick=fresh)
             left_s = call.left_s(self._clock())
             if not self._busy_everywhere(response) or lane is None or left_s <= 0:
                 return response, self._route(route, call, totals)
             again = True  # back to the head of its place in line
             lane = self._lane_of(job, call.agent_id) or lane
 
+    async def _take_shared(self, tenant: Tenant, hold: Hold) -> bool | None:
+        """Count a call let go as running across routers, when its tenant has a shared
+        `max_concurrent`: True (counted: given back when it ends), False (nothing to count),
+        None (the routers together are at the limit: it does not start)."""
+        running, limit = self.running, tenant.limits.max_concurrent
+        if running is None or limit is None:
+            return False
+        # A call not for the fleet never waits for the limit here; it is counted all the same.
+        try:
+            taken = await running.take(tenant.name, limit if hold.lane is not None else None)
+        except BaseException:
+            self._give_back(tenant, hold)
+            raise
+        if not taken:
+            self._give_back(tenant, hold)
+            return None
+        return True
+
     async def _run(
-        self, call: Call, tenant: Tenant, hold: Hold, totals: _Totals, pick: Selection | None
+        self,
+        call: Call,
+        tenant: Tenant,
+        hold: Hold,
+        totals: _Totals,
+        *,
+        shared: bool,
+        pick: Selection | None,
     ) -> Served:
-        """One pass through the dispatcher (with the lane's pick when it is still fresh:
-        the call did not wait)."""
+        """One pass through the dispatcher; `shared`: its tenant's call is counted across
+        routers, and given back there when it ends; `pick`: the lane's, still fresh."""
         queue_ms = round(totals.waited_s * 1000.0, 1)
         if call.on_queued is not None:
             call.on_queued(queue_ms)
@@ -219,12 +201,14 @@ class Admission:
                 response, route = await self._dispatch(replace(call, queue_ms=queue_ms, pick=pick))
         finally:
             self._usage_of(tenant).running -= 1
-            self._pump()
+            if shared and self.running is not None:
+                self.running.give_back(tenant.name)
+            self._lanes.pump()
         totals.attempts.extend(route.attempts)
         self.slots.heard_busy(route, job_type_of(call.job))
         tokens = self._count_tokens(tenant, response)
-        if self.shared is not None:
-            await self.shared.used(tenant.name, tokens)
+        if self.shared is not None and tenant.limits.tpm is not None:
+            self.shared.used(tenant.name, tokens)
         return response, route
 
     # --- waiting -----------------------------------------------------------------------
@@ -238,7 +222,7 @@ class Admission:
         if lane is None:  # not for the fleet: nothing to wait for here
             usage.running += 1
             return Hold(None)
-        if lane not in self._lanes and usage.may_start(tenant.limits) and self.slots.free(lane):
+        if not self._lanes.has_waiters(lane) and self._may_start(tenant) and self.slots.free(lane):
             usage.running += 1
             return self.slots.hold(lane)
         now = self._clock()
@@ -248,8 +232,8 @@ class Admission:
         if refusal is not None:
             return self._refused(job, refusal)
         granted = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(tenant, priority, lane, now, granted)
-        self._enqueue(waiter, front=again)
+        waiter = Waiter(tenant, priority, lane, now, granted)
+        self._lanes.join(waiter, front=again)
         max_wait_at = totals.first_queued + self.settings.max_wait_ms / 1000.0
         ended = "cancelled"
         try:
@@ -259,9 +243,9 @@ class Admission:
             totals.waited_s += waited_s
             self.metrics.waited(tenant.name, priority, waited_s)
             if not waiter.granted.done():
-                self._leave(waiter)
+                self._lanes.leave(waiter)
             elif ended != "granted":  # let go in the same instant it stopped waiting
-                self._give_back(waiter)
+                self._give_back(tenant, Hold(lane, reserved=True))
         if ended == "granted":
             return Hold(lane, reserved=True)
         if ended == "gone":
@@ -277,11 +261,11 @@ class Admission:
                 ErrorCode.BUSY,
                 f"no slot for {lane[0]} within admission.max_wait_ms "
                 f"({self.settings.max_wait_ms} ms)",
-                retry_after_ms=self._drain_retry_ms(lane, len(self._lanes.get(lane, ()))),
+                retry_after_ms=self._lanes.drain_retry_ms(lane),
             )
         return JobResponse.failure(job.job_id, error)
 
-    async def _wait(self, waiter: _Waiter, until: float, call: Call) -> str:
+    async def _wait(self, waiter: Waiter, until: float, call: Call) -> str:
         """'granted', 'gone' (the client left) or 'timeout'."""
         gone = asyncio.ensure_future(call.gone()) if call.gone is not None else None
         tick_s = self.settings.keepalive_ms / 1000.0
@@ -311,92 +295,36 @@ class Admission:
                 with contextlib.suppress(BaseException):
                     await gone
 
-    def _enqueue(self, waiter: _Waiter, *, front: bool) -> None:
-        queue = self._lanes.get(waiter.lane)
-        if queue is None:
-            settings = self.settings
-            queue = self._lanes[waiter.lane] = FairQueue(
-                settings.classes, settings.lower_class_share
-            )
-        tenant = waiter.tenant
-        self._tenants[tenant.name] = tenant
-        push = queue.push_front if front else queue.push
-        push(waiter, tenant=tenant.name, priority=waiter.priority, weight=tenant.weight)
-        self._waiters[waiter] = None
-        self._usage_of(tenant).queued += 1
-        self.metrics.depth(tenant.name, waiter.priority, +1)
-        self._pump()
-
-    def _left_line(self, waiter: _Waiter) -> None:
-        self._waiters.pop(waiter, None)
-        self._usage_of(waiter.tenant).queued -= 1
-        self.metrics.depth(waiter.tenant.name, waiter.priority, -1)
-        queue = self._lanes.get(waiter.lane)
-        if queue is not None and not len(queue):
-            del self._lanes[waiter.lane]
-
-    def _leave(self, waiter: _Waiter) -> None:
-        """A call that stops waiting without its turn (deadline, client gone, cancelled)."""
-        queue = self._lanes.get(waiter.lane)
-        if queue is not None and queue.remove(waiter):
-            self._left_line(waiter)
-
-    def _give_back(self, waiter: _Waiter) -> None:
+    def _give_back(self, tenant: Tenant, hold: Hold) -> None:
         """A call let go that will not run after all: its turn goes to the next."""
-        self._usage_of(waiter.tenant).running -= 1
-        self.slots.release(Hold(waiter.lane, reserved=True))
-        self._pump()
+        self._usage_of(tenant).running -= 1
+        self.slots.release(hold)
+        self._lanes.pump()
 
-    # --- letting calls go ----------------------------------------------------------------
+    def _may_start(self, tenant: Tenant) -> bool:
+        elsewhere = 0
+        if self.running is not None and tenant.limits.max_concurrent is not None:
+            elsewhere = self.running.elsewhere(tenant.name)
+        return self._usage_of(tenant).may_start(tenant.limits, elsewhere)
 
-    def _pump(self) -> None:
-        """Let waiting calls go while their lanes have free slots (re-entrant safe;
-        O(1) when nobody waits)."""
-        if not self._waiters or self._pumping:
-            return
-        self._pumping = True
-        try:
-            for lane, queue in list(self._lanes.items()):
-                while len(queue) and self.slots.free(lane):
-                    waiter = queue.pop(self._may_start)
-                    if waiter is None:
-                        break
-                    self._let_go(waiter)
-        finally:
-            self._pumping = False
-
-    def _let_go(self, waiter: _Waiter) -> None:
-        self._left_line(waiter)
-        self._usage_of(waiter.tenant).running += 1
-        self.slots.hold(waiter.lane)
-        self._drain.setdefault(waiter.lane, DrainRate()).started(self._clock())
-        waiter.granted.set_result(None)
-
-    def _may_start(self, tenant_name: str) -> bool:
-        tenant = self._tenants[tenant_name]
-        return self._usage_of(tenant).may_start(tenant.limits)
+    def _started(self, tenant: Tenant) -> None:
+        self._usage_of(tenant).running += 1
 
     # --- answers -------------------------------------------------------------------------
 
     def _queue_refusal(self, lane: Lane, tenant: Tenant) -> Refusal | None:
-        rate = self._drain.get(lane)
         return queue_refusal(
             tenant,
-            queued=self._usage_of(tenant).queued,
-            waiting=len(self._waiters),
-            in_lane=len(self._lanes.get(lane, ())),
+            queued=self._lanes.queued(tenant.name),
+            waiting=len(self._lanes),
+            in_lane=self._lanes.in_lane(lane),
             max_queued=self.settings.max_queued,
-            drains_per_s=rate.per_s(self._clock()) if rate is not None else None,
+            drains_per_s=self._lanes.drain_per_s(lane),
         )
 
     def _refused(self, job: JobRequest, refusal: Refusal) -> JobResponse:
         self.metrics.rejected(refusal.limit)
         return refusal.answer(job.job_id)
-
-    def _drain_retry_ms(self, lane: Lane, waiting: int) -> int:
-        rate = self._drain.get(lane)
-        per_s = rate.per_s(self._clock()) if rate is not None else None
-        return queue_retry_after_ms(waiting, per_s, unknown_ms=1000)
 
     def _route(self, route: Route, call: Call, totals: _Totals) -> Route:
         update: dict[str, Any] = {

@@ -7,9 +7,10 @@ printed by `ops/bench/fleet_bench.py`:
 - `take(record, now)` is O(size of that record): a record whose models are unchanged (only
   `seq`/`ts`/load differ) updates load and freshness only; otherwise the node's models are
   diffed against its previous record and only the differences touch the index.
-- `sweep(now)` pops a heap of expiry times: O(log N) per node that went stale or is forgotten,
-  nothing for the others. A node past its ttl but not yet swept is never selectable:
-  `live(node, now)` is checked per candidate.
+- `sweep(now)` pops a heap of expiry times holding one entry per node (a record pushes
+  none when it only moves the node's expiry later: the entry, once due, is pushed again at
+  the node's newest expiry): O(log N) per node and ttl, not per record. A node past its
+  ttl but not yet swept is never selectable: `live(node, now)` is checked per candidate.
 - Selection reads `groups_of(types)` (one `ModelGroup` per (name, type): O(catalog), not
   O(fleet)) and samples nodes from a group's buckets (`NodeSet`: O(1) add, remove and random
   pick).
@@ -84,6 +85,7 @@ class NodeEntry:
     # groups: a load-only record touches only the groups of a kind whose saturation moved.
     by_kind: dict[str, tuple[tuple[str, ModelType], ...]] = field(default_factory=dict)
     saturated: dict[str, bool] = field(default_factory=dict)
+    due_s: float | None = None  # when the node's one live entry in the expiry heap is due
 
     def models_changed(self) -> None:
         kinds: dict[str, list[tuple[str, ModelType]]] = {}
@@ -180,27 +182,37 @@ class FleetIndex:
         for kind in SLOT_KINDS:
             self._since_record.pop((node, kind), None)
             self._refresh_saturation(node, kind)
-        heapq.heappush(self._expiries, (entry.stale_at, node))
+        stale_at = entry.stale_at
+        if entry.due_s is None or stale_at < entry.due_s:
+            self._schedule(node, entry, stale_at)
         return outcome
 
     def sweep(self, now: float) -> list[str]:
         """Unindex nodes past their ttl and forget those silent long enough; the forgotten."""
         forgotten: list[str] = []
         while self._expiries and self._expiries[0][0] < now:
-            _due, node = heapq.heappop(self._expiries)
+            due, node = heapq.heappop(self._expiries)
             entry = self.nodes.get(node)
-            if entry is None:
-                continue
+            if entry is None or due != entry.due_s:
+                continue  # a forgotten node's, or one a shorter ttl brought forward
             if entry.fresh and entry.stale(now):
                 self._unindex_node(node, entry)
                 entry.fresh = False
-                heapq.heappush(self._expiries, (self._forget_at(entry), node))
+                self._schedule(node, entry, self._forget_at(entry))
                 for listener in self._stale_listeners:
                     listener(node)
-            elif not entry.fresh and now > self._forget_at(entry):
+            elif entry.fresh:
+                self._schedule(node, entry, entry.stale_at)  # records came meanwhile
+            elif now > self._forget_at(entry):
                 self._forget(node)
                 forgotten.append(node)
+            else:
+                self._schedule(node, entry, self._forget_at(entry))
         return forgotten
+
+    def _schedule(self, node: str, entry: NodeEntry, due_s: float) -> None:
+        entry.due_s = due_s
+        heapq.heappush(self._expiries, (due_s, node))
 
     def _forget_at(self, entry: NodeEntry) -> float:
         return entry.received_s + entry.record.ttl_s * self._drop_after_ttls

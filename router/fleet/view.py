@@ -33,7 +33,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.fleet.index import FleetIndex, NodeEntry, Taken
-from router.fleet.records import RecordDecoder
+from router.fleet.records import RecordDecoder, Refused
 from services.bus import flush_interest
 from services.capabilities import Capabilities
 from services.fleet_scan import collect_fleet
@@ -147,14 +147,9 @@ class FleetView(AsyncService):
         if len(data) > self.settings.max_record_bytes:
             self.refusals.refuse("too large", node, f"{len(data)} bytes")
             return None
-        raw = self._decoder.parse(data)
-        claimed = raw.get("node_id") if raw is not None else None
-        if claimed is not None and claimed != node:
-            self.refusals.refuse("forged", node, f"body says node_id {claimed!r}")
-            return None
-        decoded = self._decoder.decode(node, raw) if raw is not None else None
-        if decoded is None:
-            self.refusals.refuse("not a record", node, "does not validate")
+        decoded = self._decoder.decode(node, data)
+        if isinstance(decoded, Refused):
+            self.refusals.refuse(decoded.reason, node, decoded.detail)
             return None
         record = decoded.record
         taken = self.index.take(record, self.clock())

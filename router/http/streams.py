@@ -7,9 +7,10 @@ after the first token the stream ends with an error event. A client that goes aw
 cancels the serving, which cancels the job on the node.
 
 A stream that waits in the router's line for a slot hears a keep-alive every
-`admission.keepalive_ms` (an SSE comment; NDJSON has none, and stays unanswered while
-it waits), so proxies do not cut it: the first one commits the answer to a 200 stream,
-and a failure after it is the stream's error event.
+`admission.keepalive_ms` (an SSE comment; on `/infer`'s NDJSON a `{"job_id", "waiting":
+true, "queue_ms"}` line, which has neither `delta` nor `done`), so proxies do not cut it:
+the first one commits the answer to a 200 stream, and a failure after it is the stream's
+error event.
 """
 
 from __future__ import annotations
@@ -176,19 +177,25 @@ class OpenAIChunks(SseChunks):
 
 
 class NdjsonLines:
-    """One `{"job_id", "seq", "delta"}` line per delta, then the final answer with `route`."""
+    """One `{"job_id", "seq", "delta"}` line per delta, then the final answer with `route`;
+    while the call waits in line, `{"job_id", "waiting": true, "queue_ms"}` lines (how
+    long it has waited so far)."""
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._job_id = job_id
         self._seq = 0
+        self._clock = clock
+        self._since = clock()
 
     def use_model(self, model: str) -> None:
         """The final answer names the model: nothing to change before it."""
 
     def keepalive(self) -> bytes:
-        return b""
+        queue_ms = round((self._clock() - self._since) * 1000.0, 1)
+        line = {"job_id": self._job_id, "waiting": True, "queue_ms": queue_ms}
+        return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
     def delta(self, piece: Piece) -> bytes:
         self._seq += 1
