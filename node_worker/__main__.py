@@ -13,7 +13,7 @@ from node_worker.worker import Worker
 from services.bus import BusAuthRefused
 from services.keystore import StoreUnavailable
 from services.lifecycle import stop_on_signals
-from services.loop import run
+from services.loop import run, tune_gc_for_serving
 from services.settings import ConfigError
 from services.telemetry import configure_logging
 
@@ -30,6 +30,7 @@ async def serve(config: Path | None) -> int:
     stop_on_signals(stop, log)
     try:
         async with Worker(settings, stop=stop):
+            tune_gc_for_serving()
             await stop.wait()
     except BusAuthRefused as error:
         # A wrong password never gets better by retrying: exit 2, which the systemd units

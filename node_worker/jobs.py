@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from node_worker.admission import Admission
 from node_worker.catalog import Catalog, CatalogModel
-from node_worker.idempotency import IdempotencyStore, Running
+from node_worker.idempotency import IdempotencyStore, JobFingerprint, Running
 from node_worker.metrics import WorkerMetrics
 from services.big_json import decode_job
 from services.bounds import embeddings_over_bus
@@ -178,14 +178,14 @@ class JobPipeline:
         # The model as resolved: `model` omitted and named are the same job when they
         # resolve to the same model.
         model = served.name if served is not None else request.model
-        fingerprint = request.fingerprint()
-        completed = await self._idempotency.completed(request.key)
+        fingerprint = JobFingerprint(request, data, job_type)
+        # No await from here to begin(): nothing can start the same key in between.
+        completed = self._idempotency.completed(request.key)
         if completed is not None:
             if not completed.same_job(fingerprint, model):
                 return self._refuse(request.job_id, job_type, _mismatch(request.key))
             self._metrics.idempotency_hit("completed")
             return replayed(completed.response, request)
-        # No await from here to begin(): nothing can start the same key in between.
         running = self._idempotency.running(request.key)
         if running is not None:
             if not running.same_job(fingerprint, model):
@@ -266,7 +266,7 @@ class JobPipeline:
             self._admission.release(job.job_type)
             if not ran.cached:  # a replay from the shared store called no runtime
                 self._on_runtime_done(job.served.runtime, ran)
-            await self._idempotency.finish(job.request.key, response)
+            self._idempotency.finish(job.request.key, response)
             self._metrics.job_finished(
                 job.job_type, job.served.name, response, self._monotonic() - job.received_s
             )

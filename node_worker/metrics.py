@@ -4,8 +4,10 @@ process in tests and in `inferbus up --workers N`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from services.token_times import TokenTimes
 from services.wire import JobResponse, Usage
@@ -16,8 +18,12 @@ INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25,
 
 
 class WorkerMetrics:
+    """Every job passes here several times: a metric's child for a set of labels is
+    looked up once and kept (`labels()` validates and locks on every call)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.jobs = Counter(
             "inferbus_worker_jobs",
             "Jobs answered, by type, model and outcome (ok or an error code).",
@@ -76,9 +82,9 @@ class WorkerMetrics:
         self, job_type: str, model: str | None, response: JobResponse, seconds: float
     ) -> None:
         status = response.error.code.value if response.error else response.status
-        self.jobs.labels(job_type, model or "", status).inc()
+        self._child(self.jobs, job_type, model or "", status).inc()
         if seconds > 0:
-            self.latency.labels(job_type).observe(seconds)
+            self._child(self.latency, job_type).observe(seconds)
 
     def runtime_call(
         self,
@@ -94,17 +100,24 @@ class WorkerMetrics:
         duration only: its tokens and times say nothing about the model's speed)."""
         if not model:
             return
-        self.runtime_seconds.labels(model, runtime).observe(seconds)
+        self._child(self.runtime_seconds, model, runtime).observe(seconds)
         if not ok:
             return
         if times.first_s is not None:
-            self.ttft.labels(model, runtime).observe(times.first_s)
-            gaps = self.inter_token.labels(model, runtime)
+            self._child(self.ttft, model, runtime).observe(times.first_s)
+            gaps = self._child(self.inter_token, model, runtime)
             for gap in times.gaps_s:
                 gaps.observe(gap)
         if usage is not None:
-            self.tokens.labels(model, runtime, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(model, runtime, "completion").inc(usage.completion_tokens)
+            self._child(self.tokens, model, runtime, "prompt").inc(usage.prompt_tokens)
+            self._child(self.tokens, model, runtime, "completion").inc(usage.completion_tokens)
+
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def idempotency_hit(self, state: str) -> None:
         self.idempotency_hits.labels(state).inc()

@@ -15,7 +15,7 @@ from pathlib import Path
 from router.config import config_warnings, load_router_settings
 from router.service import RouterService, StartupError
 from services.lifecycle import stop_on_signals
-from services.loop import run
+from services.loop import run, tune_gc_for_serving
 from services.settings import ConfigError
 from services.telemetry import configure_logging
 
@@ -23,7 +23,6 @@ log = logging.getLogger("inferbus.router")
 
 
 _FREEZE_CHECK_S = 30.0
-_YOUNG_COLLECTION_EVERY = 10_000  # net allocations of container objects (Python: 700)
 
 
 def fleet_outgrew_the_frozen_heap(nodes: int, frozen_with: int) -> bool:
@@ -39,13 +38,11 @@ async def freeze_as_the_fleet_grows(nodes: Callable[[], int]) -> None:
     collection walked every record again: ~0.2 s of CPU each at 3,000 nodes, every request
     stalled meanwhile. Cyclic garbage is collected first (a frozen object never is).
 
-    The youngest generation is collected every 10,000 net allocations instead of 700: a
-    request leaves no cyclic garbage (tests/test_router_queue.py), so a young pass only
-    walks the calls in flight; and at the default every ~0.4 s under load
-    a full pass walked whatever was not frozen (20-50 ms at 3,000 nodes).
+    The collector is tuned for serving (services/loop.py): at CPython's default, under
+    load a full pass walked whatever was not frozen every ~0.4 s (20-50 ms at 3,000 nodes).
     """
     frozen_with = nodes()
-    gc.set_threshold(_YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
+    tune_gc_for_serving()
     gc.freeze()
     while True:
         await asyncio.sleep(_FREEZE_CHECK_S)

@@ -111,6 +111,8 @@ def image_fields(job: JobRequest) -> list[tuple[str, str]]:
     """Every image of the job with the name of its field, as the caller wrote it (in
     `map_images`' order). A walk that copies nothing and looks only where a field or a
     message part says there is an image: it runs for every job, most of which have none."""
+    if not job.may_have_images():
+        return []
     found = [(f"images[{i}]", image) for i, image in enumerate(job.images)]
     for m, message in enumerate(job.messages or ()):
         found += [(f"messages[{m}].images[{i}]", image) for i, image in enumerate(message.images)]

@@ -74,7 +74,7 @@ def needed_capabilities(request: JobRequest, job_type: JobType) -> list[Need]:
         needs.append(Need("insert", "suffix"))
     if wants_tools(request):
         needs.append(Need("tools", "tools"))
-    if _may_have_images(request) and request.has_images():
+    if request.has_images():
         needs.append(Need("vision", "images"))
     thinking = wants_thinking(request)
     if thinking is not None:
@@ -94,13 +94,6 @@ def wants_thinking(request: JobRequest) -> str | None:
     if isinstance(kwargs, dict) and kwargs.get("enable_thinking"):
         return "extra.chat_template_kwargs.enable_thinking"
     return None
-
-
-def _may_have_images(request: JobRequest) -> bool:
-    """Cheap: only images lists and content parts can hold images (the per-job hot path)."""
-    return bool(request.images) or any(
-        message.images or isinstance(message.content, list) for message in request.messages or ()
-    )
 
 
 def _bad(field: str, reason: str) -> InferbusError:

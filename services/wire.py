@@ -280,7 +280,15 @@ class JobRequest(_Lenient):
         return [Message(role="user", content=self.prompt or "", images=self.images)]
 
     def has_images(self) -> bool:
-        return any(message.all_images for message in self.chat_messages())
+        return self.may_have_images() and any(
+            message.all_images for message in self.chat_messages()
+        )
+
+    def may_have_images(self) -> bool:
+        """Cheap: only `images` lists and content parts can hold images (a per-job check)."""
+        return bool(self.images) or any(
+            message.images or isinstance(message.content, list) for message in self.messages or ()
+        )
 
     def fingerprint(self) -> str:
         """What a repeated idempotency key must repeat to be the same job: type, input,

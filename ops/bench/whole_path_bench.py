@@ -23,8 +23,10 @@ The box is shared: read ratios within one run, not absolute numbers. Timings are
 printed, never asserted. `--record` adds the run's rows to the whole-path table in
 ops/bench/RESULTS.md.
 
+`--worker-only` measures the worker columns alone (quick ABBA rounds for worker changes).
+
 Usage: python ops/bench/whole_path_bench.py [--seconds 4] [--rounds 1] [--baseline DIR]
-       [--litellm PATH] [--record]
+       [--litellm PATH] [--record] [--worker-only]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import aiohttp
 import harness
 import nats
 from harness import Children, Sample, measure
+from nats.aio.msg import Msg
 from router_bench import MODEL, find_litellm, start_litellm
 
 from services.localnet import free_port
@@ -65,6 +68,9 @@ STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": MESSAGES, "max_tokens": 16, "stream": True}
 ).encode()
 JOB = json.dumps({"model": MODEL, "messages": MESSAGES, "params": {"max_tokens": 16}}).encode()
+STREAM_JOB = json.dumps(
+    {"model": MODEL, "messages": MESSAGES, "params": {"max_tokens": 16}, "stream": True}
+).encode()
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ROWS_MARKER = "<!-- whole_path_bench rows go above this line -->"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -192,6 +198,9 @@ class Figures:
     cpu_ms_of: dict[str, list[float]] = field(default_factory=dict)  # by process
     ttft_ms: list[float] = field(default_factory=list)
     worker_rate: list[float] = field(default_factory=list)
+    stream_rate: list[float] = field(default_factory=list)
+    stream_cpu_ms: list[float] = field(default_factory=list)
+    first_chunk_ms: list[float] = field(default_factory=list)
     worker_cpu_ms: list[float] = field(default_factory=list)
 
 
@@ -283,6 +292,76 @@ async def first_token_ms(http: aiohttp.ClientSession, url: str, seconds: float) 
         if response.status == 200 and first is not None:
             times.append((first - started) * 1000)
     return harness.percentile(times, 0.5)
+
+
+async def worker_stream_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[float, float]:
+    """Streamed jobs per second at c64 straight to the worker (16 pieces each, then the
+    final answer), and the worker's CPU ms per job."""
+    connection = await nats.connect(nats_url)
+    waiting: dict[str, asyncio.Future[None]] = {}
+    ok = 0
+
+    async def on_reply(msg: Msg) -> None:
+        if b'"done"' in msg.data:
+            found = waiting.pop(msg.subject, None)
+            if found is not None and not found.done():
+                found.set_result(None)
+
+    await connection.subscribe("bench.streams.*", cb=on_reply)
+    counter = 0
+
+    async def step() -> None:
+        nonlocal ok, counter
+        counter += 1
+        inbox = f"bench.streams.{counter}"
+        waiting[inbox] = asyncio.get_running_loop().create_future()
+        await connection.publish("node.bench.llm.request", STREAM_JOB, reply=inbox)
+        await asyncio.wait_for(waiting[inbox], 10)
+        ok += 1
+
+    try:
+        for _ in range(20):
+            await step()
+        ok = 0
+        before = cpu_seconds(worker_pid)
+        took = await harness.for_seconds(step, WORKER_CONCURRENCY, seconds)
+        spent = cpu_seconds(worker_pid) - before
+    finally:
+        await connection.close()
+    return ok / took, 1000 * spent / max(ok, 1)
+
+
+async def worker_first_chunk_ms(nats_url: str, seconds: float) -> float:
+    """Median time from sending a streamed job straight to the worker to its first chunk,
+    one at a time (the worker's part of a stream's time to first token)."""
+    connection = await nats.connect(nats_url)
+    first: asyncio.Future[float] | None = None
+    done: asyncio.Future[None] | None = None
+    inbox = ""
+
+    async def on_chunk(msg: Msg) -> None:
+        if first is None or done is None or msg.subject != inbox:
+            return
+        if not first.done():
+            first.set_result(time.perf_counter())
+        if b'"done"' in msg.data and not done.done():
+            done.set_result(None)
+
+    await connection.subscribe("bench.first.>", cb=on_chunk)
+    times: list[float] = []
+    try:
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            first = asyncio.get_running_loop().create_future()
+            done = asyncio.get_running_loop().create_future()
+            inbox = f"bench.first.{len(times)}"
+            started = time.perf_counter()
+            await connection.publish("node.bench.llm.request", STREAM_JOB, reply=inbox)
+            times.append((await asyncio.wait_for(first, 10) - started) * 1000)
+            await asyncio.wait_for(done, 10)  # the whole stream, before the next
+    finally:
+        await connection.close()
+    return harness.percentile(times[5:], 0.5)
 
 
 async def worker_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[float, float]:
@@ -418,6 +497,7 @@ async def main(args: argparse.Namespace) -> None:
                             children, http, tree, name, server, upstream_url, tmp
                         )
                     litellm_url = None
+                    litellm_pids: dict[str, int] = {}
                     if litellm_argv is not None:
                         litellm_url = await start_litellm(
                             children,
@@ -426,6 +506,8 @@ async def main(args: argparse.Namespace) -> None:
                             upstream_url,
                             lambda url: harness.answers(http, url),
                         )
+                        # The proxy's own process (its CPU per request, as the stacks').
+                        litellm_pids = {"litellm": children.processes[-1].pid}
                     os.sched_setaffinity(0, {LOAD_CPU})
                     if args.py_spy:
                         args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -441,20 +523,33 @@ async def main(args: argparse.Namespace) -> None:
                         print_profiles(args.py_spy)
                     order = ["this", "baseline", "baseline", "this"] if args.baseline else ["this"]
                     for _ in range(args.rounds):
-                        await measure_path(http, upstream_url, {}, args.seconds, figures["direct"])
+                        if not args.worker_only:
+                            await measure_path(
+                                http, upstream_url, {}, args.seconds, figures["direct"]
+                            )
                         for name in order:
                             stack = stacks[name]
-                            await measure_path(
-                                http, stack.url, stack.pids, args.seconds, figures[name]
-                            )
+                            if not args.worker_only:
+                                await measure_path(
+                                    http, stack.url, stack.pids, args.seconds, figures[name]
+                                )
                             rate, cpu_ms = await worker_rate(
                                 stack.nats_url, stack.pids["worker"], args.seconds
                             )
                             figures[name].worker_rate.append(rate)
+                            if args.worker_stream:
+                                streamed, stream_ms = await worker_stream_rate(
+                                    stack.nats_url, stack.pids["worker"], args.seconds
+                                )
+                                figures[name].stream_rate.append(streamed)
+                                figures[name].stream_cpu_ms.append(stream_ms)
+                                figures[name].first_chunk_ms.append(
+                                    await worker_first_chunk_ms(stack.nats_url, args.seconds / 2)
+                                )
                             figures[name].worker_cpu_ms.append(cpu_ms)
-                        if litellm_url is not None:
+                        if litellm_url is not None and not args.worker_only:
                             await measure_path(
-                                http, litellm_url, {}, args.seconds, figures["litellm"]
+                                http, litellm_url, litellm_pids, args.seconds, figures["litellm"]
                             )
                 finally:
                     os.sched_setaffinity(0, {LOAD_CPU})
@@ -493,7 +588,7 @@ def report(
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     for name in (*trees, "litellm"):
         f = figures[name]
-        if not f.c1:
+        if not f.c1 and not f.worker_rate:
             continue
         commit = commit_of(trees[name]) if name in trees else "LiteLLM"
         added_p50 = mean([s.pct(0.5) for s in f.c1]) - floor_p50
@@ -513,14 +608,22 @@ def report(
             f"| {stamp} | {name} | {commit} | {added_p50:.2f} | {added_p99:.2f} | {cpu:.2f} "
             f"| {rate:.0f} | {ttft:.2f} | {wrate:.0f} | {wcpu:.3f} | {errors} | {split} |"
         )
-    if "baseline" in figures and figures["baseline"].c1 and figures["this"].c1:
+    if "baseline" in figures and figures["baseline"].worker_rate and figures["this"].worker_rate:
         this, base = figures["this"], figures["baseline"]
         rate_ratio = mean([s.rate for s in this.c32]) / mean([s.rate for s in base.c32])
         print(
             f"\nthis / baseline: c32 req/s x{rate_ratio:.2f}, "
             f"CPU/req x{mean(this.cpu_ms) / mean(base.cpu_ms):.2f}, "
-            f"worker c64 x{mean(this.worker_rate) / mean(base.worker_rate):.2f}"
+            f"worker c64 x{mean(this.worker_rate) / mean(base.worker_rate):.2f}, "
+            f"worker CPU/job x{mean(this.worker_cpu_ms) / mean(base.worker_cpu_ms):.2f}"
         )
+    for name in trees:
+        if figures[name].stream_rate:
+            print(
+                f"{name}: worker streamed c64 {mean(figures[name].stream_rate):.0f} jobs/s, "
+                f"CPU {mean(figures[name].stream_cpu_ms):.3f} ms/job; c1 first chunk "
+                f"p50 {mean(figures[name].first_chunk_ms):.3f} ms"
+            )
     if figures["litellm"].c1:
         ratio = mean([s.rate for s in figures["this"].c32]) / mean(
             [s.rate for s in figures["litellm"].c32]
@@ -559,6 +662,17 @@ def cli() -> None:
         "--baseline", type=Path, metavar="DIR", help="a worktree with its own .venv"
     )
     parser.add_argument("--litellm", metavar="PATH", help="LiteLLM's executable (or LITELLM_BIN)")
+    parser.add_argument(
+        "--worker-stream",
+        action="store_true",
+        help="also streamed jobs straight to the worker: c64 rate and CPU, c1 time to the "
+        "first chunk (printed, not recorded)",
+    )
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="only the worker columns (NATS straight to the worker), no HTTP phases",
+    )
     parser.add_argument("--record", action="store_true", help="add the rows to RESULTS.md's table")
     parser.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="profile router and worker at c32 first"

@@ -4,10 +4,12 @@
 concurrent requests httpx's own pool stalls on contention, aiohttp's does not (DESIGN §4,
 ops/bench). Adapters then use `request_json` (one JSON answer) and `stream_lines` (NDJSON
 or SSE), which enforce the job's deadline with `asyncio.timeout` and translate every
-failure through `services.runtimes.errors`. On that client both go straight to the
-transport's aiohttp session (`RuntimeClient.exchange` / `open`), without an httpx Request
-and Response per call (ops/bench/whole_path_bench.py measured the difference); aiohttp's
-failures still arrive as httpx's, through the transport's own mapping.
+failure through `services.runtimes.errors`. On that client neither builds an httpx
+Request and Response: a plain `http://` runtime (the usual local one) is called on
+`services.runtimes.plain_http`'s kept-alive connections, an `https://` one on the
+transport's aiohttp session (`RuntimeClient.exchange` / `open`); both raise httpx's
+exceptions, so the one edge that classifies failures is the same
+(ops/bench/whole_path_bench.py measured each step).
 
 The deadline is ours, not httpx's: the transport only gets a connect timeout, and the
 whole call (or, for a stream, each wait for the next line) runs under the job's remaining
@@ -33,6 +35,7 @@ from services.runtimes.errors import (
     classify_transport_error,
     invalid_response,
 )
+from services.runtimes.plain_http import PlainHttp
 from services.tracing import runtime_trace_headers
 
 # Below uvicorn's 5 s keep-alive (vLLM, many OpenAI-compatible servers): a connection the
@@ -42,7 +45,7 @@ USER_AGENT = "inferbus/0.1"
 
 
 class RuntimeClient(httpx.AsyncClient):
-    """httpx's client, sending straight to its transport.
+    """httpx's client, sending straight to its transport (or, for plain http, to `plain`).
 
     Runtimes use no cookies, auth or redirects, and httpx's generic send path for them
     (cookie jar round trip, auth and redirect generators, stream wrapping) cost about a
@@ -53,13 +56,25 @@ class RuntimeClient(httpx.AsyncClient):
     """
 
     def __init__(
-        self, *, transport: AiohttpTransport, connect_timeout_s: float, **options: Any
+        self,
+        *,
+        transport: AiohttpTransport,
+        connect_timeout_s: float,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+        max_idle: int = 512,
+        **options: Any,
     ) -> None:
         super().__init__(transport=transport, **options)
         self._direct = transport
         self._session_timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
         self._default_headers = {"User-Agent": USER_AGENT}
         self._json_headers = {**self._default_headers, "Content-Type": "application/json"}
+        self.plain = PlainHttp(
+            connect_timeout_s=connect_timeout_s,
+            keepalive_s=keepalive_expiry_s,
+            max_idle=max_idle,
+            user_agent=USER_AGENT,
+        )
 
     async def exchange(
         self,
@@ -72,8 +87,19 @@ class RuntimeClient(httpx.AsyncClient):
         """One whole request and answer on the transport's aiohttp session, without
         building httpx's Request and Response: status, body, headers. Failures are raised
         as httpx's exceptions (the transport's own mapping), so the one edge that turns
-        them into ours stays `classify_transport_error`. aiohttp undoes gzip/deflate itself.
+        them into ours stays `classify_transport_error`. Both undo gzip/deflate.
+
+        A plain `http://` runtime is called on `PlainHttp`'s kept-alive connections;
+        `https://` through aiohttp.
         """
+        if url.scheme == "http":
+            answer = await self.plain.exchange(
+                method,
+                url,
+                content=None if body is None else _json_bytes(body),
+                headers=_plain_headers(body is not None, headers),
+            )
+            return answer.status, answer.body, answer.headers
         response = await self.open(method, url, body=body, headers=headers)
         try:
             with map_aiohttp_exceptions():
@@ -94,9 +120,7 @@ class RuntimeClient(httpx.AsyncClient):
         content = None
         request_headers = self._default_headers
         if body is not None:  # as httpx encodes `json=`
-            content = json.dumps(
-                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode()
+            content = _json_bytes(body)
             request_headers = self._json_headers
         if headers:
             request_headers = {**request_headers, **headers}
@@ -111,6 +135,23 @@ class RuntimeClient(httpx.AsyncClient):
                 allow_redirects=False,
                 timeout=self._session_timeout,
             )
+
+    async def aclose(self) -> None:
+        self.plain.close()
+        await super().aclose()
+
+
+def _json_bytes(body: Any) -> bytes:
+    """A JSON body as httpx encodes `json=`."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+_JSON_TYPE = (("Content-Type", "application/json"),)
+
+
+def _plain_headers(has_body: bool, headers: Mapping[str, str] | None) -> Iterable[tuple[str, str]]:
+    given = tuple(headers.items()) if headers else ()
+    return _JSON_TYPE + given if has_body else given
 
 
 async def close_response(response: aiohttp.ClientResponse) -> None:
@@ -144,6 +185,8 @@ def new_http_client(
     return RuntimeClient(
         transport=transport,
         connect_timeout_s=connect_timeout_s,
+        keepalive_expiry_s=keepalive_expiry_s,
+        max_idle=max_connections,
         limits=limits,
         timeout=httpx.Timeout(None, connect=connect_timeout_s),
         trust_env=False,
@@ -211,7 +254,9 @@ async def stream_lines(
     body was not read to its end, so the runtime stops generating.
     """
     headers = _traced(headers)
-    if isinstance(client, RuntimeClient):
+    if isinstance(client, RuntimeClient) and url.scheme == "http":
+        lines = _plain_lines(client, url, body, deadline, headers, secrets)
+    elif isinstance(client, RuntimeClient):
         lines = _aiohttp_lines(client, url, body, deadline, headers, secrets)
     else:
         lines = _httpx_lines(client, url, body, deadline, headers, secrets)
@@ -220,6 +265,42 @@ async def stream_lines(
             yield line
     finally:
         await lines.aclose()
+
+
+async def _plain_lines(
+    client: RuntimeClient,
+    url: httpx.URL,
+    body: Any,
+    deadline: float,
+    headers: Mapping[str, str] | None,
+    secrets: Iterable[str],
+) -> AsyncGenerator[str, None]:
+    """`stream_lines` on a plain http:// runtime's kept-alive connections (`PlainHttp`)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await client.plain.open(
+                "POST", url, content=_json_bytes(body), headers=_plain_headers(True, headers)
+            )
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise classify_transport_error(exc, secrets=secrets) from exc
+    try:
+        if response.status >= 400:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    error_body = await response.read_all()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise classify_transport_error(exc, secrets=secrets) from exc
+            raise classify_http_error(
+                response.status,
+                error_body,
+                response.headers,
+                now_unix_s=time.time(),
+                secrets=secrets,
+            )
+        async for line in _lines_of(response.read, deadline, secrets):
+            yield line
+    finally:
+        response.close()
 
 
 async def _aiohttp_lines(
