@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,6 +20,9 @@ _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_CHILDREN_LIMIT = 10_000  # label sets remembered before the memo starts over
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 
 class _BreakerStates(Collector):
@@ -173,18 +176,31 @@ class RouterMetrics:
             ["tenant", "kind"],
             registry=self.registry,
         )
+        # (metric, label values) -> its child: prometheus_client's `labels` takes a lock
+        # and builds a key per call, several times per request.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self._outcomes_of: dict[str, set[str]] = {}  # node -> outcomes it has series for
         self._models_of: dict[str, set[str]] = {}  # node -> models it has served series for
         self.registry.register(_BreakerStates(breaker_snapshot))
         if providers_view is not None:
             self.registry.register(_CloudProviders(providers_view))
 
+    def _child(self, metric: _Metric, *values: str) -> _Metric:
+        """`metric.labels(*values)`, looked up once per label set."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _CHILDREN_LIMIT:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def answered(self, api: str, route: Route, status: str, seconds: float) -> None:
-        self.requests.labels(api, route.via, status).inc()
-        self.latency.labels(api, route.via).observe(seconds)
+        self._child(self.requests, api, route.via, status).inc()
+        self._child(self.latency, api, route.via).observe(seconds)
         for attempt in route.attempts:
             where = attempt.node or attempt.provider or attempt.via
-            self.attempts.labels(where, attempt.outcome).inc()
+            self._child(self.attempts, where, attempt.outcome).inc()
             if attempt.node:
                 self._outcomes_of.setdefault(attempt.node, set()).add(attempt.outcome)
 
@@ -203,21 +219,22 @@ class RouterMetrics:
             return
         node = route.node or route.provider or route.via
         model = route.model
-        self.served_seconds.labels(model, node).observe(seconds)
+        self._child(self.served_seconds, model, node).observe(seconds)
         if route.node:
             self._models_of.setdefault(route.node, set()).add(model)
         if pieces is not None and pieces.first_s is not None:
-            self.ttft.labels(model, node).observe(pieces.first_s)
-            gaps = self.inter_token.labels(model, node)
+            self._child(self.ttft, model, node).observe(pieces.first_s)
+            gaps = self._child(self.inter_token, model, node)
             for gap in pieces.gaps_s:
                 gaps.observe(gap)
         usage = response.result.usage if response.result is not None else None
         if usage is not None:
-            self.served_tokens.labels(model, node, "prompt").inc(usage.prompt_tokens)
-            self.served_tokens.labels(model, node, "completion").inc(usage.completion_tokens)
+            self._child(self.served_tokens, model, node, "prompt").inc(usage.prompt_tokens)
+            self._child(self.served_tokens, model, node, "completion").inc(usage.completion_tokens)
 
     def forget(self, node: str) -> None:
         """The fleet forgot the node: its series go too (state follows the fleet)."""
+        self._children.clear()  # no child of a removed series may be counted on
         for outcome in self._outcomes_of.pop(node, ()):
             self.attempts.remove(node, outcome)
         for model in self._models_of.pop(node, ()):
@@ -231,14 +248,14 @@ class RouterMetrics:
     # The admission line's events (router/admission/line.py `QueueMetrics`).
 
     def depth(self, tenant: str, priority: str, change: int) -> None:
-        self.queue_depth.labels(tenant, priority).inc(change)
+        self._child(self.queue_depth, tenant, priority).inc(change)
 
     def waited(self, tenant: str, priority: str, seconds: float) -> None:
-        self.queue_wait.labels(tenant, priority).observe(seconds)
+        self._child(self.queue_wait, tenant, priority).observe(seconds)
 
     def rejected(self, reason: str) -> None:
-        self.rejections.labels(reason).inc()
+        self._child(self.rejections, reason).inc()
 
     def tokens(self, tenant: str, prompt: int, completion: int) -> None:
-        self.tenant_tokens.labels(tenant, "prompt").inc(prompt)
-        self.tenant_tokens.labels(tenant, "completion").inc(completion)
+        self._child(self.tenant_tokens, tenant, "prompt").inc(prompt)
+        self._child(self.tenant_tokens, tenant, "completion").inc(completion)

@@ -30,9 +30,10 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
+from router.admission.limits_bucket import open_bucket
 from router.admission.line import Admission
 from router.admission.sealing import SealedRecords
-from router.admission.shared_limits import SharedCounters, open_bucket
+from router.admission.shared_limits import SharedCounters
 from router.admission.shared_running import SharedRunning
 from router.admission.slots import LaneSlots
 from router.admission.tenants import TenantConfigError, TenantDirectory

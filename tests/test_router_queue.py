@@ -9,19 +9,24 @@ announces the freed slot, and the router's line wakes on that record.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
 
 from node_worker.worker import Worker
+from router.selection.select import Selection
 from router.service import RouterService
+from router.serving.call import Calls
+from services.wire import JobRequest
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.jobs import llm, until
 from tools.simulator import Fault, SimModel, Simulator
@@ -422,3 +427,57 @@ async def test_two_routers_counting_at_once_grant_a_shared_rpm_exactly(
     assert sorted(a.status_code for a in answers) == [200] * 5 + [429] * 7
     refused = [a for a in answers if a.status_code == 429]
     assert all(a.json()["error"]["message"].startswith("rpm:") for a in refused)
+
+
+async def test_a_call_that_did_not_wait_goes_to_the_node_its_lane_was_picked_on(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    """The line selects once for a call's lane; the dispatcher's first attempt goes to
+    that pick instead of selecting again (where a second draw could land elsewhere)."""
+    async with (
+        slow_fleet(start_worker, node_id, nodes=2, slots=4, latency_ms=0) as _,
+        start_router() as router,
+    ):
+        index = router.router.fleet.index
+        await until(lambda: {f"{node_id}-0", f"{node_id}-1"} <= set(index.nodes))
+        calls = Calls(10_000, clock=time.monotonic)
+        picked = Selection(model=MODEL, type="llm", source="fleet", node=f"{node_id}-1")
+        served = []
+        for n in range(12):
+            job = JobRequest.model_validate(
+                {"model": MODEL, "prompt": f"q{n}", "type": "llm", "idempotency_key": f"k{n}"}
+            )
+            call = replace(calls.make(job, tenant="t"), pick=picked)
+            response, route = await router.router.dispatch(call)
+            assert response.status == "ok", response.error
+            served.append(route.node)
+    assert served == [f"{node_id}-1"] * 12
+
+
+async def test_a_served_call_leaves_no_cyclic_garbage(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str
+) -> None:
+    """A call, its job and its HTTP request are freed when the answer is out, not left
+    for the garbage collector (a cycle through them made the collector a large share of
+    the router's CPU)."""
+    async with (
+        slow_fleet(start_worker, node_id, nodes=1, slots=4, latency_ms=0) as _,
+        start_router() as router,
+        client(router) as http,
+    ):
+        await until(lambda: f"{node_id}-0" in router.router.fleet.index.nodes)
+        for n in range(3):  # warm: first-use caches
+            assert (await http.post("/v1/chat/completions", json=chat(f"w{n}"))).status_code == 200
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for n in range(5):
+                for stream in (False, True):
+                    body = chat(f"q{n}", stream=stream)
+                    assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+            gc.collect()
+            left = [type(o).__name__ for o in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert not {"Call", "CallProgress"} & set(left)  # the router's own (the worker runs here too)

@@ -25,7 +25,7 @@ JOB = {"model": "m:1b", "prompt": "hello"}
         ({"total_duration": 9_000_000}, None),
         (
             {"load_duration": 1_000_000, "prompt_eval_duration": 2_500_000, "eval_duration": 5},
-            (1.0, 2.5, 0.0),
+            (1.0, 2.5, 5e-06),  # a few ns stay non-zero
         ),
         ({"eval_duration": "soon", "prompt_eval_duration": True}, None),
     ],

@@ -43,6 +43,7 @@ from router.admission.slots import Hold, Lane, LaneSlots
 from router.admission.tenants import Tenant, TenantDirectory
 from router.attempts.route import Route
 from router.config import AdmissionSettings
+from router.selection.select import Selection
 from router.serving.call import Call, Served
 from router.serving.dispatch import job_type_of
 from services.errors import ErrorCode, InferbusError
@@ -126,7 +127,8 @@ class Admission:
         tenant = self._tenant_of(call)
         job = call.job
         now = self._clock()
-        lane = self._lane_of(job, call.agent_id)
+        pick = self._pick(job, call.agent_id)
+        lane = (pick.model, pick.type) if pick is not None else None
         if not tenant.may_use(job.model, lane[0] if lane else None):
             error = InferbusError(
                 ErrorCode.MODEL_NOT_FOUND,
@@ -151,7 +153,10 @@ class Admission:
             if shared is None:
                 again = True  # at max_concurrent across routers: back to its place in line
                 continue
-            response, route = await self._run(call, tenant, turn, totals, shared=shared)
+            # The lane's pick stands for the first attempt when nothing came between (no
+            # wait in line, no count across routers).
+            fresh = pick if totals.first_queued is None and not again and not shared else None
+            response, route = await self._run(call, tenant, turn, totals, shared=shared, pick=fresh)
             left_s = call.left_s(self._clock())
             if not self._busy_everywhere(response) or lane is None or left_s <= 0:
                 return response, self._route(route, call, totals)
@@ -177,16 +182,23 @@ class Admission:
         return True
 
     async def _run(
-        self, call: Call, tenant: Tenant, hold: Hold, totals: _Totals, *, shared: bool
+        self,
+        call: Call,
+        tenant: Tenant,
+        hold: Hold,
+        totals: _Totals,
+        *,
+        shared: bool,
+        pick: Selection | None,
     ) -> Served:
         """One pass through the dispatcher; `shared`: its tenant's call is counted across
-        routers, and given back there when it ends."""
+        routers, and given back there when it ends; `pick`: the lane's, still fresh."""
         queue_ms = round(totals.waited_s * 1000.0, 1)
         if call.on_queued is not None:
             call.on_queued(queue_ms)
         try:
             with self.slots.running(hold):
-                response, route = await self._dispatch(replace(call, queue_ms=queue_ms))
+                response, route = await self._dispatch(replace(call, queue_ms=queue_ms, pick=pick))
         finally:
             self._usage_of(tenant).running -= 1
             if shared and self.running is not None:
@@ -340,9 +352,13 @@ class Admission:
     # --- small things ------------------------------------------------------------------
 
     def _lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
+        pick = self._pick(job, agent_id)
+        return (pick.model, pick.type) if pick is not None else None
+
+    def _pick(self, job: JobRequest, agent_id: str | None) -> Selection | None:
         if not self.settings.max_wait_ms:
             return None  # with max_wait_ms 0 nothing waits: BUSY nodes answer 429
-        return self.slots.lane_of(job, agent_id)
+        return self.slots.pick(job, agent_id)
 
     def _usage_of(self, tenant: Tenant) -> TenantUsage:
         usage = self._usage.get(tenant.name)

@@ -14,8 +14,8 @@ the in-process count is a sliding 60 s. Counters expire with the bucket's TTL. T
 bucket holds the tenants' running calls (`max_concurrent`, router/admission/shared_running.py).
 
 Availability first: a store that cannot be read or written admits the request (and says
-so in the log, once per outage); the router's own in-process counts do not stand in.
-Every NATS error is translated here, once.
+so in the log, once per outage: router/admission/limits_bucket.py); the router's own
+in-process counts do not stand in.
 """
 
 from __future__ import annotations
@@ -26,19 +26,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import nats.errors
-import nats.js.errors
-from nats.aio.client import Client as NatsClient
 from nats.js.kv import KeyValue
 
 from router.admission.limits import Refusal
+from router.admission.limits_bucket import LimitsBucket
 from router.admission.tenants import TenantLimits
 
-__all__ = ["LimitsStoreUnavailable", "SharedCounters", "fits_under", "open_bucket"]
+__all__ = ["SharedCounters", "fits_under"]
 
 log = logging.getLogger("inferbus.router.limits")
 
-_TTL_S = 180.0  # a minute's counters outlive the minute after it
 _RACES = 16  # compare-and-set retries before the request is admitted anyway
 
 _Add = tuple[int, int | None, "asyncio.Future[bool] | None"]  # amount, ceiling, who waits
@@ -64,10 +61,8 @@ class SharedCounters:
     ) -> None:
         """While not `connected` the store counts as unreachable at once (a request would
         wait for its timeout)."""
-        self._kv = kv
+        self._store = LimitsBucket(kv, connected, "shared limits")
         self._wall_clock = wall_clock
-        self._connected = connected
-        self._unavailable = False
         self._counters: dict[str, _Counter] = {}
         self._minute = 0
 
@@ -181,43 +176,19 @@ class SharedCounters:
 
     async def _read(self, key: str) -> tuple[int, int] | None:
         """(value, revision); (0, 0) for a counter nobody wrote; None: unreachable."""
-        if not self._connected():
-            self._lost(ConnectionError("not connected to NATS"))
+        read = await self._store.read(key)
+        if read is None:
             return None
+        data, revision = read
         try:
-            entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return 0, 0
-        except (nats.errors.Error, OSError, TimeoutError) as error:
-            self._lost(error)
-            return None
-        self._unavailable = False
-        try:
-            value = int(entry.value or b"0")
+            value = int(data or b"0")
         except ValueError:
             value = 0
-        return value, entry.revision or 0
+        return value, revision
 
     async def _put(self, key: str, value: int, revision: int) -> int | None:
         """The new revision; 0: another router wrote first; None: unreachable."""
-        if not self._connected():
-            self._lost(ConnectionError("not connected to NATS"))
-            return None
-        data = str(value).encode()
-        try:
-            if revision == 0:
-                return await self._kv.create(key, data)
-            return await self._kv.update(key, data, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return 0
-        except (nats.errors.Error, OSError, TimeoutError) as error:
-            self._lost(error)
-            return None
-
-    def _lost(self, error: BaseException) -> None:
-        if not self._unavailable:
-            log.warning("shared limits store unavailable (%s): admitting", type(error).__name__)
-        self._unavailable = True
+        return await self._store.put(key, str(value).encode(), revision)
 
 
 def fits_under(value: int, adds: list[tuple[int, int | None]]) -> list[bool]:
@@ -228,41 +199,6 @@ def fits_under(value: int, adds: list[tuple[int, int | None]]) -> list[bool]:
         fits.append(ok)
         value += amount if ok else 0
     return fits
-
-
-class LimitsStoreUnavailable(Exception):
-    """The shared limits' bucket cannot be made or bound at start-up: what is missing."""
-
-
-async def open_bucket(nc: NatsClient, bucket: str) -> KeyValue:
-    """Create the shared limits' bucket, or bind to the one there. Reads are direct gets
-    (`$JS.API.DIRECT.GET.KV_<bucket>.>`, the grant ops/nats gives routers). Raises
-    LimitsStoreUnavailable, or `nats.errors.Error` when JetStream refuses otherwise (a
-    configuration error, for start-up)."""
-    js = nc.jetstream()
-    try:
-        kv = await js.create_key_value(bucket=bucket, ttl=_TTL_S, history=1, direct=True)
-    except nats.errors.NoRespondersError:
-        raise LimitsStoreUnavailable(
-            f"limits.shared: JetStream is not enabled on the NATS server (bucket {bucket})"
-        ) from None
-    except (nats.errors.TimeoutError, TimeoutError):
-        raise LimitsStoreUnavailable(
-            f"limits.shared: no answer to $JS.API.STREAM.CREATE.KV_{bucket}: JetStream is off "
-            "for this account, or the router's NATS user lacks the limits bucket's grants "
-            "(ops/nats/README.md)"
-        ) from None
-    except nats.js.errors.BadRequestError:
-        kv = await js.key_value(bucket)
-        info = await js.stream_info(f"KV_{bucket}")
-        if not info.config.allow_direct:
-            log.warning(
-                "the shared limits bucket %s reads without direct get, which the shipped "
-                "NATS permissions do not grant: delete it (nats kv del %s) and restart",
-                bucket,
-                bucket,
-            )
-    return kv
 
 
 def _key(limit: str, tenant: str, minute: int) -> str:

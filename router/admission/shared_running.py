@@ -25,8 +25,8 @@ when a call starts; a start the store refuses goes back to the head of its line.
 
 The leases are wall-clock (routers' clocks kept in sync, NTP). Availability first: a store
 that cannot be read or written admits the call (said in the log, once per outage) and
-this router counts it as its own, so the next write of its holding carries it.
-Every NATS error is translated here, once.
+this router counts it as its own, so the next write of its holding carries it
+(router/admission/limits_bucket.py translates the store's errors).
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -55,6 +53,7 @@ from router.admission.leases import (
     merge_heard,
     with_holding,
 )
+from router.admission.limits_bucket import LimitsBucket
 
 __all__ = ["SharedRunning"]
 
@@ -94,8 +93,7 @@ class SharedRunning:
         """`on_change` hears that another router's holdings changed or may have run out
         (the line wakes on it); while not `connected` the store counts as unreachable at
         once (a request would wait for its timeout)."""
-        self._kv = kv
-        self._connected = connected
+        self._store = LimitsBucket(kv, connected, "shared max_concurrent")
         self._lease_s = lease_s
         self._wall_clock = wall_clock
         self._on_change = on_change
@@ -105,7 +103,6 @@ class SharedRunning:
         self._seq = 0
         self._renewing: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
-        self._unavailable = False
 
     async def start(self, nc: NatsClient, bucket: str) -> None:
         """Hear other routers' writes and keep this router's leases renewed."""
@@ -245,34 +242,15 @@ class SharedRunning:
 
     async def _read(self, key: str) -> tuple[Holdings, int] | None:
         """(holdings, revision): ({}, 0) for a key nobody wrote; None: unreachable."""
-        if not self._connected():
-            self._lost(ConnectionError("not connected to NATS"))
+        read = await self._store.read(key)
+        if read is None:
             return None
-        try:
-            entry = await self._kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return {}, 0
-        except (nats.errors.Error, OSError, TimeoutError) as error:
-            self._lost(error)
-            return None
-        self._unavailable = False
-        return decode_holdings(entry.value), entry.revision or 0
+        data, revision = read
+        return decode_holdings(data), revision
 
     async def _put(self, key: str, holdings: Holdings, revision: int) -> int | None:
         """The new revision; 0: another router wrote first; None: unreachable."""
-        if not self._connected():
-            self._lost(ConnectionError("not connected to NATS"))
-            return None
-        data = encode_holdings(holdings)
-        try:
-            if revision == 0:
-                return await self._kv.create(key, data)
-            return await self._kv.update(key, data, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return 0
-        except (nats.errors.Error, OSError, TimeoutError) as error:
-            self._lost(error)
-            return None
+        return await self._store.put(key, encode_holdings(holdings), revision)
 
     async def _heard_write(self, msg: Msg) -> None:
         tenant = _tenant_of(msg.subject)
@@ -292,13 +270,6 @@ class SharedRunning:
             self._heard[tenant] = merged
         else:
             self._heard.pop(tenant, None)
-
-    def _lost(self, error: BaseException) -> None:
-        if not self._unavailable:
-            log.warning(
-                "shared max_concurrent store unavailable (%s): admitting", type(error).__name__
-            )
-        self._unavailable = True
 
 
 def _key(tenant: str) -> str:

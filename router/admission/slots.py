@@ -22,7 +22,7 @@ from router.attempts.route import Route
 from router.fleet.view import FleetView
 from router.selection.needs import job_needs
 from router.selection.profiles import SelectionConfig
-from router.selection.select import select
+from router.selection.select import Selection, select
 from router.serving.dispatch import job_type_of
 from services.errors import ErrorCode
 from services.wire import JobRequest, slot_kind
@@ -70,6 +70,12 @@ class LaneSlots:
 
     def lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
         """The (model, type) selection would send the call to on the fleet, if any."""
+        pick = self.pick(job, agent_id)
+        return (pick.model, pick.type) if pick is not None else None
+
+    def pick(self, job: JobRequest, agent_id: str | None) -> Selection | None:
+        """The fleet node and model selection picks for the call now, if any (its lane;
+        the dispatcher's first attempt when the call does not wait)."""
         if not self._connected():
             return None
         job_type = job_type_of(job)
@@ -86,7 +92,7 @@ class LaneSlots:
         )
         if selection is None or selection.source != "fleet" or selection.node is None:
             return None
-        return selection.model, selection.type
+        return selection
 
     def free(self, lane: Lane) -> bool:
         """Whether the lane has a free slot beyond those held: O(holds + 1) nodes read,

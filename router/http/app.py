@@ -41,7 +41,14 @@ from starlette.types import ASGIApp
 from router.fleet.ollama_views import TagsView
 from router.http.anthropic import AnthropicMessages, CountTokens
 from router.http.auth import RequireApiKey
-from router.http.dialect import Dialect, ErrorShape, dialect_route, error_handlers
+from router.http.dialect import (
+    Dialect,
+    DialectPaths,
+    ErrorShape,
+    dialect_endpoint,
+    dialect_route,
+    error_handlers,
+)
 from router.http.edge import Api
 from router.http.live.feed import LiveFeed
 from router.http.live.routes import PageAccess, with_page
@@ -115,7 +122,9 @@ def build_app(
         *(admin_routes(reload) if reload is not None else []),
     ]
     shapes = [*PREFIX_ERRORS, *(dialect.errors for dialect in dialects)]
-    app = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
+    starlette = Starlette(routes=routes, exception_handlers=error_handlers(shapes))
+    endpoints = {dialect.path: dialect_endpoint(api, dialect) for dialect in dialects}
+    app = DialectPaths(starlette, endpoints)
     line = api.line
     if line is None:
         return QueueTimeHeader(app)

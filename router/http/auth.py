@@ -32,9 +32,12 @@ class RequireApiKey:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization", b"")
-        tenant = self._directory().identify(authorization, headers.get(b"x-api-key", b""))
+        directory = self._directory()
+        tenant = directory.anonymous  # no keys configured: whoever asks
+        if tenant is None:
+            headers = dict(scope["headers"])
+            authorization = headers.get(b"authorization", b"")
+            tenant = directory.identify(authorization, headers.get(b"x-api-key", b""))
         if tenant is not None or scope["path"] in OPEN_PATHS:
             scope.setdefault("state", {})["tenant"] = tenant
             await self._app(scope, receive, send)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from starlette import routing
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.attempts.route import Route
 from router.http.edge import Api, cached_headers
@@ -51,8 +52,10 @@ __all__ = [
     "PLAIN_ERRORS",
     "Asked",
     "Dialect",
+    "DialectPaths",
     "ErrorShape",
     "JobFields",
+    "dialect_endpoint",
     "dialect_route",
     "shape_for",
 ]
@@ -155,8 +158,16 @@ def shape_for(path: str, shapes: Iterable[ErrorShape]) -> ErrorShape:
     return best
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
 def dialect_route(api: Api, dialect: Dialect) -> routing.Route:
     """The POST route of `dialect`, served the one way (module doc)."""
+    return routing.Route(dialect.path, dialect_endpoint(api, dialect), methods=["POST"])
+
+
+def dialect_endpoint(api: Api, dialect: Dialect) -> Endpoint:
+    """What answers a POST to `dialect`'s path (module doc)."""
 
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
@@ -168,7 +179,27 @@ def dialect_route(api: Api, dialect: Dialect) -> routing.Route:
                 api, dialect, started, InferbusError(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
             )
 
-    return routing.Route(dialect.path, endpoint, methods=["POST"])
+    return endpoint
+
+
+class DialectPaths:
+    """A POST to a dialect's path goes straight to its endpoint; every other request to
+    `app` (Starlette: the plain routes, unknown paths and methods in their error shapes).
+    The endpoints answer every exception themselves, so the dialects' hot path skips
+    Starlette's middleware and route matching, about a tenth of the router's CPU."""
+
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, Endpoint]) -> None:
+        self._app = app
+        self._endpoints = dict(endpoints)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self._endpoints.get(scope["path"])
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
 
 
 async def _serve(api: Api, dialect: Dialect, request: Request, started: float) -> Response:

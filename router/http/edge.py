@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from router.http.images import checked_images
 from router.http.live.feed import LiveFeed
 from router.http.live.rows import RequestFacts
 from router.metrics import RouterMetrics
-from router.serving.call import Call, Calls, Served, trace_context
+from router.serving.call import Call, CallProgress, Calls, Served, trace_context
 from services.big_json import loads_request
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.images import ImageSettings
@@ -101,11 +102,16 @@ async def parse_json(body: bytes) -> Any:
     try:
         raw = await loads_request(body)
         # Lone surrogates ("\ud800") are valid JSON but no valid UTF-8: refuse them here,
-        # not when the job is encoded for a node.
-        json.dumps(raw, ensure_ascii=False).encode()
+        # not when the job is encoded for a node. One can only come from a `\u` escape
+        # or from the bytes of one (UTF-8 lead byte 0xED): other bodies skip the check.
+        if _MAY_HOLD_SURROGATE.search(body):
+            json.dumps(raw, ensure_ascii=False).encode()
     except (ValueError, RecursionError, UnicodeError) as error:
         return InferbusError(ErrorCode.BAD_REQUEST, f"the body is not usable JSON ({error})"[:200])
     return raw
+
+
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD]|\xed")
 
 
 def agent_of(value: object) -> str | None:
@@ -171,9 +177,14 @@ class Api:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
 
+        # The call's progress, once it is made: holding the call itself here would make a
+        # cycle (call -> on_queued -> call) that only the garbage collector frees.
+        progress: CallProgress | None = None
+
         def queued(queue_ms: float) -> None:
             request.state.queue_ms = queue_ms
-            call.progress.queue_ms = queue_ms
+            if progress is not None:
+                progress.queue_ms = queue_ms
             if queue_ms > 0:  # a call that started at once has no wait to show
                 attributes = {"inferbus.tenant": tenant.name, "inferbus.class": priority}
                 self.tracing.past("queue wait", queue_ms / 1000.0, attributes)
@@ -190,6 +201,7 @@ class Api:
             on_queued=queued,
             resume=resume,
         )
+        progress = call.progress
         return call
 
     async def serve(self, call: Call) -> Served:

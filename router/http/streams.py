@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from router.attempts.route import Route
 from router.http.edge import cached_headers
@@ -234,7 +235,7 @@ async def stream_response(
         on_finished(response, route)
         if response.error is not None:
             return on_error_before_first_token(response, route)
-        return StreamingResponse(
+        return RelayResponse(
             _once(form.final(response, route)),
             media_type=form.media_type,
             headers=cached_headers(response),
@@ -243,11 +244,42 @@ async def stream_response(
     # its first piece is read here its answer is in, and the headers can say it is a replay.
     answered = task.done() and not task.cancelled() and task.exception() is None
     headers = cached_headers(task.result()[0]) if answered else {}
-    return StreamingResponse(
+    return RelayResponse(
         _relay(first, pieces, task, form, on_finished, call.job.job_id),
         media_type=form.media_type,
         headers=headers,
     )
+
+
+class RelayResponse(StreamingResponse):
+    """A stream written from the request's own task, its first bytes at once: Starlette's
+    `StreamingResponse` (under uvicorn's ASGI 2.3) opens an anyio task group and a second
+    task per stream to hear the client leave. Here a plain task waits for the disconnect
+    and cancels the writing, whose `_relay` then cancels the job."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        writer = asyncio.current_task()
+        assert writer is not None
+        gone = done = False  # done: written to the end (uvicorn then says "disconnect" too)
+
+        async def hear_disconnect() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not done:
+                gone = True
+                writer.cancel()
+
+        listener = asyncio.ensure_future(hear_disconnect())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            writer.uncancel()  # the client left: nothing more to write, nobody to tell
+        finally:
+            done = True
+            listener.cancel()
 
 
 async def _serve_then_end(

@@ -149,6 +149,10 @@ class Picker:
         total = sum(sizes)
         if total == 0:
             return None
+        if total == 1:  # one node of one model: nothing to spread over
+            only = next(slot for slot, size in zip(level, sizes, strict=True) if size)
+            pair = only.group, only.node(self.index, 0)
+            return pair if self._eligible(*pair) else None
         if total > SCAN_LIMIT:
             drawn = self._draw_two(level, sizes, total)
             if drawn:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from router.attempts.resume import StreamSoFar
 from router.attempts.route import Route
+from router.selection.select import Selection
 from services.deadlines import remaining_budget_ms
 from services.token_times import TokenTimes
 from services.wire import JobRequest, JobResponse, ModelSink, PieceSink
@@ -117,6 +118,9 @@ class Call:
             stream resumed on another node (`x-inferbus-resume: off`).
         so_far: a stream's record of what its client already has, kept across the
             dispatcher's passes (a resumed stream sent back to the line keeps it).
+        pick: the fleet node and model selection picked when the line found the call's
+            lane, handed on when the call did not wait (the dispatcher's first attempt
+            goes there instead of selecting again); None otherwise.
     """
 
     job: JobRequest
@@ -136,6 +140,7 @@ class Call:
     progress: CallProgress = field(default_factory=CallProgress)
     resume: bool = True
     so_far: StreamSoFar | None = None
+    pick: Selection | None = None
 
     def with_job(self, job: JobRequest) -> Call:
         """The same call for another job (the gate's wire job)."""

@@ -88,6 +88,7 @@ class _Request:
     conclusive: JobResponse | None = None  # a target's failure that says most
     trace: dict[str, str] = field(default_factory=dict)  # what the current attempt sends on
     broken: JobResponse | None = None  # a stream's error, if no node could resume it
+    pick: Selection | None = None  # the line's fresh pick: the first node attempt's
 
 
 class Router:
@@ -145,6 +146,8 @@ class Router:
             job = continuing_job(first, so_far.text, so_far.resumes)
         needs = job_needs(job, job.type or "llm")
         request = _Request(job, call.agent_id, call.deadline, on_piece, call.on_model, needs)
+        if job is first:  # the job the line picked for (not a resume's continuing job)
+            request.pick = call.pick
         if so_far is not None:
             request.route.resumed = so_far.resumes
         if self._left_s(request) <= 0:
@@ -240,7 +243,9 @@ class Router:
                 break
             now = self._clock()
             is_open = partial(breakers.is_open, job_type=job_type, now=now)
-            selection = self._select(r, exclude=frozenset(r.tried), excluded=is_open)
+            selection, r.pick = r.pick, None
+            if selection is None or r.tried:
+                selection = self._select(r, exclude=frozenset(r.tried), excluded=is_open)
             if selection is None or selection.source != "fleet" or selection.node is None:
                 r.route.fallback_reason = r.route.fallback_reason or (
                     selection.fallback_reason if selection else "no node serves it"

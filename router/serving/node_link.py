@@ -21,6 +21,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -66,11 +67,37 @@ class Lost:
 Probed = Literal["alive", "gone", "silent", "bus_down"]
 
 
+class _Inbox:
+    """The messages of one pending request, in order: `asyncio.Queue` without what this
+    does not need (bounds, task accounting), made once per request. A `get` that is
+    cancelled (its wait ran out) leaves the messages where they are."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Msg | Lost] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Msg | Lost) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Msg | Lost:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 @dataclass
 class _Pending:
     node: str
     job_id: str | None  # None: a liveness probe, answered by the node's record
-    queue: asyncio.Queue[Msg | Lost] = field(default_factory=asyncio.Queue)
+    queue: _Inbox = field(default_factory=_Inbox)
     dropped: int = 0
 
 

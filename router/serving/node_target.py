@@ -106,13 +106,16 @@ class NodeCalls:
         return replace(outcome, attempts=(record,))
 
     async def _send(self, target: NodeTarget, asked: Asked) -> Outcome:
-        try:
-            async with asyncio.timeout(asked.deadline - self._clock()):
-                await self._slots.acquire()
-        except TimeoutError:
-            error = InferbusError(ErrorCode.DEADLINE_EXCEEDED, "no free remote slot in time")
-            failure = JobResponse.failure(asked.job.job_id, error)
-            return Outcome(failure, "timed_out", budget_bound=True)
+        if self._slots.locked():  # wait for a slot, within the budget
+            try:
+                async with asyncio.timeout(asked.deadline - self._clock()):
+                    await self._slots.acquire()
+            except TimeoutError:
+                error = InferbusError(ErrorCode.DEADLINE_EXCEEDED, "no free remote slot in time")
+                failure = JobResponse.failure(asked.job.job_id, error)
+                return Outcome(failure, "timed_out", budget_bound=True)
+        else:
+            await self._slots.acquire()  # a free slot is taken at once
         self._liveness.hold(target.node)
         try:
             with self._fleet.job_on(target.node, target.slot_type):

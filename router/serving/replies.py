@@ -83,7 +83,7 @@ def read_reply(
     if not data and status == NO_RESPONDERS:
         return NoWorker(InferbusError(ErrorCode.BACKEND_UNAVAILABLE, f"no worker on node {node}"))
     event = _event_of(data) if streaming else decode_response(data)
-    if isinstance(event, JobResponse) and not _names_a_job(data):
+    if isinstance(event, JobResponse) and not event.job_id and not _names_a_job(data):
         event = event.model_copy(update={"job_id": job_id})
     if event.job_id != job_id:
         return Foreign(event.job_id)
@@ -131,6 +131,8 @@ def _names_a_job(data: bytes) -> bool:
 
 def _event_of(data: bytes) -> Chunk | JobResponse:
     """A chunk (it has `seq` and `delta`), else the final answer."""
+    if b'"seq"' not in data:  # no chunk: the final answer, read without a failed try
+        return decode_response(data)
     try:
         return Chunk.model_validate_json(data)
     except ValueError:

@@ -327,7 +327,7 @@ def _ms(data: dict[str, Any], key: str) -> float | None:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
-    return round(value / 1e6, 3)
+    return value / 1e6  # not rounded: a few hundred ns stay a non-zero duration
 
 
 def timings_of(data: dict[str, Any]) -> RuntimeTimings | None:
