@@ -33,7 +33,8 @@ def record_ttl_s(heartbeat_s: float) -> float:
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Finite numbers only: NaN and Infinity parse as JSON here but no JSON answer can say them.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class Pricing(_Record):

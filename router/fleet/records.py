@@ -21,11 +21,11 @@ else gets the full validation. Measured: `ops/bench/announce_bench.py`,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pydantic
+import pydantic_core
 from pydantic import BaseModel, ConfigDict
 
 from services.capabilities import Capabilities
@@ -38,7 +38,7 @@ _IS_MOVING = frozenset(_MOVING)
 # The moving fields validated alone, exactly as `Capabilities` validates them.
 _Moving: type[BaseModel] = pydantic.create_model(
     "_Moving",
-    __config__=ConfigDict(extra="ignore", frozen=True),
+    __config__=ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False),
     **{
         name: (Capabilities.model_fields[name].annotation, Capabilities.model_fields[name])
         for name in _MOVING
@@ -125,7 +125,7 @@ class RecordDecoder:
 def parse_object(data: bytes) -> dict[str, Any] | None:
     """The JSON object, or None for anything else (never raises)."""
     try:
-        raw = json.loads(data)
+        raw = pydantic_core.from_json(data)
     except ValueError:
         return None
     return raw if isinstance(raw, dict) else None

@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import httpx
@@ -35,7 +35,7 @@ from services.runtimes.errors import (
     classify_transport_error,
     invalid_response,
 )
-from services.runtimes.plain_http import PlainHttp
+from services.runtimes.plain_http import Opened, PlainHttp
 from services.tracing import runtime_trace_headers
 
 # Below uvicorn's 5 s keep-alive (vLLM, many OpenAI-compatible servers): a connection the
@@ -139,6 +139,10 @@ class RuntimeClient(httpx.AsyncClient):
     async def aclose(self) -> None:
         self.plain.close()
         await super().aclose()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.plain.close()
+        await super().__aexit__(*exc)
 
 
 def _json_bytes(body: Any) -> bytes:
@@ -254,12 +258,18 @@ async def stream_lines(
     body was not read to its end, so the runtime stops generating.
     """
     headers = _traced(headers)
+    opening: Awaitable[_Streamed]
     if isinstance(client, RuntimeClient) and url.scheme == "http":
-        lines = _plain_lines(client, url, body, deadline, headers, secrets)
+        plain = client.plain.open(
+            "POST", url, content=_json_bytes(body), headers=_plain_headers(True, headers)
+        )
+        opening = _opened(_PlainStreamed, plain)
     elif isinstance(client, RuntimeClient):
-        lines = _aiohttp_lines(client, url, body, deadline, headers, secrets)
+        opening = _opened(_AiohttpStreamed, client.open("POST", url, body=body, headers=headers))
     else:
-        lines = _httpx_lines(client, url, body, deadline, headers, secrets)
+        request = client.build_request("POST", url, json=body, headers=headers)
+        opening = _opened(_HttpxStreamed, client.send(request, stream=True))
+    lines = _streamed_lines(opening, deadline, secrets)
     try:
         async for line in lines:
             yield line
@@ -267,126 +277,113 @@ async def stream_lines(
         await lines.aclose()
 
 
-async def _plain_lines(
-    client: RuntimeClient,
-    url: httpx.URL,
-    body: Any,
-    deadline: float,
-    headers: Mapping[str, str] | None,
-    secrets: Iterable[str],
-) -> AsyncGenerator[str, None]:
-    """`stream_lines` on a plain http:// runtime's kept-alive connections (`PlainHttp`)."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            response = await client.plain.open(
-                "POST", url, content=_json_bytes(body), headers=_plain_headers(True, headers)
-            )
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise classify_transport_error(exc, secrets=secrets) from exc
-    try:
-        if response.status >= 400:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    error_body = await response.read_all()
-            except (httpx.HTTPError, TimeoutError) as exc:
-                raise classify_transport_error(exc, secrets=secrets) from exc
-            raise classify_http_error(
-                response.status,
-                error_body,
-                response.headers,
-                now_unix_s=time.time(),
-                secrets=secrets,
-            )
-        async for line in _lines_of(response.read, deadline, secrets):
-            yield line
-    finally:
-        response.close()
+class _Streamed(Protocol):
+    """An answer whose head is read, however the client reads its body."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes:
+        """The next piece of the body, b"" at its end."""
+
+    async def read_all(self) -> bytes:
+        """The rest of the body."""
+
+    async def close(self) -> None:
+        """Let the answer go (its connection is closed unless the body was read)."""
 
 
-async def _aiohttp_lines(
-    client: RuntimeClient,
-    url: httpx.URL,
-    body: Any,
-    deadline: float,
-    headers: Mapping[str, str] | None,
-    secrets: Iterable[str],
-) -> AsyncGenerator[str, None]:
-    """`stream_lines` on the aiohttp session itself (`RuntimeClient.open`)."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            response = await client.open("POST", url, body=body, headers=headers)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise classify_transport_error(exc, secrets=secrets) from exc
-    try:
-        if response.status >= 400:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    with map_aiohttp_exceptions():
-                        error_body = await response.read()
-            except (httpx.HTTPError, TimeoutError) as exc:
-                raise classify_transport_error(exc, secrets=secrets) from exc
-            raise classify_http_error(
-                response.status,
-                error_body,
-                response.headers,
-                now_unix_s=time.time(),
-                secrets=secrets,
-            )
-
-        async def read() -> bytes:
-            with map_aiohttp_exceptions():
-                return await response.content.readany()
-
-        async for line in _lines_of(read, deadline, secrets):
-            yield line
-    finally:
-        await close_response(response)
+async def _opened(wrap: Callable[[Any], _Streamed], opening: Awaitable[Any]) -> _Streamed:
+    return wrap(await opening)
 
 
-async def _httpx_lines(
-    client: httpx.AsyncClient,
-    url: httpx.URL,
-    body: Any,
-    deadline: float,
-    headers: Mapping[str, str] | None,
-    secrets: Iterable[str],
-) -> AsyncGenerator[str, None]:
-    """`stream_lines` through httpx's API, for any other client."""
-    request = client.build_request("POST", url, json=body, headers=headers)
-    try:
-        async with asyncio.timeout_at(deadline):
-            response = await client.send(request, stream=True)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise classify_transport_error(exc, secrets=secrets) from exc
-    try:
-        if response.status_code >= 400:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    error_body = await response.aread()
-            except (httpx.HTTPError, TimeoutError) as exc:
-                raise classify_transport_error(exc, secrets=secrets) from exc
-            raise classify_http_error(
-                response.status_code,
-                error_body,
-                response.headers,
-                now_unix_s=time.time(),
-                secrets=secrets,
-            )
-        pieces = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+class _PlainStreamed:
+    """On `services.runtimes.plain_http`'s kept-alive connections."""
 
-        async def read() -> bytes:
-            try:
-                return await anext(pieces)
-            except StopAsyncIteration:
-                return b""
+    def __init__(self, opened: Opened) -> None:
+        self.status = opened.status
+        self.headers: Mapping[str, str] = opened.headers
+        self.read = opened.read
+        self.read_all = opened.read_all
+        self._opened = opened
 
+    async def close(self) -> None:
+        self._opened.close()
+
+
+class _AiohttpStreamed:
+    """On the transport's aiohttp session itself (`RuntimeClient.open`)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self._response = response
+
+    async def read(self) -> bytes:
+        with map_aiohttp_exceptions():
+            return await self._response.content.readany()
+
+    async def read_all(self) -> bytes:
+        with map_aiohttp_exceptions():
+            return await self._response.read()
+
+    async def close(self) -> None:
+        await close_response(self._response)
+
+
+class _HttpxStreamed:
+    """Through httpx's API, for any other client."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self._response = response
+        self._pieces = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+
+    async def read(self) -> bytes:
         try:
-            async for line in _lines_of(read, deadline, secrets):
-                yield line
+            return await anext(self._pieces)
+        except StopAsyncIteration:
+            return b""
+
+    async def read_all(self) -> bytes:
+        return await self._response.aread()
+
+    async def close(self) -> None:
+        try:
+            await self._pieces.aclose()
         finally:
-            await pieces.aclose()
+            await self._response.aclose()
+
+
+async def _streamed_lines(
+    opening: Awaitable[_Streamed], deadline: float, secrets: Iterable[str]
+) -> AsyncGenerator[str, None]:
+    """The lines of a streamed answer; an error status, a broken connection or the
+    deadline raised as InferbusError."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            answer = await opening
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise classify_transport_error(exc, secrets=secrets) from exc
+    try:
+        if answer.status >= 400:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    error_body = await answer.read_all()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                raise classify_transport_error(exc, secrets=secrets) from exc
+            raise classify_http_error(
+                answer.status,
+                error_body,
+                answer.headers,
+                now_unix_s=time.time(),  # an HTTP-date Retry-After needs the wall clock
+                secrets=secrets,
+            )
+        async for line in _lines_of(answer.read, deadline, secrets):
+            yield line
     finally:
-        await response.aclose()
+        await answer.close()
 
 
 def _traced(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:

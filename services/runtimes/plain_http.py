@@ -15,14 +15,19 @@ edge that turns them into ours stays `classify_transport_error`:
     the connection broke or closed early  httpx.ReadError / httpx.RemoteProtocolError
     an answer that is not HTTP            httpx.RemoteProtocolError
 
-A connection is reused only after a complete answer that allows it (keep-alive), and
-never after KEEPALIVE idle seconds (below servers' own idle timeouts); one whose call was
-cancelled (the job's deadline) is closed, so the runtime stops working on it.
+A connection is reused only after a complete answer that allows it (keep-alive) and
+nothing after it, never after KEEPALIVE idle seconds (below servers' own idle timeouts)
+nor once its socket is readable while idle (the server hung up and the loop has not said
+so yet); one whose call was cancelled (the job's deadline) is closed, so the runtime stops
+working on it. Interim 1xx answers are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
+import socket
 import time
 import zlib
 from collections.abc import Iterable
@@ -61,6 +66,8 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._keep_alive = False
         self._failure: httpx.TransportError | None = None
+        self._interim = False
+        self._overrun = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -76,6 +83,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the runtime switched protocols"))
         except httptools.HttpParserError as exc:
+            if self._complete:  # junk after a whole answer: the answer stands, not reused
+                self._keep_alive = False
+                self.close()
+                return
             self._fail(httpx.RemoteProtocolError(f"not an HTTP answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -94,14 +105,30 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:  # more than the answer: nobody asked for it
+            self._overrun = True
+            self._keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._overrun:
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._status = self._parser.get_status_code()
+        if self._overrun:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True
+            self._headers = []
+            return
+        self._status = status
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._overrun:
+            return
         self._body.append(body)
         self._buffered += len(body)
         if (
@@ -115,9 +142,19 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._overrun:
+            return
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()  # the parser resets after this
         self._wake()
+
+    def hung_up(self) -> bool:
+        """Readable while idle: the server closed it (EOF not handled yet) or sent junk."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        return sock is None or bool(select.select([sock.fileno()], [], [], 0)[0])
 
     # -- one request and its answer -----------------------------------------------------
 
@@ -157,7 +194,7 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """Whether the answer was read to its end and the connection may carry another;
         then it is ready for the next request (the parser readies itself)."""
-        if self.closed or not self._complete or not self._keep_alive or self._body:
+        if self.closed or self._overrun or not self._complete or not self._keep_alive or self._body:
             return False
         self._busy = False
         self._status = 0
@@ -199,7 +236,13 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            try:
+                self.transport.close()
+            except RuntimeError:  # its loop has ended: shut the socket down, drop it
+                sock = self.transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Opened:
@@ -224,13 +267,18 @@ class Opened:
 
     async def read(self) -> bytes:
         """The next piece of the body (decompressed), b"" at its end."""
-        piece = await self._connection.read()
-        if self._decoder is None:
-            return piece
-        try:
-            return self._decoder.decompress(piece) if piece else self._decoder.flush()
-        except zlib.error as exc:
-            raise httpx.DecodingError(f"the answer's compressed body is corrupt: {exc}") from exc
+        while True:
+            piece = await self._connection.read()
+            if self._decoder is None:
+                return piece
+            try:
+                out = self._decoder.decompress(piece) if piece else self._decoder.flush()
+            except zlib.error as exc:
+                raise httpx.DecodingError(
+                    f"the answer's compressed body is corrupt: {exc}"
+                ) from exc
+            if out or not piece:
+                return out
 
     async def read_all(self) -> bytes:
         pieces = []
@@ -362,7 +410,7 @@ class PlainHttp:
             if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
                 raise httpx.LocalProtocolError(f"header {name!r} holds a line break")
             lines.append(f"{name}: {value}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
         return head + content if content else head
 
     async def _connection(self, host: str, port: int) -> _Connection:
@@ -376,7 +424,7 @@ class PlainHttp:
             connection = idle.pop()
             if connection.closed:
                 continue
-            if now - connection.idle_since > self._keepalive_s:
+            if now - connection.idle_since > self._keepalive_s or connection.hung_up():
                 connection.close()
                 continue
             return connection
