@@ -58,7 +58,7 @@ from router.serving.liveness import Liveness, LivenessSettings
 from router.serving.model_show import ModelShows
 from router.serving.node_link import NodeLink
 from router.serving.node_target import NodeCalls
-from services.bus import describe, is_auth_refusal
+from services.bus import cancel_until_done, describe, is_auth_refusal
 from services.errors import InferbusError
 from services.keystore import ROUTER_SPACE, SharedKeys
 from services.lifecycle import AsyncService
@@ -486,9 +486,7 @@ class RouterService(AsyncService):
             return
         self._stopping = True
         if self._connecting is not None:
-            self._connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await self._connecting
+            await cancel_until_done(self._connecting)  # nats-py can lose one cancellation
         await self.live.stop()  # open event streams end, so the server can
         if self._server is not None:
             self._server.should_exit = True

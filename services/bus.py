@@ -106,9 +106,7 @@ async def connect_until_stopped(
     if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
         connected = True  # later refusals (a reload with new credentials) go to error_cb
         return connecting.result()
-    connecting.cancel()
-    # nats-py may swallow a cancellation between two attempts; do not hang on it.
-    await asyncio.wait({connecting}, timeout=2)
+    await cancel_until_done(connecting)
     if refused.done():
         raise BusAuthRefused(describe(refused.result()))
     if not stop.is_set():
@@ -119,6 +117,22 @@ async def connect_until_stopped(
         if error is not None:
             raise error
     return None
+
+
+async def cancel_until_done(task: asyncio.Task[Any], *, patience_s: float = 5.0) -> None:
+    """Cancel `task` again and again until it has ended (or `patience_s` has passed).
+
+    One cancellation of nats-py's connect loop can be lost: Python 3.11's `asyncio.wait_for`
+    returns the inner result when it is already there as the cancellation arrives (a
+    refused connection is), nats-py takes that OSError as one more failed attempt and
+    tries again, and the process then hangs at its exit, where the loop waits for every
+    task it cancelled once.
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + patience_s
+    while not task.done() and loop.time() < give_up_at:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
 
 
 class BusUnreachable(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import nats.errors
@@ -11,7 +12,7 @@ from node_worker.admission import node_capacity
 from node_worker.service_api import wire_form
 from node_worker.twins import is_twin
 from router.config import load_router_settings
-from services.bus import is_auth_refusal
+from services.bus import cancel_until_done, is_auth_refusal
 from services.capabilities import Capabilities
 from services.runtimes.base import ModelInfo
 from services.runtimes.llamacpp import llamacpp_models, readable_model_name
@@ -104,3 +105,28 @@ def test_up_router_config_names_where_it_listens_and_loads(tmp_path: Path, port:
     settings = load_router_settings(tmp_path / "router.yml")
     assert (settings.http.host, settings.http.port) == ("127.0.0.1", port)
     assert settings.local_runtime is not None
+
+
+async def test_a_task_that_loses_a_cancellation_is_cancelled_until_it_ends() -> None:
+    """As nats-py's connect loop does when asyncio.wait_for hands it a refused
+    connection instead of the cancellation: the first cancel is lost, the loop goes on."""
+    lost = 0
+
+    async def connecting_forever() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if lost == 0 and task is not None:
+                    lost += 1
+                    task.uncancel()
+                    continue
+                raise
+
+    task = asyncio.create_task(connecting_forever())
+    await asyncio.sleep(0)
+    await cancel_until_done(task)
+    assert task.cancelled()
+    assert lost == 1
