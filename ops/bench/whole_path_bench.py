@@ -299,7 +299,6 @@ async def worker_stream_rate(nats_url: str, worker_pid: int, seconds: float) -> 
     final answer), and the worker's CPU ms per job."""
     connection = await nats.connect(nats_url)
     waiting: dict[str, asyncio.Future[None]] = {}
-    ok = 0
 
     async def on_reply(msg: Msg) -> None:
         if b'"done"' in msg.data:
@@ -310,25 +309,19 @@ async def worker_stream_rate(nats_url: str, worker_pid: int, seconds: float) -> 
     await connection.subscribe("bench.streams.*", cb=on_reply)
     counter = 0
 
-    async def step() -> None:
-        nonlocal ok, counter
+    async def step() -> bool:
+        nonlocal counter
         counter += 1
         inbox = f"bench.streams.{counter}"
         waiting[inbox] = asyncio.get_running_loop().create_future()
         await connection.publish("node.bench.llm.request", STREAM_JOB, reply=inbox)
         await asyncio.wait_for(waiting[inbox], 10)
-        ok += 1
+        return True
 
     try:
-        for _ in range(20):
-            await step()
-        ok = 0
-        before = cpu_seconds(worker_pid)
-        took = await harness.for_seconds(step, WORKER_CONCURRENCY, seconds)
-        spent = cpu_seconds(worker_pid) - before
+        return await rate_and_cpu(step, warmup=20, pid=worker_pid, seconds=seconds)
     finally:
         await connection.close()
-    return ok / took, 1000 * spent / max(ok, 1)
 
 
 async def worker_first_chunk_ms(nats_url: str, seconds: float) -> float:
@@ -368,22 +361,34 @@ async def worker_rate(nats_url: str, worker_pid: int, seconds: float) -> tuple[f
     """Jobs per second at c64 straight to the worker over NATS (answers with status ok),
     and the worker's CPU ms per job."""
     connection = await nats.connect(nats_url)
-    ok = 0
 
-    async def step() -> None:
-        nonlocal ok
+    async def step() -> bool:
         reply = await connection.request("node.bench.llm.request", JOB, timeout=10)
-        ok += b'"status":"ok"' in reply.data.replace(b" ", b"")
+        return b'"status":"ok"' in reply.data.replace(b" ", b"")
 
     try:
-        for _ in range(50):
-            await step()
-        ok = 0
-        before = cpu_seconds(worker_pid)
-        took = await harness.for_seconds(step, WORKER_CONCURRENCY, seconds)
-        spent = cpu_seconds(worker_pid) - before
+        return await rate_and_cpu(step, warmup=50, pid=worker_pid, seconds=seconds)
     finally:
         await connection.close()
+
+
+async def rate_and_cpu(
+    step: Callable[[], Awaitable[bool]], *, warmup: int, pid: int, seconds: float
+) -> tuple[float, float]:
+    """`step` at c64 for `seconds` after `warmup` runs: good steps per second, and the
+    CPU ms per good step of process `pid`."""
+    for _ in range(warmup):
+        await step()
+    ok = 0
+
+    async def counted() -> None:
+        nonlocal ok
+        good = await step()  # not `ok += await ...`: that reads `ok` before the await
+        ok += good
+
+    before = cpu_seconds(pid)
+    took = await harness.for_seconds(counted, WORKER_CONCURRENCY, seconds)
+    spent = cpu_seconds(pid) - before
     return ok / took, 1000 * spent / max(ok, 1)
 
 
