@@ -143,7 +143,7 @@ class Router:
         on_piece = so_far.relay(call.on_piece) if so_far and call.on_piece else call.on_piece
         first = job
         if so_far is not None and so_far.resumes:  # back from the line, still to resume
-            job = continuing_job(first, so_far.text, so_far.resumes)
+            job = continuing_job(first, so_far.text, so_far.resumes, so_far.pieces)
         needs = job_needs(job, job.type or "llm")
         request = _Request(job, call.agent_id, call.deadline, on_piece, call.on_model, needs)
         if job is first:  # the job the line picked for (not a resume's continuing job)
@@ -166,7 +166,7 @@ class Router:
             if verdict.action == "return":
                 _served_by(request.route, target, outcome)
                 if so_far is not None and so_far.resumes:
-                    return _whole(outcome.response, so_far), request.route
+                    return _whole(outcome.response, so_far, request.route), request.route
                 return outcome.response, request.route
             if outcome.conclusive:
                 request.conclusive = outcome.response
@@ -204,7 +204,9 @@ class Router:
             last = r.route.attempts[-1]
             r.route.attempts[-1] = last.model_copy(update={"resumed_after": broken.delivered})
         r.broken = broken.response
-        r.job = continuing_job(job, so_far.text_before_resume, so_far.resumes)
+        r.job = continuing_job(
+            job, so_far.text_before_resume, so_far.resumes, so_far.pieces_before_resume
+        )
         r.needs = job_needs(r.job, r.job.type or "llm")
         r.route.fallback_reason = f"resumed after {broken.code.value if broken.code else 'loss'}"
 
@@ -397,11 +399,19 @@ class Router:
         return r.deadline - self._clock()
 
 
-def _whole(response: JobResponse, so_far: StreamSoFar) -> JobResponse:
-    """A resumed stream's final answer, whole: what a duplicate of its key replays."""
+def _whole(response: JobResponse, so_far: StreamSoFar, route: Route) -> JobResponse:
+    """A resumed stream's final answer, whole: what a duplicate of its key replays; the
+    route says what each attempt cost (the answering one last, the broken ones before it,
+    matched from the end: a pass back from the line holds only its own attempts)."""
     if response.result is None:
         return response
-    return response.model_copy(update={"result": whole_answer(response.result, so_far)})
+    result, usages = whole_answer(response.result, so_far)
+    costly = [n for n, a in enumerate(route.attempts) if a.resumed_after is not None]
+    if route.attempts:
+        costly.append(len(route.attempts) - 1)
+    for n, usage in zip(reversed(costly), reversed(usages), strict=False):
+        route.attempts[n] = route.attempts[n].model_copy(update={"usage": usage})
+    return response.model_copy(update={"result": result})
 
 
 def _served_by(route: Route, target: Target, outcome: Outcome) -> None:
