@@ -279,4 +279,3 @@ async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
     by_attempt = [attempt["usage"] for attempt in route["attempts"]]
     assert by_attempt[0]["completion_tokens"] == sent_first
     assert sum(used["prompt_tokens"] for used in by_attempt) == usage["prompt_tokens"]
-

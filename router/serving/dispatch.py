@@ -227,12 +227,14 @@ class Router:
 
     async def _targets(self, r: _Request) -> AsyncIterator[Target]:
         """Fleet nodes while attempts and budget last, then local, then static, then the
-        cloud chain; a cloud profile's request goes to its cloud chain only."""
+        cloud chain; a cloud profile's request goes to its cloud chain only. A resumed
+        stream goes on on fleet nodes only: their records say they can continue the
+        model's text (`continue`); the others would answer another model's way, or not."""
         cloud, cloud_only = self.cloud.target_for(r.job, r.agent_id)
         if not cloud_only:
             async for target in self._building_targets(r):
                 yield target
-        if cloud is not None and self._left_s(r) > 0:
+        if cloud is not None and self._left_s(r) > 0 and not r.route.resumed:
             yield cloud
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
@@ -264,6 +266,8 @@ class Router:
                 continue
             _describe(r.route, selection)
             yield self._nodes.target(node, selection.model, job_type, selection.type)
+        if r.route.resumed:
+            return
         local = self._local_pick(r)
         own_model = local is not None and local.own
         if local is not None and own_model:
