@@ -31,7 +31,7 @@ from tests.conftest import RouterFactory
 from tests.jobs import llm, stream, until
 from tests.test_router_cloud import SECRETS, cloud
 from tests.worker_process import worker_process
-from tools.simulator import SimModel, Simulator, expected_text
+from tools.simulator import Fault, SimModel, Simulator, expected_text
 
 MODEL = "story:7b"
 QUESTION = "tell me a long story"
@@ -50,6 +50,7 @@ class Scene:
     other: str
     process: asyncio.subprocess.Process
     router: RouterService
+    first: Simulator
     second: Simulator
     joins: Callable[..., AbstractAsyncContextManager[None]]
 
@@ -85,7 +86,7 @@ def scene(
                         await until(lambda: other in router.fleet.nodes, timeout_s=10)
                         yield
 
-                yield Scene(victim, other, process, router, second, joins)
+                yield Scene(victim, other, process, router, first, second, joins)
                 if process.returncode is None:
                     process.send_signal(signal.SIGCONT)
 
@@ -140,6 +141,33 @@ async def test_the_openai_client_streams_one_whole_answer_across_a_lost_node(
     assert finish == "stop"
     assert usage is not None
     assert usage.completion_tokens == TOKENS
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("drop", "BACKEND_UNAVAILABLE"), ("error", "BACKEND_ERROR")],
+    ids=["runtime-connection-cut", "runtime-error-event"],
+)
+async def test_a_stream_the_runtime_breaks_mid_answer_resumes_too(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]], fault: str, code: str
+) -> None:
+    """The worker lives on; its runtime cuts the stream (or sends an error event) after
+    50 pieces, 60 ms apart, by when the other node is in: a failure of the node's own."""
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with scene(victim_interval_ms=60) as s:
+        s.first.set_fault(MODEL, Fault(fault, after_chunks=CUT_AFTER))
+        async with (
+            httpx.AsyncClient(base_url=s.router.url, timeout=60) as http,
+            http.stream("POST", "/infer", json=job) as response,
+            s.joins(),
+        ):
+            lines = [json.loads(line) async for line in response.aiter_lines()]
+    final = lines[-1]
+    assert final["route"]["resumed"] == 1, final
+    assert final["route"]["attempts"][0]["outcome"] == code
+    assert final["route"]["attempts"][0]["resumed_after"] == CUT_AFTER
+    assert "".join(line["delta"] for line in lines[:-1]) == WHOLE
 
 
 async def test_the_route_report_says_where_the_stream_broke_and_went_on(
