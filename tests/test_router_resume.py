@@ -78,9 +78,16 @@ def scene(
                 await until(lambda: victim in router.fleet.nodes, timeout_s=10)
 
                 @asynccontextmanager
-                async def joins(slots: int | None = None) -> AsyncIterator[None]:
+                async def joins(
+                    slots: int | None = None, other_kind: str | None = None
+                ) -> AsyncIterator[None]:
                     async with worker_process(
-                        tmp_path, other, nats_server.url, second.url, kind=kind, slots=slots
+                        tmp_path,
+                        other,
+                        nats_server.url,
+                        second.url,
+                        kind=other_kind or kind,
+                        slots=slots,
                     ):
                         await wait_for_worker(nc, llm(other))
                         await until(lambda: other in router.fleet.nodes, timeout_s=10)
@@ -199,6 +206,29 @@ async def test_the_route_report_says_where_the_stream_broke_and_went_on(
     # the key keeps the whole answer: a duplicate gets all of it, not the continuation
     assert replayed["cached"] is True
     assert replayed["result"]["text"] == WHOLE
+
+
+async def test_a_node_that_cannot_continue_is_never_chosen_to_resume(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    """The only other node serves the model from LM Studio, whose record lacks `continue`:
+    it would answer the prefill as a new turn, so the stream ends with the error."""
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with (
+        scene() as s,
+        httpx.AsyncClient(base_url=s.router.url, timeout=60) as http,
+        http.stream("POST", "/infer", json=job) as response,
+        s.joins(other_kind="lmstudio"),
+    ):
+        async for line in response.aiter_lines():
+            lines.append(json.loads(line))
+            if len(lines) == CUT_AFTER:
+                s.cut()
+        other_record = s.router.fleet.nodes.get(s.other)
+    assert lines[-1]["error"]["code"] == "BACKEND_UNAVAILABLE", lines[-1]
+    assert other_record is not None  # it was there, and not chosen
+    assert s.second.calls.get(MODEL, 0) == 0
 
 
 async def test_a_duplicate_waiting_on_a_resumed_stream_gets_the_whole_text(
