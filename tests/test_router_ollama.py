@@ -392,7 +392,10 @@ async def test_a_llamacpp_node_through_the_official_client(
     assert generated.eval_count == 4
     # (this module's other fleet may still be on the bus: look for this node's model)
     assert model in [entry.model for entry in listed.models]
-    assert model in [entry.model for entry in running.models]
+    kept = next(entry for entry in running.models if entry.model == model)
+    # loaded until the server stops: Ollama's "forever" (keep_alive -1), never "expired"
+    assert kept.expires_at is not None
+    assert kept.expires_at.year > 2100
     assert {"model": model, "node": worker.node_id}.items() <= next(
         entry for entry in raw_ps if entry["node"] == worker.node_id
     ).items()

@@ -11,7 +11,10 @@ A model served by several nodes is listed once; its details (digest, size, famil
 parameter size, quantization, modified time) come from the first node by id that
 reports them, its capabilities are the union over the nodes. Where no node reports a
 fact, the entry holds what Ollama's own Go types marshal for an unset one (`""`, `0`,
-the zero time), so every Ollama client parses it.
+the zero time), so every Ollama client parses it. The one exception is a loaded model's
+`expires_at`: a runtime that reports none (llama.cpp, vLLM) keeps its model loaded until
+it stops, which Ollama says with a time centuries ahead (`keep_alive: -1`); the zero time
+would read as expired (`ollama ps` prints "Stopping...", Open WebUI shows it unloaded).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from typing import Any
 from router.fleet.index import FleetIndex, ModelGroup
 from services.capabilities import RunningModel, ServedModel
 
-__all__ = ["ZERO_TIME", "RunningView", "TagsView", "running_members"]
+__all__ = ["KEPT_LOADED", "ZERO_TIME", "RunningView", "TagsView", "running_members"]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time, as Ollama marshals an unset one
+# A loaded model with no expiry: Ollama's `keep_alive: -1` is now + 2^63 ns (year 2318),
+# which its CLI prints as "Forever" and every client sorts as the longest time left.
+KEPT_LOADED = "2318-01-01T00:00:00Z"
 
 
 def running_members(index: FleetIndex, group: ModelGroup) -> Iterator[str]:
@@ -161,7 +167,7 @@ def _ps_entry(node: str, served: ServedModel, loaded: RunningModel) -> dict[str,
         "size": loaded.size_bytes or _size(served),
         "digest": served.digest or "",
         "details": _details(served),
-        "expires_at": loaded.expires_at or ZERO_TIME,
+        "expires_at": loaded.expires_at or KEPT_LOADED,
         "size_vram": loaded.size_vram or 0,
         "context_length": loaded.context_length or served.context_window or 0,
         "node": node,
