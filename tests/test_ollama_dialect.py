@@ -255,6 +255,17 @@ def test_a_tool_answer_naming_its_call_keeps_that_id() -> None:
             {"model": "m", "prompt": "hi", "format": "json", "stream": False},
             {"response_format": {"type": "json_object"}, "stream": False},
         ),
+        (  # a template of its own: to a node whose Ollama applies it
+            {"model": "m", "prompt": "hi", "system": "be brief", "template": "{{ .Prompt }}"},
+            {
+                "messages": [{"role": "system", "content": "be brief"}, *USER],
+                "extra": {"template": "{{ .Prompt }}"},
+            },
+        ),
+        (  # raw: no template at all, as Ollama ignores it then
+            {"model": "m", "prompt": "[INST] hi", "raw": True, "template": "{{ .Prompt }}"},
+            {"prompt": "[INST] hi", "raw": True, "extra": None},
+        ),
     ],
 )
 def test_generate_bodies_become_job_fields(body: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -269,7 +280,8 @@ def test_generate_bodies_become_job_fields(body: dict[str, Any], expected: dict[
     ("body", "field"),
     [
         ({"model": "m", "prompt": 3}, "prompt:"),
-        ({"model": "m", "prompt": "hi", "template": "{{ .Prompt }}"}, "template:"),
+        ({"model": "m", "prompt": "hi", "template": ["{{ .Prompt }}"]}, "template:"),
+        ({"model": "m", "prompt": "f(", "suffix": ")", "template": "{{ .Prompt }}"}, "template:"),
         ({"model": "m", "prompt": "hi", "context": [1, 2, 3]}, "context:"),
         ({"model": "m", "prompt": "hi", "raw": True, "system": "x"}, "raw:"),
         ({"model": "m", "prompt": "hi", "suffix": 3}, "suffix:"),

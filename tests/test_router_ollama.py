@@ -288,6 +288,33 @@ async def test_generate_with_a_system_message(client: ollama.AsyncClient) -> Non
     assert answer.response == expected_text(ON_A, "hi", TOKENS)
 
 
+async def test_a_template_of_its_own_is_applied_by_a_node_running_ollama(
+    client: ollama.AsyncClient, fleet: Fleet
+) -> None:
+    template = "<|system|>{{ .System }}<|user|>{{ .Prompt }}<|assistant|>"
+    rendered = "<|system|>be brief<|user|>hi<|assistant|>"
+    # SHARED is on both nodes; only gpu-a's runtime (Ollama) applies a template
+    for _ in range(4):
+        whole = await client.generate(SHARED, "hi", system="be brief", template=template)
+        assert whole.response == expected_text(SHARED, rendered, TOKENS)
+    parts = [
+        part
+        async for part in await client.generate(
+            SHARED, "hi", system="be brief", template=template, stream=True
+        )
+    ]
+    assert "".join(part.response or "" for part in parts) == expected_text(SHARED, rendered, TOKENS)
+    async with httpx.AsyncClient() as http:
+        body = {"model": SHARED, "prompt": "hi", "template": template, "stream": False}
+        routed = (await http.post(f"{fleet.url}/api/generate", json=body)).json()
+    assert routed["route"]["node"] == fleet.node_a
+    with pytest.raises(ollama.ResponseError) as refused:  # served by vLLM's wire only
+        await client.generate(ON_B, "hi", template=template)
+    assert refused.value.status_code == 400
+    assert refused.value.error.startswith("template: ")
+    assert "Ollama" in refused.value.error or "ollama" in refused.value.error
+
+
 @pytest.mark.parametrize("model", [EMBED_A, EMBED_B])
 async def test_embed_and_the_older_embeddings(client: ollama.AsyncClient, model: str) -> None:
     texts = ["alpha", "beta"]

@@ -8,6 +8,7 @@ here works against a real Ollama.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,6 +134,17 @@ def _common(payload: dict[str, Any]) -> tuple[str, bool, int | None] | Rejection
     return model, stream, limit
 
 
+_TEMPLATE_FIELD = re.compile(r"\{\{-?\s*\.(System|Prompt)\s*-?\}\}")
+
+
+def render_template(template: str, *, system: str, prompt: str) -> str:
+    """A request's own `template` as Ollama renders it, for the two fields a generate
+    fills (`{{ .System }}`, `{{ .Prompt }}`); the rest of Go's template language is
+    left as written."""
+    values = {"System": system, "Prompt": prompt}
+    return _TEMPLATE_FIELD.sub(lambda field: values[field.group(1)], template)
+
+
 class OllamaChat(_OllamaWire):
     """POST /api/chat: ``message`` objects, streamed as NDJSON by default."""
 
@@ -239,15 +251,19 @@ class OllamaGenerate(_OllamaWire):
         model, stream, limit = common
         prompt = payload.get("prompt") or ""
         system = payload.get("system") or ""
-        if not isinstance(prompt, str) or not isinstance(system, str):
-            return Rejection("bad_request", "prompt and system must be strings")
+        template = payload.get("template") or ""
+        if not all(isinstance(text, str) for text in (prompt, system, template)):
+            return Rejection("bad_request", "prompt, system and template must be strings")
         images = _has_images(payload.get("images"))
         if isinstance(images, Rejection):
             return images
         load_only = not prompt and not images
+        rendered = prompt
+        if template and not payload.get("raw"):  # the answer shows the prompt it rendered
+            rendered = render_template(template, system=system, prompt=prompt)
         return GenRequest(
             model=model,
-            prompt_text=prompt,
+            prompt_text=rendered,
             prompt_tokens=max(1, count_words(prompt) + count_words(system)),
             has_images=images,
             max_tokens=limit,
