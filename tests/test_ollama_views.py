@@ -76,6 +76,10 @@ def test_a_model_on_two_nodes_is_listed_once_with_the_details_a_node_reports() -
         "quantization_level": "Q4_K_M",
     }
     assert llama["capabilities"] == ["completion", "vision"]
+    view = TagsView(index)
+    assert view.describer("llama3.2:3b") == "gpu-b"  # the node whose details are shown
+    assert view.describer("tiny") == "gpu-b"
+    assert view.describer("absent") is None
 
 
 def test_facts_no_node_reports_are_what_ollama_marshals_for_unset_ones() -> None:

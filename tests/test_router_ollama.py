@@ -141,6 +141,18 @@ async def test_show_asks_a_node_that_serves_the_model(
     assert shown.modelinfo is not None
 
 
+async def test_show_and_list_describe_a_shared_model_alike(client: ollama.AsyncClient) -> None:
+    """SHARED is on both nodes; only gpu-a's runtime (Ollama) reports its details, so
+    `/api/tags` shows gpu-a's record, and `/api/show` asks gpu-a first."""
+    listed = next(model for model in (await client.list()).models if model.model == SHARED)
+    shown = await client.show(SHARED)
+    assert shown.details is not None
+    assert listed.details is not None
+    assert (shown.details.family, shown.details.quantization_level) == ("llama", "Q4_K_M")
+    assert shown.details.family == listed.details.family
+    assert shown.modelfile  # Ollama's own answer, not one written from discovery
+
+
 async def test_show_of_an_unknown_model_is_ollamas_404(client: ollama.AsyncClient) -> None:
     with pytest.raises(ollama.ResponseError) as missing:
         await client.show("no-such-model:1b")

@@ -63,8 +63,9 @@ def _size(model: ServedModel) -> int:
     return round(model.size_gb * 1e9) if model.size_gb else 0
 
 
-def _describing(index: FleetIndex, group: ModelGroup) -> ServedModel:
-    """The group's model as the first node by id that reports its details describes it."""
+def _describing(index: FleetIndex, group: ModelGroup) -> tuple[str, ServedModel]:
+    """The group's model as the first node by id that reports its details describes it:
+    (that node, its record of the model)."""
     best: tuple[bool, str] | None = None
     chosen: ServedModel | None = None
     for node in index.members(group):
@@ -72,8 +73,9 @@ def _describing(index: FleetIndex, group: ModelGroup) -> ServedModel:
         rank = (served.digest is None, node)
         if best is None or rank < best:
             best, chosen = rank, served
-    assert chosen is not None  # a group has at least one member
-    return chosen
+    assert best is not None  # a group has at least one member
+    assert chosen is not None
+    return best[1], chosen
 
 
 class TagsView:
@@ -84,18 +86,21 @@ class TagsView:
         self._version = -1
         self._body = b""
         self._models: dict[str, ServedModel] = {}
+        self._describers: dict[str, str] = {}
 
     def _refresh(self) -> None:
         if self._version == self._index.membership:
             return
         index = self._index
         chosen: dict[str, ServedModel] = {}
+        describers: dict[str, str] = {}
         capabilities: dict[str, set[str]] = {}
         for group in sorted(index.groups(), key=lambda g: (g.name, g.type)):
-            described = _describing(index, group)
+            node, described = _describing(index, group)
             held = chosen.get(group.name)
             if held is None or (held.digest is None and described.digest is not None):
                 chosen[group.name] = described
+                describers[group.name] = node
             found = capabilities.setdefault(group.name, set())
             for node in index.members(group):
                 found.update(index.nodes[node].models[group.name, group.type].capabilities)
@@ -112,6 +117,7 @@ class TagsView:
             for name, model in sorted(chosen.items())
         ]
         self._models = chosen
+        self._describers = describers
         self._body = json.dumps({"models": entries}).encode()
         self._version = index.membership
 
@@ -123,6 +129,12 @@ class TagsView:
         """The describing record of a model some fresh node serves, else None."""
         self._refresh()
         return self._models.get(name)
+
+    def describer(self, name: str) -> str | None:
+        """The node whose record of the model this catalog shows (the first by id that
+        reports its details), so `/api/show` asks it first and both say the same."""
+        self._refresh()
+        return self._describers.get(name)
 
 
 class RunningView:
