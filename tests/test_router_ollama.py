@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -58,11 +59,12 @@ WEATHER: Any = WEATHER_TOOL
 
 
 class Fleet:
-    def __init__(self, router: RouterService, node_a: str, node_b: str) -> None:
+    def __init__(self, router: RouterService, node_a: str, node_b: str, runtime_a: str) -> None:
         self.router = router
         self.url = router.url
         self.node_a = node_a
         self.node_b = node_b
+        self.runtime_a = runtime_a  # the simulator playing gpu-a's Ollama
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
                 RouterSettings(nats_url=[nats_server.url], http={"host": "127.0.0.1", "port": 0})
             )
         )
-        yield Fleet(router, node_a, node_b)
+        yield Fleet(router, node_a, node_b, sim_a.url)
 
 
 @pytest.fixture
@@ -188,6 +190,17 @@ async def test_chat_streamed_is_ndjson_by_default(client: ollama.AsyncClient, mo
     assert final.eval_count == TOKENS
     assert final.eval_duration  # the runtime's or the worker's measured split
     assert final.prompt_eval_duration
+
+
+async def test_keep_alive_reaches_the_nodes_ollama(
+    client: ollama.AsyncClient, fleet: Fleet
+) -> None:
+    await client.chat(ON_A, user("hi"), keep_alive="2h")
+    async with httpx.AsyncClient() as http:
+        loaded = (await http.get(f"{fleet.runtime_a}/api/ps")).json()["models"]
+    expires_at = next(entry["expires_at"] for entry in loaded if entry["model"] == ON_A)
+    # Ollama's default is 5 minutes: the node's runtime was told two hours
+    assert datetime.fromisoformat(expires_at) > datetime.now(UTC) + timedelta(hours=1)
 
 
 async def test_a_raw_stream_is_ndjson_unless_told_otherwise(fleet: Fleet) -> None:
@@ -298,6 +311,18 @@ async def until_listed(client: ollama.AsyncClient, name: str) -> None:
 async def test_generate_with_a_system_message(client: ollama.AsyncClient) -> None:
     answer = await client.generate(ON_A, "hi", system="be brief")
     assert answer.response == expected_text(ON_A, "hi", TOKENS)
+
+
+@BOTH_WIRES
+async def test_generate_raw_sends_the_prompt_as_it_is(
+    client: ollama.AsyncClient, model: str
+) -> None:
+    prompt = "[INST] why is the sky blue? [/INST]"
+    whole = await client.generate(model, prompt, raw=True, options={"num_predict": 5})
+    assert whole.response == expected_text(model, prompt, 5)
+    parts = [part async for part in await client.generate(model, prompt, raw=True, stream=True)]
+    assert "".join(part.response or "" for part in parts) == expected_text(model, prompt, TOKENS)
+    assert parts[-1].done is True
 
 
 async def test_a_template_of_its_own_is_applied_by_a_node_running_ollama(

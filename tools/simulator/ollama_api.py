@@ -7,6 +7,7 @@ here works against a real Ollama.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,9 @@ from tools.simulator.plan import GenRequest, Plan, Rejection
 
 OLLAMA_VERSION = "0.12.6"
 _KEEP_ALIVE = timedelta(minutes=5)
+_FOREVER = datetime(2318, 1, 1, tzinfo=UTC)  # keep_alive < 0: Ollama's now + 2^63 ns
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_SECONDS_PER = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _RUNNER_CRASHED = "llama runner process has terminated: exit status 2"
 # Bytes per parameter of a Q4_K_M GGUF: turns a size into Ollama's "parameter_size".
 _Q4_BYTES_PER_PARAMETER = 4.85 / 8
@@ -321,14 +325,39 @@ def _digest(model: SimModel) -> str:
     return hashlib.sha256(model.name.encode()).hexdigest()
 
 
+def keep_alive_seconds(value: Any) -> float | None:
+    """Ollama's `keep_alive`: seconds as a number, or a Go duration ("10m", "1h30m",
+    "-1"); None when absent or unreadable. Below zero: kept loaded forever."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    try:
+        return sign * float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sign * sum(float(number) * _SECONDS_PER[unit] for number, unit in parts)
+
+
 class OllamaCatalog:
     """GET /api/version, /api/tags, /api/ps and POST /api/show.
 
     The model list never changes while the server runs, so bodies are encoded once.
+    `/api/ps` follows each model's last `keep_alive` (`kept`): its expiry, forever below
+    zero, unloaded at zero; five minutes from now for a model never asked with one.
     """
 
     def __init__(self, models: dict[str, SimModel], started: datetime) -> None:
         self._models = models
+        self._kept: dict[str, datetime] = {}
         self._modified_at = _rfc3339(started)
         self._version = json_bytes({"version": OLLAMA_VERSION})
         self._tags = json_bytes(
@@ -353,8 +382,19 @@ class OllamaCatalog:
     async def tags(self, request: web.Request) -> web.Response:
         return web.Response(body=self._tags, headers=JSON_HEADERS)
 
+    def kept(self, payload: Any) -> None:
+        """A generation request's `keep_alive`, as Ollama's scheduler takes it."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
+            return
+        seconds = keep_alive_seconds(payload.get("keep_alive"))
+        if seconds is not None:
+            now = datetime.now(UTC)
+            until = _FOREVER if seconds < 0 else now + timedelta(seconds=seconds)
+            self._kept[payload["model"]] = until
+
     async def ps(self, request: web.Request) -> web.Response:
-        expires_at = _rfc3339(datetime.now(UTC) + _KEEP_ALIVE)
+        now = datetime.now(UTC)
+        default = now + _KEEP_ALIVE
         loaded = [
             {
                 "name": model.name,
@@ -362,12 +402,12 @@ class OllamaCatalog:
                 "size": model.size_bytes,
                 "digest": _digest(model),
                 "details": model_details(model),
-                "expires_at": expires_at,
+                "expires_at": _rfc3339(self._kept.get(model.name, default)),
                 "size_vram": model.size_bytes,
                 "context_length": model.context_window,
             }
             for model in self._models.values()
-            if model.running
+            if model.running and self._kept.get(model.name, default) > now
         ]
         return json_response(200, {"models": loaded})
 
@@ -410,10 +450,16 @@ def add_ollama_routes(app: web.Application, started: datetime) -> None:
     catalog = OllamaCatalog(app[STATE_KEY].models, started)
     chat, generate = OllamaChat(), OllamaGenerate()
 
+    async def kept(request: web.Request) -> None:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):  # answered by the flow
+            catalog.kept(await request.json())
+
     async def chat_handler(request: web.Request) -> web.StreamResponse:
+        await kept(request)
         return await serve_generation(request, chat)
 
     async def generate_handler(request: web.Request) -> web.StreamResponse:
+        await kept(request)
         return await serve_generation(request, generate)
 
     app.router.add_get("/api/version", catalog.version)
