@@ -7,9 +7,9 @@ here works against a real Ollama.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,10 +48,18 @@ def _rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _nothing_kept(payload: dict[str, Any]) -> None:
+    return None
+
+
 class _OllamaWire:
-    """What /api/chat and /api/generate share: errors and the final object's metrics."""
+    """What /api/chat and /api/generate share: errors and the final object's metrics;
+    each request's `keep_alive` goes to `kept` (the catalog's `/api/ps` follows it)."""
 
     stream_headers: dict[str, str] = {"Content-Type": "application/x-ndjson"}  # noqa: RUF012
+
+    def __init__(self, kept: Callable[[dict[str, Any]], None] = _nothing_kept) -> None:
+        self._kept = kept
 
     def reject(self, rejection: Rejection, model: str) -> web.Response:
         if rejection.kind == "not_found":
@@ -157,6 +165,7 @@ class OllamaChat(_OllamaWire):
         if isinstance(common, Rejection):
             return common
         model, stream, limit = common
+        self._kept(payload)
         messages = payload.get("messages") or []
         if not isinstance(messages, list):
             return Rejection("bad_request", "messages must be an array")
@@ -253,6 +262,7 @@ class OllamaGenerate(_OllamaWire):
         if isinstance(common, Rejection):
             return common
         model, stream, limit = common
+        self._kept(payload)
         prompt = payload.get("prompt") or ""
         system = payload.get("system") or ""
         template = payload.get("template") or ""
@@ -382,12 +392,10 @@ class OllamaCatalog:
     async def tags(self, request: web.Request) -> web.Response:
         return web.Response(body=self._tags, headers=JSON_HEADERS)
 
-    def kept(self, payload: Any) -> None:
+    def kept(self, payload: dict[str, Any]) -> None:
         """A generation request's `keep_alive`, as Ollama's scheduler takes it."""
-        if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
-            return
         seconds = keep_alive_seconds(payload.get("keep_alive"))
-        if seconds is not None:
+        if seconds is not None and payload.get("model") in self._models:
             now = datetime.now(UTC)
             until = _FOREVER if seconds < 0 else now + timedelta(seconds=seconds)
             self._kept[payload["model"]] = until
@@ -448,18 +456,12 @@ def _show_body(model: SimModel, modified_at: str) -> dict[str, Any]:
 def add_ollama_routes(app: web.Application, started: datetime) -> None:
     """Register Ollama's endpoints on ``app`` (whose state is already set)."""
     catalog = OllamaCatalog(app[STATE_KEY].models, started)
-    chat, generate = OllamaChat(), OllamaGenerate()
-
-    async def kept(request: web.Request) -> None:
-        with contextlib.suppress(ValueError, UnicodeDecodeError):  # answered by the flow
-            catalog.kept(await request.json())
+    chat, generate = OllamaChat(catalog.kept), OllamaGenerate(catalog.kept)
 
     async def chat_handler(request: web.Request) -> web.StreamResponse:
-        await kept(request)
         return await serve_generation(request, chat)
 
     async def generate_handler(request: web.Request) -> web.StreamResponse:
-        await kept(request)
         return await serve_generation(request, generate)
 
     app.router.add_get("/api/version", catalog.version)
