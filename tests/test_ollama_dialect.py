@@ -19,6 +19,7 @@ from router.http.ollama_answers import (
     generate_answer,
     load_answer,
     metrics,
+    ollama_message,
 )
 from router.http.ollama_requests import (
     chat_fields,
@@ -570,3 +571,28 @@ def test_an_error_after_the_first_piece_is_one_more_error_line() -> None:
     )
     parsed = lines_of(lines.delta("a") + lines.final(failed, ROUTE))
     assert parsed[-1] == {"error": "node lost"}
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "said"),
+    [
+        (ErrorCode.MODEL_NOT_FOUND, "nothing serves x:1b", "model not found: nothing serves x:1b"),
+        (ErrorCode.MODEL_NOT_FOUND, "model 'x' not found", "model 'x' not found"),
+        (
+            ErrorCode.BAD_REQUEST,
+            "extra.think: model 'm' does not support thinking",
+            "think: model 'm' does not support thinking",
+        ),
+        (
+            ErrorCode.BAD_REQUEST,
+            "extra.template: only an Ollama runtime applies a request's own template",
+            "template: only an Ollama runtime applies a request's own template",
+        ),
+        (ErrorCode.BAD_REQUEST, "extra.top_k: bad", "extra.top_k: bad"),  # options: our name
+        (ErrorCode.BAD_REQUEST, "messages.0.role: is required", "messages.0.role: is required"),
+    ],
+)
+def test_error_messages_name_fields_as_ollamas_body_has_them(
+    code: ErrorCode, message: str, said: str
+) -> None:
+    assert ollama_message(code, message) == said

@@ -372,6 +372,18 @@ async def test_a_model_no_node_serves_is_ollamas_404(client: ollama.AsyncClient)
     assert "no-such-model:1b" in missing.value.error
 
 
+async def test_think_on_a_model_that_cannot_is_refused_as_ollama_does(
+    client: ollama.AsyncClient,
+) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        await client.chat(ON_A, user("hi"), think=True)
+    assert refused.value.status_code == 400
+    assert refused.value.error.startswith("think: ")
+    assert "does not support thinking" in refused.value.error
+    answer = await client.chat(ON_A, user("hi"), think=False)  # off: asks nothing of it
+    assert answer.message.content == expected_text(ON_A, "hi", TOKENS)
+
+
 async def test_a_load_request_loads_the_model_on_a_node_and_answers_load(
     client: ollama.AsyncClient,
 ) -> None:
