@@ -1,6 +1,7 @@
 """A node is judged by its own faults only. Real router, workers, simulators, NATS.
 
-Each test is one item of the issue, as it was reproduced on the old router.
+Each test is one rule of how a node is judged and a request answered (router/attempts/
+decision.py, ops/offload_routing.md "Fault attribution"), seen end to end.
 """
 
 from __future__ import annotations
