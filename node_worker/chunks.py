@@ -1,5 +1,5 @@
 """The worker's side of a streamed answer (DESIGN §5): pieces published to the caller's
-inbox, numbered from 1 in one sequence, whether they carry text or tool-call deltas."""
+inbox, numbered from 1 in one sequence, whether they carry text, tool-call deltas or reasoning."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 
 from nats.aio.client import Client as NatsClient
 
-from services.wire import Chunk, Piece, encode
+from services.wire import Chunk, Piece, Thinking, encode
 from services.wire_features import ToolCallDelta
 
 
@@ -35,9 +35,14 @@ class ChunkSender:
     async def tool_calls(self, deltas: list[ToolCallDelta]) -> None:
         await self._send(Chunk(job_id=self._job_id, seq=0, tool_calls=deltas))
 
+    async def thinking(self, piece: Thinking) -> None:
+        await self._send(Chunk(job_id=self._job_id, seq=0, thinking=piece.text))
+
     async def piece(self, piece: Piece) -> None:
-        """Text or tool-call pieces, whichever `piece` is."""
+        """Text, tool-call pieces or reasoning, whichever `piece` is."""
         if isinstance(piece, str):
             await self.text(piece)
+        elif isinstance(piece, Thinking):
+            await self.thinking(piece)
         else:
             await self.tool_calls(piece)

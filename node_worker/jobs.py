@@ -28,6 +28,7 @@ from services.keystore import Record
 from services.needs import refusal
 from services.runtimes.base import ChatCall, EmbedCall, Runtime, RuntimeTimings
 from services.runtimes.calls import (
+    ThinkingSink,
     ToolDeltaSink,
     chat_within,
     clean_text,
@@ -41,7 +42,9 @@ from services.wire import (
     JobRequest,
     JobResponse,
     JobType,
+    Piece,
     Result,
+    Thinking,
     Timings,
     is_replayable,
     new_job_id,
@@ -52,6 +55,28 @@ from services.wire import (
 log = logging.getLogger("inferbus.worker.jobs")
 
 DeltaSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Sinks:
+    """Where a streamed job's pieces go: text, tool-call pieces, reasoning."""
+
+    on_delta: DeltaSink | None
+    on_tool_calls: ToolDeltaSink | None
+    on_thinking: ThinkingSink | None
+
+    async def piece(self, piece: Piece) -> None:
+        """A kept answer's piece (`replay_pieces`) to the sink it belongs to."""
+        if isinstance(piece, str):
+            if self.on_delta is not None:
+                await self.on_delta(piece)
+        elif isinstance(piece, Thinking):
+            if self.on_thinking is not None:
+                await self.on_thinking(piece)
+        elif self.on_tool_calls is not None:
+            await self.on_tool_calls(piece)
+
+
 # NATS's default max_payload, until the connection says what its server allows.
 DEFAULT_BUS_LIMIT = 1024 * 1024
 
@@ -241,19 +266,22 @@ class JobPipeline:
         on_delta: DeltaSink | None = None,
         on_tool_calls: ToolDeltaSink | None = None,
         trace: Span | None = None,
+        on_thinking: ThinkingSink | None = None,
     ) -> JobResponse:
         """Run an admitted job within its deadline. Never raises but for cancellation, and
         always releases its slot and the duplicates waiting on it.
 
         A `stream: true` job hands each piece of text to `on_delta` (and each piece of a
-        tool call to `on_tool_calls`) as the runtime produces it; the answer then carries
-        the whole text and calls too (and is what duplicates replay).
+        tool call to `on_tool_calls`, each piece of reasoning to `on_thinking`) as the
+        runtime produces it; the answer then carries the whole text, calls and reasoning
+        too (and is what duplicates replay).
         """
         started_s = self._monotonic()
         job_id = job.request.job_id
         response: JobResponse | None = None
         try:
-            response = await self._call_once(job, started_s, on_delta, on_tool_calls, trace)
+            sinks = _Sinks(on_delta, on_tool_calls, on_thinking)
+            response = await self._call_once(job, started_s, sinks, trace)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             response = internal(job_id, self._node_id, exc)
@@ -273,16 +301,11 @@ class JobPipeline:
         return response
 
     async def _call_once(
-        self,
-        job: Admitted,
-        started_s: float,
-        on_delta: DeltaSink | None,
-        on_tool_calls: ToolDeltaSink | None,
-        trace: Span | None,
+        self, job: Admitted, started_s: float, sinks: _Sinks, trace: Span | None
     ) -> JobResponse:
         """The runtime call, or, with a shared store, the answer of whoever holds the key."""
         if self._shared is None:
-            return await self._call_runtime(job, started_s, on_delta, on_tool_calls, trace)
+            return await self._call_runtime(job, started_s, sinks, trace)
         request = job.request
         fingerprint, model = request.fingerprint(), job.served.name
         outcome = await self._shared.run_once(
@@ -290,7 +313,7 @@ class JobPipeline:
             Record(state="running", job=fingerprint, model=model),
             lambda found: found.job == fingerprint and found.model == model,
             job.deadline_s,
-            lambda: self._call_runtime(job, started_s, on_delta, on_tool_calls, trace),
+            lambda: self._call_runtime(job, started_s, sinks, trace),
             lambda answer: answer,
         )
         if isinstance(outcome, Ran):
@@ -299,21 +322,13 @@ class JobPipeline:
         if isinstance(outcome, Refused):
             return answer.model_copy(update={"job_id": request.job_id, "node_id": self._node_id})
         self._metrics.idempotency_hit("shared")
-        if on_delta is not None and request.stream and answer.result is not None:
+        if sinks.on_delta is not None and request.stream and answer.result is not None:
             for piece in replay_pieces(answer.result):
-                if isinstance(piece, str):
-                    await on_delta(piece)
-                elif on_tool_calls is not None:
-                    await on_tool_calls(piece)
+                await sinks.piece(piece)
         return replayed(answer, request)
 
     async def _call_runtime(
-        self,
-        job: Admitted,
-        started_s: float,
-        on_delta: DeltaSink | None,
-        on_tool_calls: ToolDeltaSink | None,
-        trace: Span | None,
+        self, job: Admitted, started_s: float, sinks: _Sinks, trace: Span | None
     ) -> JobResponse:
         """The runtime call in a span of its own, its context sent to the runtime."""
         with self._tracing.span("runtime call", parent=trace, kind="client") as span:
@@ -322,9 +337,7 @@ class JobPipeline:
             span.set("inferbus.runtime", served.runtime.kind)
             times = TokenTimes(self._monotonic())
             with runtime_trace(span.headers()):
-                response = await self._runtime_answer(
-                    job, started_s, on_delta, on_tool_calls, times
-                )
+                response = await self._runtime_answer(job, started_s, sinks, times)
             self._finished_call(response, times, span)
             return response
 
@@ -348,12 +361,7 @@ class JobPipeline:
         )
 
     async def _runtime_answer(
-        self,
-        job: Admitted,
-        started_s: float,
-        on_delta: DeltaSink | None,
-        on_tool_calls: ToolDeltaSink | None,
-        times: TokenTimes,
+        self, job: Admitted, started_s: float, sinks: _Sinks, times: TokenTimes
     ) -> JobResponse:
         served, request = job.served, job.request
         remaining_s = left_ms(job.deadline_s, started_s) / 1000.0
@@ -367,7 +375,7 @@ class JobPipeline:
         try:
             if url_images(request):  # admitted only with images.remote_urls = fetch
                 job = replace(job, request=await inline_url_images(request, self._limits.images))
-            result, spent = await self._result_of(job, remaining_s, on_delta, on_tool_calls, times)
+            result, spent = await self._result_of(job, remaining_s, sinks, times)
         except InferbusError as error:
             return JobResponse.failure(
                 request.job_id, error, **fields, timings=self._timings(job, started_s)
@@ -381,12 +389,7 @@ class JobPipeline:
         )
 
     async def _result_of(
-        self,
-        job: Admitted,
-        remaining_s: float,
-        on_delta: DeltaSink | None,
-        on_tool_calls: ToolDeltaSink | None,
-        times: TokenTimes,
+        self, job: Admitted, remaining_s: float, sinks: _Sinks, times: TokenTimes
     ) -> tuple[Result, RuntimeTimings | None]:
         """The runtime's answer as our Result, and its timings; raises InferbusError."""
         served, request = job.served, job.request
@@ -409,6 +412,7 @@ class JobPipeline:
             )
             return embedding, embedded.timings
         call = ChatCall.of(served.runtime_id, request)
+        on_delta = sinks.on_delta
         if request.stream and on_delta is not None:
             monotonic = self._monotonic
 
@@ -416,7 +420,9 @@ class JobPipeline:
                 times.piece(monotonic())
                 await on_delta(delta)
 
-            reply = await stream_within(served.runtime, call, remaining_s, timed, on_tool_calls)
+            reply = await stream_within(
+                served.runtime, call, remaining_s, timed, sinks.on_tool_calls, sinks.on_thinking
+            )
         else:
             reply = await chat_within(served.runtime, call, remaining_s)
         if reply.model is not None and not served.answers_as(reply.model):
@@ -428,6 +434,7 @@ class JobPipeline:
             cost=self._cost(served, reply.usage.prompt_tokens, reply.usage.completion_tokens),
             tool_calls=reply.tool_calls,
             logprobs=reply.logprobs,
+            thinking=reply.thinking,
         )
         return answer, reply.timings
 

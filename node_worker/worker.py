@@ -447,7 +447,9 @@ class Worker(AsyncService):
         try:
             if job.request.stream:
                 sender = ChunkSender(self.nc, reply_to, job_id)
-                response = await self.pipeline.run(job, sender.text, sender.tool_calls, span)
+                response = await self.pipeline.run(
+                    job, sender.text, sender.tool_calls, span, on_thinking=sender.thinking
+                )
             else:
                 response = await self.pipeline.run(job, trace=span)
         except asyncio.CancelledError:
@@ -463,8 +465,8 @@ class Worker(AsyncService):
         await self._reply(reply_to, response, endpoint, received_s, span)
 
     async def _replay_chunk(self, reply_to: str, response: JobResponse) -> None:
-        """A kept answer replayed to a stream: its tool calls whole, then its whole text,
-        one chunk each (`replay_pieces`)."""
+        """A kept answer replayed to a stream: its reasoning whole, its tool calls whole,
+        then its whole text, one chunk each (`replay_pieces`)."""
         if response.cached and response.done and response.result is not None:
             sender = ChunkSender(self.nc, reply_to, response.job_id)
             for piece in replay_pieces(response.result):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -337,6 +338,9 @@ class Result(BaseModel):
     tool_calls: list[ToolCall] | None = None
     logprobs: dict[str, Any] | None = None
     embeddings: list[list[float]] | None = None
+    # The model's reasoning before its answer, when the job asked a thinking model to
+    # think; None (not sent on the wire) otherwise.
+    thinking: str | None = None
 
 
 class ErrorInfo(BaseModel):
@@ -412,17 +416,23 @@ def is_replayable(response: JobResponse) -> bool:
 
 
 class Chunk(BaseModel):
-    """A piece of a streamed answer: text, or tool-call pieces (`delta` is then "")."""
+    """A piece of a streamed answer: text, tool-call pieces or reasoning (`thinking`;
+    `delta` is then ""). `thinking` is None (not sent on the wire) unless the model
+    reasons, so older readers see chunks as they always were."""
 
     job_id: str
     seq: int
     delta: str = ""
     tool_calls: list[ToolCallDelta] | None = None
+    thinking: str | None = None
 
     def pieces(self) -> list[Piece]:
-        """What the chunk carries, in order: tool-call pieces, then text (either may be
-        absent; an empty chunk still counts as one piece so a stream's first chunk is seen)."""
+        """What the chunk carries, in order: reasoning, tool-call pieces, then text (any
+        may be absent; an empty chunk still counts as one piece so a stream's first chunk
+        is seen)."""
         found: list[Piece] = []
+        if self.thinking:
+            found.append(Thinking(self.thinking))
         if self.tool_calls:
             found.append(self.tool_calls)
         if self.delta or not found:
@@ -430,8 +440,16 @@ class Chunk(BaseModel):
         return found
 
 
-# One piece of a streamed answer as the router relays it: text, or tool-call deltas.
-Piece = str | list[ToolCallDelta]
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    """A piece of the model's reasoning, streamed before its answer."""
+
+    text: str
+
+
+# One piece of a streamed answer as the router relays it: text, tool-call deltas, or
+# reasoning.
+Piece = str | list[ToolCallDelta] | Thinking
 # Where a stream's pieces go, as they are produced.
 PieceSink = Callable[[Piece], Awaitable[None]]
 # Hears the model that serves a stream, once its target is chosen.
@@ -439,9 +457,12 @@ ModelSink = Callable[[str], None]
 
 
 def replay_pieces(result: Result) -> list[Piece]:
-    """A kept answer as a stream replays it: its tool calls whole, then its whole text
-    (also when empty and there are no tool calls, so the stream has a first piece)."""
+    """A kept answer as a stream replays it: its reasoning whole, its tool calls whole,
+    then its whole text (also when empty and there are no tool calls, so the stream has a
+    first piece)."""
     pieces: list[Piece] = []
+    if result.thinking:
+        pieces.append(Thinking(result.thinking))
     if result.tool_calls:
         pieces.append([ToolCallDelta.whole(at, call) for at, call in enumerate(result.tool_calls)])
     if result.text or not pieces:

@@ -77,15 +77,20 @@ class ChatReply:
     tool_calls: list[ToolCall] | None = None
     logprobs: dict[str, Any] | None = None
     timings: RuntimeTimings | None = None
+    # The model's reasoning (Ollama `message.thinking`, OpenAI-compatible
+    # `reasoning_content`), when it gave any.
+    thinking: str | None = None
 
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """A piece of the answer as the runtime produced it: text, tool-call pieces, or both."""
+    """A piece of the answer as the runtime produced it: text, tool-call pieces,
+    reasoning (`thinking`), or several of them."""
 
     text: str
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: list[dict[str, Any]] | None = None
+    thinking: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from services.runtimes.base import (
     RuntimeTimings,
     StreamEnd,
 )
+from services.wire import Thinking
 from services.wire_features import ToolCallAssembler, ToolCallDelta
 
 ToolDeltaSink = Callable[[list[ToolCallDelta]], Awaitable[None]]
+ThinkingSink = Callable[[Thinking], Awaitable[None]]
 
 
 async def chat_within(runtime: Runtime, call: ChatCall, remaining_s: float) -> ChatReply:
@@ -91,11 +93,13 @@ async def stream_within(
     remaining_s: float,
     on_delta: Callable[[str], Awaitable[None]],
     on_tool_calls: ToolDeltaSink | None = None,
+    on_thinking: ThinkingSink | None = None,
 ) -> ChatReply:
     """Stream a chat call, handing each piece of text to `on_delta` as it arrives.
 
     Tool-call pieces go to `on_tool_calls` (OpenAI-shaped deltas with `index`); without
-    one they are only assembled into the answer's `tool_calls`. Returns the whole answer
+    one they are only assembled into the answer's `tool_calls`. Reasoning pieces go to
+    `on_thinking`, and are joined into the answer's `thinking` either way. Returns the whole answer
     once the runtime ends the stream; a stream that breaks, or that the deadline cuts,
     raises InferbusError (the caller ends its stream with it). Cancelling the caller
     closes the runtime connection, so the GPU stops generating.
@@ -103,6 +107,7 @@ async def stream_within(
     if remaining_s <= 0:
         raise InferbusError(ErrorCode.DEADLINE_EXCEEDED, "the job's budget is spent")
     pieces: list[str] = []
+    thoughts: list[str] = []
     calls = ToolCallAssembler()
     logprobs: list[dict[str, Any]] = []
     clock = time.monotonic  # not the loop's clock: uvloop's ticks in whole milliseconds
@@ -124,12 +129,18 @@ async def stream_within(
                                 logprobs={"content": logprobs} if logprobs else None,
                                 timings=event.timings
                                 or measured_timings(started, first_piece, clock()),
+                                thinking="".join(thoughts) or None,
                             ),
                         )
                     if first_piece is None:
                         first_piece = clock()
                     if event.logprobs:
                         logprobs.extend(event.logprobs)
+                    if event.thinking:
+                        thought = clean_text(event.thinking)
+                        thoughts.append(thought)
+                        if on_thinking is not None:
+                            await on_thinking(Thinking(thought))
                     deltas = event.tool_calls
                     if deltas and call.parallel_tool_calls is False:
                         deltas = [delta for delta in deltas if delta.index == 0]

@@ -148,9 +148,7 @@ class OllamaRuntime:
             raise invalid_response("chat answer is not an object")
         if "error" in data:
             raise classify_stream_error(data, secrets=self._secrets)
-        message = data.get("message")
-        if "response" in data and message is None:  # /api/generate
-            message = {"content": data["response"]}
+        message = _message_of(data)
         if not isinstance(message, dict):
             raise invalid_response("chat answer has no message")
         calls = tool_calls_of(message)
@@ -162,6 +160,7 @@ class OllamaRuntime:
             tool_calls=calls or None,
             logprobs={"content": logprobs} if logprobs else None,
             timings=timings_of(data),
+            thinking=_thinking_of(message) or None,
         )
 
     async def embed(self, call: EmbedCall, *, timeout_s: float) -> EmbedReply:
@@ -201,7 +200,7 @@ class OllamaRuntime:
                 if end is not None:
                     continue  # drain to the end of the body so the connection is reused
                 delta, end = _parse_line(line, self._secrets, calls_seen)
-                if delta.text or delta.tool_calls or delta.logprobs:
+                if delta.text or delta.tool_calls or delta.logprobs or delta.thinking:
                     calls_seen += len(delta.tool_calls or ())
                     yield delta
         finally:
@@ -227,20 +226,34 @@ def _parse_line(
         raise invalid_response("stream line is not an object")
     if "error" in data:
         raise classify_stream_error(data, secrets=secrets)
-    message = data.get("message")
-    if message is None and "response" in data:  # /api/generate
-        message = {"content": data["response"]}
+    message = _message_of(data)
     message = message if isinstance(message, dict) else {}
     calls = tool_calls_of(message, calls_seen)
     delta = StreamDelta(
         text=message.get("content") or "",
         tool_calls=as_deltas(calls, calls_seen) or None,
         logprobs=logprob_entries(data) or None,
+        thinking=_thinking_of(message),
     )
     if data.get("done"):
         end = StreamEnd(data.get("done_reason"), usage_of(data), timings=timings_of(data))
         return delta, end
     return delta, None
+
+
+def _message_of(data: dict[str, Any]) -> Any:
+    """The answer's message: `/api/chat`'s `message`, or `/api/generate`'s `response` and
+    `thinking` in the same shape."""
+    message = data.get("message")
+    if message is None and "response" in data:  # /api/generate
+        return {"content": data["response"], "thinking": data.get("thinking")}
+    return message
+
+
+def _thinking_of(message: dict[str, Any]) -> str:
+    """The model's reasoning in a message (`thinking`, when the call asked for `think`)."""
+    thinking = message.get("thinking")
+    return thinking if isinstance(thinking, str) else ""
 
 
 def chat_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:

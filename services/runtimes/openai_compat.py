@@ -186,6 +186,7 @@ class OpenAICompatRuntime:
             tool_calls=tool_calls_of(message) or None,
             logprobs=logprobs_of(choice),
             timings=llamacpp_timings(data.get("timings")),
+            thinking=reasoning_of(message) or None,
         )
 
     async def stream(
@@ -209,7 +210,7 @@ class OpenAICompatRuntime:
                 delta = reader.feed(line)
                 if delta is not None and delta.text:
                     delta = dataclasses.replace(delta, text=echo.feed(delta.text))
-                    if not delta.text and not delta.tool_calls:
+                    if not delta.text and not delta.tool_calls and not delta.thinking:
                         continue  # the echoed prefill, not new text
                 if delta is not None:
                     yield delta
@@ -289,13 +290,27 @@ class _SseChunks:
         text = content if isinstance(content, str) else ""
         tool_calls = tool_deltas_of(delta)
         logprobs = logprobs_of(choice)
-        if not text and not tool_calls and logprobs is None:
+        thinking = reasoning_of(delta)
+        if not text and not tool_calls and logprobs is None and not thinking:
             return None
         return StreamDelta(
             text,
             tool_calls=tool_calls or None,
             logprobs=logprobs["content"] if logprobs is not None else None,
+            thinking=thinking,
         )
+
+
+def reasoning_of(message: Any) -> str:
+    """The model's reasoning in a message or delta: `reasoning_content` (llama.cpp's
+    server, vLLM, DeepSeek), or `reasoning` (newer vLLM, some other servers)."""
+    if not isinstance(message, dict):
+        return ""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _json_or_text(value: str) -> dict[str, Any]:

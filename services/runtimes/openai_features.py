@@ -84,8 +84,22 @@ def _extra(extra: dict[str, Any], taken: set[str]) -> dict[str, Any]:
                 ErrorCode.BAD_REQUEST,
                 "extra.template: only an Ollama runtime applies a request's own template",
             )
-        return {key: value for key, value in extra.items() if key != "template"}
+        extra = {key: value for key, value in extra.items() if key != "template"}
+    if "think" in extra:
+        return _with_thinking_kwarg(extra)
     return dict(extra)
+
+
+def _with_thinking_kwarg(extra: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's `think` (true, false or a level) as the chat template's `enable_thinking`,
+    which vLLM and llama.cpp's server read; an `enable_thinking` the caller set wins."""
+    fields = {key: value for key, value in extra.items() if key != "think"}
+    kwargs = fields.get("chat_template_kwargs")
+    kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
+    if extra["think"] is not None:
+        kwargs.setdefault("enable_thinking", extra["think"] is not False)
+        fields["chat_template_kwargs"] = kwargs
+    return fields
 
 
 def sampling_fields(params: Params) -> dict[str, Any]:

@@ -24,6 +24,7 @@ _SWITCHES: dict[str, Callable[[SimModel], SimModel]] = {
     ":vision": lambda model: dataclasses.replace(model, vision=True),
     ":embed": lambda model: dataclasses.replace(model, embedding=True, chat=False),
     ":notools": lambda model: dataclasses.replace(model, tools=False),
+    ":think": lambda model: dataclasses.replace(model, thinking=True),
 }
 
 

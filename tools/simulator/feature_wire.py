@@ -50,7 +50,17 @@ def ollama_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
         "json_mode": bool(fmt),
         "json_schema": fmt if isinstance(fmt, dict) else None,
         "logprobs": payload.get("logprobs") is True,
+        "think": asks_to_think(payload),
     }
+
+
+def asks_to_think(payload: dict[str, Any]) -> bool:
+    """Ollama's `think` (true or a level), or the chat template's `enable_thinking`."""
+    think = payload.get("think")
+    if think is not None and think is not False:
+        return True
+    kwargs = payload.get("chat_template_kwargs")
+    return isinstance(kwargs, dict) and bool(kwargs.get("enable_thinking"))
 
 
 def openai_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any] | Rejection:
@@ -88,6 +98,7 @@ def openai_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
         "json_mode": kind in ("json_object", "json_schema"),
         "json_schema": schema,
         "logprobs": payload.get("logprobs") is True,
+        "think": asks_to_think(payload),
     }
 
 
@@ -98,6 +109,7 @@ def show_capabilities(model: SimModel) -> list[str]:
         ("tools", model.chat and model.tools),
         ("vision", model.vision),
         ("embedding", model.embedding),
+        ("thinking", model.chat and model.thinking),
     )
     return [name for name, present in wanted if present]
 

@@ -46,6 +46,10 @@ class StreamEncoder(Protocol):
 
     def piece(self, text: str) -> bytes: ...
 
+    def thinking(self, text: str) -> bytes:
+        """A piece of the model's reasoning, streamed before the answer's text."""
+        ...
+
     def tool_call_events(self, plan: Plan) -> list[bytes]:
         """The plan's tool calls as events of their own, sent one token interval apart
         after the text (as OpenAI-compatible servers stream arguments); [] where the
@@ -180,17 +184,20 @@ async def _stream(
         await response.write(opening)
     strike_at = mid_stream.after_chunks if mid_stream is not None else -1
     interval_s = state.token_interval_ms / 1000
-    for index, piece in enumerate(plan.pieces):
+    # The reasoning first, then the answer; a mid-stream fault counts both.
+    events = [encoder.thinking(piece) for piece in plan.thinking]
+    events += [encoder.piece(piece) for piece in plan.pieces]
+    for index, event in enumerate(events):
         if index == strike_at:
             return await _strike(request, response, encoder, mid_stream)
         if index and interval_s > 0 and await state.pause(interval_s):
             return drop_connection(request, response)
-        await response.write(encoder.piece(piece))
+        await response.write(event)
     for event in encoder.tool_call_events(plan):
         if interval_s > 0 and await state.pause(interval_s):
             return drop_connection(request, response)
         await response.write(event)
-    if strike_at >= len(plan.pieces):
+    if strike_at >= len(events):
         return await _strike(request, response, encoder, mid_stream)
     await response.write(encoder.close(plan, timings))
     await response.write_eof()

@@ -43,6 +43,8 @@ class SimModel:
         chat: whether it generates at all (an embedding-only model does not).
         embedding_dimensions: how many numbers its vectors have when a request names no
             `dimensions` (the model's own width).
+        thinking: whether it reasons before answering when a request asks it to (Ollama
+            `think`, the chat template's `enable_thinking`).
     """
 
     name: str
@@ -55,6 +57,7 @@ class SimModel:
     embedding: bool = False
     chat: bool = True
     embedding_dimensions: int = 16
+    thinking: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -104,6 +107,21 @@ def token_pieces(model: str, prompt_text: str, tokens: int) -> tuple[str, ...]:
         word = _VOCABULARY[int.from_bytes(digest, "little") % len(_VOCABULARY)]
         pieces.append(word if index == 0 else " " + word)
     return tuple(pieces)
+
+
+# How many pieces a thinking model's reasoning has.
+THINKING_TOKENS = 4
+
+
+def thinking_pieces(model: str, prompt_text: str) -> tuple[str, ...]:
+    """The reasoning a thinking model streams before its answer, one piece per chunk:
+    as deterministic as the answer, and different from it."""
+    return token_pieces(model, f"thinking\x00{prompt_text}", THINKING_TOKENS)
+
+
+def expected_thinking(model: str, prompt_text: str) -> str:
+    """The exact reasoning text the simulator sends when asked to think."""
+    return "".join(thinking_pieces(model, prompt_text))
 
 
 def expected_tokens(model: str, prompt_text: str, tokens: int) -> list[str]:

@@ -15,7 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from tools.simulator.feature_wire import ollama_fields, ollama_tool_calls, show_capabilities
+from tools.simulator.feature_wire import (
+    asks_to_think,
+    ollama_fields,
+    ollama_tool_calls,
+    show_capabilities,
+)
 from tools.simulator.features import logprob_entry
 from tools.simulator.flow import (
     JSON_HEADERS,
@@ -201,6 +206,8 @@ class OllamaChat(_OllamaWire):
 
     def complete(self, request: GenRequest, plan: Plan, timings: Timings) -> web.Response:
         message: dict[str, Any] = {"role": "assistant", "content": plan.text}
+        if plan.thinking:
+            message["thinking"] = plan.thinking_text
         if plan.tool_calls:
             message["tool_calls"] = ollama_tool_calls(plan)
         body = {
@@ -235,6 +242,11 @@ class _ChatEncoder:
         if self._logprobs:
             chunk["logprobs"] = [logprob_entry(text)]
         return json_bytes(chunk) + b"\n"
+
+    def thinking(self, text: str) -> bytes:
+        message = {"role": "assistant", "content": "", "thinking": text}
+        chunk = {"model": self._model, "created_at": rfc3339_now(), "message": message}
+        return json_bytes({**chunk, "done": False}) + b"\n"
 
     def tool_call_events(self, plan: Plan) -> list[bytes]:
         return []  # Ollama streams each call whole, with `close`
@@ -286,16 +298,18 @@ class OllamaGenerate(_OllamaWire):
             max_tokens=limit,
             stream=stream and not load_only,
             load_only=load_only,
+            think=asks_to_think(payload),
         )
 
     def complete(self, request: GenRequest, plan: Plan, timings: Timings) -> web.Response:
-        body = {
+        body: dict[str, Any] = {
             "model": request.model,
             "created_at": rfc3339_now(),
             "response": plan.text,
-            **self.final_fields(plan, timings),
         }
-        return json_response(200, body)
+        if plan.thinking:
+            body["thinking"] = plan.thinking_text
+        return json_response(200, {**body, **self.final_fields(plan, timings)})
 
     def encoder(self, request: GenRequest) -> _GenerateEncoder:
         return _GenerateEncoder(request.model)
@@ -309,6 +323,10 @@ class _GenerateEncoder(_ChatEncoder):
             )
             + b"\n"
         )
+
+    def thinking(self, text: str) -> bytes:
+        chunk = {"model": self._model, "created_at": rfc3339_now(), "response": ""}
+        return json_bytes({**chunk, "thinking": text, "done": False}) + b"\n"
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
         final = {

@@ -236,14 +236,18 @@ def llamacpp_timings(plan: Plan, timings: Timings) -> dict[str, Any]:
 
 
 def _message(plan: Plan, echoed: str = "") -> dict[str, Any]:
+    """The answer's message; a thinking model's reasoning in `reasoning_content`, as
+    llama.cpp's server and vLLM send it."""
+    reasoning = {"reasoning_content": plan.thinking_text} if plan.thinking else {}
     if plan.tool_calls:
         return {
             "role": "assistant",
             "content": None,
             "refusal": None,
             "tool_calls": openai_tool_calls(plan),
+            **reasoning,
         }
-    return {"role": "assistant", "content": echoed + plan.text, "refusal": None}
+    return {"role": "assistant", "content": echoed + plan.text, "refusal": None, **reasoning}
 
 
 def _logprobs(pieces: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -300,6 +304,9 @@ class _ChunkEncoder:
         logprobs = _logprobs([text]) if self._logprobs else None
         text, self._echoed = self._echoed + text, ""
         return self._event(self._choice({"content": text}, logprobs=logprobs))
+
+    def thinking(self, text: str) -> bytes:
+        return self._event(self._choice({"reasoning_content": text}))
 
     def tool_call_events(self, plan: Plan) -> list[bytes]:
         return [

@@ -7,6 +7,7 @@ only render the outcome, so Ollama and OpenAI behave identically by construction
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from tools.simulator.features import (
     json_answer,
     json_pieces,
 )
-from tools.simulator.models import SimModel, token_pieces
+from tools.simulator.models import SimModel, thinking_pieces, token_pieces
 
 RejectionKind = Literal[
     "bad_request", "not_found", "no_vision", "no_tools", "no_chat", "context_exceeded", "error"
@@ -46,6 +47,7 @@ class GenRequest:
             exactly the rest, so a resumed stream's seam can be checked to the piece.
         json_mode: answer JSON; `json_schema` is the schema it must match, if any.
         logprobs: the client asked for log probabilities.
+        think: the client asked the model to think (a thinking model then reasons first).
     """
 
     model: str
@@ -63,6 +65,7 @@ class GenRequest:
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
     logprobs: bool = False
+    think: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +80,23 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The answer to send: the pieces, why generation stopped, and what it cost."""
+    """The answer to send: the reasoning and answer pieces, why generation stopped, and
+    what it cost."""
 
     pieces: tuple[str, ...]
     finish_reason: FinishReason
     prompt_tokens: int
     tool_calls: tuple[SimToolCall, ...] = ()
     logprobs: bool = False
+    thinking: tuple[str, ...] = ()
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.pieces) + len(self.tool_calls)
+        return len(self.thinking) + len(self.pieces) + len(self.tool_calls)
+
+    @property
+    def thinking_text(self) -> str:
+        return "".join(self.thinking)
 
     @property
     def text(self) -> str:
@@ -97,11 +106,24 @@ class Plan:
 def plan_generation(request: GenRequest, model: SimModel | None, tokens: int) -> Plan | Rejection:
     """Decide the outcome of ``request`` against ``model`` (None: not served here).
 
+    A thinking model asked to think reasons first (`thinking_pieces`), unless it continues
+    an answer already begun (a prefill: the reasoning came before it).
+
     Args:
         request: the parsed request.
         model: the served model of that name, if any.
         tokens: how many tokens an uncapped answer has (the simulator's setting).
     """
+    plan = _plan(request, model, tokens)
+    thinks = request.think and model is not None and model.thinking and not request.prefill
+    if isinstance(plan, Plan) and thinks and not request.load_only:
+        return dataclasses.replace(
+            plan, thinking=thinking_pieces(request.model, request.prompt_text)
+        )
+    return plan
+
+
+def _plan(request: GenRequest, model: SimModel | None, tokens: int) -> Plan | Rejection:
     if model is None:
         return Rejection("not_found")
     if request.has_images and not model.vision:
