@@ -13,7 +13,8 @@ With a key, the key is scoped to the caller's tenant (the API key it authenticat
 none configured → one shared scope) and hashed into the wire key, so two tenants' "42"
 never meet and no API key travels on the bus. Then, per scoped key:
 - an answer kept here (for `idempotency.ttl_s`) is replayed (`cached: true`) — to a
-  stream as its tool calls whole, then its whole text (`services.wire.replay_pieces`);
+  stream as its reasoning, its tool calls whole, then its whole text
+  (`services.wire.replay_pieces`);
 - a request already in flight through this router is waited for, not sent again: all
   duplicates reach one node and one runtime call. Its answer is theirs when it would be
   kept (ok, or the request's own fault); a failure worth retrying is passed on as what it
@@ -265,8 +266,8 @@ def fleet_model(selection: Callable[[], SelectionConfig], fleet: FleetView) -> R
 
 
 async def _replay(kept: Kept, call: Call) -> JobResponse:
-    """A kept answer for a duplicate; to a stream as `replay_pieces` sends it (its tool
-    calls whole, then its whole text)."""
+    """A kept answer for a duplicate; to a stream as `replay_pieces` sends it (its
+    reasoning whole, its tool calls whole, then its whole text)."""
     response = kept.response
     if call.on_model is not None and response.model:
         call.on_model(response.model)

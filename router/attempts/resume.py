@@ -9,6 +9,11 @@ node: the same request plus the text so far as a final assistant message to cont
 
 A tool call is never resumed half-way: once any tool-call piece went out, the client
 holds a call it cannot be told to forget, so the stream ends with the error instead.
+The model's reasoning likewise: a stream that sent reasoning resumes only once its
+answer's text has begun. A node lost while the model is still thinking ends the stream
+with the error (another node would think anew, and the client would see two lines of
+thought). After a resume the continuing node's own reasoning, if any, is not relayed:
+the client has the reasoning already, and the continuation only continues the text.
 A raw prompt (legacy completions) continues by appending the text to the prompt.
 
 What the client is told it cost: every attempt's tokens, summed (`whole_answer`). A node
@@ -23,7 +28,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.wire import JobRequest, Message, Piece, PieceSink, Result, Usage
+from services.wire import JobRequest, Message, Piece, PieceSink, Result, Thinking, Usage
 
 __all__ = [
     "RESUME_HEADER",
@@ -62,22 +67,33 @@ class StreamSoFar:
     pieces_before_resume: int = 0
     breaks: list[int] = field(default_factory=list)  # pieces the client had at each resume
     _texts: list[str] = field(default_factory=list)
+    _thoughts: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "".join(self._texts)
 
+    @property
+    def thinking(self) -> str:
+        """The reasoning the client has."""
+        return "".join(self._thoughts)
+
     def took(self, piece: Piece) -> None:
         self.pieces += 1
         if isinstance(piece, str):
             self._texts.append(piece)
+        elif isinstance(piece, Thinking):
+            self._thoughts.append(piece.text)
         else:
             self.tool_calls_sent = True
 
     def relay(self, sink: PieceSink) -> PieceSink:
-        """`sink`, noting each piece on its way to the client."""
+        """`sink`, noting each piece on its way to the client; a continuing node's
+        reasoning stays behind (module doc)."""
 
         async def noted(piece: Piece) -> None:
+            if self.resumes and isinstance(piece, Thinking):
+                return
             self.took(piece)
             await sink(piece)
 
@@ -96,12 +112,14 @@ def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobR
     Only a failure of the node's own making (the caller's budget, a cancellation, a
     malformed request never are), at most `allowed` times per call (0: resume is off,
     for the router or this caller), never after a tool-call piece went out, and only
-    for jobs whose answer is text.
+    for jobs whose answer is text; after reasoning, only once the answer's text has begun.
     """
     if not node_fault or so_far.resumes >= allowed:
         return False
     if so_far.pieces == 0 or so_far.tool_calls_sent:
         return False
+    if so_far.thinking and not so_far.text:
+        return False  # still thinking: the stream ends with the error (module doc)
     return job.type in (None, "llm", "code", "vision") and job.input is None
 
 
@@ -164,7 +182,11 @@ def whole_answer(result: Result, so_far: StreamSoFar) -> tuple[Result, list[Usag
         completion_tokens=sum(used.completion_tokens for used in by_attempt),
     )
     whole = result.model_copy(
-        update={"text": so_far.text_before_resume + result.text, "usage": usage}
+        update={
+            "text": so_far.text_before_resume + result.text,
+            "usage": usage,
+            "thinking": so_far.thinking or None,
+        }
     )
     return whole, by_attempt
 

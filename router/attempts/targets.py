@@ -99,13 +99,14 @@ def call_of(job: JobRequest, model: str, *, drop_max_tokens: bool = False) -> Ch
 
 
 def result_of(reply: ChatReply) -> Result:
-    """A runtime's reply as the job's result: text, tool calls, logprobs."""
+    """A runtime's reply as the job's result: text, tool calls, logprobs, reasoning."""
     return Result(
         text=clean_text(reply.text),
         finish_reason=reply.finish_reason,
         usage=reply.usage,
         tool_calls=reply.tool_calls,
         logprobs=reply.logprobs,
+        thinking=clean_text(reply.thinking) if reply.thinking else None,
     )
 
 
@@ -149,6 +150,8 @@ def _timings(reply: ChatReply | Result, elapsed_ms: float) -> Timings:
 async def stream_pieces(
     runtime: Runtime, call: ChatCall, left_s: float, on_piece: PieceSink
 ) -> ChatReply:
-    """Stream `call` within `left_s`: every piece, text and tool-call deltas alike, goes to
-    `on_piece` as it arrives; returns the whole reply (raises InferbusError)."""
-    return await stream_within(runtime, call, left_s, on_piece, on_tool_calls=on_piece)
+    """Stream `call` within `left_s`: every piece, text, tool-call deltas and reasoning
+    alike, goes to `on_piece` as it arrives; returns the whole reply (raises InferbusError)."""
+    return await stream_within(
+        runtime, call, left_s, on_piece, on_tool_calls=on_piece, on_thinking=on_piece
+    )

@@ -5,11 +5,14 @@ Checked against the official `anthropic` client (`types/message.py`, `usage.py`,
 `raw_message_stream_event.py`, `lib/streaming/_messages.py` `accumulate_event`, and
 `_streaming.py`, which raises the error of an `error` event and skips `ping`):
 - a message is `{id, type: "message", role: "assistant", model, content, stop_reason,
-  stop_sequence, usage: {input_tokens, output_tokens}}`; content blocks are `text` and
+  stop_sequence, usage: {input_tokens, output_tokens}}`; content blocks are `thinking`
+  (the model's reasoning, first; `signature` is required by the client's ThinkingBlock and
+  is "" here, as the reasoning is the open model's own, signed by nobody), `text` and
   `tool_use` (`input` the parsed arguments object);
 - `stop_reason`: `end_turn`, `max_tokens` (the job's `length`), `tool_use`, `refusal`;
 - a stream is `message_start` (content empty, stop_reason null), one `ping`, per block
-  `content_block_start` / `content_block_delta` (`text_delta`, `input_json_delta`) /
+  `content_block_start` / `content_block_delta` (`thinking_delta`, then one
+  `signature_delta` as the thinking block closes; `text_delta`, `input_json_delta`) /
   `content_block_stop`, then `message_delta` (stop_reason, usage) and `message_stop`; each
   as `event: <type>` + `data: <json>`. An error after the first event is an `error` event;
 - errors: `{"type": "error", "error": {"type", "message"}}` with the HTTP status of the
@@ -23,7 +26,7 @@ from typing import Any
 
 from router.attempts.route import Route
 from services.errors import HTTP_STATUS, ErrorCode
-from services.wire import JobResponse, Piece
+from services.wire import JobResponse, Piece, Thinking
 from services.wire_features import ToolCall, ToolCallDelta
 
 _STOP_REASONS = {
@@ -84,6 +87,8 @@ def content_blocks(response: JobResponse) -> list[dict[str, Any]]:
     if result is None:
         return []
     blocks: list[dict[str, Any]] = []
+    if result.thinking:
+        blocks.append({"type": "thinking", "thinking": result.thinking, "signature": ""})
     if result.text or not result.tool_calls:
         blocks.append({"type": "text", "text": result.text})
     blocks.extend(
@@ -120,7 +125,8 @@ def event(kind: str, body: dict[str, Any]) -> bytes:
 class AnthropicEvents:
     """Writes a job's stream as Anthropic's events (a `streams.StreamFormat`).
 
-    Text pieces go to a text block, tool-call pieces to a `tool_use` block per call
+    Reasoning goes to a `thinking` block, text pieces to a text block, tool-call pieces to
+    a `tool_use` block per call
     (`index` of the job's call; its arguments as `input_json_delta`s); a new kind of piece
     closes the open block and opens the next, as Anthropic's blocks never interleave.
     """
@@ -132,7 +138,8 @@ class AnthropicEvents:
         self._model = model
         self._started = False
         self._blocks = 0  # blocks opened so far; the open one is `_blocks - 1`
-        self._open: tuple[str, int] | None = None  # ("text", -1) or ("tool", call index)
+        # ("thinking", -1), ("text", -1) or ("tool", call index)
+        self._open: tuple[str, int] | None = None
 
     def keepalive(self) -> bytes:
         """Anthropic's own keep-alive while the call waits in line for a slot."""
@@ -160,8 +167,12 @@ class AnthropicEvents:
     def _close(self) -> bytes:
         if self._open is None:
             return b""
+        out = b""
+        if self._open == ("thinking", -1):
+            signed = {"type": "signature_delta", "signature": ""}
+            out = event("content_block_delta", {"index": self._blocks - 1, "delta": signed})
         self._open = None
-        return event("content_block_stop", {"index": self._blocks - 1})
+        return out + event("content_block_stop", {"index": self._blocks - 1})
 
     def _open_block(self, kind: tuple[str, int], block: dict[str, Any]) -> bytes:
         out = self._close()
@@ -180,6 +191,16 @@ class AnthropicEvents:
             else self._open_block(("text", -1), {"type": "text", "text": ""})
         )
         delta = {"type": "text_delta", "text": text}
+        return out + event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
+
+    def _thinking(self, text: str) -> bytes:
+        if not text:
+            return b""
+        out = b""
+        if self._open != ("thinking", -1):
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            out = self._open_block(("thinking", -1), block)
+        delta = {"type": "thinking_delta", "thinking": text}
         return out + event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
 
     def _tool(self, piece: ToolCallDelta) -> bytes:
@@ -201,6 +222,8 @@ class AnthropicEvents:
         out = self._start()
         if isinstance(piece, str):
             return out + self._text(piece)
+        if isinstance(piece, Thinking):
+            return out + self._thinking(piece.text)
         for call in piece:
             out += self._tool(call)
         return out
@@ -213,8 +236,11 @@ class AnthropicEvents:
             body = error_body(response.error.code, response.error.message, status)
             return self._close() + event("error", {"error": body["error"]})
         out = self._start()
-        if self._blocks == 0:  # nothing was streamed (a replay): the whole answer now
-            result = response.result
+        result = response.result
+        if self._blocks == 0 and result is not None and result.thinking:  # a whole answer
+            out += self._thinking(result.thinking)
+        if self._blocks == 0 or self._open == ("thinking", -1):
+            # Nothing but reasoning was streamed (a whole answer): the rest of it now.
             if result is not None and result.tool_calls:
                 out += self._text(result.text)
                 for at, call in enumerate(result.tool_calls):

@@ -25,7 +25,7 @@ from typing import Any
 
 from router.attempts.route import Route
 from services.errors import ErrorCode
-from services.wire import JobResponse, Piece
+from services.wire import JobResponse, Piece, Thinking
 from services.wire_features import ToolCall, ToolCallAssembler, ToolCallDelta
 
 __all__ = [
@@ -130,6 +130,8 @@ def chat_answer(response: JobResponse, route: Route, model: str, now_unix: float
     """`/api/chat` with `stream: false`: the whole message and the final fields."""
     result = response.result
     message: Body = {"role": "assistant", "content": result.text if result else ""}
+    if result is not None and result.thinking:
+        message["thinking"] = result.thinking
     if result is not None and result.tool_calls:
         message["tool_calls"] = ollama_tool_calls(result.tool_calls)
     final = _final(response, route, model, now_unix)
@@ -147,6 +149,8 @@ def generate_answer(response: JobResponse, route: Route, model: str, now_unix: f
     final = _final(response, route, model, now_unix)
     body: Body = {"model": final.pop("model"), "created_at": final.pop("created_at")}
     body["response"] = result.text if result else ""
+    if result is not None and result.thinking:
+        body["thinking"] = result.thinking
     logprobs = _logprobs(response)
     if logprobs:
         body["logprobs"] = logprobs
@@ -205,8 +209,9 @@ def _line(body: Body) -> bytes:
 
 class OllamaLines:
     """Ollama's NDJSON stream of `/api/chat` (`message.content` pieces) or `/api/generate`
-    (`response` pieces): one line per piece, the tool calls whole on one line, then the
-    final object; an error after the first piece is one more `{"error"}` line."""
+    (`response` pieces): one line per piece (reasoning in `message.thinking` / `thinking`),
+    the tool calls whole on one line, then the final object; an error after the first
+    piece is one more `{"error"}` line."""
 
     media_type = "application/x-ndjson"
 
@@ -217,6 +222,7 @@ class OllamaLines:
         self._calls = ToolCallAssembler()
         self._has_calls = False
         self._has_text = False
+        self._has_thinking = False
 
     def use_model(self, model: str) -> None:
         """The model actually serving the stream, known once its target is chosen."""
@@ -234,10 +240,19 @@ class OllamaLines:
             return self._head() | {"message": {"role": "assistant", "content": text}}
         return self._head() | {"response": text}
 
+    def _thought(self, text: str) -> Body:
+        if self._chat:
+            message = {"role": "assistant", "content": "", "thinking": text}
+            return self._head() | {"message": message}
+        return self._head() | {"response": "", "thinking": text}
+
     def delta(self, piece: Piece) -> bytes:
         if isinstance(piece, str):
             self._has_text = self._has_text or bool(piece)
             return _line(self._piece(piece) | {"done": False})
+        if isinstance(piece, Thinking):
+            self._has_thinking = True
+            return _line(self._thought(piece.text) | {"done": False})
         self._calls.add(piece)
         self._has_calls = True
         return b""
@@ -250,9 +265,11 @@ class OllamaLines:
             return _line({"error": ollama_message(error.code, error.message)})
         out = b""
         result = response.result
+        if not self._has_thinking and result is not None and result.thinking:
+            out = self.delta(Thinking(result.thinking))
         if not self._has_text and result is not None and result.text:
             # A node that answered whole (a replay) streamed nothing: the text goes first.
-            out = self.delta(result.text)
+            out += self.delta(result.text)
         if not self._has_calls and result is not None and result.tool_calls:
             self._has_calls = True
             self._calls.add([ToolCallDelta.whole(n, c) for n, c in enumerate(result.tool_calls)])

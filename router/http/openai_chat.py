@@ -30,6 +30,8 @@ def openai_completion(response: JobResponse, route: Route, job: JobRequest) -> d
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = [call.model_dump(mode="json") for call in calls]
+    if result is not None and result.thinking:
+        message["reasoning_content"] = result.thinking
     finish = (result.finish_reason if result else None) or ("tool_calls" if calls else "stop")
     choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
     choice["logprobs"] = result.logprobs if result else None

@@ -5,18 +5,21 @@ Checked against the official `openai` client (`types/responses/response.py`,
 `response_output_message.py`, `response_function_tool_call.py`, `response_usage.py`, the
 `response_*_event.py` types and `lib/streaming/responses/_responses.py`, whose snapshot
 needs every output item added before its deltas and done before `response.completed`):
-- output items: a `message` (one `output_text` part) and a `function_call` per call
-  (`call_id` the job's call id, `arguments` its JSON text);
+- output items: the model's reasoning first when it gave any (a `reasoning` item with one
+  `reasoning_text` content part and an empty `summary`), a `message` (one `output_text`
+  part) and a `function_call` per call (`call_id` the job's call id, `arguments` its JSON
+  text);
 - `status`: `completed`, or `incomplete` with `incomplete_details.reason:
   max_output_tokens` when the answer was cut at `max_output_tokens`;
 - a stream: `response.created`, `response.in_progress`; per item
   `response.output_item.added`, its content (`response.content_part.added`,
   `response.output_text.delta`..., `response.output_text.done`,
   `response.content_part.done`; or `response.function_call_arguments.delta`...,
-  `.done`), `response.output_item.done`; then `response.completed` (or
-  `response.incomplete`) with the whole response. Every event has `type` and a rising
-  `sequence_number`, and is sent as `event: <type>` + `data: <json>`. A stream broken
-  after its first event ends with an `error` event and `response.failed`.
+  `.done`; or `response.reasoning_text.delta`..., `.done`), `response.output_item.done`;
+  then `response.completed` (or `response.incomplete`) with the whole response. Every
+  event has `type` and a rising `sequence_number`, and is sent as `event: <type>` +
+  `data: <json>`. A stream broken after its first event ends with an `error` event and
+  `response.failed`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from typing import Any
 
 from router.attempts.route import Route
-from services.wire import JobResponse, Piece
+from services.wire import JobResponse, Piece, Thinking
 from services.wire_features import ToolCall, ToolCallDelta
 
 Item = dict[str, Any]
@@ -60,6 +63,16 @@ def message_item(item_id: str, text: str, status: str = "completed") -> Item:
     }
 
 
+def reasoning_item(item_id: str, text: str, status: str = "completed") -> Item:
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": status,
+    }
+
+
 def call_item(call_id: str, name: str, arguments: str, status: str = "completed") -> Item:
     return {
         "type": "function_call",
@@ -76,6 +89,8 @@ def output_items(response: JobResponse) -> list[Item]:
     if result is None:
         return []
     items: list[Item] = []
+    if result.thinking:
+        items.append(reasoning_item(f"rs_{response.job_id}", result.thinking))
     if result.text or not result.tool_calls:
         items.append(message_item(f"msg_{response.job_id}", result.text))
     items.extend(
@@ -207,6 +222,10 @@ class ResponsesEvents:
             )
             part = {"content_index": 0, "part": text_part(text)}
             out += self._event("response.content_part.done", where | part)
+        elif item["type"] == "reasoning":
+            text = item["content"][0]["text"]
+            done = where | {"content_index": 0, "text": text}
+            out = self._event("response.reasoning_text.done", done)
         else:
             done = {"arguments": item["arguments"], "name": item["name"]}
             out = self._event("response.function_call_arguments.done", where | done)
@@ -244,6 +263,20 @@ class ResponsesEvents:
         delta = {"content_index": 0, "delta": text, "logprobs": []}
         return out + self._event("response.output_text.delta", self._where() | delta)
 
+    def _thinking(self, text: str) -> bytes:
+        if not text:
+            return b""
+        out = b""
+        if self._open is None or self._open["type"] != "reasoning":
+            item_id = f"rs_{self._job_id}_{len(self._items)}"
+            out += self._add(reasoning_item(item_id, "", "in_progress"))
+            assert self._open is not None
+            self._open["content"] = [{"type": "reasoning_text", "text": ""}]
+        assert self._open is not None
+        self._open["content"][0]["text"] += text
+        delta = {"content_index": 0, "delta": text}
+        return out + self._event("response.reasoning_text.delta", self._where() | delta)
+
     def _tool(self, piece: ToolCallDelta) -> bytes:
         out = b""
         if self._open_call_index != piece.index or self._open is None:
@@ -262,6 +295,8 @@ class ResponsesEvents:
         out = self._start()
         if isinstance(piece, str):
             return out + self._text(piece)
+        if isinstance(piece, Thinking):
+            return out + self._thinking(piece.text)
         for call in piece:
             out += self._tool(call)
         return out
@@ -290,7 +325,7 @@ class ResponsesEvents:
         result = response.result
         text = result.text if result else ""
         calls: list[ToolCall] = (result.tool_calls if result else None) or []
-        out = b""
+        out = self._thinking(result.thinking or "") if result else b""
         if text or not calls:
             out += self._text(text) if text else self._empty_message()
         for at, call in enumerate(calls):

@@ -30,7 +30,7 @@ from router.attempts.route import Route
 from router.http.edge import cached_headers
 from router.serving.call import Call, Served
 from services.errors import ErrorCode, InferbusError
-from services.wire import JobResponse, Piece
+from services.wire import JobResponse, Piece, Thinking
 
 log = logging.getLogger("inferbus.router.http")
 
@@ -152,7 +152,9 @@ class SseChunks:
 
 class OpenAIChunks(SseChunks):
     """Chat: text pieces become `delta.content`, tool-call pieces `delta.tool_calls` (each
-    with its `index`, as OpenAI streams them); the first chunk also says `role: assistant`."""
+    with its `index`, as OpenAI streams them), reasoning `delta.reasoning_content` (as
+    vLLM, llama.cpp's server and DeepSeek send it); the first chunk also says
+    `role: assistant`."""
 
     object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
@@ -165,6 +167,8 @@ class OpenAIChunks(SseChunks):
         delta: dict[str, Any]
         if isinstance(piece, str):
             delta = {"content": piece}
+        elif isinstance(piece, Thinking):
+            delta = {"reasoning_content": piece.text}
         else:
             delta = {"tool_calls": [call.model_dump(exclude_none=True) for call in piece]}
         if self._first:
@@ -202,6 +206,9 @@ class NdjsonLines:
         line: dict[str, Any] = {"job_id": self._job_id, "seq": self._seq}
         if isinstance(piece, str):
             line["delta"] = piece
+        elif isinstance(piece, Thinking):
+            line["delta"] = ""
+            line["thinking"] = piece.text
         else:
             line["delta"] = ""
             line["tool_calls"] = [call.model_dump(exclude_none=True) for call in piece]
