@@ -15,7 +15,10 @@ Checked against the official `openai` client (`types/responses/response_create_p
 - `tool_choice`: `auto`, `none`, `required`, `{type: function, name}`;
 - `text.format`: `json_schema` (`name`, `schema`, `strict`) or `json_object`;
 - `max_output_tokens` → `max_tokens`; `temperature`, `top_p`, `user`, `parallel_tool_calls`,
-  `stream`.
+  `stream`;
+- `reasoning.effort` `low`, `medium`, `high` or `xhigh` asks the model to think (the chat
+  template's `enable_thinking`, `think` on Ollama; a model that cannot think refuses it by
+  name); `none` and `minimal` do not.
 Nothing is kept between requests: `store: true`, `previous_response_id`, `conversation`
 and `item_reference` items are refused by name (send the whole conversation as `input`).
 """
@@ -86,9 +89,29 @@ def _fields(body: dict[str, Any]) -> Fields:
         fields["parallel_tool_calls"] = body["parallel_tool_calls"]
     fields.update(tool_fields(body.get("tools"), body.get("tool_choice")))
     fields.update(text_format(body.get("text")))
+    if wants_reasoning(body.get("reasoning")):
+        # Read by vLLM and llama.cpp's chat templates, and mapped to `think` for Ollama.
+        fields["extra"] = {"chat_template_kwargs": {"enable_thinking": True}}
     if "idempotency_key" in body:
         fields["idempotency_key"] = body["idempotency_key"]
     return fields
+
+
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def wants_reasoning(reasoning: Any) -> bool:
+    """Whether `reasoning: {effort}` asks the model to think (module doc)."""
+    if reasoning is None:
+        return False
+    if not isinstance(reasoning, dict):
+        raise _bad("reasoning", "an object")
+    effort = reasoning.get("effort")
+    if effort is None:
+        return False
+    if effort not in REASONING_EFFORTS:
+        raise _bad("reasoning.effort", f"one of {', '.join(REASONING_EFFORTS)}")
+    return bool(effort not in ("none", "minimal"))
 
 
 def input_messages(given: Any) -> list[Fields]:
