@@ -14,7 +14,7 @@ from router.attempts.resume import (
     may_resume,
     whole_answer,
 )
-from services.wire import JobRequest, Result, Usage
+from services.wire import JobRequest, Result, Thinking, Usage
 from services.wire_features import ToolCallDelta
 
 CHAT = JobRequest.model_validate({"messages": [{"role": "user", "content": "story"}]})
@@ -42,6 +42,9 @@ TOOL_PIECE = [ToolCallDelta.model_validate({"index": 0, "function": {"arguments"
         (so_far("Once", TOOL_PIECE), True, ON, False, CHAT, False),  # a call half-sent
         (so_far("Once", resumes=2), True, ON, False, CHAT, False),  # attempts used up
         (so_far("Once", resumes=1), True, ON, False, CHAT, True),
+        (so_far(Thinking("hmm"), Thinking(" so")), True, ON, False, CHAT, False),  # thinking
+        (so_far(Thinking("hmm"), ""), True, ON, False, CHAT, False),  # no text yet
+        (so_far(Thinking("hmm"), "Once"), True, ON, False, CHAT, True),  # the answer began
         (
             so_far("0.1"),
             True,
@@ -172,3 +175,23 @@ def test_the_whole_answer_is_the_text_so_far_and_the_continuation_with_usage_sum
     assert whole.text == "Once upon a time"
     assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (10 + 12, 2 + 2)
     assert [(u.prompt_tokens, u.completion_tokens) for u in usages] == [(10, 2), (12, 2)]
+
+
+async def test_after_a_resume_the_continuing_nodes_reasoning_is_not_relayed() -> None:
+    """The client has the reasoning already: a second line of thought would repeat it."""
+    sent: list[Any] = []
+
+    async def client(piece: Any) -> None:
+        sent.append(piece)
+
+    state = StreamSoFar()
+    relay = state.relay(client)
+    await relay(Thinking("hmm"))
+    await relay("Once")
+    state.resumed()
+    await relay(Thinking("again"))
+    await relay(" upon")
+    assert sent == [Thinking("hmm"), "Once", " upon"]
+    whole, _ = whole_answer(Result(text=" upon", thinking="again"), state)
+    assert whole.text == "Once upon"
+    assert whole.thinking == "hmm"

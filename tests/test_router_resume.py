@@ -31,7 +31,7 @@ from tests.conftest import RouterFactory
 from tests.jobs import llm, stream, until
 from tests.test_router_cloud import SECRETS, cloud
 from tests.worker_process import worker_process
-from tools.simulator import Fault, SimModel, Simulator, expected_text
+from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_thinking
 
 MODEL = "story:7b"
 QUESTION = "tell me a long story"
@@ -39,7 +39,8 @@ TOKENS = 200
 CUT_AFTER = 50
 WHOLE = expected_text(MODEL, QUESTION, TOKENS)
 TOOL_MODEL = "qwen2.5:7b"  # a name that says it calls tools (vLLM's record cannot say)
-SERVED = [SimModel(MODEL), SimModel(TOOL_MODEL)]
+THINKER = "qwen3:8b"  # thinks when asked (its /api/show says so)
+SERVED = [SimModel(MODEL), SimModel(TOOL_MODEL), SimModel(THINKER, family="qwen3", thinking=True)]
 
 
 @dataclass
@@ -495,6 +496,54 @@ async def test_an_ollama_stream_resumes_the_same_way(
     assert last.done
     assert last.done_reason == "stop"
     assert last.eval_count == TOKENS
+
+
+async def test_a_stream_that_thought_resumes_once_its_text_began_with_the_reasoning_once(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    thoughts: list[str] = []
+    text: list[str] = []
+    async with scene() as s, ollama.AsyncClient(host=s.router.url) as client:
+        parts = await client.chat(
+            model=THINKER,
+            messages=[{"role": "user", "content": QUESTION}],
+            think=True,
+            stream=True,
+        )
+        async with s.joins():
+            async for part in parts:
+                if part.message.thinking:
+                    thoughts.append(part.message.thinking)
+                text.append(part.message.content or "")
+                if len(text) == CUT_AFTER:  # the reasoning's pieces, then the answer's
+                    s.cut()
+    assert "".join(thoughts) == expected_thinking(THINKER, QUESTION)  # once, not twice
+    assert "".join(text) == expected_text(THINKER, QUESTION, TOKENS)
+
+
+async def test_a_node_lost_while_the_model_still_thinks_ends_the_stream_with_the_error(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    """Reasoning 2 s a piece: the node is killed after the first, with another node in.
+    No resume: the other node would think anew and the client see two lines of thought."""
+    job = {"prompt": QUESTION, "model": THINKER, "stream": True, "extra": {"think": True}}
+    lines: list[dict[str, Any]] = []
+    async with (
+        scene(victim_interval_ms=2000) as s,
+        httpx.AsyncClient(base_url=s.router.url, timeout=60) as http,
+        http.stream("POST", "/infer", json=job) as response,
+        s.joins(),
+    ):
+        async for line in response.aiter_lines():
+            lines.append(json.loads(line))
+            if len(lines) == 1:
+                s.cut()
+    *pieces, final = lines
+    assert final["status"] == "error", final
+    assert final["error"]["code"] == "BACKEND_UNAVAILABLE"
+    assert final["route"]["resumed"] == 0
+    assert all(piece["delta"] == "" and piece["thinking"] for piece in pieces)
+    assert len(pieces) < 4  # cut mid-thought
 
 
 async def streamed_text(
