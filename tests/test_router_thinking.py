@@ -76,7 +76,8 @@ async def test_ollama_chat_returns_the_thinking_whole_and_streamed(
 ) -> None:
     async with ollama.AsyncClient(host=router_url) as client:
         whole = await client.chat(model=model, messages=user(), think=True)
-        thoughts, text = [], []
+        thoughts: list[str] = []
+        text: list[str] = []
         async for part in await client.chat(model=model, messages=user(), think=True, stream=True):
             if part.message.thinking:
                 assert not "".join(text), "reasoning came after the answer's text"
@@ -95,7 +96,8 @@ async def test_ollama_generate_returns_the_thinking_whole_and_streamed(
 ) -> None:
     async with ollama.AsyncClient(host=router_url) as client:
         whole = await client.generate(model=model, prompt=QUESTION, think=True)
-        thoughts, text = [], []
+        thoughts: list[str] = []
+        text: list[str] = []
         async for part in await client.generate(
             model=model, prompt=QUESTION, think=True, stream=True
         ):
@@ -115,7 +117,8 @@ async def test_openai_chat_returns_reasoning_content_whole_and_streamed(
     whole = await client.chat.completions.create(
         model=model, messages=user(), extra_body=ENABLE_THINKING
     )
-    thoughts, text = [], []
+    thoughts: list[str] = []
+    text: list[str] = []
     async for chunk in await client.chat.completions.create(
         model=model, messages=user(), extra_body=ENABLE_THINKING, stream=True
     ):

@@ -29,8 +29,8 @@ _SWITCHES: dict[str, Callable[[SimModel], SimModel]] = {
 
 
 def parse_models(spec: str) -> list[SimModel]:
-    """``"a,b:vision,e:embed,c:notools"`` → a; b accepting images; e embedding only; c
-    refusing tools.
+    """``"a,b:vision,e:embed,c:notools,t:think"`` → a; b accepting images; e embedding
+    only; c refusing tools; t reasoning first when asked to think.
 
     Raises:
         ValueError: the list is empty or a name is invalid.
@@ -63,7 +63,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         help="comma-separated names; suffix ':vision' (takes images), ':embed' (embeds only), "
-        "':notools' (refuses tools) "
+        "':notools' (refuses tools), ':think' (reasons first when asked to think) "
         f"(default: {','.join(m.name + (':vision' if m.vision else '') for m in DEFAULT_MODELS)})",
     )
     parser.add_argument(
