@@ -420,8 +420,15 @@ class JobPipeline:
                 times.piece(monotonic())
                 await on_delta(delta)
 
+            on_thinking = sinks.on_thinking
+
+            async def timed_thought(thought: Thinking) -> None:
+                times.piece(monotonic())  # reasoning tokens are tokens too
+                if on_thinking is not None:
+                    await on_thinking(thought)
+
             reply = await stream_within(
-                served.runtime, call, remaining_s, timed, sinks.on_tool_calls, sinks.on_thinking
+                served.runtime, call, remaining_s, timed, sinks.on_tool_calls, timed_thought
             )
         else:
             reply = await chat_within(served.runtime, call, remaining_s)

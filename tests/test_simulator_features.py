@@ -12,7 +12,13 @@ import jsonschema
 import openai
 import pytest
 
-from tools.simulator import SimModel, Simulator, expected_embedding, expected_text
+from tools.simulator import (
+    SimModel,
+    Simulator,
+    expected_embedding,
+    expected_text,
+    expected_thinking,
+)
 from tools.simulator.cli import parse_models
 
 TOOLS: list[Any] = [
@@ -172,3 +178,70 @@ def test_model_name_suffixes_switch_abilities() -> None:
         ("e", False, True, True),
         ("c", True, False, False),
     ]
+
+
+THINKER = SimModel("qwen3:4b", thinking=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reasoning"),
+    [
+        (
+            "/api/chat",
+            {"messages": [{"role": "user", "content": "why"}], "think": True},
+            lambda b: b["message"]["thinking"],
+        ),
+        ("/api/generate", {"prompt": "why", "think": "high"}, lambda b: b["thinking"]),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "why"}],
+                "chat_template_kwargs": {"enable_thinking": True},
+            },
+            lambda b: b["choices"][0]["message"]["reasoning_content"],
+        ),
+    ],
+    ids=["ollama-chat", "ollama-generate", "openai-chat"],
+)
+async def test_a_thinking_model_asked_to_think_reasons_first_in_each_wire_format(
+    path: str, body: dict[str, Any], reasoning: Any
+) -> None:
+    async with Simulator(models=[THINKER], tokens=5) as sim, httpx.AsyncClient() as http:
+        whole = (
+            await http.post(sim.url + path, json={**body, "model": THINKER.name, "stream": False})
+        ).json()
+        assert reasoning(whole) == expected_thinking(THINKER.name, "why")
+        async with http.stream(
+            "POST", sim.url + path, json={**body, "model": THINKER.name, "stream": True}
+        ) as response:
+            lines = [line async for line in response.aiter_lines() if line.strip()]
+        unasked = {
+            key: value
+            for key, value in body.items()
+            if key not in ("think", "chat_template_kwargs")
+        }
+        plain = (
+            await http.post(
+                sim.url + path, json={**unasked, "model": THINKER.name, "stream": False}
+            )
+        ).json()
+    streamed = "".join(
+        _reasoning_piece(json.loads(line.removeprefix("data: ")))
+        for line in lines
+        if line != "data: [DONE]"
+    )
+    assert streamed == expected_thinking(THINKER.name, "why")
+    assert "thinking" not in json.dumps(plain)
+    assert "reasoning" not in json.dumps(plain)
+
+
+def _reasoning_piece(event: dict[str, Any]) -> str:
+    if "choices" in event:
+        deltas = [choice.get("delta", {}) for choice in event["choices"]]
+        return "".join(delta.get("reasoning_content") or "" for delta in deltas)
+    return str((event.get("message") or {}).get("thinking") or event.get("thinking") or "")
+
+
+def test_the_think_suffix_makes_a_thinking_model() -> None:
+    (model,) = parse_models("qwen3:4b:think")
+    assert model == SimModel("qwen3:4b", thinking=True)
