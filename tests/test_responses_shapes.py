@@ -76,6 +76,14 @@ def test_a_conversation_of_items() -> None:
     assert fields["response_format"]["json_schema"] == {"name": "x", "schema": {"type": "object"}}
 
 
+def deep(levels: int) -> dict[str, Any]:
+    """An object schema nested `levels` times."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -96,6 +104,18 @@ def test_a_conversation_of_items() -> None:
         ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
         ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
         ({"input": "x", "instructions": ["x"]}, "instructions"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": [1]}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            {"input": "x", "tools": [{"type": "function", "name": "f", "parameters": deep(130)}]},
+            "tools[0].parameters",
+        ),
+        (
+            {"input": "x", "text": {"format": {"type": "json_schema", "schema": deep(130)}}},
+            "text.format.schema",
+        ),
     ],
 )
 def test_refusals_name_the_field(body: dict[str, Any], field: str) -> None:

@@ -169,24 +169,111 @@ async def test_what_openai_refuses_is_a_400_with_its_param_and_reaches_no_runtim
     assert sim.calls.get(TOOL_MODEL, 0) == 0
 
 
+DEEP_TOOL = {"type": "function", "function": {"name": "deep", "parameters": nested_schema(130)}}
+# Every job route with a schema nested too deep, and the field its own dialect names.
+DEEP_BODIES = [
+    pytest.param(
+        "/infer",
+        {"messages": [USER], "tools": [DEEP_TOOL]},
+        "tools.0.function.parameters",
+        id="infer",
+    ),
+    pytest.param(
+        "/infer",
+        {"prompt": "x", "tools": [DEEP_TOOL], "stream": True},
+        "tools.0.function.parameters",
+        id="infer-streamed",
+    ),
+    pytest.param(
+        "/v1/completions",
+        {"model": TOOL_MODEL, "prompt": "x", "extra": {"schema": nested_schema(130)}},
+        "extra",
+        id="completions",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {
+            "model": TOOL_MODEL,
+            "max_tokens": 8,
+            "messages": [USER],
+            "tools": [{"name": "deep", "input_schema": nested_schema(130)}],
+        },
+        "tools[0].input_schema",
+        id="messages-tool",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {
+            "model": TOOL_MODEL,
+            "max_tokens": 8,
+            "messages": [USER],
+            "stream": True,
+            "output_config": {"format": {"type": "json_schema", "schema": nested_schema(130)}},
+        },
+        "output_config.format.schema",
+        id="messages-format-streamed",
+    ),
+    pytest.param(
+        "/v1/responses",
+        {
+            "model": TOOL_MODEL,
+            "input": "x",
+            "tools": [{"type": "function", "name": "deep", "parameters": nested_schema(130)}],
+        },
+        "tools[0].parameters",
+        id="responses-tool",
+    ),
+    pytest.param(
+        "/v1/responses",
+        {
+            "model": TOOL_MODEL,
+            "input": "x",
+            "stream": True,
+            "text": {"format": {"type": "json_schema", "name": "d", "schema": nested_schema(130)}},
+        },
+        "text.format.schema",
+        id="responses-format-streamed",
+    ),
+    pytest.param(
+        "/api/chat",
+        {"model": TOOL_MODEL, "messages": [USER], "tools": [DEEP_TOOL]},
+        "tools.0.function.parameters",
+        id="ollama-chat",
+    ),
+    pytest.param(
+        "/api/generate",
+        {"model": TOOL_MODEL, "prompt": "x", "format": nested_schema(130)},
+        "response_format.json_schema.schema",
+        id="ollama-generate",
+    ),
+]
+
+
+def error_message(path: str, body: dict[str, Any]) -> str:
+    """The message of an error body in the dialect of `path`."""
+    error = body["error"]
+    return str(error if isinstance(error, str) else error["message"])
+
+
+@pytest.mark.parametrize(("path", "body", "field"), DEEP_BODIES)
 async def test_a_schema_nested_too_deep_is_a_400_naming_the_field_on_every_route(
-    router: RouterService, nc: NatsClient, node_id: str
+    router: RouterService, sim: Simulator, path: str, body: dict[str, Any], field: str
 ) -> None:
-    deep = [{"type": "function", "function": {"name": "deep", "parameters": nested_schema(130)}}]
     async with httpx.AsyncClient(base_url=router.url) as http:
-        native = await http.post("/infer", json={"messages": [USER], "tools": deep})
-        streamed = await http.post("/infer", json={"prompt": "x", "tools": deep, "stream": True})
-        completions = await http.post(
-            "/v1/completions",
-            json={"model": TOOL_MODEL, "prompt": "x", "extra": {"schema": nested_schema(130)}},
-        )
-    for answer in (native, streamed):
-        assert answer.status_code == 400
-        assert answer.json()["error"]["message"].startswith("tools.0.function.parameters:")
-    assert completions.status_code == 400
-    assert completions.json()["error"]["param"] == "extra"
-    # Straight to a node: the worker refuses it too (its JSON parser stops first).
-    raw = json.dumps({"messages": [USER], "tools": deep}).encode()
+        answer = await http.post(path, json=body)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("application/json")
+    assert error_message(path, answer.json()).startswith(f"{field}:")
+    if path.startswith("/v1/") and path != "/v1/messages":
+        assert answer.json()["error"]["param"] == field
+    assert sim.calls.get(TOOL_MODEL, 0) == 0
+
+
+async def test_a_node_refuses_a_schema_nested_too_deep(
+    nc: NatsClient, node_id: str, router: RouterService
+) -> None:
+    """Straight to a node: the worker refuses it too (its JSON parser stops first)."""
+    raw = json.dumps({"messages": [USER], "tools": [DEEP_TOOL]}).encode()
     reply = await nc.request(f"node.{node_id}.llm.request", raw, timeout=10)
     assert json.loads(reply.data)["error"]["code"] == "BAD_REQUEST"
 
@@ -215,6 +302,43 @@ async def test_a_replayed_chat_answer_says_so_in_a_header(router: RouterService)
     assert again.headers["x-inferbus-cached"] == "true"
     assert streamed.headers["x-inferbus-cached"] == "true"
     assert again.json()["choices"] == first.json()["choices"]
+
+
+ASK = [{"role": "user", "content": "hi"}]
+REPLAYED = [
+    pytest.param(
+        "/v1/messages", {"model": TOOL_MODEL, "max_tokens": 8, "messages": ASK}, id="messages"
+    ),
+    pytest.param(
+        "/v1/messages",
+        {"model": TOOL_MODEL, "max_tokens": 8, "messages": ASK, "stream": True},
+        id="messages-streamed",
+    ),
+    pytest.param("/v1/responses", {"model": TOOL_MODEL, "input": "hi"}, id="responses"),
+    pytest.param("/v1/completions", {"model": TOOL_MODEL, "prompt": "hi"}, id="completions"),
+    pytest.param("/v1/embeddings", {"model": EMBED_MODEL, "input": "hi"}, id="embeddings"),
+    pytest.param("/infer", {"model": TOOL_MODEL, "prompt": "hi"}, id="infer"),
+    pytest.param(
+        "/api/chat", {"model": TOOL_MODEL, "messages": ASK, "stream": False}, id="ollama-chat"
+    ),
+    pytest.param("/api/chat", {"model": TOOL_MODEL, "messages": ASK}, id="ollama-chat-streamed"),
+    pytest.param("/api/generate", {"model": TOOL_MODEL, "prompt": "hi"}, id="ollama-generate"),
+    pytest.param("/api/embed", {"model": EMBED_MODEL, "input": "hi"}, id="ollama-embed"),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), REPLAYED)
+async def test_a_replayed_answer_says_so_in_a_header_on_every_dialect(
+    router: RouterService, sim: Simulator, path: str, body: dict[str, Any]
+) -> None:
+    headers = {"Idempotency-Key": f"replay {path}"}
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        first = await http.post(path, json=body, headers=headers)
+        again = await http.post(path, json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert "x-inferbus-cached" not in first.headers
+    assert again.headers["x-inferbus-cached"] == "true"
+    assert sim.calls.get(body["model"], 0) == 1  # the duplicate reached no runtime
 
 
 async def test_models_lists_the_providers_models_owned_by_their_provider(

@@ -17,6 +17,8 @@ Pure: a body in, the fields of a `JobRequest` out (or BAD_REQUEST naming the fie
   latest unanswered call of that name, so OpenAI-compatible runtimes get a well-formed
   conversation.
 - `keep_alive`, `think` and `truncate` are passed to the node in `extra`.
+- An `Idempotency-Key` header (the edge puts it in the body as `idempotency_key`) is
+  kept, so a duplicate runs once and its replay says `x-inferbus-cached: true`.
 - `/api/generate`: `system` is a system message before the prompt, `images` go with the
   prompt, `raw: true` sends the prompt without the chat template, `suffix` is
   fill-in-the-middle. `template` (a template for this request) and `context` (the
@@ -166,6 +168,13 @@ def _common(body: Fields) -> Fields | InferbusError:
         fields["response_format"] = response_format
     if extra or passed:
         fields["extra"] = {**extra, **passed}
+    return _with_key(body, fields)
+
+
+def _with_key(body: Fields, fields: Fields) -> Fields:
+    """`fields` with the body's idempotency key, when it has one."""
+    if "idempotency_key" in body:
+        fields["idempotency_key"] = body["idempotency_key"]
     return fields
 
 
@@ -339,7 +348,7 @@ def _embed_common(body: Fields) -> Fields | InferbusError:
     fields: Fields = {"model": model, "type": "embed"}
     if extra or passed:
         fields["extra"] = {**extra, **passed}
-    return fields
+    return _with_key(body, fields)
 
 
 def embed_fields(body: Fields) -> Fields | InferbusError:
