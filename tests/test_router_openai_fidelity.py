@@ -5,6 +5,7 @@ dialect — the official `openai` client and plain HTTP against router + NATS + 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -339,6 +340,29 @@ async def test_a_replayed_answer_says_so_in_a_header_on_every_dialect(
     assert "x-inferbus-cached" not in first.headers
     assert again.headers["x-inferbus-cached"] == "true"
     assert sim.calls.get(body["model"], 0) == 1  # the duplicate reached no runtime
+
+
+@pytest.mark.parametrize(
+    ("path", "api"), [("/v1/messages", "anthropic"), ("/api/chat", "ollama_chat")]
+)
+async def test_a_client_gone_before_its_body_arrived_is_cancelled_not_a_bug(
+    router: RouterService, path: str, api: str
+) -> None:
+    """A client that hangs up halfway through its body is its own doing: CANCELLED in the
+    metrics, not an INTERNAL error logged with a stack (which anyone could flood)."""
+    url = httpx.URL(router.url)
+    assert url.host is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    writer.write(head.encode() + b'{"model":')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    counted = f'inferbus_router_requests_total{{api="{api}",status="CANCELLED",via="none"}} 1.0'
+    async with httpx.AsyncClient(base_url=router.url) as http, asyncio.timeout(20):
+        while counted not in (metrics := (await http.get("/metrics")).text):
+            await asyncio.sleep(0.05)
+    assert f'api="{api}",status="INTERNAL"' not in metrics
 
 
 async def test_models_lists_the_providers_models_owned_by_their_provider(
