@@ -17,9 +17,10 @@ from langchain_openai import OpenAIEmbeddings
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
+from router.http.dialect import as_spelled
 from router.http.openai_checks import conversation_refusal
 from router.service import RouterService
-from services.errors import ErrorCode
+from services.errors import ErrorCode, InferbusError
 from services.wire import JobResponse, decode_request
 from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
 from tests.conftest import RouterFactory, WorkerFactory, backend
@@ -367,6 +368,88 @@ async def test_a_client_gone_before_its_body_arrived_is_cancelled_not_a_bug(
             await asyncio.sleep(0.05)
     assert counted in metrics
     assert f'api="{api}",status="INTERNAL"' not in metrics
+
+
+@pytest.mark.parametrize(
+    ("message", "spelled", "expected"),
+    [
+        (
+            "params.max_tokens: big",
+            {"params.max_tokens": "max_output_tokens"},
+            "max_output_tokens: big",
+        ),
+        ("params.stop.str: bad", {"params.stop": "stop_sequences"}, "stop_sequences.str: bad"),
+        ("params.stopper: bad", {"params.stop": "stop_sequences"}, "params.stopper: bad"),
+        ("params.top_p: bad", {"params": "x", "params.top_p": "top_p"}, "top_p: bad"),
+        ("tools.0.function: deep", {"params.top_p": "top_p"}, "tools.0.function: deep"),
+        ("no field here", {"no field here": "x"}, "no field here"),
+    ],
+)
+def test_a_refused_job_names_the_field_as_the_dialect_spells_it(
+    message: str, spelled: dict[str, str], expected: str
+) -> None:
+    renamed = as_spelled(InferbusError(ErrorCode.BAD_REQUEST, message), spelled)
+    assert renamed.message == expected
+    other = InferbusError(ErrorCode.PAYLOAD_TOO_LARGE, message)
+    assert as_spelled(other, spelled) is other
+
+
+ASK_LONG = [{"role": "user", "content": "hi"}]
+MISSPELLED = [
+    pytest.param(
+        "/v1/chat/completions",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "max_tokens": 2**40},
+        "max_tokens",
+        id="chat",
+    ),
+    pytest.param(
+        "/v1/chat/completions",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "temperature": "hot"},
+        "temperature",
+        id="chat-temperature",
+    ),
+    pytest.param(
+        "/v1/responses",
+        {"model": TOOL_MODEL, "input": "hi", "max_output_tokens": 2**40},
+        "max_output_tokens",
+        id="responses",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "max_tokens": 2**40},
+        "max_tokens",
+        id="messages",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {
+            "model": TOOL_MODEL,
+            "messages": ASK_LONG,
+            "max_tokens": 8,
+            "stop_sequences": ["s"] * 1_000,
+        },
+        "stop_sequences",
+        id="messages-stop",
+    ),
+    pytest.param(
+        "/api/chat",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "options": {"num_predict": 2**40}},
+        "options.num_predict",
+        id="ollama-chat",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), MISSPELLED)
+async def test_a_refused_parameter_is_named_as_the_client_sent_it(
+    router: RouterService, path: str, body: dict[str, Any], field: str
+) -> None:
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        answer = await http.post(path, json=body)
+    assert answer.status_code == 400
+    assert error_message(path, answer.json()).startswith(f"{field}:")
+    if path.startswith("/v1/") and path != "/v1/messages":
+        assert answer.json()["error"]["param"] == field
 
 
 async def test_models_lists_the_providers_models_owned_by_their_provider(

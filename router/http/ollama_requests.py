@@ -35,6 +35,7 @@ from services.errors import ErrorCode, InferbusError
 from services.wire_features import canonical_arguments, stable_call_id
 
 __all__ = [
+    "OLLAMA_SPELLED",
     "chat_fields",
     "embed_fields",
     "embeddings_fields",
@@ -55,6 +56,12 @@ _PARAM_OPTIONS = {
     "stop": "stop",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
+}
+# The job's fields an Ollama body spells its own way (`format`, the `options`).
+OLLAMA_SPELLED = {
+    "params.max_tokens": "options.num_predict",
+    **{f"params.{name}": f"options.{option}" for option, name in _PARAM_OPTIONS.items()},
+    "response_format.json_schema.schema": "format",
 }
 # Model options carried in `extra` under Ollama's own names.
 _EXTRA_OPTIONS = frozenset(
