@@ -245,7 +245,7 @@ DEEP_BODIES = [
     pytest.param(
         "/api/generate",
         {"model": TOOL_MODEL, "prompt": "x", "format": nested_schema(130)},
-        "response_format.json_schema.schema",
+        "format",
         id="ollama-generate",
     ),
 ]
