@@ -3,7 +3,7 @@
 The rule, stated once: a field that changes what the answer means (tools, images,
 response_format, n > 1, logprobs, an embed job) is honoured or refused with BAD_REQUEST
 naming the field and the reason; it is never ignored. The worker asks `refusal` before it
-takes a slot; the router (phase 2) asks `needed_capabilities` to pick only nodes whose
+takes a slot; the router asks `needed_capabilities` to pick only nodes whose
 record says the model can.
 
 Capability names are Ollama's (`/api/show` `capabilities`), used for every runtime:

@@ -323,7 +323,8 @@ def usage_of(data: dict[str, Any]) -> Usage:
     )
 
 
-def _ms(data: dict[str, Any], key: str) -> float | None:
+def _duration_ms(data: dict[str, Any], key: str) -> float | None:
+    """One of Ollama's durations (ns) in ms; None when absent or not a positive number."""
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
@@ -333,9 +334,9 @@ def _ms(data: dict[str, Any], key: str) -> float | None:
 def timings_of(data: dict[str, Any]) -> RuntimeTimings | None:
     """Ollama's Metrics (nanoseconds; omitted when zero) in ms; None when it sent none."""
     timings = RuntimeTimings(
-        load_ms=_ms(data, "load_duration"),
-        prompt_ms=_ms(data, "prompt_eval_duration"),
-        eval_ms=_ms(data, "eval_duration"),
+        load_ms=_duration_ms(data, "load_duration"),
+        prompt_ms=_duration_ms(data, "prompt_eval_duration"),
+        eval_ms=_duration_ms(data, "eval_duration"),
     )
     return timings if timings != RuntimeTimings() else None
 
