@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from services.runtimes.base import ChatCall
+from services.runtimes.base import ChatCall, StreamDelta, StreamEnd, StreamEvent
+from services.runtimes.forced_tools import ForcedCall, as_forced_stream
 from services.runtimes.ollama import _parse_line
 from services.runtimes.openai_compat import _SseChunks, reasoning_of
 from services.runtimes.openai_features import feature_fields
-from services.wire import Chunk, JobRequest, Result, Thinking, encode, replay_pieces
-from services.wire_features import ToolCall
+from services.wire import Chunk, JobRequest, Result, Thinking, Usage, encode, replay_pieces
+from services.wire_features import Tool, ToolCall
 
 
 def test_a_chunk_without_reasoning_is_sent_as_it_always_was() -> None:
@@ -104,3 +106,19 @@ def test_ollamas_think_reaches_an_openai_compatible_runtime_as_enable_thinking(
     body = feature_fields(ChatCall.of("m", job))
     assert "think" not in body
     assert body["chat_template_kwargs"] == kwargs
+
+
+async def test_a_forced_calls_stream_keeps_the_reasoning_before_the_call() -> None:
+    tool = Tool.model_validate({"type": "function", "function": {"name": "f"}})
+
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield StreamDelta("", thinking="hmm")
+        yield StreamDelta('{"a": 1}')
+        yield StreamEnd("stop", Usage())
+
+    out = [event async for event in as_forced_stream(events(), ForcedCall((tool,)))]
+    assert isinstance(out[0], StreamDelta)
+    assert out[0].thinking == "hmm"
+    assert isinstance(out[1], StreamDelta)
+    assert out[1].tool_calls is not None
+    assert out[1].tool_calls[0].function.name == "f"

@@ -145,6 +145,8 @@ async def as_forced_stream(
                 yield StreamDelta("", tool_calls=[ToolCallDelta.whole(0, call)])
             yield dataclasses.replace(event, finish_reason="tool_calls")
             return
+        if event.thinking:  # the model's reasoning before the call passes as it is
+            yield StreamDelta("", thinking=event.thinking)
         if event.tool_calls:
             called = True
             yield StreamDelta("", tool_calls=event.tool_calls)
