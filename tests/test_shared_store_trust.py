@@ -33,7 +33,7 @@ from router.service import RouterService
 from services.keystore import DEFAULT_BUCKET, ROUTER_SPACE, Record, kv_key, worker_space
 from services.nats_server import NatsServer
 from services.subjects import inbox_prefix
-from services.wire import JobResponse, Result, decode_response
+from services.wire import JobRequest, JobResponse, Result, decode_request, decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.fleets import PASSWORDS, Fleet
 from tests.jobs import llm, until
@@ -348,6 +348,134 @@ async def test_a_router_never_serves_a_kept_answer_it_cannot_verify(
     assert answer["status"] == "ok"
     assert answer["cached"] is False
     assert "PLANTED" not in answer["result"]["text"]
+    assert runtime.calls[MODEL] == 1
+
+
+# --- JetStream's answers go to whatever reply subject the asker names ----------------------
+#
+# The server sends them from its own connection, past the asker's publish permissions: with
+# a direct get on its own space, gpu-a has a value it wrote there delivered on any subject
+# of the account (ncs.capabilities.gpu-b, a job
+# subject, another space of the bucket, the limits bucket).
+
+
+def relay(attacker: Attacker, own_key: str, to: str) -> Any:
+    """gpu-a asks for its own key, naming `to` as the reply subject."""
+    return attacker.nc.publish(
+        f"{DIRECT_GET}.{KV}.{worker_space('gpu-a')}.{own_key}", b"", reply=to
+    )
+
+
+async def test_gpu_a_cannot_announce_as_gpu_b_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        store_fleet(fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)) as (
+            router,
+        ),
+        await nats.connect(fleet.url, **fleet.auth("ops").connect_options()) as ops,
+    ):
+        heard: list[Msg] = []
+
+        async def keep(msg: Msg) -> None:
+            heard.append(msg)
+
+        await ops.subscribe("ncs.capabilities.gpu-b", cb=keep)
+        await until(lambda: bool(heard), timeout_s=15)  # gpu-b's own heartbeat
+        real = json.loads(heard[0].data)
+        planted_model = {**real["served_models"][0], "name": "planted:1b"}
+        forged = {
+            **real,
+            "seq": real["seq"] + 1_000,
+            "served_models": [*real["served_models"], planted_model],
+        }
+        attacker = await Attacker().connect(fleet)
+        js = attacker.nc.jetstream(timeout=2)
+        await js.publish(f"{KV}.{worker_space('gpu-a')}.kannounce", json.dumps(forged).encode())
+        view = router.fleet
+        assert view is not None
+        refused_before = view.refusals.refused
+        await relay(attacker, "kannounce", "ncs.capabilities.gpu-b")
+        await attacker.nc.flush()
+        await until(lambda: any(msg.headers for msg in heard), timeout_s=5)  # it was relayed
+        await until(lambda: view.refusals.refused > refused_before, timeout_s=5)
+        models = [model.name for model in view.nodes["gpu-b"].record.served_models]
+        await attacker.nc.close()
+    assert "planted:1b" not in models
+    assert attacker.errors == []  # the server let every step through
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: JetStream's answer to gpu-a's direct get lands in gpu-b's space when gpu-a "
+    "names that key's subject as the reply; gpu-b's records are not sealed",
+)
+async def test_gpu_a_cannot_plant_an_answer_in_gpu_bs_space_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        store_fleet(fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)),
+        await nats.connect(fleet.url, **fleet.auth("router").connect_options()) as as_router,
+    ):
+        key = f"planted-{uuid.uuid4().hex}"
+        job = json.dumps({**body("for gpu-b"), "idempotency_key": key}).encode()
+        request = decode_request(job, default_type="llm")
+        assert isinstance(request, JobRequest)
+        forged = Record(
+            state="done",
+            job=request.fingerprint(),
+            model=MODEL,
+            response=JobResponse(job_id="x", status="ok", result=Result(text="PLANTED")),
+        )
+        attacker = await Attacker().connect(fleet)
+        js = attacker.nc.jetstream(timeout=2)
+        await js.publish(f"{KV}.{worker_space('gpu-a')}.kplant", forged.model_dump_json().encode())
+        await relay(attacker, "kplant", f"{KV}.{kv_key(worker_space('gpu-b'), key)}")
+        await attacker.nc.flush()
+        await asyncio.sleep(0.5)
+        answer = decode_response((await as_router.request(llm("gpu-b"), job, timeout=15)).data)
+        await attacker.nc.close()
+    assert answer.status == "ok", answer.error
+    assert answer.result is not None
+    assert answer.result.text != "PLANTED"
+    assert runtime.calls[MODEL] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: JetStream's answer to any request of gpu-a (here its own put's ack) lands "
+    "on a kept answer (the routers' and gpu-b's copies) when gpu-a names its key as the reply",
+)
+async def test_gpu_a_cannot_wipe_a_kept_answer_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """Processes that start after the answer was kept (a new router, gpu-b restarted) have
+    only the store to tell them the key ran."""
+    key = {"Idempotency-Key": f"kept-{uuid.uuid4().hex}"}
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        for wipe_first in (False, True):
+            if wipe_first:
+                attacker = await Attacker().connect(fleet)
+                kept = (
+                    routers_kv_key(key["Idempotency-Key"]),
+                    nodes_kv_key("gpu-b", key["Idempotency-Key"]),
+                )
+                for kv_key_name in kept:
+                    own = f"{KV}.{worker_space('gpu-a')}.kack"
+                    await attacker.nc.publish(own, b"{}", reply=f"{KV}.{kv_key_name}")
+                await attacker.nc.flush()
+                await attacker.nc.close()
+                await asyncio.sleep(0.5)
+            async with store_fleet(
+                fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)
+            ) as (router,):
+                answer = await http.post(f"{router.url}/infer", json=body("kept"), headers=key)
+                assert answer.status_code == 200, answer.text
     assert runtime.calls[MODEL] == 1
 
 
