@@ -19,10 +19,11 @@ import nats.errors
 import pytest
 
 from router.service import RouterService
+from services.keystore import DEFAULT_BUCKET, worker_space
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.fleets import Fleet
 from tests.jobs import until
-from tests.test_shared_store_trust import Attacker, sees_nodes
+from tests.test_shared_store_trust import ROUTERS_STORE, Attacker, sees_nodes
 from tools.simulator import SimModel, Simulator
 
 MODEL = "llama3:8b"
@@ -37,9 +38,14 @@ def tenant_hex(name: str) -> str:
 
 @contextlib.asynccontextmanager
 async def limited_fleet(
-    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory, runtime: Simulator
+    fleet: Fleet,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    runtime: Simulator,
+    idempotency: dict[str, Any] | None = None,
 ) -> AsyncIterator[list[RouterService]]:
-    """Two routers with shared limits in the committed bucket, one worker (gpu-a)."""
+    """Two routers with shared limits in the committed bucket (and `idempotency` as their
+    idempotency settings), one worker (gpu-a)."""
     http = {"host": "127.0.0.1", "port": 0, "api_keys": TENANTS}
     async with contextlib.AsyncExitStack() as stack:
         routers = [
@@ -49,6 +55,7 @@ async def limited_fleet(
                     nats=fleet.auth("router"),
                     http=http,
                     limits={"shared": True, "bucket": BUCKET},
+                    idempotency=idempotency or {},
                 )
             )
             for _ in range(2)
@@ -155,6 +162,42 @@ async def test_a_worker_can_neither_read_nor_write_the_limits_bucket(
     assert b"forger" not in (after or b"")
     assert kept is not None
     assert again.status_code == 200  # the tenant is not blocked by a forged holding
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: JetStream answers gpu-a's direct get on its own space of the idempotency "
+    "store on any reply subject it names, the limits bucket's keys included",
+)
+async def test_a_worker_cannot_relay_a_forged_holding_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """With the shared idempotency store on too, gpu-a may direct-get its own space; the
+    server sends the answer to the reply subject gpu-a names (tests/test_shared_store_trust.py)."""
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        limited_fleet(fleet, start_worker, start_router, runtime, ROUTERS_STORE) as routers,
+        httpx.AsyncClient(timeout=30, headers={"Authorization": "Bearer key-pair"}) as http,
+    ):
+        await until(lambda: routers[0].gate.shared is not None, timeout_s=10)
+        first = await http.post(f"{routers[0].url}/infer", json=body("first"))
+        attacker = await Attacker().connect(fleet)
+        js = attacker.nc.jetstream(timeout=2)
+        own = f"$KV.{DEFAULT_BUCKET}.{worker_space('gpu-a')}.kholding"
+        await js.publish(own, json.dumps({"forger": [1000, 9e12, 1]}).encode())
+        await attacker.nc.publish(
+            f"$JS.API.DIRECT.GET.KV_{DEFAULT_BUCKET}.{own}",
+            b"",
+            reply=f"{KV}.running.{tenant_hex('pair')}",
+        )
+        await attacker.nc.flush()
+        await asyncio.sleep(0.5)
+        again = await http.post(
+            f"{routers[1].url}/infer", json={**body("again"), "timeout_ms": 5_000}
+        )
+        await attacker.nc.close()
+    assert first.status_code == 200
+    assert again.status_code == 200, again.text  # the tenant is not blocked
 
 
 @pytest.mark.parametrize("user", ["gpu-a", "gpu-b"])
