@@ -10,9 +10,10 @@ dies stops renewing and the key is free again once its lease has passed.
 Spaces (the first tokens of a KV key; ops/nats/README.md has the trust table):
 
     r.<hash>           routers: their claims and the answers they keep, every record
-                       sealed with a key only routers hold (router/admission/sealing.py)
+                       sealed with a key only routers hold (services/sealing.py)
     n.<node>.<hash>    worker <node>: its claims and answers, for its own restarts and
-                       replicas; no other node may read or write them
+                       replicas; no other node may read or write them, and what the node
+                       does not seal itself (a key from its NATS secret) it never replays
 
 KV keys allow only `[-/_=.a-zA-Z0-9]`; idempotency keys may hold anything, so the key's
 last token is a hash of it. Leases are wall-clock (unix ms) because they are read on other
@@ -96,7 +97,8 @@ class Codec(Protocol):
 
 
 class PlainRecords:
-    """JSON as it is: for a worker's own space, which only it can read and write."""
+    """JSON as it is: for a worker with no NATS secret to seal with (an open server, where
+    any process may write anything anyway)."""
 
     def encode(self, kv_key: str, record: Record) -> bytes:
         return record.model_dump_json(exclude_none=True).encode()
@@ -242,6 +244,7 @@ class SharedKeys:
         *,
         bucket: str,
         space: str,
+        codec: Codec | None = None,
         refused: Callable[[], str | None] = lambda: None,
         timeout_s: float = OP_TIMEOUT_S,
     ) -> SharedKeys:
@@ -262,7 +265,7 @@ class SharedKeys:
             raise StoreUnavailable(f"JetStream refused this account: {error.description}") from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise StoreUnavailable(_no_answer("$JS.API.INFO", refused())) from None
-        keys = cls(_bound(js, bucket), space=space)
+        keys = cls(_bound(js, bucket), space=space, codec=codec)
         probe = f"{space}.probe"
         try:
             await keys._kv.put(probe, b"{}")

@@ -406,11 +406,6 @@ async def test_gpu_a_cannot_announce_as_gpu_b_through_jetstreams_answers(
     assert attacker.errors == []  # the server let every step through
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: JetStream's answer to gpu-a's direct get lands in gpu-b's space when gpu-a "
-    "names that key's subject as the reply; gpu-b's records are not sealed",
-)
 async def test_gpu_a_cannot_plant_an_answer_in_gpu_bs_space_through_jetstreams_answers(
     fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
 ) -> None:
