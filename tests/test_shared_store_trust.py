@@ -208,6 +208,30 @@ async def test_a_key_whose_router_was_killed_runs_through_another_after_the_leas
     assert runtime.calls[MODEL] == 1  # the node still ran the first: the duplicate joined
 
 
+async def test_a_restarted_worker_replays_what_it_sealed_before(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """gpu-b's records are sealed with a key from its credentials: the next gpu-b process,
+    with the same credentials, opens them."""
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        await nats.connect(fleet.url, **fleet.auth("router").connect_options()) as as_router,
+    ):
+        job = json.dumps({**body("kept by gpu-b"), "idempotency_key": uuid.uuid4().hex}).encode()
+        answers = []
+        for _ in range(2):  # a new gpu-b process each time
+            async with store_fleet(
+                fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)
+            ):
+                reply = await as_router.request(llm("gpu-b"), job, timeout=15)
+                answers.append(decode_response(reply.data))
+    first, again = answers
+    assert first.status == "ok", first.error
+    assert again.cached is True
+    assert again.result == first.result
+    assert runtime.calls[MODEL] == 1
+
+
 # --- the attacks, with gpu-a's credentials ---------------------------------------------------
 
 
