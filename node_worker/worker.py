@@ -54,7 +54,6 @@ from services.capabilities import Capabilities, Hardware, record_ttl_s
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
 from services.keystore import (
     BucketMissing,
-    Codec,
     PlainRecords,
     SharedKeys,
     StoreUnavailable,
@@ -66,7 +65,6 @@ from services.reachability import NatsOutage
 from services.runtimes import new_http_client
 from services.runtimes.base import Runtime
 from services.runtimes.errors import redact
-from services.sealing import SealedRecords, node_key
 from services.shared_claims import SharedClaims
 from services.subjects import WORKER_QUEUE_GROUP, Subjects, inbox_prefix
 from services.tracing import Span, Tracing
@@ -319,19 +317,9 @@ class Worker(AsyncService):
             self.nc,
             bucket=self.settings.idempotency.bucket,
             space=worker_space(self.node_id),
-            codec=self._records(),
             refused=lambda: "; ".join(dict.fromkeys(self._refusals)) or None,
             timeout_s=STORE_JOIN_TIMEOUT_S,
         )
-
-    def _records(self) -> Codec:
-        """Sealed with a key from this node's NATS secret, so that it replays only what it
-        kept itself (services/sealing.py); plain without a secret (an open server, where
-        any process may write anything anyway)."""
-        secret = self.settings.nats.secret()
-        if secret is None:
-            return PlainRecords()
-        return SealedRecords(node_key(secret, self.node_id))
 
     async def _join_later(self) -> None:
         while True:

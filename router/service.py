@@ -32,6 +32,7 @@ from nats.aio.client import Client as NatsClient
 from router.admission.idempotency import IdempotencyGate, KeptAnswers, fleet_model
 from router.admission.limits_bucket import open_bucket
 from router.admission.line import Admission
+from router.admission.sealing import SealedRecords
 from router.admission.shared_limits import SharedCounters
 from router.admission.shared_running import SharedRunning
 from router.admission.slots import LaneSlots
@@ -64,7 +65,6 @@ from services.lifecycle import AsyncService
 from services.reachability import NatsOutage
 from services.runtimes import make_runtime, new_http_client
 from services.runtimes.errors import redact
-from services.sealing import SealedRecords
 from services.settings import ConfigError
 from services.shared_claims import SharedClaims
 from services.subjects import Subjects

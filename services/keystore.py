@@ -10,10 +10,10 @@ dies stops renewing and the key is free again once its lease has passed.
 Spaces (the first tokens of a KV key; ops/nats/README.md has the trust table):
 
     r.<hash>           routers: their claims and the answers they keep, every record
-                       sealed with a key only routers hold (services/sealing.py)
+                       sealed with a key only routers hold (router/admission/sealing.py)
     n.<node>.<hash>    worker <node>: its claims and answers, for its own restarts and
-                       replicas; no other node may read or write them, and what the node
-                       does not seal itself (a key from its NATS secret) it never replays
+                       replicas, where the operator grants a worker the store (the
+                       shipped setups grant workers no JetStream at all: ops/nats/README.md)
 
 KV keys allow only `[-/_=.a-zA-Z0-9]`; idempotency keys may hold anything, so the key's
 last token is a hash of it. Leases are wall-clock (unix ms) because they are read on other
@@ -97,8 +97,7 @@ class Codec(Protocol):
 
 
 class PlainRecords:
-    """JSON as it is: for a worker with no NATS secret to seal with (an open server, where
-    any process may write anything anyway)."""
+    """JSON as it is: for a worker's own space, which only it can read and write."""
 
     def encode(self, kv_key: str, record: Record) -> bytes:
         return record.model_dump_json(exclude_none=True).encode()
@@ -244,7 +243,6 @@ class SharedKeys:
         *,
         bucket: str,
         space: str,
-        codec: Codec | None = None,
         refused: Callable[[], str | None] = lambda: None,
         timeout_s: float = OP_TIMEOUT_S,
     ) -> SharedKeys:
@@ -265,7 +263,7 @@ class SharedKeys:
             raise StoreUnavailable(f"JetStream refused this account: {error.description}") from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise StoreUnavailable(_no_answer("$JS.API.INFO", refused())) from None
-        keys = cls(_bound(js, bucket), space=space, codec=codec)
+        keys = cls(_bound(js, bucket), space=space)
         probe = f"{space}.probe"
         try:
             await keys._kv.put(probe, b"{}")
@@ -341,6 +339,12 @@ def _bound(js: nats.js.JetStreamContext, bucket: str) -> KeyValue:
 
 
 def _no_answer(subject: str, refusal: str | None) -> str:
+    if refusal and any(head in refusal.lower() for head in ("$js.", "$kv.")):
+        return (
+            f"not granted to this node's NATS user ({refusal}): on this setup the shared "
+            'store is the routers\' (idempotency.store = "jetstream" in the router config); '
+            'set idempotency.store = "memory" on this worker'
+        )
     if refusal:
         return f"NATS refused a grant the idempotency store needs: {refusal}"
     return (

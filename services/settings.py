@@ -169,16 +169,6 @@ class NatsAuth(BaseModel):
             }
         )
 
-    def secret(self) -> bytes | None:
-        """What this process proves itself with and nobody else holds (the password,
-        token, nkey seed file or creds file), or None without one (an open server)."""
-        if self.password is not None:
-            return self.password.get_secret_value().encode()
-        if self.token is not None:
-            return self.token.get_secret_value().encode()
-        path = self.nkey_seed_file or self.creds_file
-        return path.read_bytes() if path is not None else None
-
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect`."""
         options: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from router.admission.idempotency import (
     KeyedJob,
     scoped_key,
 )
+from router.admission.sealing import SealedRecords
 from router.admission.tenants import SHARED_SCOPE, tenant_of
 from router.attempts.route import Route
 from router.serving.call import Call, Calls
@@ -27,7 +28,6 @@ from services.keystore import (
     kv_key,
     worker_space,
 )
-from services.sealing import SealedRecords, node_key
 from services.wire import JobRequest, JobResponse, Result
 from tests.jobs import until
 
@@ -254,14 +254,3 @@ def test_a_sealed_record_opens_only_under_its_key_and_kv_key_unchanged() -> None
 def test_a_sealing_key_is_32_bytes() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         SealedRecords(b"short")
-
-
-def test_a_nodes_key_comes_from_its_own_secret_and_id() -> None:
-    """Its restarts and replicas (same secret, same id) open what it sealed; another node
-    (another secret, or the same secret under another id) does not."""
-    own = SealedRecords(node_key(b"gpu-b's password", "gpu-b"))
-    sealed = own.encode("n.gpu-b.kabc", SEALED_ANSWER)
-    again = SealedRecords(node_key(b"gpu-b's password", "gpu-b"))
-    assert again.decode("n.gpu-b.kabc", sealed) == SEALED_ANSWER
-    for secret, node in [(b"gpu-a's password", "gpu-b"), (b"gpu-b's password", "gpu-a")]:
-        assert SealedRecords(node_key(secret, node)).decode("n.gpu-b.kabc", sealed) is None

@@ -19,11 +19,16 @@ import nats.errors
 import pytest
 
 from router.service import RouterService
-from services.keystore import DEFAULT_BUCKET, worker_space
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.fleets import Fleet
 from tests.jobs import until
-from tests.test_shared_store_trust import ROUTERS_STORE, Attacker, sees_nodes
+from tests.test_shared_store_trust import (
+    ROUTERS_STORE,
+    Attacker,
+    relay_everything,
+    sees_nodes,
+    worker_block_of_accounts_conf,
+)
 from tools.simulator import SimModel, Simulator
 
 MODEL = "llama3:8b"
@@ -164,39 +169,31 @@ async def test_a_worker_can_neither_read_nor_write_the_limits_bucket(
     assert again.status_code == 200  # the tenant is not blocked by a forged holding
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: JetStream answers gpu-a's direct get on its own space of the idempotency "
-    "store on any reply subject it names, the limits bucket's keys included",
-)
 async def test_a_worker_cannot_relay_a_forged_holding_through_jetstreams_answers(
     fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
 ) -> None:
-    """With the shared idempotency store on too, gpu-a may direct-get its own space; the
-    server sends the answer to the reply subject gpu-a names (tests/test_shared_store_trust.py)."""
+    """JetStream answers a request on whatever reply subject the asker names, past the
+    asker's publish permissions: gpu-a naming the tenant's running-calls key would write a
+    holding there. Its credentials may ask JetStream nothing (tests/test_shared_store_trust.py)."""
     async with (
         Simulator(models=[SimModel(MODEL)]) as runtime,
         limited_fleet(fleet, start_worker, start_router, runtime, ROUTERS_STORE) as routers,
         httpx.AsyncClient(timeout=30, headers={"Authorization": "Bearer key-pair"}) as http,
+        await nats.connect(fleet.url, **fleet.auth("ops").connect_options()) as ops,
     ):
         await until(lambda: routers[0].gate.shared is not None, timeout_s=10)
         first = await http.post(f"{routers[0].url}/infer", json=body("first"))
         attacker = await Attacker().connect(fleet)
-        js = attacker.nc.jetstream(timeout=2)
-        own = f"$KV.{DEFAULT_BUCKET}.{worker_space('gpu-a')}.kholding"
-        await js.publish(own, json.dumps({"forger": [1000, 9e12, 1]}).encode())
-        await attacker.nc.publish(
-            f"$JS.API.DIRECT.GET.KV_{DEFAULT_BUCKET}.{own}",
-            b"",
-            reply=f"{KV}.running.{tenant_hex('pair')}",
-        )
-        await attacker.nc.flush()
-        await asyncio.sleep(0.5)
+        key = f"running.{tenant_hex('pair')}"
+        forged = json.dumps({"forger": [1000, 9e12, 1]}).encode()
+        await relay_everything(attacker, f"{KV}.{key}", forged)
+        held = (await (await ops.jetstream().key_value(BUCKET)).get(key)).value
         again = await http.post(
             f"{routers[1].url}/infer", json={**body("again"), "timeout_ms": 5_000}
         )
         await attacker.nc.close()
     assert first.status_code == 200
+    assert b"forger" not in (held or b"")
     assert again.status_code == 200, again.text  # the tenant is not blocked
 
 
@@ -213,8 +210,4 @@ def test_no_worker_grant_names_the_limits_bucket(user: str) -> None:
     assert not [s for s in grants["pub"]["allow"] + grants["sub"]["allow"] if BUCKET in s]
     router = module.router_permissions()
     assert any(BUCKET in s for s in router["pub"]["allow"])
-    conf = (ops_nats / "accounts.conf").read_text()
-    worker_block = conf[
-        conf.index(f"user: {user}") : conf.index("allow_responses", conf.index(f"user: {user}"))
-    ]
-    assert BUCKET not in worker_block
+    assert BUCKET not in worker_block_of_accounts_conf(user)

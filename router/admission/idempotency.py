@@ -22,7 +22,7 @@ never meet and no API key travels on the bus. Then, per scoped key:
 - anything else is served by `Router.dispatch`. With the shared JetStream store, first
   through the routers' space of it (`services.shared_claims`): this router claims the
   key with a lease it renews while it dispatches, then keeps the answer there, sealed
-  (services/sealing.py); a router that finds the key claimed waits for that
+  (router/admission/sealing.py); a router that finds the key claimed waits for that
   answer while the lease lives and replays it, so duplicates across routers reach one
   node and one runtime call, and a key whose router died is run again after its lease.
 

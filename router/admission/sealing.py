@@ -1,15 +1,11 @@
-"""Records kept in the shared store, sealed: the routers' with a key only routers hold,
-a worker's with a key derived from its own NATS secret (`node_key`).
+"""Records routers keep in the shared store, sealed with a key only routers hold.
 
 XChaCha20-Poly1305 (libsodium's AEAD, through PyNaCl, which nats-py's nkeys support
 already brings): a record is secret to anyone without the key and cannot be changed, made
 up, or moved to another KV key without the opening failing (the KV key is the associated
 data). So even with a bucket readable or writable by more than the routers (a
 misconfigured grant, an open server, a stolen backup), a router never serves a kept answer
-it cannot verify: `decode` answers None, and the key's claim is taken over. A worker's
-space needs the same: JetStream answers a request on whatever reply subject the asker
-names, so another node's credentials can get bytes of their choosing stored under this
-node's keys (ops/nats/README.md); only this node can seal a record it will replay.
+it cannot verify: `decode` answers None, and the key's claim is taken over.
 
     value = "s1." + base64url(nonce (24 random bytes) + ciphertext and tag)
 """
@@ -17,7 +13,6 @@ node's keys (ops/nats/README.md); only this node can seal a record it will repla
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 
 import nacl.bindings
@@ -26,24 +21,15 @@ import pydantic
 
 from services.keystore import Record
 
-__all__ = ["KEY_BYTES", "SealedRecords", "node_key"]
+__all__ = ["KEY_BYTES", "SealedRecords"]
 
 KEY_BYTES = 32
 _NONCE_BYTES = 24
 _VERSION = b"s1."
 
 
-def node_key(secret: bytes, node_id: str) -> bytes:
-    """A worker's sealing key: from the secret it proves itself to NATS with (password,
-    token, nkey seed or creds file), which no other node holds, and its node id. Its
-    replicas and restarts, holding the same secret, derive the same key."""
-    material = node_id.encode() + b"\0" + secret
-    return hashlib.blake2b(material, digest_size=KEY_BYTES, person=b"inferbus-node").digest()
-
-
 class SealedRecords:
-    """A codec for one space of the store (`services.keystore.Codec`): records sealed
-    with `key`, the KV key as associated data."""
+    """The routers' codec for their space of the store (`services.keystore.Codec`)."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
