@@ -452,7 +452,7 @@ async def test_gpu_a_cannot_wipe_nor_replace_a_kept_answer_through_jetstreams_an
     assert runtime.calls[MODEL] == 1
 
 
-async def test_gpu_a_cannot_announce_as_gpu_b_through_jetstreams_answers(
+async def test_no_one_announces_as_gpu_b_through_jetstreams_answers(
     fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
 ) -> None:
     async with (
@@ -479,11 +479,23 @@ async def test_gpu_a_cannot_announce_as_gpu_b_through_jetstreams_answers(
         attacker = await Attacker().connect(fleet)
         await relay_everything(attacker, "ncs.capabilities.gpu-b", json.dumps(forged).encode())
         await ops.flush()
+        from_gpu_a = [msg for msg in heard if msg.headers]  # what JetStream handed out
+        # A router's credentials do hold JetStream grants (the routers' space): the same
+        # relay from them is delivered, and routers refuse it by JetStream's headers.
         view = router.fleet
         assert view is not None
+        refused_before = view.refusals.refused
+        async with await nats.connect(
+            fleet.url, **fleet.auth("router").connect_options()
+        ) as as_router:
+            own = f"{KV}.{ROUTER_SPACE}.kannounce"
+            await as_router.jetstream().publish(own, json.dumps(forged).encode())
+            await as_router.publish(f"{DIRECT_GET}.{own}", b"", reply="ncs.capabilities.gpu-b")
+            await until(lambda: any(msg.headers for msg in heard), timeout_s=5)
+            await until(lambda: view.refusals.refused > refused_before, timeout_s=5)
         models = [model.name for model in view.nodes["gpu-b"].record.served_models]
         await attacker.nc.close()
-    assert not [msg for msg in heard if msg.headers]  # nothing JetStream handed out
+    assert from_gpu_a == []
     assert "planted:1b" not in models
 
 
