@@ -427,7 +427,7 @@ async def test_gpu_a_cannot_wipe_nor_replace_a_kept_answer_through_jetstreams_an
     """A router that starts after the answer was kept has only the store to tell it the
     key ran: an ack or planted bytes over the kept answer would make the key run again."""
     key = {"Idempotency-Key": f"kept-{uuid.uuid4().hex}"}
-    answers = []
+    answers: list[dict[str, Any]] = []
     async with (
         Simulator(models=[SimModel(MODEL)]) as runtime,
         httpx.AsyncClient(timeout=30) as http,
@@ -688,7 +688,11 @@ async def test_a_worker_granted_the_store_runs_it_and_its_grant_relays_anywhere(
             errors.append(str(error).lower())
 
         await attacker.connect(
-            server.url, error_cb=remember, inbox_prefix=inbox_prefix("gpu-x"), **worker_auth
+            server.url,
+            error_cb=remember,
+            inbox_prefix=inbox_prefix("gpu-x"),
+            user="gpu-x",
+            password="pw",
         )
         await attacker.publish("anywhere.gpu-x", b"refused")
         await until(lambda: any('publish to "anywhere.gpu-x"' in error for error in errors), 5)
