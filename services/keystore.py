@@ -60,6 +60,9 @@ DEFAULT_BUCKET = "inferbus_idempotency"
 ROUTER_SPACE = "r"
 # How long one store operation may take before the store counts as unreachable.
 OP_TIMEOUT_S = 5.0
+# What the bucket may hold on the server's disk at most (routers' `idempotency.max_bytes`):
+# past it, a new claim or answer is refused and its job runs unguarded, logged.
+DEFAULT_MAX_BYTES = 1 << 30
 # JetStream keeps a bucket's TTL in int64 nanoseconds and refuses a longer one (the bucket
 # is then never created): processes bound `idempotency.ttl_s` by it at start.
 MAX_TTL_S = (2**63 - 1) // 10**9
@@ -154,8 +157,11 @@ class BucketMissing(StoreUnavailable):
     """JetStream answers, but the bucket is not there (yet: routers make it)."""
 
 
-def bucket_config(bucket: str, ttl_s: float) -> api.StreamConfig:
-    """The bucket's stream: a KV bucket in which only grants decide who reads what."""
+def bucket_config(
+    bucket: str, ttl_s: float, max_bytes: int = DEFAULT_MAX_BYTES
+) -> api.StreamConfig:
+    """The bucket's stream: a KV bucket in which only grants decide who reads what, of at
+    most `max_bytes`."""
     return api.StreamConfig(
         name=f"KV_{bucket}",
         subjects=[f"$KV.{bucket}.>"],
@@ -168,7 +174,7 @@ def bucket_config(bucket: str, ttl_s: float) -> api.StreamConfig:
         max_age=ttl_s,
         max_msgs_per_subject=1,
         max_msgs=-1,
-        max_bytes=-1,
+        max_bytes=max_bytes,
         max_msg_size=-1,
         max_consumers=-1,
     )
@@ -215,14 +221,16 @@ class SharedKeys:
         ttl_s: float,
         space: str,
         codec: Codec,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         timeout_s: float = OP_TIMEOUT_S,
     ) -> SharedKeys:
-        """Make the bucket or bind to the one there, and check it (routers).
+        """Make the bucket or bind to the one there, and check it (routers). One made with
+        other limits (TTL, size) is used as it is.
 
         Raises StoreUnavailable (or a NATS error the caller reports as a start-up failure).
         """
         js = nc.jetstream(timeout=timeout_s)
-        wanted = bucket_config(bucket, ttl_s)
+        wanted = bucket_config(bucket, ttl_s, max_bytes)
         try:
             info = await js.add_stream(wanted)
         except nats.js.errors.BadRequestError:

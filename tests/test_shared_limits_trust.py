@@ -107,9 +107,11 @@ async def test_routers_share_limits_within_their_grants(
         )
         kv = await ops.jetstream().key_value(BUCKET)
         keys = await kv.keys()
+        made = (await ops.jetstream().stream_info(f"KV_{BUCKET}")).config
         running = json.loads((await kv.get(f"running.{tenant_hex('pair')}")).value or b"{}")
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
     assert runtime.peak_connections == 1
+    assert made.max_bytes == 64 << 20  # limits.max_bytes, the default
     assert any(key.startswith(f"rpm.{tenant_hex('pair')}.") for key in keys), keys
     assert {holding[0] for holding in running.values()} == {0}  # every call given back
     assert "permissions violation" not in caplog.text.lower()
