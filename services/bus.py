@@ -27,9 +27,10 @@ def relayed_by_jetstream(headers: dict[str, str] | None) -> bool:
     """Whether a message was handed out by JetStream rather than published by a process.
 
     JetStream sends its answers to whatever reply subject the asker names, from the
-    server's own connection, past the asker's publish permissions: a worker granted a
-    direct get on its own space of a bucket can have a value it wrote there delivered to
-    `ncs.capabilities.<another node>`. Such a message carries JetStream's headers.
+    server's own connection, past the asker's publish permissions: credentials granted a
+    direct get on a bucket (a router's; shipped workers hold no JetStream grant) can have
+    a value they wrote there delivered to `ncs.capabilities.<node>`. Such a message
+    carries JetStream's headers.
     """
     return headers is not None and any(name in headers for name in _JETSTREAM_HEADERS)
 
