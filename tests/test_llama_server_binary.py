@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -214,21 +215,26 @@ async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
     nc: NatsClient,
     start_router: RouterFactory,
     node_id: str,
-    gguf_dir: Path,
 ) -> None:
     """Two workers, each in front of its own llama-server serving the same model. The
     stream starts on the first; after its first piece that node's llama-server is frozen,
     a second node joins, and the first node's worker is killed: the stream goes on on the
-    second node, which is sent the text so far to continue (its prompt is longer by it),
-    and the client's stream stays contiguous."""
-    path = gguf_dir / "tiny-first.gguf"
+    second node and the client's stream stays contiguous, no piece repeated.
+
+    The model has a long context and is asked for 3,000 tokens (about a second on an idle
+    core; the 512-token tiny model is done in 0.03 s, before the freeze can land). The
+    second node's request carried the prefix: its answer is exactly what that llama-server
+    continues the rendered conversation plus the prefix with on its raw `/completion`."""
+    path = write_tiny_llama_gguf(tmp_path / "tiny-long.gguf", context_length=8192)
     victim, other = f"{node_id}-victim", f"{node_id}-other"
-    ask_for = {"model": "tiny-first", "prompt": "hi", "max_tokens": 200, "temperature": 0}
+    ask_for = {"model": "tiny-long", "prompt": "hi", "max_tokens": 3000, "temperature": 0}
+    one_slot = ("-c", "4096", "-np", "1")
     lines: list[dict[str, Any]] = []
     async with (
-        llama_server_process(path, "-c", "1024") as (first_url, first_server),
-        llama_server(path, "-c", "1024") as second_url,
+        llama_server_process(path, *one_slot) as (first_url, first_server),
+        llama_server(path, *one_slot) as second_url,
         worker_process(tmp_path, victim, nats_server.url, first_url, kind="llamacpp") as killed,
+        httpx.AsyncClient(base_url=second_url, timeout=60) as second,
     ):
         await wait_for_worker(nc, llm(victim))
         async with (
@@ -244,18 +250,83 @@ async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
             ):
                 await wait_for_worker(nc, llm(other))
                 await until(lambda: other in router.fleet.nodes, timeout_s=10)
-                plain = await ask(nc, llm(other), {**ask_for, "max_tokens": 1})
                 killed.kill()
                 lines.extend([json.loads(line) async for line in stream])
-    final = lines[-1]
-    assert plain.result is not None
-    assert final["status"] == "ok", final
-    route = final["route"]
-    assert route["resumed"] == 1
+        final = lines[-1]
+        assert final["status"] == "ok", final
+        route = final["route"]
+        assert route["resumed"] == 1, "the first node finished before the freeze"
+        sent_first = route["attempts"][0]["resumed_after"]
+        deltas = [line["delta"] for line in lines[:-1]]
+        prefix, continuation = "".join(deltas[:sent_first]), "".join(deltas[sent_first:])
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": prefix}]
+        rendered = (await second.post("/apply-template", json={"messages": messages})).json()
+        direct = await second.post(
+            "/completion",
+            json={
+                "prompt": rendered["prompt"],
+                "n_predict": 3000 - sent_first,
+                "temperature": 0,
+                "cache_prompt": False,
+            },
+        )
     assert [attempt["node"] for attempt in route["attempts"]] == [victim, other]
     assert [line["seq"] for line in lines[:-1]] == list(range(1, len(lines)))
-    sent_first = route["attempts"][0]["resumed_after"]
-    prefix = "".join(line["delta"] for line in lines[:sent_first])
-    assert final["result"]["text"].startswith(prefix)
-    # the continuing node was sent the text so far: its prompt is longer than the question's
-    assert final["result"]["usage"]["prompt_tokens"] > plain.result.usage.prompt_tokens
+    assert rendered["prompt"].endswith(f"assistant: {prefix}")  # a prefill, not a new turn
+    assert continuation == direct.json()["content"]  # only what is new: no echo, no gap
+    assert final["result"]["text"] == prefix + continuation
+    usage = final["result"]["usage"]
+    assert usage["completion_tokens"] == 3000  # the cap held across both nodes
+    by_attempt = [attempt["usage"] for attempt in route["attempts"]]
+    assert by_attempt[0]["completion_tokens"] == sent_first
+    assert sum(used["prompt_tokens"] for used in by_attempt) == usage["prompt_tokens"]
+
+
+async def test_the_official_ollama_client_through_a_llama_server_node(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str, gguf_dir: Path
+) -> None:
+    """The fleet as one Ollama with llama.cpp's own server behind the node: the answer in
+    Ollama's shapes with llama-server's real `timings` as nanosecond durations, the model
+    listed, running "forever" (llama-server keeps it loaded) on its node, and shown."""
+    options = {"num_predict": 4, "temperature": 0, "top_k": 1, "seed": 1, "num_ctx": 512}
+    async with (
+        llama_server(gguf_dir / "tiny-first.gguf", "-c", "1024") as url,
+        start_worker(backends=[llama(url)]),
+        start_router() as router,
+        ollama.AsyncClient(host=router.url) as client,
+    ):
+        question = [{"role": "user", "content": "hello"}]
+        whole = await client.chat("tiny-first", question, options=options, keep_alive="5m")
+        parts = [
+            part
+            async for part in await client.chat(
+                "tiny-first", question, stream=True, options=options
+            )
+        ]
+        generated = await client.generate("tiny-first", "Once upon a time", options=options)
+        listed = await client.list()
+        running = await client.ps()
+        shown = await client.show("tiny-first")
+        async with httpx.AsyncClient() as http:
+            raw_ps = (await http.get(f"{router.url}/api/ps")).json()["models"]
+    assert (whole.done, whole.done_reason, whole.eval_count) == (True, "length", 4)
+    # llama-server's own `timings` (prompt_ms, predicted_ms), in nanoseconds
+    assert whole.prompt_eval_duration
+    assert whole.eval_duration
+    assert whole.total_duration
+    assert whole.total_duration >= whole.eval_duration
+    assert "".join(part.message.content or "" for part in parts) == whole.message.content
+    assert (parts[-1].done, parts[-1].done_reason) == (True, "length")
+    assert parts[-1].eval_duration
+    assert (generated.eval_count, generated.done_reason) == (4, "length")
+    assert "tiny-first" in [model.model for model in listed.models]
+    loaded = next(model for model in running.models if model.model == "tiny-first")
+    assert loaded.expires_at is not None
+    assert loaded.expires_at.year > 2100
+    assert {"model": "tiny-first", "node": node_id}.items() <= next(
+        entry for entry in raw_ps if entry["model"] == "tiny-first"
+    ).items()
+    assert shown.details is not None
+    assert shown.details.format == "gguf"
+    assert shown.capabilities is not None
+    assert "completion" in shown.capabilities
