@@ -257,18 +257,18 @@ async def test_the_router_answers_413_for_embeddings_that_cannot_fit_the_bus(
     ("path", "body", "param"),
     [
         ("/v1/embeddings", {"model": EMBEDDER, "input": many(200_000)}, "input"),
-        ("/v1/embeddings", {"model": EMBEDDER, "input": "x", "dimensions": 2**70}, None),
+        ("/v1/embeddings", {"model": EMBEDDER, "input": "x", "dimensions": 2**70}, "dimensions"),
         (
             "/v1/chat/completions",
             {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}],
              "max_tokens": 2**64},
-            None,
+            "max_tokens",
         ),
         (
             "/v1/chat/completions",
             {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}],
              "stop": ["s"] * 1_000},
-            None,
+            "stop",
         ),
         (
             "/v1/chat/completions",
