@@ -442,6 +442,7 @@ class JobPipeline:
             tool_calls=reply.tool_calls,
             logprobs=reply.logprobs,
             thinking=reply.thinking,
+            stop_sequence=reply.stop_sequence,
         )
         return answer, reply.timings
 

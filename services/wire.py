@@ -329,7 +329,9 @@ class Usage(BaseModel):
 class Result(BaseModel):
     """The answer: text and/or `tool_calls` (then `finish_reason: tool_calls`); an embed
     job's `embeddings`, one vector per input in input order; `logprobs` when asked, in
-    OpenAI's shape (`{"content": [{token, logprob, bytes, top_logprobs}]}`)."""
+    OpenAI's shape (`{"content": [{token, logprob, bytes, top_logprobs}]}`);
+    `stop_sequence`: the caller's stop string that ended the answer, where the runtime
+    says which did (vLLM); absent otherwise."""
 
     text: str = ""
     finish_reason: str | None = None
@@ -341,6 +343,7 @@ class Result(BaseModel):
     # The model's reasoning before its answer, when the job asked a thinking model to
     # think; None (not sent on the wire) otherwise.
     thinking: str | None = None
+    stop_sequence: str | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -107,6 +107,7 @@ def result_of(reply: ChatReply) -> Result:
         tool_calls=reply.tool_calls,
         logprobs=reply.logprobs,
         thinking=clean_text(reply.thinking) if reply.thinking else None,
+        stop_sequence=reply.stop_sequence,
     )
 
 

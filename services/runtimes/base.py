@@ -80,6 +80,8 @@ class ChatReply:
     # The model's reasoning (Ollama `message.thinking`, OpenAI-compatible
     # `reasoning_content`), when it gave any.
     thinking: str | None = None
+    # The caller's stop string that ended the answer, where the runtime says (vLLM).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class StreamEnd:
     usage: Usage
     model: str | None = None
     timings: RuntimeTimings | None = None
+    stop_sequence: str | None = None
 
 
 StreamEvent = StreamDelta | StreamEnd

@@ -130,6 +130,7 @@ async def stream_within(
                                 timings=event.timings
                                 or measured_timings(started, first_piece, clock()),
                                 thinking="".join(thoughts) or None,
+                                stop_sequence=event.stop_sequence,
                             ),
                         )
                     if first_piece is None:
