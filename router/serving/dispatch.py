@@ -4,6 +4,7 @@
       → the router node's own runtime over HTTP (works without NATS), for the request's
         own model
       → the profile's static config (or, failing one, its fallback's or the hard default's)
+      → fleet nodes serving its fallback profile, once its own static config failed
       → the router node's own runtime for what selection fell back to there: a fallback
         profile's model, the hard default
       → the cloud chain, when configured fallbacks name cloud models
@@ -235,7 +236,27 @@ class Router:
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
         """What runs inside the building: fleet nodes, the local runtime serving the
-        request's own model, the static config, the local runtime serving a fallback."""
+        request's own model, the static config, fleet nodes serving its fallback profile,
+        the local runtime serving a fallback."""
+        async for target in self._fleet_targets(r):
+            yield target
+        local = self._local_pick(r)
+        own_model = local is not None and local.own
+        if local is not None and own_model:
+            yield self._local_target(r, local)
+        static = self._static_target(r)
+        if static is not None:
+            yield static
+            async for target in self._fleet_targets(r, static_tried=True):
+                yield target
+        if local is not None and not own_model and self._left_s(r) > 0:
+            yield self._local_target(r, local)
+
+    async def _fleet_targets(
+        self, r: _Request, *, static_tried: bool = False
+    ) -> AsyncIterator[Target]:
+        """Fleet nodes in selection's order, off open breakers and nodes already tried;
+        after a failed static config (`static_tried`), those serving the fallback profile."""
         breakers = self._health.breakers
         job_type = r.job.type or "llm"
         for _ in range(self._offload.attempts):
@@ -244,8 +265,10 @@ class Router:
             now = self._clock()
             is_open = partial(breakers.is_open, job_type=job_type, now=now)
             selection, r.pick = r.pick, None
-            if selection is None or r.tried:
-                selection = self._select(r, exclude=frozenset(r.tried), excluded=is_open)
+            if selection is None or r.tried or static_tried:
+                selection = self._select(
+                    r, exclude=frozenset(r.tried), excluded=is_open, static_tried=static_tried
+                )
             if selection is None or selection.source != "fleet" or selection.node is None:
                 r.route.fallback_reason = r.route.fallback_reason or (
                     selection.fallback_reason if selection else "no node serves it"
@@ -253,7 +276,8 @@ class Router:
                 # Only here (no node left), and only in proportion to the troubled nodes:
                 # did open breakers stand between the request and a node that serves it?
                 if breakers.open_nodes(job_type, now):
-                    r.skipped_open = self._select(r, exclude=frozenset(r.tried)) is not None
+                    again = self._select(r, exclude=frozenset(r.tried), static_tried=static_tried)
+                    r.skipped_open = again is not None
                 break
             node = selection.node
             r.tried.add(node)
@@ -262,15 +286,6 @@ class Router:
                 continue
             _describe(r.route, selection)
             yield self._nodes.target(node, selection.model, job_type, selection.type)
-        local = self._local_pick(r)
-        own_model = local is not None and local.own
-        if local is not None and own_model:
-            yield self._local_target(r, local)
-        static = self._static_target(r)
-        if static is not None:
-            yield static
-        if local is not None and not own_model and self._left_s(r) > 0:
-            yield self._local_target(r, local)
 
     def _select(
         self,
@@ -279,6 +294,7 @@ class Router:
         exclude: frozenset[str] = frozenset(),
         excluded: Callable[[str], bool] | None = None,
         force_local: bool = False,
+        static_tried: bool = False,
         fleet: bool = True,
         filtered: bool = True,
     ) -> Selection | None:
@@ -294,6 +310,7 @@ class Router:
             exclude_nodes=exclude,
             excluded=excluded,
             force_local=force_local,
+            static_tried=static_tried,
             job_type=r.job.type,
             now=self.fleet.clock(),
             needs=r.needs if filtered else NO_NEEDS,
