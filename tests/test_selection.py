@@ -558,7 +558,8 @@ def test_a_failed_static_config_goes_on_to_the_fallback_profile_on_the_fleet(
     static_tried: bool,
     expected: tuple[str, str | None, str],
 ) -> None:
-    got = select(CONFIG, fleet, static_tried=static_tried, **asked)
+    agent, model = asked.get("agent_id"), asked.get("request_model")
+    got = select(CONFIG, fleet, agent_id=agent, request_model=model, static_tried=static_tried)
     assert got is not None
     assert (got.model, got.node, got.profile) == expected
     if static_tried:
