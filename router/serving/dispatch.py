@@ -7,6 +7,7 @@
       → fleet nodes serving its fallback profile, once its own static config failed
       → the router node's own runtime for what selection fell back to there: a fallback
         profile's model, the hard default
+      → the hard default, when nothing before tried it
       → the cloud chain, when configured fallbacks name cloud models
     a profile naming a configured provider: its cloud chain only (router/cloud/targets.py)
 
@@ -251,6 +252,9 @@ class Router:
                 yield target
         if local is not None and not own_model and self._left_s(r) > 0:
             yield self._local_target(r, local)
+        hard_default = self._hard_default_target(r)
+        if hard_default is not None:
+            yield hard_default
 
     async def _fleet_targets(
         self, r: _Request, *, static_tried: bool = False
@@ -356,6 +360,30 @@ class Router:
         r.route.profile = selection.profile
         reason = selection.fallback_reason
         return RuntimeTarget("static", runtime, selection.model, None, reason, self._clock)
+
+    def _hard_default_target(self, r: _Request) -> RuntimeTarget | None:
+        """The hard default, last, when nothing before tried it: after a fallback profile's
+        model that the local runtime turned out not to serve, say."""
+        hard = self._selection.hard_default
+        if hard is None or self._left_s(r) <= 0:
+            return None
+        if any(a.model == hard.model and a.via != "remote" for a in r.route.attempts):
+            return None
+        before = r.route.fallback_reason
+        reason = f"{before}; using the hard default" if before else "using the hard default"
+        target: RuntimeTarget | None = None
+        if hard.base_url is not None:
+            runtime = self._statics.get(hard.provider, str(hard.base_url), None)
+            if runtime is not None:
+                target = RuntimeTarget("static", runtime, hard.model, None, reason, self._clock)
+        elif self.local is not None:
+            local = self.local
+            target = RuntimeTarget(
+                "local", local.runtime, hard.model, local.node, reason, self._clock
+            )
+        if target is not None:
+            r.route.profile, r.route.fallback_reason = None, reason
+        return target
 
     def _nothing_answered(self, r: _Request) -> JobResponse:
         facts = Unanswered(
