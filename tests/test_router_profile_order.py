@@ -71,7 +71,10 @@ async def test_a_failing_static_config_falls_to_the_hard_default_and_says_so(
     route = body["route"]
     assert (route["via"], body["model"]) == ("local", "llama3.2:3b")
     assert route["profile"] is None
-    assert "hard default" in route["fallback_reason"]
+    assert route["fallback_reason"] == (
+        "profile 'cloud_gpt': cloud profile, its static config failed; "
+        "using the hard default; local runtime"
+    )
     assert [attempt["via"] for attempt in route["attempts"]] == ["static", "local"]
 
 

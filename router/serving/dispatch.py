@@ -250,6 +250,8 @@ class Router:
             yield static
             async for target in self._fleet_targets(r, static_tried=True):
                 yield target
+            if local is not None and not own_model:  # the same pick, its reason now true
+                local = self._local_pick(r, static_tried=True)
         if local is not None and not own_model and self._left_s(r) > 0:
             yield self._local_target(r, local)
         hard_default = self._hard_default_target(r)
@@ -320,12 +322,12 @@ class Router:
             needs=r.needs if filtered else NO_NEEDS,
         )
 
-    def _local_pick(self, r: _Request) -> _LocalPick | None:
+    def _local_pick(self, r: _Request, *, static_tried: bool = False) -> _LocalPick | None:
         """What the router node's own runtime would serve: the request's own model (its
         profile's, or the model it names), or what selection fell back to."""
         if self.local is None or self._left_s(r) <= 0:
             return None
-        selection = self._select(r, force_local=True)
+        selection = self._select(r, force_local=True, static_tried=static_tried)
         if selection is None:
             return None if r.job.model is None else _LocalPick(r.job.model, None, "", own=True)
         wanted = resolve_profile(self._selection, agent_id=r.agent_id, request_model=r.job.model)
