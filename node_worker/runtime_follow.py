@@ -19,6 +19,7 @@ from node_worker.backends import Backend
 from node_worker.catalog import Catalog, CatalogModel
 from node_worker.config import Health, Limits
 from node_worker.discovery import catalog_of, refresh
+from services.wire import slot_kind
 
 log = logging.getLogger("inferbus.worker")
 
@@ -50,7 +51,7 @@ class RuntimeFollower:
         serving: dict[str, set[int]] = {"llm": set(), "vision": set()}
         for model in catalog.models.values():
             if model.type != "embed":
-                serving["vision" if model.type == "vision" else "llm"].add(id(model.runtime))
+                serving[slot_kind(model.type)].add(id(model.runtime))
         for kind, runtimes in serving.items():
             slots = [self._backend_of[key].slots for key in runtimes if key in self._backend_of]
             self._admission.resize(kind, node_capacity(self._configured[kind], slots))

@@ -32,10 +32,6 @@ class ReloadPlan:
     def cloud_changed(self) -> bool:
         return bool(CLOUD & set(self.applied))
 
-    @property
-    def tenants_changed(self) -> bool:
-        return "http.api_keys" in self.applied or "admission" in self.applied
-
     def report(self) -> dict[str, Any]:
         return {
             "reloaded": True,

@@ -280,9 +280,12 @@ class RouterService(AsyncService):
         self._outage = NatsOutage(redact(", ".join(settings.nats_url)))
         self._shared_running: SharedRunning | None = None
 
-    async def _show_model(self, name: str, verbose: bool) -> dict[str, Any] | InferbusError:
-        """A served model's details from a node that serves it (Ollama's `/api/show`)."""
-        return await self.shows.show(name, verbose=verbose)
+    async def _show_model(
+        self, name: str, verbose: bool, first: str | None
+    ) -> dict[str, Any] | InferbusError:
+        """A served model's details from a node that serves it (Ollama's `/api/show`),
+        asking `first` first when it can be asked."""
+        return await self.shows.show(name, verbose=verbose, first=first)
 
     async def start(self) -> None:
         try:

@@ -3,7 +3,7 @@
 The rule, stated once: a field that changes what the answer means (tools, images,
 response_format, n > 1, logprobs, an embed job) is honoured or refused with BAD_REQUEST
 naming the field and the reason; it is never ignored. The worker asks `refusal` before it
-takes a slot; the router (phase 2) asks `needed_capabilities` to pick only nodes whose
+takes a slot; the router asks `needed_capabilities` to pick only nodes whose
 record says the model can.
 
 Capability names are Ollama's (`/api/show` `capabilities`), used for every runtime:
@@ -35,7 +35,12 @@ WIRE_FEATURES: tuple[str, ...] = (
     "raw",  # raw prompts (legacy completions) and suffix (fill-in-the-middle)
     "show",  # answers node.<id>.show (a served model's details, services/show.py)
     "continue",  # continue_final: every chat runtime of the node continues a prefill
+    "template",  # extra.template: a prompt template of the request's own (Ollama runtimes)
 )
+
+# The runtimes that apply a request's own prompt template (`extra.template`, Ollama's
+# `/api/generate` `template`); every other runtime applies the model's own.
+TEMPLATE_RUNTIMES = frozenset({"ollama"})
 
 
 # Runtimes that continue a final assistant message instead of answering it: Ollama's
@@ -96,8 +101,27 @@ def wants_thinking(request: JobRequest) -> str | None:
     return None
 
 
+def wants_template(request: JobRequest) -> bool:
+    """The job brings a prompt template of its own (`extra.template`)."""
+    return bool(request.extra) and bool(request.extra.get("template"))
+
+
 def _bad(field: str, reason: str) -> InferbusError:
     return InferbusError(ErrorCode.BAD_REQUEST, f"{field}: {reason}")
+
+
+def _template_problem(request: JobRequest) -> InferbusError | None:
+    """A template renders one prompt (and a system message): Ollama's `/api/generate`."""
+    template = request.extra.get("template")
+    if not isinstance(template, str):
+        return _bad("extra.template", "must be a string (a Go template, as Ollama's)")
+    roles = [message.role for message in request.chat_messages()]
+    if roles not in (["user"], ["system", "user"]) or request.continue_final:
+        return _bad("extra.template", "renders one prompt (and a system message), not a chat")
+    if request.tools or request.raw or request.suffix is not None:
+        field = "tools" if request.tools else "raw" if request.raw else "suffix"
+        return _bad("extra.template", f"takes no {field}")
+    return None
 
 
 def shape_problem(request: JobRequest, job_type: JobType) -> InferbusError | None:
@@ -113,6 +137,10 @@ def shape_problem(request: JobRequest, job_type: JobType) -> InferbusError | Non
         return None
     if not request.messages and request.prompt is None:
         return _bad("input", f"only embed jobs take `input`; a {job_type} job needs messages")
+    if wants_template(request):
+        template = _template_problem(request)
+        if template is not None:
+            return template
     completion = _completion_problem(request)
     if completion is not None:
         return completion

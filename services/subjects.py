@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.wire import JobType
+from services.wire import JobType, slot_kind
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # NATS refuses a protocol line over its max_control_line (4 KiB by default), and every
@@ -49,9 +49,9 @@ class Subjects:
         return f"{self.prefix}.{subject}" if self.prefix else subject
 
     def job(self, node_id: str, job_type: JobType) -> str:
-        """Where node `node_id` takes jobs of a type; code jobs ride the llm subject."""
-        kind = job_type if job_type in ("vision", "embed") else "llm"
-        return self._p(f"node.{node_id}.{kind}.request")
+        """Where node `node_id` takes jobs of a type: one subject per slot kind (code jobs
+        ride the llm subject)."""
+        return self._p(f"node.{node_id}.{slot_kind(job_type)}.request")
 
     def cancel(self, node_id: str) -> str:
         """Where a caller says it no longer wants a job: `{"job_id": ...}`."""

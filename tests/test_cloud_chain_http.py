@@ -58,7 +58,7 @@ class Cloud:
         self.board = CloudHealthBoard(FAST)
 
     def runtime(self, target: CloudTarget) -> Runtime:
-        """The adapter for the target's provider with the target's key (phase 2: cached)."""
+        """The adapter for the target's provider with the target's key."""
         secret = next(k.secret for k in self.keys[target.provider] if k.key_id == target.key_id)
         url = self.providers[target.provider].base_url
         return make_runtime("openai", url, self.client, api_key=secret)
@@ -170,7 +170,7 @@ async def test_a_stream_fails_over_before_its_first_token(cloud: Cloud, alpha: S
         call = ChatCall(target.model.model, [Message(content=PROMPT)])
         async for event in cloud.runtime(target).stream(call, timeout_s=left_s):
             if isinstance(event, StreamDelta) and event.text:
-                return event.text  # phase 2 relays this and the rest, never failing over again
+                return event.text  # the target relays this and the rest, never failing over again
         return ""
 
     result = await run_cloud_chain(

@@ -7,7 +7,7 @@ import pytest
 from services.deadlines import remaining_budget_ms
 from services.settings import NatsAuth
 from services.subjects import Subjects, validate_node_id, validate_prefix
-from services.wire import JobRequest, JobResponse, decode_request
+from services.wire import JOB_TYPES, JobRequest, JobResponse, JobType, decode_request, slot_kind
 
 
 @pytest.mark.parametrize(
@@ -116,6 +116,19 @@ def test_subject_safe_node_ids_are_accepted(node_id: str) -> None:
 def test_unsafe_node_ids_are_refused(node_id: str) -> None:
     with pytest.raises(ValueError, match="subject-safe"):
         validate_node_id(node_id)
+
+
+@pytest.mark.parametrize(
+    ("job_type", "kind"),
+    [("llm", "llm"), ("code", "llm"), ("vision", "vision"), ("embed", "embed")],
+)
+def test_a_job_types_slot_kind_names_its_subject(job_type: JobType, kind: str) -> None:
+    assert slot_kind(job_type) == kind
+    assert Subjects().job("gpu-a", job_type) == f"node.gpu-a.{kind}.request"
+
+
+def test_every_job_type_has_a_slot_kind() -> None:
+    assert {slot_kind(job_type) for job_type in JOB_TYPES} == {"llm", "vision", "embed"}
 
 
 def test_subjects_with_and_without_prefix() -> None:

@@ -209,6 +209,33 @@ def test_a_hand_typed_job_still_parses_as_before() -> None:
             "tools: an embed job answers vectors",
         ),
         ({"input": "x"}, "llm", ("completion",), None),  # has a prompt too (job() adds it)
+        ({"extra": {"template": "{{ .Prompt }}"}}, "llm", ("completion",), None),
+        (
+            {"extra": {"template": ["{{ .Prompt }}"]}},
+            "llm",
+            ("completion",),
+            "extra.template: must be a string",
+        ),
+        (
+            {
+                "prompt": None,
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ],
+                "extra": {"template": "{{ .Prompt }}"},
+            },
+            "llm",
+            ("completion",),
+            "extra.template: renders one prompt",
+        ),
+        (
+            {"tools": [TOOL], "extra": {"template": "{{ .Prompt }}"}},
+            "llm",
+            ("completion", "tools"),
+            "extra.template: takes no tools",
+        ),
     ],
 )
 def test_refusal_names_the_field_and_the_reason(
@@ -559,6 +586,38 @@ def test_a_raw_prompt_is_a_completion_request_for_each_runtime() -> None:
     assert ollama.generate_body(fill_in, stream=False)["suffix"] == "):"
     assert "raw" not in ollama.generate_body(fill_in, stream=False)  # the template places the gap
     assert ChatCall.of("m", job()).raw_prompt is None
+
+
+def test_a_template_of_its_own_is_ollamas_generate_and_refused_elsewhere() -> None:
+    template = "<|sys|>{{ .System }}<|user|>{{ .Prompt }}"
+    call = ChatCall.of(
+        "m",
+        job(
+            prompt=None,
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi", "images": ["aGk="]},
+            ],
+            extra={"template": template, "keep_alive": "5m", "top_k": 3},
+            max_tokens=4,
+        ),
+    )
+    assert ollama.templated_body(call, stream=True) == {
+        "model": "m",
+        "prompt": "hi",
+        "system": "be brief",
+        "images": ["aGk="],
+        "stream": True,
+        "template": template,
+        "keep_alive": "5m",
+        "options": {"num_predict": 4, "top_k": 3},
+    }
+    with pytest.raises(InferbusError) as caught:
+        openai_compat.chat_body(call, stream=False)
+    assert caught.value.message.startswith("extra.template: only an Ollama runtime")
+    # no template: the model's own, on every runtime
+    untemplated = ChatCall.of("m", job(extra={"template": ""}))
+    assert "template" not in openai_compat.chat_body(untemplated, stream=False)
 
 
 def test_an_answer_without_the_logprobs_asked_for_is_refused() -> None:

@@ -1,6 +1,6 @@
 """The fleet index: tables of record events, equal picks to a slow full scan, spread, pruning.
 
-The reference (`reference_best`) is the router's old way, kept here on purpose: rebuild a
+The reference (`reference_best`) is the plainest correct way, kept here on purpose: rebuild a
 candidate for every model on every fresh node, then rank them all. On randomized fleets the
 index must pick a candidate the reference ranks best (and, where few nodes are equal, the
 least loaded of them).
@@ -275,7 +275,7 @@ def reference_top(pool: list[Candidate], rank: Rank) -> list[Candidate]:
 def reference_best(
     candidates: list[Candidate], required: str, prefer: tuple[str, ...], bare: bool
 ) -> list[Candidate]:
-    """Every candidate the old full scan ranks best (empty: no fleet pick)."""
+    """Every candidate a plain full scan ranks best (empty: no fleet pick)."""
     wanted = STAND_INS[required]
     typed = [c for c in candidates if c.type in wanted]
     if not typed:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -259,3 +260,53 @@ async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
     assert final["result"]["text"].startswith(prefix)
     # the continuing node was sent the text so far: its prompt is longer than the question's
     assert final["result"]["usage"]["prompt_tokens"] > plain.result.usage.prompt_tokens
+
+
+async def test_the_official_ollama_client_through_a_llama_server_node(
+    start_worker: WorkerFactory, start_router: RouterFactory, node_id: str, gguf_dir: Path
+) -> None:
+    """The fleet as one Ollama with llama.cpp's own server behind the node: the answer in
+    Ollama's shapes with llama-server's real `timings` as nanosecond durations, the model
+    listed, running "forever" (llama-server keeps it loaded) on its node, and shown."""
+    options = {"num_predict": 4, "temperature": 0, "top_k": 1, "seed": 1, "num_ctx": 512}
+    async with (
+        llama_server(gguf_dir / "tiny-first.gguf", "-c", "1024") as url,
+        start_worker(backends=[llama(url)]),
+        start_router() as router,
+        ollama.AsyncClient(host=router.url) as client,
+    ):
+        question = [{"role": "user", "content": "hello"}]
+        whole = await client.chat("tiny-first", question, options=options, keep_alive="5m")
+        parts = [
+            part
+            async for part in await client.chat(
+                "tiny-first", question, stream=True, options=options
+            )
+        ]
+        generated = await client.generate("tiny-first", "Once upon a time", options=options)
+        listed = await client.list()
+        running = await client.ps()
+        shown = await client.show("tiny-first")
+        async with httpx.AsyncClient() as http:
+            raw_ps = (await http.get(f"{router.url}/api/ps")).json()["models"]
+    assert (whole.done, whole.done_reason, whole.eval_count) == (True, "length", 4)
+    # llama-server's own `timings` (prompt_ms, predicted_ms), in nanoseconds
+    assert whole.prompt_eval_duration
+    assert whole.eval_duration
+    assert whole.total_duration
+    assert whole.total_duration >= whole.eval_duration
+    assert "".join(part.message.content or "" for part in parts) == whole.message.content
+    assert (parts[-1].done, parts[-1].done_reason) == (True, "length")
+    assert parts[-1].eval_duration
+    assert (generated.eval_count, generated.done_reason) == (4, "length")
+    assert "tiny-first" in [model.model for model in listed.models]
+    loaded = next(model for model in running.models if model.model == "tiny-first")
+    assert loaded.expires_at is not None
+    assert loaded.expires_at.year > 2100
+    assert {"model": "tiny-first", "node": node_id}.items() <= next(
+        entry for entry in raw_ps if entry["model"] == "tiny-first"
+    ).items()
+    assert shown.details is not None
+    assert shown.details.format == "gguf"
+    assert shown.capabilities is not None
+    assert "completion" in shown.capabilities

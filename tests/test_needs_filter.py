@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from router.fleet.index import FleetIndex
-from router.selection.needs import JobNeeds, job_needs, wire_features_of
+from router.selection.needs import JobNeeds, job_needs, what_is_missing, wire_features_of
 from router.selection.profiles import SelectionConfig
 from router.selection.select import select
 from services.capabilities import Capabilities, Load, ModelType, ServedModel
@@ -27,6 +27,7 @@ def record(
     *,
     model_type: ModelType = "llm",
     features: tuple[str, ...] = WIRE_FEATURES,
+    runtime: str = "ollama",
 ) -> Capabilities:
     return Capabilities(
         node_id=node,
@@ -35,7 +36,7 @@ def record(
         ts=0.0,
         ttl_s=60.0,
         served_models=(
-            ServedModel(name=model, type=model_type, runtime="ollama", capabilities=capabilities),
+            ServedModel(name=model, type=model_type, runtime=runtime, capabilities=capabilities),
         ),
         load={"llm": Load(inflight=0, capacity=4), "embed": Load(inflight=0, capacity=4)},
         wire_features=features,
@@ -117,6 +118,32 @@ def test_only_the_capable_node_of_a_shared_model_is_picked() -> None:
     assert plain == {"plain-1", "tools", "plain-2", "old"}  # plain chat: every node
 
 
+TEMPLATE_JOB = {"model": "m", "messages": CHAT, "extra": {"template": "{{ .Prompt }}"}}
+
+
+def test_a_template_of_its_own_goes_only_to_a_copy_that_ollama_serves() -> None:
+    index = index_of(
+        record("vllm", "m", ("completion",), runtime="vllm"),
+        record("ollama", "m", ("completion",)),
+        record("llamacpp", "m", ("completion",), runtime="llamacpp"),
+        record("old-ollama", "m", ("completion",), features=("extra",)),
+    )
+    rng = random.Random(5)
+    assert {pick(index, TEMPLATE_JOB, rng=rng) for _ in range(30)} == {"ollama"}
+    only_others = index_of(record("vllm", "m", ("completion",), runtime="vllm"))
+    assert pick(only_others, TEMPLATE_JOB) is None
+    request = JobRequest.model_validate(TEMPLATE_JOB)
+    group = only_others.group("m", "llm")
+    assert group is not None
+    missing = what_is_missing(only_others, group, "vllm", job_needs(request, "llm"))
+    assert missing is not None
+    assert (missing.field, missing.by_model) == ("template", True)
+    assert "served by vllm" in missing.reason
+    # an empty template is no template: every node
+    plain = JobRequest.model_validate({**TEMPLATE_JOB, "extra": {"template": ""}})
+    assert job_needs(plain, "llm").runtimes is None
+
+
 @pytest.mark.parametrize(
     ("job", "job_type", "features"),
     [
@@ -133,6 +160,7 @@ def test_only_the_capable_node_of_a_shared_model_is_picked() -> None:
         ({"messages": CHAT, "extra": {"top_k": 4}}, "llm", ("extra",)),
         ({"input": ["a"]}, "embed", ("embed",)),
         ({"prompt": "a", "raw": True}, "llm", ("raw",)),
+        ({"messages": CHAT, "extra": {"template": "{{ .Prompt }}"}}, "llm", ("extra", "template")),
         ({"messages": CHAT, "max_completion_tokens": 3, "user": "u"}, "llm", ()),
     ],
 )

@@ -19,6 +19,7 @@ from router.http.ollama_answers import (
     generate_answer,
     load_answer,
     metrics,
+    ollama_message,
 )
 from router.http.ollama_requests import (
     chat_fields,
@@ -255,6 +256,17 @@ def test_a_tool_answer_naming_its_call_keeps_that_id() -> None:
             {"model": "m", "prompt": "hi", "format": "json", "stream": False},
             {"response_format": {"type": "json_object"}, "stream": False},
         ),
+        (  # a template of its own: to a node whose Ollama applies it
+            {"model": "m", "prompt": "hi", "system": "be brief", "template": "{{ .Prompt }}"},
+            {
+                "messages": [{"role": "system", "content": "be brief"}, *USER],
+                "extra": {"template": "{{ .Prompt }}"},
+            },
+        ),
+        (  # raw: no template at all, as Ollama ignores it then
+            {"model": "m", "prompt": "[INST] hi", "raw": True, "template": "{{ .Prompt }}"},
+            {"prompt": "[INST] hi", "raw": True, "extra": None},
+        ),
     ],
 )
 def test_generate_bodies_become_job_fields(body: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -269,7 +281,8 @@ def test_generate_bodies_become_job_fields(body: dict[str, Any], expected: dict[
     ("body", "field"),
     [
         ({"model": "m", "prompt": 3}, "prompt:"),
-        ({"model": "m", "prompt": "hi", "template": "{{ .Prompt }}"}, "template:"),
+        ({"model": "m", "prompt": "hi", "template": ["{{ .Prompt }}"]}, "template:"),
+        ({"model": "m", "prompt": "f(", "suffix": ")", "template": "{{ .Prompt }}"}, "template:"),
         ({"model": "m", "prompt": "hi", "context": [1, 2, 3]}, "context:"),
         ({"model": "m", "prompt": "hi", "raw": True, "system": "x"}, "raw:"),
         ({"model": "m", "prompt": "hi", "suffix": 3}, "suffix:"),
@@ -558,3 +571,28 @@ def test_an_error_after_the_first_piece_is_one_more_error_line() -> None:
     )
     parsed = lines_of(lines.delta("a") + lines.final(failed, ROUTE))
     assert parsed[-1] == {"error": "node lost"}
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "said"),
+    [
+        (ErrorCode.MODEL_NOT_FOUND, "nothing serves x:1b", "model not found: nothing serves x:1b"),
+        (ErrorCode.MODEL_NOT_FOUND, "model 'x' not found", "model 'x' not found"),
+        (
+            ErrorCode.BAD_REQUEST,
+            "extra.think: model 'm' does not support thinking",
+            "think: model 'm' does not support thinking",
+        ),
+        (
+            ErrorCode.BAD_REQUEST,
+            "extra.template: only an Ollama runtime applies a request's own template",
+            "template: only an Ollama runtime applies a request's own template",
+        ),
+        (ErrorCode.BAD_REQUEST, "extra.top_k: bad", "extra.top_k: bad"),  # options: our name
+        (ErrorCode.BAD_REQUEST, "messages.0.role: is required", "messages.0.role: is required"),
+    ],
+)
+def test_error_messages_name_fields_as_ollamas_body_has_them(
+    code: ErrorCode, message: str, said: str
+) -> None:
+    assert ollama_message(code, message) == said

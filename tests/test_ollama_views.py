@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from router.fleet.index import FleetIndex
-from router.fleet.ollama_views import ZERO_TIME, RunningView, TagsView
+from router.fleet.ollama_views import KEPT_LOADED, ZERO_TIME, RunningView, TagsView
 from services.capabilities import Capabilities, RunningModel, ServedModel
 
 LLAMA = ServedModel(
@@ -76,6 +76,10 @@ def test_a_model_on_two_nodes_is_listed_once_with_the_details_a_node_reports() -
         "quantization_level": "Q4_K_M",
     }
     assert llama["capabilities"] == ["completion", "vision"]
+    view = TagsView(index)
+    assert view.describer("llama3.2:3b") == "gpu-b"  # the node whose details are shown
+    assert view.describer("tiny") == "gpu-b"
+    assert view.describer("absent") is None
 
 
 def test_facts_no_node_reports_are_what_ollama_marshals_for_unset_ones() -> None:
@@ -115,15 +119,16 @@ def test_ps_lists_each_loaded_model_with_the_node_that_runs_it() -> None:
     index.take(record("gpu-c", (BARE,)), 0.0)  # llama.cpp: loaded, no expiry or vram reported
     entries = json.loads(RunningView(index).body())["models"]
     assert [(e["name"], e["node"]) for e in entries] == [
-        ("llama3.2:3b", "gpu-b"),  # longest time left first, as Ollama orders it
+        ("tiny", "gpu-c"),  # longest time left first, as Ollama orders it: kept loaded
+        ("llama3.2:3b", "gpu-b"),
         ("llama3.2:3b", "gpu-a"),
-        ("tiny", "gpu-c"),
     ]
-    assert entries[1]["size_vram"] == 2_500
-    assert entries[1]["context_length"] == 4096
-    assert entries[1]["digest"] == "a80c4f17"
-    assert entries[2]["expires_at"] == ZERO_TIME
-    assert entries[2]["context_length"] == 512
+    assert entries[2]["size_vram"] == 2_500
+    assert entries[2]["context_length"] == 4096
+    assert entries[2]["digest"] == "a80c4f17"
+    # llama.cpp keeps its model loaded until it stops: Ollama's "forever", not expired
+    assert entries[0]["expires_at"] == KEPT_LOADED
+    assert entries[0]["context_length"] == 512
 
 
 def test_ps_follows_loaded_models_and_stale_nodes() -> None:

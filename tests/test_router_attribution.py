@@ -1,6 +1,7 @@
 """A node is judged by its own faults only. Real router, workers, simulators, NATS.
 
-Each test is one item of the issue, as it was reproduced on the old router.
+Each test is one rule of how a node is judged and a request answered (router/attempts/
+decision.py, ops/offload_routing.md "Fault attribution"), seen end to end.
 """
 
 from __future__ import annotations
@@ -348,3 +349,31 @@ async def test_an_unreadable_answer_from_the_asked_node_is_its_fault_at_once(
         )
     attempts = answer.json()["route"]["attempts"]
     assert [(a["node"], a["outcome"]) for a in attempts] == [(node.node_id, "INTERNAL")]
+
+
+async def test_messages_behind_the_answer_on_a_jobs_inbox_are_counted_as_dropped(
+    nc: Any, start_router: RouterFactory, node_id: str
+) -> None:
+    """Whatever comes on a job's inbox behind its answer is dropped and counted, however
+    close behind it came (in the same read as the answer, or once the job was done)."""
+    node = SimNode(f"{node_id}-chatty", (ServedModel(name="c:1b", type="llm", runtime="ollama"),))
+
+    async def answer_then_more(msg: Any) -> None:
+        job_id = json.loads(msg.data)["job_id"]
+        answer = {"job_id": job_id, "status": "ok", "result": {"text": "real"}}
+        await nc.publish(msg.reply, json.dumps(answer).encode())
+        extra = {"job_id": "not-" + job_id, "status": "ok", "result": {"text": "FORGED"}}
+        await nc.publish(msg.reply, json.dumps(extra).encode())
+        await nc.publish(msg.reply, json.dumps(answer).encode())  # the answer again
+
+    await nc.subscribe(f"node.{node.node_id}.llm.request", cb=answer_then_more)
+    await flush_interest(nc)
+    async with start_router() as router, httpx.AsyncClient(base_url=router.url) as http:
+        await nc.publish(f"ncs.capabilities.{node.node_id}", encode_capabilities(node.record(30)))
+        await until(lambda: node.node_id in router.fleet.nodes)
+        answer = await http.post("/infer", json={"prompt": "hi", "model": "c:1b"})
+        await nc.flush()
+        await until(lambda: router.link.dropped >= 2)
+        assert router.link.dropped == 2
+    assert answer.status_code == 200
+    assert answer.json()["result"]["text"] == "real"

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "m:1b"
 BUDGET_MS = 4000
 NEVER_HANG_S = 1.0  # the bound asserted past the budget (the figure printed is far lower)
-# The target is 1 s and runs measure 0.03-0.82 s; one run in about ten on a loaded
-# box saw 1.19 s (ops/offload_routing.md, "Chaos"): the bound leaves that margin.
+# Runs measure 0.03-0.82 s; one run in about ten on a loaded box saw 1.19 s
+# (ops/bench/RESULTS.md, "Chaos"): the bound leaves that margin.
 OUT_OF_ROTATION_S = 2.0
 CODES = {code.value for code in ErrorCode}
 

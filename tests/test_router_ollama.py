@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -58,11 +59,12 @@ WEATHER: Any = WEATHER_TOOL
 
 
 class Fleet:
-    def __init__(self, router: RouterService, node_a: str, node_b: str) -> None:
+    def __init__(self, router: RouterService, node_a: str, node_b: str, runtime_a: str) -> None:
         self.router = router
         self.url = router.url
         self.node_a = node_a
         self.node_b = node_b
+        self.runtime_a = runtime_a  # the simulator playing gpu-a's Ollama
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
                 RouterSettings(nats_url=[nats_server.url], http={"host": "127.0.0.1", "port": 0})
             )
         )
-        yield Fleet(router, node_a, node_b)
+        yield Fleet(router, node_a, node_b, sim_a.url)
 
 
 @pytest.fixture
@@ -141,6 +143,18 @@ async def test_show_asks_a_node_that_serves_the_model(
     assert shown.modelinfo is not None
 
 
+async def test_show_and_list_describe_a_shared_model_alike(client: ollama.AsyncClient) -> None:
+    """SHARED is on both nodes; only gpu-a's runtime (Ollama) reports its details, so
+    `/api/tags` shows gpu-a's record, and `/api/show` asks gpu-a first."""
+    listed = next(model for model in (await client.list()).models if model.model == SHARED)
+    shown = await client.show(SHARED)
+    assert shown.details is not None
+    assert listed.details is not None
+    assert (shown.details.family, shown.details.quantization_level) == ("llama", "Q4_K_M")
+    assert shown.details.family == listed.details.family
+    assert shown.modelfile  # Ollama's own answer, not one written from discovery
+
+
 async def test_show_of_an_unknown_model_is_ollamas_404(client: ollama.AsyncClient) -> None:
     with pytest.raises(ollama.ResponseError) as missing:
         await client.show("no-such-model:1b")
@@ -176,6 +190,17 @@ async def test_chat_streamed_is_ndjson_by_default(client: ollama.AsyncClient, mo
     assert final.eval_count == TOKENS
     assert final.eval_duration  # the runtime's or the worker's measured split
     assert final.prompt_eval_duration
+
+
+async def test_keep_alive_reaches_the_nodes_ollama(
+    client: ollama.AsyncClient, fleet: Fleet
+) -> None:
+    await client.chat(ON_A, user("hi"), keep_alive="2h")
+    async with httpx.AsyncClient() as http:
+        loaded = (await http.get(f"{fleet.runtime_a}/api/ps")).json()["models"]
+    expires_at = next(entry["expires_at"] for entry in loaded if entry["model"] == ON_A)
+    # Ollama's default is 5 minutes: the node's runtime was told two hours
+    assert datetime.fromisoformat(expires_at) > datetime.now(UTC) + timedelta(hours=1)
 
 
 async def test_a_raw_stream_is_ndjson_unless_told_otherwise(fleet: Fleet) -> None:
@@ -288,6 +313,45 @@ async def test_generate_with_a_system_message(client: ollama.AsyncClient) -> Non
     assert answer.response == expected_text(ON_A, "hi", TOKENS)
 
 
+@BOTH_WIRES
+async def test_generate_raw_sends_the_prompt_as_it_is(
+    client: ollama.AsyncClient, model: str
+) -> None:
+    prompt = "[INST] why is the sky blue? [/INST]"
+    whole = await client.generate(model, prompt, raw=True, options={"num_predict": 5})
+    assert whole.response == expected_text(model, prompt, 5)
+    parts = [part async for part in await client.generate(model, prompt, raw=True, stream=True)]
+    assert "".join(part.response or "" for part in parts) == expected_text(model, prompt, TOKENS)
+    assert parts[-1].done is True
+
+
+async def test_a_template_of_its_own_is_applied_by_a_node_running_ollama(
+    client: ollama.AsyncClient, fleet: Fleet
+) -> None:
+    template = "<|system|>{{ .System }}<|user|>{{ .Prompt }}<|assistant|>"
+    rendered = "<|system|>be brief<|user|>hi<|assistant|>"
+    # SHARED is on both nodes; only gpu-a's runtime (Ollama) applies a template
+    for _ in range(4):
+        whole = await client.generate(SHARED, "hi", system="be brief", template=template)
+        assert whole.response == expected_text(SHARED, rendered, TOKENS)
+    parts = [
+        part
+        async for part in await client.generate(
+            SHARED, "hi", system="be brief", template=template, stream=True
+        )
+    ]
+    assert "".join(part.response or "" for part in parts) == expected_text(SHARED, rendered, TOKENS)
+    async with httpx.AsyncClient() as http:
+        body = {"model": SHARED, "prompt": "hi", "template": template, "stream": False}
+        routed = (await http.post(f"{fleet.url}/api/generate", json=body)).json()
+    assert routed["route"]["node"] == fleet.node_a
+    with pytest.raises(ollama.ResponseError) as refused:  # served by vLLM's wire only
+        await client.generate(ON_B, "hi", template=template)
+    assert refused.value.status_code == 400
+    assert refused.value.error.startswith("template: ")
+    assert "Ollama" in refused.value.error or "ollama" in refused.value.error
+
+
 @pytest.mark.parametrize("model", [EMBED_A, EMBED_B])
 async def test_embed_and_the_older_embeddings(client: ollama.AsyncClient, model: str) -> None:
     texts = ["alpha", "beta"]
@@ -306,6 +370,18 @@ async def test_a_model_no_node_serves_is_ollamas_404(client: ollama.AsyncClient)
     assert missing.value.status_code == 404
     assert "not found" in missing.value.error  # what Ollama clients look for
     assert "no-such-model:1b" in missing.value.error
+
+
+async def test_think_on_a_model_that_cannot_is_refused_as_ollama_does(
+    client: ollama.AsyncClient,
+) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        await client.chat(ON_A, user("hi"), think=True)
+    assert refused.value.status_code == 400
+    assert refused.value.error.startswith("think: ")
+    assert "does not support thinking" in refused.value.error
+    answer = await client.chat(ON_A, user("hi"), think=False)  # off: asks nothing of it
+    assert answer.message.content == expected_text(ON_A, "hi", TOKENS)
 
 
 async def test_a_load_request_loads_the_model_on_a_node_and_answers_load(
@@ -392,7 +468,10 @@ async def test_a_llamacpp_node_through_the_official_client(
     assert generated.eval_count == 4
     # (this module's other fleet may still be on the bus: look for this node's model)
     assert model in [entry.model for entry in listed.models]
-    assert model in [entry.model for entry in running.models]
+    kept = next(entry for entry in running.models if entry.model == model)
+    # loaded until the server stops: Ollama's "forever" (keep_alive -1), never "expired"
+    assert kept.expires_at is not None
+    assert kept.expires_at.year > 2100
     assert {"model": model, "node": worker.node_id}.items() <= next(
         entry for entry in raw_ps if entry["node"] == worker.node_id
     ).items()

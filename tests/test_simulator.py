@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.sim_process import ANNOUNCE, simulator_process
 from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_tokens
 from tools.simulator.cli import parse_models
 from tools.simulator.faults import FaultTable
+from tools.simulator.ollama_api import keep_alive_seconds
 from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation
 
 LLM = "llama3:8b"
@@ -712,3 +714,37 @@ async def test_cli_plays_llama_server_with_its_slots_and_api_key() -> None:
     assert listed["data"][0]["id"] == "/srv/tiny.gguf"
     assert listed["data"][0]["meta"]["n_ctx"] == props["default_generation_settings"]["n_ctx"]
     assert answer.json()["model"] == "/srv/tiny.gguf"  # whatever was asked: its one model
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "seconds"),
+    [
+        (None, None),
+        (300, 300.0),
+        (-1, -1.0),
+        ("10m", 600.0),
+        ("1h30m", 5400.0),
+        ("1.5s", 1.5),
+        ("250ms", 0.25),
+        ("-1m", -60.0),
+        ("0", 0.0),
+        ("300", 300.0),
+        ("soon", None),
+        ("10m later", None),
+        (True, None),
+    ],
+)
+def test_keep_alive_is_read_as_ollama_reads_it(keep_alive: Any, seconds: float | None) -> None:
+    assert keep_alive_seconds(keep_alive) == seconds
+
+
+async def test_ollama_ps_follows_keep_alive() -> None:
+    models = [SimModel("kept:1b"), SimModel("forever:1b"), SimModel("unloaded:1b")]
+    async with Simulator(models, tokens=2) as sim, httpx.AsyncClient(base_url=sim.url) as http:
+        for name, keep_alive in (("kept:1b", "2h"), ("forever:1b", -1), ("unloaded:1b", 0)):
+            body = {"model": name, "prompt": "hi", "stream": False, "keep_alive": keep_alive}
+            assert (await http.post("/api/generate", json=body)).status_code == 200
+        loaded = {m["model"]: m["expires_at"] for m in (await http.get("/api/ps")).json()["models"]}
+    assert sorted(loaded) == ["forever:1b", "kept:1b"]  # keep_alive 0: unloaded at once
+    assert loaded["forever:1b"].startswith("2318-")
+    assert datetime.fromisoformat(loaded["kept:1b"]) > datetime.now(UTC) + timedelta(hours=1)

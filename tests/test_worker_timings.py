@@ -7,10 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import uvloop
 from nats.aio.client import Client as NatsClient
 
+from services.runtimes import make_runtime, new_http_client
+from services.runtimes.base import ChatCall, RuntimeTimings
+from services.runtimes.calls import stream_within
 from services.runtimes.ollama import timings_of
 from services.runtimes.openai_compat import llamacpp_timings
+from services.wire import Message
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, stream
 from tools.simulator import LlamaServerTraits, SimModel, Simulator
@@ -95,3 +100,30 @@ async def test_the_split_reaches_the_wire(
     assert streamed.timings.eval_ms is not None
     assert (whole.timings.load_ms is not None) is (kind == "ollama")
     assert whole.timings.total_ms >= whole.timings.backend_ms > 0
+
+
+def test_a_streams_measured_split_is_finer_than_uvloops_millisecond_clock() -> None:
+    """Workers run on uvloop, whose `loop.time()` ticks in whole milliseconds: a split
+    measured with it is 0 ms for a fast stream, and Ollama's answer then has no
+    `eval_duration`. Measured on a monotonic clock, a stream's split keeps its fraction."""
+
+    async def streamed_splits() -> list[RuntimeTimings]:
+        splits: list[RuntimeTimings] = []
+        async with Simulator([SimModel("m:1b")], tokens=4) as sim, new_http_client() as http:
+            runtime = make_runtime("vllm", sim.url, http)
+            for _ in range(5):
+                call = ChatCall("m:1b", [Message(content="hello")])
+                reply = await stream_within(runtime, call, 10.0, on_delta=ignore)
+                assert reply.timings is not None
+                splits.append(reply.timings)
+        return splits
+
+    splits = uvloop.run(streamed_splits())
+    # whole milliseconds in all five would be the loop's clock (a fraction of .000 in
+    # each of five on a fine clock: about one chance in 10^15)
+    assert any(split.eval_ms is not None and split.eval_ms % 1 for split in splits)
+    assert all(split.eval_ms for split in splits)
+
+
+async def ignore(_: str) -> None:
+    return None

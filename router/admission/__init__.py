@@ -1,1 +1,1 @@
-"""Who is asking and when they go: tenants and the idempotency gate."""
+"""Who is asking and when they go: tenants, the idempotency gate, the line, limits."""

@@ -118,14 +118,14 @@ def check_arrival(
         wait_s = usage.requests.seconds_until_at_most(now, limits.rpm - 1)
         return Refusal(
             "rpm",
-            _ms(wait_s),
+            _retry_ms(wait_s),
             f"tenant {tenant!r} is at its rpm limit ({limits.rpm} requests per minute)",
         )
     if limits.tpm is not None and usage.tokens.total(now) >= limits.tpm:
         wait_s = usage.tokens.seconds_until_at_most(now, max(0, limits.tpm - 1))
         return Refusal(
             "tpm",
-            _ms(wait_s),
+            _retry_ms(wait_s),
             f"tenant {tenant!r} is at its tpm limit ({limits.tpm} tokens per minute)",
         )
     return None
@@ -152,7 +152,7 @@ def queue_retry_after_ms(waiting: int, drains_per_s: float | None, *, unknown_ms
     to drain what waits in it now; `unknown_ms` while it has not drained yet."""
     if drains_per_s is None or drains_per_s <= 0:
         return max(MIN_RETRY_MS, unknown_ms)
-    return _ms(max(1, waiting) / drains_per_s)
+    return _retry_ms(max(1, waiting) / drains_per_s)
 
 
 def queue_refusal(
@@ -183,5 +183,6 @@ def queue_refusal(
     return None
 
 
-def _ms(seconds: float) -> int:
+def _retry_ms(seconds: float) -> int:
+    """A wait of `seconds` as a Retry-After in whole ms, within the bounds we send."""
     return min(MAX_RETRY_MS, max(MIN_RETRY_MS, math.ceil(seconds * 1000)))

@@ -68,11 +68,6 @@ class LaneSlots:
         """Call `listener` when a job of the router's own gives its slot back."""
         self._on_slot_freed = listener
 
-    def lane_of(self, job: JobRequest, agent_id: str | None) -> Lane | None:
-        """The (model, type) selection would send the call to on the fleet, if any."""
-        pick = self.pick(job, agent_id)
-        return (pick.model, pick.type) if pick is not None else None
-
     def pick(self, job: JobRequest, agent_id: str | None) -> Selection | None:
         """The fleet node and model selection picks for the call now, if any (its lane;
         the dispatcher's first attempt when the call does not wait)."""

@@ -11,7 +11,10 @@ A model served by several nodes is listed once; its details (digest, size, famil
 parameter size, quantization, modified time) come from the first node by id that
 reports them, its capabilities are the union over the nodes. Where no node reports a
 fact, the entry holds what Ollama's own Go types marshal for an unset one (`""`, `0`,
-the zero time), so every Ollama client parses it.
+the zero time), so every Ollama client parses it. The one exception is a loaded model's
+`expires_at`: a runtime that reports none (llama.cpp, vLLM) keeps its model loaded until
+it stops, which Ollama says with a time centuries ahead (`keep_alive: -1`); the zero time
+would read as expired (`ollama ps` prints "Stopping...", Open WebUI shows it unloaded).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from typing import Any
 from router.fleet.index import FleetIndex, ModelGroup
 from services.capabilities import RunningModel, ServedModel
 
-__all__ = ["ZERO_TIME", "RunningView", "TagsView", "running_members"]
+__all__ = ["KEPT_LOADED", "ZERO_TIME", "RunningView", "TagsView", "running_members"]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time, as Ollama marshals an unset one
+# A loaded model with no expiry: Ollama's `keep_alive: -1` is now + 2^63 ns (year 2318),
+# which its CLI prints as "Forever" and every client sorts as the longest time left.
+KEPT_LOADED = "2318-01-01T00:00:00Z"
 
 
 def running_members(index: FleetIndex, group: ModelGroup) -> Iterator[str]:
@@ -57,8 +63,9 @@ def _size(model: ServedModel) -> int:
     return round(model.size_gb * 1e9) if model.size_gb else 0
 
 
-def _describing(index: FleetIndex, group: ModelGroup) -> ServedModel:
-    """The group's model as the first node by id that reports its details describes it."""
+def _describing(index: FleetIndex, group: ModelGroup) -> tuple[str, ServedModel]:
+    """The group's model as the first node by id that reports its details describes it:
+    (that node, its record of the model)."""
     best: tuple[bool, str] | None = None
     chosen: ServedModel | None = None
     for node in index.members(group):
@@ -66,8 +73,9 @@ def _describing(index: FleetIndex, group: ModelGroup) -> ServedModel:
         rank = (served.digest is None, node)
         if best is None or rank < best:
             best, chosen = rank, served
-    assert chosen is not None  # a group has at least one member
-    return chosen
+    assert best is not None  # a group has at least one member
+    assert chosen is not None
+    return best[1], chosen
 
 
 class TagsView:
@@ -78,18 +86,21 @@ class TagsView:
         self._version = -1
         self._body = b""
         self._models: dict[str, ServedModel] = {}
+        self._describers: dict[str, str] = {}
 
     def _refresh(self) -> None:
         if self._version == self._index.membership:
             return
         index = self._index
         chosen: dict[str, ServedModel] = {}
+        describers: dict[str, str] = {}
         capabilities: dict[str, set[str]] = {}
         for group in sorted(index.groups(), key=lambda g: (g.name, g.type)):
-            described = _describing(index, group)
+            node, described = _describing(index, group)
             held = chosen.get(group.name)
             if held is None or (held.digest is None and described.digest is not None):
                 chosen[group.name] = described
+                describers[group.name] = node
             found = capabilities.setdefault(group.name, set())
             for node in index.members(group):
                 found.update(index.nodes[node].models[group.name, group.type].capabilities)
@@ -106,6 +117,7 @@ class TagsView:
             for name, model in sorted(chosen.items())
         ]
         self._models = chosen
+        self._describers = describers
         self._body = json.dumps({"models": entries}).encode()
         self._version = index.membership
 
@@ -117,6 +129,12 @@ class TagsView:
         """The describing record of a model some fresh node serves, else None."""
         self._refresh()
         return self._models.get(name)
+
+    def describer(self, name: str) -> str | None:
+        """The node whose record of the model this catalog shows (the first by id that
+        reports its details), so `/api/show` asks it first and both say the same."""
+        self._refresh()
+        return self._describers.get(name)
 
 
 class RunningView:
@@ -161,7 +179,7 @@ def _ps_entry(node: str, served: ServedModel, loaded: RunningModel) -> dict[str,
         "size": loaded.size_bytes or _size(served),
         "digest": served.digest or "",
         "details": _details(served),
-        "expires_at": loaded.expires_at or ZERO_TIME,
+        "expires_at": loaded.expires_at or KEPT_LOADED,
         "size_vram": loaded.size_vram or 0,
         "context_length": loaded.context_length or served.context_window or 0,
         "node": node,

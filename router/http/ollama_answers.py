@@ -184,11 +184,18 @@ def embeddings_answer(response: JobResponse) -> Body:
     return {"embedding": vectors[0]}
 
 
+# Job fields that are top-level fields of Ollama's requests: an error names them as the
+# client sent them (`think: ...`, not `extra.think: ...`).
+_TOP_LEVEL_IN_EXTRA = ("extra.think", "extra.keep_alive", "extra.truncate", "extra.template")
+
+
 def ollama_message(code: ErrorCode, message: str) -> str:
     """An error's message as Ollama clients read it: a missing model says `not found`
-    (the `ollama` CLI offers to pull on it)."""
+    (the `ollama` CLI offers to pull on it); a field is named as Ollama's body has it."""
     if code == ErrorCode.MODEL_NOT_FOUND and "not found" not in message:
         return f"model not found: {message}"
+    if message.startswith(_TOP_LEVEL_IN_EXTRA):
+        return message.removeprefix("extra.")
     return message
 
 

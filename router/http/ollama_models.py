@@ -51,12 +51,13 @@ MANAGED_ON_NODES = (
 _MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy")
 _SHOW_BODY_LIMIT = 64 * 1024
 
-# A served model's details from a node (router/serving/model_show.py): (name, verbose).
-ShowModel = Callable[[str, bool], Awaitable[dict[str, Any] | InferbusError]]
+# A served model's details from a node (router/serving/model_show.py): (name, verbose,
+# the node to ask first: the one whose record `/api/tags` shows).
+ShowModel = Callable[[str, bool, str | None], Awaitable[dict[str, Any] | InferbusError]]
 Page = Callable[[Request], Awaitable[Response]]
 
 
-async def no_show(name: str, verbose: bool) -> dict[str, Any] | InferbusError:
+async def no_show(name: str, verbose: bool, first: str | None) -> dict[str, Any] | InferbusError:
     """`/api/show` where the router wired no way to ask nodes."""
     return InferbusError(ErrorCode.NO_ROUTE, "no node can be asked for a model's details")
 
@@ -102,7 +103,7 @@ def ollama_model_routes(
         if not isinstance(name, str) or not name:
             return ollama_error(400, "model is required")
         name = served_name(name, lambda model: catalog.model(model) is not None)
-        shown = await show_model(name, bool(raw.get("verbose")))
+        shown = await show_model(name, bool(raw.get("verbose")), catalog.describer(name))
         if isinstance(shown, InferbusError):
             if shown.code == ErrorCode.MODEL_NOT_FOUND:  # Ollama's own words
                 return ollama_error(404, f"model '{name}' not found")

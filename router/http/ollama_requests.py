@@ -18,9 +18,12 @@ Pure: a body in, the fields of a `JobRequest` out (or BAD_REQUEST naming the fie
   conversation.
 - `keep_alive`, `think` and `truncate` are passed to the node in `extra`.
 - `/api/generate`: `system` is a system message before the prompt, `images` go with the
-  prompt, `raw: true` sends the prompt without the chat template, `suffix` is
-  fill-in-the-middle. `template` (a template for this request) and `context` (the
-  deprecated token memory) cannot be honoured across a fleet and are refused by name.
+  prompt, `raw: true` sends the prompt without the chat template (and without `template`,
+  as Ollama ignores it then), `suffix` is fill-in-the-middle. `template` (a Go template
+  for this request instead of the model's) travels in `extra`; only a node whose copy of
+  the model runs on Ollama is chosen for it (router/selection/needs.py), as no other
+  runtime applies one. `context` (the deprecated token memory) cannot be honoured across
+  a fleet and is refused by name.
 """
 
 from __future__ import annotations
@@ -295,11 +298,9 @@ def generate_fields(body: Fields) -> Fields | InferbusError:
     for key, text in (("prompt", body.get("prompt")), ("system", body.get("system"))):
         if text is not None and not isinstance(text, str):
             return _bad(key, "must be a string")
-    if body.get("template"):
-        return _bad(
-            "template",
-            "the fleet applies each model's own template; send a templated prompt with raw: true",
-        )
+    template = body.get("template")
+    if template is not None and not isinstance(template, str):
+        return _bad("template", "must be a string")
     if body.get("context"):
         return _bad("context", "not kept across the fleet; send the conversation to /api/chat")
     images = _images(body.get("images"), "images")
@@ -311,6 +312,8 @@ def generate_fields(body: Fields) -> Fields | InferbusError:
     if suffix is not None and not isinstance(suffix, str):
         return _bad("suffix", "must be a string")
     if body.get("raw") or suffix:
+        if template and not body.get("raw"):
+            return _bad("template", "a fill-in-the-middle prompt takes the model's own template")
         if system:
             return _bad("raw", "a raw prompt takes no system message")
         fields.update(prompt=prompt, raw=bool(body.get("raw")), images=images)
@@ -322,6 +325,8 @@ def generate_fields(body: Fields) -> Fields | InferbusError:
     if images:
         user["images"] = images
     fields["messages"] = [*messages, user]
+    if template:
+        fields["extra"] = {**fields.get("extra", {}), "template": template}
     return fields
 
 

@@ -7,7 +7,10 @@ Two things must hold before a node is even ranked (DESIGN §6):
   whose record lists no capabilities is "unknown" and is not filtered out (an older
   worker); the worker refuses by name if it really cannot;
 - the worker understands every new job field the job uses (`wire_features` in its
-  record): an older worker would drop the field without a word, so it never gets the job.
+  record): an older worker would drop the field without a word, so it never gets the job;
+- a job bringing its own prompt template (`extra.template`) goes to a copy of the model
+  that an Ollama runtime serves (`services.needs.TEMPLATE_RUNTIMES`): no other runtime
+  applies a request's template.
 
 Both checks are O(1) per node asked (the record's tuples are tiny), so selection stays
 O(candidates of the model) per request. The descriptions are built only on the failure
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from router.fleet.index import FleetIndex, ModelGroup
-from services.needs import needed_capabilities
+from services.needs import TEMPLATE_RUNTIMES, needed_capabilities, wants_template
 from services.wire import JobRequest, JobType
 
 __all__ = ["NO_NEEDS", "JobNeeds", "Missing", "fit_check", "job_needs", "what_is_missing"]
@@ -32,9 +35,10 @@ class JobNeeds:
 
     capabilities: tuple[tuple[str, str], ...] = ()  # (capability, field)
     wire_features: tuple[str, ...] = ()
+    runtimes: frozenset[str] | None = None  # the runtimes that may serve it (None: any)
 
     def __bool__(self) -> bool:
-        return bool(self.capabilities or self.wire_features)
+        return bool(self.capabilities or self.wire_features or self.runtimes is not None)
 
 
 NO_NEEDS = JobNeeds()
@@ -55,6 +59,7 @@ def wire_features_of(job: JobRequest, job_type: JobType) -> tuple[str, ...]:
         "embed": job_type == "embed",
         "raw": job.raw or job.suffix is not None,
         "continue": bool(job.continue_final),
+        "template": wants_template(job),
     }
     return tuple(name for name, used in uses.items() if used)
 
@@ -63,7 +68,8 @@ def job_needs(job: JobRequest, job_type: JobType) -> JobNeeds:
     """Exactly what the worker's own refusal checks (services.needs), so the router never
     sends a job the worker would refuse for its model, and never skips one it would take."""
     caps = tuple((need.capability, need.field) for need in needed_capabilities(job, job_type))
-    return JobNeeds(caps, wire_features_of(job, job_type))
+    runtimes = TEMPLATE_RUNTIMES if wants_template(job) else None
+    return JobNeeds(caps, wire_features_of(job, job_type), runtimes)
 
 
 def fit_check(index: FleetIndex, needs: JobNeeds) -> Callable[[ModelGroup, str], bool]:
@@ -96,6 +102,12 @@ def what_is_missing(
     if entry is None:
         return None
     model = entry.models.get((group.name, group.type))
+    if needs.runtimes is not None and model is not None and model.runtime not in needs.runtimes:
+        reason = (
+            f"model {group.name!r} is served by {model.runtime}; only "
+            f"{' or '.join(sorted(needs.runtimes))} applies a request's own template"
+        )
+        return Missing("template", reason, by_model=True)
     capabilities = model.capabilities if model is not None else ()
     if capabilities:
         for capability, field in needs.capabilities:

@@ -2,7 +2,9 @@
 for the Ollama dialect's `POST /api/show`.
 
 Asks a few fresh nodes that serve the model and understand the request (`show` in their
-`wire_features`), one after the other, until one answers; the answer is kept for
+`wire_features`), one after the other, until one answers — first the one the caller
+names (the Ollama dialect names the node whose record its `/api/tags` shows, so both
+describe the model alike); the answer is kept for
 `ttl_s` per (model, verbose), so clients that show a model on every page load cost the
 fleet one runtime call per model per minute. Finding the nodes is O(nodes asked), not
 O(nodes serving the model).
@@ -49,32 +51,43 @@ class ModelShows:
         self._kept_max = kept
         self._kept: OrderedDict[tuple[str, bool], tuple[float, dict[str, Any]]] = OrderedDict()
 
-    def _servers(self, name: str, now: float) -> Iterator[str]:
-        """Fresh nodes serving `name` whose workers answer `node.<id>.show`."""
+    def _askable(self, node: str, now: float) -> bool:
+        entry = self._index.nodes.get(node)
+        return (
+            entry is not None
+            and self._index.live(node, now)
+            and "show" in entry.record.wire_features
+        )
+
+    def _servers(self, name: str, now: float, first: str | None) -> Iterator[str]:
+        """Fresh nodes serving `name` whose workers answer `node.<id>.show`, `first`
+        first when it is one of them."""
         index = self._index
+        if first is not None and self._askable(first, now):
+            entry = index.nodes[first]
+            if entry.fresh and any((name, kind) in entry.models for kind in _MODEL_TYPES):
+                yield first
         for model_type in _MODEL_TYPES:
             group = index.group(name, model_type)
             if group is None:
                 continue
             for node in index.members(group):
-                entry = index.nodes.get(node)
-                if (
-                    entry is not None
-                    and index.live(node, now)
-                    and "show" in entry.record.wire_features
-                ):
+                if self._askable(node, now):
                     yield node
 
-    async def show(self, name: str, *, verbose: bool = False) -> dict[str, Any] | InferbusError:
+    async def show(
+        self, name: str, *, verbose: bool = False, first: str | None = None
+    ) -> dict[str, Any] | InferbusError:
         """Ollama's ShowResponse for `name`, or why there is none (MODEL_NOT_FOUND when no
-        fresh node serves it, else the last node's failure)."""
+        fresh node serves it, else the last node's failure); `first` is asked first."""
         now = self._clock()
         key = (name, verbose)
         kept = self._kept.get(key)
         if kept is not None and kept[0] > now:
             self._kept.move_to_end(key)
             return kept[1]
-        asked = list(itertools.islice(_unique(self._servers(name, now)), self._nodes_asked))
+        servers = self._servers(name, now, first)
+        asked = list(itertools.islice(_unique(servers), self._nodes_asked))
         if not asked:
             return InferbusError(ErrorCode.MODEL_NOT_FOUND, "no node serves it")
         request = ShowRequest(model=name, verbose=verbose).model_dump_json().encode()

@@ -6,7 +6,8 @@ subscription for all of them, so a request costs no SUB/UNSUB): the second token
 node the job went to, so accounts may restrict a worker to replying on `_INBOX.<own
 node>.>`; the last token has 128 random bits, so nobody can guess a live inbox. A message
 is taken only when it arrives on the inbox of a pending job, from that job's node, and
-carries that job's id; anything else is dropped, counted, and logged once per job.
+carries that job's id; anything else is dropped, counted, and logged once per job (a
+message behind the job's answer too, whether it came before the answer was read or after).
 
 Whenever the router stops waiting before the node's final answer (its timer, the node
 found lost, the caller gone), the node is sent `node.<id>.cancel` for the job, so its
@@ -91,6 +92,13 @@ class _Inbox:
             finally:
                 self._waiter = None
         return self._items.popleft()
+
+    def discard(self) -> int:
+        """Forget what was never read (messages that came behind the answer): how many
+        messages that was."""
+        left = sum(1 for item in self._items if not isinstance(item, Lost))
+        self._items.clear()
+        return left
 
 
 @dataclass
@@ -247,6 +255,9 @@ class NodeLink:
             return outcome
         finally:
             self._pending.pop(token, None)
+            late = pending.queue.discard()
+            if late:
+                self._drop_late(pending, late)
             tokens = self._by_node.get(node)
             if tokens is not None:
                 tokens.discard(token)
@@ -318,6 +329,18 @@ class NodeLink:
                 pending.job_id,
                 pending.node,
                 job_id,
+            )
+
+    def _drop_late(self, pending: _Pending, count: int) -> None:
+        """Messages that came on a job's inbox behind its answer and were never read."""
+        self.dropped += count
+        pending.dropped += count
+        if pending.dropped == count:
+            log.warning(
+                "dropped %d message(s) that came on job %r's inbox from %s behind its answer",
+                count,
+                pending.job_id,
+                pending.node,
             )
 
     async def _cancel(self, node: str, job_id: str) -> None:

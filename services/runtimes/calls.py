@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -104,7 +105,7 @@ async def stream_within(
     pieces: list[str] = []
     calls = ToolCallAssembler()
     logprobs: list[dict[str, Any]] = []
-    clock = asyncio.get_running_loop().time
+    clock = time.monotonic  # not the loop's clock: uvloop's ticks in whole milliseconds
     started = clock()
     first_piece: float | None = None
     try:

@@ -128,9 +128,12 @@ class OllamaRuntime:
         return body
 
     def _request(self, call: ChatCall, *, stream: bool) -> tuple[httpx.URL, dict[str, Any]]:
-        """A raw prompt goes to `/api/generate`, everything else to `/api/chat`."""
+        """A raw prompt, or one with a template of its own, goes to `/api/generate`,
+        everything else to `/api/chat`."""
         if call.raw_prompt is not None:
             return self._generate_url, generate_body(call, stream=stream)
+        if call.extra.get("template"):
+            return self._generate_url, templated_body(call, stream=stream)
         return self._chat_url, chat_body(call, stream=stream)
 
     async def chat(self, call: ChatCall, *, timeout_s: float) -> ChatReply:
@@ -275,6 +278,28 @@ def generate_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
     return body
 
 
+def templated_body(call: ChatCall, *, stream: bool) -> dict[str, Any]:
+    """`/api/generate` for a prompt with its own `template` (in `extra`, placed by
+    `feature_fields`): the user message is the `prompt` (with its images), a system
+    message the `system`; Ollama renders them with that template instead of the model's.
+    The job's shape (one user message, perhaps a system one) is checked before
+    (services/needs.py)."""
+    features, extra_options = feature_fields(call)
+    user = call.messages[-1]
+    body: dict[str, Any] = {"model": call.model, "prompt": user.text, "stream": stream}
+    system = next((message.text for message in call.messages if message.role == "system"), "")
+    if system:
+        body["system"] = system
+    images = user.all_images
+    if images:
+        body["images"] = [ollama_image(image) for image in images]
+    body.update(features)
+    options = {**ollama_options(call.params), **extra_options}
+    if options:
+        body["options"] = options
+    return body
+
+
 def ollama_message(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.text}
     images = message.all_images
@@ -323,7 +348,8 @@ def usage_of(data: dict[str, Any]) -> Usage:
     )
 
 
-def _ms(data: dict[str, Any], key: str) -> float | None:
+def _duration_ms(data: dict[str, Any], key: str) -> float | None:
+    """One of Ollama's durations (ns) in ms; None when absent or not a positive number."""
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
@@ -333,9 +359,9 @@ def _ms(data: dict[str, Any], key: str) -> float | None:
 def timings_of(data: dict[str, Any]) -> RuntimeTimings | None:
     """Ollama's Metrics (nanoseconds; omitted when zero) in ms; None when it sent none."""
     timings = RuntimeTimings(
-        load_ms=_ms(data, "load_duration"),
-        prompt_ms=_ms(data, "prompt_eval_duration"),
-        eval_ms=_ms(data, "eval_duration"),
+        load_ms=_duration_ms(data, "load_duration"),
+        prompt_ms=_duration_ms(data, "prompt_eval_duration"),
+        eval_ms=_duration_ms(data, "eval_duration"),
     )
     return timings if timings != RuntimeTimings() else None
 

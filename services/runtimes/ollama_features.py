@@ -50,7 +50,7 @@ _OPTION_NAMES = {
     "mirostat_tau": "mirostat_tau",
     "mirostat_eta": "mirostat_eta",
 }
-_TOP_LEVEL = frozenset({"keep_alive", "think", "truncate"})
+_TOP_LEVEL = frozenset({"keep_alive", "think", "truncate", "template"})
 # OpenAI fields that do not change the answer: dropped for Ollama without a word.
 _HARMLESS = frozenset({"metadata", "store", "service_tier"})
 

@@ -78,6 +78,13 @@ def _extra(extra: dict[str, Any], taken: set[str]) -> dict[str, Any]:
             raise InferbusError(
                 ErrorCode.BAD_REQUEST, f"extra.{key}: set by the job itself, not by `extra`"
             )
+    if "template" in extra:  # these servers would ignore it and apply the model's own
+        if extra["template"]:
+            raise InferbusError(
+                ErrorCode.BAD_REQUEST,
+                "extra.template: only an Ollama runtime applies a request's own template",
+            )
+        return {key: value for key, value in extra.items() if key != "template"}
     return dict(extra)
 
 

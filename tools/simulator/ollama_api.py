@@ -8,6 +8,8 @@ here works against a real Ollama.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +31,9 @@ from tools.simulator.plan import GenRequest, Plan, Rejection
 
 OLLAMA_VERSION = "0.12.6"
 _KEEP_ALIVE = timedelta(minutes=5)
+_FOREVER = datetime(2318, 1, 1, tzinfo=UTC)  # keep_alive < 0: Ollama's now + 2^63 ns
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_SECONDS_PER = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _RUNNER_CRASHED = "llama runner process has terminated: exit status 2"
 # Bytes per parameter of a Q4_K_M GGUF: turns a size into Ollama's "parameter_size".
 _Q4_BYTES_PER_PARAMETER = 4.85 / 8
@@ -43,10 +48,18 @@ def _rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _nothing_kept(payload: dict[str, Any]) -> None:
+    return None
+
+
 class _OllamaWire:
-    """What /api/chat and /api/generate share: errors and the final object's metrics."""
+    """What /api/chat and /api/generate share: errors and the final object's metrics;
+    each request's `keep_alive` goes to `kept` (the catalog's `/api/ps` follows it)."""
 
     stream_headers: dict[str, str] = {"Content-Type": "application/x-ndjson"}  # noqa: RUF012
+
+    def __init__(self, kept: Callable[[dict[str, Any]], None] = _nothing_kept) -> None:
+        self._kept = kept
 
     def reject(self, rejection: Rejection, model: str) -> web.Response:
         if rejection.kind == "not_found":
@@ -133,6 +146,17 @@ def _common(payload: dict[str, Any]) -> tuple[str, bool, int | None] | Rejection
     return model, stream, limit
 
 
+_TEMPLATE_FIELD = re.compile(r"\{\{-?\s*\.(System|Prompt)\s*-?\}\}")
+
+
+def render_template(template: str, *, system: str, prompt: str) -> str:
+    """A request's own `template` as Ollama renders it, for the two fields a generate
+    fills (`{{ .System }}`, `{{ .Prompt }}`); the rest of Go's template language is
+    left as written."""
+    values = {"System": system, "Prompt": prompt}
+    return _TEMPLATE_FIELD.sub(lambda field: values[field.group(1)], template)
+
+
 class OllamaChat(_OllamaWire):
     """POST /api/chat: ``message`` objects, streamed as NDJSON by default."""
 
@@ -141,6 +165,7 @@ class OllamaChat(_OllamaWire):
         if isinstance(common, Rejection):
             return common
         model, stream, limit = common
+        self._kept(payload)
         messages = payload.get("messages") or []
         if not isinstance(messages, list):
             return Rejection("bad_request", "messages must be an array")
@@ -237,17 +262,22 @@ class OllamaGenerate(_OllamaWire):
         if isinstance(common, Rejection):
             return common
         model, stream, limit = common
+        self._kept(payload)
         prompt = payload.get("prompt") or ""
         system = payload.get("system") or ""
-        if not isinstance(prompt, str) or not isinstance(system, str):
-            return Rejection("bad_request", "prompt and system must be strings")
+        template = payload.get("template") or ""
+        if not all(isinstance(text, str) for text in (prompt, system, template)):
+            return Rejection("bad_request", "prompt, system and template must be strings")
         images = _has_images(payload.get("images"))
         if isinstance(images, Rejection):
             return images
         load_only = not prompt and not images
+        rendered = prompt
+        if template and not payload.get("raw"):  # the answer shows the prompt it rendered
+            rendered = render_template(template, system=system, prompt=prompt)
         return GenRequest(
             model=model,
-            prompt_text=prompt,
+            prompt_text=rendered,
             prompt_tokens=max(1, count_words(prompt) + count_words(system)),
             has_images=images,
             max_tokens=limit,
@@ -305,14 +335,39 @@ def _digest(model: SimModel) -> str:
     return hashlib.sha256(model.name.encode()).hexdigest()
 
 
+def keep_alive_seconds(value: Any) -> float | None:
+    """Ollama's `keep_alive`: seconds as a number, or a Go duration ("10m", "1h30m",
+    "-1"); None when absent or unreadable. Below zero: kept loaded forever."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    try:
+        return sign * float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sign * sum(float(number) * _SECONDS_PER[unit] for number, unit in parts)
+
+
 class OllamaCatalog:
     """GET /api/version, /api/tags, /api/ps and POST /api/show.
 
     The model list never changes while the server runs, so bodies are encoded once.
+    `/api/ps` follows each model's last `keep_alive` (`kept`): its expiry, forever below
+    zero, unloaded at zero; five minutes from now for a model never asked with one.
     """
 
     def __init__(self, models: dict[str, SimModel], started: datetime) -> None:
         self._models = models
+        self._kept: dict[str, datetime] = {}
         self._modified_at = _rfc3339(started)
         self._version = json_bytes({"version": OLLAMA_VERSION})
         self._tags = json_bytes(
@@ -337,8 +392,17 @@ class OllamaCatalog:
     async def tags(self, request: web.Request) -> web.Response:
         return web.Response(body=self._tags, headers=JSON_HEADERS)
 
+    def kept(self, payload: dict[str, Any]) -> None:
+        """A generation request's `keep_alive`, as Ollama's scheduler takes it."""
+        seconds = keep_alive_seconds(payload.get("keep_alive"))
+        if seconds is not None and payload.get("model") in self._models:
+            now = datetime.now(UTC)
+            until = _FOREVER if seconds < 0 else now + timedelta(seconds=seconds)
+            self._kept[payload["model"]] = until
+
     async def ps(self, request: web.Request) -> web.Response:
-        expires_at = _rfc3339(datetime.now(UTC) + _KEEP_ALIVE)
+        now = datetime.now(UTC)
+        default = now + _KEEP_ALIVE
         loaded = [
             {
                 "name": model.name,
@@ -346,12 +410,12 @@ class OllamaCatalog:
                 "size": model.size_bytes,
                 "digest": _digest(model),
                 "details": model_details(model),
-                "expires_at": expires_at,
+                "expires_at": _rfc3339(self._kept.get(model.name, default)),
                 "size_vram": model.size_bytes,
                 "context_length": model.context_window,
             }
             for model in self._models.values()
-            if model.running
+            if model.running and self._kept.get(model.name, default) > now
         ]
         return json_response(200, {"models": loaded})
 
@@ -392,7 +456,7 @@ def _show_body(model: SimModel, modified_at: str) -> dict[str, Any]:
 def add_ollama_routes(app: web.Application, started: datetime) -> None:
     """Register Ollama's endpoints on ``app`` (whose state is already set)."""
     catalog = OllamaCatalog(app[STATE_KEY].models, started)
-    chat, generate = OllamaChat(), OllamaGenerate()
+    chat, generate = OllamaChat(catalog.kept), OllamaGenerate(catalog.kept)
 
     async def chat_handler(request: web.Request) -> web.StreamResponse:
         return await serve_generation(request, chat)

@@ -145,11 +145,6 @@ class LiveFeed(AsyncService):
         if self._sent.pop(node, None) is not None:
             self._gone.add(node)
 
-    def touched(self, node: str) -> None:
-        """Something about `node` the records do not carry changed (its breakers)."""
-        if self._viewers:
-            self._dirty.add(node)
-
     def health_changed(self, kind: str, owner: str) -> None:
         """The health board wrote a change: a node's breaker (`owner` the node), or a cloud
         key's or model's state (`owner` the provider), sent at the next flush."""
