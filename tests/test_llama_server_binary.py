@@ -215,21 +215,26 @@ async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
     nc: NatsClient,
     start_router: RouterFactory,
     node_id: str,
-    gguf_dir: Path,
 ) -> None:
     """Two workers, each in front of its own llama-server serving the same model. The
     stream starts on the first; after its first piece that node's llama-server is frozen,
     a second node joins, and the first node's worker is killed: the stream goes on on the
-    second node, which is sent the text so far to continue (its prompt is longer by it),
-    and the client's stream stays contiguous."""
-    path = gguf_dir / "tiny-first.gguf"
+    second node and the client's stream stays contiguous, no piece repeated.
+
+    The model has a long context and is asked for 3,000 tokens (about a second on an idle
+    core; the 512-token tiny model is done in 0.03 s, before the freeze can land). The
+    second node's request carried the prefix: its answer is exactly what that llama-server
+    continues the rendered conversation plus the prefix with on its raw `/completion`."""
+    path = write_tiny_llama_gguf(tmp_path / "tiny-long.gguf", context_length=8192)
     victim, other = f"{node_id}-victim", f"{node_id}-other"
-    ask_for = {"model": "tiny-first", "prompt": "hi", "max_tokens": 200, "temperature": 0}
+    ask_for = {"model": "tiny-long", "prompt": "hi", "max_tokens": 3000, "temperature": 0}
+    one_slot = ("-c", "4096", "-np", "1")
     lines: list[dict[str, Any]] = []
     async with (
-        llama_server_process(path, "-c", "1024") as (first_url, first_server),
-        llama_server(path, "-c", "1024") as second_url,
+        llama_server_process(path, *one_slot) as (first_url, first_server),
+        llama_server(path, *one_slot) as second_url,
         worker_process(tmp_path, victim, nats_server.url, first_url, kind="llamacpp") as killed,
+        httpx.AsyncClient(base_url=second_url, timeout=60) as second,
     ):
         await wait_for_worker(nc, llm(victim))
         async with (
@@ -245,21 +250,36 @@ async def test_a_stream_broken_on_one_llama_server_goes_on_on_another(
             ):
                 await wait_for_worker(nc, llm(other))
                 await until(lambda: other in router.fleet.nodes, timeout_s=10)
-                plain = await ask(nc, llm(other), {**ask_for, "max_tokens": 1})
                 killed.kill()
                 lines.extend([json.loads(line) async for line in stream])
-    final = lines[-1]
-    assert plain.result is not None
-    assert final["status"] == "ok", final
-    route = final["route"]
-    assert route["resumed"] == 1
+        final = lines[-1]
+        assert final["status"] == "ok", final
+        route = final["route"]
+        assert route["resumed"] == 1, "the first node finished before the freeze"
+        sent_first = route["attempts"][0]["resumed_after"]
+        deltas = [line["delta"] for line in lines[:-1]]
+        prefix, continuation = "".join(deltas[:sent_first]), "".join(deltas[sent_first:])
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": prefix}]
+        rendered = (await second.post("/apply-template", json={"messages": messages})).json()
+        direct = await second.post(
+            "/completion",
+            json={
+                "prompt": rendered["prompt"],
+                "n_predict": 3000 - sent_first,
+                "temperature": 0,
+                "cache_prompt": False,
+            },
+        )
     assert [attempt["node"] for attempt in route["attempts"]] == [victim, other]
     assert [line["seq"] for line in lines[:-1]] == list(range(1, len(lines)))
-    sent_first = route["attempts"][0]["resumed_after"]
-    prefix = "".join(line["delta"] for line in lines[:sent_first])
-    assert final["result"]["text"].startswith(prefix)
-    # the continuing node was sent the text so far: its prompt is longer than the question's
-    assert final["result"]["usage"]["prompt_tokens"] > plain.result.usage.prompt_tokens
+    assert rendered["prompt"].endswith(f"assistant: {prefix}")  # a prefill, not a new turn
+    assert continuation == direct.json()["content"]  # only what is new: no echo, no gap
+    assert final["result"]["text"] == prefix + continuation
+    usage = final["result"]["usage"]
+    assert usage["completion_tokens"] == 3000  # the cap held across both nodes
+    by_attempt = [attempt["usage"] for attempt in route["attempts"]]
+    assert by_attempt[0]["completion_tokens"] == sent_first
+    assert sum(used["prompt_tokens"] for used in by_attempt) == usage["prompt_tokens"]
 
 
 async def test_the_official_ollama_client_through_a_llama_server_node(

@@ -6,8 +6,15 @@ from typing import Any
 
 import pytest
 
-from router.attempts.resume import StreamSoFar, continuing_job, may_resume
-from services.wire import JobRequest
+from router.attempts.resume import (
+    StreamSoFar,
+    attempt_usages,
+    caller_allows_resume,
+    continuing_job,
+    may_resume,
+    whole_answer,
+)
+from services.wire import JobRequest, Result, Usage
 from services.wire_features import ToolCallDelta
 
 CHAT = JobRequest.model_validate({"messages": [{"role": "user", "content": "story"}]})
@@ -59,7 +66,7 @@ def test_a_stream_resumes_only_for_the_nodes_own_fault_within_its_bounds(
 
 
 def test_a_chat_continues_with_the_text_so_far_as_the_assistants_prefill() -> None:
-    resumed = continuing_job(CHAT, "Once upon", 1)
+    resumed = continuing_job(CHAT, "Once upon", 1, 2)
     assert resumed.continue_final is True
     assert [(m.role, m.content) for m in resumed.messages or []] == [
         ("user", "story"),
@@ -69,7 +76,7 @@ def test_a_chat_continues_with_the_text_so_far_as_the_assistants_prefill() -> No
 
 
 def test_a_prompt_job_becomes_messages_and_a_callers_own_prefill_is_extended() -> None:
-    prompt = continuing_job(JobRequest.model_validate({"prompt": "story"}), "Once", 1)
+    prompt = continuing_job(JobRequest.model_validate({"prompt": "story"}), "Once", 1, 1)
     assert [(m.role, m.content) for m in prompt.messages or []] == [
         ("user", "story"),
         ("assistant", "Once"),
@@ -84,7 +91,7 @@ def test_a_prompt_job_becomes_messages_and_a_callers_own_prefill_is_extended() -
             "continue_final": True,
         }
     )
-    extended = continuing_job(own, " upon", 1)
+    extended = continuing_job(own, " upon", 1, 1)
     assert [(m.role, m.content) for m in extended.messages or []] == [
         ("user", "story"),
         ("assistant", "Once upon"),
@@ -93,4 +100,75 @@ def test_a_prompt_job_becomes_messages_and_a_callers_own_prefill_is_extended() -
 
 def test_a_raw_prompt_continues_by_appending_the_text() -> None:
     raw = JobRequest.model_validate({"prompt": "def f(", "raw": True})
-    assert continuing_job(raw, "x):", 1).prompt == "def f(x):"
+    assert continuing_job(raw, "x):", 1, 2).prompt == "def f(x):"
+
+
+@pytest.mark.parametrize(
+    ("fields", "pieces_so_far", "cap"),
+    [
+        ({}, 50, None),  # no cap: none on the continuation either
+        ({"max_tokens": 200}, 50, 150),
+        ({"max_completion_tokens": 120, "max_tokens": 300}, 20, 100),  # the smaller cap
+        ({"max_tokens": 50}, 50, 1),  # all of it delivered: never a cap of 0
+    ],
+)
+def test_the_continuation_may_generate_only_what_is_left_of_the_callers_cap(
+    fields: dict[str, Any], pieces_so_far: int, cap: int | None
+) -> None:
+    for job in (
+        JobRequest.model_validate({"messages": [{"role": "user", "content": "x"}], **fields}),
+        JobRequest.model_validate({"prompt": "def f(", "raw": True, **fields}),
+    ):
+        continued = continuing_job(job, "Once", 1, pieces_so_far)
+        assert continued.params.max_tokens == cap
+        assert continued.params.max_completion_tokens is None
+
+
+@pytest.mark.parametrize(
+    ("header", "stream_options", "allowed"),
+    [
+        (None, None, True),
+        ("off", None, False),
+        (" OFF ", None, False),
+        ("false", None, False),
+        ("on", None, True),
+        (None, {"include_usage": True}, True),
+        (None, {"resume": False}, False),
+        (None, {"resume": True}, True),
+        ("on", {"resume": False}, False),
+        (None, "not an object", True),
+    ],
+)
+def test_a_caller_refuses_resume_by_header_or_stream_options(
+    header: str | None, stream_options: Any, allowed: bool
+) -> None:
+    assert caller_allows_resume(header, stream_options) is allowed
+
+
+@pytest.mark.parametrize(
+    ("answering", "breaks", "each"),
+    [
+        # broken after 50 pieces; the answering node was sent the question (10) + 50
+        ((60, 150), [50], [(10, 50), (60, 150)]),
+        # broken twice: after 50, then after 120 in all (70 more from the second node)
+        ((130, 80), [50, 120], [(10, 50), (60, 70), (130, 80)]),
+        ((5, 10), [50], [(0, 50), (5, 10)]),  # a prompt reported shorter: never below 0
+    ],
+)
+def test_every_attempt_of_a_resumed_stream_is_counted(
+    answering: tuple[int, int], breaks: list[int], each: list[tuple[int, int]]
+) -> None:
+    final = Usage(prompt_tokens=answering[0], completion_tokens=answering[1])
+    usages = attempt_usages(final, breaks)
+    assert [(u.prompt_tokens, u.completion_tokens) for u in usages] == each
+
+
+def test_the_whole_answer_is_the_text_so_far_and_the_continuation_with_usage_summed() -> None:
+    state = so_far("Once", " upon")
+    state.resumed()
+    state.took(" a")
+    result = Result(text=" a time", usage=Usage(prompt_tokens=12, completion_tokens=2))
+    whole, usages = whole_answer(result, state)
+    assert whole.text == "Once upon a time"
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (10 + 12, 2 + 2)
+    assert [(u.prompt_tokens, u.completion_tokens) for u in usages] == [(10, 2), (12, 2)]

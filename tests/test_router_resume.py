@@ -26,16 +26,20 @@ import pytest
 from router.service import RouterService
 from services.bus import wait_for_worker
 from services.nats_server import NatsServer
+from tests.cloud_sims import PRIMARY
 from tests.conftest import RouterFactory
 from tests.jobs import llm, stream, until
+from tests.test_router_cloud import SECRETS, cloud
 from tests.worker_process import worker_process
-from tools.simulator import SimModel, Simulator, expected_text
+from tools.simulator import Fault, SimModel, Simulator, expected_text
 
 MODEL = "story:7b"
 QUESTION = "tell me a long story"
 TOKENS = 200
 CUT_AFTER = 50
 WHOLE = expected_text(MODEL, QUESTION, TOKENS)
+TOOL_MODEL = "qwen2.5:7b"  # a name that says it calls tools (vLLM's record cannot say)
+SERVED = [SimModel(MODEL), SimModel(TOOL_MODEL)]
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Scene:
     other: str
     process: asyncio.subprocess.Process
     router: RouterService
+    first: Simulator
     second: Simulator
     joins: Callable[..., AbstractAsyncContextManager[None]]
 
@@ -57,15 +62,15 @@ class Scene:
 @pytest.fixture
 def scene(
     tmp_path: Path, nats_server: NatsServer, nc: Any, start_router: RouterFactory, node_id: str
-) -> Callable[[], AbstractAsyncContextManager[Scene]]:
+) -> Callable[..., AbstractAsyncContextManager[Scene]]:
     @asynccontextmanager
-    async def set_up() -> AsyncIterator[Scene]:
+    async def set_up(victim_interval_ms: int = 15, kind: str = "ollama") -> AsyncIterator[Scene]:
         victim, other = f"{node_id}-victim", f"{node_id}-other"
         async with (
-            Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=15) as first,
-            Simulator(models=[SimModel(MODEL)], tokens=TOKENS, token_interval_ms=5) as second,
+            Simulator(models=SERVED, tokens=TOKENS, token_interval_ms=victim_interval_ms) as first,
+            Simulator(models=SERVED, tokens=TOKENS, token_interval_ms=5) as second,
             worker_process(
-                tmp_path, victim, nats_server.url, first.url, drain_grace_s=0.3
+                tmp_path, victim, nats_server.url, first.url, kind=kind, drain_grace_s=0.3
             ) as process,
         ):
             await wait_for_worker(nc, llm(victim))
@@ -73,15 +78,22 @@ def scene(
                 await until(lambda: victim in router.fleet.nodes, timeout_s=10)
 
                 @asynccontextmanager
-                async def joins(slots: int | None = None) -> AsyncIterator[None]:
+                async def joins(
+                    slots: int | None = None, other_kind: str | None = None
+                ) -> AsyncIterator[None]:
                     async with worker_process(
-                        tmp_path, other, nats_server.url, second.url, slots=slots
+                        tmp_path,
+                        other,
+                        nats_server.url,
+                        second.url,
+                        kind=other_kind or kind,
+                        slots=slots,
                     ):
                         await wait_for_worker(nc, llm(other))
                         await until(lambda: other in router.fleet.nodes, timeout_s=10)
                         yield
 
-                yield Scene(victim, other, process, router, second, joins)
+                yield Scene(victim, other, process, router, first, second, joins)
                 if process.returncode is None:
                     process.send_signal(signal.SIGCONT)
 
@@ -109,7 +121,7 @@ async def ndjson(
     "how", [signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM], ids=["killed", "frozen", "drained"]
 )
 async def test_the_openai_client_streams_one_whole_answer_across_a_lost_node(
-    scene: Callable[[], AbstractAsyncContextManager[Scene]], how: signal.Signals
+    scene: Callable[..., AbstractAsyncContextManager[Scene]], how: signal.Signals
 ) -> None:
     pieces: list[str] = []
     finish, usage = None, None
@@ -138,8 +150,35 @@ async def test_the_openai_client_streams_one_whole_answer_across_a_lost_node(
     assert usage.completion_tokens == TOKENS
 
 
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("drop", "BACKEND_UNAVAILABLE"), ("error", "BACKEND_ERROR")],
+    ids=["runtime-connection-cut", "runtime-error-event"],
+)
+async def test_a_stream_the_runtime_breaks_mid_answer_resumes_too(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]], fault: str, code: str
+) -> None:
+    """The worker lives on; its runtime cuts the stream (or sends an error event) after
+    50 pieces, 60 ms apart, by when the other node is in: a failure of the node's own."""
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with scene(victim_interval_ms=60) as s:
+        s.first.set_fault(MODEL, Fault(fault, after_chunks=CUT_AFTER))
+        async with (
+            httpx.AsyncClient(base_url=s.router.url, timeout=60) as http,
+            http.stream("POST", "/infer", json=job) as response,
+            s.joins(),
+        ):
+            lines = [json.loads(line) async for line in response.aiter_lines()]
+    final = lines[-1]
+    assert final["route"]["resumed"] == 1, final
+    assert final["route"]["attempts"][0]["outcome"] == code
+    assert final["route"]["attempts"][0]["resumed_after"] == CUT_AFTER
+    assert "".join(line["delta"] for line in lines[:-1]) == WHOLE
+
+
 async def test_the_route_report_says_where_the_stream_broke_and_went_on(
-    scene: Callable[[], AbstractAsyncContextManager[Scene]],
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
 ) -> None:
     job = {"prompt": QUESTION, "model": MODEL, "stream": True, "idempotency_key": "k1"}
     async with scene() as s:
@@ -155,14 +194,75 @@ async def test_the_route_report_says_where_the_stream_broke_and_went_on(
     assert CUT_AFTER <= route["attempts"][0]["resumed_after"] < TOKENS
     assert route["attempts"][0]["outcome"] == "BACKEND_UNAVAILABLE"
     assert route["node"] == s.other
-    assert final["result"]["usage"]["completion_tokens"] == TOKENS
+    # every attempt's tokens, summed: the question's 5 words twice, the second time with
+    # the text so far (one word a piece) in front of what it generated
+    cut = route["attempts"][0]["resumed_after"]
+    by_attempt = [attempt["usage"] for attempt in route["attempts"]]
+    assert by_attempt == [
+        {"prompt_tokens": 5, "completion_tokens": cut},
+        {"prompt_tokens": 5 + cut, "completion_tokens": TOKENS - cut},
+    ]
+    assert final["result"]["usage"] == {"prompt_tokens": 10 + cut, "completion_tokens": TOKENS}
     # the key keeps the whole answer: a duplicate gets all of it, not the continuation
     assert replayed["cached"] is True
     assert replayed["result"]["text"] == WHOLE
 
 
+async def test_a_node_that_cannot_continue_is_never_chosen_to_resume(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    """The only other node serves the model from LM Studio, whose record lacks `continue`:
+    it would answer the prefill as a new turn, so the stream ends with the error."""
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with (
+        scene() as s,
+        httpx.AsyncClient(base_url=s.router.url, timeout=60) as http,
+        http.stream("POST", "/infer", json=job) as response,
+        s.joins(other_kind="lmstudio"),
+    ):
+        async for line in response.aiter_lines():
+            lines.append(json.loads(line))
+            if len(lines) == CUT_AFTER:
+                s.cut()
+        other_record = s.router.fleet.nodes.get(s.other)
+    assert lines[-1]["error"]["code"] == "BACKEND_UNAVAILABLE", lines[-1]
+    assert other_record is not None  # it was there, and not chosen
+    assert s.second.calls.get(MODEL, 0) == 0
+
+
+async def test_a_duplicate_waiting_on_a_resumed_stream_gets_the_whole_text(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    """A duplicate of the key sent while the stream runs waits for it (one runtime call
+    per attempt, none for the duplicate) and gets the whole answer, not the continuation."""
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True, "idempotency_key": "k-wait"}
+    lines: list[dict[str, Any]] = []
+    async with (
+        scene() as s,
+        httpx.AsyncClient(base_url=s.router.url, timeout=60) as http,
+        http.stream("POST", "/infer", json=job) as response,
+        s.joins(),
+    ):
+        duplicate = None
+        async for line in response.aiter_lines():
+            lines.append(json.loads(line))
+            if len(lines) == 10:
+                whole_job = {**job, "stream": False}
+                duplicate = asyncio.ensure_future(http.post("/infer", json=whole_job))
+            if len(lines) == CUT_AFTER:
+                s.cut()
+        assert duplicate is not None
+        waited = (await duplicate).json()
+        calls_on_the_other = s.second.calls.get(MODEL, 0)
+    assert lines[-1]["route"]["resumed"] == 1, lines[-1]
+    assert waited["status"] == "ok", waited
+    assert waited["result"]["text"] == WHOLE
+    assert calls_on_the_other == 1  # the continuation only: the duplicate made no call
+
+
 async def test_a_caller_may_ask_for_the_error_instead(
-    scene: Callable[[], AbstractAsyncContextManager[Scene]],
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
 ) -> None:
     job = {"prompt": QUESTION, "model": MODEL, "stream": True}
     async with scene() as s:
@@ -172,8 +272,159 @@ async def test_a_caller_may_ask_for_the_error_instead(
     assert s.second.calls.get(MODEL, 0) == 0
 
 
+async def chat_error(chunks: Any, each: Callable[[Any], None]) -> openai.APIError | None:
+    """Read an OpenAI client's stream to its end; the error that ended it, if one did."""
+    try:
+        async for chunk in chunks:
+            each(chunk)
+    except openai.APIError as error:
+        return error
+    return None
+
+
+async def test_the_openai_client_may_refuse_resume_in_stream_options(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    pieces = 0
+    options: Any = {"include_usage": True, "resume": False}  # ours: beyond OpenAI's keys
+    async with scene() as s:
+        client = openai.AsyncOpenAI(base_url=f"{s.router.url}/v1", api_key="x", max_retries=0)
+        chunks = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": QUESTION}],
+            stream=True,
+            stream_options=options,
+            timeout=60,
+        )
+        async with s.joins():
+
+            def count(chunk: Any) -> None:
+                nonlocal pieces
+                pieces += sum(bool(choice.delta.content) for choice in chunk.choices)
+                if pieces == CUT_AFTER:
+                    s.cut()
+
+            error = await chat_error(chunks, count)
+        await client.close()
+    assert error is not None, pieces
+    assert error.code == "BACKEND_UNAVAILABLE"
+    assert CUT_AFTER <= pieces < TOKENS
+    assert s.second.calls.get(MODEL, 0) == 0
+
+
+async def test_a_resumed_stream_keeps_to_the_callers_token_cap(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    cap = 120  # 40 ms a piece: the victim is still streaming when the other node is in
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True, "max_tokens": cap}
+    async with scene(victim_interval_ms=40) as s:
+        lines = await ndjson(s, job)
+    final = lines[-1]
+    assert final["route"]["resumed"] == 1, final
+    assert "".join(line["delta"] for line in lines[:-1]) == expected_text(MODEL, QUESTION, cap)
+    assert final["result"]["finish_reason"] == "length"
+    assert final["result"]["usage"]["completion_tokens"] == cap
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {
+                "type": "object",
+                "properties": {"term": {"type": "string"}, "limit": {"type": "integer"}},
+                "required": ["term"],
+            },
+        },
+    }
+]
+
+
+async def test_a_tool_call_cut_mid_arguments_is_never_presented_as_complete(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    """The victim (vLLM's wire: calls stream as deltas) streams the call's head, then its
+    arguments in two halves, 3 s apart (the other node joins meanwhile: the client reads
+    only once it is there); the victim is killed once the client has the first half. The
+    client holds part of a call it cannot be told to forget, so the stream ends with the
+    error: no finish reason, no call restarted elsewhere."""
+    arguments, finishes = "", list[str]()
+    async with scene(victim_interval_ms=3000, kind="vllm") as s:
+        client = openai.AsyncOpenAI(base_url=f"{s.router.url}/v1", api_key="x", max_retries=0)
+        chunks = await client.chat.completions.create(
+            model=TOOL_MODEL,
+            messages=[{"role": "user", "content": "please lookup nats"}],
+            tools=TOOLS,  # type: ignore[arg-type]
+            stream=True,
+            timeout=60,
+        )
+        async with s.joins():
+
+            def note(chunk: Any) -> None:
+                nonlocal arguments
+                for choice in chunk.choices:
+                    for call in choice.delta.tool_calls or ():
+                        arguments += (call.function.arguments or "") if call.function else ""
+                    if choice.finish_reason:
+                        finishes.append(choice.finish_reason)
+                if arguments:
+                    s.cut()
+
+            error = await chat_error(chunks, note)
+        await client.close()
+    assert error is not None, (arguments, finishes)
+    assert error.code == "BACKEND_UNAVAILABLE"
+    assert arguments  # the client had part of the call ...
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(arguments)  # ... only part of it ...
+    assert finishes == []  # ... and was never told it was complete
+    assert s.second.calls.get(TOOL_MODEL, 0) == 0
+
+
+async def test_a_stream_resumes_on_its_own_model_only_never_on_a_fallback(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: Any,
+    start_router: RouterFactory,
+    node_id: str,
+    alpha: Simulator,
+    beta: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fleet model falls back to a cloud model (which would answer a whole request in
+    its place); no other node serves the fleet's model when the victim dies: the stream
+    ends with the error rather than go on in another model's words."""
+    for name, secret in SECRETS.items():
+        monkeypatch.setenv(name, secret)
+    victim = f"{node_id}-victim"
+    job = {"prompt": QUESTION, "model": MODEL, "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with (
+        Simulator(models=SERVED, tokens=TOKENS, token_interval_ms=15) as first,
+        worker_process(tmp_path, victim, nats_server.url, first.url) as process,
+    ):
+        await wait_for_worker(nc, llm(victim))
+        async with (
+            start_router(**cloud(alpha, beta, fallbacks=[PRIMARY])) as router,
+            httpx.AsyncClient(base_url=router.url, timeout=60) as http,
+        ):
+            await until(lambda: victim in router.fleet.nodes, timeout_s=10)
+            async with http.stream("POST", "/infer", json=job) as response:
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == CUT_AFTER:
+                        process.kill()
+    assert lines[-1]["error"]["code"] == "BACKEND_UNAVAILABLE", lines[-1]
+    assert (
+        "".join(line.get("delta", "") for line in lines[:-1])
+        == WHOLE[: len("".join(line.get("delta", "") for line in lines[:-1]))]
+    )
+    assert alpha.key_calls == {}  # the fallback model was never asked to continue
+
+
 async def test_a_resumed_stream_waits_in_line_while_the_nodes_that_can_continue_are_busy(
-    scene: Callable[[], AbstractAsyncContextManager[Scene]], nc: Any
+    scene: Callable[..., AbstractAsyncContextManager[Scene]], nc: Any
 ) -> None:
     """The only other node has one slot, taken by a job sent to it by hand: the stream
     waits for that slot (a resumed request needs a slot like any other), then goes on."""
@@ -195,14 +446,14 @@ async def test_a_resumed_stream_waits_in_line_while_the_nodes_that_can_continue_
         await blocker
     final = lines[-1]
     assert "".join(line["delta"] for line in lines[:-1]) == WHOLE
-    assert final["route"]["resumed"] == 1
+    assert final["route"]["resumed"] == 1, final
     assert final["route"]["node"] == s.other
     assert s.second.peak_connections == 1  # the stream went on only once the slot was free
     assert final["route"]["queue_ms"] > 0  # it waited in line for that slot
 
 
 async def test_an_anthropic_stream_resumes_the_same_way(
-    scene: Callable[[], AbstractAsyncContextManager[Scene]],
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
 ) -> None:
     pieces: list[str] = []
     async with scene() as s:
@@ -225,7 +476,7 @@ async def test_an_anthropic_stream_resumes_the_same_way(
 
 
 async def test_an_ollama_stream_resumes_the_same_way(
-    scene: Callable[[], AbstractAsyncContextManager[Scene]],
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
 ) -> None:
     pieces: list[str] = []
     last = None
@@ -246,8 +497,11 @@ async def test_an_ollama_stream_resumes_the_same_way(
     assert last.eval_count == TOKENS
 
 
-async def streamed_text(http: httpx.AsyncClient, job: dict[str, Any]) -> tuple[str, float, int]:
-    """One /infer stream: its text, the longest pause between two pieces, how it resumed."""
+async def streamed_text(
+    http: httpx.AsyncClient, job: dict[str, Any]
+) -> tuple[str, float, int, dict[str, Any]]:
+    """One /infer stream: its text, the longest pause between two pieces, how often it
+    resumed, and its last line (the answer, or the error that ended it)."""
     text, longest, last = "", 0.0, None
     loop = asyncio.get_running_loop()
     final: dict[str, Any] = {}
@@ -261,8 +515,7 @@ async def streamed_text(http: httpx.AsyncClient, job: dict[str, Any]) -> tuple[s
                 last = now
             else:
                 final = event
-    assert final.get("status") == "ok", final
-    return text, longest, final["route"]["resumed"]
+    return text, longest, final.get("route", {}).get("resumed", 0), final
 
 
 async def test_a_hundred_streams_all_complete_when_one_of_three_nodes_dies(
@@ -290,16 +543,21 @@ async def test_a_hundred_streams_all_complete_when_one_of_three_nodes_dies(
                 {"prompt": prompt, "model": MODEL, "stream": True, "timeout_ms": 80_000}
                 for prompt in prompts
             ]
-            streams = [asyncio.ensure_future(streamed_text(http, job)) for job in jobs]
-            await until(lambda: a.open_connections >= 5, timeout_s=30)
-            await asyncio.sleep(0.3)  # the victim's streams are under way
-            victim.send_signal(signal.SIGKILL)
-            results = await asyncio.gather(*streams)
-    for prompt, (text, _, _) in zip(prompts, results, strict=True):
+            async with asyncio.timeout(150):  # a bounded run
+                streams = [asyncio.ensure_future(streamed_text(http, job)) for job in jobs]
+                await until(lambda: a.open_connections >= 5, timeout_s=30)
+                await asyncio.sleep(0.3)  # the victim's streams are under way
+                victim.send_signal(signal.SIGKILL)
+                results = await asyncio.gather(*streams)
+    errors = [final for _, _, _, final in results if final.get("status") != "ok"]
+    assert errors == []
+    for prompt, (text, _, _, _) in zip(prompts, results, strict=True):
         assert text == expected_text(MODEL, prompt, TOKENS)
-    resumed = sorted(pause for _, pause, times in results if times)
-    assert resumed, "the killed node held streams, so some resumed"
+    seams = sorted(pause for _, pause, times, _ in results if times)
+    assert seams, "the killed node held streams, so some resumed"
+    p99 = seams[min(len(seams) - 1, round(0.99 * (len(seams) - 1)))]
     print(
-        f"\n{len(resumed)} of 100 streams resumed; the pause at the seam: "
-        f"p50 {resumed[len(resumed) // 2] * 1000:.0f} ms, max {resumed[-1] * 1000:.0f} ms"
+        f"\n100 of 100 streams complete, 0 errors; {len(seams)} resumed; the pause at the "
+        f"seam: p50 {seams[len(seams) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"max {seams[-1] * 1000:.0f} ms"
     )

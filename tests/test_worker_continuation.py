@@ -4,6 +4,7 @@ that cannot refuses it by name and its node does not list the `continue` feature
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,11 +16,12 @@ from services.capabilities import decode_capabilities
 from services.errors import ErrorCode, InferbusError
 from services.needs import WIRE_FEATURES, node_wire_features
 from services.runtimes.base import ChatCall
+from services.runtimes.llamacpp import PrefillEcho, without_prefill_echo
 from services.runtimes.openai_features import continuation_fields
 from services.wire import JobRequest, Message
 from tests.conftest import WorkerFactory, backend
 from tests.jobs import ask, llm, stream
-from tools.simulator import SimModel, Simulator, expected_tokens
+from tools.simulator import LlamaServerTraits, SimModel, Simulator, expected_tokens
 from tools.simulator.plan import continued_from
 
 MODEL = "llama3:8b"
@@ -117,7 +119,7 @@ def test_continue_final_needs_a_final_assistant_text(messages: list[dict[str, An
         JobRequest.model_validate({"messages": messages, "continue_final": True})
 
 
-@pytest.mark.parametrize("kind", ["ollama", "vllm", "llamacpp"])
+@pytest.mark.parametrize("kind", ["ollama", "vllm", "llamacpp", "llama-server"])
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_continued_answer_is_exactly_the_rest(
     nc: NatsClient,
@@ -127,9 +129,18 @@ async def test_a_continued_answer_is_exactly_the_rest(
     kind: str,
     streamed: bool,
 ) -> None:
+    """`llama-server`: llama.cpp's own server, which echoes the prefill in front of the
+    continuation (the simulator does as the real one does): the worker takes it off."""
     whole = expected_tokens(MODEL, QUESTION, TOKENS)
     so_far = "".join(whole[:15])
-    async with start_worker(backends=[backend(sim.url, kind=kind)]):
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "llama-server":
+            traits = LlamaServerTraits(total_slots=4)
+            sim = await stack.enter_async_context(
+                Simulator(models=[SimModel(MODEL)], tokens=TOKENS, llama_server=traits)
+            )
+            kind = "llamacpp"
+        await stack.enter_async_context(start_worker(backends=[backend(sim.url, kind=kind)]))
         job = continuing(so_far, stream=streamed)
         if streamed:
             chunks, answer = await stream(nc, llm(node_id), job)
@@ -164,3 +175,24 @@ async def test_the_record_says_whether_the_node_can_continue_and_a_node_that_can
     assert answer.error is not None
     assert answer.error.code is ErrorCode.BAD_REQUEST
     assert answer.error.message.startswith("continue_final:")
+
+
+@pytest.mark.parametrize(
+    ("prefill", "deltas", "relayed"),
+    [
+        ("Once upon", ["Once upon a", " time"], ["", " a", " time"]),  # llama-server's echo
+        ("Once upon", ["Once", " upon", " a"], ["", "", " a"]),  # the echo over pieces
+        ("Once upon", [" a", " time"], [" a", " time"]),  # a server that does not echo
+        ("Once upon", ["Once", " more"], ["", "Once more"]),  # looked like it, was not
+        ("Once upon", ["Once"], ["", "Once"]),  # ended inside the echo: all of it kept
+        ("", ["Once"], ["Once"]),
+    ],
+)
+def test_an_echoed_prefill_is_taken_off_the_continuation(
+    prefill: str, deltas: list[str], relayed: list[str]
+) -> None:
+    echo = PrefillEcho(prefill)
+    out = [echo.feed(delta) for delta in deltas]
+    held = echo.flush()
+    assert [piece for piece in [*out, held] if piece] == [p for p in relayed if p]
+    assert without_prefill_echo("".join(deltas), prefill) == "".join(relayed)

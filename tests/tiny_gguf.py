@@ -102,7 +102,13 @@ def _tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return tensors
 
 
-def write_tiny_llama_gguf(path: Path, *, seed: int = 0, pooling: PoolingType | None = None) -> Path:
+def write_tiny_llama_gguf(
+    path: Path,
+    *,
+    seed: int = 0,
+    pooling: PoolingType | None = None,
+    context_length: int = CONTEXT_LENGTH,
+) -> Path:
     """Write the tiny model to `path` and return `path`.
 
     The same seed always yields the same bytes, so a failure seen once can be replayed.
@@ -114,7 +120,7 @@ def write_tiny_llama_gguf(path: Path, *, seed: int = 0, pooling: PoolingType | N
     writer.add_file_type(LlamaFileType.ALL_F32)
     if pooling is not None:
         writer.add_pooling_type(pooling)
-    writer.add_context_length(CONTEXT_LENGTH)
+    writer.add_context_length(context_length)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)
     writer.add_feed_forward_length(N_FF)

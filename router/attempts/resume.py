@@ -10,24 +10,41 @@ node: the same request plus the text so far as a final assistant message to cont
 A tool call is never resumed half-way: once any tool-call piece went out, the client
 holds a call it cannot be told to forget, so the stream ends with the error instead.
 A raw prompt (legacy completions) continues by appending the text to the prompt.
+
+What the client is told it cost: every attempt's tokens, summed (`whole_answer`). A node
+lost mid-answer never reports its usage, so a broken attempt counts the pieces it
+delivered as its completion, and as its prompt the answering attempt's prompt less the
+text that attempt was sent beyond it (one token a piece, as runtimes stream them).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.wire import JobRequest, Message, Piece, PieceSink, Result, Usage
 
 __all__ = [
     "RESUME_HEADER",
     "StreamSoFar",
+    "attempt_usages",
+    "caller_allows_resume",
     "continuing_job",
     "may_resume",
     "whole_answer",
 ]
 
 RESUME_HEADER = "x-inferbus-resume"  # "off": the caller wants the error, not a resumed stream
+_REFUSED = frozenset({"off", "false", "0", "no"})
+
+
+def caller_allows_resume(header: str | None, stream_options: Any) -> bool:
+    """Whether this caller lets a broken stream resume: not when it sent
+    `x-inferbus-resume: off` or `"stream_options": {"resume": false}` (it wants the error)."""
+    if header is not None and header.strip().lower() in _REFUSED:
+        return False
+    return not (isinstance(stream_options, dict) and stream_options.get("resume") is False)
 
 
 @dataclass
@@ -43,6 +60,7 @@ class StreamSoFar:
     resumes: int = 0
     text_before_resume: str = ""  # what the client had when the last resume began
     pieces_before_resume: int = 0
+    breaks: list[int] = field(default_factory=list)  # pieces the client had at each resume
     _texts: list[str] = field(default_factory=list)
 
     @property
@@ -69,6 +87,7 @@ class StreamSoFar:
         self.resumes += 1
         self.text_before_resume = self.text
         self.pieces_before_resume = self.pieces
+        self.breaks.append(self.pieces)
 
 
 def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobRequest) -> bool:
@@ -86,7 +105,9 @@ def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobR
     return job.type in (None, "llm", "code", "vision") and job.input is None
 
 
-def continuing_job(job: JobRequest, text_so_far: str, resumes: int) -> JobRequest:
+def continuing_job(
+    job: JobRequest, text_so_far: str, resumes: int, pieces_so_far: int
+) -> JobRequest:
     """The job that makes another node continue `text_so_far` rather than start over.
 
     Args:
@@ -95,10 +116,20 @@ def continuing_job(job: JobRequest, text_so_far: str, resumes: int) -> JobReques
         resumes: how many times the stream has resumed, this one included: the
             continuation is a job of its own for the node's idempotency (another key),
             while the router keeps the whole answer under the caller's key.
+        pieces_so_far: the pieces the client has: the caller's token cap
+            (`max_tokens`) is what is left of it, so the whole answer keeps to the cap.
     """
     key = _continuation_key(job.key, resumes)
+    params = job.params
+    if params.max_tokens is not None:
+        left = max(1, params.max_tokens - pieces_so_far)
+        params = params.model_copy(update={"max_tokens": left, "max_completion_tokens": None})
     if job.raw or job.suffix is not None:
-        update = {"prompt": (job.prompt or "") + text_so_far, "idempotency_key": key}
+        update = {
+            "prompt": (job.prompt or "") + text_so_far,
+            "idempotency_key": key,
+            "params": params,
+        }
         return job.model_copy(update=update)
     messages = job.chat_messages()
     last = messages[-1]
@@ -113,6 +144,7 @@ def continuing_job(job: JobRequest, text_so_far: str, resumes: int) -> JobReques
             "images": [],
             "continue_final": True,
             "idempotency_key": key,
+            "params": params,
         }
     )
 
@@ -122,14 +154,30 @@ def _continuation_key(key: str, resumes: int) -> str:
     return f"resume{resumes}-{digest}"
 
 
-def whole_answer(result: Result, so_far: StreamSoFar) -> Result:
+def whole_answer(result: Result, so_far: StreamSoFar) -> tuple[Result, list[Usage]]:
     """The continuing node's answer made the whole answer: the text the client had before
-    the last resume, then the continuation; usage summed over the attempts (a broken
-    attempt's completion counted as the pieces it delivered, its prompt unknown)."""
+    the last resume, then the continuation; and what each attempt cost, in order (the
+    broken ones, then the answering one), summed into the answer's usage (module doc)."""
+    by_attempt = attempt_usages(result.usage, so_far.breaks)
     usage = Usage(
-        prompt_tokens=result.usage.prompt_tokens,
-        completion_tokens=result.usage.completion_tokens + so_far.pieces_before_resume,
+        prompt_tokens=sum(used.prompt_tokens for used in by_attempt),
+        completion_tokens=sum(used.completion_tokens for used in by_attempt),
     )
-    return result.model_copy(
+    whole = result.model_copy(
         update={"text": so_far.text_before_resume + result.text, "usage": usage}
     )
+    return whole, by_attempt
+
+
+def attempt_usages(answering: Usage, breaks: list[int]) -> list[Usage]:
+    """Each attempt's tokens: a broken attempt's completion is the pieces it delivered;
+    its prompt, the answering attempt's less the pieces that one was sent beyond it (the
+    answering attempt was sent everything the client had at the last break)."""
+    usages: list[Usage] = []
+    before = 0
+    last = breaks[-1] if breaks else 0
+    for at in breaks:
+        prompt = max(0, answering.prompt_tokens - (last - before))
+        usages.append(Usage(prompt_tokens=prompt, completion_tokens=at - before))
+        before = at
+    return [*usages, answering]

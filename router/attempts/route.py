@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from services.wire import Usage
+
 __all__ = ["Attempt", "Route", "Via", "elapsed_ms"]
 
 Via = Literal["remote", "local", "static", "cloud"]
@@ -28,6 +30,9 @@ class Attempt(BaseModel):
     # A stream broken here after this many pieces reached the client, then resumed on the
     # next target (which continued the text so far).
     resumed_after: int | None = None
+    # A resumed stream's attempts: the tokens each cost (router/attempts/resume.py), which
+    # the answer's usage sums.
+    usage: Usage | None = None
 
 
 class Route(BaseModel):

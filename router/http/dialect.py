@@ -213,7 +213,7 @@ async def _serve(api: Api, dialect: Dialect, request: Request, started: float) -
     if isinstance(job, InferbusError):
         return _refused(api, dialect, started, job)
     asked = Asked(job, body)
-    call = api.call(request, job, read.agent_id)
+    call = api.call(request, job, read.agent_id, body.get("stream_options"))
     finished = api.finished(dialect.name, started, call)
     form = dialect.stream(asked) if job.stream else None
     if form is not None:

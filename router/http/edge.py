@@ -22,7 +22,7 @@ from starlette.requests import Request
 from router.admission.idempotency import IdempotencyGate
 from router.admission.line import Admission
 from router.admission.tenants import ANONYMOUS, Tenant, effective_class
-from router.attempts.resume import RESUME_HEADER
+from router.attempts.resume import RESUME_HEADER, caller_allows_resume
 from router.attempts.route import Route
 from router.config import AdmissionSettings, HttpSettings
 from router.http.images import checked_images
@@ -160,9 +160,17 @@ class Api:
             )
         return await checked_images(decoded, self.images)
 
-    def call(self, request: Request, job: JobRequest, agent_id: str | None) -> Call:
+    def call(
+        self,
+        request: Request,
+        job: JobRequest,
+        agent_id: str | None,
+        stream_options: object = None,
+    ) -> Call:
         """The request's one call: its job, tenant and class, deadline, trace context,
-        and how its wait in line is heard (its client gone, the queue time header)."""
+        whether a broken stream may resume (the `x-inferbus-resume` header, the body's
+        `stream_options.resume`), and how its wait in line is heard (its client gone,
+        the queue time header)."""
         headers = request.headers
         found: Tenant | None = getattr(request.state, "tenant", None)
         anonymous = self.line.directory.anonymous if self.line is not None else None
@@ -171,7 +179,7 @@ class Api:
         own_class = tenant.priority or settings.fallback_class
         priority, note = effective_class(own_class, headers.get("x-priority"), settings)
         trace = trace_context(headers.get("traceparent"), headers.get("tracestate"))
-        resume = headers.get(RESUME_HEADER, "on").strip().lower() not in ("off", "false", "0")
+        resume = caller_allows_resume(headers.get(RESUME_HEADER), stream_options)
 
         async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":

@@ -145,7 +145,7 @@ class Router:
         on_piece = so_far.relay(call.on_piece) if so_far and call.on_piece else call.on_piece
         first = job
         if so_far is not None and so_far.resumes:  # back from the line, still to resume
-            job = continuing_job(first, so_far.text, so_far.resumes)
+            job = continuing_job(first, so_far.text, so_far.resumes, so_far.pieces)
         needs = job_needs(job, job.type or "llm")
         request = _Request(job, call.agent_id, call.deadline, on_piece, call.on_model, needs)
         if job is first:  # the job the line picked for (not a resume's continuing job)
@@ -168,7 +168,7 @@ class Router:
             if verdict.action == "return":
                 _served_by(request.route, target, outcome)
                 if so_far is not None and so_far.resumes:
-                    return _whole(outcome.response, so_far), request.route
+                    return _whole(outcome.response, so_far, request.route), request.route
                 return outcome.response, request.route
             if outcome.conclusive:
                 request.conclusive = outcome.response
@@ -206,7 +206,9 @@ class Router:
             last = r.route.attempts[-1]
             r.route.attempts[-1] = last.model_copy(update={"resumed_after": broken.delivered})
         r.broken = broken.response
-        r.job = continuing_job(job, so_far.text_before_resume, so_far.resumes)
+        r.job = continuing_job(
+            job, so_far.text_before_resume, so_far.resumes, so_far.pieces_before_resume
+        )
         r.needs = job_needs(r.job, r.job.type or "llm")
         r.route.fallback_reason = f"resumed after {broken.code.value if broken.code else 'loss'}"
 
@@ -227,20 +229,25 @@ class Router:
 
     async def _targets(self, r: _Request) -> AsyncIterator[Target]:
         """Fleet nodes while attempts and budget last, then local, then static, then the
-        cloud chain; a cloud profile's request goes to its cloud chain only."""
+        cloud chain; a cloud profile's request goes to its cloud chain only. A resumed
+        stream goes on on fleet nodes only: their records say they can continue the
+        model's text (`continue`); the others would answer another model's way, or not."""
         cloud, cloud_only = self.cloud.target_for(r.job, r.agent_id)
         if not cloud_only:
             async for target in self._building_targets(r):
                 yield target
-        if cloud is not None and self._left_s(r) > 0:
+        if cloud is not None and self._left_s(r) > 0 and not r.route.resumed:
             yield cloud
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
         """What runs inside the building: fleet nodes, the local runtime serving the
         request's own model, the static config, fleet nodes serving its fallback profile,
-        the local runtime serving a fallback."""
+        the local runtime serving a fallback, the hard default. A resumed stream: fleet
+        nodes only."""
         async for target in self._fleet_targets(r):
             yield target
+        if r.route.resumed:
+            return
         local = self._local_pick(r)
         own_model = local is not None and local.own
         if local is not None and own_model:
@@ -444,11 +451,19 @@ class Router:
         return r.deadline - self._clock()
 
 
-def _whole(response: JobResponse, so_far: StreamSoFar) -> JobResponse:
-    """A resumed stream's final answer, whole: what a duplicate of its key replays."""
+def _whole(response: JobResponse, so_far: StreamSoFar, route: Route) -> JobResponse:
+    """A resumed stream's final answer, whole: what a duplicate of its key replays; the
+    route says what each attempt cost (the answering one last, the broken ones before it,
+    matched from the end: a pass back from the line holds only its own attempts)."""
     if response.result is None:
         return response
-    return response.model_copy(update={"result": whole_answer(response.result, so_far)})
+    result, usages = whole_answer(response.result, so_far)
+    costly = [n for n, a in enumerate(route.attempts) if a.resumed_after is not None]
+    if route.attempts:
+        costly.append(len(route.attempts) - 1)
+    for n, usage in zip(reversed(costly), reversed(usages), strict=False):
+        route.attempts[n] = route.attempts[n].model_copy(update={"usage": usage})
+    return response.model_copy(update={"result": result})
 
 
 def _served_by(route: Route, target: Target, outcome: Outcome) -> None:

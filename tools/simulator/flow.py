@@ -46,6 +46,12 @@ class StreamEncoder(Protocol):
 
     def piece(self, text: str) -> bytes: ...
 
+    def tool_call_events(self, plan: Plan) -> list[bytes]:
+        """The plan's tool calls as events of their own, sent one token interval apart
+        after the text (as OpenAI-compatible servers stream arguments); [] where the
+        format sends its calls with `close`."""
+        ...
+
     def close(self, plan: Plan, timings: Timings) -> bytes:
         """The final chunk(s): finish reason, usage, terminator."""
         ...
@@ -180,6 +186,10 @@ async def _stream(
         if index and interval_s > 0 and await state.pause(interval_s):
             return drop_connection(request, response)
         await response.write(encoder.piece(piece))
+    for event in encoder.tool_call_events(plan):
+        if interval_s > 0 and await state.pause(interval_s):
+            return drop_connection(request, response)
+        await response.write(event)
     if strike_at >= len(plan.pieces):
         return await _strike(request, response, encoder, mid_stream)
     await response.write(encoder.close(plan, timings))

@@ -236,6 +236,9 @@ class _ChatEncoder:
             chunk["logprobs"] = [logprob_entry(text)]
         return json_bytes(chunk) + b"\n"
 
+    def tool_call_events(self, plan: Plan) -> list[bytes]:
+        return []  # Ollama streams each call whole, with `close`
+
     def close(self, plan: Plan, timings: Timings) -> bytes:
         calls = b""
         if plan.tool_calls:  # Ollama streams each call whole, before the final object

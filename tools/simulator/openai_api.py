@@ -98,7 +98,9 @@ class OpenAIChat:
     """POST /v1/chat/completions.
 
     `served_as`, when it names a model, is llama-server's single model: every request runs
-    on it and the answer names it, whatever model the request asked for.
+    on it and the answer names it, whatever model the request asked for; and a continued
+    final assistant message (a prefill) is echoed in front of the answer, in the whole
+    answer's content and with a stream's first piece, as llama-server does.
     """
 
     def __init__(self, served_as: Callable[[], str | None] = lambda: None) -> None:
@@ -193,7 +195,7 @@ class OpenAIChat:
             "choices": [
                 {
                     "index": 0,
-                    "message": _message(plan),
+                    "message": _message(plan, echoed=self._echoed(request)),
                     "logprobs": _logprobs(plan.pieces) if plan.logprobs else None,
                     "finish_reason": plan.finish_reason,
                 }
@@ -205,7 +207,11 @@ class OpenAIChat:
         return json_response(200, body)
 
     def encoder(self, request: GenRequest) -> _ChunkEncoder:
-        return _ChunkEncoder(request, timings=self._served_as() is not None)
+        llama_server = self._served_as() is not None
+        return _ChunkEncoder(request, timings=llama_server, echoed=self._echoed(request))
+
+    def _echoed(self, request: GenRequest) -> str:
+        return request.prefill if self._served_as() is not None else ""
 
 
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
@@ -229,7 +235,7 @@ def llamacpp_timings(plan: Plan, timings: Timings) -> dict[str, Any]:
     }
 
 
-def _message(plan: Plan) -> dict[str, Any]:
+def _message(plan: Plan, echoed: str = "") -> dict[str, Any]:
     if plan.tool_calls:
         return {
             "role": "assistant",
@@ -237,7 +243,7 @@ def _message(plan: Plan) -> dict[str, Any]:
             "refusal": None,
             "tool_calls": openai_tool_calls(plan),
         }
-    return {"role": "assistant", "content": plan.text, "refusal": None}
+    return {"role": "assistant", "content": echoed + plan.text, "refusal": None}
 
 
 def _logprobs(pieces: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -249,8 +255,9 @@ class _ChunkEncoder:
 
     object_name = "chat.completion.chunk"
 
-    def __init__(self, request: GenRequest, *, timings: bool = False) -> None:
+    def __init__(self, request: GenRequest, *, timings: bool = False, echoed: str = "") -> None:
         self._timings = timings  # llama-server: `timings` on the finish chunk
+        self._echoed = echoed  # llama-server: a prefill, sent again with the first piece
         self._id = f"{_ID_PREFIX}{next(_id_counter)}"
         self._created = int(time.time())
         self._model = request.model
@@ -291,15 +298,18 @@ class _ChunkEncoder:
 
     def piece(self, text: str) -> bytes:
         logprobs = _logprobs([text]) if self._logprobs else None
+        text, self._echoed = self._echoed + text, ""
         return self._event(self._choice({"content": text}, logprobs=logprobs))
 
-    def close(self, plan: Plan, timings: Timings) -> bytes:
-        calls = b"".join(
+    def tool_call_events(self, plan: Plan) -> list[bytes]:
+        return [
             self._event(self._choice({"tool_calls": [delta]}))
             for delta in openai_tool_call_deltas(plan)
-        )
+        ]
+
+    def close(self, plan: Plan, timings: Timings) -> bytes:
         spent = llamacpp_timings(plan, timings) if self._timings else None
-        tail = calls + self._event(self._choice({}, plan.finish_reason), timings=spent)
+        tail = self._event(self._choice({}, plan.finish_reason), timings=spent)
         if self._include_usage:
             tail += self._event([], _usage(plan))
         return tail + b"data: [DONE]\n\n"
