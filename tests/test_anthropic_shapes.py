@@ -131,6 +131,14 @@ def test_images_thinking_and_output_format() -> None:
     assert "extra" not in fields_of(messages=[USER], thinking={"type": "disabled"})
 
 
+def deep(levels: int) -> dict[str, Any]:
+    """An object schema nested `levels` times."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -162,6 +170,23 @@ def test_images_thinking_and_output_format() -> None:
         ({**BASE, "messages": [USER], "thinking": {"type": "lots"}}, "thinking.type"),
         ({**BASE, "messages": [USER], "mcp_servers": [{"url": "x"}]}, "mcp_servers"),
         ({**BASE, "messages": [USER], "output_config": {"format": {"type": "x"}}}, "output_config"),
+        (
+            {**BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": {}}]}]},
+            "messages[0].content[0].text",
+        ),
+        ({**BASE, "messages": [USER], "system": [{"type": "text", "text": 5}]}, "system[0].text"),
+        (
+            {**BASE, "messages": [USER], "tools": [{"name": "x", "input_schema": deep(130)}]},
+            "tools[0].input_schema",
+        ),
+        (
+            {
+                **BASE,
+                "messages": [USER],
+                "output_config": {"format": {"type": "json_schema", "schema": deep(130)}},
+            },
+            "output_config.format.schema",
+        ),
     ],
 )
 def test_refusals_name_the_field(body: dict[str, Any], field: str) -> None:

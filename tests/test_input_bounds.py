@@ -204,18 +204,18 @@ async def test_an_answer_over_the_bus_is_413_and_one_that_fits_arrives_whole(
     ("path", "body", "param"),
     [
         ("/v1/embeddings", {"model": EMBEDDER, "input": many(200_000)}, "input"),
-        ("/v1/embeddings", {"model": EMBEDDER, "input": "x", "dimensions": 2**70}, None),
+        ("/v1/embeddings", {"model": EMBEDDER, "input": "x", "dimensions": 2**70}, "dimensions"),
         (
             "/v1/chat/completions",
             {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}],
              "max_tokens": 2**64},
-            None,
+            "max_tokens",
         ),
         (
             "/v1/chat/completions",
             {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}],
              "stop": ["s"] * 1_000},
-            None,
+            "stop",
         ),
         (
             "/v1/chat/completions",

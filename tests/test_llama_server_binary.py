@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import ollama
+import openai
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -330,3 +332,53 @@ async def test_the_official_ollama_client_through_a_llama_server_node(
     assert shown.details.format == "gguf"
     assert shown.capabilities is not None
     assert "completion" in shown.capabilities
+
+
+async def test_the_anthropic_and_responses_clients_are_served_by_a_llama_server(
+    start_worker: WorkerFactory, start_router: RouterFactory, gguf_dir: Path
+) -> None:
+    """The official clients' Messages and Responses calls, whole, streamed and counted,
+    through router → NATS → worker → llama.cpp's own server: its token counts and its
+    stop at `max_tokens` arrive in each API's shapes. (Grammar-held JSON is checked on
+    llama-cpp-python's server: this build cannot make a grammar for the tiny model's
+    vocabulary and says so with a 400.)"""
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": "count"}]
+    greedy = {"temperature": 0}
+    async with (
+        llama_server(gguf_dir / "tiny-first.gguf", "-c", "512") as url,
+        start_worker(backends=[llama(url)]),
+        start_router() as router,
+    ):
+        claude = anthropic.AsyncAnthropic(base_url=router.url, api_key="x", max_retries=0)
+        whole = await claude.messages.create(
+            model="tiny-first", max_tokens=6, messages=messages, extra_body=greedy
+        )
+        async with claude.messages.stream(
+            model="tiny-first", max_tokens=6, messages=messages, extra_body=greedy
+        ) as stream:
+            streamed = await stream.get_final_message()
+        counted = await claude.messages.count_tokens(model="tiny-first", messages=messages)
+        await claude.close()
+        client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+        answer = await client.responses.create(
+            model="tiny-first", input="count", max_output_tokens=6, temperature=0
+        )
+        async with client.responses.stream(
+            model="tiny-first", input="count", max_output_tokens=6, temperature=0
+        ) as events:
+            kinds = [event.type async for event in events]
+        await client.close()
+    assert whole.stop_reason == streamed.stop_reason == "max_tokens"
+    assert (whole.usage.output_tokens, streamed.usage.output_tokens) == (6, 6)
+    # temperature 0: the same answer
+    assert [block.model_dump(include={"type", "text"}) for block in streamed.content] == [
+        block.model_dump(include={"type", "text"}) for block in whole.content
+    ]
+    assert counted.input_tokens == whole.usage.input_tokens == streamed.usage.input_tokens
+    assert whole.usage.input_tokens > 0
+    assert answer.status == "incomplete"  # cut at max_output_tokens, as OpenAI says it
+    assert answer.usage is not None
+    assert (answer.usage.input_tokens > 0, answer.usage.output_tokens) == (True, 6)
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.incomplete"
+    assert "response.output_text.delta" in kinds

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from router.attempts.route import Route
-from router.http.responses_answer import ResponsesEvents, whole_response
+from router.http.responses_answer import ResponsesEvents, response_error_code, whole_response
 from router.http.responses_request import responses_job_fields
 from services.errors import ErrorCode, InferbusError
 from services.wire import ErrorInfo, JobRequest, JobResponse, Result, Usage
@@ -76,6 +76,14 @@ def test_a_conversation_of_items() -> None:
     assert fields["response_format"]["json_schema"] == {"name": "x", "schema": {"type": "object"}}
 
 
+def deep(levels: int) -> dict[str, Any]:
+    """An object schema nested `levels` times."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -96,6 +104,18 @@ def test_a_conversation_of_items() -> None:
         ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
         ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
         ({"input": "x", "instructions": ["x"]}, "instructions"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": [1]}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            {"input": "x", "tools": [{"type": "function", "name": "f", "parameters": deep(130)}]},
+            "tools[0].parameters",
+        ),
+        (
+            {"input": "x", "text": {"format": {"type": "json_schema", "schema": deep(130)}}},
+            "text.format.schema",
+        ),
     ],
 )
 def test_refusals_name_the_field(body: dict[str, Any], field: str) -> None:
@@ -103,6 +123,20 @@ def test_refusals_name_the_field(body: dict[str, Any], field: str) -> None:
     assert isinstance(refused, InferbusError)
     assert refused.code == ErrorCode.BAD_REQUEST
     assert refused.message.startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (ErrorCode.BUSY, "rate_limit_exceeded"),
+        (ErrorCode.BAD_REQUEST, "invalid_prompt"),
+        (ErrorCode.CONTEXT_EXCEEDED, "invalid_prompt"),
+        (ErrorCode.BACKEND_ERROR, "server_error"),
+        (ErrorCode.DEADLINE_EXCEEDED, "server_error"),
+    ],
+)
+def test_a_failed_response_says_openais_error_code(code: ErrorCode, expected: str) -> None:
+    assert response_error_code(code) == expected
 
 
 CALL = ToolCall(id="call_1", function=FunctionCall(name="f", arguments='{"a":1}'))
@@ -188,6 +222,7 @@ def test_a_stream_broken_after_its_first_piece_fails_the_response() -> None:
     data += form.final(JobResponse(job_id="j1", status="error", error=error), Route())
     events = events_of(data)
     assert [event["type"] for event in events][-2:] == ["error", "response.failed"]
-    assert events[-2]["message"] == "node lost"
+    assert (events[-2]["code"], events[-2]["message"]) == ("BACKEND_UNAVAILABLE", "node lost")
     assert events[-1]["response"]["status"] == "failed"
+    assert events[-1]["response"]["error"] == {"code": "server_error", "message": "node lost"}
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "partial"

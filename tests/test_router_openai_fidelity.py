@@ -5,6 +5,7 @@ dialect — the official `openai` client and plain HTTP against router + NATS + 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +17,10 @@ from langchain_openai import OpenAIEmbeddings
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
+from router.http.dialect import as_spelled
 from router.http.openai_checks import conversation_refusal
 from router.service import RouterService
-from services.errors import ErrorCode
+from services.errors import ErrorCode, InferbusError
 from services.wire import JobResponse, decode_request
 from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
 from tests.conftest import RouterFactory, WorkerFactory, backend
@@ -169,24 +171,111 @@ async def test_what_openai_refuses_is_a_400_with_its_param_and_reaches_no_runtim
     assert sim.calls.get(TOOL_MODEL, 0) == 0
 
 
+DEEP_TOOL = {"type": "function", "function": {"name": "deep", "parameters": nested_schema(130)}}
+# Every job route with a schema nested too deep, and the field its own dialect names.
+DEEP_BODIES = [
+    pytest.param(
+        "/infer",
+        {"messages": [USER], "tools": [DEEP_TOOL]},
+        "tools.0.function.parameters",
+        id="infer",
+    ),
+    pytest.param(
+        "/infer",
+        {"prompt": "x", "tools": [DEEP_TOOL], "stream": True},
+        "tools.0.function.parameters",
+        id="infer-streamed",
+    ),
+    pytest.param(
+        "/v1/completions",
+        {"model": TOOL_MODEL, "prompt": "x", "extra": {"schema": nested_schema(130)}},
+        "extra",
+        id="completions",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {
+            "model": TOOL_MODEL,
+            "max_tokens": 8,
+            "messages": [USER],
+            "tools": [{"name": "deep", "input_schema": nested_schema(130)}],
+        },
+        "tools[0].input_schema",
+        id="messages-tool",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {
+            "model": TOOL_MODEL,
+            "max_tokens": 8,
+            "messages": [USER],
+            "stream": True,
+            "output_config": {"format": {"type": "json_schema", "schema": nested_schema(130)}},
+        },
+        "output_config.format.schema",
+        id="messages-format-streamed",
+    ),
+    pytest.param(
+        "/v1/responses",
+        {
+            "model": TOOL_MODEL,
+            "input": "x",
+            "tools": [{"type": "function", "name": "deep", "parameters": nested_schema(130)}],
+        },
+        "tools[0].parameters",
+        id="responses-tool",
+    ),
+    pytest.param(
+        "/v1/responses",
+        {
+            "model": TOOL_MODEL,
+            "input": "x",
+            "stream": True,
+            "text": {"format": {"type": "json_schema", "name": "d", "schema": nested_schema(130)}},
+        },
+        "text.format.schema",
+        id="responses-format-streamed",
+    ),
+    pytest.param(
+        "/api/chat",
+        {"model": TOOL_MODEL, "messages": [USER], "tools": [DEEP_TOOL]},
+        "tools.0.function.parameters",
+        id="ollama-chat",
+    ),
+    pytest.param(
+        "/api/generate",
+        {"model": TOOL_MODEL, "prompt": "x", "format": nested_schema(130)},
+        "format",
+        id="ollama-generate",
+    ),
+]
+
+
+def error_message(path: str, body: dict[str, Any]) -> str:
+    """The message of an error body in the dialect of `path`."""
+    error = body["error"]
+    return str(error if isinstance(error, str) else error["message"])
+
+
+@pytest.mark.parametrize(("path", "body", "field"), DEEP_BODIES)
 async def test_a_schema_nested_too_deep_is_a_400_naming_the_field_on_every_route(
-    router: RouterService, nc: NatsClient, node_id: str
+    router: RouterService, sim: Simulator, path: str, body: dict[str, Any], field: str
 ) -> None:
-    deep = [{"type": "function", "function": {"name": "deep", "parameters": nested_schema(130)}}]
     async with httpx.AsyncClient(base_url=router.url) as http:
-        native = await http.post("/infer", json={"messages": [USER], "tools": deep})
-        streamed = await http.post("/infer", json={"prompt": "x", "tools": deep, "stream": True})
-        completions = await http.post(
-            "/v1/completions",
-            json={"model": TOOL_MODEL, "prompt": "x", "extra": {"schema": nested_schema(130)}},
-        )
-    for answer in (native, streamed):
-        assert answer.status_code == 400
-        assert answer.json()["error"]["message"].startswith("tools.0.function.parameters:")
-    assert completions.status_code == 400
-    assert completions.json()["error"]["param"] == "extra"
-    # Straight to a node: the worker refuses it too (its JSON parser stops first).
-    raw = json.dumps({"messages": [USER], "tools": deep}).encode()
+        answer = await http.post(path, json=body)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("application/json")
+    assert error_message(path, answer.json()).startswith(f"{field}:")
+    if path.startswith("/v1/") and path != "/v1/messages":
+        assert answer.json()["error"]["param"] == field
+    assert sim.calls.get(TOOL_MODEL, 0) == 0
+
+
+async def test_a_node_refuses_a_schema_nested_too_deep(
+    nc: NatsClient, node_id: str, router: RouterService
+) -> None:
+    """Straight to a node: the worker refuses it too (its JSON parser stops first)."""
+    raw = json.dumps({"messages": [USER], "tools": [DEEP_TOOL]}).encode()
     reply = await nc.request(f"node.{node_id}.llm.request", raw, timeout=10)
     assert json.loads(reply.data)["error"]["code"] == "BAD_REQUEST"
 
@@ -215,6 +304,152 @@ async def test_a_replayed_chat_answer_says_so_in_a_header(router: RouterService)
     assert again.headers["x-inferbus-cached"] == "true"
     assert streamed.headers["x-inferbus-cached"] == "true"
     assert again.json()["choices"] == first.json()["choices"]
+
+
+ASK = [{"role": "user", "content": "hi"}]
+REPLAYED = [
+    pytest.param(
+        "/v1/messages", {"model": TOOL_MODEL, "max_tokens": 8, "messages": ASK}, id="messages"
+    ),
+    pytest.param(
+        "/v1/messages",
+        {"model": TOOL_MODEL, "max_tokens": 8, "messages": ASK, "stream": True},
+        id="messages-streamed",
+    ),
+    pytest.param("/v1/responses", {"model": TOOL_MODEL, "input": "hi"}, id="responses"),
+    pytest.param("/v1/completions", {"model": TOOL_MODEL, "prompt": "hi"}, id="completions"),
+    pytest.param("/v1/embeddings", {"model": EMBED_MODEL, "input": "hi"}, id="embeddings"),
+    pytest.param("/infer", {"model": TOOL_MODEL, "prompt": "hi"}, id="infer"),
+    pytest.param(
+        "/api/chat", {"model": TOOL_MODEL, "messages": ASK, "stream": False}, id="ollama-chat"
+    ),
+    pytest.param("/api/chat", {"model": TOOL_MODEL, "messages": ASK}, id="ollama-chat-streamed"),
+    pytest.param("/api/generate", {"model": TOOL_MODEL, "prompt": "hi"}, id="ollama-generate"),
+    pytest.param("/api/embed", {"model": EMBED_MODEL, "input": "hi"}, id="ollama-embed"),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), REPLAYED)
+async def test_a_replayed_answer_says_so_in_a_header_on_every_dialect(
+    router: RouterService, sim: Simulator, path: str, body: dict[str, Any]
+) -> None:
+    headers = {"Idempotency-Key": f"replay {path}"}
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        first = await http.post(path, json=body, headers=headers)
+        again = await http.post(path, json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert "x-inferbus-cached" not in first.headers
+    assert again.headers["x-inferbus-cached"] == "true"
+    assert sim.calls.get(body["model"], 0) == 1  # the duplicate reached no runtime
+
+
+@pytest.mark.parametrize(
+    ("path", "api"), [("/v1/messages", "anthropic"), ("/api/chat", "ollama_chat")]
+)
+async def test_a_client_gone_before_its_body_arrived_is_cancelled_not_a_bug(
+    router: RouterService, path: str, api: str
+) -> None:
+    """A client that hangs up halfway through its body is its own doing: CANCELLED in the
+    metrics, not an INTERNAL error logged with a stack (which anyone could flood)."""
+    url = httpx.URL(router.url)
+    assert url.port is not None
+    _, writer = await asyncio.open_connection(url.host, url.port)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    writer.write(head.encode() + b'{"model":')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    counted = f'inferbus_router_requests_total{{api="{api}",status="CANCELLED",via="none"}} 1.0'
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        for _ in range(400):  # 20 s at most for the router to hear the hang-up
+            metrics = (await http.get("/metrics")).text
+            if counted in metrics:
+                break
+            await asyncio.sleep(0.05)
+    assert counted in metrics
+    assert f'api="{api}",status="INTERNAL"' not in metrics
+
+
+@pytest.mark.parametrize(
+    ("message", "spelled", "expected"),
+    [
+        (
+            "params.max_tokens: big",
+            {"params.max_tokens": "max_output_tokens"},
+            "max_output_tokens: big",
+        ),
+        ("params.stop.str: bad", {"params.stop": "stop_sequences"}, "stop_sequences.str: bad"),
+        ("params.stopper: bad", {"params.stop": "stop_sequences"}, "params.stopper: bad"),
+        ("params.top_p: bad", {"params": "x", "params.top_p": "top_p"}, "top_p: bad"),
+        ("tools.0.function: deep", {"params.top_p": "top_p"}, "tools.0.function: deep"),
+        ("no field here", {"no field here": "x"}, "no field here"),
+    ],
+)
+def test_a_refused_job_names_the_field_as_the_dialect_spells_it(
+    message: str, spelled: dict[str, str], expected: str
+) -> None:
+    renamed = as_spelled(InferbusError(ErrorCode.BAD_REQUEST, message), spelled)
+    assert renamed.message == expected
+    other = InferbusError(ErrorCode.PAYLOAD_TOO_LARGE, message)
+    assert as_spelled(other, spelled) is other
+
+
+ASK_LONG = [{"role": "user", "content": "hi"}]
+MISSPELLED = [
+    pytest.param(
+        "/v1/chat/completions",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "max_tokens": 2**40},
+        "max_tokens",
+        id="chat",
+    ),
+    pytest.param(
+        "/v1/chat/completions",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "temperature": "hot"},
+        "temperature",
+        id="chat-temperature",
+    ),
+    pytest.param(
+        "/v1/responses",
+        {"model": TOOL_MODEL, "input": "hi", "max_output_tokens": 2**40},
+        "max_output_tokens",
+        id="responses",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "max_tokens": 2**40},
+        "max_tokens",
+        id="messages",
+    ),
+    pytest.param(
+        "/v1/messages",
+        {
+            "model": TOOL_MODEL,
+            "messages": ASK_LONG,
+            "max_tokens": 8,
+            "stop_sequences": ["s"] * 1_000,
+        },
+        "stop_sequences",
+        id="messages-stop",
+    ),
+    pytest.param(
+        "/api/chat",
+        {"model": TOOL_MODEL, "messages": ASK_LONG, "options": {"num_predict": 2**40}},
+        "options.num_predict",
+        id="ollama-chat",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), MISSPELLED)
+async def test_a_refused_parameter_is_named_as_the_client_sent_it(
+    router: RouterService, path: str, body: dict[str, Any], field: str
+) -> None:
+    async with httpx.AsyncClient(base_url=router.url) as http:
+        answer = await http.post(path, json=body)
+    assert answer.status_code == 400
+    assert error_message(path, answer.json()).startswith(f"{field}:")
+    if path.startswith("/v1/") and path != "/v1/messages":
+        assert answer.json()["error"]["param"] == field
 
 
 async def test_models_lists_the_providers_models_owned_by_their_provider(

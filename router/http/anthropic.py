@@ -69,11 +69,22 @@ class AnthropicErrors:
 ANTHROPIC_ERRORS = AnthropicErrors()
 
 
+# The job's fields a Messages body spells its own way.
+ANTHROPIC_SPELLED = {
+    "params.max_tokens": "max_tokens",
+    "params.temperature": "temperature",
+    "params.top_p": "top_p",
+    "params.stop": "stop_sequences",
+    "params.user": "metadata.user_id",
+    "response_format.json_schema.schema": "output_config.format.schema",
+}
+
+
 def _read(body: dict[str, Any], headers: Headers) -> JobFields | InferbusError:
     fields = messages_job_fields(body)
     if isinstance(fields, InferbusError):
         return fields
-    return JobFields(fields, agent_of(headers.get("x-agent-id")))
+    return JobFields(fields, agent_of(headers.get("x-agent-id")), ANTHROPIC_SPELLED)
 
 
 class AnthropicMessages:

@@ -32,6 +32,7 @@ import json
 from typing import Any
 
 from services.errors import ErrorCode, InferbusError
+from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
 
 Fields = dict[str, Any]
 REFUSED_FIELDS = ("mcp_servers", "container")
@@ -43,6 +44,23 @@ class Refused(Exception):
 
 def _bad(field: str, reason: str) -> Refused:
     return Refused(f"{field}: {reason}")
+
+
+def _text(block: dict[str, Any], where: str) -> str:
+    """A text block's `text`: a string (absent: empty), never another JSON value."""
+    text = block.get("text", "")
+    if not isinstance(text, str):
+        raise _bad(f"{where}.text", "a string")
+    return text
+
+
+def _schema(schema: Any, where: str) -> dict[str, Any]:
+    """A JSON schema the job carries: an object, not nested past what the wire takes."""
+    if not isinstance(schema, dict):
+        raise _bad(where, "required: a JSON schema object")
+    if json_depth_exceeds(schema, MAX_JSON_DEPTH):
+        raise _bad(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return schema
 
 
 def messages_job_fields(body: dict[str, Any]) -> Fields | InferbusError:
@@ -108,7 +126,7 @@ def system_messages(system: Any) -> list[Fields]:
         for at, block in enumerate(system):
             if not isinstance(block, dict) or block.get("type") != "text":
                 raise _bad(f"system[{at}]", "system blocks are text blocks")
-            texts.append(str(block.get("text") or ""))
+            texts.append(_text(block, f"system[{at}]"))
         return [{"role": "system", "content": "\n\n".join(texts)}]
     raise _bad("system", "a string or a list of text blocks")
 
@@ -138,9 +156,7 @@ def output_format(config: Any) -> Fields:
         return {}
     if not isinstance(given, dict) or given.get("type") != "json_schema":
         raise _bad("output_config.format.type", "json_schema")
-    schema = given.get("schema")
-    if not isinstance(schema, dict):
-        raise _bad("output_config.format.schema", "required: a JSON schema object")
+    schema = _schema(given.get("schema"), "output_config.format.schema")
     spec = {"name": "output", "schema": schema}
     return {"response_format": {"type": "json_schema", "json_schema": spec}}
 
@@ -175,7 +191,7 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[Fields]:
         here = f"{where}.content[{at}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(str(block.get("text") or ""))
+            texts.append(_text(block, here))
         elif kind == "image":
             images.append(image_of(block.get("source"), f"{here}.source"))
         elif kind == "tool_use" and role == "assistant":
@@ -238,7 +254,7 @@ def _result(block: dict[str, Any], where: str) -> Fields:
         for at, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
                 raise _bad(f"{where}.content[{at}]", "tool results carry text blocks here")
-            parts.append(str(part.get("text") or ""))
+            parts.append(_text(part, f"{where}.content[{at}]"))
         text = "".join(parts)
     else:
         raise _bad(f"{where}.content", "a string or text blocks")
@@ -280,11 +296,10 @@ def _tool(tool: Any, where: str) -> Fields:
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise _bad(f"{where}.type", f"Anthropic's built-in tool {kind!r} is not available here")
-    name, schema = tool.get("name"), tool.get("input_schema")
+    name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"{where}.name", "required")
-    if not isinstance(schema, dict):
-        raise _bad(f"{where}.input_schema", "required: a JSON schema object")
+    schema = _schema(tool.get("input_schema"), f"{where}.input_schema")
     function: Fields = {"name": name, "parameters": schema}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from starlette import routing
@@ -55,6 +55,7 @@ __all__ = [
     "DialectPaths",
     "ErrorShape",
     "JobFields",
+    "as_spelled",
     "dialect_endpoint",
     "dialect_route",
     "shape_for",
@@ -66,10 +67,25 @@ log = logging.getLogger("inferbus.router.http")
 @dataclass(frozen=True, slots=True)
 class JobFields:
     """A body read by its dialect: the job's fields by their native names (what
-    `services.wire.request_from_fields` takes) and the agent the caller speaks for."""
+    `services.wire.request_from_fields` takes), the agent the caller speaks for, and how
+    the dialect spells the job's fields it renamed (`params.max_tokens` → `max_tokens`),
+    so a refusal of the job names the field the caller sent."""
 
     fields: dict[str, Any]
     agent_id: str | None = None
+    spelled: Mapping[str, str] = field(default_factory=dict)
+
+
+def as_spelled(error: InferbusError, spelled: Mapping[str, str]) -> InferbusError:
+    """A BAD_REQUEST naming a job field (`params.max_tokens: ...`) with the field as the
+    caller's dialect spells it; other errors as they are."""
+    if error.code != ErrorCode.BAD_REQUEST:
+        return error
+    named, colon, reason = error.message.partition(":")
+    for prefix in sorted(spelled, key=len, reverse=True):
+        if colon and (named == prefix or named.startswith(f"{prefix}.")):
+            return InferbusError(error.code, f"{spelled[prefix]}{named[len(prefix) :]}:{reason}")
+    return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +227,7 @@ async def _serve(api: Api, dialect: Dialect, request: Request, started: float) -
         return _refused(api, dialect, started, read)
     job = await api.job_of(read.fields)
     if isinstance(job, InferbusError):
-        return _refused(api, dialect, started, job)
+        return _refused(api, dialect, started, as_spelled(job, read.spelled))
     asked = Asked(job, body)
     call = api.call(request, job, read.agent_id, body.get("stream_options"))
     finished = api.finished(dialect.name, started, call)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from router.admission.idempotency import IdempotencyGate
 from router.admission.line import Admission
@@ -74,17 +74,23 @@ def largest_image_bytes(job: JobRequest) -> int:
 
 
 async def read_body(request: Request, limit: int) -> bytes | InferbusError:
-    """The body, refused as soon as it grows past `limit` (never buffered beyond it)."""
+    """The body, refused as soon as it grows past `limit` (never buffered beyond it);
+    CANCELLED when the client goes away before all of it came (its doing, not a bug)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return _too_large(int(declared), limit)
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            return _too_large(size, limit, at_least=True)
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                return _too_large(size, limit, at_least=True)
+            parts.append(part)
+    except ClientDisconnect:
+        return InferbusError(
+            ErrorCode.CANCELLED, f"the client went away after {size} bytes of its body"
+        )
     return b"".join(parts)
 
 

@@ -19,7 +19,7 @@ from router.attempts.route import Route
 from router.http.dialect import JobFields
 from router.http.edge import agent_of, retry_after_headers
 from router.http.ollama_answers import ollama_message
-from router.http.ollama_requests import served_name
+from router.http.ollama_requests import OLLAMA_SPELLED, served_name
 from services.errors import HTTP_STATUS, InferbusError
 from services.wire import JobResponse
 
@@ -71,7 +71,7 @@ class OllamaDialect:
         if isinstance(fields, InferbusError):
             return fields
         fields["model"] = served_name(fields["model"], self._serves)
-        return JobFields(fields, agent_of(headers.get("x-agent-id")))
+        return JobFields(fields, agent_of(headers.get("x-agent-id")), OLLAMA_SPELLED)
 
     def failed(self, response: JobResponse, route: Route) -> Response:
         assert response.error is not None

@@ -17,6 +17,8 @@ Pure: a body in, the fields of a `JobRequest` out (or BAD_REQUEST naming the fie
   latest unanswered call of that name, so OpenAI-compatible runtimes get a well-formed
   conversation.
 - `keep_alive`, `think` and `truncate` are passed to the node in `extra`.
+- An `Idempotency-Key` header (the edge puts it in the body as `idempotency_key`) is
+  kept, so a duplicate runs once and its replay says `x-inferbus-cached: true`.
 - `/api/generate`: `system` is a system message before the prompt, `images` go with the
   prompt, `raw: true` sends the prompt without the chat template (and without `template`,
   as Ollama ignores it then), `suffix` is fill-in-the-middle. `template` (a Go template
@@ -36,6 +38,7 @@ from services.errors import ErrorCode, InferbusError
 from services.wire_features import canonical_arguments, stable_call_id
 
 __all__ = [
+    "OLLAMA_SPELLED",
     "chat_fields",
     "embed_fields",
     "embeddings_fields",
@@ -56,6 +59,12 @@ _PARAM_OPTIONS = {
     "stop": "stop",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
+}
+# The job's fields an Ollama body spells its own way (`format`, the `options`).
+OLLAMA_SPELLED = {
+    "params.max_tokens": "options.num_predict",
+    **{f"params.{name}": f"options.{option}" for option, name in _PARAM_OPTIONS.items()},
+    "response_format.json_schema.schema": "format",
 }
 # Model options carried in `extra` under Ollama's own names.
 _EXTRA_OPTIONS = frozenset(
@@ -169,6 +178,13 @@ def _common(body: Fields) -> Fields | InferbusError:
         fields["response_format"] = response_format
     if extra or passed:
         fields["extra"] = {**extra, **passed}
+    return _with_key(body, fields)
+
+
+def _with_key(body: Fields, fields: Fields) -> Fields:
+    """`fields` with the body's idempotency key, when it has one."""
+    if "idempotency_key" in body:
+        fields["idempotency_key"] = body["idempotency_key"]
     return fields
 
 
@@ -344,7 +360,7 @@ def _embed_common(body: Fields) -> Fields | InferbusError:
     fields: Fields = {"model": model, "type": "embed"}
     if extra or passed:
         fields["extra"] = {**extra, **passed}
-    return fields
+    return _with_key(body, fields)
 
 
 def embed_fields(body: Fields) -> Fields | InferbusError:

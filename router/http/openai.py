@@ -20,7 +20,7 @@ from router.http.dialect import Asked, JobFields
 from router.http.edge import agent_of, retry_after_headers
 from router.http.streams import StreamFormat
 from services.errors import HTTP_STATUS, ErrorCode, InferbusError
-from services.wire import JobResponse, openai_job_fields
+from services.wire import JobResponse, Params, openai_job_fields
 
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -57,6 +57,10 @@ def openai_error_of(response: JobResponse) -> JSONResponse:
     answer = openai_error_from(InferbusError(error.code, error.message))
     answer.headers.update(retry_after_headers(response))
     return answer
+
+
+# OpenAI sends the sampling parameters at the top level; the job keeps them in `params`.
+OPENAI_SPELLED = {f"params.{name}": name for name in Params.model_fields}
 
 
 def include_usage(fields: dict[str, Any]) -> bool:
@@ -100,7 +104,8 @@ class OpenAIDialect:
         shaped = self.shape(body)
         if isinstance(shaped, InferbusError):
             return shaped
-        return JobFields(openai_job_fields(shaped), caller_agent(body, headers))
+        fields = openai_job_fields(shaped)
+        return JobFields(fields, caller_agent(body, headers), OPENAI_SPELLED)
 
     def stream(self, asked: Asked) -> StreamFormat | None:
         return None

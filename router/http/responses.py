@@ -24,6 +24,15 @@ from router.http.streams import StreamFormat
 from services.errors import InferbusError
 from services.wire import JobResponse
 
+# The job's fields a Responses body spells its own way.
+RESPONSES_SPELLED = {
+    "params.max_tokens": "max_output_tokens",
+    "params.temperature": "temperature",
+    "params.top_p": "top_p",
+    "params.user": "user",
+    "response_format.json_schema.schema": "text.format.schema",
+}
+
 
 class Responses(OpenAIDialect):
     name = "responses"
@@ -33,7 +42,7 @@ class Responses(OpenAIDialect):
         fields = responses_job_fields(body)
         if isinstance(fields, InferbusError):
             return fields
-        return JobFields(fields, caller_agent(body, headers))
+        return JobFields(fields, caller_agent(body, headers), RESPONSES_SPELLED)
 
     def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
         return JSONResponse(whole_response(response, route, asked.body))

@@ -16,7 +16,9 @@ needs every output item added before its deltas and done before `response.comple
   `.done`), `response.output_item.done`; then `response.completed` (or
   `response.incomplete`) with the whole response. Every event has `type` and a rising
   `sequence_number`, and is sent as `event: <type>` + `data: <json>`. A stream broken
-  after its first event ends with an `error` event and `response.failed`.
+  after its first event ends with an `error` event (our code) and `response.failed`,
+  whose `error.code` is one of OpenAI's (`response_error.py`): `rate_limit_exceeded`,
+  `invalid_prompt` or `server_error`.
 """
 
 from __future__ import annotations
@@ -26,10 +28,23 @@ import time
 from typing import Any
 
 from router.attempts.route import Route
+from services.errors import ErrorCode
 from services.wire import JobResponse, Piece
 from services.wire_features import ToolCall, ToolCallDelta
 
 Item = dict[str, Any]
+
+
+_RESPONSE_ERROR_CODES = {
+    ErrorCode.BUSY: "rate_limit_exceeded",
+    ErrorCode.BAD_REQUEST: "invalid_prompt",
+    ErrorCode.CONTEXT_EXCEEDED: "invalid_prompt",
+}
+
+
+def response_error_code(code: ErrorCode) -> str:
+    """The code of a failed response's `error`, in OpenAI's words (they name no more)."""
+    return _RESPONSE_ERROR_CODES.get(code, "server_error")
 
 
 def usage_body(response: JobResponse) -> dict[str, Any]:
@@ -271,10 +286,11 @@ class ResponsesEvents:
             self._model = response.model
         if response.error is not None:
             out = self._start() + self._close()
-            error = {"code": response.error.code.value, "message": response.error.message}
-            out += self._event("error", error | {"param": None})
+            code, message = response.error.code, response.error.message
+            out += self._event("error", {"code": code.value, "message": message, "param": None})
+            failure = {"code": response_error_code(code), "message": message}
             return out + self._event(
-                "response.failed", {"response": self._response("failed", error=error)}
+                "response.failed", {"response": self._response("failed", error=failure)}
             )
         out = self._start()
         if not self._items and self._open is None:  # nothing streamed (a replay): all now

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.errors import ErrorCode, InferbusError
+from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
 
 Fields = dict[str, Any]
 MESSAGE_ROLES = {
@@ -45,6 +46,23 @@ class Refused(Exception):
 
 def _bad(field: str, reason: str) -> Refused:
     return Refused(f"{field}: {reason}")
+
+
+def _text(part: dict[str, Any], where: str) -> str:
+    """A text part's `text`: a string (absent: empty), never another JSON value."""
+    text = part.get("text", "")
+    if not isinstance(text, str):
+        raise _bad(f"{where}.text", "a string")
+    return text
+
+
+def _schema(schema: Any, where: str) -> dict[str, Any]:
+    """A JSON schema the job carries: an object, not nested past what the wire takes."""
+    if not isinstance(schema, dict):
+        raise _bad(where, "required: a JSON schema object")
+    if json_depth_exceeds(schema, MAX_JSON_DEPTH):
+        raise _bad(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return schema
 
 
 def responses_job_fields(body: dict[str, Any]) -> Fields | InferbusError:
@@ -133,7 +151,7 @@ def _message(item: dict[str, Any], where: str) -> Fields:
         here = f"{where}.content[{at}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text"):
-            texts.append(str(part.get("text") or ""))
+            texts.append(_text(part, here))
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             images.append(part["image_url"])
         elif kind == "input_image":
@@ -170,7 +188,7 @@ def _output(item: dict[str, Any], where: str) -> Fields:
         for at, part in enumerate(output):
             if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text"):
                 raise _bad(f"{where}.output[{at}]", "function outputs carry text here")
-            texts.append(str(part.get("text") or ""))
+            texts.append(_text(part, f"{where}.output[{at}]"))
         output = "".join(texts)
     if not isinstance(output, str):
         raise _bad(f"{where}.output", "a string or text parts")
@@ -205,7 +223,9 @@ def _tool(tool: Any, where: str) -> Fields:
     if not isinstance(name, str) or not name:
         raise _bad(f"{where}.name", "required")
     function: Fields = {"name": name}
-    for key in ("description", "parameters", "strict"):
+    if tool.get("parameters") is not None:
+        function["parameters"] = _schema(tool["parameters"], f"{where}.parameters")
+    for key in ("description", "strict"):
         if tool.get(key) is not None:
             function[key] = tool[key]
     return {"type": "function", "function": function}
@@ -226,9 +246,8 @@ def text_format(text: Any) -> Fields:
     if kind != "json_schema":
         raise _bad("text.format.type", "text, json_object or json_schema")
     assert isinstance(given, dict)
-    if not isinstance(given.get("schema"), dict):
-        raise _bad("text.format.schema", "required: a JSON schema object")
-    spec = {"name": given.get("name") or "response", "schema": given["schema"]}
+    schema = _schema(given.get("schema"), "text.format.schema")
+    spec = {"name": given.get("name") or "response", "schema": schema}
     if isinstance(given.get("strict"), bool):
         spec["strict"] = given["strict"]
     return {"response_format": {"type": "json_schema", "json_schema": spec}}
