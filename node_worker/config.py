@@ -40,8 +40,10 @@ class Limits(_Section):
 class Idempotency(_Section):
     ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] = 600
     max_entries: Annotated[int, Field(ge=1)] = 10_000
-    # "jetstream": keys are also claimed in a NATS JetStream KV bucket shared by every
-    # worker and router, so duplicates across nodes and restarts run once.
+    # "jetstream": keys are also claimed in this node's space of the routers' JetStream KV
+    # bucket, so this node's restarts and replicas run a key once. Only where the node's
+    # credentials are granted JetStream (an open server; the shipped setups grant workers
+    # none: ops/nats/README.md); across nodes, the routers' store does it.
     store: Literal["memory", "jetstream"] = "memory"
     bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = DEFAULT_BUCKET
     # A claim not renewed for this long is free again (its node died or hung).

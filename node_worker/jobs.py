@@ -428,6 +428,7 @@ class JobPipeline:
             cost=self._cost(served, reply.usage.prompt_tokens, reply.usage.completion_tokens),
             tool_calls=reply.tool_calls,
             logprobs=reply.logprobs,
+            stop_sequence=reply.stop_sequence,
         )
         return answer, reply.timings
 

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from services.bus import relayed_by_jetstream
 from services.capabilities import Capabilities, decode_capabilities
 from services.subjects import Subjects
 
@@ -49,6 +50,8 @@ class TwinWatch:
         self._subscription = await self._nc.subscribe(self._subject, cb=self._seen)
 
     async def _seen(self, msg: Msg) -> None:
+        if relayed_by_jetstream(msg.headers):
+            return  # not a process announcing itself (services.bus.relayed_by_jetstream)
         record = decode_capabilities(msg.data)
         if record is None or not is_twin(record, self._node_id, self._instance):
             return

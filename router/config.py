@@ -33,7 +33,7 @@ from router.cloud.providers import PROVIDER_NAME_PATTERN, ProviderConfig, resolv
 from router.fleet.view import FleetSettings
 from router.selection.profiles import SelectionConfig
 from services.images import ImageSettings
-from services.keystore import DEFAULT_BUCKET, MAX_TTL_S
+from services.keystore import DEFAULT_BUCKET, DEFAULT_MAX_BYTES, MAX_TTL_S
 from services.runtimes.base import RuntimeKind
 from services.settings import FileSettings, NatsAuth, NatsUrls, load_settings
 from services.subjects import validate_node_id, validate_prefix
@@ -111,6 +111,9 @@ class LimitsSettings(BaseModel):
     bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = "inferbus_limits"
     # How long a router's running calls count after it stopped renewing them (it died).
     lease_s: Annotated[float, Field(ge=1, le=60)] = 10.0
+    # The most the shared bucket holds, set when a router makes it (counters and leases
+    # per tenant are small; past it a router admits on its own counts, logged).
+    max_bytes: Annotated[int, Field(gt=0)] = 64 << 20
 
 
 _Limit = Annotated[int | None, Field(ge=0)]
@@ -227,6 +230,9 @@ class IdempotencySettings(_Section):
     bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$")] = DEFAULT_BUCKET
     # A router's claim not renewed for this long is free again (the router died or hung).
     lease_s: Annotated[float, Field(gt=0)] = 3
+    # The most the shared bucket holds on the NATS server's disk, set when a router makes
+    # it; past it a new key runs unguarded (logged) until kept answers expire (ttl_s).
+    max_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BYTES
     # The key every router seals its kept answers with: 64 hex characters (32 bytes), the
     # same on every router, known to no worker. Needed with store "jetstream"; best given
     # as INFERBUS_IDEMPOTENCY__SEAL_KEY.

@@ -386,6 +386,7 @@ class RouterService(AsyncService):
                 ttl_s=idempotency.ttl_s,
                 space=ROUTER_SPACE,
                 codec=SealedRecords(idempotency.sealing_key()),
+                max_bytes=idempotency.max_bytes,
             )
             self.gate.share(
                 SharedClaims(
@@ -404,7 +405,7 @@ class RouterService(AsyncService):
     async def _share_limits(self) -> None:
         """Tenants' rpm, tpm and running calls counted with the other routers, in KV."""
         limits = self.settings.limits
-        kv = await open_bucket(self._nc, limits.bucket)
+        kv = await open_bucket(self._nc, limits.bucket, limits.max_bytes)
 
         def connected() -> bool:
             return self._nc.is_connected

@@ -18,6 +18,22 @@ from nats.aio.client import Client as NatsClient
 
 from services.settings import NatsAuth
 
+# Headers JetStream puts on every stored message it hands out (a direct get, a republish).
+# A process publishes its heartbeats without them.
+_JETSTREAM_HEADERS = ("Nats-Stream", "Nats-Subject", "Nats-Sequence")
+
+
+def relayed_by_jetstream(headers: dict[str, str] | None) -> bool:
+    """Whether a message was handed out by JetStream rather than published by a process.
+
+    JetStream sends its answers to whatever reply subject the asker names, from the
+    server's own connection, past the asker's publish permissions: credentials granted a
+    direct get on a bucket (a router's; shipped workers hold no JetStream grant) can have
+    a value they wrote there delivered to `ncs.capabilities.<node>`. Such a message
+    carries JetStream's headers.
+    """
+    return headers is not None and any(name in headers for name in _JETSTREAM_HEADERS)
+
 
 async def flush_interest(nc: NatsClient, timeout_s: float = 10) -> None:
     """Return once the server has every subscription made so far on this connection.

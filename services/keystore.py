@@ -12,7 +12,8 @@ Spaces (the first tokens of a KV key; ops/nats/README.md has the trust table):
     r.<hash>           routers: their claims and the answers they keep, every record
                        sealed with a key only routers hold (router/admission/sealing.py)
     n.<node>.<hash>    worker <node>: its claims and answers, for its own restarts and
-                       replicas; no other node may read or write them
+                       replicas, where the operator grants a worker the store (the
+                       shipped setups grant workers no JetStream at all: ops/nats/README.md)
 
 KV keys allow only `[-/_=.a-zA-Z0-9]`; idempotency keys may hold anything, so the key's
 last token is a hash of it. Leases are wall-clock (unix ms) because they are read on other
@@ -59,6 +60,9 @@ DEFAULT_BUCKET = "inferbus_idempotency"
 ROUTER_SPACE = "r"
 # How long one store operation may take before the store counts as unreachable.
 OP_TIMEOUT_S = 5.0
+# What the bucket may hold on the server's disk at most (routers' `idempotency.max_bytes`):
+# past it, a new claim or answer is refused and its job runs unguarded, logged.
+DEFAULT_MAX_BYTES = 1 << 30
 # JetStream keeps a bucket's TTL in int64 nanoseconds and refuses a longer one (the bucket
 # is then never created): processes bound `idempotency.ttl_s` by it at start.
 MAX_TTL_S = (2**63 - 1) // 10**9
@@ -153,8 +157,11 @@ class BucketMissing(StoreUnavailable):
     """JetStream answers, but the bucket is not there (yet: routers make it)."""
 
 
-def bucket_config(bucket: str, ttl_s: float) -> api.StreamConfig:
-    """The bucket's stream: a KV bucket in which only grants decide who reads what."""
+def bucket_config(
+    bucket: str, ttl_s: float, max_bytes: int = DEFAULT_MAX_BYTES
+) -> api.StreamConfig:
+    """The bucket's stream: a KV bucket in which only grants decide who reads what, of at
+    most `max_bytes`."""
     return api.StreamConfig(
         name=f"KV_{bucket}",
         subjects=[f"$KV.{bucket}.>"],
@@ -167,7 +174,7 @@ def bucket_config(bucket: str, ttl_s: float) -> api.StreamConfig:
         max_age=ttl_s,
         max_msgs_per_subject=1,
         max_msgs=-1,
-        max_bytes=-1,
+        max_bytes=max_bytes,
         max_msg_size=-1,
         max_consumers=-1,
     )
@@ -214,14 +221,16 @@ class SharedKeys:
         ttl_s: float,
         space: str,
         codec: Codec,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         timeout_s: float = OP_TIMEOUT_S,
     ) -> SharedKeys:
-        """Make the bucket or bind to the one there, and check it (routers).
+        """Make the bucket or bind to the one there, and check it (routers). One made with
+        other limits (TTL, size) is used as it is.
 
         Raises StoreUnavailable (or a NATS error the caller reports as a start-up failure).
         """
         js = nc.jetstream(timeout=timeout_s)
-        wanted = bucket_config(bucket, ttl_s)
+        wanted = bucket_config(bucket, ttl_s, max_bytes)
         try:
             info = await js.add_stream(wanted)
         except nats.js.errors.BadRequestError:
@@ -338,6 +347,12 @@ def _bound(js: nats.js.JetStreamContext, bucket: str) -> KeyValue:
 
 
 def _no_answer(subject: str, refusal: str | None) -> str:
+    if refusal and any(head in refusal.lower() for head in ("$js.", "$kv.")):
+        return (
+            f"not granted to this node's NATS user ({refusal}): on this setup the shared "
+            'store is the routers\' (idempotency.store = "jetstream" in the router config); '
+            'set idempotency.store = "memory" on this worker'
+        )
     if refusal:
         return f"NATS refused a grant the idempotency store needs: {refusal}"
     return (

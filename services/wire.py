@@ -328,7 +328,9 @@ class Usage(BaseModel):
 class Result(BaseModel):
     """The answer: text and/or `tool_calls` (then `finish_reason: tool_calls`); an embed
     job's `embeddings`, one vector per input in input order; `logprobs` when asked, in
-    OpenAI's shape (`{"content": [{token, logprob, bytes, top_logprobs}]}`)."""
+    OpenAI's shape (`{"content": [{token, logprob, bytes, top_logprobs}]}`);
+    `stop_sequence`: the caller's stop string that ended the answer, where the runtime
+    says which did (vLLM); absent otherwise."""
 
     text: str = ""
     finish_reason: str | None = None
@@ -337,6 +339,7 @@ class Result(BaseModel):
     tool_calls: list[ToolCall] | None = None
     logprobs: dict[str, Any] | None = None
     embeddings: list[list[float]] | None = None
+    stop_sequence: str | None = None
 
 
 class ErrorInfo(BaseModel):

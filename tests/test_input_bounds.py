@@ -143,18 +143,38 @@ async def embedder() -> AsyncIterator[Simulator]:
         yield sim
 
 
-async def test_a_worker_reached_over_nats_refuses_200000_inputs_naming_input(
-    big_bus: NatsServer, start_worker: WorkerFactory, embedder: Simulator, node_id: str
+@pytest.mark.parametrize(
+    ("kind", "job", "named"),
+    [
+        ("embed", {"input": many(200_000)}, "input"),
+        ("embed", {"input": "x", "dimensions": 2**70}, "params.dimensions"),
+        ("llm", {"model": "llama3:8b", "prompt": "x", "max_tokens": 2**64}, "params.max_tokens"),
+        ("llm", {"model": "llama3:8b", "prompt": "x", "stop": ["s"] * 1_000}, "params.stop"),
+    ],
+)
+async def test_a_worker_reached_over_nats_refuses_what_the_router_refuses_naming_the_field(
+    big_bus: NatsServer,
+    start_worker: WorkerFactory,
+    embedder: Simulator,
+    simulator: Simulator,
+    node_id: str,
+    kind: str,
+    job: dict[str, Any],
+    named: str,
 ) -> None:
     async with (
-        start_worker(nats_url=[big_bus.url], backends=[backend(embedder.url)]),
+        start_worker(
+            nats_url=[big_bus.url], backends=[backend(embedder.url), backend(simulator.url)]
+        ),
         await nats.connect(big_bus.url) as nc,
     ):
-        answer = await ask(nc, embed(node_id), {"input": many(200_000)})
+        answer = await ask(nc, f"node.{node_id}.{kind}.request", job)
         caps = await nc.request(f"node.{node_id}.caps", b"", timeout=5)
     assert answer.error is not None
-    assert (answer.error.code, answer.error.message.split(":")[0]) == ("BAD_REQUEST", "input")
+    assert answer.error.code == "BAD_REQUEST"
+    assert answer.error.message.startswith(f"{named}: "), answer.error.message
     assert embedder.calls[EMBEDDER] == 0
+    assert simulator.calls["llama3:8b"] == 0
     assert node_id.encode() in caps.data
 
 
@@ -198,6 +218,39 @@ async def test_an_answer_over_the_bus_is_413_and_one_that_fits_arrives_whole(
     assert fits.result is not None
     assert fits.result.embeddings is not None
     assert [len(vector) for vector in fits.result.embeddings] == [128] * MAX_EMBED_INPUTS
+
+
+@pytest.mark.parametrize(
+    ("dimensions", "runtime_calls"),
+    [
+        (1_024, 0),  # 2,048 x 1,024 numbers cannot fit: refused before the runtime
+        (None, 1),  # the model's own width (512) is known from its answer: ~10 MB
+    ],
+)
+async def test_the_router_answers_413_for_embeddings_that_cannot_fit_the_bus(
+    big_bus: NatsServer,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    embedder: Simulator,
+    node_id: str,
+    dimensions: int | None,
+    runtime_calls: int,
+) -> None:
+    body: dict[str, Any] = {"model": EMBEDDER, "input": many(MAX_EMBED_INPUTS)}
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    async with (
+        start_worker(nats_url=[big_bus.url], backends=[backend(embedder.url)]),
+        start_router(nats_url=[big_bus.url]) as router,
+        httpx.AsyncClient(base_url=router.url, timeout=60) as http,
+    ):
+        assert router.fleet is not None
+        fleet = router.fleet
+        await until(lambda: node_id in fleet.nodes, timeout_s=10)
+        answer = await http.post("/v1/embeddings", json=body)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert embedder.calls[EMBEDDER] == runtime_calls
 
 
 @pytest.mark.parametrize(

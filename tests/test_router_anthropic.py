@@ -120,6 +120,30 @@ async def test_max_tokens_caps_the_answer(client: anthropic.AsyncAnthropic) -> N
     assert message.usage.output_tokens == 3
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+async def test_a_stop_sequence_ends_the_answer_and_is_named_where_the_runtime_says(
+    client: anthropic.AsyncAnthropic, kind: str, streamed: bool
+) -> None:
+    text = expected_text(TOOL_MODEL, "hello there", TOKENS)
+    stop = text[len(text) // 2 : len(text) // 2 + 4]
+    asked: dict[str, Any] = {
+        "model": TOOL_MODEL,
+        "max_tokens": 64,
+        "messages": ask("hello there"),
+        "stop_sequences": ["not in the answer", stop],
+    }
+    if streamed:
+        async with client.messages.stream(**asked) as stream:
+            message = await stream.get_final_message()
+    else:
+        message = await client.messages.create(**asked)
+    assert message.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    if kind == "vllm":  # vLLM says which stop string ended the answer
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", stop)
+    else:  # Ollama does not: the answer ended as any other
+        assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+
+
 async def test_a_tool_round_trip_with_tool_result(client: anthropic.AsyncAnthropic) -> None:
     first = await client.messages.create(
         model=TOOL_MODEL, max_tokens=256, messages=ask(ASK_WEATHER), tools=[WEATHER]

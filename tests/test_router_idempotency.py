@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from router.config import RouterSettings
@@ -542,3 +543,36 @@ async def test_a_key_whose_router_died_runs_through_another_router_after_its_lea
     assert answer.status_code == 200, answer.text
     assert (answer.json()["status"], answer.json()["cached"]) == ("ok", True)
     assert sim.calls["llama3:8b"] == 1
+
+
+async def test_a_full_shared_bucket_leaves_keyed_jobs_answered_and_the_bucket_bounded(
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    nc: NatsClient,
+    node_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`idempotency.max_bytes` bounds the bucket the router makes: once it is full, a new
+    key's claim is refused and its job runs unguarded (logged), answered all the same."""
+    bucket = f"bounded_{uuid.uuid4().hex[:8]}"
+    bounded = {**ROUTERS_SHARED, "bucket": bucket, "max_bytes": 2_048}
+    async with (
+        Simulator(models=[SimModel("llama3:8b")]) as sim,
+        fleet(start_worker, node_id, sim.url, count=1) as nodes,
+        start_router(idempotency=bounded) as router,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        await sees(router, nodes)
+        answers = [
+            await http.post(
+                f"{router.url}/infer",
+                json=job(f"question {n}"),
+                headers={"Idempotency-Key": f"k-{n}"},
+            )
+            for n in range(12)
+        ]
+        info = await nc.jetstream().stream_info(f"KV_{bucket}")
+    assert [answer.status_code for answer in answers] == [200] * 12
+    assert info.config.max_bytes == 2_048
+    assert info.state.bytes <= 2_048
+    assert "idempotency store unwritable" in caplog.text

@@ -22,7 +22,13 @@ from router.service import RouterService
 from tests.conftest import RouterFactory, WorkerFactory, backend
 from tests.fleets import Fleet
 from tests.jobs import until
-from tests.test_shared_store_trust import Attacker, sees_nodes
+from tests.test_shared_store_trust import (
+    ROUTERS_STORE,
+    Attacker,
+    relay_everything,
+    sees_nodes,
+    worker_block_of_accounts_conf,
+)
 from tools.simulator import SimModel, Simulator
 
 MODEL = "llama3:8b"
@@ -37,9 +43,14 @@ def tenant_hex(name: str) -> str:
 
 @contextlib.asynccontextmanager
 async def limited_fleet(
-    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory, runtime: Simulator
+    fleet: Fleet,
+    start_worker: WorkerFactory,
+    start_router: RouterFactory,
+    runtime: Simulator,
+    idempotency: dict[str, Any] | None = None,
 ) -> AsyncIterator[list[RouterService]]:
-    """Two routers with shared limits in the committed bucket, one worker (gpu-a)."""
+    """Two routers with shared limits in the committed bucket (and `idempotency` as their
+    idempotency settings), one worker (gpu-a)."""
     http = {"host": "127.0.0.1", "port": 0, "api_keys": TENANTS}
     async with contextlib.AsyncExitStack() as stack:
         routers = [
@@ -49,6 +60,7 @@ async def limited_fleet(
                     nats=fleet.auth("router"),
                     http=http,
                     limits={"shared": True, "bucket": BUCKET},
+                    idempotency=idempotency or {},
                 )
             )
             for _ in range(2)
@@ -95,9 +107,11 @@ async def test_routers_share_limits_within_their_grants(
         )
         kv = await ops.jetstream().key_value(BUCKET)
         keys = await kv.keys()
+        made = (await ops.jetstream().stream_info(f"KV_{BUCKET}")).config
         running = json.loads((await kv.get(f"running.{tenant_hex('pair')}")).value or b"{}")
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
     assert runtime.peak_connections == 1
+    assert made.max_bytes == 64 << 20  # limits.max_bytes, the default
     assert any(key.startswith(f"rpm.{tenant_hex('pair')}.") for key in keys), keys
     assert {holding[0] for holding in running.values()} == {0}  # every call given back
     assert "permissions violation" not in caplog.text.lower()
@@ -157,6 +171,34 @@ async def test_a_worker_can_neither_read_nor_write_the_limits_bucket(
     assert again.status_code == 200  # the tenant is not blocked by a forged holding
 
 
+async def test_a_worker_cannot_relay_a_forged_holding_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """JetStream answers a request on whatever reply subject the asker names, past the
+    asker's publish permissions: gpu-a naming the tenant's running-calls key would write a
+    holding there. Its credentials may ask JetStream nothing (tests/test_shared_store_trust.py)."""
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        limited_fleet(fleet, start_worker, start_router, runtime, ROUTERS_STORE) as routers,
+        httpx.AsyncClient(timeout=30, headers={"Authorization": "Bearer key-pair"}) as http,
+        await nats.connect(fleet.url, **fleet.auth("ops").connect_options()) as ops,
+    ):
+        await until(lambda: routers[0].gate.shared is not None, timeout_s=10)
+        first = await http.post(f"{routers[0].url}/infer", json=body("first"))
+        attacker = await Attacker().connect(fleet)
+        key = f"running.{tenant_hex('pair')}"
+        forged = json.dumps({"forger": [1000, 9e12, 1]}).encode()
+        await relay_everything(attacker, f"{KV}.{key}", forged)
+        held = (await (await ops.jetstream().key_value(BUCKET)).get(key)).value
+        again = await http.post(
+            f"{routers[1].url}/infer", json={**body("again"), "timeout_ms": 5_000}
+        )
+        await attacker.nc.close()
+    assert first.status_code == 200
+    assert b"forger" not in (held or b"")
+    assert again.status_code == 200, again.text  # the tenant is not blocked
+
+
 @pytest.mark.parametrize("user", ["gpu-a", "gpu-b"])
 def test_no_worker_grant_names_the_limits_bucket(user: str) -> None:
     """From the generator the JWT fleet uses, and accounts.conf as committed."""
@@ -170,8 +212,4 @@ def test_no_worker_grant_names_the_limits_bucket(user: str) -> None:
     assert not [s for s in grants["pub"]["allow"] + grants["sub"]["allow"] if BUCKET in s]
     router = module.router_permissions()
     assert any(BUCKET in s for s in router["pub"]["allow"])
-    conf = (ops_nats / "accounts.conf").read_text()
-    worker_block = conf[
-        conf.index(f"user: {user}") : conf.index("allow_responses", conf.index(f"user: {user}"))
-    ]
-    assert BUCKET not in worker_block
+    assert BUCKET not in worker_block_of_accounts_conf(user)

@@ -1,7 +1,10 @@
 """The shared idempotency store on both shipped permission setups (accounts.conf as
 committed, and the operator-mode fleet from make_jwt_fleet.py), on a real nats-server
-with JetStream: what routers and workers do with it works within their grants, and
-whatever gpu-a's credentials try against what others keep fails.
+with JetStream: the store is the routers' (workers hold no JetStream grant at all), what
+routers do with it works within their grants, and whatever gpu-a's credentials try
+against what they keep fails, JetStream's answers included (JetStream answers a request
+on whatever reply subject the asker names, past the asker's publish permissions, so any
+JetStream grant would carry bytes anywhere).
 
 The attacker knows every KV key it aims at (they are hashes of the tenant's key, which a
 test can compute): the grants and the routers' seal, not secrecy of names, stop it.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import signal
 import time
@@ -30,12 +34,20 @@ from nats.aio.msg import Msg
 from router.admission.idempotency import scoped_key
 from router.admission.tenants import SHARED_SCOPE
 from router.service import RouterService
-from services.keystore import DEFAULT_BUCKET, ROUTER_SPACE, Record, kv_key, worker_space
+from services.keystore import (
+    DEFAULT_BUCKET,
+    ROUTER_SPACE,
+    PlainRecords,
+    Record,
+    SharedKeys,
+    kv_key,
+    worker_space,
+)
 from services.nats_server import NatsServer
 from services.subjects import inbox_prefix
 from services.wire import JobResponse, Result, decode_response
 from tests.conftest import RouterFactory, WorkerFactory, backend
-from tests.fleets import PASSWORDS, Fleet
+from tests.fleets import OPS_NATS, PASSWORDS, Fleet
 from tests.jobs import llm, until
 from tests.test_router_idempotency import router_process
 from tests.test_worker_lifecycle import start_worker_process
@@ -43,7 +55,6 @@ from tools.simulator import SimModel, Simulator
 
 SEAL_KEY = "a7" * 32
 ROUTERS_STORE = {"store": "jetstream", "seal_key": SEAL_KEY, "lease_s": 1}
-WORKERS_STORE = {"store": "jetstream"}
 MODEL = "llama3:8b"
 KV = f"$KV.{DEFAULT_BUCKET}"
 DIRECT_GET = f"$JS.API.DIRECT.GET.KV_{DEFAULT_BUCKET}"
@@ -51,10 +62,6 @@ DIRECT_GET = f"$JS.API.DIRECT.GET.KV_{DEFAULT_BUCKET}"
 
 def routers_kv_key(key: str) -> str:
     return kv_key(ROUTER_SPACE, scoped_key(SHARED_SCOPE, key))
-
-
-def nodes_kv_key(node: str, key: str) -> str:
-    return kv_key(worker_space(node), scoped_key(SHARED_SCOPE, key))
 
 
 def body(prompt: str) -> dict[str, Any]:
@@ -102,7 +109,8 @@ async def store_fleet(
     routers: int = 2,
     nodes: tuple[str, ...] = ("gpu-a", "gpu-b"),
 ) -> AsyncIterator[list[RouterService]]:
-    """Routers (which make the bucket), then workers, all with the shared store."""
+    """Routers (which make the bucket and keep the shared store), then workers (their own
+    idempotency in memory: the shipped setups grant them no JetStream)."""
     async with contextlib.AsyncExitStack() as stack:
         started = [
             await stack.enter_async_context(
@@ -118,10 +126,10 @@ async def store_fleet(
             worker = await stack.enter_async_context(
                 start_worker(
                     node_id=node, nats_url=[fleet.url], nats=fleet.auth(node),
-                    backends=[backend(runtime.url)], idempotency=WORKERS_STORE,
+                    backends=[backend(runtime.url)],
                 )
             )  # fmt: skip
-            assert worker.pipeline.guarded
+            assert not worker.pipeline.guarded
         for router in started:
             await sees_nodes(router, nodes)
         yield started
@@ -240,9 +248,6 @@ async def test_gpu_a_can_neither_list_nor_read_what_routers_and_gpu_b_keep(
             "read a router's answer": js.get_last_msg(
                 f"KV_{DEFAULT_BUCKET}", f"{KV}.{routers_kv_key(key)}", direct=True
             ),
-            "read gpu-b's answer": js.get_last_msg(
-                f"KV_{DEFAULT_BUCKET}", f"{KV}.{nodes_kv_key('gpu-b', key)}", direct=True
-            ),
             "read by stream message get": js.get_last_msg(
                 f"KV_{DEFAULT_BUCKET}", f"{KV}.{routers_kv_key(key)}"
             ),
@@ -254,7 +259,6 @@ async def test_gpu_a_can_neither_list_nor_read_what_routers_and_gpu_b_keep(
             except (nats.errors.Error, TimeoutError) as error:
                 outcomes[what] = type(error).__name__
         await attacker.refused(f"{DIRECT_GET}.{KV}.{routers_kv_key(key)}")
-        await attacker.refused(f"{DIRECT_GET}.{KV}.{nodes_kv_key('gpu-b', key)}")
         again = await http.post("/infer", json=body("a secret"), headers={"Idempotency-Key": key})
         await attacker.nc.flush()
         await attacker.nc.close()
@@ -281,10 +285,13 @@ async def test_gpu_a_cannot_overwrite_a_kept_answer_nor_wipe_the_bucket(
         target = f"{KV}.{routers_kv_key(key['Idempotency-Key'])}"
         await attacker.nc.publish(target, planted)
         await attacker.refused(f'publish to "{target}"')
-        # Its own space, with a rollup of the whole stream: the bucket allows no rollups.
-        js = attacker.nc.jetstream(timeout=2)
-        with pytest.raises(nats.js.errors.APIError):
-            await js.publish(f"{KV}.n.gpu-a.kwipe", b"{}", headers={"Nats-Rollup": "all"})
+        wipe = f"{KV}.n.gpu-a.kwipe"  # a rollup of the whole stream
+        await attacker.nc.publish(wipe, b"{}", headers={"Nats-Rollup": "all"})
+        await attacker.refused(f'publish to "{wipe}"')
+        # Even credentials that may write there (ops): the bucket allows no rollups.
+        async with await nats.connect(fleet.url, **fleet.auth("ops").connect_options()) as ops:
+            with pytest.raises(nats.js.errors.APIError):
+                await ops.jetstream().publish(wipe, b"{}", headers={"Nats-Rollup": "all"})
         again = (await http.post("/infer", json=body("the truth"), headers=key)).json()
         await attacker.nc.close()
     assert again["cached"] is True
@@ -293,20 +300,22 @@ async def test_gpu_a_cannot_overwrite_a_kept_answer_nor_wipe_the_bucket(
     assert runtime.calls[MODEL] == 1
 
 
-async def test_gpu_a_cannot_forge_a_done_record_over_gpu_bs_running_claim(
+async def test_gpu_a_cannot_forge_a_done_record_over_a_routers_running_claim(
     fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
 ) -> None:
     async with (
         Simulator(models=[SimModel(MODEL)], latency_ms=1_000) as runtime,
-        store_fleet(fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)),
-        await nats.connect(fleet.url, **fleet.auth("router").connect_options()) as as_router,
+        store_fleet(fleet, start_worker, start_router, runtime, nodes=("gpu-b",)) as (one, two),
+        httpx.AsyncClient(timeout=30) as http,
     ):
         key = f"claimed-{uuid.uuid4().hex}"
-        job = json.dumps({**body("run by gpu-b"), "idempotency_key": key}).encode()
-        first = asyncio.create_task(as_router.request(llm("gpu-b"), job, timeout=15))
+        headers = {"Idempotency-Key": key}
+        first = asyncio.create_task(
+            http.post(f"{one.url}/infer", json=body("run once"), headers=headers)
+        )
         await until(lambda: runtime.open_connections == 1, timeout_s=10)
         attacker = await Attacker().connect(fleet)
-        claim = f"{KV}.{kv_key(worker_space('gpu-b'), key)}"
+        claim = f"{KV}.{routers_kv_key(key)}"
         forged = Record(
             state="done",
             job="anything",
@@ -317,14 +326,15 @@ async def test_gpu_a_cannot_forge_a_done_record_over_gpu_bs_running_claim(
         await attacker.refused(f'publish to "{claim}"')
         await attacker.nc.subscribe(f"{inbox_prefix('gpu-b')}.>")
         await attacker.refused(f'subscription to "{inbox_prefix("gpu-b")}.>"')
-        original = decode_response((await first).data)
-        duplicate = decode_response((await as_router.request(llm("gpu-b"), job, timeout=15)).data)
+        duplicate = (
+            await http.post(f"{two.url}/infer", json=body("run once"), headers=headers)
+        ).json()
+        original = (await first).json()
         await attacker.nc.close()
-    assert original.status == "ok", original.error
-    assert duplicate.cached is True
-    assert duplicate.result == original.result
-    assert duplicate.result is not None
-    assert duplicate.result.text != "FORGED"
+    assert original["status"] == "ok", original
+    assert duplicate["result"]["text"] == original["result"]["text"]
+    assert "FORGED" not in json.dumps(duplicate)
+    assert runtime.calls[MODEL] == 1
 
 
 async def test_a_router_never_serves_a_kept_answer_it_cannot_verify(
@@ -351,6 +361,144 @@ async def test_a_router_never_serves_a_kept_answer_it_cannot_verify(
     assert runtime.calls[MODEL] == 1
 
 
+# --- JetStream's answers go wherever the asker says: gpu-a may ask JetStream nothing -------
+#
+# JetStream sends its answer to a request (a direct get, a publish's ack, account info) to
+# the reply subject the asker names, from the server's own connection, past the asker's
+# publish permissions. The shipped setups grant workers no JetStream subject, so no such
+# answer is ever sent for them. Each test below fails if a worker grant came back: the
+# refusal it waits for would not come, and the relayed bytes would land.
+
+NOT_GRANTED = [
+    "$JS.API.INFO",
+    "$JS.API.STREAM.NAMES",
+    f"$JS.API.STREAM.INFO.KV_{DEFAULT_BUCKET}",
+    "$JS.API.STREAM.CREATE.KV_gpu_a",
+    f"$JS.API.CONSUMER.CREATE.KV_{DEFAULT_BUCKET}",
+    f"{DIRECT_GET}.{KV}.{worker_space('gpu-a')}.kown",
+    f"{DIRECT_GET}.{KV}.{ROUTER_SPACE}.kany",
+    "$JS.API.DIRECT.GET.KV_inferbus_limits.$KV.inferbus_limits.running.any",
+    f"{KV}.{worker_space('gpu-a')}.kown",
+    f"{KV}.{ROUTER_SPACE}.kany",
+    "$KV.inferbus_limits.running.any",
+    "$KV.gpu_a_own_bucket.k",
+]
+
+
+async def test_gpu_a_may_ask_jetstream_nothing_nor_publish_to_any_kv_subject(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        store_fleet(fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)),
+    ):
+        attacker = await Attacker().connect(fleet)
+        inbox = f"{inbox_prefix('gpu-a')}.probe"
+        answers = await attacker.nc.subscribe(f"{inbox}.>")
+        for n, subject in enumerate(NOT_GRANTED):
+            await attacker.nc.publish(subject, b"{}", reply=f"{inbox}.{n}")
+        for subject in NOT_GRANTED:
+            await attacker.refused(f'publish to "{subject}"')
+        await attacker.nc.flush()
+        answered = answers.pending_msgs
+        still_connected = attacker.nc.is_connected
+        await attacker.nc.close()
+    assert answered == 0
+    assert still_connected  # refused, not cut off
+
+
+async def relay_everything(attacker: Attacker, to: str, payload: bytes) -> None:
+    """gpu-a asks JetStream what the store's worker grants allowed, naming `to` as the
+    reply: a put to its own space (its ack), a direct get of that key (the bytes it put),
+    account info. Returns once the server has refused each."""
+    own = f"{KV}.{worker_space('gpu-a')}.krelay"
+    asks = {own: payload, f"{DIRECT_GET}.{own}": b"", "$JS.API.INFO": b""}
+    for subject, data in asks.items():
+        await attacker.nc.publish(subject, data, reply=to)
+    for subject in asks:
+        await attacker.refused(f'publish to "{subject}"')
+    await attacker.nc.flush()
+    await asyncio.sleep(0.5)  # a relayed answer, were one sent, would have landed by now
+
+
+async def test_gpu_a_cannot_wipe_nor_replace_a_kept_answer_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """A router that starts after the answer was kept has only the store to tell it the
+    key ran: an ack or planted bytes over the kept answer would make the key run again."""
+    key = {"Idempotency-Key": f"kept-{uuid.uuid4().hex}"}
+    answers: list[dict[str, Any]] = []
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        for attack_first in (False, True):
+            if attack_first:
+                attacker = await Attacker().connect(fleet)
+                planted = planted_record(answers[0], "PLANTED")
+                await relay_everything(
+                    attacker, f"{KV}.{routers_kv_key(key['Idempotency-Key'])}", planted
+                )
+                await attacker.nc.close()
+            async with store_fleet(
+                fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)
+            ) as (router,):  # a new router each time
+                answer = await http.post(f"{router.url}/infer", json=body("kept"), headers=key)
+                assert answer.status_code == 200, answer.text
+                answers.append(answer.json())
+    first, again = answers
+    assert again["cached"] is True
+    assert again["result"]["text"] == first["result"]["text"]
+    assert runtime.calls[MODEL] == 1
+
+
+async def test_no_one_announces_as_gpu_b_through_jetstreams_answers(
+    fleet: Fleet, start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    async with (
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        store_fleet(fleet, start_worker, start_router, runtime, routers=1, nodes=("gpu-b",)) as (
+            router,
+        ),
+        await nats.connect(fleet.url, **fleet.auth("ops").connect_options()) as ops,
+    ):
+        heard: list[Msg] = []
+
+        async def keep(msg: Msg) -> None:
+            heard.append(msg)
+
+        await ops.subscribe("ncs.capabilities.gpu-b", cb=keep)
+        await until(lambda: bool(heard), timeout_s=15)  # gpu-b's own heartbeat
+        real = json.loads(heard[0].data)
+        planted_model = {**real["served_models"][0], "name": "planted:1b"}
+        forged = {
+            **real,
+            "seq": real["seq"] + 1_000,
+            "served_models": [*real["served_models"], planted_model],
+        }
+        attacker = await Attacker().connect(fleet)
+        await relay_everything(attacker, "ncs.capabilities.gpu-b", json.dumps(forged).encode())
+        await ops.flush()
+        from_gpu_a = [msg for msg in heard if msg.headers]  # what JetStream handed out
+        # A router's credentials do hold JetStream grants (the routers' space): the same
+        # relay from them is delivered, and routers refuse it by JetStream's headers.
+        view = router.fleet
+        assert view is not None
+        refused_before = view.refusals.refused
+        async with await nats.connect(
+            fleet.url, **fleet.auth("router").connect_options()
+        ) as as_router:
+            own = f"{KV}.{ROUTER_SPACE}.kannounce"
+            await as_router.jetstream().publish(own, json.dumps(forged).encode())
+            await as_router.publish(f"{DIRECT_GET}.{own}", b"", reply="ncs.capabilities.gpu-b")
+            await until(lambda: any(msg.headers for msg in heard), timeout_s=5)
+            await until(lambda: view.refusals.refused > refused_before, timeout_s=5)
+        models = [model.name for model in view.nodes["gpu-b"].record.served_models]
+        await attacker.nc.close()
+    assert from_gpu_a == []
+    assert "planted:1b" not in models
+
+
 def planted_record(answer: dict[str, Any], text: str) -> bytes:
     """A done record as an attacker would write it, for the same job and model."""
     forged = JobResponse(
@@ -359,26 +507,32 @@ def planted_record(answer: dict[str, Any], text: str) -> bytes:
     return Record(state="done", job="same", model=MODEL, response=forged).model_dump_json().encode()
 
 
-async def test_gpu_a_credentials_hold_no_other_store_grant() -> None:
-    """What the worker's grants name, checked from the generator the JWT fleet uses: its
-    own space and inboxes, and account info; nothing of the routers' nor gpu-b's."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_jwt_fleet", Path(__file__).parents[1] / "ops/nats/make_jwt_fleet.py"
-    )
+def worker_grants_of_the_jwt_fleet(user: str) -> list[str]:
+    spec = importlib.util.spec_from_file_location("make_jwt_fleet", OPS_NATS / "make_jwt_fleet.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    grants = module.worker_permissions("gpu-a")
-    published = [s for s in grants["pub"]["allow"] if s.startswith("$")]
-    assert published == [
-        "$JS.API.INFO",
-        f"{KV}.n.gpu-a.>",
-        f"{DIRECT_GET}.{KV}.n.gpu-a.>",
-    ]
-    assert [s for s in grants["sub"]["allow"] if "INBOX" in s] == ["_INBOX_gpu-a.>"]
+    grants = module.worker_permissions(user)
+    return [*grants["pub"]["allow"], *grants["sub"]["allow"]]
+
+
+def worker_block_of_accounts_conf(user: str) -> str:
+    conf = (OPS_NATS / "accounts.conf").read_text()
+    start = conf.index(f"user: {user}\n")  # the user's block, not the comments' example
+    return conf[start : conf.index("allow_responses", start)]
+
+
+@pytest.mark.parametrize("user", ["gpu-a", "gpu-b"])
+def test_no_worker_user_holds_a_jetstream_grant(user: str) -> None:
+    """The generator the JWT fleet uses, and accounts.conf as committed: no `$JS` nor `$KV`
+    subject, and of the inboxes only the node's own."""
+    grants = worker_grants_of_the_jwt_fleet(user)
+    assert [s for s in grants if s.startswith(("$JS", "$KV"))] == []
+    assert [s for s in grants if "INBOX" in s] == [f"_INBOX_{user}.>"]
+    block = worker_block_of_accounts_conf(user)
+    assert "$JS" not in block
+    assert "$KV" not in block
 
 
 # --- start-up: what is missing is named, exit 2 ----------------------------------------------
@@ -414,9 +568,10 @@ accounts { FLEET { users: [{user: gpu-x, password: pw}] } }
             NO_STORE_GRANT,
             True,
             [
-                "NATS refused a grant the idempotency store needs: ",
+                "not granted to this node's NATS user (",
                 'permissions violation for subscription to "_inbox_gpu-x.',
                 'permissions violation for publish to "$js.api.info"',
+                "the shared store is the routers'",
             ],
             id="no-grants",
         ),
@@ -446,3 +601,108 @@ async def test_a_worker_whose_store_cannot_start_exits_2_naming_what_is_missing(
     assert last.startswith("inferbus worker: idempotency store: ")
     assert all(part in last for part in missing), last
     assert "Traceback" not in stderr.decode()
+
+
+async def test_a_worker_given_the_store_on_a_shipped_setup_exits_2_saying_it_is_the_routers(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    login = "".join(
+        f'{name} = "{value}"\n' for name, value in settings_auth(fleet, "gpu-a").items()
+    )
+    worker_config = tmp_path / "worker.toml"
+    worker_config.write_text(
+        f'node_id = "gpu-a"\nnats_url = ["{fleet.url}"]\n[nats]\n{login}'
+        '[idempotency]\nstore = "jetstream"\n'
+    )
+    process = await start_worker_process(worker_config)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    last = stderr.decode().strip().splitlines()[-1]
+    print(last)
+    assert process.returncode == 2
+    assert last == (
+        "inferbus worker: idempotency store: not granted to this node's NATS user "
+        '(nats: permissions violation for publish to "$js.api.info"): on this setup the '
+        'shared store is the routers\' (idempotency.store = "jetstream" in the router '
+        'config); set idempotency.store = "memory" on this worker'
+    )
+
+
+# --- where an operator grants workers the store itself ---------------------------------------
+
+STORE_GRANTED = """
+accounts {
+  FLEET {
+    jetstream: enabled
+    users: [
+      {user: gpu-x, password: pw, permissions: {
+        subscribe: ["node.gpu-x.>", "ncs.discover", "$SRV.>", "ncs.capabilities.gpu-x",
+                    "_INBOX_gpu-x.>"]
+        publish: [
+          "ncs.capabilities.gpu-x"
+          "$JS.API.INFO"
+          "$KV.inferbus_idempotency.n.gpu-x.>"
+          "$JS.API.DIRECT.GET.KV_inferbus_idempotency.$KV.inferbus_idempotency.n.gpu-x.>"
+        ]
+        allow_responses: {max: 100000, expires: "15m"}
+      }}
+      {user: boss, password: pw}
+    ]
+  }
+}
+"""
+
+
+async def test_a_worker_granted_the_store_runs_it_and_its_grant_relays_anywhere(
+    tmp_path: Path, start_worker: WorkerFactory
+) -> None:
+    """The grants ops/nats/README.md names for it: the worker keeps and replays its own
+    answers across a restart; and the same grants let its credentials have JetStream put
+    bytes on a subject they may not publish to (the relay the README warns of)."""
+    config = tmp_path / "server.conf"
+    config.write_text(STORE_GRANTED)
+    worker_auth = {"user": "gpu-x", "password": "pw"}
+    async with (
+        NatsServer(config_file=config, jetstream_dir=tmp_path / "js") as server,
+        Simulator(models=[SimModel(MODEL)]) as runtime,
+        await nats.connect(server.url, user="boss", password="pw") as boss,
+    ):
+        await SharedKeys.make(
+            boss, bucket=DEFAULT_BUCKET, ttl_s=600, space=ROUTER_SPACE, codec=PlainRecords()
+        )
+        job = json.dumps({**body("kept by gpu-x"), "idempotency_key": uuid.uuid4().hex}).encode()
+        answers = []
+        for _ in range(2):  # a new gpu-x process each time
+            async with start_worker(
+                node_id="gpu-x", nats_url=[server.url], nats=worker_auth,
+                backends=[backend(runtime.url)], idempotency={"store": "jetstream"},
+            ) as worker:  # fmt: skip
+                assert worker.pipeline.guarded
+                reply = await boss.request(llm("gpu-x"), job, timeout=15)
+                answers.append(decode_response(reply.data))
+        relayed = await boss.subscribe("anywhere.gpu-x")
+        await boss.flush()
+        attacker = NatsClient()
+        errors: list[str] = []
+
+        async def remember(error: Exception) -> None:
+            errors.append(str(error).lower())
+
+        await attacker.connect(
+            server.url,
+            error_cb=remember,
+            inbox_prefix=inbox_prefix("gpu-x"),
+            user="gpu-x",
+            password="pw",
+        )
+        await attacker.publish("anywhere.gpu-x", b"refused")
+        await until(lambda: any('publish to "anywhere.gpu-x"' in error for error in errors), 5)
+        await attacker.publish("$JS.API.INFO", b"", reply="anywhere.gpu-x")
+        delivered = await relayed.next_msg(timeout=5)
+        await attacker.close()
+    first, again = answers
+    assert first.status == "ok", first.error
+    assert again.cached is True
+    assert again.result == first.result
+    assert runtime.calls[MODEL] == 1
+    assert b"refused" not in delivered.data
+    assert json.loads(delivered.data)["type"] == "io.nats.jetstream.api.v1.account_info_response"

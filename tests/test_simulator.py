@@ -18,7 +18,7 @@ from tools.simulator import Fault, SimModel, Simulator, expected_text, expected_
 from tools.simulator.cli import parse_models
 from tools.simulator.faults import FaultTable
 from tools.simulator.ollama_api import keep_alive_seconds
-from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation
+from tools.simulator.plan import GenRequest, Plan, Rejection, plan_generation, stopped_at
 
 LLM = "llama3:8b"
 VISION = "llava:7b"
@@ -139,6 +139,24 @@ def test_plan_generation_decides_rejection_or_answer(
     request_: GenRequest, model: SimModel | None, outcome: Plan | Rejection
 ) -> None:
     assert plan_generation(request_, model, TOKENS) == outcome
+
+
+@pytest.mark.parametrize(
+    ("stops", "stopped"),
+    [
+        ((), None),
+        (("zz",), None),
+        (("c",), (("ab", " "), "c")),  # inside a piece: that piece is cut short
+        ((" cd",), (("ab",), " cd")),  # where a piece starts: the pieces before it
+        (("ab",), ((), "ab")),  # at the very start: nothing is left
+        (("zz", "d e", "b c"), (("a",), "b c")),  # the first to appear wins
+        (("d e",), (("ab", " c"), "d e")),  # across pieces
+    ],
+)
+def test_a_stop_string_ends_the_answer_where_it_first_appears(
+    stops: tuple[str, ...], stopped: tuple[tuple[str, ...], str] | None
+) -> None:
+    assert stopped_at(("ab", " cd", " ef"), stops) == stopped
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Make a decentralised-auth (operator mode) NATS setup for an inferbus fleet.
 
 What `nsc` would make, with the same permissions as `accounts.conf`: an operator, one
-account `INFERBUS` (JetStream on, for the shared idempotency store), and one user per
+account `INFERBUS` (JetStream on, for the routers' shared stores), and one user per
 worker, one for the routers and (unless `--no-ops`) one for operators. Every key is an
 nkey (Ed25519); every identity is a JWT signed by the key above it, so the server stores no
 secret at all: it trusts the operator's public key and checks each user's JWT and its
@@ -107,14 +107,14 @@ def store_grants(space: str, bucket: str = BUCKET) -> list[str]:
 
 def worker_permissions(node_id: str) -> dict[str, Any]:
     """Its own jobs, cancels, caps and show; discovery; `$SRV`; its own heartbeats (to notice a
-    second process announcing its id); its own inboxes (`_INBOX_<node>`, where JetStream
-    answers it); publish its own heartbeat, the answers to requests delivered to it
-    (resp), and its own space of the idempotency bucket, nothing else: no `_INBOX.>`."""
+    second process announcing its id); its own inboxes (`_INBOX_<node>`); publish its own
+    heartbeat and the answers to requests delivered to it (resp), nothing else: no
+    `_INBOX.>`, and no JetStream, whose answers go wherever the asker says (accounts.conf)."""
     heartbeat = f"ncs.capabilities.{node_id}"
     subscribe = [f"node.{node_id}.>", "ncs.discover", "$SRV.>", heartbeat, f"_INBOX_{node_id}.>"]
     return {
         "sub": {"allow": subscribe},
-        "pub": {"allow": [heartbeat, "$JS.API.INFO", *store_grants(f"n.{node_id}")]},
+        "pub": {"allow": [heartbeat]},
         "resp": {"max": RESPONSES_MAX, "ttl": RESPONSES_TTL_NS},
     }
 
@@ -173,7 +173,7 @@ def account_jwt(
     name: str, account: nkeys.KeyPair, operator: nkeys.KeyPair, *, jetstream: bool = False
 ) -> str:
     """No limits on connections, subscriptions or data; with `jetstream`, JetStream on
-    without limits (the fleet's shared idempotency store), as accounts.conf has it."""
+    without limits (the routers' shared stores), as accounts.conf has it."""
     limits: dict[str, Any] = {
         key: NO_LIMIT for key in ("subs", "data", "payload", "imports", "exports", "conn", "leaf")
     }

@@ -74,14 +74,16 @@ class LimitsStoreUnavailable(Exception):
     """The shared limits' bucket cannot be made or bound at start-up: what is missing."""
 
 
-async def open_bucket(nc: NatsClient, bucket: str) -> KeyValue:
+async def open_bucket(nc: NatsClient, bucket: str, max_bytes: int) -> KeyValue:
     """Create the shared limits' bucket, or bind to the one there. Reads are direct gets
     (`$JS.API.DIRECT.GET.KV_<bucket>.>`, the grant ops/nats gives routers). Raises
     LimitsStoreUnavailable, or `nats.errors.Error` when JetStream refuses otherwise (a
-    configuration error, for start-up)."""
+    configuration error, for start-up). One made with other limits is used as it is."""
     js = nc.jetstream()
     try:
-        kv = await js.create_key_value(bucket=bucket, ttl=TTL_S, history=1, direct=True)
+        kv = await js.create_key_value(
+            bucket=bucket, ttl=TTL_S, history=1, direct=True, max_bytes=max_bytes
+        )
     except nats.errors.NoRespondersError:
         raise LimitsStoreUnavailable(
             f"limits.shared: JetStream is not enabled on the NATS server (bucket {bucket})"

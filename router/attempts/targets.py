@@ -106,6 +106,7 @@ def result_of(reply: ChatReply) -> Result:
         usage=reply.usage,
         tool_calls=reply.tool_calls,
         logprobs=reply.logprobs,
+        stop_sequence=reply.stop_sequence,
     )
 
 

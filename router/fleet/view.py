@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.fleet.index import FleetIndex, NodeEntry, Taken
 from router.fleet.records import RecordDecoder, Refused
-from services.bus import flush_interest
+from services.bus import flush_interest, relayed_by_jetstream
 from services.capabilities import Capabilities
 from services.fleet_scan import collect_fleet
 from services.lifecycle import AsyncService
@@ -135,6 +135,10 @@ class FleetView(AsyncService):
             await asyncio.sleep(0.02)
 
     async def _on_record(self, msg: Msg) -> None:
+        if relayed_by_jetstream(msg.headers):
+            node = msg.subject.removeprefix(self._subject_head)
+            self.refusals.refuse("relayed by JetStream", node, f"{msg.headers}")
+            return
         self.take_message(msg.subject, msg.data)
         self._taken_since_yield += 1
         if self._taken_since_yield >= _YIELD_EVERY:

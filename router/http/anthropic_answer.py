@@ -7,7 +7,8 @@ Checked against the official `anthropic` client (`types/message.py`, `usage.py`,
 - a message is `{id, type: "message", role: "assistant", model, content, stop_reason,
   stop_sequence, usage: {input_tokens, output_tokens}}`; content blocks are `text` and
   `tool_use` (`input` the parsed arguments object);
-- `stop_reason`: `end_turn`, `max_tokens` (the job's `length`), `tool_use`, `refusal`;
+- `stop_reason`: `end_turn`, `max_tokens` (the job's `length`), `tool_use`, `refusal`, and
+  `stop_sequence` (with the string) when the runtime said which stop string ended it;
 - a stream is `message_start` (content empty, stop_reason null), one `ping`, per block
   `content_block_start` / `content_block_delta` (`text_delta`, `input_json_delta`) /
   `content_block_stop`, then `message_delta` (stop_reason, usage) and `message_stop`; each
@@ -23,7 +24,7 @@ from typing import Any
 
 from router.attempts.route import Route
 from services.errors import HTTP_STATUS, ErrorCode
-from services.wire import JobResponse, Piece
+from services.wire import JobResponse, Piece, Result
 from services.wire_features import ToolCall, ToolCallDelta
 
 _STOP_REASONS = {
@@ -43,6 +44,18 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
     504: "timeout_error",
 }
+
+
+def stop_of(result: Result | None) -> dict[str, Any]:
+    """`stop_reason` and `stop_sequence` of an answer: `stop_sequence` when the runtime
+    said which of the caller's stop strings ended it (vLLM does; Ollama and llama.cpp
+    do not, and such an answer ends `end_turn`)."""
+    if result is None:
+        return {"stop_reason": "end_turn", "stop_sequence": None}
+    if result.stop_sequence is not None and not result.tool_calls:
+        return {"stop_reason": "stop_sequence", "stop_sequence": result.stop_sequence}
+    reason = stop_reason_of(result.finish_reason, bool(result.tool_calls))
+    return {"stop_reason": reason, "stop_sequence": None}
 
 
 def stop_reason_of(finish_reason: str | None, has_calls: bool) -> str:
@@ -102,10 +115,7 @@ def message_body(response: JobResponse, route: Route, model: str) -> dict[str, A
         "role": "assistant",
         "model": response.model or model,
         "content": content_blocks(response),
-        "stop_reason": stop_reason_of(
-            result.finish_reason if result else None, bool(result and result.tool_calls)
-        ),
-        "stop_sequence": None,
+        **stop_of(result),
         "usage": usage_of(response),
         "route": route.model_dump(),
     }
@@ -222,11 +232,7 @@ class AnthropicEvents:
             else:
                 out += self._open_block(("text", -1), {"type": "text", "text": ""})
                 out += self._text(result.text if result else "")
-        result = response.result
-        stop = stop_reason_of(
-            result.finish_reason if result else None, bool(result and result.tool_calls)
-        )
-        delta = {"stop_reason": stop, "stop_sequence": None}
+        delta = stop_of(response.result)
         return (
             out
             + self._close()

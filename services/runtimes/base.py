@@ -77,6 +77,8 @@ class ChatReply:
     tool_calls: list[ToolCall] | None = None
     logprobs: dict[str, Any] | None = None
     timings: RuntimeTimings | None = None
+    # The caller's stop string that ended the answer, where the runtime says (vLLM).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class StreamEnd:
     usage: Usage
     model: str | None = None
     timings: RuntimeTimings | None = None
+    stop_sequence: str | None = None
 
 
 StreamEvent = StreamDelta | StreamEnd

@@ -124,6 +124,7 @@ async def stream_within(
                                 logprobs={"content": logprobs} if logprobs else None,
                                 timings=event.timings
                                 or measured_timings(started, first_piece, clock()),
+                                stop_sequence=event.stop_sequence,
                             ),
                         )
                     if first_piece is None:

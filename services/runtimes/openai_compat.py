@@ -186,6 +186,7 @@ class OpenAICompatRuntime:
             tool_calls=tool_calls_of(message) or None,
             logprobs=logprobs_of(choice),
             timings=llamacpp_timings(data.get("timings")),
+            stop_sequence=stop_string(choice.get("stop_reason")),
         )
 
     async def stream(
@@ -227,6 +228,7 @@ class OpenAICompatRuntime:
             usage=usage_of(reader.usage),
             model=reader.model,
             timings=llamacpp_timings(reader.timings),
+            stop_sequence=reader.stop_sequence,
         )
 
     def _echoed_prefill(self, call: ChatCall) -> str:
@@ -236,6 +238,12 @@ class OpenAICompatRuntime:
             return ""
         last = call.messages[-1].content if call.messages else None
         return last if isinstance(last, str) else ""
+
+
+def stop_string(stop_reason: Any) -> str | None:
+    """vLLM's `stop_reason`: the stop string that ended the answer; a stop token's id
+    (an int) or null says no string did."""
+    return stop_reason if isinstance(stop_reason, str) and stop_reason else None
 
 
 class _SseChunks:
@@ -249,6 +257,7 @@ class _SseChunks:
         self.usage: Any = None
         self.timings: Any = None  # llama.cpp's, on its last chunks
         self.model: str | None = None
+        self.stop_sequence: str | None = None
 
     def feed(self, line: str) -> StreamDelta | None:
         """One SSE line in; the text and tool-call pieces it carries out (often None)."""
@@ -284,6 +293,7 @@ class _SseChunks:
             return None
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
+            self.stop_sequence = stop_string(choice.get("stop_reason"))
         delta = choice.get("delta") or {}
         content = choice["text"] if "text" in choice else delta.get("content")  # completions
         text = content if isinstance(content, str) else ""

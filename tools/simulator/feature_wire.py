@@ -35,6 +35,15 @@ def _prefill(messages: list[Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
+def _stops(value: Any) -> tuple[str, ...]:
+    """`stop` as a string or a list of strings (both wire formats take either)."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list):
+        return tuple(stop for stop in value if isinstance(stop, str) and stop)
+    return ()
+
+
 def ollama_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any] | Rejection:
     """GenRequest keywords from an `/api/chat` body's tools, format and logprobs."""
     tools = parse_tools(payload.get("tools"))
@@ -50,6 +59,7 @@ def ollama_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
         "json_mode": bool(fmt),
         "json_schema": fmt if isinstance(fmt, dict) else None,
         "logprobs": payload.get("logprobs") is True,
+        "stop": _stops((payload.get("options") or {}).get("stop")),
     }
 
 
@@ -88,6 +98,7 @@ def openai_fields(payload: dict[str, Any], messages: list[Any]) -> dict[str, Any
         "json_mode": kind in ("json_object", "json_schema"),
         "json_schema": schema,
         "logprobs": payload.get("logprobs") is True,
+        "stop": _stops(payload.get("stop")),
     }
 
 

@@ -186,23 +186,25 @@ class OpenAIChat:
         return _error(400, rejection.message or "invalid request", "invalid_request_error")
 
     def complete(self, request: GenRequest, plan: Plan, timings: Timings) -> web.Response:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": _message(plan, echoed=self._echoed(request)),
+            "logprobs": _logprobs(plan.pieces) if plan.logprobs else None,
+            "finish_reason": plan.finish_reason,
+        }
+        llama_server = self._served_as() is not None
+        if not llama_server:  # vLLM: the stop string that ended the answer (null when none did)
+            choice["stop_reason"] = plan.stop_sequence
         body = {
             "id": f"{_ID_PREFIX}{next(_id_counter)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": _message(plan, echoed=self._echoed(request)),
-                    "logprobs": _logprobs(plan.pieces) if plan.logprobs else None,
-                    "finish_reason": plan.finish_reason,
-                }
-            ],
+            "choices": [choice],
             "usage": _usage(plan),
         }
-        if self._served_as() is not None:
+        if llama_server:
             body["timings"] = llamacpp_timings(plan, timings)
         return json_response(200, body)
 
@@ -309,7 +311,10 @@ class _ChunkEncoder:
 
     def close(self, plan: Plan, timings: Timings) -> bytes:
         spent = llamacpp_timings(plan, timings) if self._timings else None
-        tail = self._event(self._choice({}, plan.finish_reason), timings=spent)
+        choice = self._choice({}, plan.finish_reason)
+        if not self._timings:  # vLLM: the stop string that ended the answer
+            choice[0]["stop_reason"] = plan.stop_sequence
+        tail = self._event(choice, timings=spent)
         if self._include_usage:
             tail += self._event([], _usage(plan))
         return tail + b"data: [DONE]\n\n"

@@ -46,6 +46,7 @@ class GenRequest:
             exactly the rest, so a resumed stream's seam can be checked to the piece.
         json_mode: answer JSON; `json_schema` is the schema it must match, if any.
         logprobs: the client asked for log probabilities.
+        stop: strings that end the answer where one first appears (left out of it).
     """
 
     model: str
@@ -63,6 +64,7 @@ class GenRequest:
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
     logprobs: bool = False
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ class Plan:
     prompt_tokens: int
     tool_calls: tuple[SimToolCall, ...] = ()
     logprobs: bool = False
+    # The stop string that ended the answer (vLLM says it as `stop_reason`).
+    stop_sequence: str | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -134,10 +138,39 @@ def plan_generation(request: GenRequest, model: SimModel | None, tokens: int) ->
         return Plan(json_pieces(text), "stop", request.prompt_tokens, logprobs=request.logprobs)
     pieces = token_pieces(request.model, request.prompt_text, tokens)
     pieces = pieces[continued_from(pieces, request.prefill) :]
-    if request.max_tokens is not None and request.max_tokens < len(pieces):
-        capped = pieces[: request.max_tokens]
-        return Plan(capped, "length", request.prompt_tokens, logprobs=request.logprobs)
-    return Plan(pieces, "stop", request.prompt_tokens, logprobs=request.logprobs)
+    capped = request.max_tokens is not None and request.max_tokens < len(pieces)
+    if capped:
+        pieces = pieces[: request.max_tokens]
+    stopped = stopped_at(pieces, request.stop)
+    if stopped is not None:
+        kept, stop = stopped
+        return Plan(
+            kept, "stop", request.prompt_tokens, logprobs=request.logprobs, stop_sequence=stop
+        )
+    reason: FinishReason = "length" if capped else "stop"
+    return Plan(pieces, reason, request.prompt_tokens, logprobs=request.logprobs)
+
+
+def stopped_at(
+    pieces: tuple[str, ...], stops: tuple[str, ...]
+) -> tuple[tuple[str, ...], str] | None:
+    """The pieces before the first stop string in their text (the piece it starts in cut
+    short, or dropped when nothing of it is left) and that string; None when none appears."""
+    text = "".join(pieces)
+    found = [(text.find(stop), stop) for stop in stops if stop in text]
+    if not found:
+        return None
+    at, stop = min(found)
+    kept: list[str] = []
+    held = 0
+    for piece in pieces:
+        if held + len(piece) >= at:
+            if at > held:
+                kept.append(piece[: at - held])
+            break
+        kept.append(piece)
+        held += len(piece)
+    return tuple(kept), stop
 
 
 def continued_from(pieces: tuple[str, ...], prefill: str) -> int:
