@@ -6,7 +6,8 @@ runtime fails every call. The page lists them; a request shows up in the recent 
 the route the API answered; the broken node's breaker opening shows on its row; the
 doomed worker, killed with SIGKILL, turns stale on the page within its heartbeat ttl.
 A second router with `http.api_keys` sends a browser without a key to the login form,
-refuses a wrong key, and lets the right one in on an HttpOnly session cookie.
+refuses a wrong key, and lets the right one in on an HttpOnly session cookie; behind a
+reverse proxy serving it under a path prefix, the login, the page and its stream all work.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS, artifact, browser_missing, wo
 from tests.browser import worker_process as start_worker_process
 from tests.conftest import RouterFactory, WorkerFactory
 from tests.jobs import until
+from tests.prefix_proxy import PrefixProxy
 from tools.simulator import Fault, SimModel, Simulator
 
 missing = browser_missing()
@@ -209,6 +211,32 @@ async def test_with_keys_no_key_gets_the_login_and_a_wrong_key_is_refused(
     assert session[0]["httpOnly"]
     assert KEY not in session[0]["value"]
     assert KEY not in await page.content()
+
+
+async def test_behind_a_proxy_path_prefix_login_page_and_stream_stay_under_it(
+    keyed_router: RouterService, page: Page, stage: Stage
+) -> None:
+    async with PrefixProxy(keyed_router.url, "/fleet") as proxy:
+        await page.goto(f"{proxy.url}/fleet/")  # a browser's GET / of the router
+        assert page.url == f"{proxy.url}/fleet/ui/login"
+        await page.fill("input[name=key]", KEY)
+        await page.click("button[type=submit]")
+        await expect(page.locator("#link")).to_have_text("live", timeout=15_000)
+        assert page.url == f"{proxy.url}/fleet/ui/"
+        await page.fill("#filter-node", stage.nodes["ok"])
+        await expect(row(page, stage.nodes["ok"])).to_be_visible(timeout=15_000)
+        await page.screenshot(path=artifact("page-behind-prefix.png"), full_page=True)
+        await page.goto("about:blank")  # its stream ends before the proxy does
+    # Everything the browser asked for (page, script, styles, login, stream) went through
+    # the prefix: the proxy serves nothing else, so nothing was refused or lost.
+    assert {path.removeprefix("/fleet/") for path in proxy.paths} >= {
+        "",
+        "ui/",
+        "ui/login",
+        "ui/app.js",
+        "ui/style.css",
+        "ui/events",
+    }
 
 
 async def test_calls_waiting_in_line_show_per_tenant(

@@ -1,6 +1,8 @@
 """A request naming a profile with a static config is served, in order, by the profile's
 own model (fleet, the router node's own runtime), its static config, its fallback profile,
-and only then the hard default; `route.profile` and `fallback_reason` say which."""
+and only then the hard default; `route.profile` and `fallback_reason` say which. Once the
+static config failed, the fallback profile is looked for on the whole fleet; when nothing
+serves it, the hard default still comes last."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RouterFactory
+from tests.conftest import RouterFactory, WorkerFactory, backend
+from tests.jobs import until
 from tools.simulator import Fault, SimModel, Simulator
 
 
@@ -68,7 +71,10 @@ async def test_a_failing_static_config_falls_to_the_hard_default_and_says_so(
     route = body["route"]
     assert (route["via"], body["model"]) == ("local", "llama3.2:3b")
     assert route["profile"] is None
-    assert "hard default" in route["fallback_reason"]
+    assert route["fallback_reason"] == (
+        "profile 'cloud_gpt': cloud profile, its static config failed; "
+        "using the hard default; local runtime"
+    )
     assert [attempt["via"] for attempt in route["attempts"]] == ["static", "local"]
 
 
@@ -93,3 +99,54 @@ async def test_a_profile_s_own_model_on_the_local_runtime_comes_first(
         body = await ask(router.url, "local_qwen")
     assert (body["route"]["via"], body["model"]) == ("local", "qwen3:8b")
     assert upstream.calls.get("qwen3:8b", 0) == 0
+
+
+async def test_a_failing_static_config_goes_to_the_fallback_profile_on_a_fleet_node(
+    here: Simulator,
+    upstream: Simulator,
+    start_router: RouterFactory,
+    start_worker: WorkerFactory,
+    node_id: str,
+) -> None:
+    upstream.set_fault("gpt-4o-mini", Fault("error"))
+    values = settings(here, upstream, small={"provider": "ollama", "model": "mistral:7b"})
+    values["selection_policies"] = {
+        "cloud_gpt": {"required_type": "cloud_llm", "fallback_profile": "small"}
+    }
+    async with (
+        Simulator(models=[SimModel("mistral:7b")]) as fleet_runtime,
+        start_worker(backends=[backend(fleet_runtime.url)]),
+        start_router(**values) as router,
+    ):
+        await until(lambda: node_id in router.fleet.nodes, 30)
+        body = await ask(router.url, "cloud_gpt")
+    route = body["route"]
+    assert (route["via"], route["node"], body["model"]) == ("remote", node_id, "mistral:7b")
+    assert route["profile"] == "small"
+    assert "its static config failed; fallback profile 'small'" in route["fallback_reason"]
+    assert [attempt["via"] for attempt in route["attempts"]] == ["static", "remote"]
+    assert here.calls.get("llama3.2:3b", 0) == 0  # the hard default was not needed
+
+
+async def test_the_hard_default_comes_after_a_fallback_profile_nothing_serves(
+    here: Simulator, upstream: Simulator, start_router: RouterFactory
+) -> None:
+    upstream.set_fault("gpt-4o-mini", Fault("error"))
+    values = settings(here, upstream, small={"provider": "ollama", "model": "mistral:7b"})
+    values["selection_policies"] = {
+        "cloud_gpt": {"required_type": "cloud_llm", "fallback_profile": "small"}
+    }
+    async with start_router(**values) as router:
+        body = await ask(router.url, "cloud_gpt")
+    route = body["route"]
+    assert (route["via"], body["model"]) == ("local", "llama3.2:3b")
+    assert route["profile"] is None
+    assert route["fallback_reason"].endswith("using the hard default")
+    tried = [
+        (attempt["via"], attempt["model"], attempt["outcome"]) for attempt in route["attempts"]
+    ]
+    assert tried == [
+        ("static", "gpt-4o-mini", "BACKEND_ERROR"),
+        ("local", "mistral:7b", "MODEL_NOT_FOUND"),
+        ("local", "llama3.2:3b", "ok"),
+    ]

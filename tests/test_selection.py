@@ -528,6 +528,44 @@ def test_force_local_cloud_profile_falls_back_to_the_agents_local_profile() -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("asked", "fleet", "static_tried", "expected"),
+    [
+        # The static config comes before the fallback profile, the fleet's included...
+        ({"agent_id": "cloudy"}, [cand("llama3.1:8b", "n2")], False, ("gpt-4o-mini", None, "gpt")),
+        (
+            {"request_model": "pinned", "agent_id": "helper"},
+            [],
+            False,
+            ("mixtral:8x7b", None, "pinned"),
+        ),
+        # ...and once it failed, the fallback profile is served by any fleet node,
+        ({"agent_id": "cloudy"}, [cand("llama3.1:8b", "n2")], True, ("llama3.1:8b", "n2", "chat")),
+        # while the fallback profile's own static config stays usable.
+        ({"agent_id": "cloudy"}, [], True, ("llama3.1:8b", None, "chat")),
+        (
+            {"request_model": "pinned", "agent_id": "helper"},
+            [],
+            True,
+            ("llama3.1:8b", None, "chat"),
+        ),
+    ],
+    ids=["cloud-static", "pinned-static", "cloud-failed", "fallback-static", "pinned-failed"],
+)
+def test_a_failed_static_config_goes_on_to_the_fallback_profile_on_the_fleet(
+    asked: dict[str, str],
+    fleet: list[Candidate],
+    static_tried: bool,
+    expected: tuple[str, str | None, str],
+) -> None:
+    agent, model = asked.get("agent_id"), asked.get("request_model")
+    got = select(CONFIG, fleet, agent_id=agent, request_model=model, static_tried=static_tried)
+    assert got is not None
+    assert (got.model, got.node, got.profile) == expected
+    if static_tried:
+        assert "its static config failed; fallback profile 'chat'" in got.fallback_reason
+
+
 CYCLE = SelectionConfig.model_validate(
     {
         "llm_profiles": {

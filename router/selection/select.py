@@ -31,7 +31,8 @@ Decisions:
 - A bare request model's type is the one the fleet's runtimes report for that name, when
   served (moondream, minicpm-v: vision by capability, whatever the name says); else the
   job's type; else the name's hints.
-- A named profile's static config is always usable except a cloud one under `force_local`;
+- A named profile's static config is always usable except a cloud one under `force_local`,
+  and except once it has failed (`static_tried`: its fallback profile is next, fleet first);
   fallback profiles thus serve force-local retries of cloud profiles and bare request
   models. Names also map "embed" to the embed type.
 - `node`/`local`/`runtime`/`caps_age_s` describe fleet picks; static and hard-default picks
@@ -167,6 +168,7 @@ def select(
     exclude_nodes: frozenset[str] = frozenset(),
     excluded: Callable[[str], bool] | None = None,
     force_local: bool = False,
+    static_tried: bool = False,
     job_type: str | None = None,
     now: float = 0.0,
     rng: random.Random | None = None,
@@ -177,7 +179,8 @@ def select(
     A node is left out when it is in `exclude_nodes` or `excluded(node)` says so (breaker
     open: asked only of the nodes looked at), and a node's model when it cannot do what
     the job `needs` (router/selection/needs.py: capabilities, wire features) — before prefer
-    lists and load. `now` is the index's clock.
+    lists and load. `now` is the index's clock. `static_tried`: the request's own
+    profile's static config has failed, so its fallback profile comes next (on the fleet).
     """
     index = (
         candidates
@@ -218,13 +221,17 @@ def select(
     while True:
         visited.add(reqs.profile)
         label = _label(reqs)
-        usable_static = reqs.profile is not None and not (
-            force_local and config.is_cloud(config.llm_profiles[reqs.profile])
+        failed_static = static_tried and len(visited) == 1  # only the request's own profile
+        usable_static = (
+            reqs.profile is not None
+            and not failed_static
+            and not (force_local and config.is_cloud(config.llm_profiles[reqs.profile]))
         )
         if reqs.required_type == "cloud_llm":
             if usable_static:
                 return _static(config, reqs, _join(reasons))
-            reasons.append(f"{label}: cloud profile skipped under force_local")
+            unusable = "its static config failed" if failed_static else "skipped under force_local"
+            reasons.append(f"{label}: cloud profile{',' if failed_static else ''} {unusable}")
         else:
             picked, why = _from_fleet(reqs, pool)
             if picked is not None:
@@ -233,7 +240,11 @@ def select(
             if usable_static:
                 return _static(config, reqs, _join([*reasons, "using its static config"]))
             if reqs.profile is not None:
-                reasons.append("its static config is cloud, skipped under force_local")
+                reasons.append(
+                    "its static config failed"
+                    if failed_static
+                    else "its static config is cloud, skipped under force_local"
+                )
         fallback = reqs.fallback_profile
         if fallback is None:
             break

@@ -4,8 +4,10 @@
       → the router node's own runtime over HTTP (works without NATS), for the request's
         own model
       → the profile's static config (or, failing one, its fallback's or the hard default's)
+      → fleet nodes serving its fallback profile, once its own static config failed
       → the router node's own runtime for what selection fell back to there: a fallback
         profile's model, the hard default
+      → the hard default, when nothing before tried it
       → the cloud chain, when configured fallbacks name cloud models
     a profile naming a configured provider: its cloud chain only (router/cloud/targets.py)
 
@@ -239,33 +241,11 @@ class Router:
 
     async def _building_targets(self, r: _Request) -> AsyncIterator[Target]:
         """What runs inside the building: fleet nodes, the local runtime serving the
-        request's own model, the static config, the local runtime serving a fallback."""
-        breakers = self._health.breakers
-        job_type = r.job.type or "llm"
-        for _ in range(self._offload.attempts):
-            if self._left_s(r) <= 0 or not self._connected():
-                break
-            now = self._clock()
-            is_open = partial(breakers.is_open, job_type=job_type, now=now)
-            selection, r.pick = r.pick, None
-            if selection is None or r.tried:
-                selection = self._select(r, exclude=frozenset(r.tried), excluded=is_open)
-            if selection is None or selection.source != "fleet" or selection.node is None:
-                r.route.fallback_reason = r.route.fallback_reason or (
-                    selection.fallback_reason if selection else "no node serves it"
-                )
-                # Only here (no node left), and only in proportion to the troubled nodes:
-                # did open breakers stand between the request and a node that serves it?
-                if breakers.open_nodes(job_type, now):
-                    r.skipped_open = self._select(r, exclude=frozenset(r.tried)) is not None
-                break
-            node = selection.node
-            r.tried.add(node)
-            if not breakers.allows(node, job_type, now):
-                r.skipped_open = True
-                continue
-            _describe(r.route, selection)
-            yield self._nodes.target(node, selection.model, job_type, selection.type)
+        request's own model, the static config, fleet nodes serving its fallback profile,
+        the local runtime serving a fallback, the hard default. A resumed stream: fleet
+        nodes only."""
+        async for target in self._fleet_targets(r):
+            yield target
         if r.route.resumed:
             return
         local = self._local_pick(r)
@@ -275,8 +255,50 @@ class Router:
         static = self._static_target(r)
         if static is not None:
             yield static
+            async for target in self._fleet_targets(r, static_tried=True):
+                yield target
+            if local is not None and not own_model:  # the same pick, its reason now true
+                local = self._local_pick(r, static_tried=True)
         if local is not None and not own_model and self._left_s(r) > 0:
             yield self._local_target(r, local)
+        hard_default = self._hard_default_target(r)
+        if hard_default is not None:
+            yield hard_default
+
+    async def _fleet_targets(
+        self, r: _Request, *, static_tried: bool = False
+    ) -> AsyncIterator[Target]:
+        """Fleet nodes in selection's order, off open breakers and nodes already tried;
+        after a failed static config (`static_tried`), those serving the fallback profile."""
+        breakers = self._health.breakers
+        job_type = r.job.type or "llm"
+        for _ in range(self._offload.attempts):
+            if self._left_s(r) <= 0 or not self._connected():
+                break
+            now = self._clock()
+            is_open = partial(breakers.is_open, job_type=job_type, now=now)
+            selection, r.pick = r.pick, None
+            if selection is None or r.tried or static_tried:
+                selection = self._select(
+                    r, exclude=frozenset(r.tried), excluded=is_open, static_tried=static_tried
+                )
+            if selection is None or selection.source != "fleet" or selection.node is None:
+                r.route.fallback_reason = r.route.fallback_reason or (
+                    selection.fallback_reason if selection else "no node serves it"
+                )
+                # Only here (no node left), and only in proportion to the troubled nodes:
+                # did open breakers stand between the request and a node that serves it?
+                if breakers.open_nodes(job_type, now):
+                    again = self._select(r, exclude=frozenset(r.tried), static_tried=static_tried)
+                    r.skipped_open = again is not None
+                break
+            node = selection.node
+            r.tried.add(node)
+            if not breakers.allows(node, job_type, now):
+                r.skipped_open = True
+                continue
+            _describe(r.route, selection)
+            yield self._nodes.target(node, selection.model, job_type, selection.type)
 
     def _select(
         self,
@@ -285,6 +307,7 @@ class Router:
         exclude: frozenset[str] = frozenset(),
         excluded: Callable[[str], bool] | None = None,
         force_local: bool = False,
+        static_tried: bool = False,
         fleet: bool = True,
         filtered: bool = True,
     ) -> Selection | None:
@@ -300,17 +323,18 @@ class Router:
             exclude_nodes=exclude,
             excluded=excluded,
             force_local=force_local,
+            static_tried=static_tried,
             job_type=r.job.type,
             now=self.fleet.clock(),
             needs=r.needs if filtered else NO_NEEDS,
         )
 
-    def _local_pick(self, r: _Request) -> _LocalPick | None:
+    def _local_pick(self, r: _Request, *, static_tried: bool = False) -> _LocalPick | None:
         """What the router node's own runtime would serve: the request's own model (its
         profile's, or the model it names), or what selection fell back to."""
         if self.local is None or self._left_s(r) <= 0:
             return None
-        selection = self._select(r, force_local=True)
+        selection = self._select(r, force_local=True, static_tried=static_tried)
         if selection is None:
             return None if r.job.model is None else _LocalPick(r.job.model, None, "", own=True)
         wanted = resolve_profile(self._selection, agent_id=r.agent_id, request_model=r.job.model)
@@ -345,6 +369,30 @@ class Router:
         r.route.profile = selection.profile
         reason = selection.fallback_reason
         return RuntimeTarget("static", runtime, selection.model, None, reason, self._clock)
+
+    def _hard_default_target(self, r: _Request) -> RuntimeTarget | None:
+        """The hard default, last, when nothing before tried it: after a fallback profile's
+        model that the local runtime turned out not to serve, say."""
+        hard = self._selection.hard_default
+        if hard is None or self._left_s(r) <= 0:
+            return None
+        if any(a.model == hard.model and a.via != "remote" for a in r.route.attempts):
+            return None
+        before = r.route.fallback_reason
+        reason = f"{before}; using the hard default" if before else "using the hard default"
+        target: RuntimeTarget | None = None
+        if hard.base_url is not None:
+            runtime = self._statics.get(hard.provider, str(hard.base_url), None)
+            if runtime is not None:
+                target = RuntimeTarget("static", runtime, hard.model, None, reason, self._clock)
+        elif self.local is not None:
+            local = self.local
+            target = RuntimeTarget(
+                "local", local.runtime, hard.model, local.node, reason, self._clock
+            )
+        if target is not None:
+            r.route.profile, r.route.fallback_reason = None, reason
+        return target
 
     def _nothing_answered(self, r: _Request) -> JobResponse:
         facts = Unanswered(
