@@ -214,18 +214,33 @@ async def test_a_request_that_does_not_ask_to_think_gets_no_reasoning(
     assert "thinking" not in native["result"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_a_model_that_cannot_think_refuses_by_name_on_every_dialect(
-    router_url: str,
+    router_url: str, stream: bool
 ) -> None:
+    """Each dialect names the field its caller sent: `think`, `reasoning.effort`,
+    `thinking`."""
     async with ollama.AsyncClient(host=router_url) as client:
-        with pytest.raises(ollama.ResponseError, match="does not support thinking"):
-            await client.chat(model=PLAIN, messages=user(), think=True)
+        with pytest.raises(ollama.ResponseError, match=r"^think: .*does not support thinking"):
+            await client.chat(model=PLAIN, messages=user(), think=True, stream=False)
     openai_client = openai.AsyncOpenAI(base_url=f"{router_url}/v1", api_key="x", max_retries=0)
-    with pytest.raises(openai.BadRequestError, match="does not support thinking"):
+    with pytest.raises(openai.BadRequestError) as refused:
         await openai_client.responses.create(
-            model=PLAIN, input=QUESTION, reasoning={"effort": "high"}, store=False
+            model=PLAIN, input=QUESTION, reasoning={"effort": "high"}, store=False, stream=stream
         )
+    assert refused.value.param == "reasoning.effort"
+    assert "does not support thinking" in refused.value.message
     await openai_client.close()
+    anthropic_client = anthropic.AsyncAnthropic(base_url=router_url, api_key="x", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match=r"thinking: .*does not support thinking"):
+        await anthropic_client.messages.create(
+            model=PLAIN,
+            max_tokens=2048,
+            messages=user(),
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            stream=stream,
+        )
+    await anthropic_client.close()
 
 
 async def test_the_native_stream_carries_reasoning_pieces_and_the_answer_its_whole_thinking(

@@ -77,6 +77,7 @@ ANTHROPIC_SPELLED = {
     "params.stop": "stop_sequences",
     "params.user": "metadata.user_id",
     "response_format.json_schema.schema": "output_config.format.schema",
+    "extra.chat_template_kwargs.enable_thinking": "thinking",
 }
 
 

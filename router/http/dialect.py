@@ -88,6 +88,18 @@ def as_spelled(error: InferbusError, spelled: Mapping[str, str]) -> InferbusErro
     return error
 
 
+def spelled_failure(response: JobResponse, spelled: Mapping[str, str]) -> JobResponse:
+    """A failed answer whose BAD_REQUEST names a job field (a model that cannot do what a
+    field asks, found at selection) with the field as the caller's dialect spells it."""
+    error = response.error
+    if error is None or error.code != ErrorCode.BAD_REQUEST or not spelled:
+        return response
+    renamed = as_spelled(InferbusError(error.code, error.message), spelled).message
+    if renamed == error.message:
+        return response
+    return response.model_copy(update={"error": error.model_copy(update={"message": renamed})})
+
+
 @dataclass(frozen=True, slots=True)
 class Asked:
     """What was asked, for writing the answer: the job and the body as sent."""
@@ -233,17 +245,21 @@ async def _serve(api: Api, dialect: Dialect, request: Request, started: float) -
     finished = api.finished(dialect.name, started, call)
     form = dialect.stream(asked) if job.stream else None
     if form is not None:
+
+        def failed(response: JobResponse, route: Route) -> Response:
+            return dialect.failed(spelled_failure(response, read.spelled), route)
+
         return await stream_response(
             api.serve,
             call,
             form,
-            on_error_before_first_token=dialect.failed,
+            on_error_before_first_token=failed,
             on_finished=finished,
         )
     response, route = await api.serve(call)
     finished(response, route)
     if response.error is not None:
-        return dialect.failed(response, route)
+        return dialect.failed(spelled_failure(response, read.spelled), route)
     answer = dialect.answer(response, route, asked)
     answer.headers.update(cached_headers(response))
     return answer

@@ -31,6 +31,7 @@ RESPONSES_SPELLED = {
     "params.top_p": "top_p",
     "params.user": "user",
     "response_format.json_schema.schema": "text.format.schema",
+    "extra.chat_template_kwargs.enable_thinking": "reasoning.effort",
 }
 
 
