@@ -7,12 +7,15 @@ import json
 from typing import Any
 
 import pytest
+from anthropic.lib.streaming._messages import accumulate_event
+from anthropic.types import RawMessageStreamEvent
+from pydantic import TypeAdapter
 
 from router.attempts.route import Route
 from router.http.anthropic_answer import AnthropicEvents, message_body, stop_reason_of
 from router.http.anthropic_request import messages_job_fields
 from services.errors import ErrorCode, InferbusError
-from services.wire import ErrorInfo, JobRequest, JobResponse, Result, Usage
+from services.wire import ErrorInfo, JobRequest, JobResponse, Piece, Result, Thinking, Usage
 from services.wire_features import FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
 
 BASE: dict[str, Any] = {"model": "m", "max_tokens": 16}
@@ -314,3 +317,55 @@ def test_a_stream_broken_after_its_first_piece_ends_with_an_error_event() -> Non
         "type": "error",
         "error": {"type": "api_error", "message": "node lost"},
     }
+
+
+def accumulated(data: bytes) -> list[Any]:
+    """The content blocks the official client builds from a stream's events."""
+    adapter: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
+    snapshot = None
+    for name, body in events_of(data):
+        if name != "ping":
+            snapshot = accumulate_event(
+                event=adapter.validate_python(body), current_snapshot=snapshot, json_bufs={}
+            )
+    assert snapshot is not None
+    return [
+        block.model_dump(include={"type", "text", "thinking", "name"}) for block in snapshot.content
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pieces", "result", "blocks"),
+    [
+        (
+            [Thinking("a"), "hello", Thinking("b")],
+            Result(text="hello", thinking="ab", finish_reason="stop"),
+            [
+                {"type": "thinking", "thinking": "a"},
+                {"type": "text", "text": "hello"},
+                {"type": "thinking", "thinking": "b"},
+            ],
+        ),
+        (
+            [Thinking("a"), [ToolCallDelta.whole(0, CALL)], Thinking("b")],
+            Result(thinking="ab", tool_calls=[CALL], finish_reason="tool_calls"),
+            [
+                {"type": "thinking", "thinking": "a"},
+                {"type": "tool_use", "name": "get_weather"},
+                {"type": "thinking", "thinking": "b"},
+            ],
+        ),
+        (
+            [Thinking("a")],
+            Result(text="", thinking="a", finish_reason="length"),
+            [{"type": "thinking", "thinking": "a"}, {"type": "text", "text": ""}],
+        ),
+    ],
+)
+def test_reasoning_after_the_answer_began_repeats_nothing(
+    pieces: list[Piece], result: Result, blocks: list[dict[str, Any]]
+) -> None:
+    form = AnthropicEvents("j1", "m")
+    data = b"".join(form.delta(piece) for piece in pieces)
+    data += form.final(JobResponse(job_id="j1", status="ok", result=result), Route())
+    assert accumulated(data) == blocks

@@ -150,6 +150,7 @@ class AnthropicEvents:
         self._blocks = 0  # blocks opened so far; the open one is `_blocks - 1`
         # ("thinking", -1), ("text", -1) or ("tool", call index)
         self._open: tuple[str, int] | None = None
+        self._answered = False  # a text or tool_use block was streamed
 
     def keepalive(self) -> bytes:
         """Anthropic's own keep-alive while the call waits in line for a slot."""
@@ -187,6 +188,7 @@ class AnthropicEvents:
     def _open_block(self, kind: tuple[str, int], block: dict[str, Any]) -> bytes:
         out = self._close()
         self._open = kind
+        self._answered = self._answered or kind[0] != "thinking"
         self._blocks += 1
         return out + event(
             "content_block_start", {"index": self._blocks - 1, "content_block": block}
@@ -249,7 +251,7 @@ class AnthropicEvents:
         result = response.result
         if self._blocks == 0 and result is not None and result.thinking:  # a whole answer
             out += self._thinking(result.thinking)
-        if self._blocks == 0 or self._open == ("thinking", -1):
+        if not self._answered:
             # Nothing but reasoning was streamed (a whole answer): the rest of it now.
             if result is not None and result.tool_calls:
                 out += self._text(result.text)
