@@ -19,6 +19,9 @@ from services.wire_features import ToolCallDelta
 
 CHAT = JobRequest.model_validate({"messages": [{"role": "user", "content": "story"}]})
 ON = 2  # resumes allowed
+TEMPLATED = JobRequest.model_validate(
+    {"messages": [{"role": "user", "content": "story"}], "extra": {"template": "{{ .Prompt }}"}}
+)
 
 
 def so_far(*pieces: Any, resumes: int = 0) -> StreamSoFar:
@@ -53,6 +56,7 @@ TOOL_PIECE = [ToolCallDelta.model_validate({"index": 0, "function": {"arguments"
             JobRequest.model_validate({"type": "embed", "input": "x"}),
             False,
         ),
+        (so_far("Once"), True, ON, False, TEMPLATED, False),  # renders one prompt only
     ],
 )
 def test_a_stream_resumes_only_for_the_nodes_own_fault_within_its_bounds(

@@ -610,3 +610,28 @@ async def test_a_hundred_streams_all_complete_when_one_of_three_nodes_dies(
         f"seam: p50 {seams[len(seams) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
         f"max {seams[-1] * 1000:.0f} ms"
     )
+
+
+async def test_a_templated_generate_stream_ends_with_the_nodes_error_not_a_refusal(
+    scene: Callable[..., AbstractAsyncContextManager[Scene]],
+) -> None:
+    """A prompt with its own template renders one prompt, never a continued answer: a
+    stream of one whose node is lost ends with the node's error (no node can go on)."""
+    pieces: list[str] = []
+    error: ollama.ResponseError | None = None
+    async with scene() as s, ollama.AsyncClient(host=s.router.url) as client:
+        parts = await client.generate(
+            model=MODEL, prompt=QUESTION, template="Q: {{ .Prompt }}\nA:", stream=True
+        )
+        pieces.append((await anext(parts)).response)  # on the victim, the only node
+        async with s.joins():
+            try:
+                async for part in parts:
+                    pieces.append(part.response)
+                    if len(pieces) == CUT_AFTER:
+                        s.cut()
+            except ollama.ResponseError as raised:
+                error = raised
+    assert error is not None, len(pieces)
+    assert "template" not in error.error, error.error
+    assert CUT_AFTER <= len(pieces) < TOKENS

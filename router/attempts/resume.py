@@ -14,7 +14,9 @@ answer's text has begun. A node lost while the model is still thinking ends the 
 with the error (another node would think anew, and the client would see two lines of
 thought). After a resume the continuing node's own reasoning, if any, is not relayed:
 the client has the reasoning already, and the continuation only continues the text.
-A raw prompt (legacy completions) continues by appending the text to the prompt.
+A raw prompt (legacy completions) continues by appending the text to the prompt. A job
+with its own prompt template (`extra.template`) never resumes: a template renders one
+prompt, not an answer to continue, so no node could take the continuation.
 
 What the client is told it cost: every attempt's tokens, summed (`whole_answer`). A node
 lost mid-answer never reports its usage, so a broken attempt counts the pieces it
@@ -28,6 +30,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.needs import wants_template
 from services.wire import JobRequest, Message, Piece, PieceSink, Result, Thinking, Usage
 
 __all__ = [
@@ -112,7 +115,8 @@ def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobR
     Only a failure of the node's own making (the caller's budget, a cancellation, a
     malformed request never are), at most `allowed` times per call (0: resume is off,
     for the router or this caller), never after a tool-call piece went out, and only
-    for jobs whose answer is text; after reasoning, only once the answer's text has begun.
+    for jobs whose answer is text (not one rendered by its own template); after reasoning,
+    only once the answer's text has begun.
     """
     if not node_fault or so_far.resumes >= allowed:
         return False
@@ -120,6 +124,8 @@ def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobR
         return False
     if so_far.thinking and not so_far.text:
         return False  # still thinking: the stream ends with the error (module doc)
+    if wants_template(job):
+        return False  # a template renders one prompt, never a continued answer (module doc)
     return job.type in (None, "llm", "code", "vision") and job.input is None
 
 
