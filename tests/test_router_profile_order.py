@@ -150,3 +150,27 @@ async def test_the_hard_default_comes_after_a_fallback_profile_nothing_serves(
         ("local", "mistral:7b", "MODEL_NOT_FOUND"),
         ("local", "llama3.2:3b", "ok"),
     ]
+
+
+async def test_a_failing_static_config_goes_to_the_fallback_profile_s_own_static_config(
+    here: Simulator, upstream: Simulator, start_router: RouterFactory
+) -> None:
+    """The fallback profile is all of it: a static config of its own is tried before the
+    hard default, not skipped because the request's own profile had one that failed."""
+    upstream.set_fault("gpt-4o-mini", Fault("error"))
+    async with Simulator(models=[SimModel("gpt-4.1-mini")]) as backup:
+        values = settings(
+            here,
+            upstream,
+            backup={"provider": "openai", "model": "gpt-4.1-mini", "base_url": backup.url},
+        )
+        values["selection_policies"] = {
+            "cloud_gpt": {"required_type": "cloud_llm", "fallback_profile": "backup"}
+        }
+        async with start_router(**values) as router:
+            body = await ask(router.url, "cloud_gpt")
+        assert backup.calls["gpt-4.1-mini"] == 1
+    route = body["route"]
+    assert (route["via"], body["model"], route["profile"]) == ("static", "gpt-4.1-mini", "backup")
+    assert [attempt["via"] for attempt in route["attempts"]] == ["static", "static"]
+    assert here.calls.get("llama3.2:3b", 0) == 0  # the hard default was not needed

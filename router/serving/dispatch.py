@@ -4,7 +4,8 @@
       → the router node's own runtime over HTTP (works without NATS), for the request's
         own model
       → the profile's static config (or, failing one, its fallback's or the hard default's)
-      → fleet nodes serving its fallback profile, once its own static config failed
+      → fleet nodes serving its fallback profile, once its own static config failed, then
+        the fallback profile's own static config
       → the router node's own runtime for what selection fell back to there: a fallback
         profile's model, the hard default
       → the hard default, when nothing before tried it
@@ -257,6 +258,9 @@ class Router:
             yield static
             async for target in self._fleet_targets(r, static_tried=True):
                 yield target
+            fallback_static = self._static_target(r, after=static)
+            if fallback_static is not None:
+                yield fallback_static
             if local is not None and not own_model:  # the same pick, its reason now true
                 local = self._local_pick(r, static_tried=True)
         if local is not None and not own_model and self._left_s(r) > 0:
@@ -357,14 +361,23 @@ class Router:
             "local", self.local.runtime, pick.model, self.local.node, reason, self._clock
         )
 
-    def _static_target(self, r: _Request) -> RuntimeTarget | None:
+    def _static_target(
+        self, r: _Request, *, after: RuntimeTarget | None = None
+    ) -> RuntimeTarget | None:
+        """The static config selection picks without the fleet; `after` the request's own
+        failed, its fallback profile's when that is another one (the hard default comes
+        later, after the local runtime: `_hard_default_target`)."""
         if self._left_s(r) <= 0:
             return None
-        selection = self._select(r, fleet=False)
+        selection = self._select(r, fleet=False, static_tried=after is not None)
         if selection is None or selection.base_url is None:
+            return None
+        if after is not None and selection.source != "static":
             return None
         runtime = self._statics.get(selection.provider, selection.base_url, selection.api_key_env)
         if runtime is None:
+            return None
+        if after is not None and (runtime, selection.model) == (after.runtime, after.model):
             return None
         r.route.profile = selection.profile
         reason = selection.fallback_reason
