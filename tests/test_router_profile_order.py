@@ -173,4 +173,7 @@ async def test_a_failing_static_config_goes_to_the_fallback_profile_s_own_static
     route = body["route"]
     assert (route["via"], body["model"], route["profile"]) == ("static", "gpt-4.1-mini", "backup")
     assert [attempt["via"] for attempt in route["attempts"]] == ["static", "static"]
+    assert route["fallback_reason"] == (
+        "profile 'cloud_gpt': cloud profile, its static config failed; fallback profile 'backup'"
+    )
     assert here.calls.get("llama3.2:3b", 0) == 0  # the hard default was not needed
