@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx
@@ -159,6 +159,35 @@ async def test_anthropic_answers_a_thinking_block_before_the_text_whole_and_stre
         assert text.type == "text"
         assert text.text == expected_text(model, QUESTION, TOKENS)
     assert "".join(deltas) == expected_thinking(model, QUESTION)
+
+
+async def test_anthropic_thinking_display_omitted_gives_empty_thinking_blocks(
+    router_url: str,
+) -> None:
+    """`display: omitted`: the thinking block is there (the model thought), its text not."""
+    omitted: Any = {**THINKING_ON, "display": "omitted"}
+    client = anthropic.AsyncAnthropic(base_url=router_url, api_key="x", max_retries=0)
+    whole = await client.messages.create(
+        model=THINKS_B, max_tokens=2048, messages=user(), thinking=omitted
+    )
+    async with client.messages.stream(
+        model=THINKS_B, max_tokens=2048, messages=user(), thinking=omitted
+    ) as stream:
+        streamed = await stream.get_final_message()
+    with pytest.raises(anthropic.BadRequestError, match=r"thinking\.display"):
+        await client.messages.create(
+            model=THINKS_B,
+            max_tokens=2048,
+            messages=user(),
+            thinking=cast(Any, {**THINKING_ON, "display": "full"}),
+        )
+    await client.close()
+    for message in (whole, streamed):
+        thinking, text = message.content
+        assert isinstance(thinking, anthropic.types.ThinkingBlock)
+        assert thinking.thinking == ""
+        assert isinstance(text, anthropic.types.TextBlock)
+        assert text.text == expected_text(THINKS_B, QUESTION, TOKENS)
 
 
 @BOTH_WIRES

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from router.attempts.route import Route
 from router.http.anthropic_answer import AnthropicEvents, error_body, message_body
-from router.http.anthropic_request import messages_job_fields
+from router.http.anthropic_request import messages_job_fields, thinking_omitted
 from router.http.dialect import Asked, JobFields
 from router.http.edge import agent_of, retry_after_headers
 from router.http.streams import StreamFormat
@@ -97,10 +97,12 @@ class AnthropicMessages:
         return _read(body, headers)
 
     def answer(self, response: JobResponse, route: Route, asked: Asked) -> Response:
-        return JSONResponse(message_body(response, route, asked.job.model or ""))
+        omitted = thinking_omitted(asked.body)
+        return JSONResponse(message_body(response, route, asked.job.model or "", omitted))
 
     def stream(self, asked: Asked) -> StreamFormat:
-        return AnthropicEvents(asked.job.job_id, asked.job.model or "")
+        omitted = thinking_omitted(asked.body)
+        return AnthropicEvents(asked.job.job_id, asked.job.model or "", omitted)
 
     def failed(self, response: JobResponse, route: Route) -> Response:
         return anthropic_failure(response, route)

@@ -7,7 +7,8 @@ Checked against the official `anthropic` client (`types/message.py`, `usage.py`,
 - a message is `{id, type: "message", role: "assistant", model, content, stop_reason,
   stop_sequence, usage: {input_tokens, output_tokens}}`; content blocks are `thinking`
   (the model's reasoning, first; `signature` is required by the client's ThinkingBlock and
-  is "" here, as the reasoning is the open model's own, signed by nobody), `text` and
+  is "" here, as the reasoning is the open model's own, signed by nobody; its `thinking`
+  is "" and no `thinking_delta` is sent under `thinking.display: omitted`), `text` and
   `tool_use` (`input` the parsed arguments object);
 - `stop_reason`: `end_turn`, `max_tokens` (the job's `length`), `tool_use`, `refusal`, and
   `stop_sequence` (with the string) when the runtime said which stop string ended it;
@@ -95,13 +96,16 @@ def usage_of(response: JobResponse) -> dict[str, int]:
     }
 
 
-def content_blocks(response: JobResponse) -> list[dict[str, Any]]:
+def content_blocks(response: JobResponse, omit_thinking: bool = False) -> list[dict[str, Any]]:
+    """The answer's blocks; a thinking block without its text when `omit_thinking`
+    (`thinking.display: omitted`)."""
     result = response.result
     if result is None:
         return []
     blocks: list[dict[str, Any]] = []
     if result.thinking:
-        blocks.append({"type": "thinking", "thinking": result.thinking, "signature": ""})
+        thought = "" if omit_thinking else result.thinking
+        blocks.append({"type": "thinking", "thinking": thought, "signature": ""})
     if result.text or not result.tool_calls:
         blocks.append({"type": "text", "text": result.text})
     blocks.extend(
@@ -111,7 +115,9 @@ def content_blocks(response: JobResponse) -> list[dict[str, Any]]:
     return blocks
 
 
-def message_body(response: JobResponse, route: Route, model: str) -> dict[str, Any]:
+def message_body(
+    response: JobResponse, route: Route, model: str, omit_thinking: bool = False
+) -> dict[str, Any]:
     """The whole answer as an Anthropic message (plus the router's `route`)."""
     result = response.result
     return {
@@ -119,7 +125,7 @@ def message_body(response: JobResponse, route: Route, model: str) -> dict[str, A
         "type": "message",
         "role": "assistant",
         "model": response.model or model,
-        "content": content_blocks(response),
+        "content": content_blocks(response, omit_thinking),
         **stop_of(result),
         "usage": usage_of(response),
         "route": route.model_dump(),
@@ -143,8 +149,9 @@ class AnthropicEvents:
 
     media_type = "text/event-stream"
 
-    def __init__(self, job_id: str, model: str) -> None:
+    def __init__(self, job_id: str, model: str, omit_thinking: bool = False) -> None:
         self._id = f"msg_{job_id}"
+        self._omit_thinking = omit_thinking  # `thinking.display: omitted`: no thinking_delta
         self._model = model
         self._started = False
         self._blocks = 0  # blocks opened so far; the open one is `_blocks - 1`
@@ -212,6 +219,8 @@ class AnthropicEvents:
         if self._open != ("thinking", -1):
             block = {"type": "thinking", "thinking": "", "signature": ""}
             out = self._open_block(("thinking", -1), block)
+        if self._omit_thinking:
+            return out
         delta = {"type": "thinking_delta", "thinking": text}
         return out + event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
 

@@ -20,7 +20,8 @@ Checked against Anthropic's Messages API and the official `anthropic` Python cli
 - `stop_sequences` → `stop`; `temperature`, `top_p`; `top_k` → `extra.top_k`;
   `metadata.user_id` → `user`; `thinking` enabled → the chat template's
   `enable_thinking` (`think` on Ollama; a model whose record says it cannot think is
-  refused naming the field); `output_config.format`
+  refused naming the field; `display: omitted` keeps the thinking blocks, without their
+  text); `output_config.format`
   (a JSON schema) → `response_format`; `stream`.
 Fields that change nothing the fleet does (`service_tier`, `cache_control` on blocks) are
 dropped; `mcp_servers` and `container` are refused by name.
@@ -132,6 +133,7 @@ def system_messages(system: Any) -> list[Fields]:
 
 
 THINKING_TYPES = ("enabled", "adaptive", "between_tools", "disabled")
+THINKING_DISPLAYS = ("summarized", "omitted")
 
 
 def thinking_wanted(thinking: Any) -> bool:
@@ -141,7 +143,16 @@ def thinking_wanted(thinking: Any) -> bool:
         return False
     if not isinstance(thinking, dict) or thinking.get("type") not in THINKING_TYPES:
         raise _bad("thinking.type", f"one of {', '.join(THINKING_TYPES)}")
+    if thinking.get("display") not in (None, *THINKING_DISPLAYS):
+        raise _bad("thinking.display", f"one of {', '.join(THINKING_DISPLAYS)}")
     return bool(thinking["type"] != "disabled")
+
+
+def thinking_omitted(body: Fields) -> bool:
+    """`thinking.display: omitted`: thinking blocks come without their text (a body
+    already read by `messages_job_fields`)."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("display") == "omitted"
 
 
 def output_format(config: Any) -> Fields:
