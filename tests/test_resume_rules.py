@@ -19,6 +19,9 @@ from services.wire_features import ToolCallDelta
 
 CHAT = JobRequest.model_validate({"messages": [{"role": "user", "content": "story"}]})
 ON = 2  # resumes allowed
+CAPPED_AT_2 = JobRequest.model_validate(
+    {"messages": [{"role": "user", "content": "story"}], "max_tokens": 2}
+)
 TEMPLATED = JobRequest.model_validate(
     {"messages": [{"role": "user", "content": "story"}], "extra": {"template": "{{ .Prompt }}"}}
 )
@@ -57,6 +60,8 @@ TOOL_PIECE = [ToolCallDelta.model_validate({"index": 0, "function": {"arguments"
             False,
         ),
         (so_far("Once"), True, ON, False, TEMPLATED, False),  # renders one prompt only
+        (so_far("Once", " upon"), True, ON, False, CAPPED_AT_2, False),  # the cap is reached
+        (so_far("Once"), True, ON, False, CAPPED_AT_2, True),  # one token left
     ],
 )
 def test_a_stream_resumes_only_for_the_nodes_own_fault_within_its_bounds(

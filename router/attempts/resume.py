@@ -115,8 +115,9 @@ def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobR
     Only a failure of the node's own making (the caller's budget, a cancellation, a
     malformed request never are), at most `allowed` times per call (0: resume is off,
     for the router or this caller), never after a tool-call piece went out, and only
-    for jobs whose answer is text (not one rendered by its own template); after reasoning,
-    only once the answer's text has begun.
+    for jobs whose answer is text (not one rendered by its own template), while the
+    caller's `max_tokens` leaves a token to go; after reasoning, only once the answer's
+    text has begun.
     """
     if not node_fault or so_far.resumes >= allowed:
         return False
@@ -126,6 +127,8 @@ def may_resume(so_far: StreamSoFar, *, node_fault: bool, allowed: int, job: JobR
         return False  # still thinking: the stream ends with the error (module doc)
     if wants_template(job):
         return False  # a template renders one prompt, never a continued answer (module doc)
+    if job.params.max_tokens is not None and so_far.pieces >= job.params.max_tokens:
+        return False  # the client has every token the cap allows: going on would exceed it
     return job.type in (None, "llm", "code", "vision") and job.input is None
 
 
