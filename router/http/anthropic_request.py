@@ -32,36 +32,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from router.http.refusals import Refused, bad, schema_of, text_of
 from services.errors import ErrorCode, InferbusError
-from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
 
 Fields = dict[str, Any]
 REFUSED_FIELDS = ("mcp_servers", "container")
-
-
-class Refused(Exception):
-    """A field Anthropic's API or this router cannot take; `str` names it."""
-
-
-def _bad(field: str, reason: str) -> Refused:
-    return Refused(f"{field}: {reason}")
-
-
-def _text(block: dict[str, Any], where: str) -> str:
-    """A text block's `text`: a string (absent: empty), never another JSON value."""
-    text = block.get("text", "")
-    if not isinstance(text, str):
-        raise _bad(f"{where}.text", "a string")
-    return text
-
-
-def _schema(schema: Any, where: str) -> dict[str, Any]:
-    """A JSON schema the job carries: an object, not nested past what the wire takes."""
-    if not isinstance(schema, dict):
-        raise _bad(where, "required: a JSON schema object")
-    if json_depth_exceeds(schema, MAX_JSON_DEPTH):
-        raise _bad(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return schema
 
 
 def messages_job_fields(body: dict[str, Any]) -> Fields | InferbusError:
@@ -76,16 +51,16 @@ def messages_job_fields(body: dict[str, Any]) -> Fields | InferbusError:
 def _fields(body: dict[str, Any]) -> Fields:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("model", "required: the model to answer with")
+        raise bad("model", "required: the model to answer with")
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise _bad("max_tokens", "required: a positive integer")
+        raise bad("max_tokens", "required: a positive integer")
     for name in REFUSED_FIELDS:
         if body.get(name):
-            raise _bad(name, "not supported by this router")
+            raise bad(name, "not supported by this router")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "required: a non-empty list")
+        raise bad("messages", "required: a non-empty list")
     params: Fields = {"max_tokens": max_tokens}
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
@@ -126,10 +101,10 @@ def system_messages(system: Any) -> list[Fields]:
         texts = []
         for at, block in enumerate(system):
             if not isinstance(block, dict) or block.get("type") != "text":
-                raise _bad(f"system[{at}]", "system blocks are text blocks")
-            texts.append(_text(block, f"system[{at}]"))
+                raise bad(f"system[{at}]", "system blocks are text blocks")
+            texts.append(text_of(block, f"system[{at}]"))
         return [{"role": "system", "content": "\n\n".join(texts)}]
-    raise _bad("system", "a string or a list of text blocks")
+    raise bad("system", "a string or a list of text blocks")
 
 
 THINKING_TYPES = ("enabled", "adaptive", "between_tools", "disabled")
@@ -142,9 +117,9 @@ def thinking_wanted(thinking: Any) -> bool:
     if thinking is None:
         return False
     if not isinstance(thinking, dict) or thinking.get("type") not in THINKING_TYPES:
-        raise _bad("thinking.type", f"one of {', '.join(THINKING_TYPES)}")
+        raise bad("thinking.type", f"one of {', '.join(THINKING_TYPES)}")
     if thinking.get("display") not in (None, *THINKING_DISPLAYS):
-        raise _bad("thinking.display", f"one of {', '.join(THINKING_DISPLAYS)}")
+        raise bad("thinking.display", f"one of {', '.join(THINKING_DISPLAYS)}")
     return bool(thinking["type"] != "disabled")
 
 
@@ -161,13 +136,13 @@ def output_format(config: Any) -> Fields:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise _bad("output_config", "an object")
+        raise bad("output_config", "an object")
     given = config.get("format")
     if given is None:
         return {}
     if not isinstance(given, dict) or given.get("type") != "json_schema":
-        raise _bad("output_config.format.type", "json_schema")
-    schema = _schema(given.get("schema"), "output_config.format.schema")
+        raise bad("output_config.format.type", "json_schema")
+    schema = schema_of(given.get("schema"), "output_config.format.schema")
     spec = {"name": "output", "schema": schema}
     return {"response_format": {"type": "json_schema", "json_schema": spec}}
 
@@ -179,16 +154,16 @@ def chat_messages(messages: list[Any]) -> list[Fields]:
     for at, message in enumerate(messages):
         where = f"messages[{at}]"
         if not isinstance(message, dict):
-            raise _bad(where, "a message is an object with role and content")
+            raise bad(where, "a message is an object with role and content")
         role = message.get("role")
         if role not in ("user", "assistant"):
-            raise _bad(f"{where}.role", f"must be user or assistant, not {role!r}")
+            raise bad(f"{where}.role", f"must be user or assistant, not {role!r}")
         content = message.get("content")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
         if not isinstance(content, list):
-            raise _bad(f"{where}.content", "a string or a list of content blocks")
+            raise bad(f"{where}.content", "a string or a list of content blocks")
         out.extend(_turn(role, content, where))
     return out
 
@@ -202,7 +177,7 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[Fields]:
         here = f"{where}.content[{at}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(_text(block, here))
+            texts.append(text_of(block, here))
         elif kind == "image":
             images.append(image_of(block.get("source"), f"{here}.source"))
         elif kind == "tool_use" and role == "assistant":
@@ -212,7 +187,7 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[Fields]:
         elif kind in ("thinking", "redacted_thinking") and role == "assistant":
             continue  # the model's own earlier reasoning is not sent back
         else:
-            raise _bad(f"{here}.type", f"{kind!r} blocks are not supported in a {role} turn")
+            raise bad(f"{here}.type", f"{kind!r} blocks are not supported in a {role} turn")
     turn: list[Fields] = list(results)
     if texts or images or calls or not results:
         message: Fields = {"role": role, "content": "".join(texts)}
@@ -229,24 +204,24 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[Fields]:
 def image_of(source: Any, where: str) -> str:
     """An image source as the job carries it: a data URI, or the URL for the image policy."""
     if not isinstance(source, dict):
-        raise _bad(where, "an image needs a source")
+        raise bad(where, "an image needs a source")
     kind = source.get("type")
     if kind == "base64":
         media_type, data = source.get("media_type"), source.get("data")
         if not isinstance(media_type, str) or not isinstance(data, str) or not data:
-            raise _bad(where, "a base64 source needs media_type and data")
+            raise bad(where, "a base64 source needs media_type and data")
         return f"data:{media_type};base64,{data}"
     if kind == "url" and isinstance(source.get("url"), str):
         return str(source["url"])
-    raise _bad(f"{where}.type", "base64 or url")
+    raise bad(f"{where}.type", "base64 or url")
 
 
 def _call(block: dict[str, Any], where: str) -> Fields:
     call_id, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
     if not isinstance(call_id, str) or not isinstance(name, str):
-        raise _bad(where, "a tool_use block needs id and name")
+        raise bad(where, "a tool_use block needs id and name")
     if not isinstance(arguments, dict):
-        raise _bad(f"{where}.input", "an object")
+        raise bad(f"{where}.input", "an object")
     text = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
 
@@ -254,7 +229,7 @@ def _call(block: dict[str, Any], where: str) -> Fields:
 def _result(block: dict[str, Any], where: str) -> Fields:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.tool_use_id", "required")
+        raise bad(f"{where}.tool_use_id", "required")
     content = block.get("content")
     if content is None:
         text = ""
@@ -264,11 +239,11 @@ def _result(block: dict[str, Any], where: str) -> Fields:
         parts = []
         for at, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise _bad(f"{where}.content[{at}]", "tool results carry text blocks here")
-            parts.append(_text(part, f"{where}.content[{at}]"))
+                raise bad(f"{where}.content[{at}]", "tool results carry text blocks here")
+            parts.append(text_of(part, f"{where}.content[{at}]"))
         text = "".join(parts)
     else:
-        raise _bad(f"{where}.content", "a string or text blocks")
+        raise bad(f"{where}.content", "a string or text blocks")
     if block.get("is_error"):
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": call_id, "content": text}
@@ -279,12 +254,12 @@ def tool_fields(tools: Any, choice: Any) -> Fields:
     out: Fields = {}
     if tools:
         if not isinstance(tools, list):
-            raise _bad("tools", "a list of tools")
+            raise bad("tools", "a list of tools")
         out["tools"] = [_tool(tool, f"tools[{at}]") for at, tool in enumerate(tools)]
     if choice is None:
         return out
     if not isinstance(choice, dict):
-        raise _bad("tool_choice", "an object with a type")
+        raise bad("tool_choice", "an object with a type")
     kind = choice.get("type")
     if kind == "auto":
         out["tool_choice"] = "auto"
@@ -295,7 +270,7 @@ def tool_fields(tools: Any, choice: Any) -> Fields:
     elif kind == "tool" and isinstance(choice.get("name"), str):
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
-        raise _bad("tool_choice.type", "one of auto, any, tool (with a name), none")
+        raise bad("tool_choice.type", "one of auto, any, tool (with a name), none")
     if choice.get("disable_parallel_tool_use") and kind != "none":
         out["parallel_tool_calls"] = False
     return out
@@ -303,14 +278,14 @@ def tool_fields(tools: Any, choice: Any) -> Fields:
 
 def _tool(tool: Any, where: str) -> Fields:
     if not isinstance(tool, dict):
-        raise _bad(where, "a tool is an object")
+        raise bad(where, "a tool is an object")
     kind = tool.get("type")
     if kind not in (None, "custom"):
-        raise _bad(f"{where}.type", f"Anthropic's built-in tool {kind!r} is not available here")
+        raise bad(f"{where}.type", f"Anthropic's built-in tool {kind!r} is not available here")
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.name", "required")
-    schema = _schema(tool.get("input_schema"), f"{where}.input_schema")
+        raise bad(f"{where}.name", "required")
+    schema = schema_of(tool.get("input_schema"), f"{where}.input_schema")
     function: Fields = {"name": name, "parameters": schema}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]

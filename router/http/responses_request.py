@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from router.http.refusals import Refused, bad, schema_of, text_of
 from services.errors import ErrorCode, InferbusError
-from services.wire_features import MAX_JSON_DEPTH, json_depth_exceeds
 
 Fields = dict[str, Any]
 MESSAGE_ROLES = {
@@ -43,31 +43,6 @@ STATELESS = (
 )
 
 
-class Refused(Exception):
-    """A field this router cannot take; `str` names it."""
-
-
-def _bad(field: str, reason: str) -> Refused:
-    return Refused(f"{field}: {reason}")
-
-
-def _text(part: dict[str, Any], where: str) -> str:
-    """A text part's `text`: a string (absent: empty), never another JSON value."""
-    text = part.get("text", "")
-    if not isinstance(text, str):
-        raise _bad(f"{where}.text", "a string")
-    return text
-
-
-def _schema(schema: Any, where: str) -> dict[str, Any]:
-    """A JSON schema the job carries: an object, not nested past what the wire takes."""
-    if not isinstance(schema, dict):
-        raise _bad(where, "required: a JSON schema object")
-    if json_depth_exceeds(schema, MAX_JSON_DEPTH):
-        raise _bad(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return schema
-
-
 def responses_job_fields(body: dict[str, Any]) -> Fields | InferbusError:
     """The body as job fields, or BAD_REQUEST naming the field at fault."""
     try:
@@ -79,16 +54,16 @@ def responses_job_fields(body: dict[str, Any]) -> Fields | InferbusError:
 def _fields(body: dict[str, Any]) -> Fields:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("model", "required")
+        raise bad("model", "required")
     if body.get("previous_response_id") is not None:
         raise Refused(STATELESS)
     if body.get("store") is True:
-        raise _bad("store", "responses are not stored here; send store: false")
+        raise bad("store", "responses are not stored here; send store: false")
     if body.get("conversation") is not None:
-        raise _bad("conversation", "conversations are not stored here")
+        raise bad("conversation", "conversations are not stored here")
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise _bad("instructions", "a string")
+        raise bad("instructions", "a string")
     messages: list[Fields] = [{"role": "system", "content": instructions}] if instructions else []
     messages.extend(input_messages(body.get("input")))
     params: Fields = {}
@@ -123,12 +98,12 @@ def wants_reasoning(reasoning: Any) -> bool:
     if reasoning is None:
         return False
     if not isinstance(reasoning, dict):
-        raise _bad("reasoning", "an object")
+        raise bad("reasoning", "an object")
     effort = reasoning.get("effort")
     if effort is None:
         return False
     if effort not in REASONING_EFFORTS:
-        raise _bad("reasoning.effort", f"one of {', '.join(REASONING_EFFORTS)}")
+        raise bad("reasoning.effort", f"one of {', '.join(REASONING_EFFORTS)}")
     return bool(effort not in ("none", "minimal"))
 
 
@@ -137,12 +112,12 @@ def input_messages(given: Any) -> list[Fields]:
     if isinstance(given, str):
         return [{"role": "user", "content": given}]
     if not isinstance(given, list) or not given:
-        raise _bad("input", "required: a string or a non-empty list of items")
+        raise bad("input", "required: a string or a non-empty list of items")
     out: list[Fields] = []
     for at, item in enumerate(given):
         where = f"input[{at}]"
         if not isinstance(item, dict):
-            raise _bad(where, "an item is an object")
+            raise bad(where, "an item is an object")
         kind = item.get("type", "message")
         if kind == "message":
             out.append(_message(item, where))
@@ -153,34 +128,34 @@ def input_messages(given: Any) -> list[Fields]:
         elif kind == "reasoning":
             continue  # a model's own earlier reasoning is not sent back
         elif kind == "item_reference":
-            raise _bad(f"{where}.type", "items are not stored here; send the item itself")
+            raise bad(f"{where}.type", "items are not stored here; send the item itself")
         else:
-            raise _bad(f"{where}.type", f"{kind!r} items are not supported here")
+            raise bad(f"{where}.type", f"{kind!r} items are not supported here")
     return out
 
 
 def _message(item: dict[str, Any], where: str) -> Fields:
     role = MESSAGE_ROLES.get(item.get("role"))  # type: ignore[arg-type]
     if role is None:
-        raise _bad(f"{where}.role", f"one of {', '.join(MESSAGE_ROLES)}")
+        raise bad(f"{where}.role", f"one of {', '.join(MESSAGE_ROLES)}")
     content = item.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
     if not isinstance(content, list):
-        raise _bad(f"{where}.content", "a string or a list of parts")
+        raise bad(f"{where}.content", "a string or a list of parts")
     texts: list[str] = []
     images: list[str] = []
     for at, part in enumerate(content):
         here = f"{where}.content[{at}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text"):
-            texts.append(_text(part, here))
+            texts.append(text_of(part, here))
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             images.append(part["image_url"])
         elif kind == "input_image":
-            raise _bad(f"{here}.image_url", "required (file_id images are not stored here)")
+            raise bad(f"{here}.image_url", "required (file_id images are not stored here)")
         else:
-            raise _bad(f"{here}.type", f"{kind!r} parts are not supported here")
+            raise bad(f"{here}.type", f"{kind!r} parts are not supported here")
     message: Fields = {"role": role, "content": "".join(texts)}
     if images:
         message["images"] = images
@@ -191,7 +166,7 @@ def _add_call(out: list[Fields], item: dict[str, Any], where: str) -> None:
     """A function call joins the assistant turn it follows, or starts one."""
     call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "{}")
     if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
-        raise _bad(where, "a function_call needs call_id, name and arguments (a string)")
+        raise bad(where, "a function_call needs call_id, name and arguments (a string)")
     call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
     last = out[-1] if out else None
     if last is not None and last["role"] == "assistant":
@@ -205,16 +180,16 @@ def _add_call(out: list[Fields], item: dict[str, Any], where: str) -> None:
 def _output(item: dict[str, Any], where: str) -> Fields:
     call_id, output = item.get("call_id"), item.get("output")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.call_id", "required")
+        raise bad(f"{where}.call_id", "required")
     if isinstance(output, list):
         texts = []
         for at, part in enumerate(output):
             if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text"):
-                raise _bad(f"{where}.output[{at}]", "function outputs carry text here")
-            texts.append(_text(part, f"{where}.output[{at}]"))
+                raise bad(f"{where}.output[{at}]", "function outputs carry text here")
+            texts.append(text_of(part, f"{where}.output[{at}]"))
         output = "".join(texts)
     if not isinstance(output, str):
-        raise _bad(f"{where}.output", "a string or text parts")
+        raise bad(f"{where}.output", "a string or text parts")
     return {"role": "tool", "tool_call_id": call_id, "content": output}
 
 
@@ -222,7 +197,7 @@ def tool_fields(tools: Any, choice: Any) -> Fields:
     out: Fields = {}
     if tools:
         if not isinstance(tools, list):
-            raise _bad("tools", "a list of tools")
+            raise bad("tools", "a list of tools")
         out["tools"] = [_tool(tool, f"tools[{at}]") for at, tool in enumerate(tools)]
     if choice is None:
         return out
@@ -232,22 +207,22 @@ def tool_fields(tools: Any, choice: Any) -> Fields:
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
         kind = choice.get("type") if isinstance(choice, dict) else choice
-        raise _bad("tool_choice", f"{kind!r}: auto, none, required or a function by name")
+        raise bad("tool_choice", f"{kind!r}: auto, none, required or a function by name")
     return out
 
 
 def _tool(tool: Any, where: str) -> Fields:
     if not isinstance(tool, dict):
-        raise _bad(where, "a tool is an object")
+        raise bad(where, "a tool is an object")
     kind = tool.get("type")
     if kind != "function":
-        raise _bad(f"{where}.type", f"the built-in tool {kind!r} is not available here")
+        raise bad(f"{where}.type", f"the built-in tool {kind!r} is not available here")
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.name", "required")
+        raise bad(f"{where}.name", "required")
     function: Fields = {"name": name}
     if tool.get("parameters") is not None:
-        function["parameters"] = _schema(tool["parameters"], f"{where}.parameters")
+        function["parameters"] = schema_of(tool["parameters"], f"{where}.parameters")
     for key in ("description", "strict"):
         if tool.get(key) is not None:
             function[key] = tool[key]
@@ -267,9 +242,9 @@ def text_format(text: Any) -> Fields:
     if kind == "json_object":
         return {"response_format": {"type": "json_object"}}
     if kind != "json_schema":
-        raise _bad("text.format.type", "text, json_object or json_schema")
+        raise bad("text.format.type", "text, json_object or json_schema")
     assert isinstance(given, dict)
-    schema = _schema(given.get("schema"), "text.format.schema")
+    schema = schema_of(given.get("schema"), "text.format.schema")
     spec = {"name": given.get("name") or "response", "schema": schema}
     if isinstance(given.get("strict"), bool):
         spec["strict"] = given["strict"]
