@@ -554,6 +554,17 @@ accounts { FLEET { users: [{user: gpu-x, password: pw}] } }
 """
 
 
+async def refused_start(config: Path) -> str:
+    """Start a worker that must refuse to: exit 2, no traceback; its last line of stderr."""
+    process = await start_worker_process(config)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    said = stderr.decode()
+    print(said)
+    assert process.returncode == 2
+    assert "Traceback" not in said
+    return said.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("server_config", "jetstream", "missing"),
     [
@@ -593,14 +604,9 @@ async def test_a_worker_whose_store_cannot_start_exits_2_naming_what_is_missing(
             f'node_id = "gpu-x"\nnats_url = ["{server.url}"]\n[nats]\n{login}'
             '[idempotency]\nstore = "jetstream"\n'
         )
-        process = await start_worker_process(worker_config)
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    last = stderr.decode().strip().splitlines()[-1]
-    print(last)
-    assert process.returncode == 2
+        last = await refused_start(worker_config)
     assert last.startswith("inferbus worker: idempotency store: ")
     assert all(part in last for part in missing), last
-    assert "Traceback" not in stderr.decode()
 
 
 async def test_a_worker_given_the_store_on_a_shipped_setup_exits_2_saying_it_is_the_routers(
@@ -614,11 +620,7 @@ async def test_a_worker_given_the_store_on_a_shipped_setup_exits_2_saying_it_is_
         f'node_id = "gpu-a"\nnats_url = ["{fleet.url}"]\n[nats]\n{login}'
         '[idempotency]\nstore = "jetstream"\n'
     )
-    process = await start_worker_process(worker_config)
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    last = stderr.decode().strip().splitlines()[-1]
-    print(last)
-    assert process.returncode == 2
+    last = await refused_start(worker_config)
     assert last == (
         "inferbus worker: idempotency store: not granted to this node's NATS user "
         '(nats: permissions violation for publish to "$js.api.info"): on this setup the '
