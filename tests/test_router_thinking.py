@@ -320,3 +320,21 @@ async def test_a_kept_answer_replays_its_reasoning(router_url: str, stream: bool
         replayed = (parsed.choices[0].message.model_extra or {})["reasoning_content"]
     await client.close()
     assert replayed == expected_thinking(THINKS_B, QUESTION)
+
+
+async def test_a_legacy_completion_stream_carries_only_the_text_of_a_thinking_model(
+    router_url: str,
+) -> None:
+    """`/v1/completions` has no place for reasoning: its pieces are not sent at all (no
+    empty text chunk stands for them)."""
+    client = openai.AsyncOpenAI(base_url=f"{router_url}/v1", api_key="x", max_retries=0)
+    texts = [
+        chunk.choices[0].text
+        async for chunk in await client.completions.create(
+            model=THINKS_A, prompt=QUESTION, stream=True, extra_body={"think": True}
+        )
+        if chunk.choices
+    ]
+    await client.close()
+    assert "".join(texts) == expected_text(THINKS_A, QUESTION, TOKENS)
+    assert all(texts[:-1]), texts  # only the finish chunk is empty

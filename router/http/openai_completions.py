@@ -58,6 +58,10 @@ class CompletionChunks(SseChunks):
     object_name = "text_completion"
     id_prefix = "cmpl"
 
+    def delta(self, piece: Piece) -> bytes:
+        """Text only: a completion has no place for tool calls or reasoning."""
+        return super().delta(piece) if isinstance(piece, str) else b""
+
     def _piece_choice(self, piece: Piece) -> dict[str, Any]:
         return _choice(piece if isinstance(piece, str) else "", None)
 

@@ -47,7 +47,9 @@ class StreamFormat(Protocol):
     def use_model(self, model: str) -> None:
         """The model actually serving the stream, known once its target is chosen."""
 
-    def delta(self, piece: Piece) -> bytes: ...
+    def delta(self, piece: Piece) -> bytes:
+        """A piece as the stream sends it (b"": the form has no place for it)."""
+        ...
 
     def keepalive(self) -> bytes:
         """What the stream sends while it waits in line (b"": nothing)."""
@@ -330,7 +332,8 @@ async def _relay(
                     break
                 out += _bytes_of(item, form)
             if not ended:
-                yield out
+                if out:  # a form may have nothing to say of a piece
+                    yield out
                 item = await queue.get()
                 if item is not None:
                     out = _bytes_of(item, form)
